@@ -1,0 +1,112 @@
+"""`relvit` command line: the entry point the Snakemake rules (and people) call.
+
+    relvit pretrain|finetune|supervised|joint --config RUN.yaml --out RUN_DIR [--init best.pt]
+    relvit check --config RUN.yaml               validate a run config, print it resolved
+    relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from relvit.config import MODES, ConfigError, load_config
+
+log = logging.getLogger("relvit")
+
+
+def _load_run_config(args: argparse.Namespace, mode: str):
+    overrides = list(args.set or [])
+    raw_mode = (yaml.safe_load(Path(args.config).read_text()) or {}).get("mode") \
+        if Path(args.config).is_file() else None
+    if raw_mode is not None and raw_mode != mode:
+        raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is {mode!r}"])
+    overrides.append(f"mode={mode}")
+    if args.init:
+        overrides.append(f"init_checkpoint={args.init}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    return load_config(args.config, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from relvit.train.loop import train
+
+    cfg = _load_run_config(args, args.command)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metrics = train(cfg, args.out, progress=False if args.no_progress else None)
+    if metrics is not None:
+        top1 = metrics.get("best_top1")
+        summary = f"best top-1 {top1:.2f} %" if top1 is not None else \
+            f"val loss {metrics['best']['val_loss']:.4f}"
+        log.info("finished %s: %s (%.0f s)", args.out, summary, metrics["wall_time_s"])
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from relvit.report.table1 import write_table1
+
+    write_table1(args.runs, args.table1, tier=args.tier)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relvit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for mode in MODES:
+        p = sub.add_parser(mode, help=f"train in mode {mode!r} (method spec §3)")
+        p.add_argument("--config", required=True, help="run config YAML")
+        p.add_argument("--out", required=True, type=Path, help="run directory (resumed if present)")
+        p.add_argument("--init", help="pretrain checkpoint (best.pt) for finetune")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
+        p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--threads", type=int, help="CPU threads for torch")
+        p.add_argument("--no-progress", action="store_true", help="plain log lines only")
+        p.set_defaults(func=_train)
+    p = sub.add_parser("check", help="validate a run config and print it resolved")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_check)
+    p = sub.add_parser("report", help="gather run directories into Table 1 (Markdown + LaTeX)")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="metrics.json files, or folders searched for them")
+    p.add_argument("--table1", required=True, type=Path, help="output path without suffix")
+    p.add_argument("--tier", default="custom", help="label printed with the table, e.g. smoke")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s relvit: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    from relvit.train.checkpoint import CheckpointError
+    from relvit.train.loop import TrainingError
+
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"relvit: error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, TrainingError, KeyError, ValueError) as err:
+        print(f"relvit: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Run configuration: typed dataclasses, loaded from YAML and validated with every error at once.
+
+A run config is everything one `relvit <mode>` call needs. Keys are checked for unknown names
+(with a suggestion), types and allowed values; all problems are reported together, each with its
+key path, before anything is built or trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+Mode = Literal["pretrain", "finetune", "supervised", "joint"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; `problems` lists every "key.path: message" found."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        super().__init__(f"invalid {source}:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, at which size; `None` means the dataset registry's default."""
+
+    name: str = "digits"
+    image_size: int | None = None
+    root: str = "data"
+    augment: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and its size; `None` means the backbone preset's value."""
+
+    backbone: str = "vit_small"
+    patch_size: int | None = None  # ViT / Swin patch; default from the dataset registry (ViT)
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    window_size: int | None = None  # Swin only
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    pos_embed: Literal["auto", "on", "off"] = "auto"  # auto: off for pretrain, on otherwise
+
+
+@dataclass
+class SSLConfig:
+    """The self-supervised tasks and their input construction (method spec §1-2)."""
+
+    relations: bool = True
+    positions: bool = True
+    distances: bool = False
+    angles: bool = False
+    relation_diagonal: bool = True  # include the N trivial CC entries in the loss (faithful)
+    jitter: bool = True  # per-patch jitter on the pretraining split (§2.1)
+    jitter_after_normalize: bool = False  # the original's order, which clamps negatives (Q5)
+    shuffle: bool = False  # random patch permutation per sample (§2.2, off as in the scripts)
+    megapatch_side: int = 0  # S > 0 turns mega-patches on (§2.3)
+    megapatch_symmetric: bool = False  # the original's row cuts reused for columns (Q7)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (method spec §5.1)."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 5e-4
+    min_lr: float = 1.25e-6
+    weight_decay: float = 0.1
+    decay_norm_and_bias: bool = True  # the original decays every parameter (Q9)
+    warmup_fraction: float = 0.1
+    schedule: Literal["relvit", "cosine"] = "relvit"
+    clip_grad: float = 1.0  # global norm; 0 disables
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    mode: Mode = "supervised"
+    seed: int = 0
+    label: str = ""  # free-form tag the report uses, e.g. "same-epochs" for the longer baseline
+    init_checkpoint: str | None = None  # finetune: the pretrain run's best.pt
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.mode in ("pretrain", "joint")
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.mode != "pretrain"
+
+    @property
+    def pos_embed(self) -> bool:
+        """Positional embeddings: off for pretrain (as the upstream scripts), on otherwise."""
+        if self.model.pos_embed == "auto":
+            return self.mode != "pretrain"
+        return self.model.pos_embed == "on"
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Check `value` against annotation `tp`; return the (possibly coerced) value."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _check_value(value, inner[0], path, problems)
+    if origin is Literal:
+        if value not in get_args(tp):
+            problems.append(f"{path}: {value!r} is not {_type_name(tp)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 5e-4 as a string
+        except ValueError:
+            pass
+    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    if not ok:
+        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or '<top>'}: expected a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{path}: unknown key{hint}; allowed: {', '.join(names)}")
+            continue
+        kwargs[key] = _check_value(value, hints[key], path, problems)
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return cls()
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge: values of `override` win, nested mappings merge."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["optim.lr=1e-3", "model.depth=4"]` -> nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError([f"{item}: overrides look like key.path=value"], "override")
+        key, text = item.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    return out
+
+
+def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    """Build and validate a RunConfig; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(RunConfig, raw, "", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    from relvit.validate import semantic_problems  # registry-aware checks
+
+    problems = semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides and validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"], "config") from None
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML ({err})"], "config") from None
+    if overrides:
+        raw = merge(raw, parse_overrides(overrides))
+    return config_from_dict(raw, source=str(path))
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Datasets: one registry of specs, loaders, and batched tensor augmentation."""

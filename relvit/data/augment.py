@@ -1,0 +1,34 @@
+"""Batched image augmentation on tensors (CPU or GPU), drawn from an explicit generator."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
+    """torchvision RandomCrop(size, padding) for a batch: zero-pad, then crop at random offsets."""
+    if padding <= 0:
+        return images
+    b, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=images.device)
+    left = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=images.device)
+    rows = (top + torch.arange(h, device=images.device))[:, None, :, None]  # [B, 1, H, 1]
+    cols = (left + torch.arange(w, device=images.device))[:, None, None, :]  # [B, 1, 1, W]
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def random_hflip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Flip each image horizontally with probability 0.5."""
+    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    m = torch.tensor(mean, device=images.device, dtype=images.dtype)[None, :, None, None]
+    s = torch.tensor(std, device=images.device, dtype=images.dtype)[None, :, None, None]
+    return (images - m) / s

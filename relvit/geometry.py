@@ -1,0 +1,64 @@
+"""Image, token and SSL-grid geometry of a run, derived from the config and the registries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relvit.config import RunConfig
+from relvit.data.registry import get_dataset
+from relvit.models.backbones import get_backbone_spec
+from relvit.models.relvit import pooled_side
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """`cell` is the side in pixels of one SSL grid cell (the unit of jitter and permutation)."""
+
+    image_size: int  # side of the dataset images
+    patch_size: int | None  # ViT/Swin patch (None for T2T)
+    token_stride: int  # pixels per backbone token
+    ssl_pool: int  # T2T: 2 (14x14 tokens -> 7x7 SSL grid)
+    ssl_grid: int  # side of the SSL grid on the ordinary image
+    cell: int
+    megapatch_side: int  # 0: off
+
+    @property
+    def ssl_input_size(self) -> int:
+        """Side of the image the model sees in pretraining (S * cell with mega-patches)."""
+        return self.megapatch_side * self.cell if self.megapatch_side else self.image_size
+
+    @property
+    def num_positions(self) -> int:
+        side = self.megapatch_side or self.ssl_grid
+        return side * side
+
+
+def run_geometry(cfg: RunConfig) -> Geometry:
+    """Derive the geometry; raises ValueError naming the sizes when they do not fit together."""
+    dataset = get_dataset(cfg.data.name)
+    spec = get_backbone_spec(cfg.model.backbone)
+    image = cfg.data.image_size or dataset.image_size
+    if spec.family == "vit":
+        patch = cfg.model.patch_size or dataset.patch_size
+        stride, pool = patch, 1
+    elif spec.family == "swin":
+        patch = cfg.model.patch_size or spec.patch_size
+        stages = cfg.model.depth or spec.depth
+        stride, pool = patch * 2 ** (stages - 1), 1
+    else:
+        patch, stride, pool = None, 16, 2
+    if image % stride:
+        raise ValueError(
+            f"{spec.label} has a token stride of {stride} px, which does not divide the image "
+            f"size {image} (data.image_size)"
+        )
+    tokens = image // stride
+    ssl_grid = pooled_side(tokens, pool)
+    if image % ssl_grid:
+        raise ValueError(f"the {ssl_grid}x{ssl_grid} SSL grid does not divide the image size {image}")
+    side = cfg.ssl.megapatch_side if cfg.mode == "pretrain" else 0
+    if side and side > ssl_grid:
+        raise ValueError(
+            f"ssl.megapatch_side {side} is larger than the base grid side {ssl_grid}"
+        )
+    return Geometry(image, patch, stride, pool, ssl_grid, image // ssl_grid, side)

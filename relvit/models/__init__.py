@@ -1,0 +1,1 @@
+"""Backbones, SSL heads and the RelViT model."""

@@ -1,0 +1,126 @@
+"""Backbones behind one contract (`relvit.models.contract.Backbone`): ViT and Swin from timm,
+T2T-ViT-14 written here (timm has none). Presets give the paper's sizes; width/depth overrides
+give the tiny variants of the smoke tier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from relvit.models.contract import Backbone, Tokens
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone family and its preset size; `label` is how tables name it."""
+
+    family: str  # vit | swin | t2t
+    label: str
+    embed_dim: int
+    depth: int  # ViT/T2T: blocks; Swin: stages
+    num_heads: int  # Swin: heads of the first stage (doubling per stage)
+    mlp_ratio: float
+    patch_size: int | None = None  # fixed by the architecture (Swin 4, T2T 16 overall); ViT: data
+    window_size: int = 7
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vit_tiny": BackboneSpec("vit", "ViT-Ti", 192, 12, 3, 4.0),
+    "vit_small": BackboneSpec("vit", "ViT-S", 384, 12, 6, 4.0),
+    "vit_base": BackboneSpec("vit", "ViT-B", 768, 12, 12, 4.0),
+    "swin_tiny": BackboneSpec("swin", "Swin-T", 96, 4, 3, 4.0, patch_size=4, window_size=7),
+    "t2t_vit_14": BackboneSpec("t2t", "T2T-ViT-14", 384, 14, 6, 3.0, patch_size=16),
+}
+SWIN_TINY_DEPTHS = (2, 2, 6, 2)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+
+
+class ViTBackbone(Backbone):
+    """timm `VisionTransformer` (pre-norm, qkv bias, CLS token, final LayerNorm, eps 1e-6)."""
+
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int,
+                 num_heads: int, mlp_ratio: float = 4.0, pos_embed: bool = True,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.patch_size = patch_size
+        self.vit = VisionTransformer(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, class_token=True,
+            pos_embed="learn" if pos_embed else "none", dynamic_img_size=True,
+            drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
+        )
+        nn.init.trunc_normal_(self.vit.cls_token, std=0.02)  # as the original ViT (spec §4)
+
+    def tokens(self, images: Tensor) -> Tokens:
+        out = self.vit.forward_features(images)
+        prefix = self.vit.num_prefix_tokens
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        return Tokens(out[:, 0], out[:, prefix:], grid)
+
+    def token_grid(self, image_size: int) -> tuple[int, int]:
+        return image_size // self.patch_size, image_size // self.patch_size
+
+
+class SwinBackbone(Backbone):
+    """timm `SwinTransformer`; tokens are the final stage after its LayerNorm (no CLS)."""
+
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int, depths: tuple[int, ...],
+                 num_heads: tuple[int, ...], window_size: int, mlp_ratio: float = 4.0,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.1):
+        super().__init__()
+        self.swin = SwinTransformer(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depths=depths,
+            num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
+            drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
+        )
+        self.embed_dim = self.swin.num_features
+        self.stride = patch_size * 2 ** (len(depths) - 1)
+
+    def tokens(self, images: Tensor) -> Tokens:
+        out = self.swin.forward_features(images)  # [B, h, w, C]
+        b, h, w, c = out.shape
+        return Tokens(None, out.reshape(b, h * w, c), (h, w))
+
+    def token_grid(self, image_size: int) -> tuple[int, int]:
+        return image_size // self.stride, image_size // self.stride
+
+
+def build_backbone(name: str, img_size: int, patch_size: int | None = None,
+                   embed_dim: int | None = None, depth: int | None = None,
+                   num_heads: int | None = None, mlp_ratio: float | None = None,
+                   window_size: int | None = None, pos_embed: bool = True,
+                   drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> Backbone:
+    """Build a backbone from its preset, with any size given here overriding the preset."""
+    spec = get_backbone_spec(name)
+    dim = embed_dim or spec.embed_dim
+    depth = depth or spec.depth
+    heads = num_heads or spec.num_heads
+    mlp = mlp_ratio or spec.mlp_ratio
+    if spec.family == "vit":
+        if patch_size is None:
+            raise ValueError("a ViT backbone needs a patch size")
+        return ViTBackbone(img_size, patch_size, dim, depth, heads, mlp, pos_embed,
+                           drop_rate, drop_path_rate)
+    if spec.family == "swin":
+        depths = tuple(SWIN_TINY_DEPTHS[i] if i < len(SWIN_TINY_DEPTHS) else 2
+                       for i in range(depth))
+        return SwinBackbone(img_size, patch_size or spec.patch_size, dim, depths,
+                            tuple(heads * 2**i for i in range(depth)),
+                            window_size or spec.window_size, mlp, drop_rate, drop_path_rate)
+    from relvit.models.t2t import T2TViT
+
+    return T2TViT(img_size=img_size, embed_dim=dim, depth=depth, num_heads=heads,
+                  mlp_ratio=mlp, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+
+

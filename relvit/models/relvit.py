@@ -1,0 +1,92 @@
+"""The RelViT model: a backbone, the SSL heads on its (pooled) token grid, and a classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from relvit.models.contract import Backbone, Tokens
+from relvit.models.heads import PairwiseScoreHead, PositionHead
+from relvit.ssl.targets import NUM_RELATIONS
+
+
+@dataclass(frozen=True)
+class SSLTasks:
+    """Which SSL heads exist (method spec §1.2-1.5)."""
+
+    relations: bool = False
+    positions: bool = False
+    distances: bool = False
+    angles: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.relations or self.positions or self.distances or self.angles
+
+
+def pooled_side(side: int, factor: int) -> int:
+    """Side after AvgPool2d(kernel 3, stride 2, padding 1) applied log2(factor) times."""
+    while factor > 1:
+        side = (side + 2 - 3) // 2 + 1
+        factor //= 2
+    return side
+
+
+class RelViT(nn.Module):
+    """Backbone + optional SSL heads + optional classifier.
+
+    `forward` returns a dict with "logits" [B, classes] when there is a classifier, and the SSL
+    outputs "relations" [B, 9, N, N], "positions" [B, P, N], "distances" / "angles" [B, 1, N, N]
+    for the heads that exist, where N is the SSL grid (T2T's 14x14 tokens pooled to 7x7).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int | None, tasks: SSLTasks,
+                 num_positions: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.tasks = tasks
+        dim = backbone.embed_dim
+        self.relation_head = PairwiseScoreHead(dim, NUM_RELATIONS) if tasks.relations else None
+        self.position_head = PositionHead(dim, num_positions) if tasks.positions else None
+        self.distance_head = PairwiseScoreHead(dim, 1, head_dim=dim) if tasks.distances else None
+        self.angle_head = PairwiseScoreHead(dim, 1, head_dim=dim) if tasks.angles else None
+        self.classifier = nn.Linear(dim, num_classes) if num_classes else None
+        self.ssl_pool = (
+            nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+            if backbone.ssl_pool > 1 else None
+        )
+
+    def ssl_tokens(self, tokens: Tokens) -> tuple[Tensor, tuple[int, int]]:
+        """The tokens the SSL heads read, and their grid."""
+        if self.ssl_pool is None:
+            return tokens.patches, tokens.grid
+        x = tokens.patches
+        b, _, d = x.shape
+        h, w = tokens.grid
+        factor = self.backbone.ssl_pool
+        x = x.transpose(1, 2).reshape(b, d, h, w)
+        while factor > 1:
+            x = self.ssl_pool(x)
+            factor //= 2
+        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        tokens = self.backbone.tokens(images)
+        out: dict[str, Tensor] = {}
+        if self.classifier is not None:
+            pooled = tokens.cls if tokens.cls is not None else tokens.patches.mean(dim=1)
+            out["logits"] = self.classifier(pooled)
+        if self.tasks.any:
+            z, _ = self.ssl_tokens(tokens)
+            if self.relation_head is not None:
+                out["relations"] = self.relation_head(z)
+            if self.position_head is not None:
+                out["positions"] = self.position_head(z)
+            if self.distance_head is not None:
+                out["distances"] = self.distance_head(z)
+            if self.angle_head is not None:
+                out["angles"] = self.angle_head(z)
+        return out
+
+

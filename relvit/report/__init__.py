@@ -1,0 +1,1 @@
+"""Gather run directories into tidy tables and render the paper's tables."""

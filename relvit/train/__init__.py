@@ -1,0 +1,1 @@
+"""One training loop for every classification mode, with checkpoint/resume."""

@@ -1,0 +1,333 @@
+"""The training loop shared by all modes: pretrain, finetune, supervised and joint (spec §3).
+
+A run directory holds config.yaml, history.csv, last.pt (everything needed to resume), best.pt
+(weights of the best epoch) and, once finished, metrics.json. Re-running a run directory resumes
+from last.pt; every epoch reseeds its random streams from (seed, epoch), so a resumed run gives the
+same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from relvit.config import RunConfig, dump_config
+from relvit.data.registry import Splits, get_dataset
+from relvit.geometry import Geometry, run_geometry
+from relvit.models.backbones import build_backbone, get_backbone_spec
+from relvit.models.relvit import RelViT, SSLTasks
+from relvit.train import provenance
+from relvit.train.checkpoint import (
+    CheckpointError, atomic_save, atomic_write_text, load_backbone, load_checkpoint,
+)
+from relvit.train.objective import Objective
+from relvit.train.schedule import learning_rate
+
+log = logging.getLogger("relvit")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a run directory from another config, ...)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def backbone_label(cfg: RunConfig, geo: Geometry) -> str:
+    """How tables name the backbone, e.g. "ViT-S/4", or "ViT/4 (D=72, depth 4)" when resized."""
+    spec = get_backbone_spec(cfg.model.backbone)
+    patch = f"/{geo.patch_size}" if spec.family == "vit" else ""
+    resized = [(cfg.model.embed_dim, spec.embed_dim, "D={}"), (cfg.model.depth, spec.depth,
+               "depth {}"), (cfg.model.num_heads, spec.num_heads, "{} heads")]
+    changes = [fmt.format(v) for v, preset, fmt in resized if v is not None and v != preset]
+    if not changes:
+        return spec.label + patch
+    family = spec.label.split("-")[0] if spec.family == "vit" else spec.label
+    return f"{family}{patch} ({', '.join(changes)})"
+
+
+def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
+    m = cfg.model
+    backbone = build_backbone(
+        m.backbone, img_size=geo.image_size, patch_size=geo.patch_size, embed_dim=m.embed_dim,
+        depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, window_size=m.window_size,
+        pos_embed=cfg.pos_embed, drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate,
+    )
+    s = cfg.ssl
+    tasks = SSLTasks(*(cfg.uses_ssl and flag for flag in (s.relations, s.positions, s.distances,
+                                                           s.angles)))
+    return RelViT(backbone, num_classes if cfg.uses_classifier else None, tasks,
+                  geo.num_positions)
+
+
+def parameter_groups(model: nn.Module, decay_all: bool, weight_decay: float) -> list[dict]:
+    """One group decaying everything (the original, Q9), or norms/biases/embeddings exempt."""
+    if decay_all:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+        (keep if exempt else decay).append(param)
+    return [{"params": decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def _check_labels(splits: Splits, num_classes: int, dataset: str) -> None:
+    for split, labels in (("train", splits.train_labels), ("eval", splits.eval_labels)):
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise TrainingError(
+                f"dataset {dataset!r} {split} split has labels in [{labels.min()}, "
+                f"{labels.max()}], expected 0..{num_classes - 1}"
+            )
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
+
+
+class Run:
+    """One run directory: set-up, resume, the epoch loop and the final metrics."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, progress: bool | None = None):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.dataset = get_dataset(cfg.data.name)
+        self.geo = run_geometry(cfg)
+        self.device = resolve_device(cfg.device)
+        self.model = build_model(cfg, self.geo, self.dataset.num_classes).to(self.device)
+        groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
+                                  cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
+                                           weight_decay=cfg.optim.weight_decay,
+                                           fused=self.device.type == "cuda")
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.elapsed = 0.0
+        self.start_epoch = 0
+        self.fresh_keys: list[str] = []
+
+    # ----------------------------------------------------------------- set-up and resume
+    def prepare(self) -> None:
+        """Resume from last.pt if present, else initialise (loading the pretrain backbone)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last = self.out_dir / "last.pt"
+        if last.exists():
+            self._resume(last)
+        elif self.cfg.mode == "finetune":
+            if not self.cfg.init_checkpoint:
+                raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
+                                      "the best.pt of a pretrain run")
+            self.fresh_keys = load_backbone(self.model.backbone, Path(self.cfg.init_checkpoint),
+                                            self.cfg.model.backbone)
+        dump_config(self.cfg, self.out_dir / "config.yaml")
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        saved = {k: v for k, v in state["config"].items() if k != "device"}
+        current = {k: v for k, v in self.cfg.to_dict().items() if k != "device"}
+        if saved != current:
+            diffs = _dict_diff(saved, current)
+            raise TrainingError(
+                f"{self.out_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
+                "use another --out or delete that directory"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history, self.best = state["history"], state["best"]
+        self.elapsed, self.start_epoch = state["elapsed"], state["epoch"]
+        self.fresh_keys = state.get("fresh_keys", [])
+        log.info("resuming %s after epoch %d", self.out_dir, self.start_epoch)
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Train to the last epoch (or stop after `stop_after` more epochs, returning None)."""
+        self.prepare()
+        cfg = self.cfg
+        splits = self.dataset.load(self.geo.image_size, cfg.data.root)
+        _check_labels(splits, self.dataset.num_classes, cfg.data.name)
+        objective = Objective(cfg, self.dataset, self.geo, splits.mean, splits.std)
+        steps = math.ceil(len(splits.train_labels) / cfg.optim.batch_size)
+        total_steps = steps * cfg.optim.epochs
+        done = 0
+        for epoch in range(self.start_epoch, cfg.optim.epochs):
+            started = time.perf_counter()
+            train_stats, lr = self._train_epoch(epoch, splits, objective, steps, total_steps)
+            val_stats = self.evaluate(splits, objective)
+            row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
+                   **{f"val_{k}": v for k, v in val_stats.items()},
+                   "epoch_time_s": time.perf_counter() - started}
+            self.elapsed += row["epoch_time_s"]
+            self.history.append(row)
+            self._log_epoch(row)
+            if self._is_best(row):
+                self.best = row
+                atomic_save(self._weights(epoch + 1), self.out_dir / "best.pt")
+            self._save_last(epoch + 1)
+            done += 1
+            if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
+                return None
+        return self.finish(splits)
+
+    def _train_epoch(self, epoch: int, splits: Splits, objective: Objective, steps: int,
+                     total_steps: int) -> tuple[dict[str, float], float]:
+        cfg, device = self.cfg, self.device
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0))  # dropout / drop-path
+        order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
+        aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, 2))
+        order = torch.randperm(len(splits.train_labels), generator=order_gen)
+        self.model.train()
+        sums: dict[str, float] = {}
+        seen, lr = 0, cfg.optim.lr
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
+                   disable=not self.progress, file=sys.stderr)
+        for i in range(steps):
+            idx = order[i * cfg.optim.batch_size:(i + 1) * cfg.optim.batch_size]
+            images = splits.train_images[idx].to(device, non_blocking=True)
+            labels = splits.train_labels[idx].to(device, non_blocking=True)
+            batch = objective.batch(images, labels, train=True, generator=aug_gen)
+            step = epoch * steps + i
+            lr = learning_rate(step, total_steps, cfg.optim)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = self.model(batch.images)
+            loss, stats = objective.losses(out, batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, "
+                                    f"step {i + 1}; the last good checkpoint is kept")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.clip_grad > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+            self.optimizer.step()
+            _accumulate(sums, stats, len(idx))
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss'].item():.3f}")
+        bar.close()
+        return _means(sums, seen), lr
+
+    @torch.no_grad()
+    def evaluate(self, splits: Splits, objective: Objective) -> dict[str, float]:
+        """Loss and accuracies on the evaluation split (no jitter, no shuffle, fixed draws)."""
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(self.cfg.seed, 0, 3))
+        sums: dict[str, float] = {}
+        n = len(splits.eval_labels)
+        size = self.cfg.optim.batch_size
+        for start in range(0, n, size):
+            images = splits.eval_images[start:start + size].to(self.device)
+            labels = splits.eval_labels[start:start + size].to(self.device)
+            batch = objective.batch(images, labels, train=False, generator=gen)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.device.type == "cuda"):
+                out = self.model(batch.images)
+            _, stats = objective.losses(out, batch)
+            _accumulate(sums, stats, len(labels))
+        return _means(sums, n)
+
+    def _is_best(self, row: dict[str, Any]) -> bool:
+        if not self.best:
+            return True
+        if self.cfg.mode == "pretrain":  # the original keeps the lowest validation loss
+            return row["val_loss"] < self.best["val_loss"]
+        return row["val_acc_clf"] > self.best["val_acc_clf"]
+
+    # ----------------------------------------------------------------- files
+    def _weights(self, epoch: int) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "epoch": epoch,
+                "backbone_name": self.cfg.model.backbone, "mode": self.cfg.mode,
+                "config": self.cfg.to_dict()}
+
+    def _save_last(self, epoch: int) -> None:
+        state = {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
+                 "history": self.history, "best": self.best, "elapsed": self.elapsed,
+                 "fresh_keys": self.fresh_keys}
+        atomic_save(state, self.out_dir / "last.pt")
+        atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        keys = ["train_loss", "val_loss", "val_acc_clf", "val_acc_rel", "val_acc_pos"]
+        parts = [f"{k}={row[k]:.4f}" for k in keys if k in row]
+        message = f"epoch {row['epoch']}/{self.cfg.optim.epochs} lr={row['lr']:.2e} " + " ".join(
+            parts) + f" ({row['epoch_time_s']:.1f}s)"
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
+        else:
+            log.info(message)
+
+    def finish(self, splits: Splits) -> dict[str, Any]:
+        """Write metrics.json: best- and last-epoch numbers plus provenance."""
+        cfg, last, best = self.cfg, self.history[-1], self.best
+        metrics: dict[str, Any] = {
+            "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
+            "dataset": cfg.data.name, "dataset_title": self.dataset.title,
+            "backbone": cfg.model.backbone, "backbone_label": backbone_label(cfg, self.geo),
+            "epochs": cfg.optim.epochs, "eval_split": splits.eval_split,
+            "best_epoch": best["epoch"],
+            "best": {k: v for k, v in best.items() if k.startswith("val_")},
+            "last": {k: v for k, v in last.items() if k.startswith(("val_", "train_"))},
+            "wall_time_s": self.elapsed,
+            "peak_memory_mb": provenance.peak_memory_mb(self.device),
+            "device": provenance.device_name(self.device),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "init_checkpoint": cfg.init_checkpoint, "fresh_backbone_keys": self.fresh_keys,
+            "versions": provenance.versions(), "git_sha": provenance.git_sha(),
+        }
+        if cfg.uses_classifier:
+            metrics["best_top1"] = 100 * best["val_acc_clf"]
+            metrics["last_top1"] = 100 * last["val_acc_clf"]
+        atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
+        return metrics
+
+
+def _accumulate(sums: dict[str, float], stats: dict[str, torch.Tensor], weight: int) -> None:
+    for key, value in stats.items():
+        sums[key] = sums.get(key, 0.0) + float(value) * weight
+
+
+def _means(sums: dict[str, float], count: int) -> dict[str, float]:
+    return {key: value / max(count, 1) for key, value in sums.items()}
+
+
+def _history_csv(history: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _dict_diff(x, y, path + ".")
+        elif x != y:
+            out.append(f"{path}: {x!r} -> {y!r}")
+    return out
+
+
+def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
+          progress: bool | None = None) -> dict[str, Any] | None:
+    """Run (or resume) one training run; returns its metrics, or None if stopped early."""
+    return Run(cfg, Path(out_dir), progress).fit(stop_after)

@@ -1,0 +1,116 @@
+"""Batches in, losses out: standard augmentation, SSL input construction, targets and losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from relvit.config import RunConfig
+from relvit.data.augment import normalize, random_crop, random_hflip
+from relvit.data.registry import DatasetSpec
+from relvit.geometry import Geometry
+from relvit.models import losses
+from relvit.ssl.jitter import JitterConfig, jitter_patches
+from relvit.ssl.megapatch import megapatch_images
+from relvit.ssl.patches import patchify, permute_patches, unpatchify
+from relvit.ssl.targets import (
+    angle_targets,
+    distance_targets,
+    position_targets,
+    relation_targets,
+)
+
+JITTER = JitterConfig()  # the original's hard-coded probabilities (method spec Q6)
+
+
+@dataclass
+class Batch:
+    """What the model sees and what it must predict."""
+
+    images: Tensor  # normalised model input
+    labels: Tensor
+    grid: tuple[int, int]  # SSL grid of `images`
+    perm: Tensor | None  # [B, N] patch permutation (None: identity)
+
+
+class Objective:
+    """Builds model inputs and computes the summed loss of a run's active terms (spec §1.8)."""
+
+    def __init__(self, cfg: RunConfig, dataset: DatasetSpec, geo: Geometry,
+                 mean: tuple[float, ...], std: tuple[float, ...]):
+        self.cfg, self.dataset, self.geo = cfg, dataset, geo
+        self.mean, self.std = mean, std
+
+    def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The dataset's standard training augmentation (on un-normalised images)."""
+        if not self.cfg.data.augment:
+            return images
+        images = random_crop(images, self.dataset.crop_padding, generator)
+        return random_hflip(images, generator) if self.dataset.flip else images
+
+    def batch(self, images: Tensor, labels: Tensor, train: bool,
+              generator: torch.Generator) -> Batch:
+        """Training batches are augmented; pretraining adds mega-patches, jitter and shuffle."""
+        if train:
+            images = self.augment(images, generator)
+        grid = (self.geo.ssl_grid, self.geo.ssl_grid)
+        if self.cfg.mode != "pretrain":
+            return Batch(normalize(images, self.mean, self.std), labels, grid, None)
+        return self._pretrain_batch(images, labels, train, generator)
+
+    def _pretrain_batch(self, images: Tensor, labels: Tensor, train: bool,
+                        generator: torch.Generator) -> Batch:
+        ssl, cell = self.cfg.ssl, self.geo.cell
+        if self.geo.megapatch_side:
+            images, _, _ = megapatch_images(images, cell, self.geo.megapatch_side, generator,
+                                            symmetric=ssl.megapatch_symmetric)
+        grid = (images.shape[-2] // cell, images.shape[-1] // cell)
+        jitter, shuffle = train and ssl.jitter, train and ssl.shuffle
+        if ssl.jitter_after_normalize or not jitter:
+            images = normalize(images, self.mean, self.std)
+        perm = None
+        if jitter or shuffle:
+            patches = patchify(images, cell)
+            if jitter:
+                patches = jitter_patches(patches, JITTER, generator)
+            if shuffle:
+                b, n = patches.shape[:2]
+                perm = torch.rand(b, n, generator=generator, device=images.device).argsort(dim=1)
+                patches = permute_patches(patches, perm)
+            images = unpatchify(patches, grid)
+            if jitter and not ssl.jitter_after_normalize:
+                images = normalize(images, self.mean, self.std)
+        return Batch(images, labels, grid, perm)
+
+    def losses(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Unweighted sum of the active terms, and every term and accuracy (detached)."""
+        terms: dict[str, Tensor] = {}
+        stats: dict[str, Tensor] = {}
+        h, w = batch.grid
+        device = batch.images.device
+        perm = batch.perm
+        if "logits" in out:
+            terms["loss_clf"] = torch.nn.functional.cross_entropy(out["logits"].float(), batch.labels)
+            stats["acc_clf"] = losses.accuracy(out["logits"], batch.labels)
+        if "relations" in out:
+            target = relation_targets(h, w, perm).to(device)
+            terms["loss_rel"] = losses.relation_loss(out["relations"], target,
+                                                     self.cfg.ssl.relation_diagonal)
+            stats["acc_rel"] = losses.relation_accuracy(out["relations"], target)
+            stats["acc_rel_all"] = losses.relation_accuracy(out["relations"], target, True)
+        if "positions" in out:
+            target = position_targets(h * w, perm).to(device)
+            terms["loss_pos"] = losses.token_classification_loss(out["positions"], target)
+            stats["acc_pos"] = losses.accuracy(out["positions"], target)
+        if "distances" in out:
+            terms["loss_dist"] = losses.regression_loss(
+                out["distances"], distance_targets(h, w, perm).to(device))
+        if "angles" in out:
+            terms["loss_angle"] = losses.regression_loss(
+                out["angles"], angle_targets(h, w, perm).to(device))
+        total = torch.stack(list(terms.values())).sum()
+        stats.update({k: v.detach() for k, v in terms.items()})
+        stats["loss"] = total.detach()
+        return total, stats

@@ -1,0 +1,145 @@
+"""Tests for the T2T-ViT backbone (relvit.models.t2t)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from relvit.models.contract import Backbone
+from relvit.models.t2t import T2TViT, TokenPerformer, sinusoid_table, t2t_vit_14
+
+TINY = dict(embed_dim=48, depth=2, num_heads=2, token_dim=16)
+
+
+def tiny(img_size: int = 32, **kwargs: object) -> T2TViT:
+    torch.manual_seed(0)
+    return T2TViT(img_size=img_size, **{**TINY, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def vit14() -> T2TViT:
+    torch.manual_seed(0)
+    return t2t_vit_14().eval()
+
+
+def test_t2t_vit_14_at_224(vit14: T2TViT) -> None:
+    assert isinstance(vit14, Backbone)
+    assert vit14.embed_dim == 384 and vit14.ssl_pool == 2
+    assert vit14.token_grid(224) == (14, 14)
+    with torch.no_grad():
+        out = vit14.tokens(torch.randn(1, 3, 224, 224))
+    assert out.cls.shape == (1, 384)
+    assert out.patches.shape == (1, 196, 384)
+    assert out.grid == (14, 14)
+    assert torch.isfinite(out.patches).all() and torch.isfinite(out.cls).all()
+
+
+def test_t2t_vit_14_parameter_count(vit14: T2TViT) -> None:
+    n = sum(p.numel() for p in vit14.parameters())
+    assert n == sum(p.numel() for p in vit14.parameters() if p.requires_grad)
+    assert abs(n - 21.5e6) < 0.5e6
+    # The published 21.5 M includes the 1000-way ImageNet head, which this backbone does not own.
+    assert abs(n + 384 * 1000 + 1000 - 21.5e6) < 0.1e6
+
+
+@pytest.mark.parametrize(("size", "grid"), [(16, (1, 1)), (32, (2, 2)), (64, (4, 4)), (224, (14, 14))])
+def test_token_grid(size: int, grid: tuple[int, int]) -> None:
+    assert tiny().token_grid(size) == grid
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (64, 64), (32, 64), (48, 16)])
+def test_tokens_shapes_at_small_sizes(height: int, width: int) -> None:
+    model = tiny(img_size=32).eval()
+    with torch.no_grad():
+        out = model.tokens(torch.randn(2, 3, height, width))
+    rows, cols = height // 16, width // 16
+    assert out.grid == (rows, cols)
+    assert out.cls.shape == (2, 48)
+    assert out.patches.shape == (2, rows * cols, 48)
+    if height == width:
+        assert out.grid == model.token_grid(height)
+
+
+def test_non_divisible_size_raises() -> None:
+    model = tiny()
+    with pytest.raises(ValueError, match="40"):
+        model.token_grid(40)
+    with pytest.raises(ValueError, match="40"):
+        model.tokens(torch.randn(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="30"):
+        T2TViT(img_size=30, **TINY)
+
+
+def test_sinusoid_table_values() -> None:
+    table = sinusoid_table(5, 8)
+    assert table.shape == (5, 8)
+    assert torch.equal(table[0], torch.tensor([0.0, 1.0] * 4))
+    for pos, i in [(1, 0), (3, 1), (4, 3)]:
+        angle = pos / 10000 ** (2 * i / 8)
+        assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_positional_embedding_is_fixed_sinusoid() -> None:
+    model = tiny(img_size=32)
+    names = {name for name, _ in model.named_parameters()}
+    assert not any("pos_embed" in name for name in names)
+    assert "pos_embed" not in model.state_dict()
+    assert torch.equal(model.pos_embed[0], sinusoid_table(2 * 2 + 1, 48))
+    # Larger inputs get a table built for their own grid.
+    assert torch.equal(model._pos_embed(17)[0], sinusoid_table(17, 48))
+
+
+def test_positional_embedding_reaches_output() -> None:
+    """The same patch content at different grid positions gives different tokens."""
+    model = tiny(img_size=32).eval()
+    images = torch.randn(1, 3, 16, 16).repeat(1, 1, 2, 2)  # 2x2 tiling of one 16 px patch
+    with torch.no_grad():
+        patches = model.tokens(images).patches[0]
+    assert not torch.allclose(patches[0], patches[3], atol=1e-4)
+
+
+def test_gradients_reach_t2t_module() -> None:
+    model = tiny(img_size=32).train()
+    out = model.tokens(torch.randn(2, 3, 32, 32))
+    (out.patches.pow(2).mean() + out.cls.pow(2).mean()).backward()
+    t2t_params = list(model.tokens_to_token.named_parameters())
+    assert t2t_params
+    for name, param in t2t_params:
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    assert model.tokens_to_token.attention1.kqv.weight.grad.abs().sum() > 0
+    assert model.cls_token.grad is not None
+    # The Performer random features are a fixed buffer, not a parameter.
+    assert "omega" not in {name.split(".")[-1] for name, _ in model.named_parameters()}
+
+
+def test_token_performer_is_permutation_equivariant() -> None:
+    torch.manual_seed(0)
+    layer = TokenPerformer(dim=12, emb=8).eval()
+    x = torch.randn(2, 10, 12)
+    perm = torch.randperm(10)
+    with torch.no_grad():
+        y, y_perm = layer(x), layer(x[:, perm])
+    assert y.shape == (2, 10, 8)
+    torch.testing.assert_close(y[:, perm], y_perm)
+
+
+def test_config_and_init() -> None:
+    model = tiny(drop_path_rate=0.2)
+    assert isinstance(model.blocks[0].drop_path1, torch.nn.Identity)  # linear 0 -> drop_path_rate
+    assert model.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
+    block = model.blocks[0]
+    assert block.attn.qkv.bias is None
+    assert block.mlp.fc1.out_features == 3 * 48
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.bias is None or torch.all(m.bias == 0) for m in linears)
+    # timm's trunc_normal_(std=0.02) cuts at +-2 absolute, so it is effectively N(0, 0.02^2).
+    assert block.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.tokens_to_token.project.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert 0 < model.cls_token.std().item() < 0.04
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+    assert t2t_vit_14(depth=2, embed_dim=96, num_heads=2).embed_dim == 96

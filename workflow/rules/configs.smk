@@ -1,0 +1,15 @@
+# One resolved run config per planned run (relvit.workflow); a training rule reruns when its
+# run config changes.
+import yaml
+
+
+rule run_config:
+    output:
+        f"{RESULTS}/configs/{{run}}.yaml",
+    params:
+        config=planned_config,
+    log:
+        f"{RESULTS}/logs/configs/{{run}}.log",
+    run:
+        with open(output[0], "w") as handle:
+            yaml.safe_dump(params.config, handle, sort_keys=False)
