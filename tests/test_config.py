@@ -1,0 +1,92 @@
+"""Bad input: every problem named, with its key path, before anything trains."""
+
+import subprocess
+import sys
+
+import pytest
+
+from relvit.cli import main
+from relvit.config import ConfigError, config_from_dict, load_config, parse_overrides
+
+
+def problems_of(raw):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    return info.value.problems
+
+
+def test_all_type_problems_are_reported_at_once():
+    problems = problems_of({"mode": "pretrian", "seed": "one",
+                            "optim": {"lr": "fast", "epochz": 3}, "model": {"depth": True}})
+    assert problems == [
+        "mode: 'pretrian' is not one of 'pretrain', 'finetune', 'supervised', 'joint'",
+        "seed: expected int, got str 'one'",
+        "optim.lr: expected float, got str 'fast'",
+        "optim.epochz: unknown key (did you mean 'epochs'?); allowed: epochs, batch_size, lr, "
+        "min_lr, weight_decay, decay_norm_and_bias, warmup_fraction, schedule, clip_grad",
+        "model.depth: expected int, got bool True",
+    ]
+
+
+def test_unknown_dataset_and_backbone():
+    problems = problems_of({"data": {"name": "cifar"}, "model": {"backbone": "resnet"}})
+    assert problems == [
+        "data.name: unknown dataset 'cifar'; known: digits",
+        "model.backbone: unknown backbone 'resnet'; known: vit_tiny, vit_small, vit_base, "
+        "swin_tiny, t2t_vit_14",
+    ]
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"model": {"patch_size": 5}}, "token stride of 5 px, which does not divide the image size 16"),
+    ({"model": {"backbone": "t2t_vit_14"}, "data": {"image_size": 40}},
+     "token stride of 16 px, which does not divide the image size 40"),
+    ({"mode": "pretrain", "ssl": {"megapatch_side": 5}}, "megapatch_side 5 is larger than"),
+    ({"model": {"embed_dim": 40, "num_heads": 3}}, "40 is not divisible by model.num_heads 3"),
+    ({"mode": "pretrain", "model": {"embed_dim": 6, "num_heads": 3}}, "too narrow"),
+    ({"optim": {"warmup_fraction": 1.5}}, "warmup_fraction: must be in [0, 1)"),
+    ({"optim": {"epochs": 0}}, "optim.epochs: must be positive"),
+    ({"device": "tpu"}, "device: 'tpu' is not auto, cpu, cuda or cuda:N"),
+    ({"mode": "joint", "ssl": {"shuffle": True}}, "only used by mode 'pretrain'"),
+    ({"mode": "pretrain", "ssl": {"relations": False, "positions": False}}, "at least one SSL"),
+])
+def test_semantic_problems(raw, message):
+    assert any(message in p for p in problems_of(raw)), problems_of(raw)
+
+
+def test_numbers_in_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {lr: 5e-4, epochs: 3}\n")
+    cfg = load_config(path, ["optim.batch_size=32", "model.pos_embed=true"])
+    assert cfg.optim.lr == 5e-4 and cfg.optim.batch_size == 32 and cfg.pos_embed
+    assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+
+
+def test_cli_reports_config_errors_before_training(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {name: imagenet}\nmodel: {patch_size: 3}\n")
+    assert main(["supervised", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "data.name: unknown dataset 'imagenet'" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: file not found" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_mode_that_contradicts_the_config(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("mode: pretrain\n")
+    assert main(["finetune", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "says 'pretrain' but the command is 'finetune'" in capsys.readouterr().err
+
+
+def test_cli_finetune_without_checkpoint_fails_clearly(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {embed_dim: 36, depth: 1, num_heads: 3}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "relvit.cli", "finetune", "--config", str(path),
+         "--out", str(tmp_path / "o"), "--init", str(tmp_path / "absent.pt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "absent.pt does not exist" in result.stderr

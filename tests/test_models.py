@@ -1,0 +1,116 @@
+"""Backbones' token grids, heads' shapes, the RelViT model and the losses."""
+
+import pytest
+import torch
+
+from relvit.models import losses
+from relvit.models.backbones import build_backbone
+from relvit.models.heads import PairwiseScoreHead, PositionHead
+from relvit.models.relvit import RelViT, SSLTasks
+from relvit.ssl.targets import relation_targets
+
+TINY = dict(embed_dim=36, depth=1, num_heads=3)
+ALL_TASKS = SSLTasks(relations=True, positions=True, distances=True, angles=True)
+
+
+@pytest.mark.parametrize("name,size,patch,grid,cls", [
+    ("vit_small", 32, 4, (8, 8), True),
+    ("vit_small", 224, 32, (7, 7), True),
+    ("vit_small", 64, 8, (8, 8), True),
+    ("t2t_vit_14", 64, None, (4, 4), True),
+])
+def test_token_grid(name, size, patch, grid, cls):
+    backbone = build_backbone(name, img_size=size, patch_size=patch, **TINY)
+    tokens = backbone.tokens(torch.rand(2, 3, size, size))
+    assert tokens.grid == grid == backbone.token_grid(size)
+    assert tokens.patches.shape == (2, grid[0] * grid[1], backbone.embed_dim)
+    assert (tokens.cls is not None) == cls
+    if cls:
+        assert tokens.cls.shape == (2, backbone.embed_dim)
+
+
+def test_swin_token_grid_is_the_last_stage():
+    # patch 2, 3 stages: 64 / 2 = 32 -> 16 -> 8 tokens a side, width 36 * 2^2
+    backbone = build_backbone("swin_tiny", img_size=64, patch_size=2, embed_dim=36, depth=3,
+                              num_heads=1, window_size=4)
+    tokens = backbone.tokens(torch.rand(2, 3, 64, 64))
+    assert tokens.grid == (8, 8) == backbone.token_grid(64)
+    assert tokens.patches.shape == (2, 64, 144) and tokens.cls is None
+
+
+def test_swin_tiny_at_224_has_a_7x7_grid_of_width_768():
+    backbone = build_backbone("swin_tiny", img_size=224)
+    assert backbone.token_grid(224) == (7, 7) and backbone.embed_dim == 768
+
+
+def test_vit_positional_embeddings_on_and_off():
+    on = build_backbone("vit_small", img_size=16, patch_size=4, pos_embed=True, **TINY)
+    off = build_backbone("vit_small", img_size=16, patch_size=4, pos_embed=False, **TINY)
+    assert on.vit.pos_embed.shape == (1, 17, 36)
+    assert off.vit.pos_embed is None
+    # without positional embeddings the encoder is permutation-equivariant (spec §2.2)
+    off.eval()
+    x = torch.rand(1, 3, 16, 16)
+    from relvit.ssl.patches import patchify, permute_patches, unpatchify
+    perm = torch.randperm(16)
+    shuffled = unpatchify(permute_patches(patchify(x, 4), perm), (4, 4))
+    a, b = off.tokens(x).patches, off.tokens(shuffled).patches
+    torch.testing.assert_close(b, a[:, perm], atol=1e-5, rtol=1e-4)
+
+
+def test_heads_shapes():
+    z = torch.rand(2, 49, 384)
+    rel = PairwiseScoreHead(384, 9)
+    assert rel.head_dim == 42 and rel(z).shape == (2, 9, 49, 49)
+    assert PairwiseScoreHead(384, 1, head_dim=384)(z).shape == (2, 1, 49, 49)
+    assert PositionHead(384, 49)(z).shape == (2, 49, 49)
+    with pytest.raises(ValueError, match="too small"):
+        PairwiseScoreHead(8, 9)
+
+
+def test_relation_head_is_a_scaled_dot_product_per_class():
+    head = PairwiseScoreHead(18, 9)
+    z = torch.rand(1, 5, 18)
+    q = head.query(z).view(1, 5, 9, 2)
+    k = head.key(z).view(1, 5, 9, 2)
+    expected = torch.einsum("bnch,bmch->bcnm", q, k) / 2 ** 0.5
+    torch.testing.assert_close(head(z), expected)
+
+
+@pytest.mark.parametrize("name,size,patch,ssl_grid", [
+    ("vit_small", 32, 4, 8), ("t2t_vit_14", 224, None, 7), ("t2t_vit_14", 64, None, 2),
+])
+def test_relvit_outputs(name, size, patch, ssl_grid):
+    backbone = build_backbone(name, img_size=size, patch_size=patch, **TINY)
+    n = ssl_grid * ssl_grid
+    model = RelViT(backbone, 10, ALL_TASKS, num_positions=n)
+    out = model(torch.rand(2, 3, size, size))
+    assert out["logits"].shape == (2, 10)
+    assert out["relations"].shape == (2, 9, n, n)
+    assert out["positions"].shape == (2, n, n)
+    assert out["distances"].shape == out["angles"].shape == (2, 1, n, n)
+
+
+def test_swin_classifier_pools_the_tokens():
+    backbone = build_backbone("swin_tiny", img_size=32, patch_size=2, embed_dim=18, depth=2,
+                              num_heads=1, window_size=4)
+    model = RelViT(backbone, 5, SSLTasks(relations=True), num_positions=0)
+    out = model(torch.rand(2, 3, 32, 32))
+    assert out["logits"].shape == (2, 5) and out["relations"].shape == (2, 9, 64, 64)
+
+
+def test_relation_loss_with_and_without_the_diagonal():
+    targets = relation_targets(3, 3)
+    perfect = torch.nn.functional.one_hot(targets, 9).permute(2, 0, 1)[None].float() * 50
+    assert losses.relation_loss(perfect, targets) < 1e-6
+    assert losses.relation_accuracy(perfect, targets) == 1.0
+    # predicting CC everywhere is right on the diagonal only: 1/9 with it, 0 without it
+    centre_only = torch.zeros(1, 9, 9, 9)
+    centre_only[:, 4] = 1.0
+    assert losses.relation_accuracy(centre_only, targets, include_diagonal=True) == pytest.approx(1 / 9)
+    assert losses.relation_accuracy(centre_only, targets) == 0.0
+    wrong = torch.log(torch.tensor(torch.e + 8))  # CE of an entry whose class is not CC
+    with_diag = losses.relation_loss(centre_only, targets, include_diagonal=True)
+    without = losses.relation_loss(centre_only, targets, include_diagonal=False)
+    torch.testing.assert_close(without, wrong)
+    torch.testing.assert_close(with_diag, (72 * wrong + 9 * (wrong - 1)) / 81)

@@ -1,0 +1,91 @@
+"""The Table 1 renderer on a fixed set of run directories: exact expected output."""
+
+import json
+
+import pytest
+
+from relvit.cli import main
+from relvit.report.gather import gather_runs
+from relvit.report.table1 import render_latex, render_markdown
+
+RUNS = [  # (method dir, mode, label, seed, best_top1, last_top1)
+    ("supervised", "supervised", "", 0, 90.0, 89.0),
+    ("supervised", "supervised", "", 1, 92.0, 91.0),
+    ("supervised", "supervised", "", 2, 91.0, 90.0),
+    ("relvit", "finetune", "", 0, 95.0, 94.5),
+    ("relvit", "finetune", "", 1, 96.0, 95.5),
+    ("relvit", "finetune", "", 2, 94.0, 93.5),
+    ("supervised_same_epochs", "supervised", "same-epochs", 0, 93.0, 92.0),
+]
+
+EXPECTED_MD = """\
+# Table 1 — smoke tier
+
+Reproduced with relvit-repro, tier **smoke** (embedded data, tiny models: these numbers check the pipeline, they are not comparable to the paper's). Mean ± sample std over seeds 0, 1, 2.
+
+† not in the paper: a supervised run trained for as many epochs as pretrain + finetune.
+
+## Best-epoch top-1 accuracy (%), as the paper reports it (method spec Q17)
+
+| Dataset | Backbone | Supervised | RelViT | Supervised, same epochs † | Improv. |
+|---|---|---:|---:|---:|---:|
+| Digits (sklearn) | ViT-S/4 | 60.00 (n=1) | — | — | — |
+| Digits (sklearn) | ViT/4 (D=72, depth 4) | 91.00 ± 1.00 | 95.00 ± 1.00 | 93.00 (n=1) | +4.00 |
+
+## Last-epoch top-1 accuracy (%)
+
+| Dataset | Backbone | Supervised | RelViT | Supervised, same epochs † | Improv. |
+|---|---|---:|---:|---:|---:|
+| Digits (sklearn) | ViT-S/4 | 59.00 (n=1) | — | — | — |
+| Digits (sklearn) | ViT/4 (D=72, depth 4) | 90.00 ± 1.00 | 94.50 ± 1.00 | 92.00 (n=1) | +4.50 |
+"""
+
+
+def write_runs(root):
+    for method, mode, label, seed, best, last in RUNS + [("pretrain", "pretrain", "", 0, None, None)]:
+        run = root / "digits" / "vit_small" / method / f"seed{seed}"
+        run.mkdir(parents=True)
+        metrics = {"mode": mode, "label": label, "seed": seed, "dataset": "digits",
+                   "dataset_title": "Digits (sklearn)", "backbone": "vit_small",
+                   "backbone_label": "ViT/4 (D=72, depth 4)"}
+        if best is not None:
+            metrics.update(best_top1=best, last_top1=last)
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    other = root / "digits" / "vit_s4" / "supervised" / "seed0"
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text(json.dumps({
+        "mode": "supervised", "label": "", "seed": 0, "dataset": "digits",
+        "dataset_title": "Digits (sklearn)", "backbone": "vit_small", "backbone_label": "ViT-S/4",
+        "best_top1": 60.0, "last_top1": 59.0}))
+
+
+def test_markdown_is_exactly_as_expected(tmp_path):
+    write_runs(tmp_path)
+    runs = gather_runs([tmp_path])
+    runs = runs[runs["mode"] != "pretrain"]
+    assert render_markdown(runs, "smoke") == EXPECTED_MD
+
+
+def test_latex_table(tmp_path):
+    write_runs(tmp_path)
+    runs = gather_runs([tmp_path])
+    tex = render_latex(runs[runs["mode"] != "pretrain"], "smoke")
+    assert r"Digits (sklearn) & ViT/4 (D=72, depth 4) & 91.00 $\pm$ 1.00 & 95.00 $\pm$ 1.00 & " \
+           r"93.00 (n=1) & +4.00 \\" in tex
+    assert r"\toprule" in tex and r"Supervised, same epochs $^\dagger$" in tex
+    assert "smoke tier" in tex
+
+
+def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys):
+    write_runs(tmp_path / "runs")
+    assert main(["report", "--table1", str(tmp_path / "t1"), "--tier", "smoke",
+                 str(tmp_path / "runs")]) == 0
+    assert (tmp_path / "t1.md").read_text() == EXPECTED_MD
+    assert (tmp_path / "t1.tex").is_file()
+    bad = tmp_path / "runs" / "digits" / "broken" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="broken/metrics.json: not a metrics file"):
+        gather_runs([tmp_path / "runs"])
+    assert main(["report", "--table1", str(tmp_path / "t2"), str(tmp_path / "absent")]) == 1
+    assert "absent: no such metrics file or run directory" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+"""Training: each mode lowers its loss, resume gives the same result, run files are complete."""
+
+import json
+
+import pytest
+import torch
+
+from relvit.train.checkpoint import CheckpointError
+from relvit.train.loop import Run, TrainingError, train
+from relvit.train.schedule import learning_rate
+
+
+def fixed_batch_losses(run: Run, steps: int) -> list[float]:
+    """Loss on one fixed training batch over `steps` optimiser steps."""
+    splits = run.dataset.load(run.geo.image_size, run.cfg.data.root)
+    from relvit.train.objective import Objective
+
+    objective = Objective(run.cfg, run.dataset, run.geo, splits.mean, splits.std)
+    gen = torch.Generator().manual_seed(0)
+    batch = objective.batch(splits.train_images[:128], splits.train_labels[:128], True, gen)
+    run.model.train()
+    history = []
+    for _ in range(steps):
+        loss, _ = objective.losses(run.model(batch.images), batch)
+        run.optimizer.zero_grad()
+        loss.backward()
+        run.optimizer.step()
+        history.append(loss.item())
+    return history
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "supervised", "joint"])
+def test_each_mode_lowers_its_loss(tmp_path, tiny_config, mode):
+    torch.manual_seed(0)
+    run = Run(tiny_config(mode), tmp_path)
+    losses = fixed_batch_losses(run, 30)
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def test_mode_decides_the_loss_terms(tmp_path, tiny_config):
+    terms = {}
+    for mode in ("pretrain", "finetune", "supervised", "joint"):
+        cfg = tiny_config(mode)
+        run = Run(cfg, tmp_path / mode)
+        out = run.model(torch.rand(2, 3, 16, 16))
+        terms[mode] = sorted(out)
+        assert run.cfg.pos_embed == (mode != "pretrain")
+    assert terms["pretrain"] == ["positions", "relations"]
+    assert terms["finetune"] == terms["supervised"] == ["logits"]
+    assert terms["joint"] == ["logits", "positions", "relations"]
+
+
+def test_pretrain_then_finetune_writes_complete_run_dirs(tmp_path, tiny_config):
+    pre = train(tiny_config("pretrain"), tmp_path / "pre", progress=False)
+    assert {"val_acc_rel", "val_acc_pos", "val_loss"} <= set(pre["best"])
+    for name in ("config.yaml", "history.csv", "last.pt", "best.pt", "metrics.json"):
+        assert (tmp_path / "pre" / name).is_file()
+    cfg = tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt"))
+    fine = train(cfg, tmp_path / "fine", progress=False)
+    assert 0 <= fine["last_top1"] <= fine["best_top1"] <= 100
+    assert fine["fresh_backbone_keys"] == ["vit.pos_embed"]  # never trained upstream (spec §3)
+    saved = json.loads((tmp_path / "fine" / "metrics.json").read_text())
+    assert saved["best_top1"] == fine["best_top1"]
+    for key in ("wall_time_s", "peak_memory_mb", "seed", "versions", "git_sha", "eval_split"):
+        assert key in saved
+
+
+def test_finetune_loads_the_pretrained_backbone(tmp_path, tiny_config):
+    train(tiny_config("pretrain", optim={"epochs": 1}), tmp_path / "pre", progress=False)
+    cfg = tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt"))
+    run = Run(cfg, tmp_path / "fine")
+    run.prepare()
+    saved = torch.load(tmp_path / "pre" / "best.pt", weights_only=True)["model"]
+    own = run.model.state_dict()
+    for key in ("backbone.vit.blocks.0.attn.qkv.weight", "backbone.vit.patch_embed.proj.weight"):
+        assert torch.equal(own[key], saved[key])
+
+
+def test_finetune_refuses_missing_or_mismatched_checkpoints(tmp_path, tiny_config):
+    with pytest.raises(CheckpointError, match="needs init_checkpoint"):
+        Run(tiny_config("finetune"), tmp_path / "a").prepare()
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError, match="nope.pt does not exist"):
+        Run(tiny_config("finetune", init_checkpoint=str(missing)), tmp_path / "b").prepare()
+    train(tiny_config("pretrain", optim={"epochs": 1}), tmp_path / "pre", progress=False)
+    wider = tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt"),
+                        model={"embed_dim": 48})
+    with pytest.raises(CheckpointError, match=r"does not fit the model: .*\(36.*vs model \(48"):
+        Run(wider, tmp_path / "c").prepare()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt cannot be read"):
+        Run(tiny_config("finetune", init_checkpoint=str(junk)), tmp_path / "d").prepare()
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "supervised"])
+def test_resume_gives_the_same_result(tmp_path, tiny_config, mode):
+    cfg = tiny_config(mode, optim={"epochs": 3}, ssl={"shuffle": mode == "pretrain"},
+                      model={"drop_path_rate": 0.1})
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    assert train(cfg, tmp_path / "split", stop_after=1, progress=False) is None
+    assert not (tmp_path / "split" / "metrics.json").exists()
+    resumed = train(cfg, tmp_path / "split", progress=False)
+    for key in ("best", "last", "best_epoch"):
+        assert resumed[key] == whole[key]
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_config):
+    train(tiny_config("supervised", optim={"epochs": 2}), tmp_path / "run", stop_after=1,
+          progress=False)
+    with pytest.raises(TrainingError, match=r"another config \(optim.lr: 0.002 -> 0.001"):
+        train(tiny_config("supervised", optim={"epochs": 2, "lr": 1e-3}), tmp_path / "run")
+
+
+def test_megapatch_and_distance_tasks_train(tmp_path, tiny_config):
+    cfg = tiny_config("pretrain", optim={"epochs": 1}, data={"image_size": 32},
+                      ssl={"megapatch_side": 5, "distances": True, "angles": True})
+    metrics = train(cfg, tmp_path / "mega", progress=False)
+    assert {"val_loss_dist", "val_loss_angle", "val_acc_pos"} <= set(metrics["best"])
+
+
+@pytest.mark.parametrize("schedule", ["relvit", "cosine"])
+def test_schedules(tiny_config, schedule):
+    optim = tiny_config("supervised", optim={"lr": 1.0, "min_lr": 0.0,
+                                             "schedule": schedule}).optim
+    lrs = [learning_rate(t, 100, optim) for t in range(100)]
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5)  # linear warm-up over 10 steps
+    assert max(lrs) <= 1.0 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    if schedule == "relvit":  # quarter cosine measured from step 0 (spec §5.1)
+        assert lrs[10] == pytest.approx(torch.cos(torch.tensor(torch.pi / 20)).item())
+        assert lrs[50] == pytest.approx(2 ** -0.5)
+    else:
+        assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5)
