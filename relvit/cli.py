@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, TrainingError, KeyError, ValueError) as err:
+    except (CheckpointError, TrainingError, KeyError, ValueError, FileNotFoundError) as err:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 1
 

@@ -52,7 +52,7 @@ class ModelConfig:
     window_size: int | None = None  # Swin only
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
-    pos_embed: Literal["auto", "on", "off"] = "auto"  # auto: off for pretrain, on otherwise
+    pos_embed: bool | None = None  # ViT positional embeddings; None: off for pretrain, else on
 
 
 @dataclass
@@ -114,9 +114,9 @@ class RunConfig:
     @property
     def pos_embed(self) -> bool:
         """Positional embeddings: off for pretrain (as the upstream scripts), on otherwise."""
-        if self.model.pos_embed == "auto":
+        if self.model.pos_embed is None:
             return self.mode != "pretrain"
-        return self.model.pos_embed == "on"
+        return self.model.pos_embed
 
 
 def _type_name(tp: Any) -> str:

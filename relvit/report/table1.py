@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from relvit.data.registry import DATASETS
 from relvit.report.gather import gather_runs
 from relvit.train.checkpoint import atomic_write_text
 
@@ -54,8 +55,11 @@ def _cell(values: pd.Series) -> Cell:
 def table1_rows(runs: pd.DataFrame, metric: str) -> list[dict[str, object]]:
     """One dict per (dataset, backbone): the Cell of each method and the improvement."""
     rows = []
-    keys = runs[["dataset_title", "backbone_label"]].drop_duplicates()
-    for dataset, backbone in keys.itertuples(index=False):
+    order = {name: i for i, name in enumerate(DATASETS)}  # the registry lists the paper's order
+    keys = runs[["dataset", "dataset_title", "backbone_label"]].drop_duplicates()
+    keys = keys.assign(rank=keys["dataset"].map(order).fillna(len(order)))
+    keys = keys.sort_values(["rank", "dataset", "backbone_label"])
+    for dataset, backbone in keys[["dataset_title", "backbone_label"]].itertuples(index=False):
         here = runs[(runs.dataset_title == dataset) & (runs.backbone_label == backbone)]
         cells = {
             column: _cell(here[(here["mode"] == mode) & (here["label"].fillna("") == label)][metric])

@@ -111,6 +111,7 @@ class Run:
         self.dataset = get_dataset(cfg.data.name)
         self.geo = run_geometry(cfg)
         self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         self.model = build_model(cfg, self.geo, self.dataset.num_classes).to(self.device)
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
