@@ -74,6 +74,8 @@ def test_tiny_workflow_end_to_end(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "ViT/4 (D=36, depth 1, 3 heads)"
     assert all(c.endswith("(n=1)") for c in cells[2:5]), cells  # every column filled by a run
+    pretext = table.split("## Pretext task")[1]
+    assert "| Digits (sklearn) | ViT/4 (D=36, depth 1, 3 heads) |" in pretext
     assert (tmp_path / "results" / "tables" / "table1.tex").is_file()
     again = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["run", "dataset", "dataset_title", "backbone", "backbone_label", "mode", "label",
-           "seed", "best_top1", "last_top1", "wall_time_s", "peak_memory_mb", "git_sha"]
+           "seed", "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
+           "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha"]
 
 
 def metrics_files(sources: list[str | Path]) -> list[Path]:

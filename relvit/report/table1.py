@@ -52,15 +52,24 @@ def _cell(values: pd.Series) -> Cell:
     return Cell(float(values.mean()), std, len(values))
 
 
-def table1_rows(runs: pd.DataFrame, metric: str) -> list[dict[str, object]]:
-    """One dict per (dataset, backbone): the Cell of each method and the improvement."""
-    rows = []
-    order = {name: i for i, name in enumerate(DATASETS)}  # the registry lists the paper's order
+def _row_keys(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(dataset title, backbone label) pairs, datasets in registry (= the paper's) order."""
+    order = {name: i for i, name in enumerate(DATASETS)}
     keys = runs[["dataset", "dataset_title", "backbone_label"]].drop_duplicates()
     keys = keys.assign(rank=keys["dataset"].map(order).fillna(len(order)))
     keys = keys.sort_values(["rank", "dataset", "backbone_label"])
-    for dataset, backbone in keys[["dataset_title", "backbone_label"]].itertuples(index=False):
-        here = runs[(runs.dataset_title == dataset) & (runs.backbone_label == backbone)]
+    return list(keys[["dataset_title", "backbone_label"]].itertuples(index=False, name=None))
+
+
+def _rows_of(runs: pd.DataFrame, dataset: str, backbone: str) -> pd.DataFrame:
+    return runs[(runs.dataset_title == dataset) & (runs.backbone_label == backbone)]
+
+
+def table1_rows(runs: pd.DataFrame, metric: str) -> list[dict[str, object]]:
+    """One dict per (dataset, backbone): the Cell of each method and the improvement."""
+    rows = []
+    for dataset, backbone in _row_keys(runs[runs["mode"] != "pretrain"]):
+        here = _rows_of(runs, dataset, backbone)
         cells = {
             column: _cell(here[(here["mode"] == mode) & (here["label"].fillna("") == label)][metric])
             for column, (mode, label) in METHODS.items()
@@ -72,12 +81,31 @@ def table1_rows(runs: pd.DataFrame, metric: str) -> list[dict[str, object]]:
     return rows
 
 
+def pretext_lines(runs: pd.DataFrame) -> list[str]:
+    """Markdown table of the pretrain runs' held-out pretext accuracies, beside chance."""
+    pretrain = runs[runs["mode"] == "pretrain"]
+    if pretrain.empty:
+        return []
+    lines = ["", "## Pretext task: held-out accuracy of the pretrain runs (%), last epoch", "",
+             "Relation accuracy leaves out the trivial diagonal; chance is 1/8 for relations "
+             "(8 off-diagonal classes, uniform guess) and 1/N for N positions.", "",
+             "| Dataset | Backbone | Relations | Positions | Chance (relations / positions) |",
+             "|---|---|---:|---:|---:|"]
+    for dataset, backbone in _row_keys(pretrain):
+        here = _rows_of(pretrain, dataset, backbone)
+        positions = here["pretext_positions"].dropna()
+        chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
+        lines.append(f"| {dataset} | {backbone} | {_cell(here['pretext_rel_acc']).text()} | "
+                     f"{_cell(here['pretext_pos_acc']).text()} | {chance} |")
+    return lines
+
+
 def _improvement(value: float | None) -> str:
     return EMPTY if value is None else f"{value:+.2f}"
 
 
 def render_markdown(runs: pd.DataFrame, tier: str) -> str:
-    seeds = sorted(int(s) for s in runs["seed"].dropna().unique())
+    seeds = sorted(int(s) for s in runs["seed"].dropna().unique())  # of every run shown
     lines = [
         f"# Table 1 — {tier} tier",
         "",
@@ -97,6 +125,7 @@ def render_markdown(runs: pd.DataFrame, tier: str) -> str:
             cells = [row["Dataset"], row["Backbone"], *(row[m].text() for m in METHODS),
                      _improvement(row["Improv."])]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += pretext_lines(runs)
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +167,6 @@ def render_latex(runs: pd.DataFrame, tier: str, metric: str = "best_top1") -> st
 def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str) -> pd.DataFrame:
     """Gather the runs (metrics files or folders) and write `<out_stem>.md` and `.tex`."""
     runs = gather_runs(sources)
-    runs = runs[runs["mode"].isin([mode for mode, _ in METHODS.values()])]
     out_stem = Path(out_stem)
     atomic_write_text(render_markdown(runs, tier), out_stem.with_suffix(".md"))
     atomic_write_text(render_latex(runs, tier), out_stem.with_suffix(".tex"))

@@ -3,7 +3,7 @@
 
 rule table1:
     input:
-        [metrics_file(run_id) for run_id, run in RUNS.items() if run.mode != "pretrain"],
+        [metrics_file(run_id) for run_id in RUNS],
     output:
         md=f"{RESULTS}/tables/table1.md",
         tex=f"{RESULTS}/tables/table1.tex",
