@@ -59,7 +59,8 @@ def write_runs(root):
                    "dataset_title": "Digits (sklearn)", "backbone": "vit_small",
                    "backbone_label": "ViT/4 (D=72, depth 4)"}
         if mode == "pretrain":
-            metrics.update(pretext_rel_acc=best, pretext_pos_acc=last, pretext_positions=16)
+            metrics.update(pretext_positions=16,
+                           last={"val_acc_rel": best / 100, "val_acc_pos": last / 100})
         else:
             metrics.update(best_top1=best, last_top1=last)
         (run / "metrics.json").write_text(json.dumps(metrics))

@@ -295,10 +295,7 @@ class Run:
         if cfg.uses_classifier:
             metrics["best_top1"] = 100 * best["val_acc_clf"]
             metrics["last_top1"] = 100 * last["val_acc_clf"]
-        for task in ("rel", "pos"):  # was the pretext task learned? (held-out, last epoch)
-            if f"val_acc_{task}" in last:
-                metrics[f"pretext_{task}_acc"] = 100 * last[f"val_acc_{task}"]
-        if "val_acc_pos" in last:
+        if cfg.uses_ssl:
             metrics["pretext_positions"] = self.geo.num_positions
         atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
         return metrics
