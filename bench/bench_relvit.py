@@ -22,9 +22,10 @@ import torch
 
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
-from relvit.ssl.jitter import JitterConfig, jitter_patches
+from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.jitter_reference import reference_jitter_image
-from relvit.ssl.patches import patchify, permute_patches, unpatchify
+from relvit.ssl.patches import patchify, unpatchify
+from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import position_targets, relation_targets
 
 JITTER = JitterConfig()
@@ -52,15 +53,13 @@ def peak_mb(device: torch.device) -> float:
 
 
 def batched_pipeline(images: torch.Tensor, patch: int, gen: torch.Generator) -> tuple:
-    """relvit: jitter + permutation + targets for a whole batch."""
+    """relvit: jitter + permutation + targets for a whole batch (what pretraining runs)."""
     grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-    patches = jitter_patches(patchify(images, patch), JITTER, gen)
-    perm = torch.rand(patches.shape[:2], generator=gen, device=images.device).argsort(dim=1)
-    out = unpatchify(permute_patches(patches, perm), grid)
+    out, perm = jitter_and_shuffle(images, patch, JITTER, True, gen)
     return out, relation_targets(*grid, perm), position_targets(grid[0] * grid[1], perm)
 
 
-def reference_pipeline(images: torch.Tensor, patch: int) -> list:
+def reference_pipeline(images: torch.Tensor, patch: int, jitter_only: bool = False) -> list:
     """The original's way: one image at a time, torchvision transforms per patch."""
     grid = (images.shape[-2] // patch, images.shape[-1] // patch)
     n = grid[0] * grid[1]
@@ -68,6 +67,9 @@ def reference_pipeline(images: torch.Tensor, patch: int) -> list:
     out = []
     for image in images:
         jittered = reference_jitter_image(image, patch, JITTER)
+        if jitter_only:
+            out.append(jittered)
+            continue
         perm = torch.randperm(n)
         shuffled = unpatchify(patchify(jittered[None], patch)[:, perm], grid)
         out.append((shuffled, base[perm][:, perm], perm))
@@ -79,21 +81,28 @@ def bench_pipeline(args, device: torch.device) -> list[tuple]:
     for size, patch in ((32, 4), (224, 32)):
         images = torch.rand(args.pipeline_batch, 3, size, size, device=device)
         gen = torch.Generator(device=device).manual_seed(0)
-        fast = timed(lambda: batched_pipeline(images, patch, gen), args.repeats, device)
         n_ref = min(args.reference_images, args.pipeline_batch)
         cpu_images = images[:n_ref].cpu()
-        # The reference runs like a DataLoader worker: one thread. Credit it with perfect scaling
-        # over as many workers as the batched code has threads, so the ratio is conservative.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        slow = timed(lambda: reference_pipeline(cpu_images, patch), 1, torch.device("cpu"))
-        torch.set_num_threads(threads)
-        fast_ips, slow_ips = args.pipeline_batch / fast, threads * n_ref / slow
         config = f"{size}x{size}, patch {patch}, N={(size // patch) ** 2}"
-        rows.append((f"SSL input, per-sample reference ×{threads} workers", config,
-                     f"{slow_ips:,.0f} img/s", "1.00×", ""))
-        rows.append(("SSL input, batched", config, f"{fast_ips:,.0f} img/s",
-                     f"{fast_ips / slow_ips:,.1f}×", f"{peak_mb(device):,.0f}"))
+        cases = (
+            ("jitter", lambda: jitter_and_shuffle(images, patch, JITTER, False, gen), True),
+            ("jitter + permutation + targets", lambda: batched_pipeline(images, patch, gen),
+             False),
+        )
+        for stage, batched, jitter_only in cases:
+            fast = timed(batched, args.repeats, device)
+            # The reference runs like a DataLoader worker: one thread. Credit it with perfect
+            # scaling over as many workers as the batched code has threads (conservative ratio).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            slow = timed(lambda: reference_pipeline(cpu_images, patch, jitter_only), 1,
+                         torch.device("cpu"))
+            torch.set_num_threads(threads)
+            fast_ips, slow_ips = args.pipeline_batch / fast, threads * n_ref / slow
+            rows.append((f"{stage}: per-sample reference ×{threads} workers", config,
+                         f"{slow_ips:,.0f} img/s", "1.00×", ""))
+            rows.append((f"{stage}: batched", config, f"{fast_ips:,.0f} img/s",
+                         f"{fast_ips / slow_ips:,.1f}×", f"{peak_mb(device):,.0f}"))
     return rows
 
 

@@ -38,7 +38,6 @@ def permute_patches(patches: Tensor, perm: Tensor) -> Tensor:
     """Put into slot k the patch of original cell perm[b, k]; perm is [B, N] (or [N])."""
     if perm.dim() == 1:
         return patches[:, perm]
-    index = perm.view(*perm.shape, *([1] * (patches.dim() - 2))).expand(
-        *perm.shape, *patches.shape[2:]
-    )
-    return torch.gather(patches, 1, index)
+    b, n = perm.shape
+    rows = (perm + torch.arange(b, device=perm.device)[:, None] * n).reshape(-1)
+    return patches.reshape(b * n, *patches.shape[2:]).index_select(0, rows).view(patches.shape)

@@ -12,9 +12,9 @@ from relvit.data.augment import normalize, random_crop, random_hflip
 from relvit.data.registry import DatasetSpec
 from relvit.geometry import Geometry
 from relvit.models import losses
-from relvit.ssl.jitter import JitterConfig, jitter_patches
+from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.megapatch import megapatch_images
-from relvit.ssl.patches import patchify, permute_patches, unpatchify
+from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import (
     angle_targets,
     distance_targets,
@@ -67,21 +67,12 @@ class Objective:
             images, _, _ = megapatch_images(images, cell, self.geo.megapatch_side, generator,
                                             symmetric=ssl.megapatch_symmetric)
         grid = (images.shape[-2] // cell, images.shape[-1] // cell)
-        jitter, shuffle = train and ssl.jitter, train and ssl.shuffle
-        if ssl.jitter_after_normalize or not jitter:
+        jitter = JITTER if train and ssl.jitter else None
+        if ssl.jitter_after_normalize:  # the original's order (Q5): jitter clamps to [0, 1]
             images = normalize(images, self.mean, self.std)
-        perm = None
-        if jitter or shuffle:
-            patches = patchify(images, cell)
-            if jitter:
-                patches = jitter_patches(patches, JITTER, generator)
-            if shuffle:
-                b, n = patches.shape[:2]
-                perm = torch.rand(b, n, generator=generator, device=images.device).argsort(dim=1)
-                patches = permute_patches(patches, perm)
-            images = unpatchify(patches, grid)
-            if jitter and not ssl.jitter_after_normalize:
-                images = normalize(images, self.mean, self.std)
+        images, perm = jitter_and_shuffle(images, cell, jitter, train and ssl.shuffle, generator)
+        if not ssl.jitter_after_normalize:
+            images = normalize(images, self.mean, self.std)
         return Batch(images, labels, grid, perm)
 
     def losses(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

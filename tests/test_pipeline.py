@@ -1,0 +1,41 @@
+"""Batch-level jitter + permutation: chunking changes nothing but speed."""
+
+import pytest
+import torch
+
+from relvit.ssl import pipeline
+from relvit.ssl.jitter import JitterConfig
+from relvit.ssl.patches import patchify, permute_patches, unpatchify
+from relvit.ssl.pipeline import jitter_and_shuffle
+from relvit.ssl.targets import relation_targets
+
+IDENTITY = JitterConfig(crop=False, color_jitter_p=0.0, grayscale_p=0.0)
+
+
+@pytest.mark.parametrize("chunk_images", [1, 3, 1000])
+@pytest.mark.parametrize("jitter", [None, IDENTITY])
+def test_shuffle_moves_patches_whatever_the_chunking(monkeypatch, chunk_images, jitter):
+    images = torch.rand(7, 3, 16, 16)
+    monkeypatch.setattr(pipeline, "CPU_CHUNK_BYTES", chunk_images * 3 * 16 * 16 * 4)
+    out, perm = jitter_and_shuffle(images, 4, jitter, True, torch.Generator().manual_seed(0))
+    assert perm.shape == (7, 16)
+    assert torch.equal(out, unpatchify(permute_patches(patchify(images, 4), perm), (4, 4)))
+    # slot k of image b holds original cell perm[b, k]: undo it and get the image back
+    inverse = perm.argsort(dim=1)
+    assert torch.equal(unpatchify(permute_patches(patchify(out, 4), inverse), (4, 4)), images)
+    assert relation_targets(4, 4, perm).shape == (7, 16, 16)
+
+
+def test_chunked_jitter_stays_in_range_and_is_reproducible(monkeypatch):
+    images = torch.rand(5, 3, 16, 16)
+    monkeypatch.setattr(pipeline, "CPU_CHUNK_BYTES", 2 * 3 * 16 * 16 * 4)
+    a, none = jitter_and_shuffle(images, 4, JitterConfig(), False, torch.Generator().manual_seed(3))
+    b, _ = jitter_and_shuffle(images, 4, JitterConfig(), False, torch.Generator().manual_seed(3))
+    assert none is None and torch.equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0 and not torch.equal(a, images)
+
+
+def test_nothing_to_do_returns_the_input():
+    images = torch.rand(2, 3, 8, 8)
+    out, perm = jitter_and_shuffle(images, 4, None, False)
+    assert out is images and perm is None
