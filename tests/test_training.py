@@ -29,10 +29,14 @@ def fixed_batch_losses(run: Run, steps: int) -> list[float]:
     return history
 
 
-@pytest.mark.parametrize("mode", ["pretrain", "supervised", "joint"])
+@pytest.mark.parametrize("mode", ["pretrain", "finetune", "supervised", "joint"])
 def test_each_mode_lowers_its_loss(tmp_path, tiny_config, mode):
-    torch.manual_seed(0)
-    run = Run(tiny_config(mode), tmp_path)
+    overrides = {}
+    if mode == "finetune":
+        train(tiny_config("pretrain", optim={"epochs": 1}), tmp_path / "pre", progress=False)
+        overrides["init_checkpoint"] = str(tmp_path / "pre" / "best.pt")
+    run = Run(tiny_config(mode, **overrides), tmp_path / "run")
+    run.prepare()
     losses = fixed_batch_losses(run, 30)
     assert losses[-1] < 0.85 * losses[0], losses
 
@@ -120,6 +124,25 @@ def test_megapatch_and_distance_tasks_train(tmp_path, tiny_config):
                       ssl={"megapatch_side": 5, "distances": True, "angles": True})
     metrics = train(cfg, tmp_path / "mega", progress=False)
     assert {"val_loss_dist", "val_loss_angle", "val_acc_pos"} <= set(metrics["best"])
+
+
+@pytest.mark.parametrize("backbone,model,image_size", [
+    ("swin_tiny", {"embed_dim": 18, "depth": 2, "num_heads": 1, "window_size": 2,
+                   "patch_size": 2}, 16),
+    ("t2t_vit_14", {"embed_dim": 36, "depth": 1, "num_heads": 3}, 64),
+])
+def test_other_backbones_pretrain_with_megapatches_and_finetune(tmp_path, tiny_config, backbone,
+                                                               model, image_size):
+    model = {"backbone": backbone, **model}
+    data = {"image_size": image_size}
+    cfg = tiny_config("pretrain", model=model, data=data, optim={"epochs": 1},
+                      ssl={"megapatch_side": 2, "shuffle": True})
+    pre = train(cfg, tmp_path / "pre", progress=False)
+    assert pre["pretext_positions"] == 4  # S x S mega-patches
+    cfg = tiny_config("finetune", model=model, data=data, optim={"epochs": 1},
+                      init_checkpoint=str(tmp_path / "pre" / "best.pt"))
+    fine = train(cfg, tmp_path / "fine", progress=False)
+    assert fine["fresh_backbone_keys"] == [] and fine["best_top1"] > 0
 
 
 @pytest.mark.parametrize("schedule", ["relvit", "cosine"])

@@ -83,6 +83,7 @@ class SwinBackbone(Backbone):
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depths=depths,
             num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
             drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
+            dynamic_img_size=True,  # mega-patch inputs are smaller than img_size
         )
         self.embed_dim = self.swin.num_features
         self.stride = patch_size * 2 ** (len(depths) - 1)
