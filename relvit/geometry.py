@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from relvit.config import RunConfig
 from relvit.data.registry import get_dataset
-from relvit.models.backbones import get_backbone_spec
+from relvit.models.backbones import get_backbone_spec, token_stride
 from relvit.models.relvit import pooled_side
 
 
@@ -38,15 +38,11 @@ def run_geometry(cfg: RunConfig) -> Geometry:
     dataset = get_dataset(cfg.data.name)
     spec = get_backbone_spec(cfg.model.backbone)
     image = cfg.data.image_size or dataset.image_size
-    if spec.family == "vit":
-        patch = cfg.model.patch_size or dataset.patch_size
-        stride, pool = patch, 1
-    elif spec.family == "swin":
-        patch = cfg.model.patch_size or spec.patch_size
-        stages = cfg.model.depth or spec.depth
-        stride, pool = patch * 2 ** (stages - 1), 1
-    else:
-        patch, stride, pool = None, 16, 2
+    patch = cfg.model.patch_size or (dataset.patch_size if spec.family == "vit" else spec.patch_size)
+    stride = token_stride(spec, patch, cfg.model.depth)
+    pool = 2 if spec.family == "t2t" else 1  # RelViT pools T2T's tokens (Backbone.ssl_pool)
+    if spec.family == "t2t":
+        patch = None
     if image % stride:
         raise ValueError(
             f"{spec.label} has a token stride of {stride} px, which does not divide the image "

@@ -38,6 +38,14 @@ BACKBONES: dict[str, BackboneSpec] = {
 SWIN_TINY_DEPTHS = (2, 2, 6, 2)
 
 
+def token_stride(spec: BackboneSpec, patch_size: int | None, depth: int | None) -> int:
+    """Pixels per output token: the patch (ViT), patch * 2^(stages - 1) (Swin), 16 (T2T)."""
+    patch = patch_size or spec.patch_size
+    if spec.family == "swin":
+        return patch * 2 ** ((depth or spec.depth) - 1)
+    return patch
+
+
 def get_backbone_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
@@ -86,7 +94,7 @@ class SwinBackbone(Backbone):
             dynamic_img_size=True,  # mega-patch inputs are smaller than img_size
         )
         self.embed_dim = self.swin.num_features
-        self.stride = patch_size * 2 ** (len(depths) - 1)
+        self.stride = token_stride(BACKBONES["swin_tiny"], patch_size, len(depths))
 
     def tokens(self, images: Tensor) -> Tokens:
         out = self.swin.forward_features(images)  # [B, h, w, C]
