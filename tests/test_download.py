@@ -1,0 +1,472 @@
+"""relvit.data.download against a local HTTP server (127.0.0.1) with switchable misbehaviours."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from relvit.data import download as dl
+from relvit.data.download import (ChecksumError, DownloadError, Resource, UnsafeArchiveError,
+                                  download, fetch, file_digest, safe_extract, verify_file)
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several reads, and progress at every 10 %
+
+
+# ----------------------------------------------------------------------------- test server
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    """GET with `Range: bytes=N-` support (206/416), plus the server's misbehaviour switches."""
+
+    server: "_Server"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        srv = self.server
+        name = self.path.lstrip("/")
+        srv.requests.append({"path": name, "range": self.headers.get("Range")})
+        file = srv.root / name
+        if not file.is_file():
+            self.send_error(404)
+            return
+        data = srv.replacements.get(name, file.read_bytes())
+        start, status = 0, 200
+        wanted = self.headers.get("Range")
+        if wanted and not srv.ignore_range:
+            start, status = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1]), 206
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        body = data[start:]
+        self.send_response(status)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.drops_left > 0:
+            srv.drops_left -= 1
+            body = body[: srv.drop_after]
+            self.close_connection = True
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _RangeHandler)
+        self.root = root
+        self.requests: list[dict] = []
+        self.drop_after = 0  # body bytes sent before hanging up, while drops_left > 0
+        self.drops_left = 0
+        self.ignore_range = False  # answer 200 with the whole file to a Range request
+        self.replacements: dict[str, bytes] = {}  # serve these bytes instead of the file's
+
+    def publish(self, name: str, data: bytes, *, algorithm: str = "md5", **extra) -> Resource:
+        (self.root / name).write_bytes(data)
+        digest = hashlib.new(algorithm, data).hexdigest()
+        url = f"http://127.0.0.1:{self.server_port}/{name}"
+        return Resource(url=url, filename=name, **{algorithm: digest}, **extra)
+
+    def hits(self, name: str) -> list[dict]:
+        return [r for r in self.requests if r["path"] == name]
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    root = tmp_path / "www"
+    root.mkdir()
+    srv = _Server(root)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch):
+    """Retries back off without sleeping; the list records the delays asked for."""
+    asked: list[float] = []
+    monkeypatch.setattr(dl, "_sleep", asked.append)
+    return asked
+
+
+@pytest.fixture
+def dest(tmp_path) -> Path:
+    return tmp_path / "downloads"
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------- Resource, digests
+
+
+def test_resource_needs_a_valid_checksum_and_plain_name():
+    with pytest.raises(ValueError, match="md5 or a sha256"):
+        Resource("http://x/a", "a")
+    with pytest.raises(ValueError, match="32 hex"):
+        Resource("http://x/a", "a", md5="abc")
+    with pytest.raises(ValueError, match="plain file name"):
+        Resource("http://x/a", "../a", md5="0" * 32)
+    with pytest.raises(ValueError, match="extract=True"):
+        Resource("http://x/a.mat", "a.mat", md5="0" * 32, extract=True)
+    assert Resource("http://x/a", "a", sha256="AB" * 32).sha256 == "ab" * 32
+
+
+def test_file_digest_and_verify_file(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(PAYLOAD)
+    md5 = hashlib.md5(PAYLOAD).hexdigest()
+    assert file_digest(path, "md5") == md5
+    assert file_digest(path, "sha256") == hashlib.sha256(PAYLOAD).hexdigest()
+    verify_file(path, Resource("http://x/f", "f.bin", md5=md5))
+    wrong = Resource("http://x/f", "f.bin", md5="0" * 32)
+    expected = f"f.bin: md5 mismatch: expected {'0' * 32}, actual {md5}"
+    with pytest.raises(ChecksumError, match=expected):
+        verify_file(path, wrong)
+
+
+# ----------------------------------------------------------------------------- download
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256"])
+def test_download_happy_path(server, dest, algorithm):
+    resource = server.publish("data.bin", PAYLOAD, algorithm=algorithm)
+    path = download(resource, dest)
+    assert path == dest / "data.bin"
+    assert path.read_bytes() == PAYLOAD
+    assert _listing(dest) == ["data.bin"]
+    assert server.hits("data.bin") == [{"path": "data.bin", "range": None}]
+
+
+def test_verified_file_is_reused_without_a_request(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    download(resource, dest)
+    mtime = (dest / "data.bin").stat().st_mtime_ns
+    assert download(resource, dest) == dest / "data.bin"
+    assert len(server.requests) == 1
+    assert (dest / "data.bin").stat().st_mtime_ns == mtime
+
+
+def test_existing_file_that_does_not_verify_is_downloaded_again(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    dest.mkdir()
+    (dest / "data.bin").write_bytes(b"stale")
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert len(server.requests) == 1
+
+
+def test_offline_mode_uses_a_present_file_and_names_a_missing_one(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    with pytest.raises(DownloadError) as missing:
+        download(resource, dest, offline=True)
+    message = str(missing.value)
+    assert str(dest / "data.bin") in message and resource.md5 in message and resource.url in message
+    assert "missing" in message
+    dest.mkdir()
+    (dest / "data.bin").write_bytes(b"wrong")
+    with pytest.raises(DownloadError, match="does not verify"):
+        download(resource, dest, offline=True)
+    assert server.requests == []
+    (dest / "data.bin").write_bytes(PAYLOAD)
+    assert download(resource, dest, offline=True) == dest / "data.bin"
+    assert server.requests == []
+
+
+def test_truncated_download_keeps_part_and_next_call_resumes(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    cut = 300_000
+    server.drop_after, server.drops_left = cut, 1
+    with pytest.raises(DownloadError, match=f"truncated: got {cut} of {len(PAYLOAD)} bytes"):
+        download(resource, dest, retries=1)
+    assert _listing(dest) == ["data.bin.part"]
+    assert (dest / "data.bin.part").stat().st_size == cut
+
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert server.hits("data.bin")[-1]["range"] == f"bytes={cut}-"
+    assert _listing(dest) == ["data.bin"]
+
+
+def test_retries_resume_within_one_call(server, dest, sleeps):
+    resource = server.publish("data.bin", PAYLOAD)
+    server.drop_after, server.drops_left = 100_000, 2
+    assert download(resource, dest, retries=3).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.hits("data.bin")] == [None, "bytes=100000-",
+                                                              "bytes=200000-"]
+    assert sleeps == [dl.RETRY_BACKOFF_S, 2 * dl.RETRY_BACKOFF_S]
+
+
+def test_server_ignoring_range_restarts_from_zero(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    dest.mkdir()
+    (dest / "data.bin.part").write_bytes(b"garbage that must not survive")
+    server.ignore_range = True
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert server.hits("data.bin")[0]["range"] == "bytes=29-"
+
+
+def test_416_with_complete_part_verifies_it(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    dest.mkdir()
+    (dest / "data.bin.part").write_bytes(PAYLOAD)
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert len(server.requests) == 1  # the 416; no body fetched
+    assert _listing(dest) == ["data.bin"]
+
+
+def test_416_with_bad_part_restarts_from_zero(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    dest.mkdir()
+    (dest / "data.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 5))
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.hits("data.bin")] == [f"bytes={len(PAYLOAD) + 5}-", None]
+
+
+def test_checksum_mismatch_leaves_nothing(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    served = b"not what the checksum promised" * 100
+    server.replacements["data.bin"] = served
+    with pytest.raises(ChecksumError) as error:
+        download(resource, dest)
+    message = str(error.value)
+    assert "data.bin" in message and "md5" in message
+    assert resource.md5 in message and hashlib.md5(served).hexdigest() in message
+    assert _listing(dest) == []
+
+
+def test_http_404_fails_without_retrying(server, dest, sleeps):
+    resource = Resource(f"http://127.0.0.1:{server.server_port}/absent.bin", "absent.bin",
+                        md5="0" * 32)
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(resource, dest)
+    assert len(server.requests) == 1 and sleeps == []
+
+
+def test_connection_refused_is_retried_then_reported(server, dest, sleeps):
+    port = server.server_port
+    server.shutdown()
+    server.server_close()
+    resource = Resource(f"http://127.0.0.1:{port}/x.bin", "x.bin", md5="0" * 32)
+    with pytest.raises(DownloadError, match="gave up after 3 attempt"):
+        download(resource, dest, retries=3, timeout=5)
+    assert len(sleeps) == 2
+    assert _listing(dest) == []
+
+
+def test_progress_is_logged_every_tenth_when_not_a_tty(server, dest, caplog, monkeypatch):
+    monkeypatch.setattr(dl, "BLOCK_SIZE", 64 * 1024)
+    resource = server.publish("data.bin", PAYLOAD)
+    with caplog.at_level(logging.INFO, logger="relvit"):
+        download(resource, dest)
+    percents = [m for m in caplog.messages if re.search(r"\d+% \(", m)]
+    assert len(percents) == 10 and percents[-1].startswith("data.bin: 100%")
+
+
+def test_progress_bar_on_a_terminal(server, dest, caplog, monkeypatch):
+    monkeypatch.setattr(dl, "_stderr_is_tty", lambda: True)
+    resource = server.publish("data.bin", PAYLOAD)
+    with caplog.at_level(logging.INFO, logger="relvit"):
+        assert download(resource, dest).read_bytes() == PAYLOAD
+    assert not [m for m in caplog.messages if "%" in m]  # the bar replaces the log lines
+
+
+# ----------------------------------------------------------------------------- archives
+
+
+def _tar_bytes(entries: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in entries.items():
+            zipped.writestr(zipfile.ZipInfo(name), data)
+    return buffer.getvalue()
+
+
+ENTRIES = {"set/a.txt": b"alpha\n", "set/sub/b.txt": b"beta\n" * 1000, "top.txt": b"top\n"}
+
+
+@pytest.mark.parametrize("name,build", [("set.tar.gz", _tar_bytes), ("set.zip", _zip_bytes)])
+def test_fetch_extracts_once_and_writes_marker(server, tmp_path, dest, monkeypatch, name, build):
+    resource = server.publish(name, build(ENTRIES), algorithm="sha256", extract=True)
+    out = tmp_path / "extracted"
+    assert fetch(resource, dest, out) == out
+    for member, data in ENTRIES.items():
+        assert (out / member).read_bytes() == data
+    assert (out / f".extracted-{name}").read_text().strip() == resource.sha256
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".extracted.")]  # no temp left
+
+    calls = []
+    monkeypatch.setattr(dl, "safe_extract", lambda *a: calls.append(a))
+    mtime = (out / "top.txt").stat().st_mtime_ns
+    assert fetch(resource, dest, out) == out
+    assert calls == [] and len(server.requests) == 1
+    assert (out / "top.txt").stat().st_mtime_ns == mtime
+
+
+def test_fetch_extracts_into_the_download_folder_by_default(server, dest):
+    resource = server.publish("set.tgz", _tar_bytes(ENTRIES), extract=True)
+    assert fetch(resource, dest) == dest
+    assert (dest / "set" / "a.txt").read_bytes() == b"alpha\n"
+    assert (dest / "set.tgz").is_file() and (dest / ".extracted-set.tgz").is_file()
+    assert not [p for p in dest.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_fetch_without_extract_returns_the_file(server, dest):
+    resource = server.publish("labels.mat", b"MATLAB 5.0")
+    assert fetch(resource, dest) == dest / "labels.mat"
+
+
+def test_extract_into_existing_target_replaces_entries_and_keeps_others(tmp_path):
+    archive = tmp_path / "set.tar.gz"
+    archive.write_bytes(_tar_bytes(ENTRIES))
+    target = tmp_path / "out"
+    (target / "set").mkdir(parents=True)
+    (target / "set" / "old.txt").write_text("old")
+    (target / "keep.txt").write_text("keep")
+    safe_extract(archive, target)
+    assert sorted(p.name for p in (target / "set").iterdir()) == ["a.txt", "sub"]
+    assert (target / "keep.txt").read_text() == "keep"
+    assert (target / "top.txt").read_bytes() == b"top\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "set.tar.gz"]
+
+
+def test_symlink_inside_the_target_is_allowed(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("d/a.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+        link = tarfile.TarInfo("d/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.txt"
+        tar.addfile(link)
+    archive = tmp_path / "ok.tar"
+    archive.write_bytes(buffer.getvalue())
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "d" / "link").read_bytes() == b"hi"
+
+
+def _hostile_tar(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        ok = tarfile.TarInfo("fine.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))  # a harmless member first: it must not survive either
+        member.size = len(data) if member.isreg() else 0
+        tar.addfile(member, io.BytesIO(data) if member.isreg() else None)
+    return buffer.getvalue()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def _symlinks_tar(links: list[tuple[str, str]], then: tuple[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, target in links:
+            tar.addfile(_member(name, tarfile.SYMTYPE, target))
+        if then:
+            info = tarfile.TarInfo(then[0])
+            info.size = len(then[1])
+            tar.addfile(info, io.BytesIO(then[1]))
+    return buffer.getvalue()
+
+
+def _hostile_cases(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
+    absolute = str(tmp_path / "abs-evil.txt")
+    return {
+        "dotdot": ("evil.tar.gz", _hostile_tar(_member("../evil.txt"), b"evil")),
+        "absolute": ("evil.tar.gz", _hostile_tar(_member(absolute), b"evil")),
+        "symlink": ("evil.tar.gz", _hostile_tar(_member("passwd", tarfile.SYMTYPE, "/etc/passwd"))),
+        "symlink-up": ("evil.tar.gz", _hostile_tar(_member("up", tarfile.SYMTYPE, "d/../../x"))),
+        # each link lexically inside, but e -> f -> . makes e/.. the target's parent
+        "symlink-chain": ("evil.tar", _symlinks_tar([("f", "."), ("e", "f"), ("b", "e/..")])),
+        # a harmless-looking inner link, then a file written through it
+        "through-symlink": ("evil.tar", _symlinks_tar([("d", ".")], ("d/x.txt", b"x"))),
+        "hardlink": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE, "../outside.txt"))),
+        "hardlink-abs": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE, "/etc/passwd"))),
+        "device": ("evil.tar.gz", _hostile_tar(_member("dev", tarfile.CHRTYPE))),
+        "fifo": ("evil.tar.gz", _hostile_tar(_member("fifo", tarfile.FIFOTYPE))),
+        "zip-dotdot": ("evil.zip", _zip_bytes({"fine.txt": b"ok", "../evil.txt": b"evil"})),
+        "zip-absolute": ("evil.zip", _zip_bytes({"fine.txt": b"ok", absolute: b"evil"})),
+    }
+
+
+HOSTILE = ["dotdot", "absolute", "symlink", "symlink-up", "symlink-chain", "through-symlink",
+           "hardlink", "hardlink-abs", "device", "fifo", "zip-dotdot", "zip-absolute"]
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["with-filter", "own-checks-only"])
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_archive_is_refused_and_leaves_nothing(tmp_path, monkeypatch, case, data_filter):
+    if not data_filter:  # our checks must hold without tarfile's "data" filter
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    name, data = _hostile_cases(tmp_path)[case]
+    archive = tmp_path / "dl" / name
+    archive.parent.mkdir()
+    archive.write_bytes(data)
+    outer = tmp_path / "work"
+    target = outer / "target"
+    with pytest.raises(UnsafeArchiveError) as error:
+        safe_extract(archive, target)
+    assert str(archive) in str(error.value)
+    assert not target.exists()
+    assert _listing(outer) == []  # no temp folder either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "work"]
+    assert _listing(tmp_path / "dl") == [name]
+
+
+def test_hostile_archive_leaves_an_existing_target_untouched(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    archive.write_bytes(_hostile_tar(_member("../evil.txt"), b"evil"))
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    with pytest.raises(UnsafeArchiveError, match=re.escape("'../evil.txt'")):
+        safe_extract(archive, target)
+    assert _listing(target) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz", "out"]
+
+
+@pytest.mark.parametrize("name,build", [("cut.tar.gz", _tar_bytes), ("cut.zip", _zip_bytes)])
+def test_truncated_archive_raises_and_creates_no_target(tmp_path, name, build):
+    data = build({f"f{i}.bin": os.urandom(20_000) for i in range(4)})
+    archive = tmp_path / name
+    archive.write_bytes(data[: len(data) // 2])
+    target = tmp_path / "out"
+    with pytest.raises(DownloadError) as error:
+        safe_extract(archive, target)
+    assert not isinstance(error.value, UnsafeArchiveError)
+    assert str(archive) in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
