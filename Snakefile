@@ -14,6 +14,7 @@ validate(config, "config/schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/configs.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"

@@ -2,6 +2,7 @@
 
     relvit pretrain|finetune|supervised|joint --config RUN.yaml --out RUN_DIR [--init best.pt]
     relvit check --config RUN.yaml               validate a run config, print it resolved
+    relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
 """
 
@@ -56,6 +57,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from relvit.data.prepare import prepare_dataset
+
+    prepare_dataset(args.name, args.root, folder=args.folder, offline=args.offline)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from relvit.report.table1 import write_table1
 
@@ -82,9 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=_check)
+    p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
+    p.add_argument("name", help="dataset name (see relvit/data/registry.py)")
+    p.add_argument("--root", default="data", help="datasets live in ROOT/NAME")
+    p.add_argument("--folder", help="the dataset's own folder instead (e.g. an imagefolder)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download: verify the files already in place")
+    p.set_defaults(func=_prepare)
     p = sub.add_parser("report", help="gather run directories into Table 1 (Markdown + LaTeX)")
     p.add_argument("runs", nargs="+", type=Path,
-                   help="metrics.json files, or folders searched for them")
+                   help="metrics.json files and run configs (*.yaml: planned cells), or folders "
+                        "searched for both")
     p.add_argument("--table1", required=True, type=Path, help="output path without suffix")
     p.add_argument("--tier", default="custom", help="label printed with the table, e.g. smoke")
     p.set_defaults(func=_report)
@@ -95,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s relvit: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    from relvit.data.download import DownloadError
     from relvit.train.checkpoint import CheckpointError
     from relvit.train.loop import TrainingError
 
@@ -103,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, TrainingError, KeyError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, TrainingError, DownloadError, KeyError, ValueError, OSError) as err:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 1
 

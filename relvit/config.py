@@ -35,7 +35,9 @@ class DataConfig:
 
     name: str = "digits"
     image_size: int | None = None
-    root: str = "data"
+    root: str = "data"  # datasets live in <root>/<name>, as `relvit prepare-data` puts them
+    folder: str | None = None  # this dataset's folder instead (e.g. your own imagefolder)
+    workers: int = 4  # DataLoader workers decoding image files (array datasets need none)
     augment: bool = True
 
 

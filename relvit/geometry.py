@@ -58,3 +58,16 @@ def run_geometry(cfg: RunConfig) -> Geometry:
             f"ssl.megapatch_side {side} is larger than the base grid side {ssl_grid}"
         )
     return Geometry(image, patch, stride, pool, ssl_grid, image // ssl_grid, side)
+
+
+def backbone_label(cfg: RunConfig, geo: Geometry) -> str:
+    """How tables name the backbone, e.g. "ViT-S/4", or "ViT/4 (D=72, depth 4)" when resized."""
+    spec = get_backbone_spec(cfg.model.backbone)
+    patch = f"/{geo.patch_size}" if spec.family == "vit" else ""
+    resized = [(cfg.model.embed_dim, spec.embed_dim, "D={}"), (cfg.model.depth, spec.depth,
+               "depth {}"), (cfg.model.num_heads, spec.num_heads, "{} heads")]
+    changes = [fmt.format(v) for v, preset, fmt in resized if v is not None and v != preset]
+    if not changes:
+        return spec.label + patch
+    family = spec.label.split("-")[0] if spec.family == "vit" else spec.label
+    return f"{family}{patch} ({', '.join(changes)})"

@@ -31,6 +31,8 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
                        "ssl.megapatch_side": cfg.ssl.megapatch_side}.items():
         if value < 0:
             problems.append(f"{key}: must not be negative, got {value}")
+    if cfg.data.workers < 0:
+        problems.append(f"data.workers: must not be negative, got {cfg.data.workers}")
     if not 0 <= cfg.optim.warmup_fraction < 1:
         problems.append(f"optim.warmup_fraction: must be in [0, 1), got {cfg.optim.warmup_fraction}")
     for key in ("drop_rate", "drop_path_rate"):

@@ -31,7 +31,8 @@ def test_all_type_problems_are_reported_at_once():
 def test_unknown_dataset_and_backbone():
     problems = problems_of({"data": {"name": "cifar"}, "model": {"backbone": "resnet"}})
     assert problems == [
-        "data.name: unknown dataset 'cifar'; known: digits",
+        "data.name: unknown dataset 'cifar'; known: digits, cifar10, svhn, cifar100, flowers102, "
+        "tiny_imagenet, imagenet100, imagenet, imagefolder",
         "model.backbone: unknown backbone 'resnet'; known: vit_tiny, vit_small, vit_base, "
         "swin_tiny, t2t_vit_14",
     ]
@@ -64,10 +65,10 @@ def test_numbers_in_yaml_and_overrides(tmp_path):
 
 def test_cli_reports_config_errors_before_training(tmp_path, capsys):
     path = tmp_path / "run.yaml"
-    path.write_text("data: {name: imagenet}\nmodel: {patch_size: 3}\n")
+    path.write_text("data: {name: imagenet21k}\nmodel: {patch_size: 3}\n")
     assert main(["supervised", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "data.name: unknown dataset 'imagenet'" in err
+    assert "data.name: unknown dataset 'imagenet21k'" in err
     assert not (tmp_path / "out").exists()
     assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: file not found" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 
 from relvit.cli import main
 from relvit.report.gather import gather_runs
-from relvit.report.table1 import render_latex, render_markdown
+from relvit.report.gather import gather_planned, load_paper_table1
+from relvit.report.table1 import Table1, render_latex, render_markdown
 
 RUNS = [  # (method dir, mode, label, seed, best_top1, last_top1)
     ("supervised", "supervised", "", 0, 90.0, 89.0),
@@ -29,25 +30,25 @@ Reproduced with relvit-repro, tier **smoke** (embedded data, tiny models: these 
 
 ## Best-epoch top-1 accuracy (%), as the paper reports it (method spec Q17)
 
-| Dataset | Backbone | Supervised | RelViT | Supervised, same epochs † | Improv. |
+| Dataset | Backbone | Supervised | RelViT | Improv. | Supervised, same epochs † |
 |---|---|---:|---:|---:|---:|
 | Digits (sklearn) | ViT-S/4 | 60.00 (n=1) | — | — | — |
-| Digits (sklearn) | ViT/4 (D=72, depth 4) | 91.00 ± 1.00 | 95.00 ± 1.00 | 93.00 (n=1) | +4.00 |
+| Digits (sklearn) | ViT/4 (D=72, depth 4) | 91.00 ± 1.00 | 95.00 ± 1.00 | +4.00 | 93.00 (n=1) |
 
 ## Last-epoch top-1 accuracy (%)
 
-| Dataset | Backbone | Supervised | RelViT | Supervised, same epochs † | Improv. |
+| Dataset | Backbone | Supervised | RelViT | Improv. | Supervised, same epochs † |
 |---|---|---:|---:|---:|---:|
 | Digits (sklearn) | ViT-S/4 | 59.00 (n=1) | — | — | — |
-| Digits (sklearn) | ViT/4 (D=72, depth 4) | 90.00 ± 1.00 | 94.50 ± 1.00 | 92.00 (n=1) | +4.50 |
+| Digits (sklearn) | ViT/4 (D=72, depth 4) | 90.00 ± 1.00 | 94.50 ± 1.00 | +4.50 | 92.00 (n=1) |
 
 ## Pretext task: held-out accuracy of the pretrain runs (%), last epoch
 
 Relation accuracy leaves out the trivial diagonal; chance is 1/8 for relations (8 off-diagonal classes, uniform guess) and 1/N for N positions.
 
-| Dataset | Backbone | Relations | Positions | Chance (relations / positions) |
-|---|---|---:|---:|---:|
-| Digits (sklearn) | ViT/4 (D=72, depth 4) | 82.00 ± 2.83 | 62.00 ± 2.83 | 12.50 / 6.25 |
+| Dataset | Backbone | Run | Relations | Positions | Chance (relations / positions) |
+|---|---|---|---:|---:|---:|
+| Digits (sklearn) | ViT/4 (D=72, depth 4) | pretrain | 82.00 ± 2.83 | 62.00 ± 2.83 | 12.50 / 6.25 |
 """
 
 
@@ -74,15 +75,14 @@ def write_runs(root):
 
 def test_markdown_is_exactly_as_expected(tmp_path):
     write_runs(tmp_path)
-    assert render_markdown(gather_runs([tmp_path]), "smoke") == EXPECTED_MD
+    assert render_markdown(Table1(gather_runs([tmp_path])), "smoke") == EXPECTED_MD
 
 
 def test_latex_table(tmp_path):
     write_runs(tmp_path)
-    runs = gather_runs([tmp_path])
-    tex = render_latex(runs, "smoke")
+    tex = render_latex(Table1(gather_runs([tmp_path])), "smoke")
     assert r"Digits (sklearn) & ViT/4 (D=72, depth 4) & 91.00 $\pm$ 1.00 & 95.00 $\pm$ 1.00 & " \
-           r"93.00 (n=1) & +4.00 \\" in tex
+           r"+4.00 & 93.00 (n=1) \\" in tex
     assert r"\toprule" in tex and r"Supervised, same epochs $^\dagger$" in tex
     assert "smoke tier" in tex
 
@@ -99,4 +99,35 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys):
     with pytest.raises(ValueError, match="broken/metrics.json: not a metrics file"):
         gather_runs([tmp_path / "runs"])
     assert main(["report", "--table1", str(tmp_path / "t2"), str(tmp_path / "absent")]) == 1
-    assert "absent: no such metrics file or run directory" in capsys.readouterr().err
+    assert "absent: no such metrics file, run config or directory" in capsys.readouterr().err
+
+
+PAPER_RUNS = [("supervised", 0, 86.0), ("supervised", 1, 87.0), ("finetune", 0, 90.0)]
+
+
+def test_paper_columns_and_planned_cells(tmp_path):
+    """CIFAR-10 runs sit beside the paper's numbers; a planned SVHN row with no run is empty."""
+    for mode, seed, top1 in PAPER_RUNS:
+        run = tmp_path / "runs" / f"{mode}{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({
+            "mode": mode, "label": "", "seed": seed, "dataset": "cifar10",
+            "dataset_title": "CIFAR-10", "backbone_label": "ViT-S/4", "best_top1": top1,
+            "last_top1": top1}))
+    plans = tmp_path / "configs"
+    plans.mkdir()
+    for mode in ("supervised", "finetune", "pretrain"):
+        (plans / f"svhn-{mode}.yaml").write_text(
+            f"mode: {mode}\ndata: {{name: svhn}}\nmodel: {{backbone: vit_small}}\n")
+    planned = gather_planned([plans])
+    assert set(planned["backbone_label"]) == {"ViT-S/4"} and len(planned) == 3
+    table = Table1(gather_runs([tmp_path / "runs"]), planned,
+                   load_paper_table1("results/paper/tables.csv"))
+    assert table.header() == ["Dataset", "Backbone", "Supervised", "paper", "Δ", "RelViT",
+                              "paper", "Δ", "Improv.", "paper"]
+    assert table.rows("best_top1") == [
+        ["CIFAR-10", "ViT-S/4", "86.50 ± 0.71", "86.09 ± 0.46", "+0.41", "90.00 (n=1)",
+         "90.23 ± 0.09", "-0.23", "+3.50", "+4.14"],
+        ["SVHN", "ViT-S/4", "—", "96.01 ± 0.07", "—", "—", "97.14 ± 0.03", "—", "—", "+1.13"],
+    ]
+    assert "$\\Delta$" in render_latex(table, "paper")

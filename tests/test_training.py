@@ -12,12 +12,12 @@ from relvit.train.schedule import learning_rate
 
 def fixed_batch_losses(run: Run, steps: int) -> list[float]:
     """Loss on one fixed training batch over `steps` optimiser steps."""
-    splits = run.dataset.load(run.geo.image_size, run.cfg.data.root)
     from relvit.train.objective import Objective
 
+    splits = run.splits
     objective = Objective(run.cfg, run.dataset, run.geo, splits.mean, splits.std)
     gen = torch.Generator().manual_seed(0)
-    batch = objective.batch(splits.train_images[:128], splits.train_labels[:128], True, gen)
+    batch = objective.batch(splits.train.images[:128], splits.train.labels[:128], True, gen)
     run.model.train()
     history = []
     for _ in range(steps):

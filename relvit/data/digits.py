@@ -11,10 +11,11 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from relvit.data.registry import Splits
+from relvit.data.loading import Splits, TensorSplit, image_statistics
 
 SPLIT_SEED = 0  # the train/test split is fixed, whatever the run's seed
 TEST_FRACTION = 0.2
+CLASSES = [str(d) for d in range(10)]
 
 
 @lru_cache(maxsize=4)
@@ -32,15 +33,7 @@ def load_digits_splits(image_size: int) -> Splits:
         torch.arange(len(labels)).numpy(), test_size=TEST_FRACTION,
         random_state=SPLIT_SEED, stratify=labels.numpy(),
     )
-    train = images[torch.from_numpy(train_idx)]
-    mean = tuple(train.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(train.std(dim=(0, 2, 3)).tolist())
-    return Splits(
-        train_images=train,
-        train_labels=labels[torch.from_numpy(train_idx)],
-        eval_images=images[torch.from_numpy(test_idx)],
-        eval_labels=labels[torch.from_numpy(test_idx)],
-        eval_split="test (stratified 20 %, split seed 0)",
-        mean=mean,
-        std=std,
-    )
+    train = TensorSplit(images[torch.from_numpy(train_idx)], labels[torch.from_numpy(train_idx)])
+    test = TensorSplit(images[torch.from_numpy(test_idx)], labels[torch.from_numpy(test_idx)])
+    mean, std = image_statistics(train)
+    return Splits(train=train, evals={"test": test}, classes=CLASSES, mean=mean, std=std)

@@ -1,27 +1,19 @@
-"""One registry of dataset facts: classes, geometry, augmentation, splits and how to load them.
+"""One registry of dataset facts: classes, geometry, augmentation, splits, sources and layout.
 
-Every other module (CLI, training, Snakemake rules, reports) reads dataset facts from here.
+Every other module (CLI, training, Snakemake rules, reports) reads dataset facts from here. The
+order of DATASETS is the order of the paper's Table 1 (the embedded `digits` first).
+Geometry and augmentation follow the method spec §4-5; normalisation constants are the original
+code's (`datasets/constants.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Literal
 
-from torch import Tensor
+from relvit.data.download import Resource
 
-
-@dataclass(frozen=True)
-class Splits:
-    """A dataset in memory: float images in [0, 1], [N, C, H, W], and long labels [N]."""
-
-    train_images: Tensor
-    train_labels: Tensor
-    eval_images: Tensor
-    eval_labels: Tensor
-    eval_split: str  # what the reported accuracy is measured on, recorded in metrics.json
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
@@ -29,36 +21,103 @@ class DatasetSpec:
     """Facts about one dataset."""
 
     name: str
-    title: str  # as printed in the paper's tables
-    num_classes: int
+    title: str  # as printed in the paper's Table 1
+    num_classes: int | None  # None: as many as the data has (imagefolder)
     image_size: int  # default input side
     patch_size: int  # default ViT patch (method spec §4)
-    crop_padding: int  # training RandomCrop padding in pixels (0: no crop)
+    train_crop: Literal["pad", "resized"]  # RandomCrop(side, padding) | RandomResizedCrop(side)
+    crop_padding: int  # for train_crop "pad"
     flip: bool  # training horizontal flip
-    load: Callable[[int, str], Splits]  # (image_size, root) -> Splits
+    eval_center_crop: bool  # eval: Resize(side * 8 / 7) + CenterCrop(side), else Resize(side)
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std); None: from train
+    train_split: str
+    eval_split: str  # what the reported accuracy is measured on (method spec §5.3)
+    extra_eval_splits: tuple[str, ...] = ()  # also evaluated and recorded (Flowers test, Q18)
+    folder: str = ""  # under data.root
+    resources: tuple[Resource, ...] = ()  # downloadable files; none: embedded or manual
+    manual: bool = False  # needs an account: the user puts the files in place
 
 
-def _load_digits(image_size: int, root: str) -> Splits:
-    from relvit.data.digits import load_digits_splits
+_CS = "https://www.cs.toronto.edu/~kriz/"
+_FLOWERS = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+_SVHN = "http://ufldl.stanford.edu/housenumbers/"
 
-    return load_digits_splits(image_size)
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec(
-            name="digits",
-            title="Digits (sklearn)",
-            num_classes=10,
-            image_size=16,
-            patch_size=4,
-            crop_padding=2,
-            flip=False,  # digits are not mirror-symmetric
-            load=_load_digits,
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec(
+        name="digits", title="Digits (sklearn)", num_classes=10, image_size=16, patch_size=4,
+        train_crop="pad", crop_padding=2, flip=False,  # digits are not mirror-symmetric
+        eval_center_crop=False, stats=None, train_split="train", eval_split="test",
+    ),
+    DatasetSpec(
+        name="cifar10", title="CIFAR-10", num_classes=10, image_size=32, patch_size=4,
+        train_crop="pad", crop_padding=4, flip=True, eval_center_crop=False,
+        stats=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        train_split="train", eval_split="test", folder="cifar10",
+        resources=(Resource(_CS + "cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
+                            md5="c58f30108f718f92721af3b95e74349a", extract=True),),
+    ),
+    DatasetSpec(
+        name="svhn", title="SVHN", num_classes=10, image_size=32, patch_size=4,
+        train_crop="pad", crop_padding=4, flip=True, eval_center_crop=False,  # Q1: as CIFAR
+        stats=((0.4378, 0.4439, 0.4729), (0.1981, 0.2011, 0.1970)),
+        train_split="train", eval_split="test", folder="svhn",
+        resources=(
+            Resource(_SVHN + "train_32x32.mat", "train_32x32.mat",
+                     md5="e26dedcc434d2e4c54c9b2d4a06d8373"),
+            Resource(_SVHN + "test_32x32.mat", "test_32x32.mat",
+                     md5="eb5a983be6a315427106f1b164d9cef3"),
         ),
-    )
-}
+    ),
+    DatasetSpec(
+        name="cifar100", title="CIFAR-100", num_classes=100, image_size=32, patch_size=4,
+        train_crop="pad", crop_padding=4, flip=True, eval_center_crop=False,
+        stats=((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2761)),
+        train_split="train", eval_split="test", folder="cifar100",
+        resources=(Resource(_CS + "cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
+                            md5="eb9058c3a382ffc7106e4002c42a8d85", extract=True),),
+    ),
+    DatasetSpec(
+        name="flowers102", title="Flower-102", num_classes=102, image_size=224, patch_size=32,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        # Q2: [R] has no constants at 224 px; its own statistics of Flowers at 112 px
+        stats=((0.5115, 0.4160, 0.3410), (0.2951, 0.2488, 0.2882)),
+        train_split="train", eval_split="val", extra_eval_splits=("test",), folder="flowers102",
+        resources=(
+            Resource(_FLOWERS + "102flowers.tgz", "102flowers.tgz",
+                     md5="52808999861908f626f3c1f4e79d11fa", extract=True),
+            Resource(_FLOWERS + "imagelabels.mat", "imagelabels.mat",
+                     md5="e0620be6f572b9609742df49c70aed4d"),
+            Resource(_FLOWERS + "setid.mat", "setid.mat", md5="a5357ecc9cb78c4bef273ce3793fc85c"),
+        ),
+    ),
+    DatasetSpec(
+        name="tiny_imagenet", title="TinyImagenet", num_classes=200, image_size=64, patch_size=8,
+        train_crop="pad", crop_padding=4, flip=True, eval_center_crop=False,
+        stats=((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+        train_split="train", eval_split="val", folder="tiny_imagenet",
+        resources=(Resource("http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+                            "tiny-imagenet-200.zip", md5="90528d7ca1a48142e341f4ef8d21d0de",
+                            extract=True),),
+    ),
+    DatasetSpec(
+        name="imagenet100", title="Imagenet100", num_classes=100, image_size=224, patch_size=32,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=((0.4595, 0.4520, 0.3900), (0.2547, 0.2385, 0.2548)),
+        train_split="train", eval_split="val", folder="imagenet100", manual=True,
+    ),
+    DatasetSpec(
+        name="imagenet", title="Imagenet", num_classes=1000, image_size=224, patch_size=32,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=IMAGENET_STATS, train_split="train", eval_split="val", folder="imagenet",
+        manual=True,
+    ),
+    DatasetSpec(
+        name="imagefolder", title="Image folder", num_classes=None, image_size=224,
+        patch_size=32, train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=IMAGENET_STATS, train_split="train", eval_split="val", folder="imagefolder",
+        manual=True,
+    ),
+)}
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -1,4 +1,5 @@
-"""Read every finished run directory (its metrics.json) into one tidy pandas DataFrame."""
+"""Read run directories into tidy pandas DataFrames: finished runs (metrics.json) and planned
+runs (their run configs, so a table can show cells that have not run yet)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-COLUMNS = ["run", "dataset", "dataset_title", "backbone", "backbone_label", "mode", "label",
-           "seed", "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
+KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
+COLUMNS = ["run", *KEYS, "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
            "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha"]
 
 
@@ -16,23 +18,24 @@ def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else 100 * fraction
 
 
-def metrics_files(sources: list[str | Path]) -> list[Path]:
-    """metrics.json files given directly, or found under given directories."""
+def find_files(sources: list[str | Path], pattern: str) -> list[Path]:
+    """Files given directly that match `pattern`, or found under given directories."""
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            files += sorted(source.rglob("metrics.json"))
+            files += sorted(source.rglob(pattern))
         elif source.is_file():
-            files.append(source)
+            if source.match(pattern):
+                files.append(source)
         else:
-            raise FileNotFoundError(f"{source}: no such metrics file or run directory")
+            raise FileNotFoundError(f"{source}: no such metrics file, run config or directory")
     return files
 
 
 def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
     """One row per metrics.json; a malformed file is an error naming it."""
     rows = []
-    for path in metrics_files(sources):
+    for path in find_files(sources, "metrics.json"):
         try:
             metrics = json.loads(path.read_text())
             last = metrics.get("last", {})
@@ -44,3 +47,27 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
         except (json.JSONDecodeError, AttributeError) as err:
             raise ValueError(f"{path}: not a metrics file ({err})") from err
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
+    """One row per run config (*.yaml) found: what a table should have a cell for."""
+    from relvit.config import ConfigError, config_from_dict
+    from relvit.data.registry import get_dataset
+    from relvit.geometry import backbone_label, run_geometry
+
+    rows = []
+    for path in find_files(sources, "*.yaml"):
+        try:
+            cfg = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
+        except (ConfigError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: not a run config ({err})") from err
+        rows.append({"dataset": cfg.data.name, "dataset_title": get_dataset(cfg.data.name).title,
+                     "backbone_label": backbone_label(cfg, run_geometry(cfg)), "mode": cfg.mode,
+                     "label": cfg.label, "seed": cfg.seed})
+    return pd.DataFrame(rows, columns=KEYS).drop_duplicates()
+
+
+def load_paper_table1(path: str | Path) -> pd.DataFrame:
+    """The paper's Table 1 (results/paper/tables.csv): dataset, backbone, method, value, std."""
+    paper = pd.read_csv(path)
+    return paper[(paper["table"] == 1) & (paper["metric"] == "top1")]

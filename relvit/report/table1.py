@@ -1,9 +1,11 @@
 """Table 1 (classification top-1, supervised vs RelViT) as Markdown and LaTeX.
 
-Layout as in the paper: dataset, backbone, supervised mean ± std, RelViT mean ± std, improvement;
-plus a column the paper lacks, a supervised run given the same total epochs as pretrain +
-finetune, so a gain from the pretext task can be told apart from a gain from longer training.
-Means and sample standard deviations (ddof = 1) are over seeds; a cell without runs shows "—".
+Layout as in the paper: dataset, backbone, supervised mean ± std, RelViT mean ± std, improvement,
+each beside the paper's number (results/paper/tables.csv) and the difference, where the paper has
+one. Columns the paper lacks are marked: † a supervised run given the same total epochs as
+pretrain + finetune (a gain from the pretext task vs a gain from longer training), ‡ RelViT
+pretrained with mega-patches. Means and sample standard deviations (ddof = 1) are over seeds; a
+cell that is planned but has not run yet shows "—".
 """
 
 from __future__ import annotations
@@ -14,20 +16,31 @@ from pathlib import Path
 import pandas as pd
 
 from relvit.data.registry import DATASETS
-from relvit.report.gather import gather_runs
+from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.train.checkpoint import atomic_write_text
 
 SAME_EPOCHS = "same-epochs"
-METHODS = {  # column -> (mode, label)
-    "Supervised": ("supervised", ""),
-    "RelViT": ("finetune", ""),
+MEGAPATCHES = "mega-patches"
+METHODS = {  # column -> (mode, label, the paper's method name)
+    "Supervised": ("supervised", "", "Supervised"),
+    "RelViT": ("finetune", "", "RelViT"),
+}
+EXTRA_METHODS = {  # not in the paper's Table 1; shown when planned or run
     "Supervised, same epochs †": ("supervised", SAME_EPOCHS),
+    "RelViT, mega-patches ‡": ("finetune", MEGAPATCHES),
+}
+NOTES = {
+    "Supervised, same epochs †": "† not in the paper: a supervised run trained for as many "
+                                 "epochs as pretrain + finetune.",
+    "RelViT, mega-patches ‡": "‡ not in the paper's Table 1: RelViT pretrained with "
+                              "mega-patches (method spec §2.3), then finetuned.",
 }
 METRICS = {
     "best_top1": "best-epoch top-1 accuracy (%), as the paper reports it (method spec Q17)",
     "last_top1": "last-epoch top-1 accuracy (%)",
 }
 EMPTY = "—"
+PAPER_CSV = Path("results/paper/tables.csv")
 
 
 @dataclass(frozen=True)
@@ -40,16 +53,110 @@ class Cell:
         if self.mean is None:
             return EMPTY
         if self.std is None:
-            return f"{self.mean:.2f} (n=1)"
+            return f"{self.mean:.2f}" + (" (n=1)" if self.n == 1 else "")
         return f"{self.mean:.2f} {pm} {self.std:.2f}"
+
+
+NO_CELL = Cell(None, None, 0)
 
 
 def _cell(values: pd.Series) -> Cell:
     values = values.dropna()
     if values.empty:
-        return Cell(None, None, 0)
+        return NO_CELL
     std = float(values.std(ddof=1)) if len(values) > 1 else None
     return Cell(float(values.mean()), std, len(values))
+
+
+def _difference(a: Cell, b: Cell) -> float | None:
+    return None if a.mean is None or b.mean is None else a.mean - b.mean
+
+
+def _signed(value: float | None) -> str:
+    return EMPTY if value is None else f"{value:+.2f}"
+
+
+class Table1:
+    """Table 1 from finished runs, planned runs (for empty cells) and the paper's numbers."""
+
+    def __init__(self, runs: pd.DataFrame, planned: pd.DataFrame | None = None,
+                 paper: pd.DataFrame | None = None):
+        self.runs = runs[runs["mode"] != "pretrain"]
+        self.pretrain = runs[runs["mode"] == "pretrain"]
+        self.planned = planned if planned is not None else runs.iloc[0:0]
+        self.paper = paper
+        both = pd.concat([self.runs, self.planned[self.planned["mode"] != "pretrain"]])
+        self.keys = _row_keys(both)
+        self.extras = [c for c, (mode, label) in EXTRA_METHODS.items()
+                       if ((both["mode"] == mode) & (both["label"].fillna("") == label)).any()]
+        self.with_paper = any(self._paper_cell(d, b, m).mean is not None
+                              for d, b in self.keys for _, _, m in METHODS.values())
+
+    def _paper_cell(self, dataset: str, backbone: str, method: str) -> Cell:
+        if self.paper is None:
+            return NO_CELL
+        row = self.paper[(self.paper["dataset"] == dataset) & (self.paper["backbone"] == backbone)
+                         & (self.paper["method"] == method)]
+        if row.empty:
+            return NO_CELL
+        std = row["std"].iloc[0]
+        return Cell(float(row["value"].iloc[0]), None if pd.isna(std) else float(std), 0)
+
+    def _ours(self, dataset: str, backbone: str, mode: str, label: str, metric: str) -> Cell:
+        r = self.runs
+        here = r[(r.dataset_title == dataset) & (r.backbone_label == backbone)
+                 & (r["mode"] == mode) & (r["label"].fillna("") == label)]
+        return _cell(here[metric])
+
+    def header(self) -> list[str]:
+        cols = ["Dataset", "Backbone"]
+        for name in METHODS:
+            cols += [name, "paper", "Δ"] if self.with_paper else [name]
+        cols += ["Improv.", "paper"] if self.with_paper else ["Improv."]
+        return cols + self.extras
+
+    def rows(self, metric: str, pm: str = "±") -> list[list[str]]:
+        out = []
+        for dataset, backbone in self.keys:
+            cells, ours, papers = [dataset, backbone], [], []
+            for mode, label, method in METHODS.values():
+                mine = self._ours(dataset, backbone, mode, label, metric)
+                theirs = self._paper_cell(dataset, backbone, method)
+                ours.append(mine)
+                papers.append(theirs)
+                cells.append(mine.text(pm))
+                if self.with_paper:
+                    cells += [theirs.text(pm), _signed(_difference(mine, theirs))]
+            cells.append(_signed(_difference(ours[1], ours[0])))
+            if self.with_paper:
+                cells.append(_signed(_difference(papers[1], papers[0])))
+            for column in self.extras:
+                mode, label = EXTRA_METHODS[column]
+                cells.append(self._ours(dataset, backbone, mode, label, metric).text(pm))
+            out.append(cells)
+        return out
+
+    def pretext_lines(self) -> list[str]:
+        """Markdown table of the pretrain runs' held-out pretext accuracies, beside chance."""
+        pretrain = self.pretrain
+        if pretrain.empty:
+            return []
+        lines = ["", "## Pretext task: held-out accuracy of the pretrain runs (%), last epoch", "",
+                 "Relation accuracy leaves out the trivial diagonal; chance is 1/8 for relations "
+                 "(8 off-diagonal classes, uniform guess) and 1/N for N positions.", "",
+                 "| Dataset | Backbone | Run | Relations | Positions | Chance (relations / positions) |",
+                 "|---|---|---|---:|---:|---:|"]
+        for dataset, backbone in _row_keys(pretrain):
+            here = pretrain[(pretrain.dataset_title == dataset)
+                            & (pretrain.backbone_label == backbone)]
+            for label, group in here.groupby(here["label"].fillna(""), sort=True):
+                positions = group["pretext_positions"].dropna()
+                chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
+                lines.append(
+                    f"| {dataset} | {backbone} | {label or 'pretrain'} | "
+                    f"{_cell(group['pretext_rel_acc']).text()} | "
+                    f"{_cell(group['pretext_pos_acc']).text()} | {chance} |")
+        return lines
 
 
 def _row_keys(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -61,51 +168,8 @@ def _row_keys(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return list(keys[["dataset_title", "backbone_label"]].itertuples(index=False, name=None))
 
 
-def _rows_of(runs: pd.DataFrame, dataset: str, backbone: str) -> pd.DataFrame:
-    return runs[(runs.dataset_title == dataset) & (runs.backbone_label == backbone)]
-
-
-def table1_rows(runs: pd.DataFrame, metric: str) -> list[dict[str, object]]:
-    """One dict per (dataset, backbone): the Cell of each method and the improvement."""
-    rows = []
-    for dataset, backbone in _row_keys(runs[runs["mode"] != "pretrain"]):
-        here = _rows_of(runs, dataset, backbone)
-        cells = {
-            column: _cell(here[(here["mode"] == mode) & (here["label"].fillna("") == label)][metric])
-            for column, (mode, label) in METHODS.items()
-        }
-        sup, rel = cells["Supervised"], cells["RelViT"]
-        improvement = (rel.mean - sup.mean) if sup.mean is not None and rel.mean is not None \
-            else None
-        rows.append({"Dataset": dataset, "Backbone": backbone, **cells, "Improv.": improvement})
-    return rows
-
-
-def pretext_lines(runs: pd.DataFrame) -> list[str]:
-    """Markdown table of the pretrain runs' held-out pretext accuracies, beside chance."""
-    pretrain = runs[runs["mode"] == "pretrain"]
-    if pretrain.empty:
-        return []
-    lines = ["", "## Pretext task: held-out accuracy of the pretrain runs (%), last epoch", "",
-             "Relation accuracy leaves out the trivial diagonal; chance is 1/8 for relations "
-             "(8 off-diagonal classes, uniform guess) and 1/N for N positions.", "",
-             "| Dataset | Backbone | Relations | Positions | Chance (relations / positions) |",
-             "|---|---|---:|---:|---:|"]
-    for dataset, backbone in _row_keys(pretrain):
-        here = _rows_of(pretrain, dataset, backbone)
-        positions = here["pretext_positions"].dropna()
-        chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
-        lines.append(f"| {dataset} | {backbone} | {_cell(here['pretext_rel_acc']).text()} | "
-                     f"{_cell(here['pretext_pos_acc']).text()} | {chance} |")
-    return lines
-
-
-def _improvement(value: float | None) -> str:
-    return EMPTY if value is None else f"{value:+.2f}"
-
-
-def render_markdown(runs: pd.DataFrame, tier: str) -> str:
-    seeds = sorted(int(s) for s in runs["seed"].dropna().unique())  # of every run shown
+def render_markdown(table: Table1, tier: str) -> str:
+    seeds = sorted(int(s) for s in pd.concat([table.runs, table.pretrain])["seed"].dropna().unique())
     lines = [
         f"# Table 1 — {tier} tier",
         "",
@@ -113,32 +177,33 @@ def render_markdown(runs: pd.DataFrame, tier: str) -> str:
         + (" (embedded data, tiny models: these numbers check the pipeline, they are not "
            "comparable to the paper's)" if tier == "smoke" else "")
         + f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}.",
-        "",
-        "† not in the paper: a supervised run trained for as many epochs as pretrain + finetune.",
     ]
+    if table.with_paper:
+        lines += ["", "paper: the paper's number; Δ: reproduced − paper; Improv.: RelViT − "
+                      "Supervised, from the numbers (the paper prints +5.85 for CIFAR-100, where "
+                      "its own numbers give +5.80)."]
+    lines += [f"\n{NOTES[c]}" for c in table.extras]
+    header = table.header()
     for metric, description in METRICS.items():
         lines += ["", f"## {description[0].upper()}{description[1:]}", ""]
-        header = ["Dataset", "Backbone", *METHODS, "Improv."]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
-        for row in table1_rows(runs, metric):
-            cells = [row["Dataset"], row["Backbone"], *(row[m].text() for m in METHODS),
-                     _improvement(row["Improv."])]
-            lines.append("| " + " | ".join(cells) + " |")
-    lines += pretext_lines(runs)
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows(metric)]
+    lines += table.pretext_lines()
     return "\n".join(lines) + "\n"
 
 
 def _latex_escape(text: str) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                       ("#", r"\#"), ("†", r"$^\dagger$")):
+                       ("#", r"\#"), ("†", r"$^\dagger$"), ("‡", r"$^\ddagger$"),
+                       ("Δ", r"$\Delta$"), ("—", "--")):
         text = text.replace(char, repl)
     return text
 
 
-def render_latex(runs: pd.DataFrame, tier: str, metric: str = "best_top1") -> str:
+def render_latex(table: Table1, tier: str, metric: str = "best_top1") -> str:
     """A booktabs table of one metric (default: the paper's best-epoch top-1)."""
-    header = ["Dataset", "Backbone", *METHODS, "Improv."]
+    header = table.header()
     lines = [
         "% Generated by relvit-repro (relvit report); do not edit.",
         r"\begin{table}[t]",
@@ -148,26 +213,27 @@ def render_latex(runs: pd.DataFrame, tier: str, metric: str = "best_top1") -> st
         " & ".join(_latex_escape(h) for h in header) + r" \\",
         r"\midrule",
     ]
-    for row in table1_rows(runs, metric):
-        cells = [row["Dataset"], row["Backbone"], *(row[m].text(r"$\pm$") for m in METHODS),
-                 _improvement(row["Improv."])]
-        lines.append(" & ".join(c if "$" in c else _latex_escape(c) for c in cells) + r" \\")
+    for row in table.rows(metric, pm=r"$\pm$"):
+        lines.append(" & ".join(c if "$" in c else _latex_escape(c) for c in row) + r" \\")
+    notes = " ".join(NOTES[c] for c in table.extras)
+    caption = (f"Table 1 reproduced ({tier} tier): {METRICS[metric]}, mean ± std over seeds."
+               + (" paper: the paper's number; Δ: reproduced − paper." if table.with_paper else "")
+               + (f" {notes}" if notes else ""))
     lines += [
         r"\bottomrule",
         r"\end{tabular}",
-        r"\caption{" + _latex_escape(
-            f"Table 1 reproduced ({tier} tier): {METRICS[metric]}, mean ± std over seeds. "
-            "† not in the paper: supervised for as many epochs as pretrain + finetune."
-        ).replace("±", r"$\pm$") + "}",
+        r"\caption{" + _latex_escape(caption).replace("±", r"$\pm$") + "}",
         r"\end{table}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str) -> pd.DataFrame:
-    """Gather the runs (metrics files or folders) and write `<out_stem>.md` and `.tex`."""
-    runs = gather_runs(sources)
+def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
+                 paper_csv: str | Path | None = PAPER_CSV) -> Table1:
+    """Gather runs and run configs from `sources`; write `<out_stem>.md` and `.tex`."""
+    paper = load_paper_table1(paper_csv) if paper_csv and Path(paper_csv).is_file() else None
+    table = Table1(gather_runs(sources), gather_planned(sources), paper)
     out_stem = Path(out_stem)
-    atomic_write_text(render_markdown(runs, tier), out_stem.with_suffix(".md"))
-    atomic_write_text(render_latex(runs, tier), out_stem.with_suffix(".tex"))
-    return runs
+    atomic_write_text(render_markdown(table, tier), out_stem.with_suffix(".md"))
+    atomic_write_text(render_latex(table, tier), out_stem.with_suffix(".tex"))
+    return table

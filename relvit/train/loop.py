@@ -23,9 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from relvit.config import RunConfig, dump_config
-from relvit.data.registry import Splits, get_dataset
-from relvit.geometry import Geometry, run_geometry
-from relvit.models.backbones import build_backbone, get_backbone_spec
+from relvit.data.loading import (
+    Split, batches, file_transform, load_splits, to_float_images,
+)
+from relvit.data.registry import get_dataset
+from relvit.geometry import Geometry, backbone_label, run_geometry
+from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import provenance
 from relvit.train.checkpoint import (
@@ -47,19 +50,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
-
-
-def backbone_label(cfg: RunConfig, geo: Geometry) -> str:
-    """How tables name the backbone, e.g. "ViT-S/4", or "ViT/4 (D=72, depth 4)" when resized."""
-    spec = get_backbone_spec(cfg.model.backbone)
-    patch = f"/{geo.patch_size}" if spec.family == "vit" else ""
-    resized = [(cfg.model.embed_dim, spec.embed_dim, "D={}"), (cfg.model.depth, spec.depth,
-               "depth {}"), (cfg.model.num_heads, spec.num_heads, "{} heads")]
-    changes = [fmt.format(v) for v, preset, fmt in resized if v is not None and v != preset]
-    if not changes:
-        return spec.label + patch
-    family = spec.label.split("-")[0] if spec.family == "vit" else spec.label
-    return f"{family}{patch} ({', '.join(changes)})"
 
 
 def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
@@ -89,15 +79,6 @@ def parameter_groups(model: nn.Module, decay_all: bool, weight_decay: float) -> 
     return [{"params": decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def _check_labels(splits: Splits, num_classes: int, dataset: str) -> None:
-    for split, labels in (("train", splits.train_labels), ("eval", splits.eval_labels)):
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise TrainingError(
-                f"dataset {dataset!r} {split} split has labels in [{labels.min()}, "
-                f"{labels.max()}], expected 0..{num_classes - 1}"
-            )
-
-
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
 
@@ -111,8 +92,9 @@ class Run:
         self.dataset = get_dataset(cfg.data.name)
         self.geo = run_geometry(cfg)
         self.device = resolve_device(cfg.device)
+        self.splits = load_splits(self.dataset, cfg.data, self.geo.image_size)
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        self.model = build_model(cfg, self.geo, self.dataset.num_classes).to(self.device)
+        self.model = build_model(cfg, self.geo, len(self.splits.classes)).to(self.device)
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -160,20 +142,19 @@ class Run:
     def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train to the last epoch (or stop after `stop_after` more epochs, returning None)."""
         self.prepare()
-        cfg = self.cfg
-        splits = self.dataset.load(self.geo.image_size, cfg.data.root)
-        _check_labels(splits, self.dataset.num_classes, cfg.data.name)
+        cfg, splits = self.cfg, self.splits
         objective = Objective(cfg, self.dataset, self.geo, splits.mean, splits.std)
-        steps = math.ceil(len(splits.train_labels) / cfg.optim.batch_size)
+        steps = math.ceil(len(splits.train.labels) / cfg.optim.batch_size)
         total_steps = steps * cfg.optim.epochs
         done = 0
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             started = time.perf_counter()
-            train_stats, lr = self._train_epoch(epoch, splits, objective, steps, total_steps)
-            val_stats = self.evaluate(splits, objective)
-            row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
-                   **{f"val_{k}": v for k, v in val_stats.items()},
-                   "epoch_time_s": time.perf_counter() - started}
+            train_stats, lr = self._train_epoch(epoch, objective, steps, total_steps)
+            row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+            for i, (name, split) in enumerate(splits.evals.items()):
+                prefix = "val" if i == 0 else name  # "val": the reported split (spec §5.3)
+                row.update({f"{prefix}_{k}": v for k, v in self.evaluate(split, objective).items()})
+            row["epoch_time_s"] = time.perf_counter() - started
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
             self._log_epoch(row)
@@ -184,25 +165,32 @@ class Run:
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
                 return None
-        return self.finish(splits)
+        return self.finish()
 
-    def _train_epoch(self, epoch: int, splits: Splits, objective: Objective, steps: int,
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return to_float_images(images, self.geo.image_size)
+
+    def _train_epoch(self, epoch: int, objective: Objective, steps: int,
                      total_steps: int) -> tuple[dict[str, float], float]:
         cfg, device = self.cfg, self.device
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0))  # dropout / drop-path
         order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
         aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, 2))
-        order = torch.randperm(len(splits.train_labels), generator=order_gen)
+        loader_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 4))
+        train = self.splits.train
+        order = torch.randperm(len(train.labels), generator=order_gen)
+        transform = file_transform(self.dataset, self.geo.image_size, train=True)
         self.model.train()
         sums: dict[str, float] = {}
         seen, lr = 0, cfg.optim.lr
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                    disable=not self.progress, file=sys.stderr)
-        for i in range(steps):
-            idx = order[i * cfg.optim.batch_size:(i + 1) * cfg.optim.batch_size]
-            images = splits.train_images[idx].to(device, non_blocking=True)
-            labels = splits.train_labels[idx].to(device, non_blocking=True)
-            batch = objective.batch(images, labels, train=True, generator=aug_gen)
+        source = batches(train, order, cfg.optim.batch_size, transform, cfg.data.workers,
+                         loader_gen, pin_memory=device.type == "cuda")
+        for i, (images, labels) in enumerate(source):
+            labels = labels.to(device, non_blocking=True)
+            batch = objective.batch(self._images(images), labels, train=True, generator=aug_gen)
             step = epoch * steps + i
             lr = learning_rate(step, total_steps, cfg.optim)
             for group in self.optimizer.param_groups:
@@ -218,25 +206,26 @@ class Run:
             if cfg.optim.clip_grad > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
             self.optimizer.step()
-            _accumulate(sums, stats, len(idx))
-            seen += len(idx)
+            _accumulate(sums, stats, len(labels))
+            seen += len(labels)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss'].item():.3f}")
         bar.close()
         return _means(sums, seen), lr
 
     @torch.no_grad()
-    def evaluate(self, splits: Splits, objective: Objective) -> dict[str, float]:
-        """Loss and accuracies on the evaluation split (no jitter, no shuffle, fixed draws)."""
+    def evaluate(self, split: Split, objective: Objective) -> dict[str, float]:
+        """Loss and accuracies on an evaluation split (no jitter, no shuffle, fixed draws)."""
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(self.cfg.seed, 0, 3))
         sums: dict[str, float] = {}
-        n = len(splits.eval_labels)
-        size = self.cfg.optim.batch_size
-        for start in range(0, n, size):
-            images = splits.eval_images[start:start + size].to(self.device)
-            labels = splits.eval_labels[start:start + size].to(self.device)
-            batch = objective.batch(images, labels, train=False, generator=gen)
+        n = len(split.labels)
+        transform = file_transform(self.dataset, self.geo.image_size, train=False)
+        for images, labels in batches(split, torch.arange(n), self.cfg.optim.batch_size,
+                                      transform, self.cfg.data.workers,
+                                      pin_memory=self.device.type == "cuda"):
+            labels = labels.to(self.device)
+            batch = objective.batch(self._images(images), labels, train=False, generator=gen)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.device.type == "cuda"):
                 out = self.model(batch.images)
@@ -274,17 +263,18 @@ class Run:
         else:
             log.info(message)
 
-    def finish(self, splits: Splits) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         """Write metrics.json: best- and last-epoch numbers plus provenance."""
         cfg, last, best = self.cfg, self.history[-1], self.best
+        evals = list(self.splits.evals)
         metrics: dict[str, Any] = {
             "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
             "dataset": cfg.data.name, "dataset_title": self.dataset.title,
             "backbone": cfg.model.backbone, "backbone_label": backbone_label(cfg, self.geo),
-            "epochs": cfg.optim.epochs, "eval_split": splits.eval_split,
+            "epochs": cfg.optim.epochs, "eval_split": evals[0], "classes": len(self.splits.classes),
             "best_epoch": best["epoch"],
-            "best": {k: v for k, v in best.items() if k.startswith("val_")},
-            "last": {k: v for k, v in last.items() if k.startswith(("val_", "train_"))},
+            "best": {k: v for k, v in best.items() if k not in ("epoch", "lr", "epoch_time_s")},
+            "last": {k: v for k, v in last.items() if k not in ("epoch", "lr", "epoch_time_s")},
             "wall_time_s": self.elapsed,
             "peak_memory_mb": provenance.peak_memory_mb(self.device),
             "device": provenance.device_name(self.device),
@@ -295,6 +285,9 @@ class Run:
         if cfg.uses_classifier:
             metrics["best_top1"] = 100 * best["val_acc_clf"]
             metrics["last_top1"] = 100 * last["val_acc_clf"]
+            for name in evals[1:]:  # e.g. Flowers-102 test beside its val split (Q18)
+                metrics[f"{name}_top1_at_best"] = 100 * best[f"{name}_acc_clf"]
+                metrics[f"{name}_top1_last"] = 100 * last[f"{name}_acc_clf"]
         if cfg.uses_ssl:
             metrics["pretext_positions"] = self.geo.num_positions
         atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")

@@ -45,8 +45,8 @@ class Objective:
 
     def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The dataset's standard training augmentation (on un-normalised images)."""
-        if not self.cfg.data.augment:
-            return images
+        if not self.cfg.data.augment or self.dataset.train_crop != "pad":
+            return images  # RandomResizedCrop datasets are augmented by the loader workers
         images = random_crop(images, self.dataset.crop_padding, generator)
         return random_hflip(images, generator) if self.dataset.flip else images
 

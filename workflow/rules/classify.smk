@@ -3,15 +3,18 @@
 
 rule finetune:
     input:
-        config=run_config_file("{dataset}/{backbone}/relvit/seed{seed}"),
-        pretrain=metrics_file("{dataset}/{backbone}/pretrain/seed{seed}"),
+        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        data=ready_marker("{dataset}"),
+        pretrain=pretrain_metrics,
     output:
-        metrics=metrics_file("{dataset}/{backbone}/relvit/seed{seed}"),
+        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+    wildcard_constraints:
+        method="relvit|relvit_mega",
     params:
-        out=lambda wc: run_dir(f"{wc.dataset}/{wc.backbone}/relvit/seed{wc.seed}"),
+        out=lambda wc: run_dir(planned(wc).run_id),
         init=pretrain_checkpoint,
     log:
-        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/relvit/seed{{seed}}.log",
+        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
     conda:
         "../../envs/relvit.yaml"
@@ -23,12 +26,13 @@ rule finetune:
 rule supervised:
     input:
         config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        data=ready_marker("{dataset}"),
     output:
         metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
     wildcard_constraints:
         method="supervised|supervised_same_epochs",
     params:
-        out=lambda wc: run_dir(f"{wc.dataset}/{wc.backbone}/{wc.method}/seed{wc.seed}"),
+        out=lambda wc: run_dir(planned(wc).run_id),
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]

@@ -1,17 +1,20 @@
-# RelViT SSL pre-training (upstream): relations + absolute positions (method spec §3).
-# Only metrics.json is declared: Snakemake never deletes best.pt / last.pt of a run that failed,
-# so re-running resumes from the last complete epoch.
+# RelViT SSL pre-training (upstream): relations + absolute positions (method spec §3), with the
+# mega-patch variant as method pretrain_mega. Only metrics.json is declared: Snakemake never
+# deletes best.pt / last.pt of a run that failed, so re-running resumes from the last epoch.
 
 
 rule pretrain:
     input:
-        config=run_config_file("{dataset}/{backbone}/pretrain/seed{seed}"),
+        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        data=ready_marker("{dataset}"),
     output:
-        metrics=metrics_file("{dataset}/{backbone}/pretrain/seed{seed}"),
+        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+    wildcard_constraints:
+        method="pretrain|pretrain_mega",
     params:
-        out=lambda wc: run_dir(f"{wc.dataset}/{wc.backbone}/pretrain/seed{wc.seed}"),
+        out=lambda wc: run_dir(planned(wc).run_id),
     log:
-        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/pretrain/seed{{seed}}.log",
+        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
     conda:
         "../../envs/relvit.yaml"

@@ -1,9 +1,11 @@
-# Gather run directories into the paper's tables.
+# Gather run directories into the paper's tables. The run configs go in too, so the table has a
+# row for every planned cell.
 
 
 rule table1:
     input:
-        [metrics_file(run_id) for run_id in RUNS],
+        configs=[run_config_file(run_id) for run_id in RUNS],
+        metrics=[metrics_file(run_id) for run_id in RUNS],
     output:
         md=f"{RESULTS}/tables/table1.md",
         tex=f"{RESULTS}/tables/table1.tex",

@@ -1,0 +1,171 @@
+"""Datasets in training form: in-memory tensors or image files, and batches of both.
+
+Array datasets (digits, CIFAR, SVHN) live in memory as tensors and are augmented per batch on the
+training device (`relvit.data.augment`). Image-file datasets are decoded by DataLoader workers,
+which also apply the per-sample transforms that need the full-resolution image
+(RandomResizedCrop, or the eval-time Resize + CenterCrop); images travel as uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from relvit.config import DataConfig
+from relvit.data import formats
+from relvit.data.formats import DatasetLayoutError, decode_image
+from relvit.data.registry import DatasetSpec
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """Images [N, C, H, W] (uint8, or float in [0, 1]) and long labels [N], in memory."""
+
+    images: Tensor
+    labels: Tensor
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """Image files and long labels [N], decoded on demand."""
+
+    paths: list[Path]
+    labels: Tensor
+
+
+Split = TensorSplit | FileSplit
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset ready to train: the training split and the evaluation splits, in report order."""
+
+    train: Split
+    evals: dict[str, Split]  # the first one is the reported split
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+READERS = {
+    "cifar10": lambda root, split: formats.read_cifar(root, 10, split),
+    "cifar100": lambda root, split: formats.read_cifar(root, 100, split),
+    "svhn": formats.read_svhn,
+    "flowers102": formats.read_flowers102,
+    "tiny_imagenet": formats.read_tiny_imagenet,
+    "imagenet100": formats.read_imagenet100,
+    "imagenet": formats.read_imagenet1k,
+    "imagefolder": formats.read_imagefolder,
+}
+
+
+def dataset_folder(spec: DatasetSpec, data: DataConfig) -> Path:
+    """Where the dataset's files are: `data.folder`, else `<data.root>/<spec.folder>`."""
+    return Path(data.folder) if data.folder else Path(data.root) / spec.folder
+
+
+def _to_split(raw: formats.ArraySplit | formats.FileSplit) -> Split:
+    labels = torch.from_numpy(np.asarray(raw.labels, dtype=np.int64))
+    if isinstance(raw, formats.ArraySplit):
+        images = torch.from_numpy(np.ascontiguousarray(raw.images)).permute(0, 3, 1, 2)
+        return TensorSplit(images.contiguous(), labels)
+    return FileSplit(list(raw.paths), labels)
+
+
+def _check(spec: DatasetSpec, name: str, split: Split, classes: list[str], folder: Path) -> None:
+    expected = spec.num_classes or len(classes)
+    if len(classes) != expected:
+        raise DatasetLayoutError(
+            f"{folder}: {spec.name} should have {expected} classes, found {len(classes)}")
+    labels = split.labels
+    if len(labels) == 0:
+        raise DatasetLayoutError(f"{folder}: the {name} split of {spec.name} is empty")
+    if labels.min() < 0 or labels.max() >= expected:
+        raise DatasetLayoutError(
+            f"{folder}: {spec.name} {name} labels span [{labels.min()}, {labels.max()}], "
+            f"expected 0..{expected - 1}")
+
+
+def load_splits(spec: DatasetSpec, data: DataConfig, image_size: int) -> Splits:
+    """Read the training split and every evaluation split of `spec`, checked."""
+    if spec.name == "digits":
+        from relvit.data.digits import load_digits_splits
+
+        return load_digits_splits(image_size)
+    folder = dataset_folder(spec, data)
+    read = READERS[spec.name]
+    train_raw = read(folder, spec.train_split)
+    classes = list(train_raw.classes)
+    train = _to_split(train_raw)
+    _check(spec, spec.train_split, train, classes, folder)
+    evals = {}
+    for name in (spec.eval_split, *spec.extra_eval_splits):
+        evals[name] = _to_split(read(folder, name))
+        _check(spec, name, evals[name], classes, folder)
+    mean, std = spec.stats if spec.stats else image_statistics(train)
+    return Splits(train, evals, classes, tuple(mean), tuple(std))
+
+
+def image_statistics(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if not isinstance(split, TensorSplit):
+        raise ValueError("dataset statistics are only computed for in-memory datasets")
+    images = split.images.float()
+    if split.images.dtype == torch.uint8:
+        images = images / 255
+    return tuple(images.mean(dim=(0, 2, 3)).tolist()), tuple(images.std(dim=(0, 2, 3)).tolist())
+
+
+def file_transform(spec: DatasetSpec, image_size: int, train: bool) -> T.Compose:
+    """Per-sample transform run by the loader workers; returns uint8 [3, side, side]."""
+    side = image_size
+    if train and spec.train_crop == "resized":
+        steps = [T.RandomResizedCrop(side)] + ([T.RandomHorizontalFlip()] if spec.flip else [])
+    elif not train and spec.eval_center_crop:
+        steps = [T.Resize(round(side * 256 / 224)), T.CenterCrop(side)]
+    else:  # pad-crop datasets are augmented per batch, after this
+        steps = [T.Resize((side, side))]
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+class _Files(Dataset):
+    def __init__(self, split: FileSplit, order: Tensor, transform: T.Compose):
+        self.split, self.order, self.transform = split, order.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        index = self.order[i]
+        return self.transform(decode_image(self.split.paths[index])), self.split.labels[index]
+
+
+def batches(split: Split, order: Tensor, batch_size: int, transform: T.Compose | None,
+            workers: int = 0, generator: torch.Generator | None = None,
+            pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of (images, labels) in `order`; file splits go through DataLoader workers."""
+    if isinstance(split, TensorSplit):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield split.images[idx], split.labels[idx]
+        return
+    loader = DataLoader(_Files(split, order, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, generator=generator, pin_memory=pin_memory)
+    yield from loader
+
+
+def to_float_images(images: Tensor, image_size: int) -> Tensor:
+    """uint8 or float images -> float in [0, 1] at `image_size` (bilinear when resizing)."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    if images.shape[-1] != image_size or images.shape[-2] != image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                               antialias=True, align_corners=False).clamp_(0, 1)
+    return images

@@ -1,0 +1,64 @@
+"""`relvit prepare-data`: download, verify, extract and check a dataset, then mark it ready.
+
+Downloadable datasets are fetched from their official sources with checksums; archives go to
+`<root>/.downloads/<name>/` and are extracted into `<root>/<name>/`. ImageNet-1K and
+ImageNet-100 need an account: their files are checked where the user put them, and a missing or
+wrong layout is reported with exactly what to put where. The marker `<root>/<name>/
+.relvit-ready.json` is written last, so its presence means the dataset is complete and readable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from relvit.config import DataConfig
+from relvit.data.download import fetch
+from relvit.data.formats import EXPECTED_LAYOUT, DatasetLayoutError
+from relvit.data.loading import dataset_folder, load_splits
+from relvit.data.registry import get_dataset
+from relvit.train.checkpoint import atomic_write_text
+
+log = logging.getLogger("relvit")
+MARKER = ".relvit-ready.json"
+
+
+def ready_marker(root: str | Path, name: str) -> Path:
+    return Path(root) / name / MARKER
+
+
+def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = None,
+                    offline: bool = False) -> dict[str, Any]:
+    """Make dataset `name` ready under `root` (or `folder`); returns what the marker records."""
+    spec = get_dataset(name)
+    data = DataConfig(name=name, root=str(root), folder=folder)
+    target = dataset_folder(spec, data)
+    archives = [r for r in spec.resources if r.extract]
+    for resource in archives + [r for r in spec.resources if not r.extract]:
+        log.info("%s: %s", name, resource.filename)
+        downloads = Path(root) / ".downloads" / name if resource.extract else target
+        fetch(resource, downloads, extract_to=target if resource.extract else None,
+              offline=offline)
+    try:
+        splits = load_splits(spec, data, spec.image_size)
+    except DatasetLayoutError as err:
+        if spec.manual:
+            raise DatasetLayoutError(
+                f"{err}\n{spec.title} cannot be downloaded automatically (it needs an account). "
+                f"Put its files under {target} like this:\n{EXPECTED_LAYOUT[name]}") from err
+        raise
+    record = {
+        "dataset": name, "folder": str(target), "classes": len(splits.classes),
+        "splits": {spec.train_split: len(splits.train.labels),
+                   **{split: len(s.labels) for split, s in splits.evals.items()}},
+        "resources": [{"file": r.filename, "md5": r.md5, "sha256": r.sha256}
+                      for r in spec.resources],
+        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    marker = ready_marker(root, name)
+    atomic_write_text(json.dumps(record, indent=2) + "\n", marker)
+    log.info("%s ready: %s", name, record["splits"])
+    return record

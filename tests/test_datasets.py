@@ -1,0 +1,142 @@
+"""Datasets end to end: prepare-data (download, verify, extract, mark ready) and training runs
+on small files in the real on-disk formats, through the same code a real run uses."""
+
+import dataclasses
+import hashlib
+import json
+import tarfile
+
+import pytest
+import torch
+
+from fixtures.formats import write_cifar, write_flowers102, write_imagefolder, write_imagenet1k
+from relvit.cli import main
+from relvit.data import registry
+from relvit.data.download import ChecksumError, Resource
+from relvit.data.formats import DatasetLayoutError
+from relvit.data.prepare import prepare_dataset, ready_marker
+from relvit.train.loop import train
+
+TINY_MODEL = {"backbone": "vit_small", "embed_dim": 36, "depth": 1, "num_heads": 3,
+              "drop_path_rate": 0.0}
+
+
+@pytest.fixture
+def cifar_archive(tmp_path):
+    """A cifar-10-python.tar.gz in the official layout, and a Resource pointing at it."""
+    write_cifar(tmp_path / "src", 10, n_train=60, n_test=20)
+    archive = tmp_path / "www" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    return archive, Resource(archive.as_uri(), archive.name, md5=md5, extract=True)
+
+
+def use_resource(monkeypatch, name, resource):
+    spec = dataclasses.replace(registry.DATASETS[name], resources=(resource,))
+    monkeypatch.setitem(registry.DATASETS, name, spec)
+
+
+def test_prepare_downloads_verifies_extracts_and_marks_ready(tmp_path, monkeypatch, cifar_archive):
+    archive, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", resource)
+    record = prepare_dataset("cifar10", tmp_path / "data")
+    assert record["splits"] == {"train": 60, "test": 20} and record["classes"] == 10
+    marker = json.loads(ready_marker(tmp_path / "data", "cifar10").read_text())
+    assert marker["resources"][0]["md5"] == resource.md5
+    assert (tmp_path / "data" / "cifar10" / "cifar-10-batches-py" / "data_batch_5").is_file()
+    archive.unlink()  # offline: the verified download already in place is all it needs
+    assert prepare_dataset("cifar10", tmp_path / "data", offline=True)["splits"]["train"] == 60
+
+
+def test_corrupted_download_is_rejected_and_nothing_extracted(tmp_path, monkeypatch,
+                                                              cifar_archive):
+    _, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", dataclasses.replace(resource, md5="0" * 32))
+    with pytest.raises(ChecksumError, match="cifar-10-python.tar.gz"):
+        prepare_dataset("cifar10", tmp_path / "data")
+    assert not (tmp_path / "data" / "cifar10").exists()
+    assert main(["prepare-data", "cifar10", "--root", str(tmp_path / "data")]) == 1
+
+
+def test_manual_datasets_say_what_to_put_where(tmp_path, capsys):
+    assert main(["prepare-data", "imagenet", "--root", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot be downloaded automatically" in err
+    assert str(tmp_path / "data" / "imagenet") in err and "LOC_val_solution.csv" in err
+    assert not ready_marker(tmp_path / "data", "imagenet").exists()
+
+
+def test_wrong_number_of_classes_is_refused(tmp_path):
+    write_imagenet1k(tmp_path / "data" / "imagenet")  # a 5-class ImageNet
+    with pytest.raises(DatasetLayoutError, match="should have 1000 classes, found 5"):
+        prepare_dataset("imagenet", tmp_path / "data")
+
+
+def test_cifar_pretrain_then_finetune_through_the_cli(tmp_path):
+    write_cifar(tmp_path / "cifar", 10, n_train=64, n_test=32)
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "device": "cpu", "data": {"name": "cifar10", "folder": str(tmp_path / "cifar")},
+        "model": TINY_MODEL, "optim": {"epochs": 1, "batch_size": 32}}))
+    assert main(["pretrain", "--config", str(config), "--out", str(tmp_path / "pre"),
+                 "--no-progress"]) == 0
+    pre = json.loads((tmp_path / "pre" / "metrics.json").read_text())
+    assert pre["pretext_positions"] == 64 and pre["eval_split"] == "test"  # 8x8 grid at 32 px
+    assert main(["finetune", "--config", str(config), "--out", str(tmp_path / "fine"),
+                 "--init", str(tmp_path / "pre" / "best.pt"), "--no-progress"]) == 0
+    fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
+    assert fine["backbone_label"] == "ViT/4 (D=36, depth 1, 3 heads)" and fine["classes"] == 10
+    assert 0 <= fine["best_top1"] <= 100
+
+
+def test_image_files_train_through_loader_workers(tmp_path, tiny_config):
+    info = write_imagefolder(tmp_path / "images")
+    cfg = tiny_config("supervised", data={"name": "imagefolder", "folder": str(tmp_path / "images"),
+                                          "image_size": 32, "workers": 2},
+                      model={"patch_size": 8}, optim={"epochs": 2, "batch_size": 4})
+    whole = train(cfg, tmp_path / "a", progress=False)
+    assert whole["classes"] == len(info["classes"]) == 3
+    again = train(cfg, tmp_path / "b", progress=False)  # seeded workers: the same numbers
+    assert again["last"] == whole["last"]
+
+
+def test_flowers_reports_val_and_test(tmp_path, tiny_config):
+    write_flowers102(tmp_path / "flowers")
+    cfg = tiny_config("supervised", data={"name": "flowers102", "folder": str(tmp_path / "flowers"),
+                                          "image_size": 32, "workers": 0},
+                      model={"patch_size": 8}, optim={"epochs": 1, "batch_size": 4})
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert metrics["eval_split"] == "val" and metrics["classes"] == 102
+    assert {"test_top1_at_best", "test_top1_last"} <= set(metrics)
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "val_acc_clf" in history and "test_acc_clf" in history
+
+
+def test_missing_folder_and_unreadable_image_are_named(tmp_path, tiny_config, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"data": {"name": "cifar10", "root": str(tmp_path / "nothing")},
+                                  "model": TINY_MODEL}))
+    assert main(["supervised", "--config", str(config), "--out", str(tmp_path / "o")]) == 1
+    assert str(tmp_path / "nothing" / "cifar10") in capsys.readouterr().err
+    write_imagefolder(tmp_path / "images")
+    broken = tmp_path / "images" / "train" / "cat" / "c1.jpg"
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated JPEG
+    cfg = tiny_config("supervised", data={"name": "imagefolder", "folder": str(tmp_path / "images"),
+                                          "image_size": 32, "workers": 0},
+                      model={"patch_size": 8}, optim={"epochs": 1, "batch_size": 8})
+    with pytest.raises(DatasetLayoutError, match="c1.jpg"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_array_datasets_live_in_memory_as_uint8(tmp_path, tiny_config):
+    write_cifar(tmp_path / "cifar", 10, n_train=16, n_test=8)
+    cfg = tiny_config("supervised", data={"name": "cifar10", "folder": str(tmp_path / "cifar")})
+    from relvit.train.loop import Run
+
+    run = Run(cfg, tmp_path / "run")
+    assert run.splits.train.images.dtype == torch.uint8
+    assert run.splits.train.images.shape == (16, 3, 32, 32)
+    assert run.splits.train.labels.dtype == torch.long
