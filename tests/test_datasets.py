@@ -9,9 +9,19 @@ import tarfile
 import pytest
 import torch
 
-from fixtures.formats import write_cifar, write_flowers102, write_imagefolder, write_imagenet1k
+from fixtures.formats import (
+    write_cifar,
+    write_flowers102,
+    write_imagefolder,
+    write_imagenet1k,
+    write_imagenet100,
+    write_svhn,
+    write_tiny_imagenet,
+)
 from relvit.cli import main
+from relvit.config import DataConfig
 from relvit.data import registry
+from relvit.data.loading import batches, file_transform, load_splits, to_float_images
 from relvit.data.download import ChecksumError, Resource
 from relvit.data.formats import DatasetLayoutError
 from relvit.data.prepare import prepare_dataset, ready_marker
@@ -140,3 +150,34 @@ def test_array_datasets_live_in_memory_as_uint8(tmp_path, tiny_config):
     assert run.splits.train.images.dtype == torch.uint8
     assert run.splits.train.images.shape == (16, 3, 32, 32)
     assert run.splits.train.labels.dtype == torch.long
+
+
+WRITERS = {
+    "cifar10": lambda root: write_cifar(root, 10, n_train=12, n_test=6),
+    "cifar100": lambda root: write_cifar(root, 100, n_train=12, n_test=6),
+    "svhn": lambda root: write_svhn(root, n_train=12, n_test=6),
+    "flowers102": write_flowers102,
+    "tiny_imagenet": write_tiny_imagenet,
+    "imagenet100": write_imagenet100,
+    "imagenet": write_imagenet1k,
+    "imagefolder": write_imagefolder,
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_every_format_loads_and_batches_as_a_run_does(tmp_path, name):
+    """Each real-format fixture through load_splits and a training and an evaluation batch."""
+    info = WRITERS[name](tmp_path / name)
+    spec = registry.DATASETS[name]
+    if spec.num_classes and "classes" in info:  # the ImageNet-style fixtures have a few classes
+        spec = dataclasses.replace(spec, num_classes=len(info["classes"]))
+    splits = load_splits(spec, DataConfig(name=name, folder=str(tmp_path / name)), 32)
+    assert list(splits.evals)[0] == spec.eval_split
+    eval_split = next(iter(splits.evals.values()))
+    for split, train in ((splits.train, True), (eval_split, False)):
+        transform = file_transform(spec, 32, train)
+        images, labels = next(iter(batches(split, torch.arange(len(split.labels)), 4, transform)))
+        images = to_float_images(images, 32)
+        assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
+        assert 0 <= images.min() and images.max() <= 1
+        assert labels.dtype == torch.long and labels.max() < len(splits.classes)
