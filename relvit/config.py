@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-Mode = Literal["pretrain", "finetune", "supervised", "joint"]
+Mode = Literal["pretrain", "finetune", "supervised", "joint", "detect"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
@@ -84,8 +84,21 @@ class OptimConfig:
     weight_decay: float = 0.1
     decay_norm_and_bias: bool = True  # the original decays every parameter (Q9)
     warmup_fraction: float = 0.1
-    schedule: Literal["relvit", "cosine"] = "relvit"
+    schedule: Literal["relvit", "cosine", "step"] = "relvit"
+    step_epochs: int = 30  # schedule "step": LR x step_gamma every step_epochs (detection, §6.5)
+    step_gamma: float = 0.1
     clip_grad: float = 1.0  # global norm; 0 disables
+
+
+@dataclass
+class DetectionConfig:
+    """Detection runs (mode detect, method spec §6): the R-CNN and its training."""
+
+    masks: bool | None = None  # Mask R-CNN; None: where the dataset has masks
+    ssl_joint: bool = False  # RelViT "upstream ✗": SSL losses trained with the detector
+    fpn_channels: int = 256
+    iou_crop: bool = False  # the original's "ssdlite" RandomIoUCrop (Q22)
+    eval_every: int = 1  # epochs between COCO evaluations (the last epoch always)
 
 
 @dataclass
@@ -101,6 +114,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,7 +125,7 @@ class RunConfig:
 
     @property
     def uses_classifier(self) -> bool:
-        return self.mode != "pretrain"
+        return self.mode not in ("pretrain", "detect")
 
     @property
     def pos_embed(self) -> bool:

@@ -49,6 +49,11 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
     if problems:
         return problems  # the geometry checks need a known dataset and backbone
 
+    task = DATASETS[cfg.data.name].task
+    if (cfg.mode == "detect") != (task == "detection"):
+        wanted = "a detection" if cfg.mode == "detect" else "a classification"
+        problems.append(f"data.name: mode {cfg.mode!r} needs {wanted} dataset; "
+                        f"{cfg.data.name!r} is a {task} dataset")
     spec = get_backbone_spec(cfg.model.backbone)
     dim = cfg.model.embed_dim or spec.embed_dim
     heads = cfg.model.num_heads or spec.num_heads

@@ -19,11 +19,12 @@ def test_all_type_problems_are_reported_at_once():
     problems = problems_of({"mode": "pretrian", "seed": "one",
                             "optim": {"lr": "fast", "epochz": 3}, "model": {"depth": True}})
     assert problems == [
-        "mode: 'pretrian' is not one of 'pretrain', 'finetune', 'supervised', 'joint'",
+        "mode: 'pretrian' is not one of 'pretrain', 'finetune', 'supervised', 'joint', 'detect'",
         "seed: expected int, got str 'one'",
         "optim.lr: expected float, got str 'fast'",
         "optim.epochz: unknown key (did you mean 'epochs'?); allowed: epochs, batch_size, lr, "
-        "min_lr, weight_decay, decay_norm_and_bias, warmup_fraction, schedule, clip_grad",
+        "min_lr, weight_decay, decay_norm_and_bias, warmup_fraction, schedule, step_epochs, "
+        "step_gamma, clip_grad",
         "model.depth: expected int, got bool True",
     ]
 

@@ -145,6 +145,14 @@ def test_other_backbones_pretrain_with_megapatches_and_finetune(tmp_path, tiny_c
     assert fine["fresh_backbone_keys"] == [] and fine["best_top1"] > 0
 
 
+def test_step_schedule(tiny_config):
+    optim = tiny_config("supervised", optim={"lr": 1.0, "schedule": "step", "epochs": 10,
+                                             "step_epochs": 4, "step_gamma": 0.1,
+                                             "warmup_fraction": 0.0}).optim
+    per_epoch = [learning_rate(10 * e, 100, optim) for e in range(10)]
+    assert per_epoch == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 2)
+
+
 @pytest.mark.parametrize("schedule", ["relvit", "cosine"])
 def test_schedules(tiny_config, schedule):
     optim = tiny_config("supervised", optim={"lr": 1.0, "min_lr": 0.0,

@@ -36,6 +36,7 @@ class DatasetSpec:
     folder: str = ""  # under data.root
     resources: tuple[Resource, ...] = ()  # downloadable files; none: embedded or manual
     manual: bool = False  # needs an account: the user puts the files in place
+    task: Literal["classification", "detection"] = "classification"
 
 
 _CS = "https://www.cs.toronto.edu/~kriz/"

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -92,9 +92,8 @@ class Run:
         self.dataset = get_dataset(cfg.data.name)
         self.geo = run_geometry(cfg)
         self.device = resolve_device(cfg.device)
-        self.splits = load_splits(self.dataset, cfg.data, self.geo.image_size)
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        self.model = build_model(cfg, self.geo, len(self.splits.classes)).to(self.device)
+        self.model = self.setup().to(self.device)
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -106,6 +105,72 @@ class Run:
         self.start_epoch = 0
         self.fresh_keys: list[str] = []
 
+    # ----------------------------------------------------------------- what a task defines
+    def setup(self) -> nn.Module:
+        """Load the data and build the model (classification: RelViT on a dataset's splits)."""
+        self.splits = load_splits(self.dataset, self.cfg.data, self.geo.image_size)
+        self.objective = Objective(self.cfg, self.dataset, self.geo, self.splits.mean,
+                                   self.splits.std)
+        return build_model(self.cfg, self.geo, len(self.splits.classes))
+
+    def backbone(self) -> nn.Module:
+        """The backbone a pretrain checkpoint loads into."""
+        return self.model.backbone
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.splits.train.labels) / self.cfg.optim.batch_size)
+
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        """The epoch's training batches, in a seeded order."""
+        order_gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, 1))
+        loader_gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, 4))
+        train = self.splits.train
+        order = torch.randperm(len(train.labels), generator=order_gen)
+        transform = file_transform(self.dataset, self.geo.image_size, train=True)
+        return batches(train, order, self.cfg.optim.batch_size, transform, self.cfg.data.workers,
+                       loader_gen, pin_memory=self.device.type == "cuda")
+
+    def train_loss(self, data: Any, generator: torch.Generator) -> tuple[torch.Tensor,
+                                                                      dict[str, torch.Tensor], int]:
+        """Loss of one training batch, its statistics and its size."""
+        images, labels = data
+        labels = labels.to(self.device, non_blocking=True)
+        batch = self.objective.batch(self._images(images), labels, train=True, generator=generator)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.device.type == "cuda"):
+            out = self.model(batch.images)
+        loss, stats = self.objective.losses(out, batch)
+        return loss, stats, len(labels)
+
+    def evaluation(self, epoch: int) -> dict[str, float]:
+        """Validation entries of the epoch's history row ("val_*": the reported split)."""
+        row = {}
+        for i, (name, split) in enumerate(self.splits.evals.items()):
+            prefix = "val" if i == 0 else name  # spec §5.3
+            row.update({f"{prefix}_{k}": v for k, v in self.evaluate(split).items()})
+        return row
+
+    def selection(self) -> tuple[str, bool]:
+        """The history key that picks best.pt, and whether higher is better."""
+        if self.cfg.mode == "pretrain":  # the original keeps the lowest validation loss
+            return "val_loss", False
+        return "val_acc_clf", True
+
+    def task_metrics(self) -> dict[str, Any]:
+        """metrics.json entries of this task."""
+        last, best = self.history[-1], self.best
+        metrics: dict[str, Any] = {"eval_split": list(self.splits.evals)[0],
+                                   "classes": len(self.splits.classes)}
+        if self.cfg.uses_ssl:
+            metrics["pretext_positions"] = self.geo.num_positions
+        if self.cfg.uses_classifier:
+            metrics["best_top1"] = 100 * best["val_acc_clf"]
+            metrics["last_top1"] = 100 * last["val_acc_clf"]
+            for name in list(self.splits.evals)[1:]:  # e.g. Flowers-102 test beside val (Q18)
+                metrics[f"{name}_top1_at_best"] = 100 * best[f"{name}_acc_clf"]
+                metrics[f"{name}_top1_last"] = 100 * last[f"{name}_acc_clf"]
+        return metrics
+
     # ----------------------------------------------------------------- set-up and resume
     def prepare(self) -> None:
         """Resume from last.pt if present, else initialise (loading the pretrain backbone)."""
@@ -113,11 +178,11 @@ class Run:
         last = self.out_dir / "last.pt"
         if last.exists():
             self._resume(last)
-        elif self.cfg.mode == "finetune":
-            if not self.cfg.init_checkpoint:
-                raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
-                                      "the best.pt of a pretrain run")
-            self.fresh_keys = load_backbone(self.model.backbone, Path(self.cfg.init_checkpoint),
+        elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
+            raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
+                                  "the best.pt of a pretrain run")
+        elif self.cfg.init_checkpoint:
+            self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
                                             self.cfg.model.backbone)
         dump_config(self.cfg, self.out_dir / "config.yaml")
 
@@ -142,18 +207,14 @@ class Run:
     def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train to the last epoch (or stop after `stop_after` more epochs, returning None)."""
         self.prepare()
-        cfg, splits = self.cfg, self.splits
-        objective = Objective(cfg, self.dataset, self.geo, splits.mean, splits.std)
-        steps = math.ceil(len(splits.train.labels) / cfg.optim.batch_size)
-        total_steps = steps * cfg.optim.epochs
+        cfg = self.cfg
+        steps = self.steps_per_epoch()
         done = 0
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             started = time.perf_counter()
-            train_stats, lr = self._train_epoch(epoch, objective, steps, total_steps)
+            train_stats, lr = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
             row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
-            for i, (name, split) in enumerate(splits.evals.items()):
-                prefix = "val" if i == 0 else name  # "val": the reported split (spec §5.3)
-                row.update({f"{prefix}_{k}": v for k, v in self.evaluate(split, objective).items()})
+            row.update(self.evaluation(epoch))
             row["epoch_time_s"] = time.perf_counter() - started
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
@@ -171,33 +232,22 @@ class Run:
         images = images.to(self.device, non_blocking=True)
         return to_float_images(images, self.geo.image_size)
 
-    def _train_epoch(self, epoch: int, objective: Objective, steps: int,
+    def _train_epoch(self, epoch: int, steps: int,
                      total_steps: int) -> tuple[dict[str, float], float]:
-        cfg, device = self.cfg, self.device
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0))  # dropout / drop-path
-        order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
-        aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, 2))
-        loader_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 4))
-        train = self.splits.train
-        order = torch.randperm(len(train.labels), generator=order_gen)
-        transform = file_transform(self.dataset, self.geo.image_size, train=True)
+        cfg = self.cfg
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0))  # dropout, drop-path, transforms
+        aug_gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(cfg.seed, epoch, 2))
         self.model.train()
         sums: dict[str, float] = {}
         seen, lr = 0, cfg.optim.lr
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                    disable=not self.progress, file=sys.stderr)
-        source = batches(train, order, cfg.optim.batch_size, transform, cfg.data.workers,
-                         loader_gen, pin_memory=device.type == "cuda")
-        for i, (images, labels) in enumerate(source):
-            labels = labels.to(device, non_blocking=True)
-            batch = objective.batch(self._images(images), labels, train=True, generator=aug_gen)
+        for i, data in enumerate(self.train_batches(epoch)):
             step = epoch * steps + i
             lr = learning_rate(step, total_steps, cfg.optim)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = self.model(batch.images)
-            loss, stats = objective.losses(out, batch)
+            loss, stats, size = self.train_loss(data, aug_gen)
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, "
                                     f"step {i + 1}; the last good checkpoint is kept")
@@ -206,15 +256,15 @@ class Run:
             if cfg.optim.clip_grad > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
             self.optimizer.step()
-            _accumulate(sums, stats, len(labels))
-            seen += len(labels)
+            _accumulate(sums, stats, size)
+            seen += size
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss'].item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         return _means(sums, seen), lr
 
     @torch.no_grad()
-    def evaluate(self, split: Split, objective: Objective) -> dict[str, float]:
+    def evaluate(self, split: Split) -> dict[str, float]:
         """Loss and accuracies on an evaluation split (no jitter, no shuffle, fixed draws)."""
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(self.cfg.seed, 0, 3))
@@ -225,20 +275,22 @@ class Run:
                                       transform, self.cfg.data.workers,
                                       pin_memory=self.device.type == "cuda"):
             labels = labels.to(self.device)
-            batch = objective.batch(self._images(images), labels, train=False, generator=gen)
+            batch = self.objective.batch(self._images(images), labels, train=False,
+                                         generator=gen)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.device.type == "cuda"):
                 out = self.model(batch.images)
-            _, stats = objective.losses(out, batch)
+            _, stats = self.objective.losses(out, batch)
             _accumulate(sums, stats, len(labels))
         return _means(sums, n)
 
     def _is_best(self, row: dict[str, Any]) -> bool:
-        if not self.best:
+        key, higher = self.selection()
+        if key not in row:  # not evaluated this epoch
+            return False
+        if key not in self.best:
             return True
-        if self.cfg.mode == "pretrain":  # the original keeps the lowest validation loss
-            return row["val_loss"] < self.best["val_loss"]
-        return row["val_acc_clf"] > self.best["val_acc_clf"]
+        return row[key] > self.best[key] if higher else row[key] < self.best[key]
 
     # ----------------------------------------------------------------- files
     def _weights(self, epoch: int) -> dict[str, Any]:
@@ -266,15 +318,15 @@ class Run:
     def finish(self) -> dict[str, Any]:
         """Write metrics.json: best- and last-epoch numbers plus provenance."""
         cfg, last, best = self.cfg, self.history[-1], self.best
-        evals = list(self.splits.evals)
+        skip = ("epoch", "lr", "epoch_time_s")
         metrics: dict[str, Any] = {
             "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
             "dataset": cfg.data.name, "dataset_title": self.dataset.title,
             "backbone": cfg.model.backbone, "backbone_label": backbone_label(cfg, self.geo),
-            "epochs": cfg.optim.epochs, "eval_split": evals[0], "classes": len(self.splits.classes),
-            "best_epoch": best["epoch"],
-            "best": {k: v for k, v in best.items() if k not in ("epoch", "lr", "epoch_time_s")},
-            "last": {k: v for k, v in last.items() if k not in ("epoch", "lr", "epoch_time_s")},
+            "epochs": cfg.optim.epochs, "best_epoch": best.get("epoch"),
+            "best": {k: v for k, v in best.items() if k not in skip},
+            "last": {k: v for k, v in last.items() if k not in skip},
+            **self.task_metrics(),
             "wall_time_s": self.elapsed,
             "peak_memory_mb": provenance.peak_memory_mb(self.device),
             "device": provenance.device_name(self.device),
@@ -282,14 +334,6 @@ class Run:
             "init_checkpoint": cfg.init_checkpoint, "fresh_backbone_keys": self.fresh_keys,
             "versions": provenance.versions(), "git_sha": provenance.git_sha(),
         }
-        if cfg.uses_classifier:
-            metrics["best_top1"] = 100 * best["val_acc_clf"]
-            metrics["last_top1"] = 100 * last["val_acc_clf"]
-            for name in evals[1:]:  # e.g. Flowers-102 test beside its val split (Q18)
-                metrics[f"{name}_top1_at_best"] = 100 * best[f"{name}_acc_clf"]
-                metrics[f"{name}_top1_last"] = 100 * last[f"{name}_acc_clf"]
-        if cfg.uses_ssl:
-            metrics["pretext_positions"] = self.geo.num_positions
         atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
         return metrics
 
