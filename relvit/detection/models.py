@@ -1,0 +1,292 @@
+"""Our backbones as torchvision Faster/Mask R-CNN backbones, with optional joint SSL losses.
+
+A `PyramidBackbone` turns a `relvit.models.contract.Backbone` into torchvision's `BackboneWithFPN`
+contract: `forward(images) -> OrderedDict` of FPN maps "0".."3" (strides s0 < s1 < s2 < s3, each
+twice the previous) plus "pool" (2 * s3, `LastLevelMaxPool`), and an `out_channels` attribute.
+The decisions (method spec §6.2 and Q23-Q26) are:
+
+* Swin-T: the four stage outputs *before* patch merging (at 224 px 56²x96, 28²x192, 14²x384,
+  7²x768; strides 4, 8, 16, 32). timm applies a stage's patch merging at the start of the *next*
+  stage, so the output of `swin.layers[i]` is exactly the pre-merging map of stage i. This fixes
+  Q24 (the original reshaped post-merging outputs as if they were pre-merging ones). Each level
+  gets its own new LayerNorm, as the original (and the official Swin detection code) did; timm's
+  Swin has no per-stage norms, and its final `swin.norm` is used only for `last_tokens` (the SSL
+  tokens, so that they equal `Backbone.tokens`).
+* ViT and T2T-ViT (plain, single scale): a ViTDet-style simple feature pyramid (Li et al.,
+  "Exploring plain vision transformer backbones for object detection", 2022), which shows that the
+  last token map suffices. From the final (LayerNorm-ed) patch-token map at stride s (the patch
+  size for ViT, 16 for T2T): x4 = ConvTranspose2d(D, D/2, 2, 2) -> LayerNorm2d -> GELU ->
+  ConvTranspose2d(D/2, D/4, 2, 2); x2 = ConvTranspose2d(D, D/2, 2, 2); x1 = identity;
+  x1/2 = MaxPool2d(2, ceil_mode=True); strides s/4, s/2, s, 2s. The CLS token is discarded. This
+  replaces the original's three same-stride maps, where every RoI went to one level (Q25).
+  A ViT must have positional embeddings (detection is a downstream task, spec §3):
+  `build_pyramid_backbone` refuses one built with `pos_embed=False`; a checkpoint of a pretrain
+  run without them still loads (`vit.pos_embed` stays at its fresh init).
+* Then torchvision's `FeaturePyramidNetwork(in_channels, fpn_channels, LastLevelMaxPool())`
+  (top-down path, 1x1 laterals, 3x3 outputs), default width 256 (the original's 512 is a flag).
+
+`build_detector` decisions:
+
+* Anchors (Q26): one size per level, 8 x its stride by default (the usual FPN 32..512 at strides
+  4..64), aspect ratios (0.5, 1, 2): 3 anchors per location instead of the original's 12.
+* RoI level assignment (Q25): torchvision's FPN rule k = floor(k0 + log2(sqrt(wh) / c)) with the
+  ImageNet-scale default c = 224, k0 = 4 sends almost every box of a 224-px image to the finest
+  level (boxes of side 16 and 64 both go to stride 4). We set c = the anchor size of level "3"
+  and k0 = log2(stride of level "3"), so a RoI is pooled from the level whose anchors match its
+  size (with the default anchors a box of side in [8s, 16s) goes to the level of stride s; at 224 px
+  boxes of side 16, 64 and 224 go to strides 4, 8 and 16). Box RoIs: MultiScaleRoIAlign(["0".."3"],
+  7, 2); mask RoIs: 14.
+* Resizing (Q23): torchvision's aspect-preserving resize with min_size = max_size = image_size, so
+  every image's *longer* side becomes image_size (the original's `fixed_size=(224, 224)` distorted
+  the aspect ratio). The batch is padded to a multiple of `size_divisible` = the stride of the
+  backbone's final token map (ViT: patch size, T2T: 16, Swin: its last stage's stride), which must
+  divide image_size so a full-size side is kept exactly; a batch of only landscape (or only
+  portrait) images is padded to fewer rows (columns) than image_size.
+* Normalisation: ImageNet mean/std via `image_mean` / `image_std` (the original misspelled them,
+  harmlessly, Q23); `box_detections_per_img=100`; every other RPN / RoI setting is torchvision's
+  default.
+
+`JointSSLDetector` (the "upstream ✗" rows of Tables 2-3): the detector plus RelViT's relation and
+absolute-position heads on the backbone tokens of the (resized, normalised, padded) batch the
+detector saw, with the identity-order targets of the original downstream-only mode (spec §3), for
+the token grid of each batch (T2T's tokens avg-pooled 2x as in `RelViT.ssl_tokens`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from timm.layers import LayerNorm2d
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from relvit.data.registry import IMAGENET_STATS
+from relvit.models.backbones import SwinBackbone, ViTBackbone
+from relvit.models.contract import Backbone, Tokens
+from relvit.models.losses import relation_loss, token_classification_loss
+from relvit.models.relvit import RelViT, SSLTasks, pooled_side
+from relvit.models.t2t import TOTAL_STRIDE, T2TViT
+from relvit.ssl.targets import position_targets, relation_targets
+
+LEVELS = ("0", "1", "2", "3")
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+ANCHOR_STRIDE_MULTIPLE = 8  # default anchor size of a level = 8 x its stride
+
+
+class PyramidBackbone(nn.Module):
+    """Wraps one of our Backbones; forward(images [B,3,H,W]) -> OrderedDict[str, Tensor] of FPN
+    outputs ("0".."3", "pool"), out_channels attribute (torchvision's BackboneWithFPN contract).
+    Also keeps the last Tokens it computed in `self.last_tokens` (for the joint SSL losses).
+
+    Subclasses build the four input levels (`levels`), and give their channels and strides.
+    `last_tokens` is overwritten by every forward; `JointSSLDetector` clears it once read.
+    """
+
+    def __init__(self, backbone: Backbone, in_channels: list[int], strides: list[int],
+                 token_stride: int, fpn_channels: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        self.in_channels = list(in_channels)
+        self.strides = list(strides) + [2 * strides[-1]]  # levels "0".."3" and "pool"
+        self.token_stride = token_stride  # stride of the backbone's final token map
+        self.fpn = FeaturePyramidNetwork(self.in_channels, fpn_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+        self.last_tokens: Tokens | None = None
+
+    def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens]:  # pragma: no cover
+        """The four NCHW input maps (finest first) and the backbone's tokens."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        maps, self.last_tokens = self.levels(images)
+        return self.fpn(OrderedDict(zip(LEVELS, maps)))
+
+
+class SwinPyramid(PyramidBackbone):
+    """Swin's four pre-merging stage outputs, each with a new LayerNorm, as NCHW maps."""
+
+    def __init__(self, backbone: SwinBackbone, fpn_channels: int = 256):
+        info = backbone.swin.feature_info
+        if len(info) != len(LEVELS):
+            raise ValueError(f"a Swin pyramid needs 4 stages, this backbone has {len(info)}")
+        channels = [level["num_chs"] for level in info]
+        strides = [level["reduction"] for level in info]
+        super().__init__(backbone, channels, strides, strides[-1], fpn_channels)
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in channels)
+
+    def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens]:
+        swin = self.backbone.swin
+        x = swin.patch_embed(images)  # NHWC
+        maps = []
+        for stage, norm in zip(swin.layers, self.norms):
+            x = stage(x)  # this stage's blocks; its merging is the next stage's first step
+            maps.append(norm(x).permute(0, 3, 1, 2).contiguous())
+        last = swin.norm(x)  # exactly Backbone.tokens: the final stage after the final norm
+        b, h, w, c = last.shape
+        return maps, Tokens(None, last.reshape(b, h * w, c), (h, w))
+
+
+class SimpleFeaturePyramid(PyramidBackbone):
+    """ViTDet's simple pyramid from the last token map (stride s): strides s/4, s/2, s, 2s."""
+
+    def __init__(self, backbone: Backbone, stride: int, fpn_channels: int = 256):
+        dim = backbone.embed_dim
+        if dim % 4:
+            raise ValueError(f"the simple feature pyramid needs a width divisible by 4, got {dim}")
+        if stride % 4:
+            raise ValueError(f"the simple feature pyramid needs a stride divisible by 4, "
+                             f"got {stride}")
+        channels = [dim // 4, dim // 2, dim, dim]
+        strides = [stride // 4, stride // 2, stride, stride * 2]
+        super().__init__(backbone, channels, strides, stride, fpn_channels)
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
+            nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+        )
+        self.up2 = nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)
+        self.down2 = nn.MaxPool2d(2, ceil_mode=True)
+
+    def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens]:
+        tokens = self.backbone.tokens(images)  # the CLS output is not used by the pyramid
+        b, _, d = tokens.patches.shape
+        x = tokens.patches.transpose(1, 2).reshape(b, d, *tokens.grid)
+        return [self.up4(x), self.up2(x), x, self.down2(x)], tokens
+
+
+def build_pyramid_backbone(backbone: Backbone, fpn_channels: int = 256) -> PyramidBackbone:
+    """The feature pyramid + FPN for a ViT, Swin or T2T-ViT backbone (see the module docstring)."""
+    if isinstance(backbone, SwinBackbone):
+        return SwinPyramid(backbone, fpn_channels)
+    if isinstance(backbone, ViTBackbone):
+        if backbone.vit.pos_embed is None:
+            raise ValueError("a detection ViT needs positional embeddings: build it with "
+                             "pos_embed=True (a pretrain checkpoint without them still loads)")
+        return SimpleFeaturePyramid(backbone, backbone.patch_size, fpn_channels)
+    if isinstance(backbone, T2TViT):
+        return SimpleFeaturePyramid(backbone, TOTAL_STRIDE, fpn_channels)
+    raise TypeError(f"no feature pyramid for backbone {type(backbone).__name__}")
+
+
+def _roi_pool(output_size: int, canonical_scale: int, canonical_level: int) -> MultiScaleRoIAlign:
+    return MultiScaleRoIAlign(list(LEVELS), output_size, 2, canonical_scale=canonical_scale,
+                              canonical_level=canonical_level)
+
+
+@dataclass(frozen=True)
+class HeadSizes:
+    """R-CNN head sizes and sampling; the defaults are torchvision's (and the original's)."""
+
+    box_representation: int = 1024  # TwoMLPHead width
+    mask_head_width: int = 256  # the four mask-head convolutions
+    roi_batch_size: int = 512  # RoIs sampled per image for the box (and mask) losses
+    rpn_train_proposals: int = 2000  # RPN proposals kept per image in training
+
+
+def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks: bool,
+                   fpn_channels: int = 256, anchor_sizes: tuple[int, ...] | None = None,
+                   heads: HeadSizes = HeadSizes()) -> GeneralizedRCNN:
+    """Mask R-CNN (`masks`) or Faster R-CNN on `backbone`'s pyramid; `num_classes` excludes the
+    background. Images are resized so their longer side is `image_size` (module docstring)."""
+    pyramid = build_pyramid_backbone(backbone, fpn_channels)
+    if image_size % pyramid.token_stride:
+        raise ValueError(f"image_size {image_size} must be a multiple of the backbone's token "
+                         f"stride {pyramid.token_stride}")
+    if anchor_sizes is None:
+        anchor_sizes = tuple(ANCHOR_STRIDE_MULTIPLE * s for s in pyramid.strides)
+    if len(anchor_sizes) != len(pyramid.strides):
+        raise ValueError(f"need {len(pyramid.strides)} anchor sizes (one per level), "
+                         f"got {len(anchor_sizes)}")
+    anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes),
+                              (ASPECT_RATIOS,) * len(anchor_sizes))
+    # RoIs the size of level "3"'s anchors are pooled from level "3" (module docstring, Q25).
+    scale, level = int(anchor_sizes[len(LEVELS) - 1]), round(math.log2(pyramid.strides[-2]))
+    mean, std = IMAGENET_STATS
+    classes = num_classes + 1  # + background
+    common = {
+        "min_size": image_size, "max_size": image_size,
+        "image_mean": list(mean), "image_std": list(std), "size_divisible": pyramid.token_stride,
+        "box_detections_per_img": 100, "rpn_anchor_generator": anchors,
+        "box_roi_pool": _roi_pool(7, scale, level),
+        "box_head": TwoMLPHead(fpn_channels * 7 * 7, heads.box_representation),
+        "box_predictor": FastRCNNPredictor(heads.box_representation, classes),
+        "box_batch_size_per_image": heads.roi_batch_size,
+        "rpn_pre_nms_top_n_train": heads.rpn_train_proposals,
+        "rpn_post_nms_top_n_train": heads.rpn_train_proposals,
+    }
+    if masks:
+        width = heads.mask_head_width
+        return MaskRCNN(pyramid, mask_roi_pool=_roi_pool(14, scale, level),
+                        mask_head=MaskRCNNHeads(fpn_channels, (width,) * 4, 1),
+                        mask_predictor=MaskRCNNPredictor(width, width, classes), **common)
+    return FasterRCNN(pyramid, **common)
+
+
+class JointSSLDetector(nn.Module):
+    """A detector plus RelViT's SSL heads on the backbone tokens (the 'upstream ✗' rows of Tables
+    2-3: relations + absolute positions trained jointly with the detector, identity targets as in
+    the original downstream-only mode). forward(images, targets) in training returns the detector's
+    loss dict plus 'loss_rel' and 'loss_pos'; in eval returns the detector's predictions.
+
+    The position head has one class per SSL token of an image_size x image_size input. Targets are
+    built for the grid of each batch: a batch padded to fewer rows or columns (all images landscape
+    or all portrait) gets the identity targets of its smaller grid (the unused classes are never
+    targets); a larger grid than the head's cannot occur (the padded batch is at most image_size a
+    side) and is refused. Tokens of the padding are included, as the original had no padding.
+    All losses are summed unweighted by the caller, as the original sums its terms (spec §1.8).
+    """
+
+    def __init__(self, detector: GeneralizedRCNN, image_size: int, include_diagonal: bool = True):
+        super().__init__()
+        self.detector = detector
+        backbone = backbone_of(detector)
+        rows, cols = (pooled_side(side, backbone.ssl_pool)
+                      for side in backbone.token_grid(image_size))
+        self.num_positions = rows * cols
+        self.include_diagonal = include_diagonal
+        self.ssl = RelViT(backbone, None, SSLTasks(relations=True, positions=True),
+                          self.num_positions)
+        # The detector owns the backbone: unregister it from the RelViT (no duplicate state-dict
+        # keys) but keep it as a plain attribute, which `RelViT.ssl_tokens` reads.
+        del self.ssl._modules["backbone"]
+        self.ssl.__dict__["backbone"] = backbone
+
+    def ssl_losses(self, tokens: Tokens) -> dict[str, Tensor]:
+        """Relation and absolute-position losses of the identity order on the tokens' SSL grid."""
+        z, (h, w) = self.ssl.ssl_tokens(tokens)
+        if h * w > self.num_positions:
+            raise ValueError(f"SSL grid {h}x{w} has more tokens than the position head's "
+                             f"{self.num_positions} classes")
+        device = z.device
+        rel = relation_loss(self.ssl.relation_head(z), relation_targets(h, w).to(device),
+                            self.include_diagonal)
+        pos = token_classification_loss(self.ssl.position_head(z),
+                                        position_targets(h * w).to(device))
+        return {"loss_rel": rel, "loss_pos": pos}
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        out = self.detector(images, targets)
+        pyramid = self.detector.backbone
+        tokens, pyramid.last_tokens = pyramid.last_tokens, None  # do not hold the graph
+        if not self.training:
+            return out
+        return {**out, **self.ssl_losses(tokens)}
+
+
+def backbone_of(detector: GeneralizedRCNN | JointSSLDetector) -> Backbone:
+    """The inner Backbone, to load a pretrain checkpoint with
+    relvit.train.checkpoint.load_backbone."""
+    if isinstance(detector, JointSSLDetector):
+        detector = detector.detector
+    pyramid = detector.backbone
+    if not isinstance(pyramid, PyramidBackbone):
+        raise TypeError(f"not a detector built by build_detector: backbone is {type(pyramid)}")
+    return pyramid.backbone

@@ -1,0 +1,245 @@
+"""Backbone pyramids, the R-CNNs on them, joint SSL losses, pretrain checkpoints (CPU, tiny)."""
+
+import pytest
+import torch
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.ops import MultiScaleRoIAlign
+
+from relvit.detection.models import (
+    JointSSLDetector,
+    PyramidBackbone,
+    backbone_of,
+    build_detector,
+    build_pyramid_backbone,
+)
+from relvit.models.backbones import build_backbone
+from relvit.models.relvit import RelViT, SSLTasks
+from relvit.train.checkpoint import CheckpointError, load_backbone
+
+SIZE = 64
+FPN = 16
+CLASSES = 3
+LEVELS = ["0", "1", "2", "3", "pool"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and a busy CPU makes them much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_backbone(family: str, size: int = SIZE, **overrides):
+    """Tiny ViT (patch 8), Swin (patch 2, 4 stages, window 2) and T2T at `size`; the paper's
+    strides (ViT patch 16, Swin patch 4, window 7) with `paper=True` at 224 px."""
+    paper = overrides.pop("paper", False)
+    if family == "vit":
+        kw = {"embed_dim": 36, "depth": 1, "num_heads": 3, "patch_size": 16 if paper else 8}
+        return build_backbone("vit_small", size, **{**kw, **overrides})
+    if family == "swin":
+        kw = {"embed_dim": 12, "depth": 4, "num_heads": 1, "patch_size": 4 if paper else 2,
+                  "window_size": 7 if paper else 2}
+        return build_backbone("swin_tiny", size, **{**kw, **overrides})
+    return build_backbone("t2t_vit_14", size, embed_dim=36, depth=1, num_heads=3, **overrides)
+
+
+STRIDES = {"vit": [2, 4, 8, 16, 32], "swin": [2, 4, 8, 16, 32], "t2t": [4, 8, 16, 32, 64]}
+CHANNELS = {"vit": [9, 18, 36, 36], "swin": [12, 24, 48, 96], "t2t": [9, 18, 36, 36]}
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_pyramid_levels_shapes_and_strides(family):
+    pyramid = build_pyramid_backbone(tiny_backbone(family), FPN)
+    assert isinstance(pyramid, PyramidBackbone) and pyramid.out_channels == FPN
+    assert pyramid.strides == STRIDES[family] and pyramid.in_channels == CHANNELS[family]
+    out = pyramid(torch.rand(2, 3, SIZE, SIZE))
+    assert list(out) == LEVELS
+    for name, stride in zip(LEVELS, STRIDES[family]):
+        assert out[name].shape == (2, FPN, SIZE // stride, SIZE // stride), name
+    tokens = pyramid.last_tokens  # the backbone's own tokens, for the SSL heads
+    assert tokens is not None
+    expected = pyramid.backbone.tokens(torch.rand(2, 3, SIZE, SIZE))
+    assert tokens.grid == expected.grid and tokens.patches.shape == expected.patches.shape
+
+
+def test_swin_levels_are_the_pre_merging_stage_outputs():
+    backbone = tiny_backbone("swin")
+    pyramid = build_pyramid_backbone(backbone, FPN)
+    images = torch.rand(1, 3, SIZE, SIZE)
+    x = backbone.swin.patch_embed(images)
+    stages = []
+    for stage in backbone.swin.layers:
+        x = stage(x)
+        stages.append(x)
+    assert [s.shape[1:] for s in stages] == [(32, 32, 12), (16, 16, 24), (8, 8, 48), (4, 4, 96)]
+    maps, tokens = pyramid.levels(images)
+    for stage, norm, level in zip(stages, pyramid.norms, maps):
+        torch.testing.assert_close(level, norm(stage).permute(0, 3, 1, 2))
+    torch.testing.assert_close(tokens.patches, backbone.tokens(images).patches)
+
+
+def _batch(masks: bool, seed: int = 0):
+    """Two images of different aspect ratios (the detector resizes them), 2 objects each."""
+    gen = torch.Generator().manual_seed(seed)
+    images = [torch.rand(3, 64, 48, generator=gen), torch.rand(3, 40, 64, generator=gen)]
+    targets = []
+    for image in images:
+        target = {"boxes": torch.tensor([[4.0, 6.0, 30.0, 34.0], [20.0, 10.0, 40.0, 38.0]]),
+                  "labels": torch.tensor([1, 3])}
+        if masks:
+            m = torch.zeros(2, *image.shape[1:], dtype=torch.uint8)
+            m[0, 6:34, 4:30] = 1
+            m[1, 10:38, 20:40] = 1
+            target["masks"] = m
+        targets.append(target)
+    return images, targets
+
+
+@pytest.mark.parametrize("masks", [False, True], ids=["faster", "mask"])
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_training_step_and_eval(family, masks):
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone(family), CLASSES, SIZE, masks, fpn_channels=FPN)
+    assert isinstance(detector, MaskRCNN if masks else FasterRCNN)
+    assert detector.roi_heads.box_predictor.cls_score.out_features == CLASSES + 1
+    images, targets = _batch(masks)
+    optimizer = torch.optim.SGD(detector.parameters(), lr=0.01)
+    detector.train()
+    losses = detector(images, targets)
+    expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert set(losses) == expected | ({"loss_mask"} if masks else set())
+    assert all(torch.isfinite(v) for v in losses.values())
+    before = backbone_of(detector).state_dict()
+    before = {k: v.clone() for k, v in before.items()}
+    sum(losses.values()).backward()
+    optimizer.step()
+    after = backbone_of(detector).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    detector.eval()
+    with torch.no_grad():
+        predictions = detector(images)
+    assert len(predictions) == 2
+    for image, pred in zip(images, predictions):
+        keys = {"boxes", "labels", "scores"} | ({"masks"} if masks else set())
+        assert set(pred) == keys
+        n = len(pred["scores"])
+        assert pred["boxes"].shape == (n, 4) and pred["labels"].shape == (n,) and n <= 100
+        if masks:
+            assert pred["masks"].shape == (n, 1, *image.shape[1:])  # back at the input size
+
+
+def test_detector_resize_and_normalisation():
+    detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN)
+    transform = detector.transform
+    assert transform.min_size == (SIZE,) and transform.max_size == SIZE
+    assert transform.fixed_size is None and transform.size_divisible == 8
+    assert transform.image_mean == [0.485, 0.456, 0.406]
+    assert transform.image_std == [0.229, 0.224, 0.225]
+    assert detector.roi_heads.detections_per_img == 100
+    batch, _ = transform([torch.rand(3, 100, 50), torch.rand(3, 30, 120)])
+    assert batch.image_sizes == [(64, 32), (16, 64)]  # aspect kept, longer side = SIZE
+    assert batch.tensors.shape[-2:] == (SIZE, SIZE)
+    # one anchor size per level, 3 aspect ratios
+    assert detector.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
+    assert detector.rpn.head.cls_logits.out_channels == 3
+
+
+def test_build_refusals():
+    with pytest.raises(ValueError, match="positional embeddings"):
+        build_detector(tiny_backbone("vit", pos_embed=False), CLASSES, SIZE, masks=False)
+    with pytest.raises(ValueError, match="multiple"):
+        build_detector(tiny_backbone("t2t"), CLASSES, 72, masks=False)
+    with pytest.raises(ValueError, match="one per level"):
+        build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, anchor_sizes=(8, 16))
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_roi_sizes_reach_different_levels(family):
+    size = 224
+    detector = build_detector(tiny_backbone(family, size, paper=True), CLASSES, size, masks=True,
+                              fpn_channels=FPN)
+    assert detector.backbone.strides == [4, 8, 16, 32, 64]
+    with torch.no_grad():
+        features = detector.backbone(torch.rand(1, 3, size, size))
+    boxes = torch.tensor([[100.0, 100.0, 116.0, 116.0], [80.0, 80.0, 144.0, 144.0],
+                          [0.0, 0.0, 224.0, 224.0]])  # sides 16, 64, 224
+    for pool in (detector.roi_heads.box_roi_pool, detector.roi_heads.mask_roi_pool):
+        pool(features, [boxes], [(size, size)])
+        assert [1 / s for s in pool.scales] == [4, 8, 16, 32]
+        assert pool.map_levels([boxes]).tolist() == [0, 1, 2]  # strides 4, 8, 16
+    # torchvision's default canonical 224 / level 4 would pool the 16- and 64-px boxes alike
+    default = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    default(features, [boxes], [(size, size)])
+    assert default.map_levels([boxes]).tolist() == [0, 0, 2]
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_joint_ssl_detector(family):
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone(family), CLASSES, SIZE, masks=False, fpn_channels=FPN)
+    joint = JointSSLDetector(detector, SIZE)
+    backbone = backbone_of(joint)
+    assert backbone is backbone_of(detector)
+    # ViT: 8x8 tokens; Swin: 4x4 final stage; T2T: 4x4 tokens avg-pooled to 2x2
+    assert joint.num_positions == {"vit": 64, "swin": 16, "t2t": 4}[family]
+    assert not any(k.startswith("ssl.backbone.") for k in joint.state_dict())
+    images, targets = _batch(masks=False)
+    joint.train()
+    losses = joint(images, targets)
+    assert {"loss_rel", "loss_pos", "loss_classifier", "loss_objectness"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    (losses["loss_rel"] + losses["loss_pos"]).backward()  # the SSL terms alone
+    for head in (joint.ssl.relation_head, joint.ssl.position_head):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    grads = [p.grad for p in backbone.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert detector.backbone.last_tokens is None  # released after use
+
+    joint.eval()
+    with torch.no_grad():
+        predictions = joint(images)
+    assert set(predictions[0]) == {"boxes", "labels", "scores"}
+
+
+def test_joint_ssl_targets_follow_the_batch_grid():
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN)
+    joint = JointSSLDetector(detector, SIZE).train()
+    images = [torch.rand(3, 48, 64), torch.rand(3, 30, 64)]  # landscape: padded to 48 x 64
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 20.0]]), "labels": torch.tensor([2])}] * 2
+    seen = {}
+    original = joint.ssl_losses
+
+    def spy(tokens):
+        seen["grid"] = tokens.grid
+        return original(tokens)
+
+    joint.ssl_losses = spy
+    losses = joint(images, targets)
+    assert seen["grid"] == (6, 8) and torch.isfinite(losses["loss_pos"])
+
+
+def test_load_pretrain_checkpoint(tmp_path):
+    geometry = {"embed_dim": 36, "depth": 1, "num_heads": 3, "patch_size": 8}
+    pretrain = RelViT(build_backbone("vit_small", SIZE, pos_embed=False, **geometry), None,
+                      SSLTasks(relations=True, positions=True), 64)
+    path = tmp_path / "best.pt"
+    torch.save({"model": pretrain.state_dict(), "epoch": 3, "backbone_name": "vit_small",
+                "mode": "pretrain", "config": {}}, path)
+
+    detector = build_detector(build_backbone("vit_small", SIZE, **geometry), CLASSES, SIZE,
+                              masks=True, fpn_channels=FPN)
+    fresh = load_backbone(backbone_of(detector), path, "vit_small")
+    assert fresh == ["vit.pos_embed"]  # the pretrain ViT had none; detection keeps its own
+    loaded = detector.backbone.backbone.vit.blocks[0].attn.qkv.weight
+    torch.testing.assert_close(loaded, pretrain.backbone.vit.blocks[0].attn.qkv.weight)
+
+    wider = build_backbone("vit_small", SIZE, **{**geometry, "embed_dim": 48})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_backbone(backbone_of(build_detector(wider, CLASSES, SIZE, masks=False)), path,
+                      "vit_small")
+    with pytest.raises(CheckpointError, match="holds backbone"):
+        load_backbone(backbone_of(detector), path, "t2t_vit_14")
