@@ -44,9 +44,13 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     metrics = train(cfg, args.out, progress=False if args.no_progress else None)
     if metrics is not None:
-        top1 = metrics.get("best_top1")
-        summary = f"best top-1 {top1:.2f} %" if top1 is not None else \
-            f"val loss {metrics['best']['val_loss']:.4f}"
+        best = metrics["best"]
+        if "best_top1" in metrics:
+            summary = f"best top-1 {metrics['best_top1']:.2f} %"
+        elif "val_bbox_mAP" in best:
+            summary = f"best box mAP {best['val_bbox_mAP']:.2f}"
+        else:
+            summary = f"best val loss {best['val_loss']:.4f}"
         log.info("finished %s: %s (%.0f s)", args.out, summary, metrics["wall_time_s"])
     return 0
 

@@ -97,6 +97,10 @@ class DetectionConfig:
     masks: bool | None = None  # Mask R-CNN; None: where the dataset has masks
     ssl_joint: bool = False  # RelViT "upstream ✗": SSL losses trained with the detector
     fpn_channels: int = 256
+    box_representation: int = 1024  # R-CNN head sizes and sampling: torchvision's defaults,
+    mask_head_width: int = 256  # smaller in the smoke tier
+    roi_batch_size: int = 512
+    rpn_train_proposals: int = 2000
     iou_crop: bool = False  # the original's "ssdlite" RandomIoUCrop (Q22)
     eval_every: int = 1  # epochs between COCO evaluations (the last epoch always)
 

@@ -49,10 +49,10 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
     if problems:
         return problems  # the geometry checks need a known dataset and backbone
 
-    task = DATASETS[cfg.data.name].task
-    if (cfg.mode == "detect") != (task == "detection"):
-        wanted = "a detection" if cfg.mode == "detect" else "a classification"
-        problems.append(f"data.name: mode {cfg.mode!r} needs {wanted} dataset; "
+    task = DATASETS[cfg.data.name].task  # pretrain uses the images of either kind
+    wanted = {"detect": "detection", "pretrain": task}.get(cfg.mode, "classification")
+    if task != wanted:
+        problems.append(f"data.name: mode {cfg.mode!r} needs a {wanted} dataset; "
                         f"{cfg.data.name!r} is a {task} dataset")
     spec = get_backbone_spec(cfg.model.backbone)
     dim = cfg.model.embed_dim or spec.embed_dim

@@ -33,7 +33,8 @@ def test_unknown_dataset_and_backbone():
     problems = problems_of({"data": {"name": "cifar"}, "model": {"backbone": "resnet"}})
     assert problems == [
         "data.name: unknown dataset 'cifar'; known: digits, cifar10, svhn, cifar100, flowers102, "
-        "tiny_imagenet, imagenet100, imagenet, imagefolder",
+        "tiny_imagenet, imagenet100, imagenet, digit_scenes, voc2007, coco2017, kitti, "
+        "svhn_detection, imagefolder",
         "model.backbone: unknown backbone 'resnet'; known: vit_tiny, vit_small, vit_base, "
         "swin_tiny, t2t_vit_14",
     ]

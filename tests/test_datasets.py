@@ -174,8 +174,8 @@ def test_every_format_loads_and_batches_as_a_run_does(tmp_path, name):
     splits = load_splits(spec, DataConfig(name=name, folder=str(tmp_path / name)), 32)
     assert list(splits.evals)[0] == spec.eval_split
     eval_split = next(iter(splits.evals.values()))
-    for split, train in ((splits.train, True), (eval_split, False)):
-        transform = file_transform(spec, 32, train)
+    for split, training in ((splits.train, True), (eval_split, False)):
+        transform = file_transform(spec, 32, training)
         images, labels = next(iter(batches(split, torch.arange(len(split.labels)), 4, transform)))
         images = to_float_images(images, 32)
         assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32

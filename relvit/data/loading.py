@@ -101,6 +101,8 @@ def load_splits(spec: DatasetSpec, data: DataConfig, image_size: int) -> Splits:
 
         return load_digits_splits(image_size)
     folder = dataset_folder(spec, data)
+    if spec.task == "detection":
+        return _detection_images(spec, folder)
     read = READERS[spec.name]
     train_raw = read(folder, spec.train_split)
     classes = list(train_raw.classes)
@@ -112,6 +114,19 @@ def load_splits(spec: DatasetSpec, data: DataConfig, image_size: int) -> Splits:
         _check(spec, name, evals[name], classes, folder)
     mean, std = spec.stats if spec.stats else image_statistics(train)
     return Splits(train, evals, classes, tuple(mean), tuple(std))
+
+
+def _detection_images(spec: DatasetSpec, folder: Path) -> Splits:
+    """The images of a detection dataset, for SSL pretraining (labels unused: all 0)."""
+    from relvit.detection.data import read_detection
+
+    def images(ds) -> FileSplit:
+        paths = [Path(ds.image_root) / image["file_name"] for image in ds.images]
+        return FileSplit(paths, torch.zeros(len(paths), dtype=torch.long))
+
+    train = read_detection(spec, folder, spec.train_split)
+    evals = {spec.eval_split: images(read_detection(spec, folder, spec.eval_split))}
+    return Splits(images(train), evals, [c["name"] for c in train.categories], *spec.stats)
 
 
 def image_statistics(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -37,11 +37,17 @@ def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = N
     data = DataConfig(name=name, root=str(root), folder=folder)
     target = dataset_folder(spec, data)
     archives = [r for r in spec.resources if r.extract]
+    subfolders = dict(spec.subfolders)
     for resource in archives + [r for r in spec.resources if not r.extract]:
         log.info("%s: %s", name, resource.filename)
         downloads = Path(root) / ".downloads" / name if resource.extract else target
-        fetch(resource, downloads, extract_to=target if resource.extract else None,
+        into = target / subfolders.get(resource.filename, "")
+        fetch(resource, downloads, extract_to=into if resource.extract else None,
               offline=offline)
+    if name == "digit_scenes" and not (target / "train.json").is_file():
+        from relvit.detection.data import write_scenes
+
+        write_scenes(target, spec.image_size)
     try:
         splits = load_splits(spec, data, spec.image_size)
     except DatasetLayoutError as err:

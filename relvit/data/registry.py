@@ -37,11 +37,14 @@ class DatasetSpec:
     resources: tuple[Resource, ...] = ()  # downloadable files; none: embedded or manual
     manual: bool = False  # needs an account: the user puts the files in place
     task: Literal["classification", "detection"] = "classification"
+    subfolders: tuple[tuple[str, str], ...] = ()  # (archive, subfolder it is extracted into)
 
 
 _CS = "https://www.cs.toronto.edu/~kriz/"
 _FLOWERS = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 _SVHN = "http://ufldl.stanford.edu/housenumbers/"
+_VOC = "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/"
+_COCO = "http://images.cocodataset.org/"
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
@@ -111,6 +114,62 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
         stats=IMAGENET_STATS, train_split="train", eval_split="val", folder="imagenet",
         manual=True,
+    ),
+    # Detection (Tables 2-3, method spec §6): images for SSL pretraining and the detectors.
+    # Geometry of the follow-up: ViT-S/16 at 224 px; its SSL pretraining crops like ImageNet.
+    DatasetSpec(
+        name="digit_scenes", title="Digit scenes", num_classes=10, image_size=64, patch_size=8,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=False,
+        stats=IMAGENET_STATS, train_split="train", eval_split="val", folder="digit_scenes",
+        task="detection",
+    ),
+    DatasetSpec(
+        name="voc2007", title="VOC-2007", num_classes=20, image_size=224, patch_size=16,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=IMAGENET_STATS, train_split="trainval", eval_split="test", folder="voc2007",
+        task="detection",
+        resources=(
+            Resource(_VOC + "VOCtrainval_06-Nov-2007.tar", "VOCtrainval_06-Nov-2007.tar",
+                     md5="c52e279531787c972589f7e41ab4ae64", extract=True),
+            Resource(_VOC + "VOCtest_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar",
+                     md5="b6e924de25625d8de591ea690078ad9f", extract=True),
+        ),
+        # both archives hold VOCdevkit/VOC2007/: one folder per split keeps them apart
+        subfolders=(("VOCtrainval_06-Nov-2007.tar", "trainval"),
+                    ("VOCtest_06-Nov-2007.tar", "test")),
+    ),
+    DatasetSpec(
+        name="coco2017", title="COCO mini-val", num_classes=80, image_size=224, patch_size=16,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=IMAGENET_STATS, train_split="train", eval_split="val", folder="coco2017",
+        task="detection",
+        resources=(
+            Resource(_COCO + "zips/train2017.zip", "train2017.zip",
+                     md5="cced6f7f71b7629ddf16f17bbcfab6b2", extract=True),
+            Resource(_COCO + "zips/val2017.zip", "val2017.zip",
+                     md5="442b8da7639aecaf257c1dceb8ba8c80", extract=True),
+            Resource(_COCO + "annotations/annotations_trainval2017.zip",
+                     "annotations_trainval2017.zip", md5="f4bbac642086de4f52a3fdda2de5fa2c",
+                     extract=True),
+        ),
+    ),
+    DatasetSpec(
+        name="kitti", title="KITTI", num_classes=8, image_size=224, patch_size=16,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=IMAGENET_STATS, train_split="train", eval_split="val", folder="kitti",
+        task="detection", manual=True,  # the KITTI terms ask for a registration
+    ),
+    DatasetSpec(
+        name="svhn_detection", title="SVHN", num_classes=10, image_size=224, patch_size=16,
+        train_crop="resized", crop_padding=0, flip=True, eval_center_crop=True,
+        stats=IMAGENET_STATS, train_split="train", eval_split="test", folder="svhn_detection",
+        task="detection",
+        resources=(
+            Resource(_SVHN + "train.tar.gz", "train.tar.gz", sha256="4b17bb33b6cd8f963493168f8014"
+                     "3da956f28ec406cc12f8e5745a9f91a51898", extract=True),
+            Resource(_SVHN + "test.tar.gz", "test.tar.gz", sha256="57ac9ceb530e4aa85b55d991be8f"
+                     "c49c695b3d71c6f6a88afea86549efde7fb5", extract=True),
+        ),
     ),
     DatasetSpec(
         name="imagefolder", title="Image folder", num_classes=None, image_size=224,

@@ -306,8 +306,9 @@ class Run:
         atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
-        keys = ["train_loss", "val_loss", "val_acc_clf", "val_acc_rel", "val_acc_pos"]
-        parts = [f"{k}={row[k]:.4f}" for k in keys if k in row]
+        keys = ["train_loss", "val_loss", "val_acc_clf", "val_acc_rel", "val_acc_pos",
+                "val_bbox_mAP", "val_segm_mAP"]
+        parts = [f"{k}={row[k]:.4f}" for k in keys if row.get(k) is not None]
         message = f"epoch {row['epoch']}/{self.cfg.optim.epochs} lr={row['lr']:.2e} " + " ".join(
             parts) + f" ({row['epoch_time_s']:.1f}s)"
         if self.progress:
@@ -370,4 +371,8 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
           progress: bool | None = None) -> dict[str, Any] | None:
     """Run (or resume) one training run; returns its metrics, or None if stopped early."""
+    if cfg.mode == "detect":
+        from relvit.detection.train import DetectionRun
+
+        return DetectionRun(cfg, Path(out_dir), progress).fit(stop_after)
     return Run(cfg, Path(out_dir), progress).fit(stop_after)

@@ -1,0 +1,124 @@
+"""Detection runs (mode `detect`, Tables 2-3): the shared training loop of relvit.train.loop with
+a torchvision R-CNN on a backbone pyramid, COCO-format data and pycocotools evaluation.
+
+Variants (method spec §6.3): Supervised = random init; RelViT "upstream ✗" =
+`detection.ssl_joint`, the SSL losses trained with the detector; RelViT "upstream ✓" = the
+backbone of a pretrain run on the detection dataset's training images (`init_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from relvit.data.loading import dataset_folder
+from relvit.detection.data import read_detection
+from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
+from relvit.detection.loader import DetectionImages, collate, ground_truth
+from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, build_detector
+from relvit.models.backbones import build_backbone
+from relvit.train.loop import Run, _epoch_seed
+
+METRICS = ("mAP", "mAP50", "mAP75")
+
+
+class DetectionRun(Run):
+    """A Run whose model is a (Mask/Faster) R-CNN and whose metric is COCO mAP."""
+
+    def setup(self) -> nn.Module:
+        cfg, spec = self.cfg, self.dataset
+        folder = dataset_folder(spec, cfg.data)
+        self.train_set = read_detection(spec, folder, spec.train_split)
+        self.eval_set = read_detection(spec, folder, spec.eval_split)
+        self.masks = self.train_set.has_masks if cfg.detection.masks is None \
+            else cfg.detection.masks
+        self.iou_types = ("bbox", "segm") if self.masks else ("bbox",)
+        self.ground_truth = ground_truth(self.eval_set)
+        m = cfg.model
+        backbone = build_backbone(
+            m.backbone, img_size=self.geo.image_size, patch_size=self.geo.patch_size,
+            embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+            window_size=m.window_size, pos_embed=cfg.pos_embed, drop_rate=m.drop_rate,
+            drop_path_rate=m.drop_path_rate)
+        d = cfg.detection
+        heads = HeadSizes(d.box_representation, d.mask_head_width, d.roi_batch_size,
+                          d.rpn_train_proposals)
+        detector = build_detector(backbone, len(self.train_set.categories), self.geo.image_size,
+                                  self.masks, d.fpn_channels, heads=heads)
+        if cfg.detection.ssl_joint:
+            return JointSSLDetector(detector, self.geo.image_size, cfg.ssl.relation_diagonal)
+        return detector
+
+    def backbone(self) -> nn.Module:
+        return backbone_of(self.model)
+
+    def _images_dataset(self, train: bool) -> DetectionImages:
+        return DetectionImages(self.train_set if train else self.eval_set, train=train,
+                               flip=self.dataset.flip, iou_crop=self.cfg.detection.iou_crop)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self._images_dataset(True)) / self.cfg.optim.batch_size)
+
+    def _loader(self, train: bool, generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(self._images_dataset(train), batch_size=self.cfg.optim.batch_size,
+                          shuffle=train, generator=generator, collate_fn=collate,
+                          num_workers=self.cfg.data.workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        return iter(self._loader(True, torch.Generator().manual_seed(
+            _epoch_seed(self.cfg.seed, epoch, 1))))
+
+    def _to_device(self, images: list, targets: list | None = None) -> tuple[list, list | None]:
+        images = [image.to(self.device).float().div_(255) for image in images]
+        if targets is not None:
+            targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}
+                       for t in targets]
+        return images, targets
+
+    def train_loss(self, data: Any, generator: torch.Generator) -> tuple[torch.Tensor,
+                                                                      dict[str, torch.Tensor], int]:
+        images, targets = self._to_device(*data)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.device.type == "cuda"):
+            losses = self.model(images, targets)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        stats = {k: v.detach() for k, v in losses.items()}
+        stats["loss"] = loss.detach()
+        return loss, stats, len(images)
+
+    @torch.no_grad()
+    def evaluation(self, epoch: int) -> dict[str, float]:
+        """COCO mAP on the whole evaluation split, every `eval_every` epochs and the last."""
+        every = self.cfg.detection.eval_every
+        if (epoch + 1) % every and epoch + 1 != self.cfg.optim.epochs:
+            return {}
+        self.model.eval()
+        predictions = []
+        for images, targets in self._loader(False):
+            images, _ = self._to_device(images)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.device.type == "cuda"):
+                outputs = self.model(images)
+            outputs = [{k: v.float().cpu() for k, v in out.items()} for out in outputs]
+            predictions += predictions_to_coco(outputs, [t["image_id"] for t in targets])
+        scores = coco_evaluate(self.ground_truth, predictions, self.iou_types)
+        return {f"val_{kind}_{name}": scores[kind][name]
+                for kind in self.iou_types for name in METRICS}
+
+    def selection(self) -> tuple[str, bool]:
+        return "val_bbox_mAP", True
+
+    def task_metrics(self) -> dict[str, Any]:
+        last, best = self.history[-1], self.best
+        metrics: dict[str, Any] = {"eval_split": self.dataset.eval_split,
+                                   "classes": len(self.train_set.categories), "masks": self.masks,
+                                   "ssl_joint": self.cfg.detection.ssl_joint}
+        for which, row in (("best", best), ("last", last)):
+            metrics[f"{which}_map"] = {kind: {name: row.get(f"val_{kind}_{name}")
+                                              for name in METRICS} for kind in self.iou_types}
+        return metrics

@@ -1,0 +1,85 @@
+"""Detection runs end to end on a few embedded digit scenes: every variant of Tables 2-3 trains,
+evaluates with pycocotools, resumes exactly, and loads a pretrain run's backbone."""
+
+
+import pytest
+
+from relvit.detection.scenes import write_digit_scenes
+from relvit.train.loop import train
+
+TINY_DETECTOR = {"fpn_channels": 16, "box_representation": 32, "mask_head_width": 16,
+                 "roi_batch_size": 32, "rpn_train_proposals": 100}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_digit_scenes(root, n_train=12, n_val=6, canvas=64, seed=0)
+    return root
+
+
+@pytest.fixture
+def detect_config(tiny_config, scenes):
+    def make(**overrides):
+        base = {"data": {"name": "digit_scenes", "folder": str(scenes), "workers": 0},
+                "model": {"patch_size": 8}, "detection": TINY_DETECTOR,
+                "optim": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "schedule": "step",
+                          "clip_grad": 0.0}}
+        for key, value in overrides.items():
+            base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+        return tiny_config("detect", **base)
+
+    return make
+
+
+def test_supervised_detection_with_masks(tmp_path, detect_config):
+    metrics = train(detect_config(), tmp_path / "run", progress=False)
+    assert metrics["masks"] is True and metrics["classes"] == 10
+    for kind in ("bbox", "segm"):
+        for name in ("mAP", "mAP50", "mAP75"):
+            assert 0 <= metrics["last_map"][kind][name] <= 100
+    assert "train_loss_mask" in metrics["last"] and "train_loss_rel" not in metrics["last"]
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+    assert "val_bbox_mAP50" in header and "val_segm_mAP75" in header
+
+
+def test_joint_ssl_and_box_only(tmp_path, detect_config):
+    metrics = train(detect_config(detection={"ssl_joint": True, "masks": False}),
+                    tmp_path / "run", progress=False)
+    assert metrics["ssl_joint"] and not metrics["masks"]
+    assert {"train_loss_rel", "train_loss_pos"} <= set(metrics["last"])
+    assert "train_loss_mask" not in metrics["last"] and "segm" not in metrics["last_map"]
+
+
+def test_upstream_pretrain_on_the_detection_images(tmp_path, tiny_config, detect_config,
+                                                   scenes):
+    pre = tiny_config("pretrain", data={"name": "digit_scenes", "folder": str(scenes),
+                                        "workers": 0},
+                      model={"patch_size": 8}, optim={"epochs": 1, "batch_size": 4})
+    assert train(pre, tmp_path / "pre", progress=False)["pretext_positions"] == 64
+    cfg = detect_config(init_checkpoint=str(tmp_path / "pre" / "best.pt"))
+    metrics = train(cfg, tmp_path / "det", progress=False)
+    assert metrics["fresh_backbone_keys"] == ["vit.pos_embed"]
+    wider = detect_config(init_checkpoint=str(tmp_path / "pre" / "best.pt"),
+                          model={"embed_dim": 48})
+    from relvit.train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not fit"):
+        train(wider, tmp_path / "wider", progress=False)
+
+
+def test_detection_resumes_exactly(tmp_path, detect_config):
+    cfg = detect_config()
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    assert train(cfg, tmp_path / "split", stop_after=1, progress=False) is None
+    resumed = train(cfg, tmp_path / "split", progress=False)
+    assert resumed["last"] == whole["last"] and resumed["best_map"] == whole["best_map"]
+
+
+def test_detection_needs_a_detection_dataset(tiny_config):
+    from relvit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="mode 'detect' needs a detection dataset"):
+        tiny_config("detect")
+    with pytest.raises(ConfigError, match="mode 'supervised' needs a classification dataset"):
+        tiny_config("supervised", data={"name": "voc2007"})
