@@ -4,6 +4,7 @@
     relvit check --config RUN.yaml               validate a run config, print it resolved
     relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
+    relvit report-detection --plan results/tables/detection-plan.json --out results/tables
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _load_run_config(args, args.command)
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = train(cfg, args.out, progress=False if args.no_progress else None)
+    metrics = train(cfg, args.out, progress=False if args.no_progress else None,
+                    replace_changed=args.replace_changed)
     if metrics is not None:
         best = metrics["best"]
         if "best_top1" in metrics:
@@ -71,7 +73,14 @@ def _prepare(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from relvit.report.table1 import write_table1
 
-    write_table1(args.runs, args.table1, tier=args.tier)
+    write_table1(args.runs, args.table1, tier=args.tier, paper_csv=args.paper)
+    return 0
+
+
+def _report_detection(args: argparse.Namespace) -> int:
+    from relvit.report.detection_tables import write_detection_tables
+
+    write_detection_tables(args.plan, args.out, tier=args.tier, paper_csv=args.paper)
     return 0
 
 
@@ -89,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
         p.add_argument("--threads", type=int, help="CPU threads for torch")
         p.add_argument("--no-progress", action="store_true", help="plain log lines only")
+        p.add_argument("--replace-changed", action="store_true",
+                       help="a run directory made with another config is moved aside "
+                            "(<dir>.replaced-<time>) instead of refused")
         p.set_defaults(func=_train)
     p = sub.add_parser("check", help="validate a run config and print it resolved")
     p.add_argument("--config", required=True)
@@ -107,7 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "searched for both")
     p.add_argument("--table1", required=True, type=Path, help="output path without suffix")
     p.add_argument("--tier", default="custom", help="label printed with the table, e.g. smoke")
+    p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
+                   help="the paper's numbers (tables.csv)")
     p.set_defaults(func=_report)
+    p = sub.add_parser("report-detection", help="render Tables 2-3 from a detection plan file")
+    p.add_argument("--plan", required=True, type=Path,
+                   help="rows and their metrics files (the workflow's detection-plan.json)")
+    p.add_argument("--out", required=True, type=Path, help="folder for table<N>.md / .tex")
+    p.add_argument("--tier", default="custom", help="label printed with the tables")
+    p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
+                   help="the paper's numbers (tables.csv)")
+    p.set_defaults(func=_report_detection)
     return parser
 
 

@@ -165,3 +165,14 @@ def test_schedules(tiny_config, schedule):
         assert lrs[50] == pytest.approx(2 ** -0.5)
     else:
         assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5)
+
+
+def test_a_changed_config_replaces_the_run_only_when_asked(tmp_path, tiny_config):
+    train(tiny_config("supervised", optim={"epochs": 1}), tmp_path / "run", progress=False)
+    changed = tiny_config("supervised", optim={"epochs": 1, "lr": 1e-3})
+    with pytest.raises(TrainingError, match="--replace-changed"):
+        train(changed, tmp_path / "run", progress=False)
+    metrics = train(changed, tmp_path / "run", progress=False, replace_changed=True)
+    assert metrics is not None
+    aside = list(tmp_path.glob("run.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "metrics.json").is_file()  # finished work kept

@@ -86,8 +86,10 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 class Run:
     """One run directory: set-up, resume, the epoch loop and the final metrics."""
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, progress: bool | None = None):
+    def __init__(self, cfg: RunConfig, out_dir: Path, progress: bool | None = None,
+                 replace_changed: bool = False):
         self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.replace_changed = replace_changed
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.dataset = get_dataset(cfg.data.name)
         self.geo = run_geometry(cfg)
@@ -176,6 +178,12 @@ class Run:
         """Resume from last.pt if present, else initialise (loading the pretrain backbone)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         last = self.out_dir / "last.pt"
+        if last.exists() and self._config_changes(last) and self.replace_changed:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.out_dir.with_name(f"{self.out_dir.name}.replaced-{stamp}")
+            log.warning("%s was made with another config; moved to %s", self.out_dir, aside)
+            self.out_dir.rename(aside)
+            self.out_dir.mkdir(parents=True)
         if last.exists():
             self._resume(last)
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
@@ -186,16 +194,19 @@ class Run:
                                             self.cfg.model.backbone)
         dump_config(self.cfg, self.out_dir / "config.yaml")
 
+    def _config_changes(self, path: Path) -> list[str]:
+        """How the config saved in a checkpoint differs from this run's (device aside)."""
+        saved = {k: v for k, v in load_checkpoint(path)["config"].items() if k != "device"}
+        return _dict_diff(saved, {k: v for k, v in self.cfg.to_dict().items() if k != "device"})
+
     def _resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        saved = {k: v for k, v in state["config"].items() if k != "device"}
-        current = {k: v for k, v in self.cfg.to_dict().items() if k != "device"}
-        if saved != current:
-            diffs = _dict_diff(saved, current)
+        diffs = self._config_changes(path)
+        if diffs:
             raise TrainingError(
                 f"{self.out_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
-                "use another --out or delete that directory"
+                "use another --out, delete that directory, or pass --replace-changed"
             )
+        state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best = state["history"], state["best"]
@@ -369,10 +380,13 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
-          progress: bool | None = None) -> dict[str, Any] | None:
-    """Run (or resume) one training run; returns its metrics, or None if stopped early."""
-    if cfg.mode == "detect":
-        from relvit.detection.train import DetectionRun
+          progress: bool | None = None, replace_changed: bool = False) -> dict[str, Any] | None:
+    """Run (or resume) one training run; returns its metrics, or None if stopped early.
 
-        return DetectionRun(cfg, Path(out_dir), progress).fit(stop_after)
-    return Run(cfg, Path(out_dir), progress).fit(stop_after)
+    A run directory made with another config is refused, or with `replace_changed` moved aside
+    to `<dir>.replaced-<time>` (never deleted) and the run starts afresh.
+    """
+    run_class = Run
+    if cfg.mode == "detect":
+        from relvit.detection.train import DetectionRun as run_class
+    return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)
