@@ -17,10 +17,12 @@ include: "workflow/rules/configs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/classify.smk"
+include: "workflow/rules/detect.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        rules.table1.output,
+        rules.table1.output if TABLE1_RUNS else [],
+        rules.detection_tables.output if DETECTION_TABLES else [],
     default_target: True

@@ -1,9 +1,10 @@
-"""Expand a workflow config (config/*.yaml) into the runs of Table 1, each with its resolved
+"""Expand a workflow config (config/*.yaml) into the runs of Tables 1-3, each with its resolved
 run config. The Snakefile reads this plan; nothing here trains anything.
 
-Run ids are `<dataset>/<backbone>/<method>/seed<seed>`, with method one of pretrain,
-relvit (finetune from that seed's pretrain), supervised, supervised_same_epochs, and
-pretrain_mega / relvit_mega for the mega-patch variant.
+Run ids are `<dataset>/<backbone>/<method>/seed<seed>`. Table 1 methods: pretrain, relvit
+(finetune from that seed's pretrain), supervised, supervised_same_epochs, and pretrain_mega /
+relvit_mega for the mega-patch variant. Tables 2-3 methods: det_<variant> detection runs and the
+pretrain_det* runs their upstream variants start from (relvit.detection.plan).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from relvit.config import ConfigError, OptimConfig, config_from_dict, merge
+from relvit.detection.plan import TableRow, table_rows
 from relvit.report.table1 import MEGAPATCHES, SAME_EPOCHS
+
+PAPER_CSV = "results/paper/tables.csv"  # relative to the repository (the Snakefile's folder)
 
 METHOD_MODES = {"pretrain": "pretrain", "relvit": "finetune", "supervised": "supervised",
                 "supervised_same_epochs": "supervised", "pretrain_mega": "pretrain",
@@ -56,6 +60,65 @@ def _methods(workflow: dict, dataset: str, base: dict) -> dict[str, dict]:
     return raw
 
 
+def _add(runs: dict[str, PlannedRun], problems: list[str], run_id: str, dataset: str,
+         raw: dict, pretrain: str | None = None) -> None:
+    """Validate one run config and add it to the plan (once: tables share runs)."""
+    if run_id in runs:
+        return
+    try:
+        cfg = config_from_dict(raw, source=f"run {run_id}").to_dict()
+    except ConfigError as err:
+        problems += [f"run {run_id}: {p}" for p in err.problems]
+        return
+    runs[run_id] = PlannedRun(run_id, dataset, raw["mode"], cfg, pretrain)
+
+
+def plan(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
+    """Every run of the workflow config: Table 1 and, when configured, Tables 2-3."""
+    runs = plan_table1(workflow) if workflow.get("table1") else {}
+    if workflow.get("detection"):
+        runs.update(plan_detection(workflow, paper_csv))
+    return runs
+
+
+def detection_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[TableRow]:
+    detection = workflow.get("detection")
+    return table_rows(detection, paper_csv) if detection else []
+
+
+def plan_detection(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
+    """The detection runs of Tables 2-3 and the SSL pretrain runs they start from."""
+    detection = workflow["detection"]
+    root = (workflow.get("data", {}) or {}).get("root", "data")
+    results = workflow.get("results", "results")
+    runs: dict[str, PlannedRun] = {}
+    problems: list[str] = []
+    for row in detection_rows(workflow, paper_csv):
+        variant, backbone, dataset = row.variant, row.backbone, row.run_dataset
+        model = {"backbone": backbone, **(detection.get("models", {}) or {}).get(backbone, {})}
+        mega = detection.get("megapatch_side", {})
+        side = mega.get(backbone, 0) if isinstance(mega, dict) else mega
+        for seed in detection.get("seeds", workflow["seeds"]):
+            base = {"seed": seed, "data": {"name": dataset, "root": root}, "model": model}
+            prefix = f"{dataset}/{backbone}"
+            pretrain = None
+            if variant.pretrain_method:
+                pretrain = f"{prefix}/{variant.pretrain_method}/seed{seed}"
+                raw = merge(_stage(workflow, "pretrain_detection", base), {
+                    "mode": "pretrain", "label": variant.pretrain_method,
+                    "ssl": {"shuffle": variant.perm, "megapatch_side": side if variant.mega else 0}})
+                _add(runs, problems, pretrain, dataset, raw)
+            raw = merge(_stage(workflow, "detect", base), {
+                "mode": "detect", "label": variant.name,
+                "detection": {"ssl_joint": variant.upstream is False}})
+            if pretrain:  # upstream: start from the pretrain run's best.pt
+                raw["init_checkpoint"] = f"{results}/runs/{pretrain}/best.pt"
+            _add(runs, problems, f"{prefix}/{variant.method}/seed{seed}", dataset, raw, pretrain)
+    if problems:
+        raise ConfigError(sorted(set(problems)), "workflow config")
+    return runs
+
+
 def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     """All Table 1 runs of the workflow config; every invalid run config is reported at once."""
     table = workflow["table1"]
@@ -70,16 +133,26 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
                     "model": {"backbone": backbone}}
             prefix = f"{dataset}/{backbone}"
             for method, raw in _methods(workflow, dataset, base).items():
-                run_id = f"{prefix}/{method}/seed{seed}"
-                raw = merge(raw, {"mode": METHOD_MODES[method]})
-                try:
-                    cfg = config_from_dict(raw, source=f"run {run_id}").to_dict()
-                except ConfigError as err:
-                    problems += [f"run {run_id}: {p}" for p in err.problems]
-                    continue
                 pretrain = f"{prefix}/{PRETRAIN_OF[method]}/seed{seed}" \
                     if method in PRETRAIN_OF else None
-                runs[run_id] = PlannedRun(run_id, dataset, METHOD_MODES[method], cfg, pretrain)
+                _add(runs, problems, f"{prefix}/{method}/seed{seed}", dataset,
+                     merge(raw, {"mode": METHOD_MODES[method]}), pretrain)
     if problems:
         raise ConfigError(sorted(set(problems)), "workflow config")
     return runs
+
+
+def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[dict]:
+    """The rows of Tables 2-3 with the metrics file of the run that fills each (per seed)."""
+    results = workflow.get("results", "results")
+    seeds = (workflow.get("detection") or {}).get("seeds", workflow["seeds"])
+    rows = []
+    for row in detection_rows(workflow, paper_csv):
+        for seed in seeds:
+            run_id = f"{row.run_dataset}/{row.backbone}/{row.variant.method}/seed{seed}"
+            rows.append({"table": row.table, "dataset": row.dataset, "backbone": row.backbone,
+                         "run_dataset": row.run_dataset, "variant": row.variant.name,
+                         "upstream": row.variant.upstream, "perm": row.variant.perm,
+                         "mega": row.variant.mega, "seed": seed, "run_id": run_id,
+                         "metrics": f"{results}/runs/{run_id}/metrics.json"})
+    return rows

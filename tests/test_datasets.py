@@ -181,3 +181,16 @@ def test_every_format_loads_and_batches_as_a_run_does(tmp_path, name):
         assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
         assert 0 <= images.min() and images.max() <= 1
         assert labels.dtype == torch.long and labels.max() < len(splits.classes)
+
+
+def test_prepare_a_detection_dataset_in_its_split_folders(tmp_path, monkeypatch):
+    """VOC's two archives both hold VOCdevkit/VOC2007: prepare-data keeps one folder per split."""
+    from fixtures.detection import write_voc2007
+
+    for split in ("trainval", "test"):
+        info = write_voc2007(tmp_path / "data" / "voc2007" / split)
+    monkeypatch.setitem(registry.DATASETS, "voc2007",
+                        dataclasses.replace(registry.DATASETS["voc2007"], resources=()))
+    record = prepare_dataset("voc2007", tmp_path / "data")
+    assert record["splits"] == {split: len(ids) for split, ids in info["splits"].items()}
+    assert record["classes"] == 20

@@ -51,19 +51,21 @@ def test_default_dag(tmp_path):
     result = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "config" / "config.yaml"),
                        cwd=tmp_path)
     assert job_counts(result.stdout) == {
-        "all": 1, "finetune": 3, "pretrain": 3, "prepare_data": 1, "run_config": 12,
-        "supervised": 6, "table1": 1,
+        "all": 1, "finetune": 3, "pretrain": 9, "prepare_data": 2, "run_config": 30,
+        "supervised": 6, "table1": 1, "detect": 12, "detection_plan": 1, "detection_tables": 1,
     }
 
 
 def test_paper_dag(tmp_path):
-    """The whole Table 1: 7 datasets x 3 seeds (ImageNet-1K: 1, as the paper prints no std) x
-    {pretrain, finetune, supervised}, plus pretrain + finetune with mega-patches on ImageNet-100."""
+    """Table 1: 7 datasets x 3 seeds (ImageNet-1K: 1, as the paper prints no std) x {pretrain,
+    finetune, supervised}, plus pretrain + finetune with mega-patches on ImageNet-100. Tables 2-3:
+    the paper's 23 detection rows, and the 12 SSL pretrain runs their upstream rows start from."""
     result = snakemake("-n", "--cores", "8", "--configfile", str(ROOT / "config" / "paper.yaml"),
                        cwd=tmp_path)
     assert job_counts(result.stdout) == {
-        "all": 1, "finetune": 22, "pretrain": 22, "prepare_data": 7, "run_config": 63,
-        "supervised": 19, "table1": 1,
+        "all": 1, "finetune": 22, "pretrain": 22 + 12, "prepare_data": 7 + 4,
+        "run_config": 63 + 23 + 12, "supervised": 19, "table1": 1,
+        "detect": 23, "detection_plan": 1, "detection_tables": 1,
     }
     assert "results/runs/imagenet100/vit_small/relvit_mega/seed2/metrics.json" in result.stdout
     assert "results/runs/imagenet/vit_small/supervised/seed1" not in result.stdout
@@ -94,3 +96,30 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert (tmp_path / "results" / "tables" / "table1.tex").is_file()
     again = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+DETECTION = {
+    "tier": "test", "results": "results", "seeds": [0], "threads_per_run": 1,
+    "detection": {"tables": {"3": {"datasets": ["coco2017"], "backbones": ["vit_small"]}},
+                  "stand_in": "digit_scenes", "megapatch_side": 4,
+                  "models": {"vit_small": {"embed_dim": 36, "depth": 1, "num_heads": 3,
+                                           "patch_size": 8}}},
+    "run": {"device": "cpu", "data": {"workers": 0}},
+    "stages": {"pretrain_detection": {"optim": {"epochs": 1, "batch_size": 64}},
+               "detect": {"optim": {"epochs": 1, "batch_size": 16, "schedule": "step"},
+                          "detection": {"fpn_channels": 16, "box_representation": 32,
+                                        "mask_head_width": 16, "roi_batch_size": 32,
+                                        "rpn_train_proposals": 100}}},
+}
+
+
+@pytest.mark.slow
+def test_detection_table_end_to_end(tmp_path):
+    (tmp_path / "det.yaml").write_text(yaml.safe_dump(DETECTION))
+    snakemake("--cores", "2", "--configfile", "det.yaml", cwd=tmp_path)
+    table = (tmp_path / "results" / "tables" / "table3.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert rows[0].startswith("| COCO mini-val [Digit scenes] | Supervised |")
+    assert len(rows) == 4 and "—" not in "".join(rows[:3])  # every row ran
+    assert (tmp_path / "results" / "tables" / "table3.tex").is_file()
+    assert not (tmp_path / "results" / "tables" / "table2.md").exists()

@@ -20,7 +20,7 @@ rule finetune:
         "../../envs/relvit.yaml"
     shell:
         "relvit finetune --config {input.config:q} --out {params.out:q} --init {params.init:q}"
-        " --threads {threads} --no-progress > {log:q} 2>&1"
+        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"
 
 
 rule supervised:
@@ -40,4 +40,4 @@ rule supervised:
         "../../envs/relvit.yaml"
     shell:
         "relvit supervised --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress > {log:q} 2>&1"
+        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"

@@ -1,12 +1,17 @@
 # Shared by every rule: the plan of runs (relvit.workflow) and the paths of their files.
 import os
 
-from relvit.workflow import plan_table1
+from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_table1
 
 RESULTS = config["results"]
 DATA = config.get("data") or {}
 DATA_ROOT = DATA.get("root", "data")
-RUNS = plan_table1(config)
+PAPER_CSV = os.path.join(workflow.basedir, "results", "paper", "tables.csv")
+RUNS = plan(config, PAPER_CSV)
+DETECTION_ROWS = detection_rows(config, PAPER_CSV)
+TABLE1_RUNS = list(plan_table1(config)) if config.get("table1") else []
+DETECTIONS = [run_id for run_id, run in RUNS.items() if run.mode == "detect"]
+DETECTION_TABLES = sorted({row.table for row in DETECTION_ROWS})
 
 
 wildcard_constraints:
@@ -48,7 +53,9 @@ def planned_config(wildcards):
 
 
 def pretrain_metrics(wildcards):
-    return metrics_file(planned(wildcards).pretrain)
+    """The metrics of the pretrain run a finetune or upstream detection starts from (or none)."""
+    pretrain = planned(wildcards).pretrain
+    return [metrics_file(pretrain)] if pretrain else []
 
 
 def pretrain_checkpoint(wildcards):

@@ -1,5 +1,5 @@
 # RelViT SSL pre-training (upstream): relations + absolute positions (method spec §3), with the
-# mega-patch variant as method pretrain_mega. Only metrics.json is declared: Snakemake never
+# mega-patch variant as method pretrain_mega, and pretrain_det* on detection images (Tables 2-3). Only metrics.json is declared: Snakemake never
 # deletes best.pt / last.pt of a run that failed, so re-running resumes from the last epoch.
 
 
@@ -10,7 +10,7 @@ rule pretrain:
     output:
         metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
     wildcard_constraints:
-        method="pretrain|pretrain_mega",
+        method="pretrain(_mega|_det(_perm)?(_mega)?)?",
     params:
         out=lambda wc: run_dir(planned(wc).run_id),
     log:
@@ -20,4 +20,4 @@ rule pretrain:
         "../../envs/relvit.yaml"
     shell:
         "relvit pretrain --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress > {log:q} 2>&1"
+        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"

@@ -1,0 +1,165 @@
+"""Tables 2 and 3 (detection mAP) as Markdown and LaTeX, in the paper's layout: per backbone
+(Table 2) or dataset (Table 3), one row per variant (Method, Upstream, Perm., Mega-patch) with
+box mAP, mAP50, mAP75, each beside the paper's number, and an "(Improv.)" row: the best RelViT
+row minus the supervised one, from the numbers (the paper's own "Improv." values do not all follow
+one rule, ../shared/paper/README.md). Numbers are the last epoch's COCO box AP on the whole
+evaluation split (the follow-up evaluates its last weights, method spec Q31).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from relvit.data.registry import DATASETS
+from relvit.detection.plan import PAPER_BACKBONES
+from relvit.models.backbones import get_backbone_spec
+from relvit.train.checkpoint import atomic_write_text
+
+METRICS = ("mAP", "mAP50", "mAP75")
+PAPER_METRICS = {2: ("mAP", "mAP50", "mAP75"), 3: ("mAP_box", "mAP_box50", "mAP_box75")}
+RELVIT_NAMES = {"vit": "RelViT", "swin": "RelSwin", "t2t": "RelT2T-ViT"}
+EMPTY = "—"
+
+
+def _mark(flag: bool | None) -> str:
+    return "-" if flag is None else ("✓" if flag else "✗")
+
+
+def _paper_value(paper: pd.DataFrame, row: dict, metric: str) -> float | None:
+    family = get_backbone_spec(row["backbone"]).family
+    title = DATASETS[row["dataset"]].title
+    method = "Supervised" if row["upstream"] is None else None
+    hits = paper[(paper["table"] == row["table"]) & (paper["dataset"] == title)
+                 & (paper["backbone"].isin(PAPER_BACKBONES[family])) & (paper["metric"] == metric)]
+    if method:
+        hits = hits[hits["method"] == method]
+    else:
+        flags = {"upstream": row["upstream"], "permutation": row["perm"], "megapatch": row["mega"]}
+        hits = hits[hits["method"] != "Supervised"]
+        for column, flag in flags.items():
+            hits = hits[hits[column].astype(str).str.strip() == ("yes" if flag else "no")]
+    return float(hits["value"].iloc[0]) if len(hits) else None
+
+
+def _ours(row: dict) -> dict[str, float | None]:
+    path = Path(row["metrics"])
+    if not path.is_file():
+        return dict.fromkeys(METRICS)
+    scores = json.loads(path.read_text()).get("last_map", {}).get("bbox", {})
+    return {m: scores.get(m) for m in METRICS}
+
+
+def _text(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return EMPTY
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _best(scored: list[dict[str, float | None]]) -> dict[str, float | None] | None:
+    """The scores of the row with the highest mAP (None when none has one)."""
+    known = [scores for scores in scored if scores["mAP"] is not None]
+    return max(known, key=lambda scores: scores["mAP"]) if known else None
+
+
+def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[str]]:
+    """The table body: one list of cells per row, "(Improv.)" rows included."""
+    body: list[list[str]] = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row["table"] == table:
+            groups.setdefault((row["dataset"], row["backbone"]), []).append(row)
+    for (dataset, backbone), group in groups.items():
+        family = get_backbone_spec(backbone).family
+        first = get_backbone_spec(backbone).label if table == 2 else DATASETS[dataset].title
+        if group[0]["run_dataset"] != dataset:
+            first += f" [{DATASETS[group[0]['run_dataset']].title}]"
+        ours_rel, theirs_rel, ours_sup, theirs_sup = [], [], None, None
+        for i, row in enumerate(group):
+            ours = _ours(row)
+            theirs = {m: _paper_value(paper, row, pm)
+                      for m, pm in zip(METRICS, PAPER_METRICS[table])}
+            supervised = row["upstream"] is None
+            cells = [first if i == 0 else "",
+                     "Supervised" if supervised else RELVIT_NAMES[family], _mark(row["upstream"]),
+                     "-" if supervised else _mark(row["perm"]),
+                     "-" if supervised else _mark(row["mega"])]
+            for m in METRICS:
+                cells += [_text(ours[m]), _text(theirs[m])]
+            body.append(cells)
+            if supervised:
+                ours_sup, theirs_sup = ours, theirs
+            else:
+                ours_rel.append(ours)
+                theirs_rel.append(theirs)
+        best_ours, best_theirs = _best(ours_rel), _best(theirs_rel)
+        improvement = ["", "(Improv.)", "", "", ""]
+        for m in METRICS:
+            improvement += [
+                _text(_diff(best_ours[m], ours_sup[m]) if best_ours and ours_sup else None, True),
+                _text(_diff(best_theirs[m], theirs_sup[m]) if best_theirs and theirs_sup
+                      else None, True)]
+        body.append(improvement)
+    return body
+
+
+def header(table: int) -> list[str]:
+    cols = ["Backbone" if table == 2 else "Dataset", "Method", "Upstream", "Perm.", "Mega-patch"]
+    for m in METRICS:
+        cols += [m, "paper"]
+    return cols
+
+
+def render_markdown(table: int, rows: list[dict], paper: pd.DataFrame, tier: str) -> str:
+    cols = header(table)
+    lines = [f"# Table {table} — {tier} tier", "",
+             f"Reproduced with relvit-repro, tier **{tier}**. Box AP (%) of the last epoch on the "
+             "whole evaluation split (pycocotools); paper: the paper's number. (Improv.): the "
+             "best RelViT row minus Supervised, from the numbers."
+             + (" A dataset in [brackets] is the stand-in the rows were run on (smoke tier: not "
+                "comparable to the paper)." if any(r["run_dataset"] != r["dataset"]
+                                                     for r in rows) else ""), "",
+             "| " + " | ".join(cols) + " |",
+             "|" + "|".join(["---"] * 5 + ["---:"] * (len(cols) - 5)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(table, rows, paper)]
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(table: int, rows: list[dict], paper: pd.DataFrame, tier: str) -> str:
+    def tex(text: str) -> str:
+        for a, b in (("%", r"\%"), ("_", r"\_"), ("✓", r"\checkmark"), ("✗", r"$\times$"),
+                     ("—", "--"), ("[", "("), ("]", ")")):
+            text = text.replace(a, b)
+        return text
+
+    cols = header(table)
+    lines = ["% Generated by relvit-repro (relvit report-detection); do not edit.",
+             r"\begin{table}[t]", r"\centering",
+             r"\begin{tabular}{lllll" + "r" * (len(cols) - 5) + "}", r"\toprule",
+             " & ".join(tex(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(c) for c in cells) + r" \\"
+              for cells in table_cells(table, rows, paper)]
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{" + tex(f"Table {table} reproduced ({tier} tier): last-epoch box AP "
+                                 "(%), each beside the paper's number.") + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_detection_tables(plan_path: str | Path, out_dir: str | Path, tier: str,
+                           paper_csv: str | Path = "results/paper/tables.csv") -> list[Path]:
+    """Render every table of the plan file into `out_dir/table<N>.{md,tex}`."""
+    rows = json.loads(Path(plan_path).read_text())
+    paper = pd.read_csv(paper_csv)
+    written = []
+    for table in sorted({row["table"] for row in rows}):
+        stem = Path(out_dir) / f"table{table}"
+        atomic_write_text(render_markdown(table, rows, paper, tier), stem.with_suffix(".md"))
+        atomic_write_text(render_latex(table, rows, paper, tier), stem.with_suffix(".tex"))
+        written.append(stem)
+    return written

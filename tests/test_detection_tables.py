@@ -1,0 +1,59 @@
+"""Tables 2-3: rows from the paper's own tables, and the renderer on fixed run directories."""
+
+import json
+
+import pandas as pd
+
+from relvit.detection.plan import Variant, table_rows
+from relvit.report.detection_tables import render_markdown, table_cells
+from relvit.workflow import detection_plan_rows
+
+PAPER = "results/paper/tables.csv"
+TABLES = {"2": {"datasets": ["voc2007"], "backbones": ["vit_small", "swin_tiny", "t2t_vit_14"]},
+          "3": {"datasets": ["coco2017", "svhn_detection", "kitti"], "backbones": ["vit_small"]}}
+
+
+def test_rows_follow_the_paper():
+    rows = table_rows({"tables": TABLES}, PAPER)
+    assert len(rows) == 23
+    by_backbone = {b: [r.variant.name for r in rows if r.table == 2 and r.backbone == b]
+                   for b in TABLES["2"]["backbones"]}
+    assert by_backbone == {
+        "vit_small": ["supervised", "joint", "upstream", "upstream-mega"],
+        "swin_tiny": ["supervised", "joint", "upstream-perm", "upstream-perm-mega"],
+        "t2t_vit_14": ["supervised", "joint", "upstream-perm", "upstream-perm-mega"],
+    }
+    coco = [r.variant.name for r in rows if r.dataset == "coco2017"]
+    assert coco == ["supervised", "upstream", "upstream-mega"]
+    assert Variant(True, True, True).pretrain_method == "pretrain_det_perm_mega"
+    assert Variant(False).method == "det_joint" and Variant(False).pretrain_method is None
+
+
+def test_stand_in_keeps_the_rows():
+    rows = table_rows({"tables": TABLES, "stand_in": "digit_scenes"}, PAPER)
+    assert len(rows) == 23 and {r.run_dataset for r in rows} == {"digit_scenes"}
+
+
+def test_table3_renders_beside_the_paper(tmp_path):
+    workflow = {"results": str(tmp_path), "seeds": [0],
+                "detection": {"tables": {"3": {"datasets": ["coco2017"],
+                                               "backbones": ["vit_small"]}}}}
+    rows = detection_plan_rows(workflow, PAPER)
+    scores = {"det_supervised": (20.0, 35.0, 19.0), "det_upstream": (22.5, 37.0, 22.0)}
+    for row in rows:
+        method = row["run_id"].split("/")[2]
+        if method in scores:
+            path = tmp_path / "runs" / row["run_id"] / "metrics.json"
+            path.parent.mkdir(parents=True)
+            m = dict(zip(("mAP", "mAP50", "mAP75"), scores[method]))
+            path.write_text(json.dumps({"last_map": {"bbox": m}}))
+    cells = table_cells(3, rows, pd.read_csv(PAPER))
+    assert cells == [
+        ["COCO mini-val", "Supervised", "-", "-", "-",
+         "20.00", "20.43", "35.00", "35.36", "19.00", "20.27"],
+        ["", "RelViT", "✓", "✗", "✗", "22.50", "22.44", "37.00", "37.35", "22.00", "22.59"],
+        ["", "RelViT", "✓", "✗", "✓", "—", "22.03", "—", "36.79", "—", "22.37"],
+        ["", "(Improv.)", "", "", "", "+2.50", "+2.01", "+2.00", "+1.99", "+3.00", "+2.32"],
+    ]
+    text = render_markdown(3, rows, pd.read_csv(PAPER), "paper")
+    assert "| Dataset | Method | Upstream | Perm. | Mega-patch | mAP | paper |" in text

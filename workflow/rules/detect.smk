@@ -1,0 +1,23 @@
+# Detection (Tables 2-3): torchvision R-CNNs on each backbone's pyramid; upstream variants start
+# from a pretrain_det* run on the same images (its best.pt is named in the run config).
+
+
+rule detect:
+    input:
+        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        data=ready_marker("{dataset}"),
+        pretrain=pretrain_metrics,
+    output:
+        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+    wildcard_constraints:
+        method="det_[a-z_]+",
+    params:
+        out=lambda wc: run_dir(planned(wc).run_id),
+    log:
+        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
+    threads: config["threads_per_run"]
+    conda:
+        "../../envs/relvit.yaml"
+    shell:
+        "relvit detect --config {input.config:q} --out {params.out:q}"
+        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"
