@@ -44,12 +44,20 @@ def _paper_value(paper: pd.DataFrame, row: dict, metric: str) -> float | None:
     return float(hits["value"].iloc[0]) if len(hits) else None
 
 
-def _ours(row: dict) -> dict[str, float | None]:
+def _metrics(row: dict) -> dict:
     path = Path(row["metrics"])
-    if not path.is_file():
-        return dict.fromkeys(METRICS)
-    scores = json.loads(path.read_text()).get("last_map", {}).get("bbox", {})
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _ours(row: dict) -> dict[str, float | None]:
+    scores = _metrics(row).get("last_map", {}).get("bbox", {})
     return {m: scores.get(m) for m in METRICS}
+
+
+def _backbone_label(group: list[dict]) -> str:
+    """The backbone as the runs name it (a resized smoke-tier model says so), else the preset."""
+    labels = [_metrics(row).get("backbone_label") for row in group]
+    return next((label for label in labels if label), get_backbone_spec(group[0]["backbone"]).label)
 
 
 def _text(value: float | None, signed: bool = False) -> str:
@@ -77,7 +85,7 @@ def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[
             groups.setdefault((row["dataset"], row["backbone"]), []).append(row)
     for (dataset, backbone), group in groups.items():
         family = get_backbone_spec(backbone).family
-        first = get_backbone_spec(backbone).label if table == 2 else DATASETS[dataset].title
+        first = _backbone_label(group) if table == 2 else DATASETS[dataset].title
         if group[0]["run_dataset"] != dataset:
             first += f" [{DATASETS[group[0]['run_dataset']].title}]"
         ours_rel, theirs_rel, ours_sup, theirs_sup = [], [], None, None
