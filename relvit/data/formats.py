@@ -99,27 +99,29 @@ class FileSplit:
 # --- shared checks ---------------------------------------------------------------------------
 
 
-def _error(key: str, path: Path | str, problem: str) -> DatasetLayoutError:
-    return DatasetLayoutError(
-        f"{path}: {problem}\nexpected layout for {key}:\n{EXPECTED_LAYOUT[key]}")
+def layout_error(key: str, path: Path | str, problem: str,
+                 layouts: dict[str, str] = EXPECTED_LAYOUT) -> DatasetLayoutError:
+    """An error naming the path and the problem, followed by the dataset's expected layout."""
+    return DatasetLayoutError(f"{path}: {problem}\nexpected layout for {key}:\n{layouts[key]}")
 
 
-def _check_split(key: str, split: str, allowed: tuple[str, ...]) -> None:
+def check_split(key: str, split: str, allowed: tuple[str, ...],
+                layouts: dict[str, str] = EXPECTED_LAYOUT) -> None:
     if split not in allowed:
         raise DatasetLayoutError(f"split {split!r} is not allowed for {key}; allowed: "
                                  f"{', '.join(allowed)}\nexpected layout for {key}:\n"
-                                 f"{EXPECTED_LAYOUT[key]}")
+                                 f"{layouts[key]}")
 
 
-def _require_dir(key: str, path: Path) -> Path:
+def require_dir(key: str, path: Path, layouts: dict[str, str] = EXPECTED_LAYOUT) -> Path:
     if not path.is_dir():
-        raise _error(key, path, "folder missing")
+        raise layout_error(key, path, "folder missing", layouts)
     return path
 
 
-def _require_file(key: str, path: Path) -> Path:
+def require_file(key: str, path: Path, layouts: dict[str, str] = EXPECTED_LAYOUT) -> Path:
     if not path.is_file():
-        raise _error(key, path, "file missing")
+        raise layout_error(key, path, "file missing", layouts)
     return path
 
 
@@ -128,7 +130,7 @@ def _check_range(key: str, path: Path, values: np.ndarray, low: int, high: int, 
     bad = np.flatnonzero((values < low) | (values > high))
     if bad.size:
         i = int(bad[0])
-        raise _error(key, path, f"{what} {values[i]} at index {i} is outside {low}..{high}")
+        raise layout_error(key, path, f"{what} {values[i]} at index {i} is outside {low}..{high}")
 
 
 def _as_ints(key: str, path: Path, values: Any, what: str) -> np.ndarray:
@@ -136,7 +138,7 @@ def _as_ints(key: str, path: Path, values: Any, what: str) -> np.ndarray:
     array = np.asarray(values).ravel()
     if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and
                                            not np.array_equal(array, np.round(array))):
-        raise _error(key, path, f"{what} are not integers (dtype {array.dtype})")
+        raise layout_error(key, path, f"{what} are not integers (dtype {array.dtype})")
     return array.astype(np.int64)
 
 
@@ -152,11 +154,11 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _unique(key: str, path: Path, names: list[str], what: str) -> list[str]:
     if not names:
-        raise _error(key, path, f"no {what} listed")
+        raise layout_error(key, path, f"no {what} listed")
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise _error(key, path, f"{what} {name!r} listed twice")
+            raise layout_error(key, path, f"{what} {name!r} listed twice")
         seen.add(name)
     return names
 
@@ -167,9 +169,9 @@ def _scan_class_dirs(key: str, parents: Iterable[Path], classes: list[str],
     known = set(classes)
     found: dict[str, list[Path]] = {}
     for parent in parents:
-        for folder in _subdirs(_require_dir(key, parent)):
+        for folder in _subdirs(require_dir(key, parent)):
             if folder.name not in known:
-                raise _error(key, folder, f"folder {folder.name!r} is not one of the classes")
+                raise layout_error(key, folder, f"folder {folder.name!r} is not one of the classes")
             found.setdefault(folder.name, []).append(folder)
     return found
 
@@ -184,12 +186,12 @@ def _files_by_class(key: str, found: dict[str, list[Path]], classes: list[str], 
         if name not in found:
             if missing_ok:
                 continue
-            raise _error(key, f"{where}/{name}", "class folder missing")
+            raise layout_error(key, f"{where}/{name}", "class folder missing")
         files: list[Path] = []
         for folder in found[name]:
-            files += _images_in(_require_dir(key, folder / image_subdir))
+            files += _images_in(require_dir(key, folder / image_subdir))
         if not files:
-            raise _error(key, found[name][0] / image_subdir, "class folder holds no images")
+            raise layout_error(key, found[name][0] / image_subdir, "class folder holds no images")
         paths += sorted(files)
         labels += [label] * len(files)
     return paths, np.asarray(labels, dtype=np.int64)
@@ -197,7 +199,7 @@ def _files_by_class(key: str, found: dict[str, list[Path]], classes: list[str], 
 
 def _read_lines(key: str, path: Path) -> list[str]:
     """Non-empty stripped lines of a text file."""
-    text = _require_file(key, path).read_text(encoding="utf-8")
+    text = require_file(key, path).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -206,17 +208,17 @@ def _read_lines(key: str, path: Path) -> list[str]:
 
 def _load_pickle(key: str, path: Path, keys: tuple[bytes, ...]) -> dict:
     """A CIFAR pickle, loaded with encoding="bytes" as the official page says."""
-    _require_file(key, path)
+    require_file(key, path)
     try:
         with path.open("rb") as f:
             obj = pickle.load(f, encoding="bytes")
     except Exception as e:  # a corrupt pickle can raise almost anything
-        raise _error(key, path, f"not a readable pickle ({e!r})") from e
+        raise layout_error(key, path, f"not a readable pickle ({e!r})") from e
     if not isinstance(obj, dict):
-        raise _error(key, path, f"pickle holds a {type(obj).__name__}, expected a dict")
+        raise layout_error(key, path, f"pickle holds a {type(obj).__name__}, expected a dict")
     missing = [k for k in keys if k not in obj]
     if missing:
-        raise _error(key, path, f"pickle lacks keys {missing}")
+        raise layout_error(key, path, f"pickle lacks keys {missing}")
     return obj
 
 
@@ -226,11 +228,11 @@ def _cifar_batch(key: str, path: Path, label_key: bytes, num_classes: int,
     batch = _load_pickle(key, path, (b"data", label_key))
     data = np.asarray(batch[b"data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise _error(key, path,
+        raise layout_error(key, path,
                      f"b'data' is {data.dtype} {list(data.shape)}, expected uint8 [N, 3072]")
     labels = _as_ints(key, path, batch[label_key], f"{label_key!r}")
     if len(labels) != len(data):
-        raise _error(key, path, f"{len(data)} images but {len(labels)} labels")
+        raise layout_error(key, path, f"{len(data)} images but {len(labels)} labels")
     _check_range(key, path, labels, 0, num_classes - 1, "label")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
@@ -240,22 +242,22 @@ def read_cifar(root: Path, num_classes: int, split: str) -> ArraySplit:
     if num_classes not in (10, 100):
         raise DatasetLayoutError(f"CIFAR has 10 or 100 classes, not {num_classes}")
     key = f"cifar{num_classes}"
-    _check_split(key, split, ("train", "test"))
-    root = _require_dir(key, Path(root))
+    check_split(key, split, ("train", "test"))
+    root = require_dir(key, Path(root))
     if num_classes == 10:
-        folder = _require_dir(key, root / "cifar-10-batches-py")
+        folder = require_dir(key, root / "cifar-10-batches-py")
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         meta_file, names_key, label_key = "batches.meta", b"label_names", b"labels"
     else:
-        folder = _require_dir(key, root / "cifar-100-python")
+        folder = require_dir(key, root / "cifar-100-python")
         files = [split]
         meta_file, names_key, label_key = "meta", b"fine_label_names", b"fine_labels"
     meta = _load_pickle(key, folder / meta_file, (names_key,))
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[names_key]]
     if len(classes) != num_classes:
-        raise _error(key, folder / meta_file, f"{len(classes)} class names, expected {num_classes}")
+        raise layout_error(key, folder / meta_file, f"{len(classes)} class names, expected {num_classes}")
     for name in files:  # all files present before decoding any
-        _require_file(key, folder / name)
+        require_file(key, folder / name)
     batches = [_cifar_batch(key, folder / name, label_key, num_classes) for name in files]
     images = np.ascontiguousarray(np.concatenate([b[0] for b in batches]))
     labels = np.concatenate([b[1] for b in batches])
@@ -264,7 +266,7 @@ def read_cifar(root: Path, num_classes: int, split: str) -> ArraySplit:
 
 def _loadmat(key: str, path: Path, variables: tuple[str, ...]) -> dict:
     """A MATLAB (v5) file holding `variables`, via scipy.io.loadmat."""
-    _require_file(key, path)
+    require_file(key, path)
     try:
         from scipy.io import loadmat
     except ImportError as e:
@@ -272,25 +274,25 @@ def _loadmat(key: str, path: Path, variables: tuple[str, ...]) -> dict:
     try:
         mat = loadmat(path)
     except Exception as e:  # scipy raises several kinds for a broken file
-        raise _error(key, path, f"not a readable MATLAB file ({e!r})") from e
+        raise layout_error(key, path, f"not a readable MATLAB file ({e!r})") from e
     missing = [v for v in variables if v not in mat]
     if missing:
-        raise _error(key, path, f"lacks variables {missing}")
+        raise layout_error(key, path, f"lacks variables {missing}")
     return mat
 
 
 def read_svhn(root: Path, split: str) -> ArraySplit:
     """SVHN format 2 (32x32 crops): X [32, 32, 3, N] -> [N, 32, 32, 3]; label 10 -> digit 0."""
     key = "svhn"
-    _check_split(key, split, ("train", "test"))
-    path = _require_dir(key, Path(root)) / f"{split}_32x32.mat"
+    check_split(key, split, ("train", "test"))
+    path = require_dir(key, Path(root)) / f"{split}_32x32.mat"
     mat = _loadmat(key, path, ("X", "y"))
     x = np.asarray(mat["X"])
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-        raise _error(key, path, f"X is {x.dtype} {list(x.shape)}, expected uint8 [32, 32, 3, N]")
+        raise layout_error(key, path, f"X is {x.dtype} {list(x.shape)}, expected uint8 [32, 32, 3, N]")
     y = _as_ints(key, path, mat["y"], "y")
     if len(y) != x.shape[3]:
-        raise _error(key, path, f"X holds {x.shape[3]} images but y holds {len(y)} labels")
+        raise layout_error(key, path, f"X holds {x.shape[3]} images but y holds {len(y)} labels")
     _check_range(key, path, y, 1, 10, "y")
     images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))
     return ArraySplit(images=images, labels=y % 10, classes=[str(d) for d in range(10)])
@@ -304,9 +306,9 @@ FLOWERS_SPLIT_IDS = {"train": "trnid", "val": "valid", "test": "tstid"}
 def read_flowers102(root: Path, split: str) -> FileSplit:
     """Oxford 102 Flowers: ids of `split` from setid.mat (1-based), labels 1..102 -> 0..101."""
     key = "flowers102"
-    _check_split(key, split, tuple(FLOWERS_SPLIT_IDS))
-    root = _require_dir(key, Path(root))
-    images_dir = _require_dir(key, root / "jpg")
+    check_split(key, split, tuple(FLOWERS_SPLIT_IDS))
+    root = require_dir(key, Path(root))
+    images_dir = require_dir(key, root / "jpg")
     labels_path, setid_path = root / "imagelabels.mat", root / "setid.mat"
     all_labels = _as_ints(key, labels_path, _loadmat(key, labels_path, ("labels",))["labels"],
                           "labels")
@@ -318,7 +320,7 @@ def read_flowers102(root: Path, split: str) -> FileSplit:
     ids = np.sort(ids)
     paths = [images_dir / f"image_{i:05d}.jpg" for i in ids]
     for path in paths:
-        _require_file(key, path)
+        require_file(key, path)
     # the official files have no class names: classes are the label numbers "1".."102"
     return FileSplit(paths=paths, labels=all_labels[ids - 1] - 1,
                      classes=[str(c) for c in range(1, 103)])
@@ -326,36 +328,36 @@ def read_flowers102(root: Path, split: str) -> FileSplit:
 
 def _tiny_val(key: str, base: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """Tiny-ImageNet val: val/images/*.JPEG labelled by val/val_annotations.txt."""
-    images_dir = _require_dir(key, base / "val" / "images")
+    images_dir = require_dir(key, base / "val" / "images")
     annotations = base / "val" / "val_annotations.txt"
     index = {c: i for i, c in enumerate(classes)}
     wnid_of: dict[str, str] = {}
     for n, line in enumerate(_read_lines(key, annotations), start=1):
         fields = line.split("\t")
         if len(fields) < 2:
-            raise _error(key, annotations, f"line {n} is not file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h")
+            raise layout_error(key, annotations, f"line {n} is not file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h")
         name, wnid = fields[0], fields[1]
         if wnid not in index:
-            raise _error(key, annotations, f"line {n}: {name} has wnid {wnid!r}, not in wnids.txt")
+            raise layout_error(key, annotations, f"line {n}: {name} has wnid {wnid!r}, not in wnids.txt")
         if name in wnid_of:
-            raise _error(key, annotations, f"line {n}: {name} annotated twice")
+            raise layout_error(key, annotations, f"line {n}: {name} annotated twice")
         wnid_of[name] = wnid
     paths = _images_in(images_dir)
     for path in paths:
         if path.name not in wnid_of:
-            raise _error(key, path, f"val image not listed in {annotations}")
+            raise layout_error(key, path, f"val image not listed in {annotations}")
     on_disk = {p.name for p in paths}
     for name in wnid_of:
         if name not in on_disk:
-            raise _error(key, images_dir / name, f"val image listed in {annotations} is missing")
+            raise layout_error(key, images_dir / name, f"val image listed in {annotations} is missing")
     return paths, np.asarray([index[wnid_of[p.name]] for p in paths], dtype=np.int64)
 
 
 def read_tiny_imagenet(root: Path, split: str) -> FileSplit:
     """Tiny-ImageNet-200 (cs231n zip); classes = wnids in wnids.txt order; split train|val."""
     key = "tiny_imagenet"
-    _check_split(key, split, ("train", "val"))
-    base = _require_dir(key, _require_dir(key, Path(root)) / "tiny-imagenet-200")
+    check_split(key, split, ("train", "val"))
+    base = require_dir(key, require_dir(key, Path(root)) / "tiny-imagenet-200")
     wnids_path = base / "wnids.txt"
     classes = _unique(key, wnids_path, _read_lines(key, wnids_path), "wnid")
     if split == "train":
@@ -370,15 +372,15 @@ def read_tiny_imagenet(root: Path, split: str) -> FileSplit:
 def read_imagenet100(root: Path, split: str) -> FileSplit:
     """ImageNet-100 from Kaggle (ambityga): train.X1..X4 | val.X; classes in Labels.json order."""
     key = "imagenet100"
-    _check_split(key, split, ("train", "val"))
-    root = _require_dir(key, Path(root))
-    labels_path = _require_file(key, root / "Labels.json")
+    check_split(key, split, ("train", "val"))
+    root = require_dir(key, Path(root))
+    labels_path = require_file(key, root / "Labels.json")
     try:
         mapping = json.loads(labels_path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise _error(key, labels_path, f"not valid JSON ({e})") from e
+        raise layout_error(key, labels_path, f"not valid JSON ({e})") from e
     if not isinstance(mapping, dict) or not mapping:
-        raise _error(key, labels_path, "expected a non-empty object {wnid: name}")
+        raise layout_error(key, labels_path, "expected a non-empty object {wnid: name}")
     classes = list(mapping)  # JSON object order, as the original's json.load
     if split == "train":
         parents = [root / f"train.X{i}" for i in range(1, 5)]
@@ -392,36 +394,36 @@ def read_imagenet100(root: Path, split: str) -> FileSplit:
 
 def _imagenet1k_val(key: str, root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """ImageNet-1K val: CLS-LOC/val/*.JPEG labelled by LOC_val_solution.csv."""
-    val_dir = _require_dir(key, root / "ILSVRC" / "Data" / "CLS-LOC" / "val")
-    solution = _require_file(key, root / "LOC_val_solution.csv")
+    val_dir = require_dir(key, root / "ILSVRC" / "Data" / "CLS-LOC" / "val")
+    solution = require_file(key, root / "LOC_val_solution.csv")
     index = {c: i for i, c in enumerate(classes)}
     wnid_of: dict[str, str] = {}
     with solution.open(newline="", encoding="utf-8") as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise _error(key, solution, f"header is {header}, expected ImageId,PredictionString")
+            raise layout_error(key, solution, f"header is {header}, expected ImageId,PredictionString")
         for n, row in enumerate(rows, start=2):
             if not row:
                 continue
             tokens = row[1].split() if len(row) > 1 else []
             if not tokens:
-                raise _error(key, solution, f"line {n} has no PredictionString")
+                raise layout_error(key, solution, f"line {n} has no PredictionString")
             image_id, wnid = row[0].strip(), tokens[0]
             if wnid not in index:
-                raise _error(key, solution, f"line {n}: {image_id} has wnid {wnid!r}, "
+                raise layout_error(key, solution, f"line {n}: {image_id} has wnid {wnid!r}, "
                              "not in LOC_synset_mapping.txt")
             if image_id in wnid_of:
-                raise _error(key, solution, f"line {n}: {image_id} listed twice")
+                raise layout_error(key, solution, f"line {n}: {image_id} listed twice")
             wnid_of[image_id] = wnid
     paths = _images_in(val_dir)
     for path in paths:
         if path.stem not in wnid_of:
-            raise _error(key, path, f"val image not listed in {solution}")
+            raise layout_error(key, path, f"val image not listed in {solution}")
     on_disk = {p.stem for p in paths}
     for image_id in wnid_of:
         if image_id not in on_disk:
-            raise _error(key, val_dir / f"{image_id}.JPEG",
+            raise layout_error(key, val_dir / f"{image_id}.JPEG",
                          f"val image listed in {solution} is missing")
     return paths, np.asarray([index[wnid_of[p.stem]] for p in paths], dtype=np.int64)
 
@@ -429,8 +431,8 @@ def _imagenet1k_val(key: str, root: Path, classes: list[str]) -> tuple[list[Path
 def read_imagenet1k(root: Path, split: str) -> FileSplit:
     """ImageNet-1K from Kaggle (localization challenge); classes in LOC_synset_mapping order."""
     key = "imagenet"
-    _check_split(key, split, ("train", "val"))
-    root = _require_dir(key, Path(root))
+    check_split(key, split, ("train", "val"))
+    root = require_dir(key, Path(root))
     mapping = root / "LOC_synset_mapping.txt"
     classes = _unique(key, mapping, [line.split()[0] for line in _read_lines(key, mapping)], "wnid")
     if split == "train":
@@ -445,12 +447,12 @@ def read_imagenet1k(root: Path, split: str) -> FileSplit:
 def read_imagefolder(root: Path, split: str) -> FileSplit:
     """Generic root/{train,val}/<class>/<image>; classes = sorted folder names of train/."""
     key = "imagefolder"
-    _check_split(key, split, ("train", "val"))
-    root = _require_dir(key, Path(root))
-    train_dir = _require_dir(key, root / "train")
+    check_split(key, split, ("train", "val"))
+    root = require_dir(key, Path(root))
+    train_dir = require_dir(key, root / "train")
     classes = [d.name for d in _subdirs(train_dir)]
     if not classes:
-        raise _error(key, train_dir, "no class folders")
+        raise layout_error(key, train_dir, "no class folders")
     split_dir = root / split
     found = _scan_class_dirs(key, [split_dir], classes)
     # val may hold fewer classes than train; train holds them all by construction

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from relvit.data.formats import DatasetLayoutError
+from relvit.data import formats
 from relvit.detection.coco import BOX_TOLERANCE, CocoDataset, check
 
 DETECTION_LAYOUT: dict[str, str] = {
@@ -72,28 +73,11 @@ SVHN_CLASSES = [str(d) for d in range(10)]  # category id d + 1 is digit d
 # --- shared helpers --------------------------------------------------------------------------
 
 
-def _error(key: str, path: Path | str, problem: str) -> DatasetLayoutError:
-    return DatasetLayoutError(
-        f"{path}: {problem}\nexpected layout for {key}:\n{DETECTION_LAYOUT[key]}")
-
-
-def _check_split(key: str, split: str, allowed: tuple[str, ...]) -> None:
-    if split not in allowed:
-        raise DatasetLayoutError(f"split {split!r} is not allowed for {key}; allowed: "
-                                 f"{', '.join(allowed)}\nexpected layout for {key}:\n"
-                                 f"{DETECTION_LAYOUT[key]}")
-
-
-def _require_dir(key: str, path: Path) -> Path:
-    if not path.is_dir():
-        raise _error(key, path, "folder missing")
-    return path
-
-
-def _require_file(key: str, path: Path) -> Path:
-    if not path.is_file():
-        raise _error(key, path, "file missing")
-    return path
+# The classification readers' error helpers, with the detection layouts.
+_error = partial(formats.layout_error, layouts=DETECTION_LAYOUT)
+_check_split = partial(formats.check_split, layouts=DETECTION_LAYOUT)
+_require_dir = partial(formats.require_dir, layouts=DETECTION_LAYOUT)
+_require_file = partial(formats.require_file, layouts=DETECTION_LAYOUT)
 
 
 def _categories(names: list[str]) -> list[dict]:
