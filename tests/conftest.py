@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from relvit.config import config_from_dict, merge
 
@@ -23,3 +24,12 @@ def tiny_config():
         return config_from_dict(merge(merge(TINY_RUN, {"mode": mode}), overrides))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of many tiny ops: threads add only contention on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ CLASSES = 3
 LEVELS = ["0", "1", "2", "3", "pool"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and a busy CPU makes them much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_backbone(family: str, size: int = SIZE, **overrides):

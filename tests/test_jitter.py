@@ -26,13 +26,7 @@ from relvit.ssl.patches import patchify
 DEFAULT = JitterConfig()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The per-patch reference is thousands of tiny ops: threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def colourful_images(n: int, side: int, patch: int, seed: int) -> torch.Tensor:
