@@ -38,6 +38,7 @@ class DetectionRun(Run):
             else cfg.detection.masks
         self.iou_types = ("bbox", "segm") if self.masks else ("bbox",)
         self.ground_truth = ground_truth(self.eval_set)
+        self._image_sets: dict[str, DetectionImages] = {}
         m = cfg.model
         backbone = build_backbone(
             m.backbone, img_size=self.geo.image_size, patch_size=self.geo.patch_size,
@@ -57,8 +58,13 @@ class DetectionRun(Run):
         return backbone_of(self.model)
 
     def _images_dataset(self, train: bool) -> DetectionImages:
-        return DetectionImages(self.train_set if train else self.eval_set, train=train,
-                               flip=self.dataset.flip, iou_crop=self.cfg.detection.iou_crop)
+        """The (image, target) dataset of a split, built once per run."""
+        key = "train" if train else "eval"
+        if key not in self._image_sets:
+            self._image_sets[key] = DetectionImages(
+                self.train_set if train else self.eval_set, train=train, flip=self.dataset.flip,
+                iou_crop=self.cfg.detection.iou_crop)
+        return self._image_sets[key]
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self._images_dataset(True)) / self.cfg.optim.batch_size)

@@ -178,14 +178,17 @@ class Run:
         """Resume from last.pt if present, else initialise (loading the pretrain backbone)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         last = self.out_dir / "last.pt"
-        if last.exists() and self._config_changes(last) and self.replace_changed:
+        state = load_checkpoint(last) if last.exists() else None
+        diffs = self._config_changes(state) if state else []
+        if diffs and self.replace_changed:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             aside = self.out_dir.with_name(f"{self.out_dir.name}.replaced-{stamp}")
             log.warning("%s was made with another config; moved to %s", self.out_dir, aside)
             self.out_dir.rename(aside)
             self.out_dir.mkdir(parents=True)
-        if last.exists():
-            self._resume(last)
+            state = None
+        if state:
+            self._resume(state, diffs)
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
             raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
                                   "the best.pt of a pretrain run")
@@ -194,19 +197,17 @@ class Run:
                                             self.cfg.model.backbone)
         dump_config(self.cfg, self.out_dir / "config.yaml")
 
-    def _config_changes(self, path: Path) -> list[str]:
+    def _config_changes(self, state: dict[str, Any]) -> list[str]:
         """How the config saved in a checkpoint differs from this run's (device aside)."""
-        saved = {k: v for k, v in load_checkpoint(path)["config"].items() if k != "device"}
+        saved = {k: v for k, v in state["config"].items() if k != "device"}
         return _dict_diff(saved, {k: v for k, v in self.cfg.to_dict().items() if k != "device"})
 
-    def _resume(self, path: Path) -> None:
-        diffs = self._config_changes(path)
+    def _resume(self, state: dict[str, Any], diffs: list[str]) -> None:
         if diffs:
             raise TrainingError(
                 f"{self.out_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
                 "use another --out, delete that directory, or pass --replace-changed"
             )
-        state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best = state["history"], state["best"]
