@@ -5,6 +5,7 @@
     relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
     relvit report-detection --plan results/tables/detection-plan.json --out results/tables
+    relvit regress results/ci/runs --expected results/expected/ci.yaml [--refresh]
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ def _report_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+def _regress(args: argparse.Namespace) -> int:
+    from relvit.report import expected
+
+    runs = expected.collect(args.runs)
+    if args.refresh:
+        spread = expected.collect(args.spread) if args.spread else None
+        cells = expected.expected_cells(runs, spread)
+        expected.write_expected(args.expected, cells, args.tier, args.tier_config)
+        log.info("wrote %s (%d cells)", args.expected, len(cells))
+        return 0
+    results = expected.check(expected.read_expected(args.expected), runs)
+    report = expected.format_checks(results)
+    print(report, end="")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report)
+    return 1 if any(r.failed for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relvit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
                    help="the paper's numbers (tables.csv)")
     p.set_defaults(func=_report_detection)
+    p = sub.add_parser("regress", help="check a tier's runs against its expected metrics "
+                                       "(the CI regression guard), or --refresh them")
+    p.add_argument("runs", type=Path, help="the tier's runs folder, e.g. results/ci/runs")
+    p.add_argument("--expected", required=True, type=Path,
+                   help="expected metrics, e.g. results/expected/ci.yaml")
+    p.add_argument("--report", type=Path, help="also write the check table here (Markdown)")
+    p.add_argument("--refresh", action="store_true",
+                   help="write the expected file from these runs instead of checking")
+    p.add_argument("--spread", type=Path,
+                   help="with --refresh: runs of extra seeds, pooled for the seed spread")
+    p.add_argument("--tier", default="ci", help="with --refresh: the tier's name")
+    p.add_argument("--tier-config", default="config/ci.yaml",
+                   help="with --refresh: the workflow config the runs came from")
+    p.set_defaults(func=_regress)
     return parser
 
 

@@ -1,0 +1,188 @@
+"""The regression guard of a tier: its expected metrics, with tolerances from the seed spread.
+
+A *cell* is a run id without its seed (`digits/vit_small/relvit`): the seeds of a cell are
+averaged, as in the tables. For every cell the expected file holds the mean of each checked
+metric over the tier's seeds, the seed-to-seed standard deviation (measured over the tier's seeds
+plus any extra seeds of a spread run) and the tolerance derived from it:
+
+    tolerance = max(FLOOR, K * seed_std * sqrt(2 / n))
+
+The difference of two means of n independent seeds has standard deviation seed_std * sqrt(2 / n),
+so a change that only reshuffles the random draws (another CPU, a library's rounding) stays
+inside K = 3 of them; a change of the method itself moves a metric further. On the same machine
+and versions the runs are deterministic and the difference is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relvit.report.gather import find_files
+
+K = 3.0
+FLOOR = 0.5  # points (%, AP): below this a difference is not worth a failed CI run
+
+# metrics.json numbers checked per mode, all in percent / AP points
+CHECKED = {
+    "pretrain": ("pretext_rel_acc", "pretext_pos_acc"),
+    "finetune": ("best_top1", "last_top1"),
+    "supervised": ("best_top1", "last_top1"),
+    "joint": ("best_top1", "last_top1"),
+    "detect": ("box_mAP", "mask_mAP"),
+}
+
+
+class ExpectedError(ValueError):
+    """An expected file or a run directory that cannot be read."""
+
+
+def checked_values(metrics: dict[str, Any], source: Path) -> dict[str, float]:
+    """The numbers of one run's metrics.json that the guard checks."""
+    mode = metrics.get("mode")
+    last = metrics.get("last", {})
+    available = {
+        "pretext_rel_acc": last.get("val_acc_rel"), "pretext_pos_acc": last.get("val_acc_pos"),
+        "best_top1": metrics.get("best_top1"), "last_top1": metrics.get("last_top1"),
+        "box_mAP": metrics.get("last_map", {}).get("bbox", {}).get("mAP"),
+        "mask_mAP": metrics.get("last_map", {}).get("segm", {}).get("mAP"),
+    }
+    if mode not in CHECKED:
+        raise ExpectedError(f"{source}: unknown mode {mode!r} (known: {', '.join(CHECKED)})")
+    values = {}
+    for name in CHECKED[mode]:
+        value = available[name]
+        if value is None:
+            continue  # e.g. a detection run on boxes only has no mask mAP
+        values[name] = 100 * value if name.startswith("pretext") else float(value)
+    return values
+
+
+def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
+    """cell -> seed -> checked values, from every metrics.json under `runs_root`."""
+    root = Path(runs_root)
+    cells: dict[str, dict[int, dict[str, float]]] = {}
+    for path in find_files([root], "metrics.json"):
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ExpectedError(f"{path}: not a metrics file ({err})") from err
+        cell = path.parent.parent.relative_to(root).as_posix()
+        cells.setdefault(cell, {})[int(metrics["seed"])] = checked_values(metrics, path)
+    if not cells:
+        raise ExpectedError(f"{root}: no metrics.json found (has the tier run?)")
+    return cells
+
+
+def tolerance(seed_std: float, n: int) -> float:
+    return max(FLOOR, K * seed_std * math.sqrt(2 / n))
+
+
+def expected_cells(runs: dict[str, dict[int, dict[str, float]]],
+                   spread: dict[str, dict[int, dict[str, float]]] | None = None) -> dict:
+    """The expected file's cells: means over the tier's seeds, spread over all seeds seen."""
+    cells = {}
+    for cell, by_seed in sorted(runs.items()):
+        all_seeds = {**(spread or {}).get(cell, {}), **by_seed}
+        entry: dict[str, Any] = {"seeds": sorted(by_seed), "spread_seeds": sorted(all_seeds)}
+        for name in sorted({n for values in by_seed.values() for n in values}):
+            ours = [v[name] for v in by_seed.values() if name in v]
+            seen = [v[name] for v in all_seeds.values() if name in v]
+            std = statistics.stdev(seen) if len(seen) > 1 else 0.0
+            entry[name] = {"expected": round(statistics.fmean(ours), 4),
+                           "seed_std": round(std, 4),
+                           "tolerance": round(tolerance(std, len(ours)), 4)}
+        cells[cell] = entry
+    return cells
+
+
+HEADER = """\
+# Expected metrics of the {tier} tier ({config}), checked by `relvit regress`.
+# Written by `relvit regress --refresh` (.ci/refresh-expected runs the tier and refreshes this
+# file): a change of these numbers is a change of the method's results and shows in review.
+# Per cell (a run id without its seed) and metric: the mean over `seeds`, the seed-to-seed
+# standard deviation over `spread_seeds`, and tolerance = max({floor}, {k} * seed_std * sqrt(2/n))
+# with n = len(seeds) (relvit/report/expected.py).
+"""
+
+
+def write_expected(path: str | Path, cells: dict, tier: str, config: str) -> None:
+    text = HEADER.format(tier=tier, config=config, floor=FLOOR, k=K)
+    text += yaml.safe_dump({"tier": tier, "config": config, "cells": cells}, sort_keys=False)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def read_expected(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ExpectedError(f"{path}: no expected file (write one with relvit regress --refresh)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ExpectedError(f"{path}: not YAML ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
+        raise ExpectedError(f"{path}: no 'cells' mapping")
+    return data
+
+
+@dataclass(frozen=True)
+class Check:
+    cell: str
+    metric: str
+    expected: float | None
+    tolerance: float | None
+    got: float | None
+    verdict: str  # ok | FAIL | missing | unexpected
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict != "ok"
+
+
+def check(expected: dict, runs: dict[str, dict[int, dict[str, float]]]) -> list[Check]:
+    """Every expected metric against the runs; missing and unexpected cells are failures too."""
+    results = []
+    for cell, entry in expected["cells"].items():
+        seeds = entry.get("seeds", [])
+        for metric, spec in entry.items():
+            if not isinstance(spec, dict):
+                continue
+            got_seeds = [runs.get(cell, {}).get(s, {}).get(metric) for s in seeds]
+            if any(v is None for v in got_seeds):
+                missing = [s for s, v in zip(seeds, got_seeds) if v is None]
+                results.append(Check(cell, metric, spec["expected"], spec["tolerance"], None,
+                                     f"missing (seeds {missing})"))
+                continue
+            got = statistics.fmean(got_seeds)
+            ok = abs(got - spec["expected"]) <= spec["tolerance"]
+            results.append(Check(cell, metric, spec["expected"], spec["tolerance"], got,
+                                 "ok" if ok else "FAIL"))
+    for cell in sorted(set(runs) - set(expected["cells"])):
+        results.append(Check(cell, "*", None, None, None, "unexpected (not in the expected file)"))
+    return results
+
+
+def format_checks(results: list[Check]) -> str:
+    """A Markdown table of the checks, failures first."""
+    def number(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    lines = ["| cell | metric | expected | ± tol | got | Δ | verdict |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in sorted(results, key=lambda r: (not r.failed, r.cell, r.metric)):
+        delta = None if r.got is None or r.expected is None else r.got - r.expected
+        lines.append(f"| {r.cell} | {r.metric} | {number(r.expected)} | {number(r.tolerance)} | "
+                     f"{number(r.got)} | {'—' if delta is None else f'{delta:+.2f}'} | "
+                     f"{r.verdict} |")
+    failed = sum(r.failed for r in results)
+    lines.append("")
+    lines.append(f"{len(results) - failed} of {len(results)} checks within tolerance"
+                 + (f"; {failed} FAILED" if failed else ""))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,112 @@
+"""The CI regression guard (relvit regress): expected file, tolerances, verdicts, exit codes."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from relvit.cli import main
+from relvit.report import expected
+
+
+def write_run(root, run_id, seed, **metrics):
+    """A metrics.json as the training loop writes it (the keys the guard reads)."""
+    path = root / run_id / f"seed{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"seed": seed, **metrics}))
+
+
+def finetune(top1):
+    return {"mode": "finetune", "best_top1": top1, "last_top1": top1 - 1}
+
+
+def tier(root, top1s=(90.0, 91.0, 92.0), rel=(0.40, 0.42, 0.44), box=(11.0, 12.0)):
+    for seed, top1 in enumerate(top1s):
+        write_run(root, "digits/vit/relvit", seed, **finetune(top1))
+    for seed, acc in enumerate(rel):
+        write_run(root, "digits/vit/pretrain", seed, mode="pretrain",
+                  last={"val_acc_rel": acc, "val_acc_pos": acc / 2})
+    for seed, ap in enumerate(box):
+        write_run(root, "scenes/vit/det_joint", seed, mode="detect",
+                  last_map={"bbox": {"mAP": ap}, "segm": {"mAP": ap / 2}})
+    return root
+
+
+def test_expected_file_holds_means_spread_and_tolerance(tmp_path):
+    cells = expected.expected_cells(expected.collect(tier(tmp_path / "runs")))
+    relvit = cells["digits/vit/relvit"]
+    assert relvit["seeds"] == [0, 1, 2]
+    assert relvit["best_top1"]["expected"] == 91.0
+    assert relvit["best_top1"]["seed_std"] == 1.0
+    assert relvit["best_top1"]["tolerance"] == pytest.approx(3 * math.sqrt(2 / 3), abs=1e-4)
+    pretrain = cells["digits/vit/pretrain"]
+    assert pretrain["pretext_rel_acc"]["expected"] == pytest.approx(42.0)  # percent
+    assert set(cells["scenes/vit/det_joint"]) >= {"box_mAP", "mask_mAP"}
+
+
+def test_spread_seeds_are_pooled_but_not_averaged_in(tmp_path):
+    runs = expected.collect(tier(tmp_path / "runs", top1s=(90.0, 90.0, 90.0)))
+    spread_root = tmp_path / "spread"
+    for seed, top1 in [(3, 80.0), (4, 100.0)]:
+        write_run(spread_root, "digits/vit/relvit", seed, **finetune(top1))
+    cell = expected.expected_cells(runs, expected.collect(spread_root))["digits/vit/relvit"]
+    assert cell["best_top1"]["expected"] == 90.0  # the tier's own seeds only
+    assert cell["spread_seeds"] == [0, 1, 2, 3, 4]
+    assert cell["best_top1"]["seed_std"] == pytest.approx(7.0711, abs=1e-3)
+
+
+def test_floor_when_seeds_agree(tmp_path):
+    runs = expected.collect(tier(tmp_path / "runs", top1s=(90.0, 90.0, 90.0)))
+    assert expected.expected_cells(runs)["digits/vit/relvit"]["best_top1"]["tolerance"] \
+        == expected.FLOOR
+
+
+def refresh(tmp_path, runs):
+    exp = tmp_path / "expected" / "ci.yaml"
+    assert main(["regress", str(runs), "--expected", str(exp), "--refresh"]) == 0
+    return exp
+
+
+def test_unchanged_runs_pass_and_a_moved_metric_fails(tmp_path, capsys):
+    runs = tier(tmp_path / "runs")
+    exp = refresh(tmp_path, runs)
+    assert exp.read_text().startswith("# Expected metrics of the ci tier")
+    assert main(["regress", str(runs), "--expected", str(exp)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+    # one seed 5 points down moves the mean by 1.67, within 3 * 1 * sqrt(2/3) = 2.45
+    metrics = runs / "digits/vit/relvit/seed0/metrics.json"
+    metrics.write_text(json.dumps({"seed": 0, **finetune(85.0)}))
+    assert main(["regress", str(runs), "--expected", str(exp)]) == 0
+    metrics.write_text(json.dumps({"seed": 0, **finetune(80.0)}))  # mean moves 3.33 > 2.45
+    report = tmp_path / "check.md"
+    assert main(["regress", str(runs), "--expected", str(exp), "--report", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "| digits/vit/relvit | best_top1 | 91.00 | 2.45 | 87.67 | -3.33 | FAIL |" in out
+    assert "FAILED" in report.read_text()
+
+
+def test_missing_seed_and_unexpected_cell_fail(tmp_path, capsys):
+    runs = tier(tmp_path / "runs")
+    exp = refresh(tmp_path, runs)
+    (runs / "scenes/vit/det_joint/seed1/metrics.json").unlink()
+    write_run(runs, "digits/vit/supervised", 0, mode="supervised", best_top1=1, last_top1=1)
+    assert main(["regress", str(runs), "--expected", str(exp)]) == 1
+    out = capsys.readouterr().out
+    assert "| scenes/vit/det_joint | box_mAP | 11.50 |" in out and "missing (seeds [1])" in out
+    assert "| digits/vit/supervised | * |" in out and "unexpected" in out
+
+
+def test_bad_inputs_name_the_file(tmp_path, capsys):
+    runs = tier(tmp_path / "runs")
+    assert main(["regress", str(runs), "--expected", str(tmp_path / "none.yaml")]) == 1
+    assert "none.yaml: no expected file" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tier": "ci"}))
+    assert main(["regress", str(runs), "--expected", str(bad)]) == 1
+    assert "bad.yaml: no 'cells' mapping" in capsys.readouterr().err
+    broken = runs / "digits/vit/relvit/seed1/metrics.json"
+    broken.write_text("{not json")
+    assert main(["regress", str(runs), "--expected", str(bad)]) == 1
+    assert f"{broken}: not a metrics file" in capsys.readouterr().err
+    assert main(["regress", str(tmp_path / "empty"), "--expected", str(bad)]) == 1
