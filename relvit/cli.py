@@ -6,6 +6,8 @@
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
     relvit report-detection --plan results/tables/detection-plan.json --out results/tables
     relvit regress results/ci/runs --expected results/expected/ci.yaml [--refresh]
+    relvit compare --out results/tables/compare [--plan PLAN.json] RUN_CONFIGS_AND_METRICS...
+    relvit figures --out results/figures [--plan PLAN.json] RUN_CONFIGS_AND_METRICS... --curves M...
 """
 
 from __future__ import annotations
@@ -39,13 +41,24 @@ def _load_run_config(args: argparse.Namespace, mode: str):
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from relvit.train.loop import train
+    from relvit.train.checkpoint import UpstreamFailedError
+    from relvit.train.loop import NonFiniteLossError, train
 
     cfg = _load_run_config(args, args.command)
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = train(cfg, args.out, progress=False if args.no_progress else None,
-                    replace_changed=args.replace_changed)
+    try:
+        metrics = train(cfg, args.out, progress=False if args.no_progress else None,
+                        replace_changed=args.replace_changed)
+    except (NonFiniteLossError, UpstreamFailedError) as err:
+        if not args.record_failure:
+            raise
+        from relvit.train.failure import record_failure
+
+        record_failure(cfg, args.out, err)
+        log.error("run %s failed: %s; recorded in %s/metrics.json as failed", args.out, err,
+                  args.out)
+        return 0
     if metrics is not None:
         best = metrics["best"]
         if "best_top1" in metrics:
@@ -104,6 +117,61 @@ def _regress(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
+def _cells(args: argparse.Namespace):
+    from relvit.report.compare import Criterion, compare
+
+    criterion = Criterion(args.sigmas, args.tolerance)
+    return compare(args.runs, args.plan, args.paper, criterion), criterion
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from relvit.report.compare import improvement_checks, write_compare
+
+    cells, criterion = _cells(args)
+    write_compare(cells, improvement_checks(args.paper, args.improvements), args.out, args.tier,
+                  criterion)
+    failed = [c for c in cells if c.failed]
+    for c in failed:
+        print(f"relvit compare: OUT: table {c.table} {c.dataset} {c.backbone} {c.method} "
+              f"{c.metric}: {c.ours.mean:.2f} vs paper {c.paper.mean:.2f} (|Δ| > {c.bound:.2f}, "
+              f"{c.rule})", file=sys.stderr)
+    for c in cells:
+        if c.provenance.get("stale"):
+            print(f"relvit compare: stale: {c.provenance['stale']}", file=sys.stderr)
+    log.info("wrote %s.md/.csv: %d cells, %d out of tolerance", args.out, len(cells), len(failed))
+    return 1 if failed and not args.no_fail else 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from relvit.report.figures import write_figures
+
+    cells, _ = _cells(args)
+    tables = sorted({c.table for c in cells})
+    written = write_figures(cells, tables, args.curves or [], args.out)
+    log.info("wrote %d figures to %s", len(written), args.out)
+    return 0
+
+
+def _cell_arguments(p: argparse.ArgumentParser) -> None:
+    """The inputs of compare and figures: Table 1's sources, the detection plan, the paper."""
+    from relvit.report.compare import Criterion
+
+    p.add_argument("runs", nargs="*", type=Path,
+                   help="Table 1: metrics.json files and run configs (*.yaml: planned cells), "
+                        "or folders searched for both")
+    p.add_argument("--plan", type=Path,
+                   help="Tables 2-3: the workflow's detection-plan.json")
+    p.add_argument("--out", required=True, type=Path, help="output path (compare: no suffix)")
+    p.add_argument("--tier", default="custom", help="label printed with the output")
+    p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
+                   help="the paper's numbers (tables.csv)")
+    p.add_argument("--sigmas", type=float, default=Criterion.sigmas,
+                   help="k of |Δ| <= k·sqrt(σ_paper² + σ²) where the paper prints ± "
+                        "(default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=Criterion.tolerance,
+                   help="|Δ| in points allowed where the paper prints no ± (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relvit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--replace-changed", action="store_true",
                        help="a run directory made with another config is moved aside "
                             "(<dir>.replaced-<time>) instead of refused")
+        p.add_argument("--record-failure", action="store_true",
+                       help="a non-finite loss (or a failed pretrain run to start from) is "
+                            "recorded as a failed run in metrics.json and exits 0, so the "
+                            "tables show the cell as failed (the workflow passes this)")
         p.set_defaults(func=_train)
     p = sub.add_parser("check", help="validate a run config and print it resolved")
     p.add_argument("--config", required=True)
@@ -164,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier-config", default="config/ci.yaml",
                    help="with --refresh: the workflow config the runs came from")
     p.set_defaults(func=_regress)
+    p = sub.add_parser("compare", help="every planned cell of Tables 1-3 beside the paper's "
+                                       "number: verdict and provenance (Markdown + CSV)")
+    _cell_arguments(p)
+    p.add_argument("--improvements", type=Path,
+                   default=Path("results/paper/printed-improvements.csv"),
+                   help="the paper's printed Improv. values, checked against its numbers")
+    p.add_argument("--no-fail", action="store_true",
+                   help="exit 0 even when a comparable cell is out of tolerance")
+    p.set_defaults(func=_compare)
+    p = sub.add_parser("figures", help="bar charts of Tables 1-3 vs the paper and the training "
+                                       "curves of runs (PNG, PDF)")
+    _cell_arguments(p)
+    p.add_argument("--curves", nargs="+", type=Path,
+                   help="metrics.json files of the runs whose history.csv to draw")
+    p.set_defaults(func=_figures)
     return parser
 
 

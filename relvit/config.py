@@ -105,6 +105,11 @@ class DetectionConfig:
     eval_every: int = 1  # epochs between COCO evaluations (the last epoch always)
 
 
+# Keys that say how a run executes, not what it computes: a run resumes across them, and they are
+# left out of its config hash (relvit.train.provenance).
+EXECUTION_KEYS = ("device", "compile")
+
+
 @dataclass
 class RunConfig:
     """One training run."""
@@ -114,6 +119,7 @@ class RunConfig:
     label: str = ""  # free-form tag the report uses, e.g. "same-epochs" for the longer baseline
     init_checkpoint: str | None = None  # finetune: the pretrain run's best.pt
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # CUDA: torch.compile the model and the dense jitter (docs/performance.md)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
@@ -253,4 +259,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from relvit.atomic import atomic_write_text
+
+    atomic_write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)

@@ -74,11 +74,67 @@ def _add(runs: dict[str, PlannedRun], problems: list[str], run_id: str, dataset:
 
 
 def plan(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
-    """Every run of the workflow config: Table 1 and, when configured, Tables 2-3."""
-    runs = plan_table1(workflow) if workflow.get("table1") else {}
-    if workflow.get("detection"):
-        runs.update(plan_detection(workflow, paper_csv))
+    """Every run of the workflow config: Table 1 and, when configured, Tables 2-3; the invalid
+    run configs of both are reported together."""
+    runs: dict[str, PlannedRun] = {}
+    problems: list[str] = []
+    parts = [(plan_table1, (workflow,))] if workflow.get("table1") else []
+    parts += [(plan_detection, (workflow, paper_csv))] if workflow.get("detection") else []
+    for part, args in parts:
+        try:
+            runs.update(part(*args))
+        except ConfigError as err:
+            problems += err.problems
+    if problems:
+        raise ConfigError(problems, "workflow config")
     return runs
+
+
+def schema_problems(workflow: dict, schema: dict) -> list[str]:
+    """Every JSON-schema violation of a workflow config, as "key.path: message" lines; unknown
+    keys name the allowed ones (and the closest), enums their allowed values."""
+    import difflib
+
+    from jsonschema import Draft202012Validator
+
+    problems = []
+    errors = Draft202012Validator(schema).iter_errors(workflow)
+    for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        path = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = list(err.schema.get("properties", {}))
+            for key in (k for k in err.instance if k not in allowed):
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}; "
+                                f"allowed: {', '.join(allowed)}")
+        elif err.validator == "enum":
+            problems.append(f"{path or '<top>'}: {err.instance!r} is not one of "
+                            f"{', '.join(map(repr, err.validator_value))}")
+        else:
+            problems.append(f"{path or '<top>'}: {err.message}")
+    return problems
+
+
+def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_CSV) -> None:
+    """Report every problem of a workflow config at once, before any job starts: the schema's
+    and, as far as the config can be planned, those of every run config (ConfigError)."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    problems = schema_problems(workflow, schema)
+    if not problems:
+        return  # the Snakefile validates (setting defaults) and plans, naming run problems
+    try:
+        plan(copy.deepcopy(workflow), paper_csv)
+    except ConfigError as err:
+        problems += err.problems
+    except Exception:  # noqa: BLE001 - a config the schema rejects may not plan at all
+        pass
+    raise ConfigError(problems, "workflow config")
 
 
 def detection_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[TableRow]:
@@ -156,3 +212,48 @@ def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[dict
                          "mega": row.variant.mega, "seed": seed, "run_id": run_id,
                          "metrics": f"{results}/runs/{run_id}/metrics.json"})
     return rows
+
+
+def release_stale_locks(state_dir: str = ".snakemake") -> list[str]:
+    """Remove Snakemake's directory locks when every snakemake that parsed this workflow here is
+    gone (SIGKILLed, lost session, dead node), so a plain `snakemake` resumes; returns them.
+
+    Each invocation records `<state_dir>/relvit-pids/<host>-<pid>` at parse time. Locks stay while
+    any recorded process is alive on this host, or one of another host is recorded (it cannot be
+    checked from here): then Snakemake's LockException (and `--unlock`) apply as usual.
+    """
+    import os
+    import socket
+    from pathlib import Path
+
+    host = socket.gethostname()
+    pids = Path(state_dir) / "relvit-pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    live = False
+    for record in pids.iterdir():
+        name, _, pid = record.name.rpartition("-")
+        if name != host or not pid.isdigit():
+            live = True  # another host's snakemake, maybe alive: leave its locks alone
+        elif _alive(int(pid)):
+            live = live or int(pid) != os.getpid()
+        else:
+            record.unlink(missing_ok=True)
+    (pids / f"{host}-{os.getpid()}").touch()
+    locks = sorted(Path(state_dir, "locks").glob("*.lock"))
+    if live or not locks:
+        return []
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    return [str(lock) for lock in locks]
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

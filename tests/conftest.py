@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relvit.config import config_from_dict, merge
+from fixtures.runs import TINY_RUN
 
-TINY_RUN = {
-    "device": "cpu",
-    "data": {"name": "digits"},
-    "model": {"backbone": "vit_small", "embed_dim": 36, "depth": 1, "num_heads": 3,
-              "drop_path_rate": 0.0},
-    "optim": {"epochs": 2, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05},
-}
+from relvit.config import config_from_dict, merge
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import logging
 import os
 import re
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fixtures.http_server import serving
 
 from relvit.data import download as dl
 from relvit.data.download import (ChecksumError, DownloadError, Resource, UnsafeArchiveError,
@@ -22,83 +21,12 @@ from relvit.data.download import (ChecksumError, DownloadError, Resource, Unsafe
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several reads, and progress at every 10 %
 
 
-# ----------------------------------------------------------------------------- test server
-
-
-class _RangeHandler(BaseHTTPRequestHandler):
-    """GET with `Range: bytes=N-` support (206/416), plus the server's misbehaviour switches."""
-
-    server: "_Server"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        srv = self.server
-        name = self.path.lstrip("/")
-        srv.requests.append({"path": name, "range": self.headers.get("Range")})
-        file = srv.root / name
-        if not file.is_file():
-            self.send_error(404)
-            return
-        data = srv.replacements.get(name, file.read_bytes())
-        start, status = 0, 200
-        wanted = self.headers.get("Range")
-        if wanted and not srv.ignore_range:
-            start, status = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1]), 206
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        body = data[start:]
-        self.send_response(status)
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if srv.drops_left > 0:
-            srv.drops_left -= 1
-            body = body[: srv.drop_after]
-            self.close_connection = True
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), _RangeHandler)
-        self.root = root
-        self.requests: list[dict] = []
-        self.drop_after = 0  # body bytes sent before hanging up, while drops_left > 0
-        self.drops_left = 0
-        self.ignore_range = False  # answer 200 with the whole file to a Range request
-        self.replacements: dict[str, bytes] = {}  # serve these bytes instead of the file's
-
-    def publish(self, name: str, data: bytes, *, algorithm: str = "md5", **extra) -> Resource:
-        (self.root / name).write_bytes(data)
-        digest = hashlib.new(algorithm, data).hexdigest()
-        url = f"http://127.0.0.1:{self.server_port}/{name}"
-        return Resource(url=url, filename=name, **{algorithm: digest}, **extra)
-
-    def hits(self, name: str) -> list[dict]:
-        return [r for r in self.requests if r["path"] == name]
-
-
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = _Server(root)
-    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(tmp_path / "www") as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

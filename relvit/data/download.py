@@ -34,6 +34,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from relvit.atomic import atomic_write_text
+
 log = logging.getLogger("relvit")
 
 BLOCK_SIZE = 1 << 20  # 1 MiB: hashing and network reads
@@ -504,11 +506,5 @@ def fetch(resource: Resource, folder: Path, extract_to: Path | None = None, *,
         log.debug("%s: already extracted into %s", path, target)
         return target
     safe_extract(path, target)
-    _write_atomic(marker, resource.digest + "\n")
+    atomic_write_text(resource.digest + "\n", marker)
     return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -8,6 +8,7 @@ which also apply the per-sample transforms that need the full-resolution image
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -162,18 +163,34 @@ class _Files(Dataset):
         return self.transform(decode_image(self.split.paths[index])), self.split.labels[index]
 
 
-def batches(split: Split, order: Tensor, batch_size: int, transform: T.Compose | None,
-            workers: int = 0, generator: torch.Generator | None = None,
+def batches(split: Split, order: Tensor, batch_size: int | list[int],
+            transform: T.Compose | None, workers: int = 0,
+            generator: torch.Generator | None = None,
             pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Batches of (images, labels) in `order`; file splits go through DataLoader workers."""
+    """Batches of (images, labels) in `order`; file splits go through DataLoader workers.
+
+    `batch_size` is one size, or the size of each batch in turn (summing to `len(order)`).
+    """
     if isinstance(split, TensorSplit):
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in order.split(batch_size):
             yield split.images[idx], split.labels[idx]
         return
-    loader = DataLoader(_Files(split, order, transform), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, generator=generator, pin_memory=pin_memory)
-    yield from loader
+    if isinstance(batch_size, int):
+        sampling: dict = {"batch_size": batch_size}
+    else:
+        ends = list(itertools.accumulate(batch_size))
+        sampling = {"batch_sampler": [list(range(end - size, end))
+                                      for end, size in zip(ends, batch_size)]}
+    loader = DataLoader(_Files(split, order, transform), shuffle=False, num_workers=workers,
+                        generator=generator, pin_memory=pin_memory, **sampling)
+    try:
+        yield from loader
+    except DatasetLayoutError as err:  # from a worker: its message carries the worker's traceback
+        marker = f"{DatasetLayoutError.__name__}: "
+        lines = [line for line in str(err).splitlines() if marker in line]
+        if not lines:
+            raise
+        raise DatasetLayoutError(lines[-1].split(marker, 1)[1]) from err
 
 
 def to_float_images(images: Tensor, image_size: int) -> Tensor:

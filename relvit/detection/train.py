@@ -8,7 +8,6 @@ backbone of a pretrain run on the detection dataset's training images (`init_che
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator
 
 import torch
@@ -21,6 +20,7 @@ from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
 from relvit.detection.loader import DetectionImages, collate, ground_truth
 from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, build_detector
 from relvit.models.backbones import build_backbone
+from relvit.train import distributed
 from relvit.train.loop import Run, _epoch_seed
 
 METRICS = ("mAP", "mAP50", "mAP75")
@@ -66,18 +66,26 @@ class DetectionRun(Run):
                 iou_crop=self.cfg.detection.iou_crop)
         return self._image_sets[key]
 
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self._images_dataset(True)) / self.cfg.optim.batch_size)
+    def train_size(self) -> int:
+        return len(self._images_dataset(True))
 
-    def _loader(self, train: bool, generator: torch.Generator | None = None) -> DataLoader:
-        return DataLoader(self._images_dataset(train), batch_size=self.cfg.optim.batch_size,
-                          shuffle=train, generator=generator, collate_fn=collate,
+    def _loader(self, train: bool, generator: torch.Generator | None = None,
+                index_batches: list[list[int]] | None = None) -> DataLoader:
+        """The split's loader: shuffled (train) or in order, or the given batches of indices."""
+        sampling: dict[str, Any] = {"batch_size": self.cfg.optim.batch_size, "shuffle": train}
+        if index_batches is not None:
+            sampling = {"batch_sampler": index_batches}
+        return DataLoader(self._images_dataset(train), generator=generator, collate_fn=collate,
                           num_workers=self.cfg.data.workers,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", **sampling)
 
     def train_batches(self, epoch: int) -> Iterator[Any]:
-        return iter(self._loader(True, torch.Generator().manual_seed(
-            _epoch_seed(self.cfg.seed, epoch, 1))))
+        if self.world == 1:  # the loader's own shuffle, seeded as before distributed training
+            return iter(self._loader(True, torch.Generator().manual_seed(
+                _epoch_seed(self.cfg.seed, epoch, 1))))
+        shards = self.shards(self.epoch_order(epoch))
+        return iter(self._loader(True, self.generator(epoch, 4),
+                                 [shard.tolist() for shard in shards]))
 
     def _to_device(self, images: list, targets: list | None = None) -> tuple[list, list | None]:
         images = [image.to(self.device).float().div_(255) for image in images]
@@ -91,7 +99,7 @@ class DetectionRun(Run):
         images, targets = self._to_device(*data)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
-            losses = self.model(images, targets)
+            losses = self.train_model(images, targets)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
         stats = {k: v.detach() for k, v in losses.items()}
         stats["loss"] = loss.detach()
@@ -99,20 +107,31 @@ class DetectionRun(Run):
 
     @torch.no_grad()
     def evaluation(self, epoch: int) -> dict[str, float]:
-        """COCO mAP on the whole evaluation split, every `eval_every` epochs and the last."""
+        """COCO mAP on the whole evaluation split, every `eval_every` epochs and the last.
+
+        Under torchrun each rank predicts its share of the split; rank 0 scores them all and
+        shares the scores.
+        """
         every = self.cfg.detection.eval_every
         if (epoch + 1) % every and epoch + 1 != self.cfg.optim.epochs:
             return {}
         self.model.eval()
         predictions = []
-        for images, targets in self._loader(False):
+        index_batches = None
+        if self.world > 1:
+            part = self.eval_part(len(self._images_dataset(False)))
+            index_batches = [chunk.tolist() for chunk in part.split(self.eval_batch_size())]
+        for images, targets in self._loader(False, index_batches=index_batches):
             images, _ = self._to_device(images)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.device.type == "cuda"):
                 outputs = self.model(images)
             outputs = [{k: v.float().cpu() for k, v in out.items()} for out in outputs]
             predictions += predictions_to_coco(outputs, [t["image_id"] for t in targets])
-        scores = coco_evaluate(self.ground_truth, predictions, self.iou_types)
+        gathered = distributed.gather_to_main(predictions)
+        scores = coco_evaluate(self.ground_truth, [p for part in gathered for p in part],
+                               self.iou_types) if distributed.is_main() else None
+        scores = distributed.broadcast_object(scores)
         return {f"val_{kind}_{name}": scores[kind][name]
                 for kind in self.iou_types for name in METRICS}
 

@@ -2,66 +2,133 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from relvit.atomic import atomic_write, atomic_write_text, previous_path, remove_stale_temps
+
+__all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "atomic_write_text",
+           "load_checkpoint", "load_resume_state", "load_backbone"]
+
+log = logging.getLogger("relvit")
+
 # Backbone weights a finetune may leave at their fresh init: the ViT positional embedding, absent
 # from a pretrain run without positional embeddings (method spec §3: it is never trained upstream).
 MAY_BE_MISSING = ("vit.pos_embed",)
+# what last.pt holds besides the weights (Run._save_last)
+RESUME_KEYS = frozenset({"model", "optimizer", "history", "best", "elapsed", "epoch", "config"})
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class UpstreamFailedError(CheckpointError):
+    """The run a checkpoint comes from failed (its metrics.json says so): its weights are
+    half-trained and must not start another run."""
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:
+    """torch.save atomically (relvit.atomic): a temporary file, fsync, one rename over `path`.
+
+    `keep_previous` keeps the replaced file as `<stem>.prev<suffix>` (last.pt -> last.prev.pt),
+    the fallback of load_resume_state.
+    """
+    atomic_write(path, lambda handle: torch.save(obj, handle), binary=True,
+                 keep_previous=keep_previous)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by this package (tensors and plain data only)."""
+    """Load a checkpoint written by this package (tensors and plain data only, never code).
+
+    CheckpointError for a missing, truncated or corrupt file: the zip container's CRC-32 of
+    every record is checked first (torch.load alone reads a flipped byte in a tensor silently).
+    """
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupt or foreign files
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its "
+                                      "CRC-32 check")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated, corrupt or foreign files; pickled code is refused
         raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a relvit checkpoint (no 'model' entry)")
+    return state
+
+
+def load_resume_state(out_dir: Path, move_aside: bool = True) -> dict[str, Any] | None:
+    """The state a run directory resumes from: last.pt, else last.prev.pt, else None (start over).
+
+    A checkpoint that cannot be read (truncated, corrupt, not a resume state) is never loaded:
+    it is moved aside to `<name>.corrupt-<time>` (with `move_aside`; never deleted) with a log
+    line saying what the run falls back to. Stale temporary files of a killed write are removed.
+    """
+    out_dir = Path(out_dir)
+    if move_aside:
+        remove_stale_temps(out_dir)
+    last = out_dir / "last.pt"
+    candidates = [last, previous_path(last)]
+    for i, path in enumerate(candidates):
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path)
+            missing = sorted(RESUME_KEYS - set(state))
+            if missing:
+                raise CheckpointError(f"checkpoint {path} is not a resume state (lacks "
+                                      f"{', '.join(missing)})")
+            if i:
+                log.warning("resuming from %s, the checkpoint before the damaged %s", path,
+                            last.name)
+            return state
+        except CheckpointError as err:
+            later = [p.name for p in candidates[i + 1:] if p.exists()]
+            fallback = f"falling back to {later[0]}" if later else "starting the run over"
+            if move_aside:
+                aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, aside)
+                log.warning("%s; moved it to %s, %s", err, aside.name, fallback)
+            else:
+                log.warning("%s; %s", err, fallback)
+    return None
+
+
+def check_upstream(path: Path) -> None:
+    """UpstreamFailedError when the run directory of checkpoint `path` records a failed run
+    (metrics.json with "status": "failed", see relvit.train.failure)."""
+    metrics = Path(path).parent / "metrics.json"
+    try:
+        record = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return  # no record (a run by hand, unfinished) or unreadable: the weights decide
+    if isinstance(record, dict) and record.get("status") == "failed":
+        raise UpstreamFailedError(f"checkpoint {path}: its run failed ({record.get('error')}), "
+                                  "so its weights are half-trained; fix and rerun that run first")
 
 
 def load_backbone(backbone: nn.Module, path: Path, expected_backbone: str) -> list[str]:
     """Load the backbone weights of a `best.pt` into `backbone`; returns the keys left fresh.
 
     Refuses a checkpoint from another backbone, or with missing, unexpected or differently shaped
-    tensors (other than those in MAY_BE_MISSING), naming them.
+    tensors (other than those in MAY_BE_MISSING), naming them, and (UpstreamFailedError) one
+    whose run directory records a failed run.
     """
+    check_upstream(path)
     ckpt = load_checkpoint(path)
     source = ckpt.get("backbone_name")
     if source != expected_backbone:

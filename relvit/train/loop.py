@@ -20,9 +20,10 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from relvit.config import RunConfig, dump_config
+from relvit.config import EXECUTION_KEYS, RunConfig, dump_config
 from relvit.data.loading import (
     Split, batches, file_transform, load_splits, to_float_images,
 )
@@ -30,9 +31,9 @@ from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, backbone_label, run_geometry
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
-from relvit.train import provenance
+from relvit.train import distributed, provenance
 from relvit.train.checkpoint import (
-    CheckpointError, atomic_save, atomic_write_text, load_backbone, load_checkpoint,
+    CheckpointError, atomic_save, atomic_write_text, load_backbone, load_resume_state,
 )
 from relvit.train.objective import Objective
 from relvit.train.schedule import learning_rate
@@ -44,12 +45,12 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, a run directory from another config, ...)."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite at `epoch`, `step` (1-based); last.pt is the epoch before."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
@@ -79,23 +80,36 @@ def parameter_groups(model: nn.Module, decay_all: bool, weight_decay: float) -> 
     return [{"params": decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
+def _epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """Seed of one random stream of an epoch; rank 0's streams are those of a single process."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream + rank * 104_729) % 2**63
 
 
 class Run:
-    """One run directory: set-up, resume, the epoch loop and the final metrics."""
+    """One run directory: set-up, resume, the epoch loop and the final metrics.
+
+    Under torchrun (see relvit.train.distributed) every process builds the same Run: the model
+    is wrapped in DistributedDataParallel, each rank takes its share of every global batch
+    (`optim.batch_size`) and of every evaluation split, and only rank 0 writes files.
+    """
 
     def __init__(self, cfg: RunConfig, out_dir: Path, progress: bool | None = None,
                  replace_changed: bool = False):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.replace_changed = replace_changed
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if distributed.launched_world_size() != self.world:
+            raise TrainingError("started by torchrun with WORLD_SIZE="
+                                f"{distributed.launched_world_size()} outside a process group: "
+                                "run through relvit.train.loop.train()")
+        distributed.check_global_batch(cfg.optim.batch_size, self.world)
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.rank == 0
         self.dataset = get_dataset(cfg.data.name)
         self.geo = run_geometry(cfg)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.local_device(cfg.device)
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         self.model = self.setup().to(self.device)
+        self.train_model: nn.Module = self.model  # what training batches go through (DDP)
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -119,18 +133,36 @@ class Run:
         """The backbone a pretrain checkpoint loads into."""
         return self.model.backbone
 
+    def train_size(self) -> int:
+        """Number of training samples."""
+        return len(self.splits.train.labels)
+
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.splits.train.labels) / self.cfg.optim.batch_size)
+        return math.ceil(self.train_size() / self.cfg.optim.batch_size)
 
     def train_batches(self, epoch: int) -> Iterator[Any]:
-        """The epoch's training batches, in a seeded order."""
-        order_gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, 1))
-        loader_gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, 4))
+        """This rank's share of the epoch's training batches, in a seeded order."""
         train = self.splits.train
-        order = torch.randperm(len(train.labels), generator=order_gen)
+        shards = self.shards(self.epoch_order(epoch))
         transform = file_transform(self.dataset, self.geo.image_size, train=True)
-        return batches(train, order, self.cfg.optim.batch_size, transform, self.cfg.data.workers,
-                       loader_gen, pin_memory=self.device.type == "cuda")
+        return batches(train, torch.cat(shards), [len(s) for s in shards], transform,
+                       self.cfg.data.workers, self.generator(epoch, 4),
+                       pin_memory=self.device.type == "cuda")
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's seeded order of the training samples (the same on every rank)."""
+        order_gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, 1))
+        return torch.randperm(self.train_size(), generator=order_gen)
+
+    def shards(self, order: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's indices of each global batch of `order` (distributed.shard_batches)."""
+        return distributed.shard_batches(order, self.cfg.optim.batch_size, self.rank, self.world)
+
+    def generator(self, epoch: int, stream: int, device: torch.device | None = None
+                  ) -> torch.Generator:
+        """A generator of this rank's random stream `stream` in `epoch`."""
+        seed = _epoch_seed(self.cfg.seed, epoch, stream, self.rank)
+        return torch.Generator(device=device or "cpu").manual_seed(seed)
 
     def train_loss(self, data: Any, generator: torch.Generator) -> tuple[torch.Tensor,
                                                                       dict[str, torch.Tensor], int]:
@@ -140,7 +172,7 @@ class Run:
         batch = self.objective.batch(self._images(images), labels, train=True, generator=generator)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
-            out = self.model(batch.images)
+            out = self.train_model(batch.images)
         loss, stats = self.objective.losses(out, batch)
         return loss, stats, len(labels)
 
@@ -177,15 +209,17 @@ class Run:
     def prepare(self) -> None:
         """Resume from last.pt if present, else initialise (loading the pretrain backbone)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        last = self.out_dir / "last.pt"
-        state = load_checkpoint(last) if last.exists() else None
+        # last.pt, else last.prev.pt; a damaged one is moved aside, never loaded
+        state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
         diffs = self._config_changes(state) if state else []
         if diffs and self.replace_changed:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            aside = self.out_dir.with_name(f"{self.out_dir.name}.replaced-{stamp}")
-            log.warning("%s was made with another config; moved to %s", self.out_dir, aside)
-            self.out_dir.rename(aside)
-            self.out_dir.mkdir(parents=True)
+            distributed.barrier()  # every rank has read last.pt before it moves
+            if distributed.is_main():
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                aside = self.out_dir.with_name(f"{self.out_dir.name}.replaced-{stamp}")
+                log.warning("%s was made with another config; moved to %s", self.out_dir, aside)
+                self.out_dir.rename(aside)
+                self.out_dir.mkdir(parents=True)
             state = None
         if state:
             self._resume(state, diffs)
@@ -195,12 +229,20 @@ class Run:
         elif self.cfg.init_checkpoint:
             self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
                                             self.cfg.model.backbone)
-        dump_config(self.cfg, self.out_dir / "config.yaml")
+        if distributed.is_main():
+            dump_config(self.cfg, self.out_dir / "config.yaml")
+        distributed.barrier()  # the run directory is settled before any rank goes on
+        if self.world > 1:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile and self.device.type == "cuda":
+            self.train_model = torch.compile(self.train_model)
 
     def _config_changes(self, state: dict[str, Any]) -> list[str]:
-        """How the config saved in a checkpoint differs from this run's (device aside)."""
-        saved = {k: v for k, v in state["config"].items() if k != "device"}
-        return _dict_diff(saved, {k: v for k, v in self.cfg.to_dict().items() if k != "device"})
+        """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside)."""
+        saved = {k: v for k, v in state["config"].items() if k not in EXECUTION_KEYS}
+        return _dict_diff(saved, {k: v for k, v in self.cfg.to_dict().items()
+                                  if k not in EXECUTION_KEYS})
 
     def _resume(self, state: dict[str, Any], diffs: list[str]) -> None:
         if diffs:
@@ -214,6 +256,10 @@ class Run:
         self.elapsed, self.start_epoch = state["elapsed"], state["epoch"]
         self.fresh_keys = state.get("fresh_keys", [])
         log.info("resuming %s after epoch %d", self.out_dir, self.start_epoch)
+        if state.get("world_size", 1) != self.world:
+            log.warning("%s ran on %d process(es) so far, now %d: the random streams change, so "
+                        "the numbers will not match an uninterrupted run exactly", self.out_dir,
+                        state.get("world_size", 1), self.world)
 
     # ----------------------------------------------------------------- the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
@@ -233,7 +279,8 @@ class Run:
             self._log_epoch(row)
             if self._is_best(row):
                 self.best = row
-                atomic_save(self._weights(epoch + 1), self.out_dir / "best.pt")
+                if distributed.is_main():
+                    atomic_save(self._weights(epoch + 1), self.out_dir / "best.pt")
             self._save_last(epoch + 1)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
@@ -247,10 +294,13 @@ class Run:
     def _train_epoch(self, epoch: int, steps: int,
                      total_steps: int) -> tuple[dict[str, float], float]:
         cfg = self.cfg
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0))  # dropout, drop-path, transforms
-        aug_gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(cfg.seed, epoch, 2))
-        self.model.train()
-        sums: dict[str, float] = {}
+        # dropout, drop-path, transforms
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0, self.rank))
+        aug_gen = self.generator(epoch, 2, self.device)
+        global_sizes = distributed.global_batch_sizes(self.train_size(), cfg.optim.batch_size,
+                                                      self.world)
+        self.train_model.train()
+        sums: dict[str, torch.Tensor] = {}
         seen, lr = 0, cfg.optim.lr
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                    disable=not self.progress, file=sys.stderr)
@@ -260,10 +310,10 @@ class Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss, stats, size = self.train_loss(data, aug_gen)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, "
-                                    f"step {i + 1}; the last good checkpoint is kept")
+            self._check_finite(loss, epoch, i)
             self.optimizer.zero_grad(set_to_none=True)
+            if self.world > 1:  # DDP averages over ranks: weigh each by its share of the batch
+                loss = loss * (self.world * size / global_sizes[i])
             loss.backward()
             if cfg.optim.clip_grad > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
@@ -271,20 +321,31 @@ class Run:
             _accumulate(sums, stats, size)
             seen += size
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if self.progress:
+                bar.set_postfix(loss=f"{stats['loss'].item():.3f}")
         bar.close()
-        return _means(sums, seen), lr
+        totals, seen = distributed.reduce_sums(sums, seen)
+        return _means(totals, seen), lr
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop, every rank at the same step, when any rank's loss is not finite."""
+        losses = distributed.all_gather(loss.detach().float())
+        if not bool(torch.isfinite(losses).all()):
+            shown = losses[0].item() if self.world == 1 else f"{losses.tolist()} (by rank)"
+            raise NonFiniteLossError(f"{self.out_dir}: non-finite loss {shown} at epoch "
+                                     f"{epoch + 1}, step {step + 1}; last.pt (after epoch "
+                                     f"{epoch}) and best.pt are kept", epoch + 1, step + 1)
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
         """Loss and accuracies on an evaluation split (no jitter, no shuffle, fixed draws)."""
         self.model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(self.cfg.seed, 0, 3))
-        sums: dict[str, float] = {}
-        n = len(split.labels)
+        gen = self.generator(0, 3, self.device)
+        sums: dict[str, torch.Tensor] = {}
+        part = self.eval_part(len(split.labels))
         transform = file_transform(self.dataset, self.geo.image_size, train=False)
-        for images, labels in batches(split, torch.arange(n), self.cfg.optim.batch_size,
-                                      transform, self.cfg.data.workers,
+        for images, labels in batches(split, part, self.eval_batch_size(), transform,
+                                      self.cfg.data.workers,
                                       pin_memory=self.device.type == "cuda"):
             labels = labels.to(self.device)
             batch = self.objective.batch(self._images(images), labels, train=False,
@@ -294,7 +355,16 @@ class Run:
                 out = self.model(batch.images)
             _, stats = self.objective.losses(out, batch)
             _accumulate(sums, stats, len(labels))
-        return _means(sums, n)
+        totals, n = distributed.reduce_sums(sums, len(part))
+        return _means(totals, n)
+
+    def eval_part(self, n: int) -> torch.Tensor:
+        """This rank's contiguous share of an evaluation split of `n` samples."""
+        return torch.arange(n).tensor_split(self.world)[self.rank]
+
+    def eval_batch_size(self) -> int:
+        """Evaluation batches per rank: the global batch shared out."""
+        return math.ceil(self.cfg.optim.batch_size / self.world)
 
     def _is_best(self, row: dict[str, Any]) -> bool:
         key, higher = self.selection()
@@ -311,11 +381,14 @@ class Run:
                 "config": self.cfg.to_dict()}
 
     def _save_last(self, epoch: int) -> None:
-        state = {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
-                 "history": self.history, "best": self.best, "elapsed": self.elapsed,
-                 "fresh_keys": self.fresh_keys}
-        atomic_save(state, self.out_dir / "last.pt")
-        atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
+        """Rank 0 writes last.pt and history.csv; every rank waits until they are there."""
+        if distributed.is_main():
+            state = {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
+                     "history": self.history, "best": self.best, "elapsed": self.elapsed,
+                     "fresh_keys": self.fresh_keys, "world_size": self.world}
+            atomic_save(state, self.out_dir / "last.pt", keep_previous=True)
+            atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
+        distributed.barrier()
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
         keys = ["train_loss", "val_loss", "val_acc_clf", "val_acc_rel", "val_acc_pos",
@@ -342,18 +415,24 @@ class Run:
             **self.task_metrics(),
             "wall_time_s": self.elapsed,
             "peak_memory_mb": provenance.peak_memory_mb(self.device),
-            "device": provenance.device_name(self.device),
+            "device": provenance.device_name(self.device), "world_size": self.world,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "init_checkpoint": cfg.init_checkpoint, "fresh_backbone_keys": self.fresh_keys,
             "versions": provenance.versions(), "git_sha": provenance.git_sha(),
+            **provenance.run_provenance(cfg.to_dict()),
         }
-        atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
+        if distributed.is_main():
+            atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
+        distributed.barrier()
         return metrics
 
 
-def _accumulate(sums: dict[str, float], stats: dict[str, torch.Tensor], weight: int) -> None:
+def _accumulate(sums: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                weight: int) -> None:
+    """Add weight * stat to per-key float64 sums on the stats' device (no host sync)."""
     for key, value in stats.items():
-        sums[key] = sums.get(key, 0.0) + float(value) * weight
+        term = value.detach().to(torch.float64) * weight
+        sums[key] = sums[key] + term if key in sums else term
 
 
 def _means(sums: dict[str, float], count: int) -> dict[str, float]:
@@ -390,4 +469,5 @@ def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
     run_class = Run
     if cfg.mode == "detect":
         from relvit.detection.train import DetectionRun as run_class
-    return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)
+    with distributed.session(cfg.device):
+        return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)

@@ -1,16 +1,22 @@
-"""Where a number came from: versions, git commit, device, peak memory."""
+"""Where a number came from: versions, git commit, device, peak memory, run-config hash and
+container image."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import relvit
+from relvit.config import EXECUTION_KEYS
 
 
 def git_sha() -> str:
@@ -53,3 +59,29 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+# Left out of the config hash: the execution keys (device, compile) say how a run ran, not what
+# it computed, and the workflow passes a finetune's init_checkpoint on the command line
+# (`--init`), so it is not in results/configs/<run>.yaml; metrics.json records all of them.
+HASH_EXCLUDES = (*EXECUTION_KEYS, "init_checkpoint")
+IMAGE_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "RELVIT_IMAGE")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable hash (16 hex digits) of a resolved run config (RunConfig.to_dict()), without the
+    keys of HASH_EXCLUDES: equal configs give equal hashes on any machine."""
+    kept = {key: value for key, value in config.items() if key not in HASH_EXCLUDES}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def container_image() -> str:
+    """The container image the process runs in (Apptainer/Singularity set their variables; set
+    RELVIT_IMAGE for Docker and the like), else "none"."""
+    return next((os.environ[name] for name in IMAGE_VARIABLES if os.environ.get(name)), "none")
+
+
+def run_provenance(config: dict[str, Any]) -> dict[str, str]:
+    """metrics.json entries that tie a run to its config and image."""
+    return {"config_hash": config_hash(config), "image": container_image()}

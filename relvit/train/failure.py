@@ -1,0 +1,55 @@
+"""A failed run as a result: metrics.json with "status": "failed", so the tables show the cell.
+
+`relvit <mode> --record-failure` (what the workflow's rules pass) writes this record when a run
+stops for a reason that is a result of the method rather than of the set-up: a non-finite loss
+(the epoch and step are recorded), or a pretrain run it starts from that failed. The run
+directory keeps its last good last.pt / best.pt. Everything else (missing data, a bad config, a
+full disk) still fails the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from relvit.atomic import atomic_write_text
+from relvit.config import RunConfig
+
+FAILED = "failed"
+
+
+def is_failed(metrics: dict[str, Any]) -> bool:
+    """Whether a metrics.json records a failed run."""
+    return metrics.get("status") == FAILED
+
+
+def failed_metrics(cfg: RunConfig, out_dir: Path, error: BaseException) -> dict[str, Any]:
+    """The metrics.json of a failed run: what identifies its table cell, the error and where."""
+    from relvit.data.registry import get_dataset
+    from relvit.geometry import backbone_label, run_geometry
+    from relvit.train import provenance
+
+    history = Path(out_dir) / "history.csv"
+    epochs_done = max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
+    return {
+        "status": FAILED, "error": str(error), "error_type": type(error).__name__,
+        "failed_epoch": getattr(error, "epoch", None), "failed_step": getattr(error, "step", None),
+        "epochs_completed": epochs_done,
+        "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
+        "dataset": cfg.data.name, "dataset_title": get_dataset(cfg.data.name).title,
+        "backbone": cfg.model.backbone, "backbone_label": backbone_label(cfg, run_geometry(cfg)),
+        "epochs": cfg.optim.epochs, "init_checkpoint": cfg.init_checkpoint,
+        "versions": provenance.versions(), "git_sha": provenance.git_sha(),
+        **provenance.run_provenance(cfg.to_dict()),
+    }
+
+
+def record_failure(cfg: RunConfig, out_dir: Path, error: BaseException) -> Path | None:
+    """Write the failed run's metrics.json (rank 0 only, under torchrun); returns its path."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    path = Path(out_dir) / "metrics.json"
+    atomic_write_text(json.dumps(failed_metrics(cfg, out_dir, error), indent=2) + "\n", path)
+    return path

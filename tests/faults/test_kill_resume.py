@@ -1,0 +1,120 @@
+"""SIGKILL a training run anywhere, run the same command again: it resumes from the last complete
+checkpoint and ends bit-identical to an uninterrupted run (CPU, same seed)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import pytest
+from faults_helpers import (STEPS_PER_EPOCH, outcome, reference, train_cli, train_epochs,
+                            train_here)
+
+from relvit.train.checkpoint import load_checkpoint
+
+
+def _killed(result) -> None:
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+
+
+def _temps(run_dir):
+    return sorted(p.name for p in run_dir.glob(".*.tmp"))
+
+
+def test_kill_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    config, expected = reference()
+    run = tmp_path / "run"
+    # SIGKILL at the 5th step of epoch 2: epoch 1 is in last.pt, epoch 2 is half done
+    _killed(train_cli(config, run, fault=f"kill-at-step:{STEPS_PER_EPOCH + 5}"))
+    assert not (run / "metrics.json").exists()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert train_here(config, run) == 0
+    assert outcome(run) == expected
+
+
+def test_kill_mid_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="relvit")
+    config, expected = reference()
+    run = tmp_path / "run"
+    # the 2nd last.pt write (after epoch 2) dies half-written
+    _killed(train_cli(config, run, fault="kill-in-save:2"))
+    assert len(_temps(run)) == 1  # the half-written temporary file, never renamed
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # intact
+    assert train_here(config, run) == 0
+    assert "left by an interrupted write" in caplog.text
+    assert "resuming" in caplog.text and "after epoch 1" in caplog.text
+    assert _temps(run) == []
+    assert outcome(run) == expected
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte", "garbage"])
+def test_damaged_last_checkpoint_is_moved_aside_and_the_previous_one_used(
+        tmp_path, caplog, damage):
+    """A last.pt damaged after its rename (a copy cut short, a bad disk) is detected, never
+    loaded: moved to last.pt.corrupt-<time>, and the run resumes from last.prev.pt."""
+    caplog.set_level(logging.INFO, logger="relvit")
+    config, expected = reference()
+    run = tmp_path / "run"
+    train_epochs(config, run, 2)
+    last = run / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 2
+    data = bytearray(last.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 3]
+    elif damage == "flip-byte":  # inside a tensor: torch.load alone would not notice
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = bytearray(b"\0" * len(data))
+    last.write_bytes(bytes(data))
+    assert train_here(config, run) == 0
+    aside = list(run.glob("last.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)  # kept, not deleted
+    assert "falling back to last.prev.pt" in caplog.text
+    assert "resuming" in caplog.text and "after epoch 1" in caplog.text
+    assert outcome(run) == expected
+
+
+def test_both_checkpoints_damaged_starts_over(tmp_path, caplog):
+    config, expected = reference()
+    run = tmp_path / "run"
+    train_epochs(config, run, 2)
+    for name in ("last.pt", "last.prev.pt"):
+        path = run / name
+        path.write_bytes(path.read_bytes()[:1000])
+    assert train_here(config, run) == 0
+    assert "starting the run over" in caplog.text
+    assert len(list(run.glob("*.corrupt-*"))) == 2
+    assert outcome(run) == expected
+
+
+@pytest.mark.slow
+def test_kills_at_random_times_never_change_the_result(tmp_path):
+    """SIGKILL from outside at random moments of a longer run (training, evaluating or writing),
+    three times in a row, then let it finish."""
+    import random
+    import subprocess
+    import sys
+
+    from faults_helpers import INJECT, write_config
+
+    config = write_config(tmp_path / "run.yaml", optim={"epochs": 8})
+    assert train_here(config, tmp_path / "whole") == 0
+    run = tmp_path / "run"
+    draw = random.Random(0)
+    for _ in range(3):
+        started = run.joinpath("last.pt").stat().st_mtime_ns if run.joinpath("last.pt").exists() \
+            else None
+        proc = subprocess.Popen([sys.executable, str(INJECT), "pretrain", "--config", str(config),
+                                 "--out", str(run), "--threads", "1", "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while (not run.joinpath("last.pt").exists()
+               or run.joinpath("last.pt").stat().st_mtime_ns == started):  # training again
+            assert proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(draw.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait()
+        assert not (run / "metrics.json").exists()  # the kill landed before the end
+    assert train_here(config, run) == 0
+    assert outcome(run) == outcome(tmp_path / "whole")
