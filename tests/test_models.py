@@ -86,7 +86,7 @@ def test_relvit_outputs(name, size, patch, ssl_grid):
     model = RelViT(backbone, 10, ALL_TASKS, num_positions=n)
     out = model(torch.rand(2, 3, size, size))
     assert out["logits"].shape == (2, 10)
-    assert out["relations"].shape == (2, 9, n, n)
+    assert out["relations"].scores().shape == (2, 9, n, n)
     assert out["positions"].shape == (2, n, n)
     assert out["distances"].shape == out["angles"].shape == (2, 1, n, n)
 
@@ -96,7 +96,7 @@ def test_swin_classifier_pools_the_tokens():
                               num_heads=1, window_size=4)
     model = RelViT(backbone, 5, SSLTasks(relations=True), num_positions=0)
     out = model(torch.rand(2, 3, 32, 32))
-    assert out["logits"].shape == (2, 5) and out["relations"].shape == (2, 9, 64, 64)
+    assert out["logits"].shape == (2, 5) and out["relations"].scores().shape == (2, 9, 64, 64)
 
 
 def test_relation_loss_with_and_without_the_diagonal():

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from torch import Tensor, nn
+
+
+class PairProjections(NamedTuple):
+    """Query and key projections of a `PairwiseScoreHead`, both [B, C, N, d_h].
+
+    The scores [B, C, N, N] are `scores()`; the fused relation loss
+    (`relvit.models.losses.fused_relation_loss`) reads these instead, so that the N x N scores are
+    never held in memory at once. A NamedTuple, so that pytree and DDP see its tensors.
+    """
+
+    query: Tensor
+    key: Tensor
+
+    def scores(self) -> Tensor:
+        """s_c(i, j) = <q_c(i), k_c(j)> / sqrt(d_h), [B, C, N, N] (row i = query token)."""
+        return (self.query @ self.key.transpose(-1, -2)) / math.sqrt(self.query.shape[-1])
 
 
 class PairwiseScoreHead(nn.Module):
@@ -24,12 +41,16 @@ class PairwiseScoreHead(nn.Module):
         self.query = nn.Linear(dim, num_outputs * self.head_dim, bias=False)
         self.key = nn.Linear(dim, num_outputs * self.head_dim, bias=False)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """[B, N, D] -> scores [B, num_outputs, N, N] (row = query token i, column = key j)."""
+    def project(self, tokens: Tensor) -> PairProjections:
+        """[B, N, D] -> the per-output queries and keys, each [B, num_outputs, N, head_dim]."""
         b, n, _ = tokens.shape
         q = self.query(tokens).view(b, n, self.num_outputs, self.head_dim).transpose(1, 2)
         k = self.key(tokens).view(b, n, self.num_outputs, self.head_dim).transpose(1, 2)
-        return (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return PairProjections(q, k)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """[B, N, D] -> scores [B, num_outputs, N, N] (row = query token i, column = key j)."""
+        return self.project(tokens).scores()
 
 
 class PositionHead(nn.Module):

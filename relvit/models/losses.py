@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from relvit.models.heads import PairProjections
 
 IGNORE = -100
+# Float32 scores one chunk of the fused relation loss may hold ([B, 9, rows, N]); the transient
+# peak of the loss is a few times this (scores, their softmax gradient, the targets).
+RELATION_CHUNK_BYTES = 64 * 2**20
 
 
 def _batched(targets: Tensor, batch: int) -> Tensor:
@@ -39,6 +47,95 @@ def relation_accuracy(logits: Tensor, targets: Tensor, include_diagonal: bool = 
         return correct.float().mean()
     off = ~torch.eye(targets.shape[-1], dtype=torch.bool, device=targets.device)
     return correct[:, off].float().mean()
+
+
+def relation_chunk_rows(batch: int, classes: int, n: int,
+                        budget: int = RELATION_CHUNK_BYTES) -> int:
+    """Query rows per chunk so that a [batch, classes, rows, n] float32 block fits `budget`."""
+    return max(1, min(n, budget // max(1, batch * classes * n * 4)))
+
+
+class _FusedRelationCE(torch.autograd.Function):
+    """Cross-entropy of the scores q @ k^T / sqrt(d), computed in chunks of query rows.
+
+    The forward pass computes, chunk by chunk, the loss, the argmax hits and (when a gradient is
+    wanted) the gradients w.r.t. q and k, so that no more than one chunk of the [B, C, N, N]
+    scores exists at a time and the backward pass only scales the saved gradients: the same three
+    matrix products as the plain path, no recomputation.
+    """
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, targets: Tensor, include_diagonal: bool,
+                rows: int, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+        b, _, n, d = query.shape
+        m = key.shape[-2]
+        scale = math.sqrt(d)
+        device = query.device
+        with torch.autocast(device.type, enabled=False):
+            kt = key.transpose(-1, -2)
+            total = torch.zeros((), device=device, dtype=torch.float32)
+            count = torch.zeros((), device=device, dtype=torch.long)
+            hits_all = torch.zeros((), device=device, dtype=torch.long)
+            hits_off = torch.zeros((), device=device, dtype=torch.long)
+            dq = torch.empty(query.shape, device=device, dtype=torch.float32) if need_grad else None
+            dk = torch.zeros(key.shape, device=device, dtype=torch.float32) if need_grad else None
+            columns = torch.arange(m, device=device)
+            for start in range(0, n, rows):
+                stop = min(n, start + rows)
+                qc = query[:, :, start:stop]
+                # rounding as the plain path: scores in the input dtype, then float32
+                logits = torch.matmul(qc, kt).div_(scale).float()  # [B, C, r, M]
+                t = targets[:, start:stop].long()  # [B, r, M]
+                eye = torch.arange(start, stop, device=device)[:, None] == columns  # [r, M]
+                hit = logits.max(dim=1).indices == t  # argmax; faster on the CPU
+                hits_all += hit.sum()
+                hits_off += hit.masked_fill_(eye, False).sum()
+                valid = t != IGNORE
+                if not include_diagonal:
+                    valid &= ~eye
+                safe = torch.where(valid, t, 0).unsqueeze(1)  # [B, 1, r, M]
+                logp = torch.log_softmax(logits, dim=1)
+                del logits
+                total -= torch.where(valid, logp.gather(1, safe).squeeze(1), 0.0).sum()
+                count += valid.sum()
+                if need_grad:  # d loss_sum / d scores = (softmax - one-hot) on the valid pairs
+                    grad = logp.exp_()
+                    grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
+                    grad.mul_((valid.unsqueeze(1) / scale).to(grad.dtype))
+                    grad = grad.to(query.dtype)
+                    dq[:, :, start:stop] = torch.matmul(grad, key)
+                    dk += torch.matmul(grad.transpose(-1, -2), qc)
+            loss = total / count
+            acc_all = hits_all / (b * n * m)
+            acc_off = hits_off / (b * (n * m - min(n, m)))
+        ctx.mark_non_differentiable(acc_off, acc_all)
+        ctx.dtypes = (query.dtype, key.dtype)
+        if need_grad:
+            ctx.save_for_backward(dq.div_(count), dk.div_(count))
+        return loss, acc_off, acc_all
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
+        dq, dk = ctx.saved_tensors
+        return ((dq * grad_loss).to(ctx.dtypes[0]), (dk * grad_loss).to(ctx.dtypes[1]),
+                None, None, None, None)
+
+
+def fused_relation_loss(pair: PairProjections, targets: Tensor, include_diagonal: bool = True,
+                        chunk_rows: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """`relation_loss` and both `relation_accuracy`s from the head's projections, in one pass.
+
+    Equals `relation_loss(pair.scores(), ...)` (value and gradients, to float rounding) without
+    holding the [B, 9, N, N] scores: chunks of `chunk_rows` query rows (default: a
+    `RELATION_CHUNK_BYTES` budget). `targets` is [N, N] or [B, N, N], any integer dtype.
+    Returns (loss, accuracy off the diagonal, accuracy over all pairs); the accuracies are detached.
+    """
+    b, c, n, _ = pair.query.shape
+    targets = _batched(targets, b)
+    rows = chunk_rows or relation_chunk_rows(b, c, pair.key.shape[-2])
+    need_grad = torch.is_grad_enabled() and (pair.query.requires_grad or pair.key.requires_grad)
+    return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, rows, need_grad)
 
 
 def token_classification_loss(logits: Tensor, targets: Tensor) -> Tensor:

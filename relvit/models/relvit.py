@@ -37,15 +37,19 @@ class RelViT(nn.Module):
     """Backbone + optional SSL heads + optional classifier.
 
     `forward` returns a dict with "logits" [B, classes] when there is a classifier, and the SSL
-    outputs "relations" [B, 9, N, N], "positions" [B, P, N], "distances" / "angles" [B, 1, N, N]
-    for the heads that exist, where N is the SSL grid (T2T's 14x14 tokens pooled to 7x7).
+    outputs "relations", "positions" [B, P, N], "distances" / "angles" [B, 1, N, N] for the heads
+    that exist, where N is the SSL grid (T2T's 14x14 tokens pooled to 7x7). "relations" is the
+    head's `PairProjections` (queries and keys, for the fused loss that never holds the N x N
+    scores; `.scores()` gives them), or with `relation_projections=False` the scores
+    [B, 9, N, N] themselves.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int | None, tasks: SSLTasks,
-                 num_positions: int = 0):
+                 num_positions: int = 0, relation_projections: bool = True):
         super().__init__()
         self.backbone = backbone
         self.tasks = tasks
+        self.relation_projections = relation_projections
         dim = backbone.embed_dim
         self.relation_head = PairwiseScoreHead(dim, NUM_RELATIONS) if tasks.relations else None
         self.position_head = PositionHead(dim, num_positions) if tasks.positions else None
@@ -80,7 +84,8 @@ class RelViT(nn.Module):
         if self.tasks.any:
             z, _ = self.ssl_tokens(tokens)
             if self.relation_head is not None:
-                out["relations"] = self.relation_head(z)
+                out["relations"] = (self.relation_head.project(z) if self.relation_projections
+                                    else self.relation_head(z))
             if self.position_head is not None:
                 out["positions"] = self.position_head(z)
             if self.distance_head is not None:

@@ -62,10 +62,23 @@ def _angle_base(h: int, w: int) -> Tensor:
     return angle.float()
 
 
-def _index_pairs(base: Tensor, perm: Tensor | None) -> Tensor:
+_BASES = {"relation": _relation_base, "distance": _distance_base, "angle": _angle_base}
+
+
+@lru_cache(maxsize=64)
+def _placed(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """A base table on `device` in `dtype`, kept there (no host-to-device copy per step)."""
+    base = _BASES[kind](h, w)
+    return base.to(device=device, dtype=dtype or base.dtype)
+
+
+def _index_pairs(kind: str, h: int, w: int, perm: Tensor | None,
+                 device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
+    if perm is not None:
+        device = perm.device
+    base = _placed(kind, h, w, torch.device(device if device is not None else "cpu"), dtype)
     if perm is None:
         return base.clone()
-    base = base.to(perm.device)
     if perm.dim() == 1:
         return base[perm[:, None], perm[None, :]]
     return base[perm[:, :, None], perm[:, None, :]]
@@ -76,34 +89,40 @@ def _check_perm(n: int, perm: Tensor | None) -> None:
         raise ValueError(f"permutation has {perm.shape[-1]} entries, the grid has {n} cells")
 
 
-def relation_targets(h: int, w: int, perm: Tensor | None = None) -> Tensor:
+def relation_targets(h: int, w: int, perm: Tensor | None = None,
+                     device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> Tensor:
     """9-class compass code [N, N] (or [B, N, N]): where patch i lies relative to patch j.
 
     label(i, j) = 3 * (sign(r_i - r_j) + 1) + (sign(c_i - c_j) + 1), so LU=0, CU=1, RU=2, LC=3,
     CC=4 (diagonal only), RC=5, LD=6, CD=7, RD=8 and label(j, i) = 8 - label(i, j).
+    Made on `perm`'s device (else `device`, default CPU), long unless `dtype` (e.g. uint8) says.
     """
     _check_perm(h * w, perm)
-    return _index_pairs(_relation_base(h, w), perm)
+    return _index_pairs("relation", h, w, perm, device, dtype)
 
 
-def position_targets(n: int, perm: Tensor | None = None) -> Tensor:
+def position_targets(n: int, perm: Tensor | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
     """Absolute position class of every input slot: the original cell index (perm[k] or k)."""
     _check_perm(n, perm)
-    return torch.arange(n) if perm is None else perm.clone().long()
+    return torch.arange(n, device=device) if perm is None else perm.clone().long()
 
 
-def distance_targets(h: int, w: int, perm: Tensor | None = None) -> Tensor:
+def distance_targets(h: int, w: int, perm: Tensor | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
     """Euclidean distance between the two cells, divided by the grid's largest, mapped to [-1, 1].
 
     The diagonal is -1 (a 1x1 grid gives -1 everywhere).
     """
     _check_perm(h * w, perm)
-    return _index_pairs(_distance_base(h, w), perm)
+    return _index_pairs("distance", h, w, perm, device, None)
 
 
-def angle_targets(h: int, w: int, perm: Tensor | None = None) -> Tensor:
+def angle_targets(h: int, w: int, perm: Tensor | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
     """The original code's "angle": angle between the two cells' position vectors, origin at
     (-w/2, -h/2), divided by pi, diagonal 0, min-max rescaled to [-1, 1] (method spec §1.5, Q14).
     """
     _check_perm(h * w, perm)
-    return _index_pairs(_angle_base(h, w), perm)
+    return _index_pairs("angle", h, w, perm, device, None)

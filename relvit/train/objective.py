@@ -12,6 +12,7 @@ from relvit.data.augment import normalize, random_crop, random_hflip
 from relvit.data.registry import DatasetSpec
 from relvit.geometry import Geometry
 from relvit.models import losses
+from relvit.models.heads import PairProjections
 from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.megapatch import megapatch_images
 from relvit.ssl.pipeline import jitter_and_shuffle
@@ -70,7 +71,9 @@ class Objective:
         jitter = JITTER if train and ssl.jitter else None
         if ssl.jitter_after_normalize:  # the original's order (Q5): jitter clamps to [0, 1]
             images = normalize(images, self.mean, self.std)
-        images, perm = jitter_and_shuffle(images, cell, jitter, train and ssl.shuffle, generator)
+        compiled = self.cfg.compile and images.is_cuda
+        images, perm = jitter_and_shuffle(images, cell, jitter, train and ssl.shuffle, generator,
+                                          compiled)
         if not ssl.jitter_after_normalize:
             images = normalize(images, self.mean, self.std)
         return Batch(images, labels, grid, perm)
@@ -86,21 +89,26 @@ class Objective:
             terms["loss_clf"] = torch.nn.functional.cross_entropy(out["logits"].float(), batch.labels)
             stats["acc_clf"] = losses.accuracy(out["logits"], batch.labels)
         if "relations" in out:
-            target = relation_targets(h, w, perm).to(device)
-            terms["loss_rel"] = losses.relation_loss(out["relations"], target,
-                                                     self.cfg.ssl.relation_diagonal)
-            stats["acc_rel"] = losses.relation_accuracy(out["relations"], target)
-            stats["acc_rel_all"] = losses.relation_accuracy(out["relations"], target, True)
+            rel, diagonal = out["relations"], self.cfg.ssl.relation_diagonal
+            if isinstance(rel, PairProjections):  # fused: the N x N scores are never held
+                target = relation_targets(h, w, perm, dtype=torch.uint8, device=device)
+                terms["loss_rel"], stats["acc_rel"], stats["acc_rel_all"] = \
+                    losses.fused_relation_loss(rel, target, diagonal)
+            else:  # the plain reference path
+                target = relation_targets(h, w, perm, device=device)
+                terms["loss_rel"] = losses.relation_loss(rel, target, diagonal)
+                stats["acc_rel"] = losses.relation_accuracy(rel, target)
+                stats["acc_rel_all"] = losses.relation_accuracy(rel, target, True)
         if "positions" in out:
-            target = position_targets(h * w, perm).to(device)
+            target = position_targets(h * w, perm, device)
             terms["loss_pos"] = losses.token_classification_loss(out["positions"], target)
             stats["acc_pos"] = losses.accuracy(out["positions"], target)
         if "distances" in out:
             terms["loss_dist"] = losses.regression_loss(
-                out["distances"], distance_targets(h, w, perm).to(device))
+                out["distances"], distance_targets(h, w, perm, device))
         if "angles" in out:
             terms["loss_angle"] = losses.regression_loss(
-                out["angles"], angle_targets(h, w, perm).to(device))
+                out["angles"], angle_targets(h, w, perm, device))
         total = torch.stack(list(terms.values())).sum()
         stats.update({k: v.detach() for k, v in terms.items()})
         stats["loss"] = total.detach()

@@ -1,0 +1,227 @@
+"""The fast paths give the results of the plain ones: fused relation loss, device-side jitter.
+
+Parametrised over the available devices: CPU always, CUDA when there is one (then the jitter
+applied on the GPU is compared with the CPU's for the same draws).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from relvit.models import losses
+from relvit.models.backbones import build_backbone
+from relvit.models.heads import PairProjections, PairwiseScoreHead
+from relvit.models.relvit import RelViT, SSLTasks
+from relvit.ssl import pipeline
+from relvit.ssl.jitter import JitterConfig, apply_jitter, sample_jitter_params
+from relvit.ssl.pipeline import apply_ssl_inputs, draw_ssl_inputs, jitter_and_shuffle
+from relvit.ssl.targets import position_targets, relation_targets
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+def _relation_setup(device: str, b: int = 3, side: int = 5, dim: int = 36, seed: int = 0):
+    torch.manual_seed(seed)
+    head = PairwiseScoreHead(dim, 9).to(device)
+    tokens = torch.randn(b, side * side, dim, device=device, requires_grad=True)
+    perm = torch.stack([torch.randperm(side * side) for _ in range(b)]).to(device)
+    return head, tokens, perm
+
+
+def _grads(loss: torch.Tensor, head: PairwiseScoreHead, tokens: torch.Tensor) -> list:
+    return list(torch.autograd.grad(loss, [tokens, head.query.weight, head.key.weight]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize("chunk_rows", [1, 7, 25, None])
+def test_fused_relation_loss_equals_the_plain_one(device, per_sample, diagonal, chunk_rows):
+    head, tokens, perm = _relation_setup(device)
+    target = relation_targets(5, 5, perm if per_sample else None, device=device)
+    plain = losses.relation_loss(head(tokens), target, diagonal)
+    plain_grads = _grads(plain, head, tokens)
+    fused, acc, acc_all = losses.fused_relation_loss(
+        head.project(tokens), target.to(torch.uint8), diagonal, chunk_rows)
+    fused_grads = _grads(fused, head, tokens)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():
+        scores = head(tokens)
+        torch.testing.assert_close(acc, losses.relation_accuracy(scores, target), rtol=0, atol=1e-7)
+        torch.testing.assert_close(acc_all, losses.relation_accuracy(scores, target, True),
+                                   rtol=0, atol=1e-7)
+    assert not acc.requires_grad and not acc_all.requires_grad
+    assert 0.0 < acc_all.item() < 1.0  # random weights: some hits, not all
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_relation_loss_under_bf16_autocast(device):
+    """In bf16 both paths round the same scores; only the accumulation order differs."""
+    head, tokens, perm = _relation_setup(device, b=4, side=6, dim=72)
+    target = relation_targets(6, 6, perm)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        plain = losses.relation_loss(head(tokens), target)
+        plain_grads = _grads(plain, head, tokens)
+        pair = head.project(tokens)
+        assert pair.query.dtype == torch.bfloat16
+        fused, _, _ = losses.fused_relation_loss(pair, target, chunk_rows=5)
+        fused_grads = _grads(fused, head, tokens)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-3, atol=1e-3)
+    for a, b in zip(fused_grads, plain_grads):
+        assert a.dtype == b.dtype
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of `fn()`."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_fused_relation_loss_keeps_no_scores_for_backward():
+    """The plain path keeps [B, 9, N, N]-sized tensors; the fused one only q, k and their grads."""
+    b, side, dim = 4, 14, 18
+    head, tokens, perm = _relation_setup("cpu", b=b, side=side, dim=dim)
+    n = side * side
+    target = relation_targets(side, side, perm)
+    plain = _saved_bytes(lambda: losses.relation_loss(head(tokens), target))
+    fused = _saved_bytes(lambda: losses.fused_relation_loss(head.project(tokens), target, True, 16))
+    scores = b * 9 * n * n * 4
+    pair_bytes = b * n * 9 * (dim // 9) * 4  # one of q, k, dq, dk
+    assert plain >= scores
+    assert fused <= 4 * pair_bytes + tokens.numel() * 4 < scores / 10
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_relation_loss_without_grad(device):
+    head, tokens, perm = _relation_setup(device)
+    target = relation_targets(5, 5, perm)
+    with torch.no_grad():
+        fused, _, _ = losses.fused_relation_loss(head.project(tokens), target, chunk_rows=4)
+        plain = losses.relation_loss(head(tokens), target)
+    assert not fused.requires_grad
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_objective_gives_the_same_losses_fused_and_plain(tiny_config):
+    """The training objective on both RelViT outputs (projections, scores): same terms and stats."""
+    from relvit.data.registry import get_dataset
+    from relvit.geometry import run_geometry
+    from relvit.train.objective import Objective
+
+    cfg = tiny_config("pretrain", ssl={"relation_diagonal": False, "shuffle": True})
+    geo = run_geometry(cfg)
+    objective = Objective(cfg, get_dataset(cfg.data.name), geo, (0.5,) * 3, (0.25,) * 3)
+    images = torch.rand(6, 3, geo.image_size, geo.image_size)
+    batch = objective.batch(images, torch.zeros(6, dtype=torch.long), True,
+                            torch.Generator().manual_seed(0))
+    assert batch.perm is not None
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_small", img_size=geo.image_size, patch_size=geo.patch_size,
+                              embed_dim=36, depth=1, num_heads=3, pos_embed=False)
+    model = RelViT(backbone, None, SSLTasks(relations=True, positions=True), geo.num_positions)
+    results = {}
+    for fused in (True, False):
+        model.relation_projections = fused
+        out = model(batch.images)
+        assert isinstance(out["relations"], PairProjections) == fused
+        loss, stats = objective.losses(out, batch)
+        weights = [model.relation_head.query.weight, model.backbone.vit.patch_embed.proj.weight]
+        results[fused] = (loss, stats, torch.autograd.grad(loss, weights))
+    (loss_f, stats_f, grads_f), (loss_p, stats_p, grads_p) = results[True], results[False]
+    torch.testing.assert_close(loss_f, loss_p, rtol=1e-6, atol=1e-6)
+    assert stats_f.keys() == stats_p.keys() >= {"loss_rel", "acc_rel", "acc_rel_all", "loss_pos"}
+    for key in stats_f:
+        torch.testing.assert_close(stats_f[key], stats_p[key], rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_f, grads_p):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_targets_on_a_device_and_in_a_small_dtype():
+    perm = torch.stack([torch.randperm(12) for _ in range(2)])
+    long = relation_targets(3, 4, perm)
+    small = relation_targets(3, 4, perm, dtype=torch.uint8)
+    assert long.dtype == torch.long and small.dtype == torch.uint8
+    assert torch.equal(small.long(), long)
+    shared = relation_targets(3, 4, device="cpu")
+    shared[0, 0] = 7  # a copy: the cached table is untouched
+    assert relation_targets(3, 4)[0, 0] == 4
+    assert torch.equal(position_targets(5, device="cpu"), torch.arange(5))
+
+
+# --------------------------------------------------------------------------- jitter
+
+STRONG = JitterConfig(brightness=0.9, contrast=0.9, saturation=1.5, hue=0.5, color_jitter_p=0.9)
+
+
+def _images(b: int, side: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, side, side, generator=g)
+    x[0, 1] = x[0, 0]  # ties of the max channel
+    x[1] = x[1, :1]  # a gray image (undefined hue)
+    return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", [JitterConfig(), STRONG], ids=["default", "strong"])
+@pytest.mark.parametrize("side,cell", [(16, 4), (64, 32)])
+def test_jitter_drawn_once_applies_alike_on_every_device(monkeypatch, device, cfg, side, cell):
+    """Draw on the CPU; applied on the CPU it is bit-for-bit the end-to-end function, applied on
+    `device` it agrees with the CPU to float rounding."""
+    monkeypatch.setattr(pipeline, "CPU_CHUNK_BYTES", 3 * 3 * side * side * 4)  # 3-image chunks
+    images = _images(7, side, seed=side)
+    draws = draw_ssl_inputs(images, cell, cfg, True, torch.Generator().manual_seed(1))
+    assert draws.jitter.num_patches == 7 * (side // cell) ** 2
+    on_cpu = apply_ssl_inputs(images, cell, draws, cfg)
+    end_to_end, perm = jitter_and_shuffle(images, cell, cfg, True, torch.Generator().manual_seed(1))
+    assert torch.equal(on_cpu, end_to_end) and torch.equal(perm, draws.perm)
+    assert not torch.equal(on_cpu, images)
+    on_device = apply_ssl_inputs(images.to(device), cell, draws.to(device), cfg)
+    assert on_device.device.type == device
+    torch.testing.assert_close(on_device.cpu(), on_cpu, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("crop", [True, False])
+def test_dense_jitter_equals_the_sorted_one(device, channels, crop):
+    """The GPU's sync-free path and the CPU's sorted path give the same values (CPU: bit-exact)."""
+    cfg = replace(STRONG, crop=crop, grayscale_p=0.5)
+    g = torch.Generator().manual_seed(channels)
+    x = torch.rand(400, channels, 8, 8, generator=g).to(device)
+    prm = sample_jitter_params(400, 8, cfg, g).to(device)
+    dense = apply_jitter(x, prm, cfg, dense=True)
+    sorted_ = apply_jitter(x, prm, cfg, dense=False)
+    if device == "cpu":
+        assert torch.equal(dense, sorted_)
+    else:  # CUDA may reduce a patch's mean in another order in a slice than in the whole stack
+        torch.testing.assert_close(dense, sorted_, rtol=0, atol=1e-6)
+    assert torch.equal(apply_jitter(x, prm, cfg), dense if device == "cuda" else sorted_)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_dense_jitter_equals_the_eager_one(device):
+    """torch.compile of the dense jitter (config key `compile`) keeps the values (fused kernels
+    may round differently in the last bits)."""
+    cfg = replace(STRONG, grayscale_p=0.5)
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(300, 3, 8, 8, generator=g).to(device)
+    prm = sample_jitter_params(300, 8, cfg, g).to(device)
+    eager = apply_jitter(x, prm, cfg, dense=True)
+    compiled = apply_jitter(x, prm, cfg, dense=True, compiled=True)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    assert not torch.equal(compiled, x)  # the jitter did something
