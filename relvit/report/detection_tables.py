@@ -16,6 +16,8 @@ import pandas as pd
 from relvit.data.registry import DATASETS
 from relvit.detection.plan import PAPER_BACKBONES
 from relvit.models.backbones import get_backbone_spec
+from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
+from relvit.report.table1 import FAILED, FAILED_NOTE
 from relvit.train.checkpoint import atomic_write_text
 
 METRICS = ("mAP", "mAP50", "mAP75")
@@ -28,7 +30,8 @@ def _mark(flag: bool | None) -> str:
     return "-" if flag is None else ("✓" if flag else "✗")
 
 
-def _paper_value(paper: pd.DataFrame, row: dict, metric: str) -> float | None:
+def paper_value(paper: pd.DataFrame, row: dict, metric: str) -> float | None:
+    """The paper's number of one plan row (Table 2 or 3) and metric, or None."""
     family = get_backbone_spec(row["backbone"]).family
     title = DATASETS[row["dataset"]].title
     method = "Supervised" if row["upstream"] is None else None
@@ -46,12 +49,24 @@ def _paper_value(paper: pd.DataFrame, row: dict, metric: str) -> float | None:
 
 def _metrics(row: dict) -> dict:
     path = Path(row["metrics"])
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_metrics(path) if path.is_file() else {}
 
 
-def _ours(row: dict) -> dict[str, float | None]:
-    scores = _metrics(row).get("last_map", {}).get("bbox", {})
-    return {m: scores.get(m) for m in METRICS}
+def scores(row: dict) -> dict[str, float | None]:
+    """The last epoch's box mAP, mAP50, mAP75 of a plan row's run (None: not run)."""
+    box = _metrics(row).get("last_map", {}).get("bbox", {})
+    return {m: box.get(m) for m in METRICS}
+
+
+def row_failed(row: dict) -> bool:
+    """Whether the run of a plan row failed (metrics.json "status": "failed")."""
+    return _metrics(row).get("status") == FAILED
+
+
+def row_stale(row: dict) -> bool:
+    """Whether the run of a plan row was made with another config than the planned one."""
+    path = Path(row["metrics"])
+    return path.is_file() and bool(is_stale(_metrics(row), path))
 
 
 def _backbone_label(group: list[dict]) -> str:
@@ -90,16 +105,18 @@ def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[
             first += f" [{DATASETS[group[0]['run_dataset']].title}]"
         ours_rel, theirs_rel, ours_sup, theirs_sup = [], [], None, None
         for i, row in enumerate(group):
-            ours = _ours(row)
-            theirs = {m: _paper_value(paper, row, pm)
+            ours = scores(row)
+            theirs = {m: paper_value(paper, row, pm)
                       for m, pm in zip(METRICS, PAPER_METRICS[table])}
             supervised = row["upstream"] is None
             cells = [first if i == 0 else "",
-                     "Supervised" if supervised else RELVIT_NAMES[family], _mark(row["upstream"]),
+                     ("Supervised" if supervised else RELVIT_NAMES[family])
+                   + (f" {STALE}" if row_stale(row) else ""), _mark(row["upstream"]),
                      "-" if supervised else _mark(row["perm"]),
                      "-" if supervised else _mark(row["mega"])]
+            failed = row_failed(row)
             for m in METRICS:
-                cells += [_text(ours[m]), _text(theirs[m])]
+                cells += [FAILED if failed else _text(ours[m]), _text(theirs[m])]
             body.append(cells)
             if supervised:
                 ours_sup, theirs_sup = ours, theirs
@@ -132,7 +149,9 @@ def render_markdown(table: int, rows: list[dict], paper: pd.DataFrame, tier: str
              "best RelViT row minus Supervised, from the numbers."
              + (" A dataset in [brackets] is the stand-in the rows were run on (smoke tier: not "
                 "comparable to the paper)." if any(r["run_dataset"] != r["dataset"]
-                                                     for r in rows) else ""), "",
+                                                     for r in rows) else "")
+             + (f" {STALE_NOTE}" if any(map(row_stale, rows)) else "")
+             + (f" {FAILED_NOTE}" if any(map(row_failed, rows)) else ""), "",
              "| " + " | ".join(cols) + " |",
              "|" + "|".join(["---"] * 5 + ["---:"] * (len(cols) - 5)) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(table, rows, paper)]

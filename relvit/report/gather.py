@@ -3,15 +3,17 @@ runs (their run configs, so a table can show cells that have not run yet)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from relvit.report.provenance import is_stale, read_metrics, recorded_hash
+
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
 COLUMNS = ["run", *KEYS, "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
-           "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha"]
+           "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha", "device", "image",
+           "config_hash", "stale", "status", "error"]
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -33,18 +35,21 @@ def find_files(sources: list[str | Path], pattern: str) -> list[Path]:
 
 
 def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
-    """One row per metrics.json; a malformed file is an error naming it."""
+    """One row per metrics.json, with its provenance (relvit.report.provenance: the config hash
+    and whether the run is stale); a malformed file is an error naming it."""
     rows = []
     for path in find_files(sources, "metrics.json"):
+        metrics = read_metrics(path)
         try:
-            metrics = json.loads(path.read_text())
             last = metrics.get("last", {})
             rows.append({"run": str(path.parent),
                          **{key: metrics.get(key) for key in COLUMNS[1:]},
                          # was the pretext task learned? held-out, last epoch, in %
                          "pretext_rel_acc": _percent(last.get("val_acc_rel")),
-                         "pretext_pos_acc": _percent(last.get("val_acc_pos"))})
-        except (json.JSONDecodeError, AttributeError) as err:
+                         "pretext_pos_acc": _percent(last.get("val_acc_pos")),
+                         "config_hash": recorded_hash(metrics, path),
+                         "stale": is_stale(metrics, path)})
+        except AttributeError as err:
             raise ValueError(f"{path}: not a metrics file ({err})") from err
     return pd.DataFrame(rows, columns=COLUMNS)
 

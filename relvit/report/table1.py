@@ -17,6 +17,7 @@ import pandas as pd
 
 from relvit.data.registry import DATASETS
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
+from relvit.report.provenance import STALE, STALE_NOTE
 from relvit.train.checkpoint import atomic_write_text
 
 SAME_EPOCHS = "same-epochs"
@@ -40,6 +41,10 @@ METRICS = {
     "last_top1": "last-epoch top-1 accuracy (%)",
 }
 EMPTY = "—"
+FAILED = "failed"
+FAILED_NOTE = ("failed: a run of this cell stopped without a result (a non-finite loss, or the "
+               "pretrain run it starts from failed); its metrics.json names the error, epoch and "
+               "step. \"[k failed]\": k of the cell's seeds failed, the number is over the others.")
 PAPER_CSV = Path("results/paper/tables.csv")
 
 
@@ -48,24 +53,35 @@ class Cell:
     mean: float | None
     std: float | None
     n: int
+    stale: bool = False  # a run of it was made with another config than the planned one
+    failed: int = 0  # seeds whose run failed (metrics.json "status": "failed")
 
     def text(self, pm: str = "±") -> str:
         if self.mean is None:
-            return EMPTY
+            return FAILED if self.failed else EMPTY
+        mark = (f" {STALE}" if self.stale else "") + (
+            f" [{self.failed} {FAILED}]" if self.failed else "")
         if self.std is None:
-            return f"{self.mean:.2f}" + (" (n=1)" if self.n == 1 else "")
-        return f"{self.mean:.2f} {pm} {self.std:.2f}"
+            return f"{self.mean:.2f}" + (" (n=1)" if self.n == 1 else "") + mark
+        return f"{self.mean:.2f} {pm} {self.std:.2f}" + mark
 
 
 NO_CELL = Cell(None, None, 0)
 
 
-def _cell(values: pd.Series) -> Cell:
+def seed_cell(values: pd.Series, stale: bool = False, failed: int = 0) -> Cell:
+    """Mean and sample std (ddof = 1) of one cell's values over seeds (NaN: not run, or one of
+    the `failed` runs)."""
     values = values.dropna()
     if values.empty:
-        return NO_CELL
+        return Cell(None, None, 0, stale, failed) if failed else NO_CELL
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Cell(float(values.mean()), std, len(values))
+    return Cell(float(values.mean()), std, len(values), stale, failed)
+
+
+def failed_runs(runs: pd.DataFrame) -> int:
+    """How many of these runs (rows of gather_runs) failed."""
+    return int((runs["status"] == FAILED).sum()) if "status" in runs else 0
 
 
 def _difference(a: Cell, b: Cell) -> float | None:
@@ -89,10 +105,10 @@ class Table1:
         self.keys = _row_keys(both)
         self.extras = [c for c, (mode, label) in EXTRA_METHODS.items()
                        if ((both["mode"] == mode) & (both["label"].fillna("") == label)).any()]
-        self.with_paper = any(self._paper_cell(d, b, m).mean is not None
+        self.with_paper = any(self.paper_cell(d, b, m).mean is not None
                               for d, b in self.keys for _, _, m in METHODS.values())
 
-    def _paper_cell(self, dataset: str, backbone: str, method: str) -> Cell:
+    def paper_cell(self, dataset: str, backbone: str, method: str) -> Cell:
         if self.paper is None:
             return NO_CELL
         row = self.paper[(self.paper["dataset"] == dataset) & (self.paper["backbone"] == backbone)
@@ -102,11 +118,26 @@ class Table1:
         std = row["std"].iloc[0]
         return Cell(float(row["value"].iloc[0]), None if pd.isna(std) else float(std), 0)
 
-    def _ours(self, dataset: str, backbone: str, mode: str, label: str, metric: str) -> Cell:
-        r = self.runs
-        here = r[(r.dataset_title == dataset) & (r.backbone_label == backbone)
+    def runs_of(self, dataset: str, backbone: str, mode: str, label: str,
+                planned: bool = False) -> pd.DataFrame:
+        """The finished runs of one cell (or, with `planned`, its planned run configs)."""
+        r = self.planned if planned else self.runs
+        return r[(r.dataset_title == dataset) & (r.backbone_label == backbone)
                  & (r["mode"] == mode) & (r["label"].fillna("") == label)]
-        return _cell(here[metric])
+
+    def ours(self, dataset: str, backbone: str, mode: str, label: str, metric: str) -> Cell:
+        """Mean ± std over the seeds of one cell; stale when one of its runs is."""
+        here = self.runs_of(dataset, backbone, mode, label)
+        return seed_cell(here[metric], bool(here["stale"].fillna(False).astype(bool).any()),
+                         failed_runs(here))
+
+    @property
+    def any_failed(self) -> bool:
+        return failed_runs(self.runs) + failed_runs(self.pretrain) > 0
+
+    @property
+    def any_stale(self) -> bool:
+        return bool(self.runs["stale"].fillna(False).astype(bool).any())
 
     def header(self) -> list[str]:
         cols = ["Dataset", "Backbone"]
@@ -120,8 +151,8 @@ class Table1:
         for dataset, backbone in self.keys:
             cells, ours, papers = [dataset, backbone], [], []
             for mode, label, method in METHODS.values():
-                mine = self._ours(dataset, backbone, mode, label, metric)
-                theirs = self._paper_cell(dataset, backbone, method)
+                mine = self.ours(dataset, backbone, mode, label, metric)
+                theirs = self.paper_cell(dataset, backbone, method)
                 ours.append(mine)
                 papers.append(theirs)
                 cells.append(mine.text(pm))
@@ -132,7 +163,7 @@ class Table1:
                 cells.append(_signed(_difference(papers[1], papers[0])))
             for column in self.extras:
                 mode, label = EXTRA_METHODS[column]
-                cells.append(self._ours(dataset, backbone, mode, label, metric).text(pm))
+                cells.append(self.ours(dataset, backbone, mode, label, metric).text(pm))
             out.append(cells)
         return out
 
@@ -154,8 +185,9 @@ class Table1:
                 chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
                 lines.append(
                     f"| {dataset} | {backbone} | {label or 'pretrain'} | "
-                    f"{_cell(group['pretext_rel_acc']).text()} | "
-                    f"{_cell(group['pretext_pos_acc']).text()} | {chance} |")
+                    f"{seed_cell(group['pretext_rel_acc'], failed=failed_runs(group)).text()} | "
+                    f"{seed_cell(group['pretext_pos_acc'], failed=failed_runs(group)).text()} | "
+                    f"{chance} |")
         return lines
 
 
@@ -183,6 +215,8 @@ def render_markdown(table: Table1, tier: str) -> str:
                       "Supervised, from the numbers (the paper prints +5.85 for CIFAR-100, where "
                       "its own numbers give +5.80)."]
     lines += [f"\n{NOTES[c]}" for c in table.extras]
+    lines += [f"\n{STALE_NOTE}"] if table.any_stale else []
+    lines += [f"\n{FAILED_NOTE}"] if table.any_failed else []
     header = table.header()
     for metric, description in METRICS.items():
         lines += ["", f"## {description[0].upper()}{description[1:]}", ""]
@@ -215,7 +249,8 @@ def render_latex(table: Table1, tier: str, metric: str = "best_top1") -> str:
     ]
     for row in table.rows(metric, pm=r"$\pm$"):
         lines.append(" & ".join(c if "$" in c else _latex_escape(c) for c in row) + r" \\")
-    notes = " ".join(NOTES[c] for c in table.extras)
+    notes = " ".join([NOTES[c] for c in table.extras] + ([STALE_NOTE] if table.any_stale else [])
+                     + ([FAILED_NOTE] if table.any_failed else []))
     caption = (f"Table 1 reproduced ({tier} tier): {METRICS[metric]}, mean ± std over seeds."
                + (" paper: the paper's number; Δ: reproduced − paper." if table.with_paper else "")
                + (f" {notes}" if notes else ""))

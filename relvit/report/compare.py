@@ -1,0 +1,332 @@
+"""Every planned cell of Tables 1-3 beside the paper's number, with a verdict and its provenance.
+
+A cell is one (table, dataset, backbone, method, metric): Table 1's best-epoch top-1 of each
+method column, Tables 2-3's last-epoch box mAP / mAP50 / mAP75 of each row. Its reproduced value
+is the mean ± sample std over its seeds, read by the table renderers' own code (Table1,
+detection_tables.scores). Verdicts:
+
+- within / OUT: |Δ| <= k * sqrt(σ_paper² + σ²) where the paper prints ± (σ: the sample std of our
+  seeds, 0 for one seed; k = `sigmas`, default 2), else |Δ| <= `tolerance` points (default 0.9,
+  below half the smallest gain the paper claims for those cells, +1.81 box mAP on SVHN: two
+  cells within it cannot turn a claimed gain into a loss);
+- not run: planned, no metrics.json yet; run failed: every seed's run failed (non-finite loss,
+  or a failed pretrain run to start from: relvit.train.failure); not a failure of the check;
+- not comparable (stand-in): run on another dataset than the paper's (the smoke tier's digits
+  and digit scenes); not comparable (other model): a resized backbone; not in the paper: the
+  columns Table 1 adds (†, ‡). None of these fail.
+
+It also flags the paper's printed "Improv." values that its own numbers do not give.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from relvit.report import detection_tables as det
+from relvit.report.gather import gather_runs
+from relvit.report.provenance import summarize
+from relvit.report.table1 import EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1, seed_cell
+from relvit.train.checkpoint import atomic_write_text
+
+WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
+STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",
+                                       "not in the paper")
+EMPTY = "—"
+PAPER_CSV = "results/paper/tables.csv"
+IMPROVEMENTS_CSV = "results/paper/printed-improvements.csv"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """When a reproduced cell agrees with the paper's (see the module docstring)."""
+
+    sigmas: float = 2.0
+    tolerance: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not (self.sigmas > 0 and self.tolerance >= 0):
+            raise ValueError(f"compare: sigmas must be > 0 and tolerance >= 0, got "
+                             f"sigmas={self.sigmas!r}, tolerance={self.tolerance!r}")
+
+    def bound(self, paper: Cell, ours: Cell) -> tuple[float, str]:
+        """The largest |Δ| that agrees, and how it was derived."""
+        if paper.std is not None:
+            combined = math.hypot(paper.std, ours.std or 0.0)
+            return self.sigmas * combined, f"{self.sigmas:g}σ"
+        return self.tolerance, "tolerance"
+
+
+@dataclass
+class Comparison:
+    """One cell: the paper's number, ours over seeds, the verdict and where ours came from."""
+
+    table: int
+    dataset: str
+    backbone: str
+    method: str
+    metric: str
+    paper: Cell
+    ours: Cell
+    verdict: str
+    bound: float | None = None
+    rule: str = ""
+    planned_seeds: list[int] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> float | None:
+        if self.verdict not in (WITHIN, OUT):
+            return None
+        return self.ours.mean - self.paper.mean
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == OUT
+
+
+def judge(paper: Cell, ours: Cell, criterion: Criterion,
+          not_comparable: str | None = None) -> tuple[str, float | None, str]:
+    """(verdict, bound, rule) of one cell."""
+    if ours.mean is None:
+        return (RUN_FAILED if ours.failed else NOT_RUN), None, ""
+    if not_comparable:
+        return not_comparable, None, ""
+    bound, rule = criterion.bound(paper, ours)
+    return (WITHIN if abs(ours.mean - paper.mean) <= bound else OUT), bound, rule
+
+
+def _seeds(frame: pd.DataFrame) -> list[int]:
+    return sorted(int(s) for s in frame["seed"].dropna().unique())
+
+
+def table1_cells(table: Table1, criterion: Criterion) -> list[Comparison]:
+    """Table 1's planned (or run) cells: each method column of each dataset and backbone."""
+    paper_datasets = set(table.paper["dataset"]) if table.paper is not None else set()
+    columns = [(column, mode, label, method) for column, (mode, label, method) in METHODS.items()]
+    columns += [(column, *EXTRA_METHODS[column], None) for column in table.extras]
+    out = []
+    for dataset, backbone in table.keys:
+        for column, mode, label, method in columns:
+            runs = table.runs_of(dataset, backbone, mode, label)
+            planned = table.runs_of(dataset, backbone, mode, label, planned=True)
+            if runs.empty and planned.empty:
+                continue
+            paper = table.paper_cell(dataset, backbone, method) if method else NO_CELL
+            reason = (NOT_IN_PAPER if method is None
+                      else STAND_IN if dataset not in paper_datasets
+                      else OTHER_MODEL if paper.mean is None else None)
+            ours = table.ours(dataset, backbone, mode, label, "best_top1")
+            verdict, bound, rule = judge(paper, ours, criterion, reason)
+            out.append(Comparison(1, dataset, backbone, column.rstrip(" †‡"), "top1", paper,
+                                  ours, verdict, bound, rule, _seeds(planned),
+                                  summarize(runs)))
+    return out
+
+
+def _variant(row: dict) -> str:
+    """A Tables 2-3 row's method as the tables print it, e.g. "RelViT (upstream ✓, mega ✓)"."""
+    if row["upstream"] is None:
+        return "Supervised"
+    flags = [("upstream", row["upstream"]), ("perm", row["perm"]), ("mega", row["mega"])]
+    return "RelViT (" + ", ".join(f"{name} {'✓' if flag else '✗'}" for name, flag in flags) + ")"
+
+
+def detection_cells(rows: list[dict], paper: pd.DataFrame,
+                    criterion: Criterion) -> list[Comparison]:
+    """Tables 2-3: every row of the plan (seeds averaged) and metric."""
+    from relvit.data.registry import DATASETS
+    from relvit.models.backbones import get_backbone_spec
+
+    ran = list(dict.fromkeys(row["metrics"] for row in rows if Path(row["metrics"]).is_file()))
+    runs = gather_runs(ran)
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["table"], row["dataset"], row["backbone"], row["variant"])
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (table, dataset, backbone, _), group in groups.items():
+        first = group[0]
+        here = runs[runs["run"].isin([str(Path(r["metrics"]).parent) for r in group])]
+        resized = any(str(label).endswith(")") for label in here["backbone_label"].dropna())
+        reason = (STAND_IN if first["run_dataset"] != dataset
+                  else OTHER_MODEL if resized else None)
+        for metric, paper_metric in zip(det.METRICS, det.PAPER_METRICS[table]):
+            value = det.paper_value(paper, first, paper_metric)
+            theirs = Cell(value, None, 0) if value is not None else NO_CELL
+            ours = seed_cell(pd.Series([det.scores(r)[metric] for r in group], dtype=float),
+                             bool(here["stale"].fillna(False).astype(bool).any()),
+                             sum(map(det.row_failed, group)))
+            verdict, bound, rule = judge(theirs, ours, criterion,
+                                         reason or (NOT_IN_PAPER if value is None else None))
+            out.append(Comparison(
+                table, DATASETS[dataset].title, get_backbone_spec(backbone).label,
+                _variant(first), metric, theirs, ours, verdict, bound, rule,
+                sorted(int(r["seed"]) for r in group), summarize(here)))
+    return out
+
+
+@dataclass(frozen=True)
+class ImprovementCheck:
+    """A printed "Improv." value against the paper's own numbers."""
+
+    table: int
+    dataset: str
+    backbone: str
+    metric: str
+    printed: float
+    computed: float | None  # best non-supervised row minus Supervised, per metric
+    note: str
+
+    @property
+    def consistent(self) -> bool:
+        return self.computed is not None and abs(self.printed - self.computed) < 0.005
+
+
+def _row_name(row: pd.Series) -> str:
+    if pd.isna(row["upstream"]):
+        return str(row["method"])
+    flags = [("upstream", row["upstream"]), ("perm", row["permutation"]),
+             ("mega", row["megapatch"])]
+    return f"{row['method']} (" + ", ".join(f"{n} {str(v).strip()}" for n, v in flags) + ")"
+
+
+def improvement_checks(paper_csv: str | Path = PAPER_CSV,
+                       printed_csv: str | Path = IMPROVEMENTS_CSV) -> list[ImprovementCheck]:
+    """Each printed Improv. beside the best non-supervised row minus Supervised (per metric)
+    from the paper's tables; an inconsistent one says which row, if any, it was taken from."""
+    paper, printed = pd.read_csv(paper_csv), pd.read_csv(printed_csv)
+    checks = []
+    for item in printed.itertuples(index=False):
+        rows = paper[(paper["table"] == item.table) & (paper["dataset"] == item.dataset)
+                     & (paper["backbone"] == item.backbone) & (paper["metric"] == item.metric)]
+        supervised = rows[rows["method"] == "Supervised"]["value"]
+        others = rows[rows["method"] != "Supervised"]
+        if supervised.empty or others.empty:
+            raise ValueError(f"{printed_csv}: no Supervised and RelViT rows in {paper_csv} for "
+                             f"table {item.table}, {item.dataset}, {item.backbone}, {item.metric}")
+        base = float(supervised.iloc[0])
+        computed = round(float(others["value"].max()) - base, 2)
+        note = ""
+        if abs(item.printed_improvement - computed) >= 0.005:
+            match = [_row_name(r) for _, r in others.iterrows()
+                     if abs(float(r["value"]) - base - item.printed_improvement) < 0.005]
+            note = (f"is {match[0]} − Supervised, not the best row" if match
+                    else "no row of the table gives it")
+        checks.append(ImprovementCheck(int(item.table), item.dataset, item.backbone, item.metric,
+                                       float(item.printed_improvement), computed, note))
+    return checks
+
+
+def compare(sources: list[str | Path], plan: str | Path | None = None,
+            paper_csv: str | Path = PAPER_CSV,
+            criterion: Criterion = Criterion()) -> list[Comparison]:
+    """Every cell: Table 1 from run configs and metrics files (`sources`, as `relvit report`
+    takes them), Tables 2-3 from the workflow's detection plan file."""
+    from relvit.report.gather import gather_planned, load_paper_table1
+
+    cells: list[Comparison] = []
+    if sources:
+        table = Table1(gather_runs(sources), gather_planned(sources), load_paper_table1(paper_csv))
+        cells += table1_cells(table, criterion)
+    if plan is not None:
+        try:
+            rows = json.loads(Path(plan).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{plan}: not a detection plan file ({err})") from err
+        cells += detection_cells(rows, pd.read_csv(paper_csv), criterion)
+    return cells
+
+
+CSV_COLUMNS = ["table", "dataset", "backbone", "method", "metric", "paper", "paper_std", "mean",
+               "std", "n", "delta", "bound", "rule", "verdict", "planned_seeds", "seeds",
+               "config_hash", "git_sha", "image", "device", "wall_time_s", "peak_memory_mb",
+               "stale"]
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def to_csv(cells: list[Comparison]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in cells:
+        p = c.provenance
+        writer.writerow([c.table, c.dataset, c.backbone, c.method, c.metric, _number(c.paper.mean),
+                         _number(c.paper.std), _number(c.ours.mean), _number(c.ours.std),
+                         c.ours.n, _number(c.delta), _number(c.bound), c.rule, c.verdict,
+                         " ".join(map(str, c.planned_seeds)),
+                         *(p.get(k, "").replace("—", "") for k in CSV_COLUMNS[15:])])
+    return buffer.getvalue()
+
+
+def _short(text: str, width: int) -> str:
+    return "; ".join(part[:width] + ("-dirty" if part.endswith("-dirty") and width < len(part)
+                                     else "") for part in text.split("; "))
+
+
+def _signed(value: float | None) -> str:
+    return EMPTY if value is None else f"{value:+.2f}"
+
+
+def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: str,
+                criterion: Criterion) -> str:
+    counts = pd.Series([c.verdict for c in cells], dtype=object).value_counts()
+    stale = [c for c in cells if c.provenance.get("stale")]
+    lines = [f"# Reproduced vs paper — {tier} tier", "",
+             f"Each planned cell of Tables 1–3: the paper's number, ours (mean ± sample std over "
+             f"the seeds that ran), Δ = ours − paper and the verdict. **within** when |Δ| ≤ "
+             f"{criterion.sigmas:g}·√(σ_paper² + σ²) where the paper prints ± (σ: our seeds' std), "
+             f"else |Δ| ≤ {criterion.tolerance:g} points (tolerance); cells run on a stand-in "
+             "dataset, with a resized model or absent from the paper are not compared and never "
+             "fail.", "",
+             "Verdicts: " + (", ".join(f"{n} {v}" for v, n in counts.items()) or "no cells") + ".",
+             "", "Provenance per cell: config hash (of the resolved run config without device and "
+             "init checkpoint), git commit, container image and device of its runs (distinct "
+             "values), seeds, wall time (s, summed over seeds) and peak memory (MB, the largest)."]
+    if stale:
+        lines += ["", f"**{len(stale)} cells are stale** (a run config changed after the run; "
+                      "rerun the workflow): " + "; ".join(c.provenance["stale"] for c in stale)
+                  + "."]
+    header = ["Table", "Dataset", "Backbone", "Method", "Metric", "paper", "ours", "Δ", "bound",
+              "verdict", "seeds", "config hash", "git sha", "image", "device", "wall time (s)",
+              "peak mem (MB)"]
+    lines += ["", "| " + " | ".join(header) + " |",
+              "|" + "|".join(["---"] * 5 + ["---:"] * 4 + ["---"] * 6 + ["---:"] * 2) + "|"]
+    for c in cells:
+        p = c.provenance
+        verdict = c.verdict + (" (stale)" if p.get("stale") else "")
+        bound = EMPTY if c.bound is None else f"{c.bound:.2f} ({c.rule})"
+        seeds = p["seeds"] + (f" ({len(c.planned_seeds)} planned)" if c.planned_seeds else "")
+        lines.append("| " + " | ".join([
+            str(c.table), c.dataset, c.backbone, c.method, c.metric, c.paper.text(),
+            c.ours.text().replace(" [stale]", ""), _signed(c.delta), bound,
+            f"**{verdict}**" if c.failed else verdict, seeds, _short(p["config_hash"], 8),
+            _short(p["git_sha"], 10), p["image"], p["device"], p["wall_time_s"],
+            p["peak_memory_mb"]]) + " |")
+    lines += ["", "## The paper's printed Improv. values", "",
+              "Printed beside the best non-supervised row minus Supervised (per metric), from the "
+              "paper's own numbers (results/paper/printed-improvements.csv, tables.csv).", "",
+              "| Table | Dataset | Backbone | Metric | printed | from the numbers | |",
+              "|---|---|---|---|---:|---:|---|"]
+    for k in checks:
+        flag = "ok" if k.consistent else f"**inconsistent**: {k.note}"
+        lines.append(f"| {k.table} | {k.dataset} | {k.backbone} | {k.metric} | "
+                     f"{k.printed:+.2f} | {_signed(k.computed)} | {flag} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(cells: list[Comparison], checks: list[ImprovementCheck], out_stem: str | Path,
+                  tier: str, criterion: Criterion) -> None:
+    """`<out_stem>.md` and `<out_stem>.csv`."""
+    out_stem = Path(out_stem)
+    atomic_write_text(to_markdown(cells, checks, tier, criterion), out_stem.with_suffix(".md"))
+    atomic_write_text(to_csv(cells), out_stem.with_suffix(".csv"))

@@ -1,0 +1,143 @@
+"""Figures: per table, a bar chart of the reproduced cells beside the paper's (error bars: the
+std over seeds, the paper's ±), and the training curves of each run (history.csv: losses and the
+validation metric per epoch, the seeds of one method overlaid).
+
+The bars are drawn from relvit.report.compare's cells, the same numbers as compare.md.
+matplotlib (Agg backend) is imported on first use, about 0.7 s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from relvit.report.compare import STAND_IN, Comparison
+from relvit.report.provenance import run_id
+from relvit.report.table1 import Cell
+
+# history.csv columns drawn in the metric panel: column -> (label, scale to %)
+VAL_METRICS = {"val_acc_clf": ("top-1 (%)", 100.0), "val_acc_rel": ("relations (%)", 100.0),
+               "val_acc_pos": ("positions (%)", 100.0), "val_bbox_mAP": ("box mAP", 1.0)}
+LOSSES = ("train_loss", "val_loss")
+STYLES = ("-", "--", ":")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean(cell: Cell) -> float:
+    return math.nan if cell.mean is None else cell.mean
+
+
+def _label(cell: Comparison) -> str:
+    method = (cell.method.replace("upstream ", "up ").replace("perm ", "P ")
+              .replace("mega ", "M ").replace("✓", "+").replace("✗", "-"))
+    return f"{cell.backbone if cell.table == 2 else cell.dataset}\n{method}"
+
+
+def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path) -> list[Path]:
+    """`<out_dir>/table<N>.png` and `.pdf`: one panel per metric."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    cells = [c for c in cells if c.table == table]
+    if not cells:
+        raise ValueError(f"table {table}: no cells to draw")
+    metrics = list(dict.fromkeys(c.metric for c in cells))
+    width = max(6.0, 0.45 * max(sum(c.metric == m for c in cells) for m in metrics) + 2)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 3.6 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        here = [c for c in cells if c.metric == metric]
+        x = range(len(here))
+        ours = ax.bar([i - 0.2 for i in x], [_mean(c.ours) for c in here], 0.4,
+                      label="reproduced", yerr=[c.ours.std or 0 for c in here], capsize=2,
+                      color="tab:blue")
+        ax.bar([i + 0.2 for i in x], [_mean(c.paper) for c in here], 0.4, label="paper",
+               yerr=[c.paper.std or 0 for c in here], capsize=2, color="tab:gray")
+        for bar, cell in zip(ours, here):
+            if cell.verdict == STAND_IN:
+                bar.set_hatch("//")
+            if cell.failed:
+                bar.set(edgecolor="red", linewidth=2)
+        ax.set_xticks(list(x), [_label(c) for c in here], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(metric)
+        ax.legend(handles=[Patch(color="tab:blue", label="reproduced"),
+                           Patch(color="tab:gray", label="paper")], fontsize=7)
+    notes = [text for flag, text in (
+        (any(c.verdict == STAND_IN for c in cells), "hatched: run on a stand-in dataset, not "
+                                                     "comparable"),
+        (any(c.failed for c in cells), "red edge: out of tolerance")) if flag]
+    fig.suptitle("\n".join([f"Table {table}: reproduced (mean ± std over seeds) vs paper",
+                            *notes]), fontsize=9)
+    fig.tight_layout()
+    paths = [Path(out_dir) / f"table{table}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def curve_group(metrics_path: str | Path) -> str:
+    """The figure a run's curves go in: its run id without the seed (digits/vit_small/relvit),
+    or its folder's parent's name outside the workflow's layout."""
+    run = run_id(metrics_path) or Path(metrics_path).parent.parent.name
+    return re.sub(r"/seed\d+$", "", run)
+
+
+def _history(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "history.csv"
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: cannot read the run's history ({err})") from err
+
+
+def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """`<out_dir>/curves/<group>.png` per group of runs (seeds overlaid): losses, and the
+    validation metrics of VAL_METRICS that the runs record."""
+    plt = _pyplot()
+    groups: dict[str, list[Path]] = {}
+    for path in map(Path, metrics_files):
+        groups.setdefault(curve_group(path), []).append(path.parent)
+    written = []
+    for group, run_dirs in sorted(groups.items()):
+        fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+        for i, run_dir in enumerate(sorted(run_dirs)):  # one colour per seed
+            history, seed = _history(run_dir), run_dir.name
+            for column, style in zip(LOSSES, STYLES):
+                if column in history:
+                    loss_ax.plot(history["epoch"], history[column], style, color=f"C{i}",
+                                 label=f"{column} {seed}")
+            shown = [(column, *VAL_METRICS[column]) for column in VAL_METRICS if column in history]
+            for (column, label, scale), style in zip(shown, STYLES):
+                metric_ax.plot(history["epoch"], history[column] * scale, style, color=f"C{i}",
+                               label=f"{label} {seed}")
+        loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+        metric_ax.set(xlabel="epoch", title="validation metric")
+        for ax in (loss_ax, metric_ax):
+            ax.legend(fontsize=6)
+        fig.suptitle(group, fontsize=9)
+        fig.tight_layout()
+        path = Path(out_dir) / "curves" / f"{group}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_figures(cells: list[Comparison], tables: list[int], curves: list[str | Path],
+                  out_dir: str | Path) -> list[Path]:
+    """The bar chart of each of `tables` and the training curves of the runs of `curves`."""
+    written = [p for table in tables for p in bar_chart(cells, table, out_dir)]
+    return written + training_curves(curves, out_dir)

@@ -1,0 +1,107 @@
+"""Where a reported number came from, as the reports see it: the run config a run was planned
+from, whether the run is stale (its config changed after it ran), and a cell's provenance
+summed up over its seeds.
+
+The workflow's layout (workflow/rules/common.smk): run `<id>` writes `<results>/runs/<id>/` and
+is planned from `<results>/configs/<id>.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+RUNS, CONFIGS = "runs", "configs"
+STALE = "[stale]"
+STALE_NOTE = (f"{STALE}: a run of this cell was made with another run config than the one the "
+              "workflow now plans (results/configs/<run>.yaml changed after it ran): rerun the "
+              "workflow; `relvit compare` names the runs.")
+
+
+def run_id(metrics_path: str | Path) -> str | None:
+    """`<id>` of `<results>/runs/<id>/metrics.json`, or None outside the workflow's layout."""
+    parts = Path(metrics_path).parent.parts
+    if RUNS not in parts[:-1]:
+        return None
+    at = len(parts) - 1 - parts[::-1].index(RUNS)
+    return "/".join(parts[at + 1:])
+
+
+def planned_config(metrics_path: str | Path) -> Path | None:
+    """`<results>/configs/<id>.yaml` of a run, where it exists."""
+    run = run_id(metrics_path)
+    if run is None:
+        return None
+    runs_dir = Path(metrics_path).parent.parents[len(Path(run).parts) - 1]
+    path = runs_dir.parent / CONFIGS / f"{run}.yaml"
+    return path if path.is_file() else None
+
+
+def file_config_hash(path: str | Path) -> str:
+    """The config hash (relvit.train.provenance.config_hash) of a run config file, resolved."""
+    from relvit.config import ConfigError, config_from_dict
+    from relvit.train.provenance import config_hash
+
+    try:
+        cfg = config_from_dict(yaml.safe_load(Path(path).read_text()) or {}, source=str(path))
+    except (ConfigError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: not a run config ({err})") from err
+    return config_hash(cfg.to_dict())
+
+
+def recorded_hash(metrics: dict, metrics_path: str | Path) -> str | None:
+    """The config hash a run recorded in metrics.json; for runs older than that key, the hash of
+    the resolved config.yaml the run wrote beside it."""
+    if metrics.get("config_hash"):
+        return str(metrics["config_hash"])
+    written = Path(metrics_path).parent / "config.yaml"
+    return file_config_hash(written) if written.is_file() else None
+
+
+def is_stale(metrics: dict, metrics_path: str | Path) -> bool | None:
+    """True when the run's config hash differs from its planned run config's; None when there
+    is nothing to compare (no planned config, no recorded hash)."""
+    planned = planned_config(metrics_path)
+    recorded = recorded_hash(metrics, metrics_path)
+    if planned is None or recorded is None:
+        return None
+    return recorded != file_config_hash(planned)
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A metrics.json as a dict; a malformed file is an error naming it."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a metrics file ({err})") from err
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: not a metrics file (a JSON object expected)")
+    return metrics
+
+
+def _distinct(values: pd.Series, width: int | None = None) -> str:
+    seen = [str(v)[:width] if width else str(v) for v in values.dropna() if str(v)]
+    return "; ".join(dict.fromkeys(seen)) or "—"
+
+
+def summarize(runs: pd.DataFrame) -> dict[str, str]:
+    """One cell's provenance over its seeds (rows of gather_runs): the distinct config hashes,
+    commits, images and devices, the seeds, the total wall time and the largest peak memory."""
+    if runs.empty:
+        return {"seeds": "—", "config_hash": "—", "git_sha": "—", "image": "—", "device": "—",
+                "wall_time_s": "—", "peak_memory_mb": "—", "stale": ""}
+    wall, peak = runs["wall_time_s"].dropna(), runs["peak_memory_mb"].dropna()
+    stale_runs = runs[runs["stale"].fillna(False).astype(bool)]
+    return {
+        "seeds": ", ".join(str(int(s)) for s in sorted(runs["seed"].dropna())),
+        "config_hash": _distinct(runs["config_hash"]),
+        "git_sha": _distinct(runs["git_sha"]),
+        "image": _distinct(runs["image"].fillna("none")),
+        "device": _distinct(runs["device"]),
+        "wall_time_s": f"{wall.sum():.0f}" if len(wall) else "—",
+        "peak_memory_mb": f"{peak.max():.0f}" if len(peak) else "—",
+        "stale": ", ".join(str(run) for run in stale_runs["run"]),
+    }

@@ -1,0 +1,237 @@
+"""relvit compare: verdicts on synthetic runs, the paper's Improv. slips, stale runs, provenance."""
+
+import json
+import statistics
+
+import pandas as pd
+import pytest
+import yaml
+
+from relvit.cli import main
+from relvit.report.compare import (NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN, WITHIN, Criterion,
+                                   compare, improvement_checks)
+from relvit.report.gather import gather_runs
+from relvit.report.provenance import file_config_hash, is_stale, planned_config
+from relvit.report.table1 import Table1, render_markdown
+from relvit.train import provenance
+from relvit.workflow import detection_plan_rows
+
+PAPER = "results/paper/tables.csv"
+# (dataset, method dir, mode, label, backbone label, {seed: best_top1})
+TABLE1_RUNS = [
+    ("cifar10", "supervised", "supervised", "", "ViT-S/4", {0: 86.0, 1: 86.5, 2: 86.2}),
+    ("cifar10", "relvit", "finetune", "", "ViT-S/4", {0: 85.0, 1: 85.5, 2: 85.2}),
+    ("cifar10", "supervised_same_epochs", "supervised", "same-epochs", "ViT-S/4", {0: 88.0}),
+    ("imagenet", "supervised", "supervised", "", "ViT-S/32", {0: 64.7}),
+    ("digits", "supervised", "supervised", "", "ViT/4 (D=36, depth 1, 3 heads)", {0: 80.0}),
+]
+TITLES = {"cifar10": "CIFAR-10", "imagenet": "Imagenet", "digits": "Digits (sklearn)",
+          "svhn": "SVHN"}
+
+
+def run_config(dataset: str, mode: str, label: str, seed: int) -> dict:
+    model = {"backbone": "vit_small"}
+    if dataset == "digits":
+        model.update(embed_dim=36, depth=1, num_heads=3)
+    return {"mode": mode, "label": label, "seed": seed, "data": {"name": dataset},
+            "model": model}
+
+
+def write_results(root, runs=TABLE1_RUNS, planned_only=(("svhn", "relvit", "finetune"),)):
+    """results/configs/<id>.yaml and results/runs/<id>/metrics.json, as the workflow lays them
+    out, with the config hash a finished run records."""
+    for dataset, method, mode, label, backbone, seeds in runs:
+        for seed, top1 in seeds.items():
+            run_id = f"{dataset}/vit_small/{method}/seed{seed}"
+            config = root / "configs" / f"{run_id}.yaml"
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(yaml.safe_dump(run_config(dataset, mode, label, seed)))
+            metrics = root / "runs" / run_id / "metrics.json"
+            metrics.parent.mkdir(parents=True)
+            metrics.write_text(json.dumps({
+                "mode": mode, "label": label, "seed": seed, "dataset": dataset,
+                "dataset_title": TITLES[dataset], "backbone_label": backbone,
+                "best_top1": top1, "last_top1": top1, "wall_time_s": 10.0 + seed,
+                "peak_memory_mb": 100.0 * (seed + 1), "device": "cpu (test)",
+                "git_sha": "abc123", "image": "none", "config_hash": file_config_hash(config)}))
+    for dataset, method, mode in planned_only:
+        config = root / "configs" / f"{dataset}/vit_small/{method}/seed0.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(run_config(dataset, mode, "", 0)))
+
+
+def cells_by_key(cells):
+    return {(c.table, c.dataset, c.method, c.metric): c for c in cells}
+
+
+def test_table1_verdicts(tmp_path):
+    write_results(tmp_path)
+    cells = cells_by_key(compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER))
+    sup = cells[(1, "CIFAR-10", "Supervised", "top1")]
+    # |86.23 - 86.09| <= 2 * sqrt(0.46² + σ²) = 1.05 (σ = 0.25): within the paper's ±
+    assert sup.verdict == WITHIN and sup.rule == "2σ"
+    sigma = statistics.stdev([86.0, 86.5, 86.2])
+    assert sup.bound == pytest.approx(2 * (0.46 ** 2 + sigma ** 2) ** 0.5)
+    assert sup.delta == pytest.approx(86.2333 - 86.09, abs=1e-3)
+    assert sup.provenance["seeds"] == "0, 1, 2" and sup.planned_seeds == [0, 1, 2]
+    assert sup.provenance["wall_time_s"] == "33" and sup.provenance["peak_memory_mb"] == "300"
+    assert sup.provenance["git_sha"] == "abc123" and sup.provenance["stale"] == ""
+    assert len(sup.provenance["config_hash"].split("; ")) == 3  # one per seed
+    assert cells[(1, "CIFAR-10", "RelViT", "top1")].verdict == OUT  # 85.23 vs 90.23 ± 0.09
+    # ImageNet-1K: no ± in the paper, one seed: the tolerance (0.9) decides; 64.70 vs 65.34
+    imagenet = cells[(1, "Imagenet", "Supervised", "top1")]
+    assert imagenet.rule == "tolerance" and imagenet.bound == 0.9
+    assert imagenet.verdict == WITHIN
+    strict = cells_by_key(compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER,
+                                  criterion=Criterion(tolerance=0.1)))
+    assert strict[(1, "Imagenet", "Supervised", "top1")].verdict == OUT
+    assert cells[(1, "SVHN", "RelViT", "top1")].verdict == NOT_RUN
+    assert cells[(1, "Digits (sklearn)", "Supervised", "top1")].verdict == STAND_IN
+    assert cells[(1, "CIFAR-10", "Supervised, same epochs", "top1")].verdict == NOT_IN_PAPER
+    assert not any(c.failed for c in cells.values() if c.verdict != OUT)
+
+
+def test_imagenet_paper_value_is_what_the_test_assumes():
+    paper = pd.read_csv(PAPER)
+    row = paper[(paper.dataset == "Imagenet") & (paper.method == "Supervised")]
+    assert abs(64.7 - float(row["value"].iloc[0])) <= 0.9 and pd.isna(row["std"].iloc[0])
+
+
+def test_cli_exit_codes_and_files(tmp_path, capsys):
+    write_results(tmp_path)
+    out = tmp_path / "tables" / "compare"
+    sources = [str(tmp_path / "configs"), str(tmp_path / "runs")]
+    assert main(["compare", "--out", str(out), "--tier", "test", *sources]) == 1
+    assert "OUT: table 1 CIFAR-10 ViT-S/4 RelViT top1" in capsys.readouterr().err
+    md, table = out.with_suffix(".md").read_text(), pd.read_csv(out.with_suffix(".csv"))
+    assert "| 1 | CIFAR-10 | ViT-S/4 | RelViT | top1 | 90.23 ± 0.09 | 85.23 ± 0.25 |" in md
+    assert "**OUT**" in md and "**inconsistent**" in md
+    assert set(table["verdict"]) == {WITHIN, OUT, NOT_RUN, STAND_IN, NOT_IN_PAPER}
+    assert main(["compare", "--out", str(out), "--no-fail", *sources]) == 0
+    # only the stand-in ran: nothing comparable, nothing fails
+    stand_in = tmp_path / "smoke"
+    write_results(stand_in, [r for r in TABLE1_RUNS if r[0] == "digits"], ())
+    assert main(["compare", "--out", str(out), str(stand_in)]) == 0
+    assert main(["compare", "--out", str(out), "--tolerance", "-1", str(stand_in)]) == 1
+    assert "tolerance >= 0" in capsys.readouterr().err
+
+
+def detection_results(tmp_path, stand_in: bool, box: tuple[float, float, float]):
+    tables = {"3": {"datasets": ["coco2017"], "backbones": ["vit_small"]}}
+    workflow = {"results": str(tmp_path), "seeds": [0],
+                "detection": {"tables": tables, **({"stand_in": "digit_scenes"} if stand_in
+                                                   else {})}}
+    rows = detection_plan_rows(workflow, PAPER)
+    supervised = next(r for r in rows if r["variant"] == "supervised")
+    path = tmp_path / "runs" / supervised["run_id"] / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"mode": "detect", "seed": 0, "backbone_label": "ViT-S/16",
+                                "last_map": {"bbox": dict(zip(("mAP", "mAP50", "mAP75"), box))}}))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(rows))
+    return plan
+
+
+def test_detection_verdicts(tmp_path):
+    # COCO Supervised in the paper: 20.43, 35.36, 20.27 (no ±: the tolerance decides)
+    plan = detection_results(tmp_path / "real", False, (20.0, 37.0, 20.27))
+    cells = cells_by_key(compare([], plan, PAPER))
+    assert [cells[(3, "COCO mini-val", "Supervised", m)].verdict
+            for m in ("mAP", "mAP50", "mAP75")] == [WITHIN, OUT, WITHIN]
+    assert cells[(3, "COCO mini-val", "RelViT (upstream ✓, perm ✗, mega ✗)", "mAP")].verdict \
+        == NOT_RUN
+    plan = detection_results(tmp_path / "smoke", True, (2.0, 5.0, 1.0))
+    cells = compare([], plan, PAPER)
+    assert {c.verdict for c in cells} == {STAND_IN, NOT_RUN} and not any(c.failed for c in cells)
+
+
+def test_improv_flags_are_the_papers_known_slips():
+    """/work/shared/paper/README.md: CIFAR-100 +5.85 (5.80), KITTI mAP50 +7.99 (7.79), Table 2 ViT
+    mAP75 and Table 3 SVHN mAP / mAP75 from the last RelViT row instead of the best."""
+    checks = improvement_checks()
+    flagged = {(k.table, k.dataset, k.backbone, k.metric): k for k in checks if not k.consistent}
+    assert set(flagged) == {(1, "CIFAR-100", "ViT-S/4", "top1"),
+                            (3, "KITTI", "ViT-S", "mAP_box50"),
+                            (2, "VOC-2007", "ViT", "mAP75"),
+                            (3, "SVHN", "ViT-S", "mAP_box"), (3, "SVHN", "ViT-S", "mAP_box75")}
+    assert flagged[(1, "CIFAR-100", "ViT-S/4", "top1")].computed == pytest.approx(5.80)
+    assert flagged[(3, "KITTI", "ViT-S", "mAP_box50")].computed == pytest.approx(7.79)
+    assert "no row" in flagged[(3, "KITTI", "ViT-S", "mAP_box50")].note
+    assert "mega yes" in flagged[(3, "SVHN", "ViT-S", "mAP_box75")].note
+    assert len(checks) == 25
+
+
+def test_editing_a_run_config_after_the_run_makes_it_stale(tmp_path):
+    write_results(tmp_path)
+    run = tmp_path / "runs" / "cifar10/vit_small/relvit/seed1"
+    config = planned_config(run / "metrics.json")
+    assert config == tmp_path / "configs" / "cifar10/vit_small/relvit/seed1.yaml"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert is_stale(metrics, run / "metrics.json") is False
+    # the device is not part of the hash: moving a run to a GPU does not make it stale
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "device": "cuda"}))
+    assert is_stale(metrics, run / "metrics.json") is False
+    config.write_text(yaml.safe_dump({**raw, "optim": {"lr": 0.123}}))
+    assert is_stale(metrics, run / "metrics.json") is True
+    cells = cells_by_key(compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER))
+    assert cells[(1, "CIFAR-10", "RelViT", "top1")].provenance["stale"] == str(run)
+    assert cells[(1, "CIFAR-10", "Supervised", "top1")].provenance["stale"] == ""
+    table = render_markdown(Table1(gather_runs([tmp_path / "runs"])), "test")
+    assert "85.23 ± 0.25 [stale]" in table and "[stale]: a run of this cell" in table
+    # a run older than the config_hash key: the hash of the config.yaml it wrote decides
+    del metrics["config_hash"]
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert is_stale(metrics, run / "metrics.json") is True
+
+
+def test_container_image_and_config_hash(monkeypatch, tiny_config):
+    for name in provenance.IMAGE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert provenance.container_image() == "none"
+    monkeypatch.setenv("RELVIT_IMAGE", "ghcr.io/x/relvit:1")
+    assert provenance.container_image() == "ghcr.io/x/relvit:1"
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/relvit.sif")
+    assert provenance.container_image() == "/images/relvit.sif"
+    a = tiny_config("supervised").to_dict()
+    assert provenance.config_hash(a) == provenance.config_hash({**a, "device": "cuda:1"})
+    assert provenance.config_hash(a) != provenance.config_hash({**a, "seed": 1})
+    assert len(provenance.config_hash(a)) == 16
+
+
+def test_a_tiny_run_records_its_provenance(tmp_path, monkeypatch, tiny_config):
+    from relvit.train.loop import train
+
+    for name in provenance.IMAGE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SINGULARITY_CONTAINER", "relvit.sif")
+    cfg = tiny_config("supervised", optim={"epochs": 1})
+    metrics = train(cfg, tmp_path / "runs" / "run", progress=False)
+    written = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())
+    assert written == metrics
+    for key in ("git_sha", "device", "seed", "wall_time_s", "peak_memory_mb"):
+        assert written[key] is not None, key
+    assert written["image"] == "relvit.sif"
+    # the hash of the planned config (device "auto" there) matches the run's
+    planned = tmp_path / "configs" / "run.yaml"
+    planned.parent.mkdir()
+    planned.write_text(yaml.safe_dump({**cfg.to_dict(), "device": "auto"}))
+    assert written["config_hash"] == file_config_hash(planned)
+    assert is_stale(written, tmp_path / "runs" / "run" / "metrics.json") is False
+
+
+def test_stale_detection_rows_are_marked_in_tables_2_3(tmp_path):
+    from relvit.report.detection_tables import render_markdown as render_detection
+
+    plan = detection_results(tmp_path, False, (20.0, 35.0, 20.0))
+    rows = json.loads(plan.read_text())
+    supervised = next(r for r in rows if r["variant"] == "supervised")
+    config = tmp_path / "configs" / f"{supervised['run_id']}.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(yaml.safe_dump({"mode": "detect", "data": {"name": "coco2017"}}))
+    path = tmp_path / "runs" / supervised["run_id"] / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "config_hash": "0" * 16}))
+    text = render_detection(3, rows, pd.read_csv(PAPER), "test")
+    assert "| COCO mini-val | Supervised [stale] |" in text and "[stale]: a run" in text
+    cells = cells_by_key(compare([], plan, PAPER))
+    assert cells[(3, "COCO mini-val", "Supervised", "mAP")].provenance["stale"]

@@ -1,0 +1,66 @@
+"""relvit figures: bar charts per table and training curves, from synthetic runs."""
+
+import pytest
+from test_compare import PAPER, detection_results, write_results
+
+from relvit.cli import main
+from relvit.report.compare import compare
+from relvit.report.figures import curve_group, training_curves, write_figures
+
+PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF-"
+
+
+def add_histories(runs_root):
+    """A history.csv beside every metrics.json: a classification or a pretrain run's columns."""
+    for metrics in runs_root.rglob("metrics.json"):
+        pretrain = "pretrain" in metrics.parent.parent.name
+        columns = ["epoch", "lr", "train_loss", "val_loss"] + (
+            ["val_acc_rel", "val_acc_pos"] if pretrain else ["val_acc_clf"])
+        rows = [[str(e), "0.001", f"{2 / e:.3f}", f"{2.2 / e:.3f}"]
+                + [f"{0.1 * e:.2f}"] * (2 if pretrain else 1) for e in range(1, 6)]
+        (metrics.parent / "history.csv").write_text(
+            "\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+
+
+def assert_file(path, magic):
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data.startswith(magic) and len(data) > 2000, path
+
+
+def test_bar_charts_and_curves(tmp_path):
+    write_results(tmp_path, planned_only=())
+    add_histories(tmp_path / "runs")
+    plan = detection_results(tmp_path / "det", True, (2.0, 5.0, 1.0))
+    cells = compare([tmp_path / "configs", tmp_path / "runs"], plan, PAPER)
+    metrics = sorted((tmp_path / "runs").rglob("metrics.json"))
+    written = write_figures(cells, [1, 3], metrics, tmp_path / "figures")
+    for table in (1, 3):
+        assert_file(tmp_path / "figures" / f"table{table}.png", PNG)
+        assert_file(tmp_path / "figures" / f"table{table}.pdf", PDF)
+    curves = tmp_path / "figures" / "curves"
+    expected = {"cifar10/vit_small/relvit", "cifar10/vit_small/supervised",
+                "cifar10/vit_small/supervised_same_epochs", "imagenet/vit_small/supervised",
+                "digits/vit_small/supervised"}
+    assert {str(p.relative_to(curves).with_suffix("")) for p in curves.rglob("*.png")} == expected
+    for path in curves.rglob("*.png"):
+        assert_file(path, PNG)
+    assert len(written) == 4 + len(expected)
+
+
+def test_curves_need_a_history(tmp_path):
+    write_results(tmp_path, planned_only=())
+    metrics = tmp_path / "runs" / "cifar10/vit_small/supervised/seed1/metrics.json"
+    assert curve_group(metrics) == "cifar10/vit_small/supervised"
+    with pytest.raises(ValueError, match="history.csv: cannot read the run's history"):
+        training_curves([metrics], tmp_path / "figures")
+
+
+def test_cli_figures(tmp_path):
+    write_results(tmp_path, planned_only=())
+    add_histories(tmp_path / "runs")
+    metrics = [str(p) for p in (tmp_path / "runs").rglob("metrics.json")]
+    assert main(["figures", "--out", str(tmp_path / "fig"), str(tmp_path / "configs"),
+                 str(tmp_path / "runs"), "--curves", *metrics]) == 0
+    assert_file(tmp_path / "fig" / "table1.png", PNG)
+    assert not (tmp_path / "fig" / "table2.png").exists()
