@@ -1,6 +1,9 @@
 # relvit-repro: RelViT reproduction pipeline. Default: the smoke tier (config/config.yaml).
 #   snakemake --cores 2                                  # Table 1 on the embedded digits
 #   snakemake --cores 2 --configfile config/other.yaml   # another tier
+import os
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -9,7 +12,22 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# every problem of the workflow config and of its run configs at once, with key paths
+from relvit.workflow import check_workflow_config
+
+check_workflow_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"),
+                      os.path.join(workflow.basedir, "results", "paper", "tables.csv"))
 validate(config, "config/schema.yaml")
+
+# a snakemake killed before it could unlock leaves its locks: released when no snakemake that ran
+# this workflow here is alive, so a plain `snakemake` resumes (with rerun-incomplete, profiles/)
+from relvit.workflow import release_stale_locks
+
+for _lock in release_stale_locks():
+    print(f"relvit: removed stale lock {_lock} (its snakemake is gone)", file=sys.stderr)
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -19,10 +37,13 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
     input:
         rules.table1.output if TABLE1_RUNS else [],
         rules.detection_tables.output if DETECTION_TABLES else [],
+        rules.compare.output if RUNS else [],
+        rules.figures.output if RUNS else [],
     default_target: True

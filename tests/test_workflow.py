@@ -23,7 +23,11 @@ TINY = {
 
 
 def snakemake(*args, cwd=ROOT, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # this interpreter's bin (`relvit`) first, unless a test put it on PATH behind its stand-ins
+    path, venv = os.environ["PATH"], str(Path(sys.executable).parent)
+    if venv not in path.split(os.pathsep):
+        path = f"{venv}{os.pathsep}{path}"
+    env = {**os.environ, "PATH": path}
     result = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=cwd,
                             capture_output=True, text=True, env=env, timeout=900)
     if check and result.returncode:
@@ -53,6 +57,7 @@ def test_default_dag(tmp_path):
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 3, "pretrain": 9, "prepare_data": 2, "run_config": 30,
         "supervised": 6, "table1": 1, "detect": 12, "detection_plan": 1, "detection_tables": 1,
+        "compare": 1, "figures": 1,
     }
 
 
@@ -64,7 +69,7 @@ def test_paper_dag(tmp_path):
                        cwd=tmp_path)
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 22, "pretrain": 22 + 12, "prepare_data": 7 + 4,
-        "run_config": 63 + 23 + 12, "supervised": 19, "table1": 1,
+        "run_config": 63 + 23 + 12, "supervised": 19, "table1": 1, "compare": 1, "figures": 1,
         "detect": 23, "detection_plan": 1, "detection_tables": 1,
     }
     assert "results/runs/imagenet100/vit_small/relvit_mega/seed2/metrics.json" in result.stdout

@@ -11,16 +11,22 @@ rule finetune:
     wildcard_constraints:
         method="relvit|relvit_mega",
     params:
+        launch=launcher("finetune"),
         out=lambda wc: run_dir(planned(wc).run_id),
         init=pretrain_checkpoint,
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
+    resources:
+        **stage_resources("finetune"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
-        "relvit finetune --config {input.config:q} --out {params.out:q} --init {params.init:q}"
-        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"
+        "{params.launch} finetune --config {input.config:q} --out {params.out:q}"
+        " --init {params.init:q} --threads {threads} --no-progress --replace-changed"
+        " --record-failure > {log:q} 2>&1"
 
 
 rule supervised:
@@ -32,12 +38,17 @@ rule supervised:
     wildcard_constraints:
         method="supervised|supervised_same_epochs",
     params:
+        launch=launcher("supervised"),
         out=lambda wc: run_dir(planned(wc).run_id),
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
+    resources:
+        **stage_resources("supervised"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
-        "relvit supervised --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"
+        "{params.launch} supervised --config {input.config:q} --out {params.out:q}"
+        " --threads {threads} --no-progress --replace-changed --record-failure > {log:q} 2>&1"

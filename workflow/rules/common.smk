@@ -61,3 +61,31 @@ def pretrain_metrics(wildcards):
 def pretrain_checkpoint(wildcards):
     """The best.pt a finetune starts from (not a declared output, see pretrain.smk)."""
     return os.path.join(run_dir(planned(wildcards).pretrain), "best.pt")
+
+
+# Containers, GPUs and cluster resources (README: "GPU boxes and SLURM clusters").
+CONTAINER = config["container"]
+TRAINING_STAGES = ("pretrain", "finetune", "supervised", "detect")
+
+
+def stage_resources(stage: str) -> dict[str, int | str]:
+    """The `resources` of a stage's jobs (gpu, mem_mb, runtime in minutes, cpus_per_task, ...)
+    from the workflow config's `resources.<stage>`; a training job's `gpu` is `gpus_per_run`
+    unless that block names its own."""
+    resources = dict((config.get("resources") or {}).get(stage) or {})
+    if stage in TRAINING_STAGES:
+        resources.setdefault("gpu", config["gpus_per_run"])
+    return resources
+
+
+def launcher(stage: str) -> str:
+    """The command a training job starts: `relvit`, or torchrun with one process per GPU."""
+    gpus = stage_resources(stage)["gpu"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} -m relvit.cli"
+    return "relvit"
+
+
+# envs/relvit.yaml installs this checkout's package from here (pip expands ${RELVIT_SRC}): set
+# for `--sdm conda` to read, whatever the caller's environment holds.
+os.environ.update(RELVIT_SRC=workflow.basedir)

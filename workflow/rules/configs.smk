@@ -3,6 +3,10 @@
 import yaml
 
 
+localrules:
+    run_config,  # writes one small YAML: not worth a cluster job
+
+
 rule run_config:
     output:
         f"{RESULTS}/configs/{{run}}.yaml",

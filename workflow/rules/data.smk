@@ -11,8 +11,12 @@ rule prepare_data:
         offline="--offline" if DATA.get("offline", False) else "",
     log:
         f"{RESULTS}/logs/data/{{dataset}}.log",
+    resources:
+        **stage_resources("prepare_data"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
         "relvit prepare-data {wildcards.dataset} --root {params.root:q} {params.offline}"
         " > {log:q} 2>&1"

@@ -12,12 +12,17 @@ rule detect:
     wildcard_constraints:
         method="det_[a-z_]+",
     params:
+        launch=launcher("detect"),
         out=lambda wc: run_dir(planned(wc).run_id),
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
+    resources:
+        **stage_resources("detect"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
-        "relvit detect --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"
+        "{params.launch} detect --config {input.config:q} --out {params.out:q}"
+        " --threads {threads} --no-progress --replace-changed --record-failure > {log:q} 2>&1"

@@ -12,12 +12,17 @@ rule pretrain:
     wildcard_constraints:
         method="pretrain(_mega|_det(_perm)?(_mega)?)?",
     params:
+        launch=launcher("pretrain"),
         out=lambda wc: run_dir(planned(wc).run_id),
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
+    resources:
+        **stage_resources("pretrain"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
-        "relvit pretrain --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress --replace-changed > {log:q} 2>&1"
+        "{params.launch} pretrain --config {input.config:q} --out {params.out:q}"
+        " --threads {threads} --no-progress --replace-changed --record-failure > {log:q} 2>&1"

@@ -8,19 +8,28 @@ rule table1:
         configs=[run_config_file(run_id) for run_id in TABLE1_RUNS],
         metrics=[metrics_file(run_id) for run_id in TABLE1_RUNS],
     output:
-        md=f"{RESULTS}/tables/table1.md",
-        tex=f"{RESULTS}/tables/table1.tex",
+        md=report(f"{RESULTS}/tables/table1.md", caption="../report/tables.rst", category="Tables"),
+        tex=report(f"{RESULTS}/tables/table1.tex", caption="../report/tables.rst",
+                   category="Tables"),
     params:
         stem=lambda wildcards, output: os.path.splitext(output.md)[0],
         tier=config["tier"],
         paper=PAPER_CSV,
     log:
         f"{RESULTS}/logs/table1.log",
+    resources:
+        **stage_resources("report"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
         "relvit report --table1 {params.stem:q} --tier {params.tier:q} --paper {params.paper:q}"
         " {input:q} > {log:q} 2>&1"
+
+
+localrules:
+    detection_plan,  # writes one small JSON: not worth a cluster job
 
 
 rule detection_plan:
@@ -40,16 +49,21 @@ rule detection_tables:
         plan=rules.detection_plan.output,
         metrics=[metrics_file(run_id) for run_id in DETECTIONS],
     output:
-        expand(f"{RESULTS}/tables/table{{table}}.{{ext}}", table=DETECTION_TABLES,
-               ext=["md", "tex"]),
+        [report(path, caption="../report/tables.rst", category="Tables")
+         for path in expand(f"{RESULTS}/tables/table{{table}}.{{ext}}", table=DETECTION_TABLES,
+                            ext=["md", "tex"])],
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
         tier=config["tier"],
         paper=PAPER_CSV,
     log:
         f"{RESULTS}/logs/detection-tables.log",
+    resources:
+        **stage_resources("report"),
     conda:
         "../../envs/relvit.yaml"
+    container:
+        CONTAINER
     shell:
         "relvit report-detection --plan {input.plan:q} --out {params.out:q} --tier {params.tier:q}"
         " --paper {params.paper:q} > {log:q} 2>&1"
