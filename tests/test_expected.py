@@ -110,3 +110,11 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     assert main(["regress", str(runs), "--expected", str(bad)]) == 1
     assert f"{broken}: not a metrics file" in capsys.readouterr().err
     assert main(["regress", str(tmp_path / "empty"), "--expected", str(bad)]) == 1
+
+
+def test_run_directories_moved_aside_are_not_counted(tmp_path):
+    runs = tier(tmp_path / "runs")
+    aside = runs / "digits/vit/relvit/seed0.replaced-20261127-010203/metrics.json"
+    aside.parent.mkdir()
+    aside.write_text(json.dumps({"seed": 0, **finetune(10.0)}))  # an older config's result
+    assert expected.collect(runs)["digits/vit/relvit"][0]["best_top1"] == 90.0

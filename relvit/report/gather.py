@@ -15,17 +15,21 @@ COLUMNS = ["run", *KEYS, "best_top1", "last_top1", "pretext_rel_acc", "pretext_p
            "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha", "device", "image",
            "config_hash", "stale", "status", "error"]
 
+REPLACED = ".replaced-"  # a run directory moved aside by relvit.train.loop.Run.prepare
+
 
 def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else 100 * fraction
 
 
 def find_files(sources: list[str | Path], pattern: str) -> list[Path]:
-    """Files given directly that match `pattern`, or found under given directories."""
+    """Files given directly that match `pattern`, or found under given directories (skipping
+    run directories moved aside by --replace-changed: `<dir>.replaced-<time>`)."""
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            files += sorted(source.rglob(pattern))
+            files += sorted(f for f in source.rglob(pattern)
+                            if not any(REPLACED in part for part in f.relative_to(source).parts))
         elif source.is_file():
             if source.match(pattern):
                 files.append(source)
