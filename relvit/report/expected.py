@@ -177,10 +177,12 @@ def format_checks(results: list[Check]) -> str:
     lines = ["| cell | metric | expected | ± tol | got | Δ | verdict |",
              "|---|---|---:|---:|---:|---:|---|"]
     for r in sorted(results, key=lambda r: (not r.failed, r.cell, r.metric)):
-        delta = None if r.got is None or r.expected is None else r.got - r.expected
+        if r.got is None or r.expected is None:
+            delta = "—"
+        else:  # rounded first, so that an exact match shows +0.00, not -0.00
+            delta = f"{round(r.got - r.expected, 2) + 0.0:+.2f}"
         lines.append(f"| {r.cell} | {r.metric} | {number(r.expected)} | {number(r.tolerance)} | "
-                     f"{number(r.got)} | {'—' if delta is None else f'{delta:+.2f}'} | "
-                     f"{r.verdict} |")
+                     f"{number(r.got)} | {delta} | {r.verdict} |")
     failed = sum(r.failed for r in results)
     lines.append("")
     lines.append(f"{len(results) - failed} of {len(results)} checks within tolerance"
