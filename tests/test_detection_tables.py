@@ -57,3 +57,27 @@ def test_table3_renders_beside_the_paper(tmp_path):
     ]
     text = render_markdown(3, rows, pd.read_csv(PAPER), "paper")
     assert "| Dataset | Method | Upstream | Perm. | Mega-patch | mAP | paper |" in text
+
+
+def test_seeds_of_a_row_are_averaged(tmp_path):
+    """Several detection seeds give one row per variant: mean ± std, failed seeds counted."""
+    workflow = {"results": str(tmp_path), "seeds": [0, 1, 2],
+                "detection": {"tables": {"3": {"datasets": ["coco2017"],
+                                               "backbones": ["vit_small"]}}}}
+    rows = detection_plan_rows(workflow, PAPER)
+    runs = {"det_supervised": {0: 20.0, 1: 22.0, 2: 24.0}, "det_upstream": {0: 30.0, 1: None}}
+    for row in rows:
+        method, seed = row["run_id"].split("/")[2], row["seed"]
+        if seed in runs.get(method, {}):
+            path = tmp_path / "runs" / row["run_id"] / "metrics.json"
+            path.parent.mkdir(parents=True)
+            value = runs[method][seed]
+            path.write_text(json.dumps(
+                {"status": "failed"} if value is None else
+                {"last_map": {"bbox": {"mAP": value, "mAP50": value, "mAP75": value}}}))
+    cells = table_cells(3, rows, pd.read_csv(PAPER))
+    assert len(cells) == 4  # supervised, upstream, upstream-mega, (Improv.)
+    assert cells[0][5] == "22.00 ± 2.00"
+    assert cells[1][5] == "30.00 [1 failed]"
+    assert cells[2][5] == "—"
+    assert cells[3][5] == "+8.00"

@@ -91,8 +91,36 @@ def _best(scored: list[dict[str, float | None]]) -> dict[str, float | None] | No
     return max(known, key=lambda scores: scores["mAP"]) if known else None
 
 
+def _variants(group: list[dict]) -> list[list[dict]]:
+    """The plan rows of a group gathered per variant (one per seed), in plan order."""
+    seeds: dict[str, list[dict]] = {}
+    for row in group:
+        seeds.setdefault(row["variant"], []).append(row)
+    return list(seeds.values())
+
+
+def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
+    """Mean scores over the seeds that ran (not failed), and the cells: mean, ± std over several
+    seeds, "[k failed]" when some failed, "failed" when all did."""
+    failed = sum(map(row_failed, seeds))
+    ran = [s for s in (scores(row) for row in seeds if not row_failed(row))
+           if s["mAP"] is not None]
+    means: dict[str, float | None] = {m: None for m in METRICS}
+    cells = []
+    for m in METRICS:
+        values = pd.Series([s[m] for s in ran], dtype=float)
+        if values.empty:
+            cells.append(FAILED if failed else EMPTY)
+            continue
+        means[m] = float(values.mean())
+        text = _text(means[m]) + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+        cells.append(text + (f" [{failed} {FAILED}]" if failed else ""))
+    return means, cells
+
+
 def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[str]]:
-    """The table body: one list of cells per row, "(Improv.)" rows included."""
+    """The table body: one list of cells per row (a variant, its seeds averaged), "(Improv.)"
+    rows included."""
     body: list[list[str]] = []
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -104,19 +132,19 @@ def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[
         if group[0]["run_dataset"] != dataset:
             first += f" [{DATASETS[group[0]['run_dataset']].title}]"
         ours_rel, theirs_rel, ours_sup, theirs_sup = [], [], None, None
-        for i, row in enumerate(group):
-            ours = scores(row)
+        for i, seeds in enumerate(_variants(group)):
+            row = seeds[0]
+            ours, our_cells = _seed_cells(seeds)
             theirs = {m: paper_value(paper, row, pm)
                       for m, pm in zip(METRICS, PAPER_METRICS[table])}
             supervised = row["upstream"] is None
             cells = [first if i == 0 else "",
                      ("Supervised" if supervised else RELVIT_NAMES[family])
-                   + (f" {STALE}" if row_stale(row) else ""), _mark(row["upstream"]),
-                     "-" if supervised else _mark(row["perm"]),
+                     + (f" {STALE}" if any(map(row_stale, seeds)) else ""),
+                     _mark(row["upstream"]), "-" if supervised else _mark(row["perm"]),
                      "-" if supervised else _mark(row["mega"])]
-            failed = row_failed(row)
-            for m in METRICS:
-                cells += [FAILED if failed else _text(ours[m]), _text(theirs[m])]
+            for m, ours_text in zip(METRICS, our_cells):
+                cells += [ours_text, _text(theirs[m])]
             body.append(cells)
             if supervised:
                 ours_sup, theirs_sup = ours, theirs
