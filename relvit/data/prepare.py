@@ -20,7 +20,7 @@ from relvit.data.download import fetch
 from relvit.data.formats import EXPECTED_LAYOUT, DatasetLayoutError
 from relvit.data.loading import dataset_folder, load_splits
 from relvit.data.registry import get_dataset
-from relvit.train.checkpoint import atomic_write_text
+from relvit.atomic import atomic_write_text
 
 log = logging.getLogger("relvit")
 MARKER = ".relvit-ready.json"

@@ -33,7 +33,7 @@ from relvit.report import detection_tables as det
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import summarize
 from relvit.report.table1 import EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1, seed_cell
-from relvit.train.checkpoint import atomic_write_text
+from relvit.atomic import atomic_write_text
 
 WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",

@@ -18,7 +18,7 @@ from relvit.detection.plan import PAPER_BACKBONES
 from relvit.models.backbones import get_backbone_spec
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
 from relvit.report.table1 import FAILED, FAILED_NOTE
-from relvit.train.checkpoint import atomic_write_text
+from relvit.atomic import atomic_write_text
 
 METRICS = ("mAP", "mAP50", "mAP75")
 PAPER_METRICS = {2: ("mAP", "mAP50", "mAP75"), 3: ("mAP_box", "mAP_box50", "mAP_box75")}

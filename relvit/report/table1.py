@@ -18,7 +18,7 @@ import pandas as pd
 from relvit.data.registry import DATASETS
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.provenance import STALE, STALE_NOTE
-from relvit.train.checkpoint import atomic_write_text
+from relvit.atomic import atomic_write_text
 
 SAME_EPOCHS = "same-epochs"
 MEGAPATCHES = "mega-patches"

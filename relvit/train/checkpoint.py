@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from relvit.atomic import atomic_write, atomic_write_text, previous_path, remove_stale_temps
+from relvit.atomic import atomic_write, previous_path, remove_stale_temps
 
-__all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "atomic_write_text",
-           "load_checkpoint", "load_resume_state", "load_backbone"]
+__all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "load_checkpoint",
+           "load_resume_state", "load_backbone"]
 
 log = logging.getLogger("relvit")
 

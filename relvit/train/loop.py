@@ -32,8 +32,9 @@ from relvit.geometry import Geometry, backbone_label, run_geometry
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
+from relvit.atomic import atomic_write_text
 from relvit.train.checkpoint import (
-    CheckpointError, atomic_save, atomic_write_text, load_backbone, load_resume_state,
+    CheckpointError, atomic_save, load_backbone, load_resume_state,
 )
 from relvit.train.objective import Objective
 from relvit.train.schedule import learning_rate
