@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,7 +30,15 @@ def random_hflip(images: Tensor, generator: torch.Generator | None = None) -> Te
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+@lru_cache(maxsize=32)
+def _channel_constants(values: tuple[float, ...], device: torch.device,
+                       dtype: torch.dtype) -> Tensor:
+    """[1, C, 1, 1] on `device`, made once: a host-to-device copy per batch would wait for the GPU."""
+    return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+
+
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    m = torch.tensor(mean, device=images.device, dtype=images.dtype)[None, :, None, None]
-    s = torch.tensor(std, device=images.device, dtype=images.dtype)[None, :, None, None]
+    """(images - mean) / std per channel."""
+    m = _channel_constants(tuple(mean), images.device, images.dtype)
+    s = _channel_constants(tuple(std), images.device, images.dtype)
     return (images - m) / s

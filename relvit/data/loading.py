@@ -163,6 +163,22 @@ class _Files(Dataset):
         return self.transform(decode_image(self.split.paths[index])), self.split.labels[index]
 
 
+# An in-memory split within this share of a GPU's memory is copied there once and batched there:
+# no host-to-device copy per batch (CIFAR-10's 50k training images are 150 MB as uint8).
+DEVICE_SPLIT_SHARE = 0.25
+
+
+def on_device(split: Split, device: torch.device) -> Split:
+    """`split` copied to a CUDA `device` when it is a `TensorSplit` within `DEVICE_SPLIT_SHARE` of
+    the device's memory; otherwise `split` itself (batches are then copied one at a time)."""
+    if not isinstance(split, TensorSplit) or device.type != "cuda":
+        return split
+    size = split.images.nbytes + split.labels.nbytes
+    if size > DEVICE_SPLIT_SHARE * torch.cuda.get_device_properties(device).total_memory:
+        return split
+    return TensorSplit(split.images.to(device), split.labels.to(device))
+
+
 def batches(split: Split, order: Tensor, batch_size: int | list[int],
             transform: T.Compose | None, workers: int = 0,
             generator: torch.Generator | None = None,
@@ -172,8 +188,11 @@ def batches(split: Split, order: Tensor, batch_size: int | list[int],
     `batch_size` is one size, or the size of each batch in turn (summing to `len(order)`).
     """
     if isinstance(split, TensorSplit):
-        for idx in order.split(batch_size):
-            yield split.images[idx], split.labels[idx]
+        for idx in order.to(split.images.device).split(batch_size):
+            images, labels = split.images[idx], split.labels[idx]
+            if pin_memory and not images.is_cuda:  # so that the copy to the GPU is asynchronous
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels
         return
     if isinstance(batch_size, int):
         sampling: dict = {"batch_size": batch_size}

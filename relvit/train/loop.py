@@ -9,6 +9,7 @@ same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config
 from relvit.data.loading import (
-    Split, batches, file_transform, load_splits, to_float_images,
+    Split, batches, file_transform, load_splits, on_device, to_float_images,
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, backbone_label, run_geometry
@@ -36,6 +37,7 @@ from relvit.atomic import atomic_write_text
 from relvit.train.checkpoint import (
     CheckpointError, atomic_save, load_backbone, load_resume_state,
 )
+from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import Objective
 from relvit.train.schedule import learning_rate
 
@@ -138,12 +140,17 @@ class Run:
         """Number of training samples."""
         return len(self.splits.train.labels)
 
+    @functools.cached_property
+    def train_split(self) -> Split:
+        """The training split, held on the GPU when it is a small in-memory array (`on_device`)."""
+        return on_device(self.splits.train, self.device)
+
     def steps_per_epoch(self) -> int:
         return math.ceil(self.train_size() / self.cfg.optim.batch_size)
 
     def train_batches(self, epoch: int) -> Iterator[Any]:
         """This rank's share of the epoch's training batches, in a seeded order."""
-        train = self.splits.train
+        train = self.train_split
         shards = self.shards(self.epoch_order(epoch))
         transform = file_transform(self.dataset, self.geo.image_size, train=True)
         return batches(train, torch.cat(shards), [len(s) for s in shards], transform,
@@ -305,13 +312,19 @@ class Run:
         seen, lr = 0, cfg.optim.lr
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                    disable=not self.progress, file=sys.stderr)
+        lagged = LaggedLosses(self.device)  # the finiteness check reads step i - 1's loss
         for i, data in enumerate(self.train_batches(epoch)):
             step = epoch * steps + i
             lr = learning_rate(step, total_steps, cfg.optim)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, stats, size = self.train_loss(data, aug_gen)
-            self._check_finite(loss, epoch, i)
+            try:
+                loss, stats, size = self.train_loss(data, aug_gen)
+            except Exception:  # weights a non-finite step broke: report that step instead
+                self._check_finite(lagged.flush(), epoch)
+                raise
+            previous = lagged.push(distributed.all_gather(loss.detach().float()), i)
+            self._check_finite(previous, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             if self.world > 1:  # DDP averages over ranks: weigh each by its share of the batch
                 loss = loss * (self.world * size / global_sizes[i])
@@ -322,20 +335,25 @@ class Run:
             _accumulate(sums, stats, size)
             seen += size
             bar.update(1)
-            if self.progress:
-                bar.set_postfix(loss=f"{stats['loss'].item():.3f}")
+            if self.progress and previous is not None:
+                bar.set_postfix(loss=f"{previous.values[0]:.3f}")
+        self._check_finite(lagged.flush(), epoch)
         bar.close()
         totals, seen = distributed.reduce_sums(sums, seen)
         return _means(totals, seen), lr
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        """Stop, every rank at the same step, when any rank's loss is not finite."""
-        losses = distributed.all_gather(loss.detach().float())
-        if not bool(torch.isfinite(losses).all()):
-            shown = losses[0].item() if self.world == 1 else f"{losses.tolist()} (by rank)"
-            raise NonFiniteLossError(f"{self.out_dir}: non-finite loss {shown} at epoch "
-                                     f"{epoch + 1}, step {step + 1}; last.pt (after epoch "
-                                     f"{epoch}) and best.pt are kept", epoch + 1, step + 1)
+    def _check_finite(self, losses: StepLosses | None, epoch: int) -> None:
+        """Stop, every rank at the same step, when any rank's loss of that step is not finite.
+
+        `losses` come from `LaggedLosses`, one step late: the check never waits for the GPU.
+        """
+        if losses is None or bool(torch.isfinite(losses.values).all()):
+            return
+        values, step = losses.values, losses.index + 1
+        shown = f"{values[0].item()}" if self.world == 1 else f"{values.tolist()} (by rank)"
+        raise NonFiniteLossError(f"{self.out_dir}: non-finite loss {shown} at epoch "
+                                 f"{epoch + 1}, step {step}; last.pt (after epoch "
+                                 f"{epoch}) and best.pt are kept", epoch + 1, step)
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
@@ -348,7 +366,7 @@ class Run:
         for images, labels in batches(split, part, self.eval_batch_size(), transform,
                                       self.cfg.data.workers,
                                       pin_memory=self.device.type == "cuda"):
-            labels = labels.to(self.device)
+            labels = labels.to(self.device, non_blocking=True)
             batch = self.objective.batch(self._images(images), labels, train=False,
                                          generator=gen)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,

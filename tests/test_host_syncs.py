@@ -1,0 +1,91 @@
+"""The training step never waits for the GPU: the loss is read one step late, in-memory splits are
+batched on the GPU, constants are made once. On CUDA, a whole epoch is run under torch's
+sync-debug mode; on the CPU the same code paths run and their results are checked."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from relvit.data.loading import TensorSplit, batches, on_device
+from relvit.train import loop
+from relvit.train.lagged import LaggedLosses
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lagged_losses_hand_back_the_previous_step_on_the_host(device):
+    lagged = LaggedLosses(torch.device(device))
+    loss = torch.tensor([1.5], device=device)
+    assert lagged.push(loss, 0) is None
+    loss.add_(1.0)  # queued after the copy: the pushed value is a snapshot
+    previous = lagged.push(torch.tensor([float("nan")], device=device), 1)
+    assert previous.index == 0 and previous.values.device.type == "cpu"
+    assert previous.values.tolist() == [1.5]
+    last = lagged.flush()
+    assert last.index == 1 and torch.isnan(last.values).all()
+    assert lagged.flush() is None
+
+
+def test_an_error_after_a_non_finite_step_reports_that_step(tmp_path, tiny_config, monkeypatch):
+    """The check runs a step late; when the next step fails (weights broken by the NaN), the
+    error names the non-finite step, not whatever failed after it."""
+    original, calls = loop.Run.train_loss, [0]
+
+    def train_loss(self, data, generator):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("a later step failed")
+        loss, stats, size = original(self, data, generator)
+        return (loss * float("nan") if calls[0] == 2 else loss), stats, size
+
+    monkeypatch.setattr(loop.Run, "train_loss", train_loss)
+    run = loop.Run(tiny_config("supervised", optim={"batch_size": 32}), tmp_path / "run",
+                   progress=False)
+    with pytest.raises(loop.NonFiniteLossError, match="at epoch 1, step 2;") as error:
+        run.fit()
+    assert isinstance(error.value.__context__, RuntimeError)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_in_memory_splits_batch_alike_on_the_gpu(device):
+    gen = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=gen),
+                        torch.arange(10))
+    placed = on_device(split, torch.device(device))
+    assert placed.images.device.type == device
+    if device == "cpu":
+        assert placed is split
+    order = torch.randperm(10, generator=gen)
+    for (a, la), (b, lb) in zip(batches(split, order, [4, 4, 2], None),
+                                batches(placed, order, [4, 4, 2], None)):
+        assert torch.equal(a, b.cpu()) and torch.equal(la, lb.cpu())
+
+
+@CUDA
+@pytest.mark.parametrize("mode", ["supervised", "pretrain"])
+def test_host_syncs_per_epoch_do_not_grow_with_its_steps(tmp_path, tiny_config, mode):
+    """An epoch of 4x the steps waits for the GPU as often (its end: sums, the epoch order)."""
+    counts = []
+    for batch in (128, 32):
+        cfg = tiny_config(mode, device="cuda", optim={"batch_size": batch})
+        run = loop.Run(cfg, tmp_path / str(batch), progress=False)
+        run.prepare()
+        steps = run.steps_per_epoch()
+        run._train_epoch(0, steps, 2 * steps)  # warm-up: caches, cuBLAS handles
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run._train_epoch(1, steps, 2 * steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        counts.append((steps, len(syncs)))
+    (few_steps, few_syncs), (many_steps, many_syncs) = counts
+    assert many_steps >= 4 * few_steps - 4 and many_syncs == few_syncs, counts
