@@ -222,15 +222,19 @@ def _brightness(x: Tensor, f: Tensor) -> None:
     x.mul_(_per_patch(f)).clamp_(0.0, 1.0)
 
 
+def _gray_mean(x: Tensor) -> Tensor:
+    """[n]: the mean of each patch's grayscale (mean of luma = luma of the channel means)."""
+    means = x.mean(dim=(2, 3))  # [n, C]
+    if x.shape[1] != 3:
+        return means.mean(dim=1)
+    mean = means[:, 0] * _GRAY_WEIGHTS[0]
+    return mean.add_(means[:, 1], alpha=_GRAY_WEIGHTS[1]).add_(means[:, 2], alpha=_GRAY_WEIGHTS[2])
+
+
 def _contrast(x: Tensor, f: Tensor) -> None:
     """torchvision adjust_contrast: blend with the mean of the patch's grayscale."""
-    means = x.mean(dim=(2, 3))  # [n, C]; mean of luma = luma of channel means
-    if x.shape[1] == 3:
-        mean = means[:, 0] * _GRAY_WEIGHTS[0]
-        mean.add_(means[:, 1], alpha=_GRAY_WEIGHTS[1]).add_(means[:, 2], alpha=_GRAY_WEIGHTS[2])
-    else:
-        mean = means.mean(dim=1)
-    x.mul_(_per_patch(f)).add_(_per_patch((1.0 - f) * mean)).clamp_(0.0, 1.0)
+    shift = (1.0 - f) * _gray_mean(x)  # before x changes
+    x.mul_(_per_patch(f)).add_(_per_patch(shift)).clamp_(0.0, 1.0)
 
 
 def _saturation(x: Tensor, f: Tensor) -> None:
@@ -242,8 +246,9 @@ def _saturation(x: Tensor, f: Tensor) -> None:
 _HUE_OFFSETS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 
-def _hue(x: Tensor, f: Tensor) -> None:
-    """torchvision adjust_hue (rgb -> hsv, h = (h + f) mod 1, hsv -> rgb), written directly.
+def _hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
+    """torchvision adjust_hue (rgb -> hsv, h = (h + f) mod 1, hsv -> rgb), written directly into
+    `out` (default: x itself, in place); returns it.
 
     With v = max, cr = max - min (so v * s = cr) and h6 = 6 h, torchvision's ``_hsv2rgb`` equals
     channel_n = v - cr * clamp(min(k, 4 - k), 0, 1) with k = (h6 + n) mod 6, n = 5, 3, 1 for
@@ -274,7 +279,8 @@ def _hue(x: Tensor, f: Tensor) -> None:
     k = h6.unsqueeze(1) + offsets  # [n, 3, p, p]
     # clamp(min(k, 4 - k), 0, 1) = clamp(2 - |k - 2|, 0, 1), all in place
     k.remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-    torch.addcmul(maxc.unsqueeze(1), k, cr.unsqueeze(1), value=-1.0, out=x)
+    return torch.addcmul(maxc.unsqueeze(1), k, cr.unsqueeze(1), value=-1.0,
+                         out=x if out is None else out)
 
 
 def _to_grayscale(x: Tensor) -> None:
@@ -333,21 +339,42 @@ def _jitter_sorted(buf: Tensor, factors: Tensor, groups, enabled: list[bool]) ->
             _to_grayscale(buf[gray_start:end])
 
 
+def _blend_ops(x: Tensor, chosen: list[Tensor], factors: Tensor) -> Tensor:
+    """Brightness, contrast or saturation, each on the patches its mask `chosen[op]` selects.
+
+    The three are one blend: clamp(f * x + (1 - f) * z) with z = 0 (brightness), the patch's
+    gray mean (contrast) or its grayscale image (saturation). Computed as x * a + c + g * w with
+    per-patch a, c, w that are neutral (1, 0, 0) where an op is not chosen, the same float
+    operations as the separate ops: the result is bit-identical to applying the chosen one.
+    """
+    brightness, contrast, saturation = chosen[BRIGHTNESS], chosen[CONTRAST], chosen[SATURATION]
+    a = torch.where(brightness, factors[BRIGHTNESS],
+                    torch.where(contrast, factors[CONTRAST],
+                                torch.where(saturation, factors[SATURATION], 1.0)))
+    y = x.mul(_per_patch(a))
+    y.add_(_per_patch(torch.where(contrast, (1.0 - factors[CONTRAST]) * _gray_mean(x), 0.0)))
+    gray = _gray(x) if x.shape[1] == 3 else x
+    y.addcmul_(gray, _per_patch(torch.where(saturation, 1.0 - factors[SATURATION], 0.0)))
+    y.clamp_(0.0, 1.0)
+    return torch.where(_per_patch(brightness | contrast | saturation), y, x)
+
+
 def _jitter_dense(x: Tensor, params: JitterParams, factors: Tensor, enabled: list[bool]) -> Tensor:
     """Colour jitter then grayscale on all patches at once (no sorting, no host sync).
 
-    For each of the 4 positions of the op order, every enabled op is computed on every patch and
-    kept where the patch drew that op there: 4x the arithmetic of `_jitter_sorted`, but a fixed
-    sequence of kernels whatever the draws (static shapes: CUDA graphs, torch.compile).
+    For each of the 4 positions of the op order, the blend ops (brightness, contrast, saturation)
+    run as one blend and hue on every patch, each kept where the patch drew it at that position:
+    the same values as `_jitter_sorted`, with a fixed sequence of kernels whatever the draws
+    (static shapes: CUDA graphs, torch.compile).
     """
-    active = params.apply_color
+    active, none = params.apply_color, torch.zeros_like(params.apply_color)
     for slot in range(4):
         at = params.order[:, slot]
-        for op in range(4):
-            if enabled[op]:
-                y = x.clone()
-                _OPS[op](y, factors[op])
-                x = torch.where((active & (at == op)).view(-1, 1, 1, 1), y, x)
+        chosen = [active & (at == op) if enabled[op] else none for op in range(4)]
+        x = _blend_ops(x, chosen, factors)
+        if enabled[HUE]:
+            hued = _hue(x, factors[HUE], out=torch.empty_like(x))
+            x = torch.where(_per_patch(chosen[HUE]), hued, x)
     if x.shape[1] == 3:
         x = torch.where(params.grayscale.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
     return x
