@@ -1,42 +1,60 @@
-"""Throughput benchmark: input pipeline stages and the pretrain vs supervised training step.
+"""Throughput benchmark: input pipeline stages, the pretrain vs supervised training step and loop.
 
-Prints one table (stage, config, images/s, ms/step, ratio, peak memory, MFU) and optionally writes
-it as JSON; measures ratios within one run because these machines are noisy. Asserts nothing.
+Prints one table (stage, config, images/s, ms/step, ratio, peak memory, MFU, ops; syncs/step with
+--sync-debug on CUDA) and optionally writes it as JSON; measures ratios within one run because
+these machines are noisy. Asserts nothing.
 
     python bench/bench_relvit.py                       # CPU preset: tiny widths, about 2 minutes
     python bench/bench_relvit.py --device cuda         # GPU preset: ViT-S (depth 12), batch 256
     python bench/bench_relvit.py --device cuda --compile --only steps --json out.json
+    python bench/bench_relvit.py --device cuda --only steps loop --sync-debug --profile prof
 
-Stages: "decode" (JPEG files through DataLoader workers, the per-sample transform of image-file
-datasets), "augment" (batched pad-crop + flip at 32 px; uint8 -> float + normalise at 224 px),
-"SSL inputs" (per-patch jitter + permutation + targets, batched, and the per-sample torchvision
-reference the original runs), "train step" (forward, loss, backward, clipping, AdamW; bf16 autocast
-and fused AdamW on CUDA) of the supervised and the pretrain objective, the latter with the plain
-relation loss (the [B, 9, N, N] scores) and the fused one; "+ batch" rows add the batch
-construction of `relvit.train.objective` (augmentation, jitter, targets) on the same device.
-"relation head + loss" rows measure the memory of the relation head and loss alone at N = 196.
+Stages (`--only`, default all): "decode" (JPEG files through DataLoader workers, the per-sample
+transform of image-file datasets), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
+normalise at 224 px), "ssl" (per-patch jitter + permutation + targets, batched, and the
+per-sample torchvision reference the original runs), "steps" (forward, loss, backward, clipping,
+AdamW; bf16 autocast and fused AdamW on CUDA) of the supervised and the pretrain objective, the
+latter with the plain relation loss (the [B, 9, N, N] scores) and the fused one; "+ batch" rows
+add the batch construction of `relvit.train.objective` (augmentation, jitter, targets) on the same
+device. "loop" times one epoch of the project's own training loop (`Run._train_epoch`, eager
+unless --compile) on `--loop-batches` batches of random in-memory uint8 images, against the
+isolated "+ batch" step. "memory": the relation head and loss alone at N = 196.
+
+Diagnostics: the "ops" column counts the dispatched non-view ATen ops of one untimed step (about
+the kernel launches on a GPU; see `OpCounter`; per device, as the CPU and CUDA run different
+jitter and AdamW paths). --sync-debug counts the host syncs per step in the timed SSL inputs, train
+steps and loop (CUDA only; the sites go to stderr and the JSON). --profile DIR writes a
+torch.profiler table and chrome trace per train step case and loop, outside the timed steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from relvit.config import RunConfig, config_from_dict
 from relvit.data.augment import normalize, random_crop, random_hflip
-from relvit.data.loading import FileSplit, batches, file_transform, to_float_images
+from relvit.data.loading import (
+    FileSplit, Splits, TensorSplit, batches, file_transform, to_float_images,
+)
 from relvit.data.registry import get_dataset
 from relvit.geometry import run_geometry
 from relvit.models import losses
@@ -46,7 +64,7 @@ from relvit.ssl.jitter_reference import reference_jitter_image
 from relvit.ssl.patches import patchify, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import position_targets, relation_targets
-from relvit.train.loop import build_model
+from relvit.train.loop import Run, build_model
 from relvit.train.objective import Objective
 
 JITTER = JitterConfig()
@@ -55,10 +73,18 @@ H100_BF16_DENSE_TFLOPS = 989.4  # H100 SXM5, dense bf16 tensor-core peak (no spa
 CONFIGS = (("cifar10", 32, 4), ("imagenet100", 224, 16))
 PRESETS = {  # CPU: sized for 2 cores; GPU: the paper's ViT-S and batch
     "cpu": dict(batch=16, embed_dim=96, depth=2, num_heads=3, steps=3, warmup=1,
-                pipeline_batch=64, decode_images=128, reference_images=4, memory_dim=36),
+                pipeline_batch=64, decode_images=128, reference_images=4, memory_dim=36,
+                loop_batches=2),
     "gpu": dict(batch=256, embed_dim=384, depth=12, num_heads=6, steps=20, warmup=3,
-                pipeline_batch=256, decode_images=1024, reference_images=8, memory_dim=384),
+                pipeline_batch=256, decode_images=1024, reference_images=8, memory_dim=384,
+                loop_batches=4),
 }
+# ATen ops that launch no kernel (allocation, metadata); views are left out by `func.is_view`
+NO_KERNEL_OPS = frozenset({
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
+    "lift_fresh", "record_stream", "set_", "is_same_size", "sym_size", "sym_stride",
+    "sym_numel", "sym_storage_offset",
+})
 
 
 @dataclass
@@ -74,12 +100,15 @@ class Row:
     mfu: float | None = None
     extra: dict = field(default_factory=dict)
 
-    def cells(self) -> tuple[str, ...]:
+    def cells(self, syncs: bool = False) -> tuple[str, ...]:
+        """The printed cells; `syncs` adds the host syncs per step (--sync-debug)."""
         def fmt(v, spec):
             return "" if v is None else format(v, spec)
-        return (self.stage, self.config, fmt(self.images_per_s, ",.0f"),
-                fmt(self.ms_per_step, ",.1f"), self.ratio, fmt(self.peak_mb, ",.0f"),
-                "" if self.mfu is None else f"{100 * self.mfu:.1f} %")
+        cells = (self.stage, self.config, fmt(self.images_per_s, ",.0f"),
+                 fmt(self.ms_per_step, ",.1f"), self.ratio, fmt(self.peak_mb, ",.0f"),
+                 "" if self.mfu is None else f"{100 * self.mfu:.1f} %",
+                 fmt(self.extra.get("ops"), ",.0f"))
+        return cells + (fmt(self.extra.get("syncs_per_step"), ",.1f"),) if syncs else cells
 
 
 def sync(device: torch.device) -> None:
@@ -87,17 +116,118 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
+def timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1,
+          around: contextlib.AbstractContextManager | None = None) -> float:
     """Mean wall time of `fn` in seconds over `repeats` calls, after `warmup` calls; the device is
-    synchronised only around the timed calls, so host and device work overlap as in training."""
+    synchronised only around the timed calls, so host and device work overlap as in training.
+    `around` (e.g. a `SyncCounter`) is entered for the timed calls alone."""
     for _ in range(warmup):
         fn()
     sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
+    with around or contextlib.nullcontext():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync(device)
+        return (time.perf_counter() - start) / repeats
+
+
+class SyncCounter:
+    """Host syncs in a block, as flagged by `torch.cuda.set_sync_debug_mode("warn")`: `.item()`,
+    `bool()`, `.tolist()`, `nonzero`, every blocking copy between host and device (e.g.
+    `torch.tensor(..., device="cuda")`), stream syncs; not flagged: CUDA event waits,
+    `torch.cuda.synchronize`, non-blocking copies. `count` stays None off CUDA or when disabled;
+    `sites` counts the Python lines that raised the warnings."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.enabled = enabled and device.type == "cuda"
+        self.count: int | None = None
+        self.sites: Counter[str] = Counter()
+
+    def __enter__(self) -> SyncCounter:
+        if self.enabled:
+            self._catch = warnings.catch_warnings(record=True)
+            self._caught = self._catch.__enter__()
+            warnings.simplefilter("always")
+            self._mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        torch.cuda.set_sync_debug_mode(self._mode)
+        self._catch.__exit__(*exc)
+        self.count = 0
+        for w in self._caught:
+            if "synchronizing CUDA operation" in str(w.message):
+                self.count += 1
+                self.sites[f"{Path(w.filename).name}:{w.lineno}"] += 1
+            else:  # other warnings pass on
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def per_step(self, steps: int, extra: dict, label: str) -> None:
+        """Record syncs per step (and the sites) in a row's `extra`; print them to stderr."""
+        if self.count is None:
+            return
+        extra["syncs_per_step"] = self.count / steps
+        extra["sync_sites"] = dict(self.sites.most_common(10))
+        sites = ", ".join(f"{k} ×{v}" for k, v in self.sites.most_common(5))
+        print(f"  {label}: {self.count / steps:.1f} host syncs/step{' at ' if sites else ''}"
+              f"{sites}", file=sys.stderr, flush=True)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched in the block that launch work, about the kernel launches on
+    a GPU: views (`func.is_view`) and NO_KERNEL_OPS (allocation, metadata) are left out; a
+    foreach or fused op counts once; autograd's backward ops count. Per device: the CPU runs the
+    sorted jitter and per-tensor AdamW, CUDA the dense jitter and fused AdamW. Not for
+    torch.compile-d code (its kernels bypass the dispatcher)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.names: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in NO_KERNEL_OPS:
+            self.count += 1
+            self.names[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object], steps: int = 1) -> dict[str, object]:
+    """`extra` entries of one untimed call of `fn` that runs `steps` steps: ops per step and the
+    10 most frequent ops per step."""
+    with OpCounter() as ops:
         fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
+    return {"ops": ops.count / steps,
+            "top_ops": {k: v / steps for k, v in ops.names.most_common(10)}}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def profile_steps(fn: Callable[[], object], calls: int, device: torch.device, stem: Path,
+                  title: str) -> None:
+    """`calls` calls of `fn` under torch.profiler (CPU, and CUDA when used): `<stem>.txt` (the 25
+    ops of most self time, device time on CUDA) and `<stem>.json` (a chrome trace)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    Path(f"{stem}.txt").write_text(f"{title}: {calls} calls, sorted by {key}\n{table}\n")
+    prof.export_chrome_trace(f"{stem}.json")
 
 
 def reset_peak(device: torch.device) -> None:
@@ -204,10 +334,13 @@ def bench_ssl_inputs(args, device: torch.device) -> list[Row]:
         gen = torch.Generator(device=device).manual_seed(0)
         config = f"{size}x{size}, patch {patch}, N={(size // patch) ** 2}"
         reset_peak(device)
+        syncs = SyncCounter(device, args.sync_debug)
         fast = args.pipeline_batch / timed(lambda: batched_pipeline(images, patch, gen),
-                                           args.repeats, device)
+                                           args.repeats, device, around=syncs)
         rows.append(Row("SSL inputs: jitter + permutation + targets, batched", config, fast,
-                        peak_mb=cuda_peak_mb(device)))
+                        peak_mb=cuda_peak_mb(device),
+                        extra=count_ops(lambda: batched_pipeline(images, patch, gen))))
+        syncs.per_step(args.repeats, rows[-1].extra, f"{size}px SSL inputs")
         # The reference runs like a DataLoader worker: one thread, credited with perfect scaling
         # over `--workers` processes (a conservative ratio).
         n_ref = min(args.reference_images, args.pipeline_batch)
@@ -238,7 +371,7 @@ def run_config(mode: str, dataset: str, size: int, patch: int, args,
                compile: bool = False) -> RunConfig:
     return config_from_dict({
         "mode": mode, "device": str(args.device), "compile": compile,
-        "data": {"name": dataset, "image_size": size},
+        "data": {"name": dataset, "image_size": size, "workers": 0},
         "model": {"backbone": "vit_small", "patch_size": patch, "embed_dim": args.embed_dim,
                   "depth": args.depth, "num_heads": args.num_heads},
         "optim": {"batch_size": args.batch},
@@ -304,6 +437,12 @@ def model_flops(loss_fn: Callable[..., torch.Tensor]) -> float:
     return float(counter.get_total_flops())
 
 
+def step_config(args, size: int, patch: int) -> str:
+    """The config cell of the train step and train loop rows."""
+    return (f"ViT-S/{patch} d{args.embed_dim}x{args.depth}, {size}px, N={(size // patch)**2},"
+            f" batch {args.batch}")
+
+
 def bench_steps(args, device: torch.device) -> list[Row]:
     cases = [StepCase("supervised", "supervised"),
              StepCase("pretrain, plain relation loss", "pretrain", fused=False),
@@ -320,8 +459,7 @@ def bench_steps(args, device: torch.device) -> list[Row]:
     for dataset, size, patch in CONFIGS:
         if args.sizes and size not in args.sizes:
             continue
-        config = (f"ViT-S/{patch} d{args.embed_dim}x{args.depth}, {size}px, N={(size // patch)**2},"
-                  f" batch {args.batch}{', channels-last' if args.channels_last else ''}")
+        config = step_config(args, size, patch) + (", channels-last" if args.channels_last else "")
         base: dict[bool, Row] = {}
         for case in cases:
             loss_fn, step = make_step(case, dataset, size, patch, args, device)
@@ -332,11 +470,21 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             flops = model_flops(loss_fn)
             saved = None if device.type == "cuda" else saved_for_backward_mb(loss_fn)
             reset_peak(device)
-            seconds = timed(step, args.steps, device, warmup=args.warmup)
+            syncs = SyncCounter(device, args.sync_debug)
+            seconds = timed(step, args.steps, device, warmup=args.warmup, around=syncs)
             peak = cuda_peak_mb(device) if device.type == "cuda" else saved
+            ops = {} if case.compile else count_ops(step)
             row = Row(f"train step: {case.name}", config, args.batch / seconds, 1000 * seconds,
                       peak_mb=peak, extra={"first_step_s": first, "flops": flops, "mode": case.mode,
-                                           "with_batch": case.with_batch, "size": size})
+                                           "with_batch": case.with_batch, "size": size,
+                                           "compiled": case.compile, **ops})
+            print(f"  {size}px {case.name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s"
+                  + (f", {ops['ops']:,.0f} ops" if ops else ""),
+                  file=sys.stderr, flush=True)  # survives a timeout
+            syncs.per_step(args.steps, row.extra, f"{size}px {case.name}")
+            if args.profile:
+                profile_steps(step, 3, device, args.profile / f"{size}px-{slug(case.name)}",
+                              f"train step: {case.name}, {config}")
             ref = base.setdefault(case.with_batch, row) if case.mode == "supervised" \
                 else base.get(case.with_batch, base.get(False))
             if ref is not None:
@@ -345,16 +493,97 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             rows.append(row)
             if peak_tflops:
                 row.mfu = flops / seconds / (peak_tflops * 1e12)
-            print(f"  {size}px {case.name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s",
-                  file=sys.stderr, flush=True)  # survives a timeout
     return rows
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+class SyntheticRun(Run):
+    """`relvit.train.loop.Run` on `samples` random uint8 images in memory: the real training
+    epoch (`Run._train_epoch`: batches, learning rate, lagged finiteness check, statistics) with
+    no files to read and no evaluation splits."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, samples: int):
+        self.samples = samples
+        super().__init__(cfg, out_dir, progress=False)
+
+    def setup(self) -> torch.nn.Module:
+        n, size, classes = self.samples, self.geo.image_size, self.dataset.num_classes
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        mean, std = self.dataset.stats
+        self.splits = Splits(TensorSplit(images, labels), {}, [str(c) for c in range(classes)],
+                             tuple(mean), tuple(std))
+        self.objective = Objective(self.cfg, self.dataset, self.geo, self.splits.mean,
+                                   self.splits.std)
+        return build_model(self.cfg, self.geo, len(self.splits.classes))
+
+
+def bench_loop(args, device: torch.device) -> list[Row]:
+    """One epoch of `Run._train_epoch` of `--loop-batches` batches, after one untimed epoch;
+    `prepare()` runs first, so `--compile` compiles the model as a run does."""
+    rows = []
+    for dataset, size, patch in CONFIGS:
+        if args.sizes and size not in args.sizes:
+            continue
+        for mode in ("supervised", "pretrain"):
+            cfg = run_config(mode, dataset, size, patch, args, args.compile)
+            with tempfile.TemporaryDirectory() as tmp:
+                run = SyntheticRun(cfg, Path(tmp), args.loop_batches * args.batch)
+                run.prepare()
+                steps = run.steps_per_epoch()
+                epochs = itertools.count()
+
+                def epoch() -> None:
+                    run._train_epoch(next(epochs), steps, steps * cfg.optim.epochs)
+
+                started = time.perf_counter()
+                epoch()  # warm-up (and compilation), timed separately
+                sync(device)
+                first = time.perf_counter() - started
+                reset_peak(device)
+                syncs = SyncCounter(device, args.sync_debug)
+                seconds = timed(epoch, 1, device, warmup=0, around=syncs) / steps
+                peak = cuda_peak_mb(device)
+                ops = {} if args.compile else count_ops(epoch, steps)
+                name = "supervised" if mode == "supervised" else "pretrain (fused, jitter)"
+                rows.append(Row(f"train loop: {name}", f"{step_config(args, size, patch)}, "
+                                f"{steps} steps", args.batch / seconds, 1000 * seconds,
+                                peak_mb=peak, extra={"first_epoch_s": first, "mode": mode,
+                                                     "size": size, "compiled": args.compile,
+                                                     "steps": steps, **ops}))
+                print(f"  {size}px loop {mode}: {1000 * seconds:.1f} ms/step, first epoch "
+                      f"{first:.1f} s" + (f", {ops['ops']:,.0f} ops/step" if ops else ""),
+                      file=sys.stderr, flush=True)
+                syncs.per_step(steps, rows[-1].extra, f"{size}px loop {mode}")
+                if args.profile:
+                    profile_steps(epoch, 1, device, args.profile / f"{size}px-loop-{mode}",
+                                  f"train loop: {name}, {rows[-1].config}")
+    return rows
+
+
+def compare_loop(rows: list[Row]) -> None:
+    """Set each train loop row's ratio: its time per step over that of the isolated "+ batch"
+    train step of the same size, mode and compilation (when the steps stage ran too)."""
+    for row in rows:
+        if not row.stage.startswith("train loop"):
+            continue
+        key = (row.extra["size"], row.extra["mode"], row.extra["compiled"])
+        for ref in rows:
+            if (ref.stage.startswith("train step") and ref.extra.get("with_batch")
+                    and (ref.extra["size"], ref.extra["mode"], ref.extra["compiled"]) == key):
+                row.ratio = f"{row.ms_per_step / ref.ms_per_step:.2f}× the isolated step"
 
 
 # --------------------------------------------------------------------------- relation memory
 
 
-def relation_head_loss(fused: bool, batch: int, n: int, dim: int, device: torch.device):
-    """The relation head + loss + accuracies of a [batch, n, dim] token map: (fwd + bwd, loss)."""
+def relation_head_loss(fused: bool, batch: int, n: int, dim: int, device: torch.device,
+                       chunk_rows: int | None = None):
+    """The relation head + loss + accuracies of a [batch, n, dim] token map: (fwd + bwd, loss);
+    the fused loss in chunks of `chunk_rows` query rows (default: its own budget)."""
     torch.manual_seed(0)
     head = PairwiseScoreHead(dim, 9).to(device)
     side = math.isqrt(n)
@@ -364,7 +593,8 @@ def relation_head_loss(fused: bool, batch: int, n: int, dim: int, device: torch.
     def loss() -> torch.Tensor:  # with both accuracies, as the training objective
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if fused:
-                return losses.fused_relation_loss(head.project(tokens), target)[0]
+                return losses.fused_relation_loss(head.project(tokens), target,
+                                                  chunk_rows=chunk_rows)[0]
             scores = head(tokens)
             with torch.no_grad():
                 losses.relation_accuracy(scores, target)
@@ -399,13 +629,22 @@ def probe_memory(fused: bool, batch: int, n: int, dim: int) -> None:
 
 
 def bench_relation_memory(args, device: torch.device) -> list[Row]:
+    """Plain vs fused relation head + loss at N = 196; on CUDA the fused one at each chunk budget
+    of `--chunk-mb` too (time against memory: larger chunks launch fewer kernels)."""
     b, n, dim = args.memory_batch, 196, args.memory_dim
     config = f"B={b}, N={n}, width {dim}"
+    budgets = [None] + ([mb * 2**20 for mb in args.chunk_mb] if device.type == "cuda" else [])
+    cases = [(False, None)] + [(True, budget) for budget in budgets]
     rows = []
-    for fused in (False, True):
-        name = "fused (chunked)" if fused else "plain ([B,9,N,N] scores)"
+    for fused, budget in cases:
+        chunk_bytes = budget or losses.RELATION_CHUNK_BYTES
+        rows_per_chunk = losses.relation_chunk_rows(b, 9, n, chunk_bytes) if fused else None
+        name = "plain ([B,9,N,N] scores)"
+        if fused:
+            name = (f"fused ({chunk_bytes // 2**20} MiB chunks of {rows_per_chunk} rows"
+                    f"{'' if budget else ', default'})")
         if device.type == "cuda":
-            run, loss = relation_head_loss(fused, b, n, dim, device)
+            run, loss = relation_head_loss(fused, b, n, dim, device, rows_per_chunk)
             run()
             sync(device)
             base = torch.cuda.memory_allocated(device)
@@ -421,7 +660,9 @@ def bench_relation_memory(args, device: torch.device) -> list[Row]:
             peak, saved, seconds = result["peak_mb"], result["saved_mb"], result["seconds"]
         rows.append(Row(f"relation head + loss fwd/bwd: {name}", config, b / seconds,
                         1000 * seconds, peak_mb=peak, extra={"saved_mb": saved}))
-    rows[1].ratio = f"mem {rows[1].peak_mb / rows[0].peak_mb:.2f}×"
+        if fused:
+            rows[-1].ratio = (f"{seconds * 1000 / rows[0].ms_per_step:.2f}×, "
+                              f"mem {rows[-1].peak_mb / rows[0].peak_mb:.2f}×")
     return rows
 
 
@@ -455,9 +696,10 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
 
 
-def print_table(rows: list[Row], device: torch.device) -> None:
-    header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU")
-    cells = [header] + [r.cells() for r in rows]
+def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> None:
+    header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU", "ops")
+    header += ("syncs/step",) if syncs else ()
+    cells = [header] + [r.cells(syncs) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     print(f"relvit benchmark on {device_name(device)}, torch {torch.__version__}")
     for i, row in enumerate(cells):
@@ -465,9 +707,13 @@ def print_table(rows: list[Row], device: torch.device) -> None:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print("ratio: train steps vs the supervised step of the same size (time, then peak memory); "
-          "SSL inputs vs the per-sample reference.\npeak MB: CUDA allocator peak of the stage; on "
-          "the CPU the activations saved for backward (train steps) or the process's peak RSS "
-          "growth in a fresh process (relation head + loss).")
+          "SSL inputs vs the per-sample reference; train loop vs the isolated \"+ batch\" step."
+          "\npeak MB: CUDA allocator peak of the stage; on the CPU the activations saved for "
+          "backward (train steps) or the process's peak RSS growth in a fresh process (relation "
+          "head + loss).\nops: dispatched non-view ATen ops per step or batch (about the kernel "
+          "launches on a GPU), from one untimed call; none for compiled code."
+          + ("\nsyncs/step: host syncs flagged by torch.cuda.set_sync_debug_mode (CUDA only)."
+             if syncs else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -475,7 +721,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu on CUDA, else cpu")
     parser.add_argument("--only", nargs="+", choices=["decode", "augment", "ssl", "steps",
-                                                      "memory"])
+                                                      "loop", "memory"],
+                        help="stages to run (default: all)")
     parser.add_argument("--sizes", nargs="+", type=int, choices=[32, 224])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (decode)")
@@ -485,6 +732,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-batch", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 256, 1024],
+                        help="memory stage on CUDA: also the fused relation loss with chunks of "
+                             "these many MiB of float32 scores")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="count host syncs per step (torch.cuda.set_sync_debug_mode) in the "
+                             "timed SSL inputs, train steps and train loop; on the CPU accepted, "
+                             "reports nothing")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="torch.profiler of 3 steps per train step case (one epoch per train "
+                             "loop), untimed: DIR/<size>px-<case>.txt (top ops) and .json "
+                             "(chrome trace)")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value))
     parser.add_argument("--probe-memory", nargs=4, type=int, help=argparse.SUPPRESS)
@@ -502,9 +760,19 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sections = {"decode": bench_decode, "augment": bench_augment, "ssl": bench_ssl_inputs,
-                "steps": bench_steps, "memory": bench_relation_memory}
+                "steps": bench_steps, "loop": bench_loop, "memory": bench_relation_memory}
     rows: list[Row] = []
     timings = {}
+
+    def dump(hours: dict[str, float] | None = None) -> None:
+        """Write the JSON (after every stage too, so that a run cut by a time cap leaves one)."""
+        if args.json:
+            args.json.write_text(json.dumps({
+                "device": device_name(device), "torch": torch.__version__,
+                "args": {k: str(v) for k, v in vars(args).items()}, "section_seconds": timings,
+                "projection_hours": hours, "rows": [r.__dict__ for r in rows],
+            }, indent=2) + "\n")
+
     for name, fn in sections.items():
         if args.only and name not in args.only:
             continue
@@ -512,17 +780,14 @@ def main(argv: list[str] | None = None) -> None:
         rows += fn(args, device)
         timings[name] = time.perf_counter() - started
         print(f"[{name}: {timings[name]:.1f} s]", file=sys.stderr, flush=True)
-    print_table(rows, device)
+        compare_loop(rows)
+        dump()
+    print_table(rows, device, args.sync_debug and device.type == "cuda")
     hours = projection(rows)
     if hours:
         print("Projected Table 1 CIFAR-10 row (50k images, 100 epochs each; training steps only, "
               "no evaluation): " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items()))
-    if args.json:
-        args.json.write_text(json.dumps({
-            "device": device_name(device), "torch": torch.__version__,
-            "args": {k: str(v) for k, v in vars(args).items()}, "section_seconds": timings,
-            "projection_hours": hours, "rows": [r.__dict__ for r in rows],
-        }, indent=2) + "\n")
+    dump(hours)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # One-shot GPU check of issue 6 (fast paths and speed), under 7 minutes on an H100:
-#   (a) the device-parametrised equality tests (fused vs plain relation loss, CPU vs CUDA jitter);
+#   (a) the device-parametrised tests: no host sync per training step (test_host_syncs.py), fused
+#       vs plain relation loss and CPU vs CUDA jitter (test_fast_paths.py);
 #   (b) the benchmark at ViT-S/4 32 px and ViT-S/16 224 px, batch 256, bf16 autocast, fused AdamW:
-#       input stages, train steps (supervised / pretrain plain / pretrain fused), MFU, memory;
-#   (c) the train steps again with torch.compile, each size under its own time cap, and at 224 px
-#       with channels-last inputs and weights (eager).
-# Everything lands in $OUT (default ./gpu-check-out): summary.txt, tests.txt, bench.{txt,json},
-# compile.txt (both compile runs and the channels-last run), compile32.json, compile224.json,
-# channels_last.json. The caps add up to 400 s; a part that hits its cap is cut short (exit 124)
-# and the rows it finished are still in its .txt (stderr lines).
+#       input stages, train steps (supervised / pretrain plain / pretrain fused, each without and
+#       with the batch construction), the real training loop (`Run._train_epoch`), MFU, memory,
+#       ops per step;
+#   (c) diagnostics of why the "+ batch" step costs more than the batch construction alone: train
+#       steps and loop again with the host syncs per step counted (--sync-debug, the sites on
+#       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile);
+#   (d) the train steps again with torch.compile, each size under its own time cap.
+# Everything lands in $OUT (default ./gpu-check-out), 8 files at most: summary.txt, tests.txt,
+# bench.{txt,json}, diagnostics.tar.gz (diagnostics.{txt,json}, profile/<size>px-<case>.txt with
+# the top ops and .json chrome traces; the traces are left out, the "+ batch" and loop ones last,
+# when the archive would pass 15 MiB), compile.txt (both compile runs), compile32.json,
+# compile224.json. The caps add up to 405 s; a part that hits its cap is cut short (exit 124) and
+# the rows it finished are still in its .txt (stderr lines).
 #
 #   PYTHONPATH=. bash bench/gpu_check.sh                 # on the GPU machine, from the repo root
 #   bash bench/gpu_check.sh --device cpu                 # dry run of every code path, tiny sizes
@@ -23,15 +30,17 @@ PY="${PYTHON:-python3}"
 [[ -x .venv/bin/python && "$DEVICE" == cpu ]] && PY=.venv/bin/python
 
 if [[ "$DEVICE" == cuda ]]; then
-  # caps in seconds: tests, eager bench, compile per size (H100 budget: 7 minutes in all)
-  T_TESTS=60; T_BENCH=150; T_COMPILE=75; T_CL=40
+  # caps in seconds: tests, eager bench, diagnostics, compile per size (H100: 7 minutes in all)
+  T_TESTS=75; T_BENCH=140; T_DIAG=60; T_COMPILE=65
   BENCH=(--device cuda --workers 8)
+  DIAGNOSE=(--device cuda --only steps loop --sync-debug --steps 5)
   COMPILE=(--device cuda --only steps --compile --steps 15)
 else  # tiny sizes: checks that every path runs, not how fast
-  T_TESTS=120; T_BENCH=300; T_COMPILE=240; T_CL=120
+  T_TESTS=120; T_BENCH=300; T_DIAG=300; T_COMPILE=240
   BENCH=(--device cpu --batch 4 --embed-dim 36 --depth 1 --num-heads 3 --steps 1 --warmup 0
          --pipeline-batch 8 --decode-images 16 --reference-images 2 --memory-batch 8
          --memory-dim 36 --repeats 1)
+  DIAGNOSE=("${BENCH[@]}" --only steps loop --sync-debug)
   COMPILE=("${BENCH[@]}" --only steps --compile)
 fi
 
@@ -48,13 +57,29 @@ if torch.cuda.is_available():
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm \
   --format=csv >> "$OUT/summary.txt" 2>&1
 
-timeout -k 5 "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_paths.py \
+timeout -k 5 "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_host_syncs.py tests/test_fast_paths.py \
   > "$OUT/tests.txt" 2>&1
 summary "tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 
 timeout -k 5 "$T_BENCH" "$PY" bench/bench_relvit.py "${BENCH[@]}" --json "$OUT/bench.json" \
   > "$OUT/bench.txt" 2>&1
-summary "bench (eager): exit $? (124: cut at its ${T_BENCH} s cap)"
+summary "bench (eager, all stages): exit $? (124: cut at its ${T_BENCH} s cap)"
+
+DIAG="$OUT/diagnostics"
+rm -rf "$DIAG" && mkdir -p "$DIAG"
+timeout -k 5 "$T_DIAG" "$PY" bench/bench_relvit.py "${DIAGNOSE[@]}" --profile "$DIAG/profile" \
+  --json "$DIAG/diagnostics.json" > "$DIAG/diagnostics.txt" 2>&1
+summary "diagnostics (steps + loop, sync debug, profiles): exit $? (124: cut at its ${T_DIAG} s cap)"
+# One archive (at most 8 files of 16 MiB come back from the machine): all, else without the
+# traces of the plain steps, else without any trace.
+for keep in "*" "*.txt *.json profile/*.txt profile/*batch*.json profile/*loop*.json" \
+            "*.txt *.json profile/*.txt"; do
+  (cd "$DIAG" && tar -czf ../diagnostics.tar.gz $keep 2>/dev/null)
+  (( $(stat -c %s "$OUT/diagnostics.tar.gz") <= 15 * 2**20 )) && break
+done
+summary "diagnostics.tar.gz: $(tar -tzf "$OUT/diagnostics.tar.gz" | grep -vc '/$') files," \
+  "$(( $(stat -c %s "$OUT/diagnostics.tar.gz") / 2**10 )) KiB"
+rm -rf "$DIAG"
 
 : > "$OUT/compile.txt"
 for size in 32 224; do
@@ -62,7 +87,4 @@ for size in 32 224; do
     --json "$OUT/compile$size.json" >> "$OUT/compile.txt" 2>&1
   summary "bench (torch.compile, ${size} px): exit $? (124: cut at its ${T_COMPILE} s cap)"
 done
-timeout -k 5 "$T_CL" "$PY" bench/bench_relvit.py "${COMPILE[@]/--compile/--channels-last}" \
-  --sizes 224 --json "$OUT/channels_last.json" >> "$OUT/compile.txt" 2>&1
-summary "bench (channels-last, eager, 224 px): exit $?"
 summary "done"

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from relvit.data.loading import TensorSplit, batches, on_device
+from relvit.data.loading import Splits, TensorSplit, batches, on_device
 from relvit.train import loop
 from relvit.train.lagged import LaggedLosses
 
@@ -67,10 +67,21 @@ def test_in_memory_splits_batch_alike_on_the_gpu(device):
         assert torch.equal(a, b.cpu()) and torch.equal(la, lb.cpu())
 
 
+def _random_splits(spec, data, image_size: int) -> Splits:
+    """Stand-in for `load_splits`: random digits-sized data (no scikit-learn needed)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(512, 3, image_size, image_size, generator=gen)
+    labels = torch.randint(0, 10, (512,), generator=gen)
+    return Splits(TensorSplit(images, labels), {}, [str(c) for c in range(10)],
+                  (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
 @CUDA
 @pytest.mark.parametrize("mode", ["supervised", "pretrain"])
-def test_host_syncs_per_epoch_do_not_grow_with_its_steps(tmp_path, tiny_config, mode):
+def test_host_syncs_per_epoch_do_not_grow_with_its_steps(tmp_path, tiny_config, monkeypatch,
+                                                         mode):
     """An epoch of 4x the steps waits for the GPU as often (its end: sums, the epoch order)."""
+    monkeypatch.setattr(loop, "load_splits", _random_splits)
     counts = []
     for batch in (128, 32):
         cfg = tiny_config(mode, device="cuda", optim={"batch_size": batch})

@@ -1,0 +1,113 @@
+"""The benchmark's diagnostics on the CPU: the op counter, the train loop stage, --profile."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_FILE = Path(__file__).resolve().parents[1] / "bench" / "bench_relvit.py"
+TINY = ["--batch", "4", "--embed-dim", "36", "--depth", "1", "--num-heads", "3", "--steps", "1",
+        "--warmup", "0", "--loop-batches", "2", "--sizes", "32", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """bench/bench_relvit.py as a module (registered first: its dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location("bench_relvit", BENCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def report(bench, tmp_path_factory):
+    """One tiny run of the steps and loop stages with --profile and --json: (rows, profile dir)."""
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--only", "steps", "loop", *TINY, "--sync-debug", "--profile",
+                    str(out / "profile"), "--json", str(out / "bench.json")])
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "bench.json").read_text())["rows"], out / "profile"
+
+
+def test_op_counter_counts_non_view_ops(bench):
+    x = torch.ones(3)
+    with bench.OpCounter() as ops:
+        y = x + 1
+        y.view(-1)
+        y.t()
+        torch.empty(3)
+    assert ops.count == 1
+    assert dict(ops.names) == {"add": 1}
+    with bench.OpCounter() as ops:
+        (x * 2).sum().neg_()
+    assert ops.count == 3
+    assert bench.count_ops(lambda: [x + i for i in range(4)], steps=2)["ops"] == 2
+
+
+def test_train_loop_rows(report):
+    rows, _ = report
+    loop = {r["extra"]["mode"]: r for r in rows if r["stage"].startswith("train loop")}
+    assert set(loop) == {"supervised", "pretrain"}
+    for mode, row in loop.items():
+        assert row["images_per_s"] > 0 and row["ms_per_step"] > 0
+        assert row["extra"]["size"] == 32 and row["extra"]["steps"] == 2
+        assert row["extra"]["ops"] > 0
+        assert "syncs_per_step" not in row["extra"]  # --sync-debug reports nothing on the CPU
+        assert row["ratio"].endswith("× the isolated step")  # the steps stage ran too
+    # the pretrain loop builds the SSL batch: more ops than the supervised one
+    assert loop["pretrain"]["extra"]["ops"] > loop["supervised"]["extra"]["ops"]
+
+
+def test_step_rows_count_ops(report):
+    rows, _ = report
+    steps = {r["stage"]: r for r in rows if r["stage"].startswith("train step")}
+    assert len(steps) == 5
+    assert all(r["extra"]["ops"] > 0 for r in steps.values())
+    batch = steps["train step: pretrain, fused + batch (jitter)"]["extra"]["ops"]
+    assert batch > steps["train step: pretrain, fused relation loss"]["extra"]["ops"]
+
+
+def test_profile_writes_table_and_trace(report):
+    _, profile = report
+    stem = profile / "32px-pretrain-fused-batch-jitter"
+    table = Path(f"{stem}.txt").read_text()
+    assert "self_cpu_time_total" in table and "aten::" in table
+    trace = json.loads(Path(f"{stem}.json").read_text())
+    assert trace["traceEvents"]
+    assert Path(profile / "32px-loop-pretrain.txt").exists()
+    assert Path(profile / "32px-loop-supervised.json").exists()
+    assert len(list(profile.glob("*.txt"))) == len(list(profile.glob("*.json"))) == 7
+
+
+def test_sync_counter_counts_sync_warnings(bench, monkeypatch):
+    """The CUDA-only path, with the sync debug mode stubbed: counts, sites, mode restored."""
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    assert bench.SyncCounter(torch.device("cpu"), True).enabled is False
+    counter = bench.SyncCounter(torch.device("cuda"), True)
+    with pytest.warns(UserWarning, match="unrelated"):
+        with counter:
+            for _ in range(4):
+                warnings.warn("called a synchronizing CUDA operation")
+            warnings.warn("unrelated")
+    assert modes == ["warn", 0]
+    assert counter.count == 4 and sum(counter.sites.values()) == 4
+    extra = {}
+    counter.per_step(2, extra, "test")
+    assert extra["syncs_per_step"] == 2
+    (site, n), = extra["sync_sites"].items()  # one line raised them all
+    assert site.startswith("test_bench.py:") and n == 4
