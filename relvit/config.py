@@ -119,7 +119,8 @@ class RunConfig:
     label: str = ""  # free-form tag the report uses, e.g. "same-epochs" for the longer baseline
     init_checkpoint: str | None = None  # finetune: the pretrain run's best.pt
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # CUDA: torch.compile the model and the dense jitter (docs/performance.md)
+    # CUDA: torch.compile the model, the dense jitter and the fused relation loss's chunks
+    compile: bool = False  # (docs/performance.md)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)

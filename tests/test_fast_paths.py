@@ -225,3 +225,18 @@ def test_compiled_dense_jitter_equals_the_eager_one(device):
     compiled = apply_jitter(x, prm, cfg, dense=True, compiled=True)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
     assert not torch.equal(compiled, x)  # the jitter did something
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_fused_relation_loss_equals_the_eager_one(device):
+    """torch.compile of each chunk's elementwise work (config key `compile`): same loss,
+    accuracies and gradients, to float rounding; chunks of two sizes (7 does not divide 25)."""
+    head, tokens, perm = _relation_setup(device)
+    target = relation_targets(5, 5, perm, dtype=torch.uint8)
+    results = []
+    for compiled in (False, True):
+        loss, acc, acc_all = losses.fused_relation_loss(head.project(tokens), target, False, 7,
+                                                        compiled=compiled)
+        results.append((loss, acc, acc_all, *_grads(loss, head, tokens)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

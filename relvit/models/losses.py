@@ -55,6 +55,45 @@ def relation_chunk_rows(batch: int, classes: int, n: int,
     return max(1, min(n, budget // max(1, batch * classes * n * 4)))
 
 
+def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool, scale: float,
+                 need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """One chunk of query rows: scores q @ k^T [B, C, r, M] (input dtype, unscaled; overwritten),
+    targets t [B, r, M] (long), eye [r, M] (the diagonal). Returns the loss sum, the valid pair
+    count, the argmax hits over all pairs and off the diagonal, and d loss_sum / d scores in the
+    scores' dtype (None without `need_grad`). Elementwise and reductions only: `torch.compile`
+    fuses it into a few kernels (`compiled` in `fused_relation_loss`)."""
+    # rounding as the plain path: scores scaled in the input dtype (in place), then float32
+    logits = scores.div_(scale).float()
+    hit = logits.max(dim=1).indices == t  # argmax; faster on the CPU
+    hits_all = hit.sum()
+    hits_off = hit.masked_fill(eye, False).sum()
+    valid = t != IGNORE
+    if not include_diagonal:
+        valid = valid & ~eye
+    safe = torch.where(valid, t, 0).unsqueeze(1)  # [B, 1, r, M]
+    logp = torch.log_softmax(logits, dim=1)
+    total = -torch.where(valid, logp.gather(1, safe).squeeze(1), 0.0).sum()
+    count = valid.sum()
+    grad = None
+    if need_grad:  # d loss_sum / d scores = (softmax - one-hot) on the valid pairs
+        grad = logp.exp_()  # in place: one float32 chunk at a time
+        grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
+        grad = grad.mul_((valid.unsqueeze(1) / scale).to(grad.dtype)).to(scores.dtype)
+    return total, count, hits_all, hits_off, grad
+
+
+_COMPILED_CHUNK: list = []  # torch.compile(_chunk_terms), made on first use
+
+
+def _chunk_function(compiled: bool):
+    """`_chunk_terms`, or its torch.compile-d version."""
+    if not compiled:
+        return _chunk_terms
+    if not _COMPILED_CHUNK:
+        _COMPILED_CHUNK.append(torch.compile(_chunk_terms, dynamic=False))
+    return _COMPILED_CHUNK[0]
+
+
 class _FusedRelationCE(torch.autograd.Function):
     """Cross-entropy of the scores q @ k^T / sqrt(d), computed in chunks of query rows.
 
@@ -66,11 +105,12 @@ class _FusedRelationCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, targets: Tensor, include_diagonal: bool,
-                rows: int, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+                rows: int, need_grad: bool, compiled: bool) -> tuple[Tensor, Tensor, Tensor]:
         b, _, n, d = query.shape
         m = key.shape[-2]
         scale = math.sqrt(d)
         device = query.device
+        chunk_terms = _chunk_function(compiled)
         with torch.autocast(device.type, enabled=False):
             kt = key.transpose(-1, -2)
             total = torch.zeros((), device=device, dtype=torch.float32)
@@ -83,26 +123,15 @@ class _FusedRelationCE(torch.autograd.Function):
             for start in range(0, n, rows):
                 stop = min(n, start + rows)
                 qc = query[:, :, start:stop]
-                # rounding as the plain path: scores in the input dtype, then float32
-                logits = torch.matmul(qc, kt).div_(scale).float()  # [B, C, r, M]
-                t = targets[:, start:stop].long()  # [B, r, M]
                 eye = torch.arange(start, stop, device=device)[:, None] == columns  # [r, M]
-                hit = logits.max(dim=1).indices == t  # argmax; faster on the CPU
-                hits_all += hit.sum()
-                hits_off += hit.masked_fill_(eye, False).sum()
-                valid = t != IGNORE
-                if not include_diagonal:
-                    valid &= ~eye
-                safe = torch.where(valid, t, 0).unsqueeze(1)  # [B, 1, r, M]
-                logp = torch.log_softmax(logits, dim=1)
-                del logits
-                total -= torch.where(valid, logp.gather(1, safe).squeeze(1), 0.0).sum()
-                count += valid.sum()
-                if need_grad:  # d loss_sum / d scores = (softmax - one-hot) on the valid pairs
-                    grad = logp.exp_()
-                    grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-                    grad.mul_((valid.unsqueeze(1) / scale).to(grad.dtype))
-                    grad = grad.to(query.dtype)
+                terms = chunk_terms(torch.matmul(qc, kt), targets[:, start:stop].long(), eye,
+                                    include_diagonal, scale, need_grad)
+                total += terms[0]
+                count += terms[1]
+                hits_all += terms[2]
+                hits_off += terms[3]
+                if need_grad:
+                    grad = terms[4]
                     dq[:, :, start:stop] = torch.matmul(grad, key)
                     dk += torch.matmul(grad.transpose(-1, -2), qc)
             loss = total / count
@@ -119,23 +148,26 @@ class _FusedRelationCE(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
         dq, dk = ctx.saved_tensors
         return ((dq * grad_loss).to(ctx.dtypes[0]), (dk * grad_loss).to(ctx.dtypes[1]),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def fused_relation_loss(pair: PairProjections, targets: Tensor, include_diagonal: bool = True,
-                        chunk_rows: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                        chunk_rows: int | None = None, compiled: bool = False
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     """`relation_loss` and both `relation_accuracy`s from the head's projections, in one pass.
 
     Equals `relation_loss(pair.scores(), ...)` (value and gradients, to float rounding) without
     holding the [B, 9, N, N] scores: chunks of `chunk_rows` query rows (default: a
     `RELATION_CHUNK_BYTES` budget). `targets` is [N, N] or [B, N, N], any integer dtype.
     Returns (loss, accuracy off the diagonal, accuracy over all pairs); the accuracies are detached.
+    `compiled`: each chunk's elementwise work torch.compile-d (`_chunk_terms`).
     """
     b, c, n, _ = pair.query.shape
     targets = _batched(targets, b)
     rows = chunk_rows or relation_chunk_rows(b, c, pair.key.shape[-2])
     need_grad = torch.is_grad_enabled() and (pair.query.requires_grad or pair.key.requires_grad)
-    return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, rows, need_grad)
+    return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, rows, need_grad,
+                                  compiled)
 
 
 def token_classification_loss(logits: Tensor, targets: Tensor) -> Tensor:

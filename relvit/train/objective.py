@@ -92,8 +92,9 @@ class Objective:
             rel, diagonal = out["relations"], self.cfg.ssl.relation_diagonal
             if isinstance(rel, PairProjections):  # fused: the N x N scores are never held
                 target = relation_targets(h, w, perm, dtype=torch.uint8, device=device)
+                compiled = self.cfg.compile and device.type == "cuda"
                 terms["loss_rel"], stats["acc_rel"], stats["acc_rel_all"] = \
-                    losses.fused_relation_loss(rel, target, diagonal)
+                    losses.fused_relation_loss(rel, target, diagonal, compiled=compiled)
             else:  # the plain reference path
                 target = relation_targets(h, w, perm, device=device)
                 terms["loss_rel"] = losses.relation_loss(rel, target, diagonal)
