@@ -57,7 +57,8 @@ if torch.cuda.is_available():
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm \
   --format=csv >> "$OUT/summary.txt" 2>&1
 
-timeout -k 5 "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_host_syncs.py tests/test_fast_paths.py \
+timeout -k 5 "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_host_syncs.py \
+  tests/test_fast_paths.py \
   > "$OUT/tests.txt" 2>&1
 summary "tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 

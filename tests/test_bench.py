@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import warnings
 import sys
+import warnings
 from pathlib import Path
 
 import pytest

@@ -17,6 +17,15 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
+def _random_splits(spec, data, image_size: int) -> Splits:
+    """Stand-in for `load_splits`: random digits-sized data (no scikit-learn needed)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(512, 3, image_size, image_size, generator=gen)
+    labels = torch.randint(0, 10, (512,), generator=gen)
+    return Splits(TensorSplit(images, labels), {}, [str(c) for c in range(10)],
+                  (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_lagged_losses_hand_back_the_previous_step_on_the_host(device):
     lagged = LaggedLosses(torch.device(device))
@@ -44,6 +53,7 @@ def test_an_error_after_a_non_finite_step_reports_that_step(tmp_path, tiny_confi
         return (loss * float("nan") if calls[0] == 2 else loss), stats, size
 
     monkeypatch.setattr(loop.Run, "train_loss", train_loss)
+    monkeypatch.setattr(loop, "load_splits", _random_splits)
     run = loop.Run(tiny_config("supervised", optim={"batch_size": 32}), tmp_path / "run",
                    progress=False)
     with pytest.raises(loop.NonFiniteLossError, match="at epoch 1, step 2;") as error:
@@ -65,15 +75,6 @@ def test_in_memory_splits_batch_alike_on_the_gpu(device):
     for (a, la), (b, lb) in zip(batches(split, order, [4, 4, 2], None),
                                 batches(placed, order, [4, 4, 2], None)):
         assert torch.equal(a, b.cpu()) and torch.equal(la, lb.cpu())
-
-
-def _random_splits(spec, data, image_size: int) -> Splits:
-    """Stand-in for `load_splits`: random digits-sized data (no scikit-learn needed)."""
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(512, 3, image_size, image_size, generator=gen)
-    labels = torch.randint(0, 10, (512,), generator=gen)
-    return Splits(TensorSplit(images, labels), {}, [str(c) for c in range(10)],
-                  (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 @CUDA
