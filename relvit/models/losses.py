@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from relvit.compiled import compiled_variant
 from relvit.models.heads import PairProjections
 
 IGNORE = -100
@@ -82,16 +83,7 @@ def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool,
     return total, count, hits_all, hits_off, grad
 
 
-_COMPILED_CHUNK: list = []  # torch.compile(_chunk_terms), made on first use
-
-
-def _chunk_function(compiled: bool):
-    """`_chunk_terms`, or its torch.compile-d version."""
-    if not compiled:
-        return _chunk_terms
-    if not _COMPILED_CHUNK:
-        _COMPILED_CHUNK.append(torch.compile(_chunk_terms, dynamic=False))
-    return _COMPILED_CHUNK[0]
+_chunk_function = compiled_variant(_chunk_terms)  # _chunk_function(compiled)
 
 
 class _FusedRelationCE(torch.autograd.Function):

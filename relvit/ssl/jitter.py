@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from relvit.compiled import compiled_variant
+
 # Op ids as in torchvision's ColorJitter ``fn_idx``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale
@@ -380,16 +382,7 @@ def _jitter_dense(x: Tensor, params: JitterParams, factors: Tensor, enabled: lis
     return x
 
 
-_COMPILED_DENSE: list = []  # torch.compile(_jitter_dense), made on first use
-
-
-def _dense_jitter(compiled: bool):
-    """`_jitter_dense`, or its torch.compile-d version (one fused kernel chain on CUDA)."""
-    if not compiled:
-        return _jitter_dense
-    if not _COMPILED_DENSE:
-        _COMPILED_DENSE.append(torch.compile(_jitter_dense, dynamic=False))
-    return _COMPILED_DENSE[0]
+_dense_jitter = compiled_variant(_jitter_dense)  # _dense_jitter(compiled): one fused kernel chain
 
 
 def apply_jitter(patches: Tensor, params: JitterParams, cfg: JitterConfig,
