@@ -41,8 +41,8 @@ def _load_run_config(args: argparse.Namespace, mode: str):
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from relvit.train.checkpoint import UpstreamFailedError
-    from relvit.train.loop import NonFiniteLossError, train
+    from relvit.train.errors import NonFiniteLossError, UpstreamFailedError
+    from relvit.train.loop import train
 
     cfg = _load_run_config(args, args.command)
     if args.threads:
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     from relvit.data.download import DownloadError
-    from relvit.train.checkpoint import CheckpointError
-    from relvit.train.loop import TrainingError
+    from relvit.train.errors import CheckpointError, TrainingError
 
     try:
         return args.func(args)

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from relvit.config import RunConfig
 from relvit.data.registry import get_dataset
-from relvit.models.backbones import get_backbone_spec, token_stride
-from relvit.models.relvit import pooled_side
+from relvit.models.specs import get_backbone_spec, pooled_side, token_stride
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relvit.config import RunConfig
 from relvit.data.registry import DATASETS
-from relvit.models.backbones import BACKBONES, get_backbone_spec
+from relvit.models.specs import BACKBONES, get_backbone_spec
 
 
 def semantic_problems(cfg: RunConfig) -> list[str]:

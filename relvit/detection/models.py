@@ -72,7 +72,8 @@ from relvit.data.registry import IMAGENET_STATS
 from relvit.models.backbones import SwinBackbone, ViTBackbone
 from relvit.models.contract import Backbone, Tokens
 from relvit.models.losses import relation_loss, token_classification_loss
-from relvit.models.relvit import RelViT, SSLTasks, pooled_side
+from relvit.models.relvit import RelViT, SSLTasks
+from relvit.models.specs import pooled_side
 from relvit.models.t2t import TOTAL_STRIDE, T2TViT
 from relvit.ssl.targets import position_targets, relation_targets
 

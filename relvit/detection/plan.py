@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from relvit.data.registry import DATASETS
-from relvit.models.backbones import get_backbone_spec
+from relvit.models.specs import get_backbone_spec
 
 PAPER_BACKBONES = {"vit": ("ViT", "ViT-S"), "swin": ("Swin",), "t2t": ("T2T-ViT",)}
 

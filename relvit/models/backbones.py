@@ -5,52 +5,15 @@ give the tiny variants of the smoke tier.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
+from relvit.models.specs import BACKBONES, get_backbone_spec, token_stride
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A backbone family and its preset size; `label` is how tables name it."""
-
-    family: str  # vit | swin | t2t
-    label: str
-    embed_dim: int
-    depth: int  # ViT/T2T: blocks; Swin: stages
-    num_heads: int  # Swin: heads of the first stage (doubling per stage)
-    mlp_ratio: float
-    patch_size: int | None = None  # fixed by the architecture (Swin 4, T2T 16 overall); ViT: data
-    window_size: int = 7
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "vit_tiny": BackboneSpec("vit", "ViT-Ti", 192, 12, 3, 4.0),
-    "vit_small": BackboneSpec("vit", "ViT-S", 384, 12, 6, 4.0),
-    "vit_base": BackboneSpec("vit", "ViT-B", 768, 12, 12, 4.0),
-    "swin_tiny": BackboneSpec("swin", "Swin-T", 96, 4, 3, 4.0, patch_size=4, window_size=7),
-    "t2t_vit_14": BackboneSpec("t2t", "T2T-ViT-14", 384, 14, 6, 3.0, patch_size=16),
-}
 SWIN_TINY_DEPTHS = (2, 2, 6, 2)
-
-
-def token_stride(spec: BackboneSpec, patch_size: int | None, depth: int | None) -> int:
-    """Pixels per output token: the patch (ViT), patch * 2^(stages - 1) (Swin), 16 (T2T)."""
-    patch = patch_size or spec.patch_size
-    if spec.family == "swin":
-        return patch * 2 ** ((depth or spec.depth) - 1)
-    return patch
-
-
-def get_backbone_spec(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
 
 
 class ViTBackbone(Backbone):

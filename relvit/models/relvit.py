@@ -25,14 +25,6 @@ class SSLTasks:
         return self.relations or self.positions or self.distances or self.angles
 
 
-def pooled_side(side: int, factor: int) -> int:
-    """Side after AvgPool2d(kernel 3, stride 2, padding 1) applied log2(factor) times."""
-    while factor > 1:
-        side = (side + 2 - 3) // 2 + 1
-        factor //= 2
-    return side
-
-
 class RelViT(nn.Module):
     """Backbone + optional SSL heads + optional classifier.
 

@@ -142,7 +142,7 @@ def detection_cells(rows: list[dict], paper: pd.DataFrame,
                     criterion: Criterion) -> list[Comparison]:
     """Tables 2-3: every row of the plan (seeds averaged) and metric."""
     from relvit.data.registry import DATASETS
-    from relvit.models.backbones import get_backbone_spec
+    from relvit.models.specs import get_backbone_spec
 
     ran = list(dict.fromkeys(row["metrics"] for row in rows if Path(row["metrics"]).is_file()))
     runs = gather_runs(ran)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from relvit.data.registry import DATASETS
 from relvit.detection.plan import PAPER_BACKBONES
-from relvit.models.backbones import get_backbone_spec
+from relvit.models.specs import get_backbone_spec
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
 from relvit.report.table1 import FAILED, FAILED_NOTE
 from relvit.atomic import atomic_write_text

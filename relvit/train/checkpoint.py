@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from relvit.atomic import atomic_write, previous_path, remove_stale_temps
+from relvit.train.errors import CheckpointError, UpstreamFailedError
 
 __all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "load_checkpoint",
            "load_resume_state", "load_backbone"]
@@ -25,15 +26,6 @@ log = logging.getLogger("relvit")
 MAY_BE_MISSING = ("vit.pos_embed",)
 # what last.pt holds besides the weights (Run._save_last)
 RESUME_KEYS = frozenset({"model", "optimizer", "history", "best", "elapsed", "epoch", "config"})
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit the model."""
-
-
-class UpstreamFailedError(CheckpointError):
-    """The run a checkpoint comes from failed (its metrics.json says so): its weights are
-    half-trained and must not start another run."""
 
 
 def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:

@@ -34,26 +34,13 @@ from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
 from relvit.atomic import atomic_write_text
-from relvit.train.checkpoint import (
-    CheckpointError, atomic_save, load_backbone, load_resume_state,
-)
+from relvit.train.checkpoint import atomic_save, load_backbone, load_resume_state
+from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import Objective
 from relvit.train.schedule import learning_rate
 
 log = logging.getLogger("relvit")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, a run directory from another config, ...)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite at `epoch`, `step` (1-based); last.pt is the epoch before."""
-
-    def __init__(self, message: str, epoch: int, step: int):
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
 
 
 def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
