@@ -43,6 +43,14 @@ def test_supervised_detection_with_masks(tmp_path, detect_config):
     assert "val_bbox_mAP50" in header and "val_segm_mAP75" in header
 
 
+def test_the_numbers_do_not_depend_on_the_loader_workers(tmp_path, detect_config):
+    """Each image's random IoU crop and flip are seeded by the image (SeededSamples)."""
+    runs = [train(detect_config(data={"workers": workers}, detection={"iou_crop": True},
+                                optim={"epochs": 1}), tmp_path / f"w{workers}", progress=False)
+            for workers in (0, 2)]
+    assert runs[0]["last"] == runs[1]["last"]
+
+
 def test_joint_ssl_and_box_only(tmp_path, detect_config):
     metrics = train(detect_config(detection={"ssl_joint": True, "masks": False}),
                     tmp_path / "run", progress=False)

@@ -8,7 +8,6 @@ which also apply the per-sample transforms that need the full-resolution image
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -152,15 +151,48 @@ def file_transform(spec: DatasetSpec, image_size: int, train: bool) -> T.Compose
 
 
 class _Files(Dataset):
-    def __init__(self, split: FileSplit, order: Tensor, transform: T.Compose):
-        self.split, self.order, self.transform = split, order.tolist(), transform
+    """A file split's (uint8 image after `transform`, label) by sample index."""
+
+    def __init__(self, split: FileSplit, transform: T.Compose):
+        self.split, self.transform = split, transform
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.split.paths)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        index = self.order[i]
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.transform(decode_image(self.split.paths[index])), self.split.labels[index]
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of sample `index`'s random draws in the stream seeded `seed`: distinct for every
+    (seed, index) pair with index < 2**32 (before the wrap-around at 2**63)."""
+    return (seed * 4_294_967_291 + index) % 2**63
+
+
+class SeededSamples(Dataset):
+    """`dataset` whose item `index` is made with torch's global CPU generator seeded by
+    `sample_seed(seed, index)`, and the generator's state restored after.
+
+    torchvision's random transforms draw from that generator. Seeded per sample, an image's
+    augmentation depends on the seed and its index only: not on the number of DataLoader workers,
+    which worker loads it, the batch it falls in or the number of processes, and with workers = 0
+    the training process's own stream (dropout, drop-path) is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        generator = torch.default_generator  # torch.manual_seed would also seed every GPU: 60 us
+        state = generator.get_state()
+        generator.manual_seed(sample_seed(self.seed, index))
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
 
 # An in-memory split within this share of a GPU's memory is copied there once and batched there:
@@ -182,10 +214,12 @@ def on_device(split: Split, device: torch.device) -> Split:
 def batches(split: Split, order: Tensor, batch_size: int | list[int],
             transform: T.Compose | None, workers: int = 0,
             generator: torch.Generator | None = None,
-            pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+            pin_memory: bool = False, seed: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches of (images, labels) in `order`; file splits go through DataLoader workers.
 
-    `batch_size` is one size, or the size of each batch in turn (summing to `len(order)`).
+    `batch_size` is one size, or the size of each batch in turn (summing to `len(order)`). With
+    `seed`, the random transform of a file sample is seeded by (`seed`, its index): see
+    `SeededSamples`.
     """
     if isinstance(split, TensorSplit):
         for idx in order.to(split.images.device).split(batch_size):
@@ -194,14 +228,12 @@ def batches(split: Split, order: Tensor, batch_size: int | list[int],
                 images, labels = images.pin_memory(), labels.pin_memory()
             yield images, labels
         return
-    if isinstance(batch_size, int):
-        sampling: dict = {"batch_size": batch_size}
-    else:
-        ends = list(itertools.accumulate(batch_size))
-        sampling = {"batch_sampler": [list(range(end - size, end))
-                                      for end, size in zip(ends, batch_size)]}
-    loader = DataLoader(_Files(split, order, transform), shuffle=False, num_workers=workers,
-                        generator=generator, pin_memory=pin_memory, **sampling)
+    dataset: Dataset = _Files(split, transform)
+    if seed is not None:
+        dataset = SeededSamples(dataset, seed)
+    index_batches = [idx.tolist() for idx in order.split(batch_size)]
+    loader = DataLoader(dataset, batch_sampler=index_batches, num_workers=workers,
+                        generator=generator, pin_memory=pin_memory)
     try:
         yield from loader
     except DatasetLayoutError as err:  # from a worker: its message carries the worker's traceback

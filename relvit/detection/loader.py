@@ -12,7 +12,8 @@ Training augmentation uses torchvision.transforms.v2, which moves boxes and mask
 RandomHorizontalFlip(0.5), preceded by the SSD RandomIoUCrop when `iou_crop` (the original's
 "ssdlite" preset, spec §6.4 / Q22: min scale 0.3, aspect 0.5-2, IoU options
 {0, .1, .3, .5, .7, .9, 1}, 40 trials) and followed by SanitizeBoundingBoxes. Random draws come
-from torch's global RNG, which the caller seeds (per epoch, per DataLoader worker).
+from torch's global CPU generator, which the training loader seeds per image
+(`relvit.data.loading.SeededSamples`).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from relvit.data.loading import dataset_folder
+from relvit.data.loading import SeededSamples, dataset_folder
 from relvit.detection.data import read_detection
 from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
 from relvit.detection.loader import DetectionImages, collate, ground_truth
@@ -70,22 +70,28 @@ class DetectionRun(Run):
         return len(self._images_dataset(True))
 
     def _loader(self, train: bool, generator: torch.Generator | None = None,
-                index_batches: list[list[int]] | None = None) -> DataLoader:
-        """The split's loader: shuffled (train) or in order, or the given batches of indices."""
+                index_batches: list[list[int]] | None = None,
+                seed: int | None = None) -> DataLoader:
+        """The split's loader: shuffled (train) or in order, or the given batches of indices;
+        with `seed`, each image's augmentation is seeded by (seed, its index): `SeededSamples`."""
         sampling: dict[str, Any] = {"batch_size": self.cfg.optim.batch_size, "shuffle": train}
         if index_batches is not None:
             sampling = {"batch_sampler": index_batches}
-        return DataLoader(self._images_dataset(train), generator=generator, collate_fn=collate,
+        dataset: Dataset = self._images_dataset(train)
+        if seed is not None:
+            dataset = SeededSamples(dataset, seed)
+        return DataLoader(dataset, generator=generator, collate_fn=collate,
                           num_workers=self.cfg.data.workers,
                           pin_memory=self.device.type == "cuda", **sampling)
 
     def train_batches(self, epoch: int) -> Iterator[Any]:
+        seed = self.sample_stream(epoch)
         if self.world == 1:  # the loader's own shuffle, seeded as before distributed training
             return iter(self._loader(True, torch.Generator().manual_seed(
-                _epoch_seed(self.cfg.seed, epoch, 1))))
+                _epoch_seed(self.cfg.seed, epoch, 1)), seed=seed))
         shards = self.shards(self.epoch_order(epoch))
         return iter(self._loader(True, self.generator(epoch, 4),
-                                 [shard.tolist() for shard in shards]))
+                                 [shard.tolist() for shard in shards], seed=seed))
 
     def _to_device(self, images: list, targets: list | None = None) -> tuple[list, list | None]:
         images = [image.to(self.device).float().div_(255) for image in images]

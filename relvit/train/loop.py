@@ -142,7 +142,12 @@ class Run:
         transform = file_transform(self.dataset, self.geo.image_size, train=True)
         return batches(train, torch.cat(shards), [len(s) for s in shards], transform,
                        self.cfg.data.workers, self.generator(epoch, 4),
-                       pin_memory=self.device.type == "cuda")
+                       pin_memory=self.device.type == "cuda", seed=self.sample_stream(epoch))
+
+    def sample_stream(self, epoch: int) -> int:
+        """Seed of the epoch's per-sample transform draws (`SeededSamples`): the same on every
+        rank, so an image's augmentation depends on neither the loader workers nor the world."""
+        return _epoch_seed(self.cfg.seed, epoch, 5)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The epoch's seeded order of the training samples (the same on every rank)."""
@@ -289,7 +294,7 @@ class Run:
     def _train_epoch(self, epoch: int, steps: int,
                      total_steps: int) -> tuple[dict[str, float], float]:
         cfg = self.cfg
-        # dropout, drop-path, transforms
+        # dropout, drop-path (file transforms are seeded per sample: sample_stream)
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0, self.rank))
         aug_gen = self.generator(epoch, 2, self.device)
         global_sizes = distributed.global_batch_sizes(self.train_size(), cfg.optim.batch_size,

@@ -1,0 +1,70 @@
+"""Per-sample seeded augmentation (`SeededSamples`): an image file's random crop and flip depend
+on the stream seed and the image's index only, not on the loader workers, the batching or the
+order, and torch's global generator of the training process is left alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from relvit.data import registry
+from relvit.data.loading import FileSplit, batches, file_transform
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> FileSplit:
+    """Ten random-noise JPEGs of mixed sizes: any two crops of one differ."""
+    root = tmp_path_factory.mktemp("photos")
+    gen = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(10):
+        h, w = 40 + 3 * i, 60 - 2 * i
+        pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=gen)
+        paths.append(root / f"{i}.jpg")
+        Image.fromarray(pixels.numpy()).save(paths[-1], quality=90)
+    return FileSplit(paths, torch.arange(10))
+
+
+TRAIN = file_transform(registry.DATASETS["imagenet100"], 24, train=True)  # RandomResizedCrop + flip
+
+
+def images_by_index(split: FileSplit, order: torch.Tensor, sizes: int | list[int],
+                    workers: int, seed: int | None) -> dict[int, torch.Tensor]:
+    loader_gen = torch.Generator().manual_seed(0)  # as the training loop passes one
+    loaded = [images for images, _ in batches(split, order, sizes, TRAIN, workers, loader_gen,
+                                              seed=seed)]
+    return dict(zip(order.tolist(), torch.cat(loaded)))
+
+
+def test_the_same_crops_whatever_the_workers_batches_and_order(photos):
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    reference = images_by_index(photos, order, 4, workers=0, seed=7)
+    for sizes, workers in (([3, 3, 4], 2), (10, 2), (1, 1)):
+        for shuffled in (order, order.flip(0)):
+            again = images_by_index(photos, shuffled, sizes, workers, seed=7)
+            for index, image in reference.items():
+                assert torch.equal(again[index], image), (sizes, workers, index)
+
+
+def test_without_a_seed_the_crops_follow_the_workers(photos):
+    """What the seeding fixes: unseeded, each worker draws from a stream of its own."""
+    order = torch.arange(10)
+    one = images_by_index(photos, order, 2, workers=0, seed=None)
+    two = images_by_index(photos, order, 2, workers=2, seed=None)
+    assert any(not torch.equal(one[i], two[i]) for i in range(10))
+
+
+def test_other_seeds_give_other_crops(photos):
+    order = torch.arange(10)
+    first = images_by_index(photos, order, 5, workers=0, seed=7)
+    second = images_by_index(photos, order, 5, workers=0, seed=8)
+    assert sum(not torch.equal(first[i], second[i]) for i in range(10)) >= 8
+
+
+def test_the_global_generator_is_left_alone(photos):
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    images_by_index(photos, torch.arange(10), 4, workers=0, seed=7)
+    assert torch.equal(torch.rand(5), expected)
