@@ -37,6 +37,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -256,8 +257,27 @@ def saved_for_backward_mb(fn: Callable[[], torch.Tensor]) -> float:
 # --------------------------------------------------------------------------- input pipeline
 
 
+PHOTO_SIZE = (375, 500)  # (height, width): ImageNet's most common image size
+
+
+def photo_like(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """A uint8 [3, H, W] image with a natural photograph's 1/f amplitude spectrum (correlated
+    colour channels). Saved as a JPEG of quality 90 at 500 x 375 it takes about 120 KB, about
+    the average ImageNet training JPEG (110 KB), so decoding it costs about as much."""
+    fy = torch.fft.fftfreq(height).abs()[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    f = (fy ** 2 + fx ** 2).sqrt().clamp_min(1 / max(height, width))
+    spectrum = torch.randn(3, height, width // 2 + 1, dtype=torch.complex64,
+                           generator=generator) / f
+    luma, chroma = torch.fft.irfft2(spectrum, s=(height, width)).split([1, 2])
+    chroma = 0.3 * chroma
+    rgb = torch.cat([luma + chroma[0:1], luma - 0.5 * chroma[0:1] + chroma[1:], luma - chroma[1:]])
+    return ((rgb - rgb.mean()) / rgb.std() * 50 + 120).clamp(0, 255).to(torch.uint8)
+
+
 def bench_decode(args, device: torch.device) -> list[Row]:
-    """JPEGs (256 px, ImageNet-like) -> RandomResizedCrop(224) + flip -> uint8, in workers.
+    """ImageNet-like JPEGs (500 x 375, ~120 KB) -> RandomResizedCrop(224) + flip -> uint8, in
+    DataLoader workers with per-image seeding, as a training epoch of an image-file dataset.
 
     Each worker decodes whole batches, so the batch is cut to give every worker at least 4 (a
     training epoch has hundreds). The rate is the steady one: from the arrival of the last
@@ -273,27 +293,47 @@ def bench_decode(args, device: torch.device) -> list[Row]:
     batch = max(1, min(args.pipeline_batch, n // (4 * workers)))
     with tempfile.TemporaryDirectory() as tmp:
         gen = torch.Generator().manual_seed(0)
-        base = (torch.rand(8, 3, 256, 256, generator=gen) * 255).to(torch.uint8)
         paths = []
-        for i in range(n):  # a few distinct images, saved as many files (decoding is the cost)
+        for i in range(8):  # a few distinct images, saved as many files (decoding is the cost)
             path = Path(tmp) / f"{i:05d}.jpg"
-            Image.fromarray(base[i % 8].permute(1, 2, 0).numpy()).save(path, quality=90)
+            Image.fromarray(photo_like(*PHOTO_SIZE, gen).permute(1, 2, 0).numpy()).save(
+                path, quality=90)
             paths.append(path)
+        kb = sum(path.stat().st_size for path in paths) / len(paths) / 1e3
+        for i in range(8, n):
+            paths.append(Path(tmp) / f"{i:05d}.jpg")
+            shutil.copyfile(paths[i % 8], paths[i])
         split = FileSplit(paths, torch.zeros(n, dtype=torch.long))
         transform = file_transform(spec, 224, train=True)
         started = time.perf_counter()
         arrivals: list[float] = []
         steady = 0  # images after the first batch of every worker
         for i, (images, _) in enumerate(batches(split, torch.arange(n), batch, transform,
-                                                args.workers, pin_memory=device.type == "cuda")):
+                                                args.workers, torch.Generator().manual_seed(0),
+                                                pin_memory=device.type == "cuda", seed=0)):
             images.to(device, non_blocking=True)
             arrivals.append(time.perf_counter())
             steady += len(images) if i >= workers else 0
         sync(device)
         rate = steady / (time.perf_counter() - arrivals[workers - 1])
-    return [Row(f"decode: JPEG 256 px, {args.workers} workers", "224x224 RandomResizedCrop",
-                rate, ratio=f"{rate / workers:,.0f}/worker",
-                extra={"startup_s": arrivals[0] - started, "batch": batch, "images": n})]
+    height, width = PHOTO_SIZE
+    return [Row(f"decode: JPEG {width}x{height} (~{kb:.0f} KB), {args.workers} workers",
+                "224x224 RandomResizedCrop + flip", rate, ratio=f"{rate / workers:,.0f}/worker",
+                extra={"startup_s": arrivals[0] - started, "batch": batch, "images": n,
+                       "per_worker": rate / workers, "jpeg_kb": kb})]
+
+
+def workers_to_feed(rows: list[Row]) -> list[str]:
+    """For each 224-px "+ batch" train step measured with the decode stage: the decode workers
+    (at the measured rate per worker) that keep up with it."""
+    decode = [r for r in rows if r.stage.startswith("decode")]
+    if not decode:
+        return []
+    per_worker = decode[0].extra["per_worker"]
+    return [f"decode workers to feed {r.stage} ({r.config}, {r.images_per_s:,.0f} images/s): "
+            f"{math.ceil(r.images_per_s / per_worker)} at {per_worker:,.0f} images/s each"
+            for r in rows if r.stage.startswith("train step") and r.extra.get("with_batch")
+            and r.extra.get("size") == 224 and r.images_per_s]
 
 
 def bench_augment(args, device: torch.device) -> list[Row]:
@@ -797,6 +837,8 @@ def main(argv: list[str] | None = None) -> None:
         dump()
     print_table(rows, device, args.sync_debug and device.type == "cuda")
     hours = projection(rows)
+    for line in workers_to_feed(rows):
+        print(line)
     if hours:
         print("Projected Table 1 CIFAR-10 row (50k images, 100 epochs each; training steps only, "
               "no evaluation): " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items()))

@@ -111,3 +111,26 @@ def test_sync_counter_counts_sync_warnings(bench, monkeypatch):
     assert extra["syncs_per_step"] == 2
     (site, n), = extra["sync_sites"].items()  # one line raised them all
     assert site.startswith("test_bench.py:") and n == 4
+
+
+def test_photo_like_jpegs_weigh_what_imagenet_jpegs_do(bench, tmp_path):
+    """The decode stage's images: about ImageNet's 110 KB average at 500 x 375, quality 90 (white
+    noise would weigh 3x as much, a flat image a twentieth)."""
+    from PIL import Image
+
+    image = bench.photo_like(*bench.PHOTO_SIZE, torch.Generator().manual_seed(0))
+    assert image.shape == (3, 375, 500) and image.dtype == torch.uint8
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "a.jpg", quality=90)
+    assert 80e3 < (tmp_path / "a.jpg").stat().st_size < 160e3
+
+
+def test_workers_to_feed_the_224_px_steps(bench):
+    rows = [bench.Row("decode: JPEG", "", 1600.0, extra={"per_worker": 400.0}),
+            bench.Row("train step: supervised + batch", "224", 5000.0,
+                      extra={"size": 224, "with_batch": True}),
+            bench.Row("train step: supervised", "224", 9000.0, extra={"size": 224}),
+            bench.Row("train step: supervised + batch", "32", 9000.0,
+                      extra={"size": 32, "with_batch": True})]
+    lines = bench.workers_to_feed(rows)
+    assert len(lines) == 1 and ": 13 at 400 images/s each" in lines[0]
+    assert bench.workers_to_feed(rows[1:]) == []
