@@ -9,8 +9,9 @@ these machines are noisy. Asserts nothing.
     python bench/bench_relvit.py --device cuda --compile --only steps --json out.json
     python bench/bench_relvit.py --device cuda --only steps loop --sync-debug --profile prof
 
-Stages (`--only`, default all): "decode" (JPEG files through DataLoader workers, the per-sample
-transform of image-file datasets), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
+Stages (`--only`, default all): "decode" (ImageNet-like JPEG files through DataLoader workers,
+the per-sample transform of image-file datasets; after the table, the workers that would feed
+each 224-px "+ batch" step), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
 normalise at 224 px), "ssl" (per-patch jitter + permutation + targets, batched, and the
 per-sample torchvision reference the original runs), "steps" (forward, loss, backward, clipping,
 AdamW; bf16 autocast and fused AdamW on CUDA) of the supervised and the pretrain objective, the
@@ -275,6 +276,27 @@ def photo_like(height: int, width: int, generator: torch.Generator) -> torch.Ten
     return ((rgb - rgb.mean()) / rgb.std() * 50 + 120).clamp(0, 255).to(torch.uint8)
 
 
+def photo_files(folder: Path, n: int, distinct: int = 8) -> list[Path]:
+    """`n` JPEG files (quality 90) of `distinct` photo-like images, each saved once and copied:
+    decoding, not the variety of the content, is what is timed."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    paths = [folder / f"{i:05d}.jpg" for i in range(n)]
+    for i, path in enumerate(paths):
+        if i < distinct:
+            Image.fromarray(photo_like(*PHOTO_SIZE, gen).permute(1, 2, 0).numpy()).save(
+                path, quality=90)
+        else:
+            shutil.copyfile(paths[i % distinct], path)
+    return paths
+
+
+def jpeg_kb(paths: list[Path], distinct: int = 8) -> float:
+    """Mean size in KB of the distinct files of `photo_files`."""
+    return sum(path.stat().st_size for path in paths[:distinct]) / min(distinct, len(paths)) / 1e3
+
+
 def bench_decode(args, device: torch.device) -> list[Row]:
     """ImageNet-like JPEGs (500 x 375, ~120 KB) -> RandomResizedCrop(224) + flip -> uint8, in
     DataLoader workers with per-image seeding, as a training epoch of an image-file dataset.
@@ -283,7 +305,6 @@ def bench_decode(args, device: torch.device) -> list[Row]:
     training epoch has hundreds). The rate is the steady one: from the arrival of the last
     worker's first batch (the workers start together) to the last batch; the start-up (time to the
     first batch) is reported beside it."""
-    from PIL import Image
 
     spec = get_dataset("imagenet100")
     n, workers = args.decode_images, max(1, args.workers)
@@ -292,17 +313,8 @@ def bench_decode(args, device: torch.device) -> list[Row]:
                          f"give at least {2 * workers}")
     batch = max(1, min(args.pipeline_batch, n // (4 * workers)))
     with tempfile.TemporaryDirectory() as tmp:
-        gen = torch.Generator().manual_seed(0)
-        paths = []
-        for i in range(8):  # a few distinct images, saved as many files (decoding is the cost)
-            path = Path(tmp) / f"{i:05d}.jpg"
-            Image.fromarray(photo_like(*PHOTO_SIZE, gen).permute(1, 2, 0).numpy()).save(
-                path, quality=90)
-            paths.append(path)
-        kb = sum(path.stat().st_size for path in paths) / len(paths) / 1e3
-        for i in range(8, n):
-            paths.append(Path(tmp) / f"{i:05d}.jpg")
-            shutil.copyfile(paths[i % 8], paths[i])
+        paths = photo_files(Path(tmp), n)
+        kb = jpeg_kb(paths)
         split = FileSplit(paths, torch.zeros(n, dtype=torch.long))
         transform = file_transform(spec, 224, train=True)
         started = time.perf_counter()
@@ -321,6 +333,53 @@ def bench_decode(args, device: torch.device) -> list[Row]:
                 "224x224 RandomResizedCrop + flip", rate, ratio=f"{rate / workers:,.0f}/worker",
                 extra={"startup_s": arrivals[0] - started, "batch": batch, "images": n,
                        "per_worker": rate / workers, "jpeg_kb": kb})]
+
+
+def bench_device_decode(args, device: torch.device) -> list[Row]:
+    """The alternative to decoding in CPU workers: a batch of JPEG bytes decoded on the training
+    device (`torchvision.io.decode_jpeg` with a list: nvjpeg's batched decode on CUDA), then
+    RandomResizedCrop(224) + flip per image there (torchvision's tensor path: bilinear with
+    antialias, as PIL's resize but in float). Reading the files is left out (loader workers would
+    read bytes). Also reported: the host's time to queue a batch (what a launch-bound step would
+    pay for it) and the largest pixel difference from PIL's decode of the same file."""
+    from torchvision import transforms as T
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from relvit.data.formats import decode_image
+
+    batch = args.pipeline_batch
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = photo_files(Path(tmp), 8)
+        kb = jpeg_kb(paths)
+        encoded = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+                   for path in paths]
+        reference = T.functional.pil_to_tensor(decode_image(paths[0]))
+    crop_and_flip = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip()])
+    inputs = [encoded[i % len(encoded)] for i in range(batch)]
+
+    def decode_batch() -> torch.Tensor:
+        images = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
+        return torch.stack([crop_and_flip(image) for image in images])
+
+    with warnings.catch_warnings():  # torchvision >= 0.29: decoding moves to TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        seconds = timed(decode_batch, args.repeats, device)
+        queued = []
+        for _ in range(args.repeats):
+            sync(device)
+            started = time.perf_counter()
+            decode_batch()
+            queued.append(time.perf_counter() - started)
+        sync(device)
+        decoded = decode_jpeg(encoded[0], mode=ImageReadMode.RGB, device=device).cpu()
+    diff = int((decoded.int() - reference.int()).abs().max())
+    height, width = PHOTO_SIZE
+    decoder = "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
+    return [Row(f"decode on the {device.type}: {decoder}, batch {batch}, JPEG {width}x{height} "
+                f"(~{kb:.0f} KB)", "224x224 RandomResizedCrop + flip per image", batch / seconds,
+                ratio=f"host {1e3 * min(queued):.1f} ms/batch, max |Δ| vs PIL {diff}",
+                extra={"host_ms_per_batch": 1e3 * min(queued), "max_abs_diff_vs_pil": diff,
+                       "jpeg_kb": kb})]
 
 
 def workers_to_feed(rows: list[Row]) -> list[str]:
@@ -773,8 +832,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu on CUDA, else cpu")
-    parser.add_argument("--only", nargs="+", choices=["decode", "augment", "ssl", "steps",
-                                                      "loop", "memory"],
+    parser.add_argument("--only", nargs="+", choices=["decode", "device-decode", "augment",
+                                                      "ssl", "steps", "loop", "memory"],
                         help="stages to run (default: all)")
     parser.add_argument("--sizes", nargs="+", type=int, choices=[32, 224])
     parser.add_argument("--threads", type=int, default=2)
@@ -812,7 +871,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sections = {"decode": bench_decode, "augment": bench_augment, "ssl": bench_ssl_inputs,
+    sections = {"decode": bench_decode, "device-decode": bench_device_decode,
+                "augment": bench_augment, "ssl": bench_ssl_inputs,
                 "steps": bench_steps, "loop": bench_loop, "memory": bench_relation_memory}
     rows: list[Row] = []
     timings = {}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One-shot GPU check of issue 6 (fast paths and speed), under 7 minutes on an H100:
+# One-shot GPU check of issue 6 (fast paths and speed), about 7 minutes on an H100:
 #   (a) the device-parametrised tests: no host sync per training step (test_host_syncs.py), fused
 #       vs plain relation loss and CPU vs CUDA jitter (test_fast_paths.py);
 #   (b) the benchmark at ViT-S/4 32 px and ViT-S/16 224 px, batch 256, bf16 autocast, fused AdamW:
 #       input stages, train steps (supervised / pretrain plain / pretrain fused, each without and
 #       with the batch construction), the real training loop (`Run._train_epoch`), MFU, memory,
-#       ops per step;
+#       ops per step; then decoding alone: in a worker on every core but one, and batched on the
+#       GPU (nvjpeg) with the crops there;
 #   (c) diagnostics of why the "+ batch" step costs more than the batch construction alone: train
 #       steps and loop again with the host syncs per step counted (--sync-debug, the sites on
 #       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile);
@@ -14,7 +15,7 @@
 # bench.{txt,json}, diagnostics.tar.gz (diagnostics.{txt,json}, profile/<size>px-<case>.txt with
 # the top ops and .json chrome traces; the traces are left out, the "+ batch" and loop ones last,
 # when the archive would pass 15 MiB), compile.txt (both compile runs), compile32.json,
-# compile224.json. The caps add up to 405 s; a part that hits its cap is cut short (exit 124) and
+# compile224.json. The caps add up to 435 s; a part that hits its cap is cut short (exit 124) and
 # the rows it finished are still in its .txt (stderr lines).
 #
 #   PYTHONPATH=. bash bench/gpu_check.sh                 # on the GPU machine, from the repo root
@@ -30,9 +31,11 @@ PY="${PYTHON:-python3}"
 [[ -x .venv/bin/python && "$DEVICE" == cpu ]] && PY=.venv/bin/python
 
 if [[ "$DEVICE" == cuda ]]; then
-  # caps in seconds: tests, eager bench, diagnostics, compile per size (H100: 7 minutes in all)
-  T_TESTS=75; T_BENCH=140; T_DIAG=60; T_COMPILE=65
-  BENCH=(--device cuda --workers 8)
+  # caps in seconds: tests, eager bench, decode, diagnostics, compile per size (435 s in all)
+  T_TESTS=75; T_BENCH=140; T_DECODE=30; T_DIAG=60; T_COMPILE=65
+  BENCH=(--device cuda --workers 8 --only decode augment ssl steps loop memory)
+  DECODE=(--device cuda --only decode device-decode
+          --workers $(( $(nproc) > 2 ? $(nproc) - 1 : 1 )) --decode-images 4096)
   DIAGNOSE=(--device cuda --only steps loop --sync-debug --steps 5)
   COMPILE=(--device cuda --only steps --compile --steps 15)
 else  # tiny sizes: checks that every path runs, not how fast
@@ -40,6 +43,7 @@ else  # tiny sizes: checks that every path runs, not how fast
   BENCH=(--device cpu --batch 4 --embed-dim 36 --depth 1 --num-heads 3 --steps 1 --warmup 0
          --pipeline-batch 8 --decode-images 16 --reference-images 2 --memory-batch 8
          --memory-dim 36 --repeats 1)
+  T_DECODE=60; DECODE=("${BENCH[@]}" --only decode device-decode --workers 2)
   DIAGNOSE=("${BENCH[@]}" --only steps loop --sync-debug)
   COMPILE=("${BENCH[@]}" --only steps --compile)
 fi
@@ -65,6 +69,10 @@ summary "tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 timeout -k 5 "$T_BENCH" "$PY" bench/bench_relvit.py "${BENCH[@]}" --json "$OUT/bench.json" \
   > "$OUT/bench.txt" 2>&1
 summary "bench (eager, all stages): exit $? (124: cut at its ${T_BENCH} s cap)"
+
+# Decoding on every core but the training process's: does the rate per worker hold at scale?
+timeout -k 5 "$T_DECODE" "$PY" bench/bench_relvit.py "${DECODE[@]}" >> "$OUT/bench.txt" 2>&1
+summary "decode on all cores and on the GPU (appended to bench.txt): exit $?"
 
 DIAG="$OUT/diagnostics"
 rm -rf "$DIAG" && mkdir -p "$DIAG"

@@ -134,3 +134,12 @@ def test_workers_to_feed_the_224_px_steps(bench):
     lines = bench.workers_to_feed(rows)
     assert len(lines) == 1 and ": 13 at 400 images/s each" in lines[0]
     assert bench.workers_to_feed(rows[1:]) == []
+
+
+def test_device_decode_stage_on_the_cpu(bench):
+    """The GPU-decode alternative's code path, run with torchvision's CPU decoder."""
+    args = bench.argparse.Namespace(pipeline_batch=3, repeats=1)
+    (row,) = bench.bench_device_decode(args, torch.device("cpu"))
+    assert row.stage.startswith("decode on the cpu: libjpeg-turbo, batch 3")
+    assert row.images_per_s > 0 and row.extra["host_ms_per_batch"] > 0
+    assert row.extra["max_abs_diff_vs_pil"] <= 2  # both libjpeg-turbo here
