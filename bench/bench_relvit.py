@@ -11,7 +11,8 @@ these machines are noisy. Asserts nothing.
 
 Stages (`--only`, default all): "decode" (ImageNet-like JPEG files through DataLoader workers,
 the per-sample transform of image-file datasets; after the table, the workers that would feed
-each 224-px "+ batch" step), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
+each 224-px "+ batch" step), "device-decode" (the alternative: a batch of JPEGs decoded on the
+device, nvjpeg on CUDA, and cropped there), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
 normalise at 224 px), "ssl" (per-patch jitter + permutation + targets, batched, and the
 per-sample torchvision reference the original runs), "steps" (forward, loss, backward, clipping,
 AdamW; bf16 autocast and fused AdamW on CUDA) of the supervised and the pretrain objective, the
@@ -361,9 +362,17 @@ def bench_device_decode(args, device: torch.device) -> list[Row]:
         images = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
         return torch.stack([crop_and_flip(image) for image in images])
 
+    height, width = PHOTO_SIZE
+    decoder = "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
+    stage = (f"decode on the {device.type}: {decoder}, batch {batch}, JPEG {width}x{height} "
+             f"(~{kb:.0f} KB)")
+    config = "224x224 RandomResizedCrop + flip per image"
     with warnings.catch_warnings():  # torchvision >= 0.29: decoding moves to TorchCodec
         warnings.simplefilter("ignore", DeprecationWarning)
-        seconds = timed(decode_batch, args.repeats, device)
+        try:
+            seconds = timed(decode_batch, args.repeats, device)
+        except (RuntimeError, NotImplementedError) as err:  # e.g. a torchvision without nvjpeg
+            return [Row(stage, config, ratio=f"failed: {str(err).splitlines()[0][:120]}")]
         queued = []
         for _ in range(args.repeats):
             sync(device)
@@ -373,10 +382,7 @@ def bench_device_decode(args, device: torch.device) -> list[Row]:
         sync(device)
         decoded = decode_jpeg(encoded[0], mode=ImageReadMode.RGB, device=device).cpu()
     diff = int((decoded.int() - reference.int()).abs().max())
-    height, width = PHOTO_SIZE
-    decoder = "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
-    return [Row(f"decode on the {device.type}: {decoder}, batch {batch}, JPEG {width}x{height} "
-                f"(~{kb:.0f} KB)", "224x224 RandomResizedCrop + flip per image", batch / seconds,
+    return [Row(stage, config, batch / seconds,
                 ratio=f"host {1e3 * min(queued):.1f} ms/batch, max |Δ| vs PIL {diff}",
                 extra={"host_ms_per_batch": 1e3 * min(queued), "max_abs_diff_vs_pil": diff,
                        "jpeg_kb": kb})]
@@ -385,7 +391,7 @@ def bench_device_decode(args, device: torch.device) -> list[Row]:
 def workers_to_feed(rows: list[Row]) -> list[str]:
     """For each 224-px "+ batch" train step measured with the decode stage: the decode workers
     (at the measured rate per worker) that keep up with it."""
-    decode = [r for r in rows if r.stage.startswith("decode")]
+    decode = [r for r in rows if "per_worker" in r.extra]
     if not decode:
         return []
     per_worker = decode[0].extra["per_worker"]

@@ -134,6 +134,8 @@ def test_workers_to_feed_the_224_px_steps(bench):
     lines = bench.workers_to_feed(rows)
     assert len(lines) == 1 and ": 13 at 400 images/s each" in lines[0]
     assert bench.workers_to_feed(rows[1:]) == []
+    on_device = bench.Row("decode on the cuda: nvjpeg", "", 9000.0, extra={"jpeg_kb": 120.0})
+    assert bench.workers_to_feed([on_device, *rows[1:]]) == []  # not a rate per worker
 
 
 def test_device_decode_stage_on_the_cpu(bench):
@@ -143,3 +145,16 @@ def test_device_decode_stage_on_the_cpu(bench):
     assert row.stage.startswith("decode on the cpu: libjpeg-turbo, batch 3")
     assert row.images_per_s > 0 and row.extra["host_ms_per_batch"] > 0
     assert row.extra["max_abs_diff_vs_pil"] <= 2  # both libjpeg-turbo here
+
+
+def test_device_decode_reports_a_decoder_that_fails(bench, monkeypatch):
+    import torchvision.io
+
+    def no_decoder(*args, **kwargs):
+        raise RuntimeError("decode_jpeg: this torchvision was built without nvjpeg\nmore")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", no_decoder)
+    args = bench.argparse.Namespace(pipeline_batch=2, repeats=1)
+    (row,) = bench.bench_device_decode(args, torch.device("cpu"))
+    assert row.images_per_s is None
+    assert row.ratio == "failed: decode_jpeg: this torchvision was built without nvjpeg"
