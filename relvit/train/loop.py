@@ -39,6 +39,7 @@ from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingErr
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import Objective
 from relvit.train.schedule import learning_rate
+from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
 
 log = logging.getLogger("relvit")
 
@@ -270,10 +271,11 @@ class Run:
         done = 0
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             started = time.perf_counter()
-            train_stats, lr = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
+            train_stats, lr, timing = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
             row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
             row.update(self.evaluation(epoch))
             row["epoch_time_s"] = time.perf_counter() - started
+            row.update(timing)
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
             self._log_epoch(row)
@@ -292,7 +294,9 @@ class Run:
         return to_float_images(images, self.geo.image_size)
 
     def _train_epoch(self, epoch: int, steps: int,
-                     total_steps: int) -> tuple[dict[str, float], float]:
+                     total_steps: int) -> tuple[dict[str, float], float, dict[str, float]]:
+        """One epoch of training: the mean training statistics, the last learning rate and the
+        epoch's timing (`epoch_timing`: images/s, the share spent waiting for batches)."""
         cfg = self.cfg
         # dropout, drop-path (file transforms are seeded per sample: sample_stream)
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, 0, self.rank))
@@ -305,7 +309,8 @@ class Run:
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                    disable=not self.progress, file=sys.stderr)
         lagged = LaggedLosses(self.device)  # the finiteness check reads step i - 1's loss
-        for i, data in enumerate(self.train_batches(epoch)):
+        wait, started = InputWait(), time.perf_counter()
+        for i, data in enumerate(wait.iterate(self.train_batches(epoch))):
             step = epoch * steps + i
             lr = learning_rate(step, total_steps, cfg.optim)
             for group in self.optimizer.param_groups:
@@ -331,8 +336,9 @@ class Run:
                 bar.set_postfix(loss=f"{previous.values[0]:.3f}")
         self._check_finite(lagged.flush(), epoch)
         bar.close()
-        totals, seen = distributed.reduce_sums(sums, seen)
-        return _means(totals, seen), lr
+        totals, seen = distributed.reduce_sums(sums, seen)  # waits for the GPU
+        timing = epoch_timing(seen, time.perf_counter() - started, wait.seconds)
+        return _means(totals, seen), lr, timing
 
     def _check_finite(self, losses: StepLosses | None, epoch: int) -> None:
         """Stop, every rank at the same step, when any rank's loss of that step is not finite.
@@ -406,7 +412,8 @@ class Run:
                 "val_bbox_mAP", "val_segm_mAP"]
         parts = [f"{k}={row[k]:.4f}" for k in keys if row.get(k) is not None]
         message = f"epoch {row['epoch']}/{self.cfg.optim.epochs} lr={row['lr']:.2e} " + " ".join(
-            parts) + f" ({row['epoch_time_s']:.1f}s)"
+            parts) + (f" ({row['epoch_time_s']:.1f}s; training {row['train_images_per_s']:,.0f}"
+                      f" images/s, {100 * row['input_wait_share']:.0f} % waiting for batches)")
         if self.progress:
             tqdm.write(message, file=sys.stderr)
         else:
@@ -415,7 +422,7 @@ class Run:
     def finish(self) -> dict[str, Any]:
         """Write metrics.json: best- and last-epoch numbers plus provenance."""
         cfg, last, best = self.cfg, self.history[-1], self.best
-        skip = ("epoch", "lr", "epoch_time_s")
+        skip = ("epoch", "lr", *TIMING_KEYS)
         metrics: dict[str, Any] = {
             "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
             "dataset": cfg.data.name, "dataset_title": self.dataset.title,

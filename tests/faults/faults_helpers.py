@@ -26,6 +26,7 @@ from fixtures.runs import TINY_RUN
 from relvit import cli
 from relvit.config import load_config, merge
 from relvit.train.loop import train
+from relvit.train.timing import TIMING_KEYS
 
 INJECT = Path(__file__).with_name("inject.py")
 # metrics.json entries that measure the machine, not the run
@@ -88,7 +89,7 @@ def outcome(run_dir: Path) -> dict[str, Any]:
     history.csv without epoch times."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with (run_dir / "history.csv").open() as handle:
-        history = [{k: v for k, v in row.items() if k != "epoch_time_s"}
+        history = [{k: v for k, v in row.items() if k not in TIMING_KEYS}
                    for row in csv.DictReader(handle)]
     return {"metrics": {k: v for k, v in metrics.items() if k not in VOLATILE},
             "history": history}
