@@ -53,6 +53,7 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from relvit.compiled import compile_static
 from relvit.config import RunConfig, config_from_dict
 from relvit.data.augment import normalize, random_crop, random_hflip
 from relvit.data.loading import (
@@ -520,7 +521,7 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args,
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    forward = torch.compile(model) if case.compile else model
+    forward = compile_static(model) if case.compile else model  # as the training loop
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(args.batch, 3, size, size, device=device)
     labels = torch.randint(0, spec.num_classes, (args.batch,), device=device)

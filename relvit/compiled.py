@@ -1,20 +1,34 @@
-"""Functions with an optional torch.compile-d twin (run-config key `compile`)."""
+"""torch.compile as the run-config key `compile` uses it, and functions with an optional
+torch.compile-d twin."""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
+Compilable = TypeVar("Compilable", bound=Callable)
+
+
+def compile_static(fn: Compilable, backend: str | Callable = "inductor") -> Compilable:
+    """`fn` torch.compile-d with static shapes: one graph per input shape (a training epoch has
+    two batch shapes, the full batches and its last, shorter one).
+
+    By default torch.compile recompiles a function with dynamic shapes once it sees a second
+    shape, and that dynamic-shape graph then serves every later call, full batches included, for
+    the rest of the run; a benchmark of steps with one batch size never sees it. Static shapes
+    keep the full batches on their own graph (`tests/test_compiled.py`)."""
+    return torch.compile(fn, dynamic=False, backend=backend)
+
 
 def compiled_variant(fn: Callable) -> Callable[[bool], Callable]:
-    """A chooser: `choose(False)` is `fn`, `choose(True)` its torch.compile-d version (static
-    shapes), compiled on first use and kept."""
+    """A chooser: `choose(False)` is `fn`, `choose(True)` its `compile_static` version, compiled
+    on first use and kept."""
 
     @functools.cache
     def compiled() -> Callable:
-        return torch.compile(fn, dynamic=False)
+        return compile_static(fn)
 
     def choose(use_compiled: bool) -> Callable:
         return compiled() if use_compiled else fn

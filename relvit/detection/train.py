@@ -57,6 +57,11 @@ class DetectionRun(Run):
     def backbone(self) -> nn.Module:
         return backbone_of(self.model)
 
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """torch.compile with its automatic dynamic shapes: detection images and proposal counts
+        vary from batch to batch, so static shapes would recompile without end."""
+        return torch.compile(model)
+
     def _images_dataset(self, train: bool) -> DetectionImages:
         """The (image, target) dataset of a split, built once per run."""
         key = "train" if train else "eval"

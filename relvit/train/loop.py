@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from relvit.compiled import compile_static
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config
 from relvit.data.loading import (
     Split, batches, file_transform, load_splits, on_device, to_float_images,
@@ -237,7 +238,12 @@ class Run:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.cfg.compile and self.device.type == "cuda":
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = self.compile_model(self.train_model)
+
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """The training model under `compile: true`: static shapes (`compile_static`), as
+        classification batches come in two shapes only."""
+        return compile_static(model)
 
     def _config_changes(self, state: dict[str, Any]) -> list[str]:
         """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside)."""

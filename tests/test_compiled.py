@@ -1,0 +1,47 @@
+"""`compile_static`: the full training batches keep their own graph after the epoch's last,
+shorter batch (torch.compile's default would serve them with a dynamic-shape graph from then on).
+A counting backend stands in for inductor: what is checked is which graph serves which call."""
+
+from __future__ import annotations
+
+import torch
+import torch._dynamo
+
+from relvit.compiled import compile_static
+
+
+def graph_calls(compile_fn) -> list[tuple[int, int]]:
+    """(batch size the graph was compiled for, its calls) per graph, for two epochs of batch
+    sizes 8, 8, 3."""
+    torch._dynamo.reset()
+    graphs: list[list[int]] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        batch = next(int(t.shape[0]) for t in example_inputs  # the input, not a weight
+                     if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter)
+                     and t.dim() == 2 and t.shape[1] == 16)
+        graphs.append([batch, 0])
+        record = graphs[-1]
+
+        def run(*args):
+            record[1] += 1
+            return gm.forward(*args)
+        return run
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    compiled = compile_fn(model, counting_backend)
+    for size in (8, 8, 3, 8, 8, 3):
+        compiled(torch.randn(size, 16))
+    torch._dynamo.reset()
+    return [tuple(g) for g in graphs]
+
+
+def test_full_batches_keep_their_static_graph():
+    assert graph_calls(compile_static) == [(8, 4), (3, 2)]
+
+
+def test_what_torch_compile_does_by_default():
+    """The reason for `compile_static`: after the first short batch, the dynamic-shape graph
+    serves every call, full batches included (if torch changes this, revisit compile_static)."""
+    calls = graph_calls(lambda model, backend: torch.compile(model, backend=backend))
+    assert calls[0] == (8, 2) and calls[1][1] == 4
