@@ -48,3 +48,14 @@ def test_runs_record_timing_in_the_history_not_in_the_metrics(tmp_path, tiny_con
     for key in TIMING_KEYS:
         assert key not in saved["best"] and key not in saved["last"] and key not in metrics["last"]
     assert "images/s" in caplog.text and "% waiting for batches" in caplog.text
+
+
+def test_history_of_a_run_resumed_across_the_new_columns():
+    """Rows saved before the timing columns existed and rows with them make one CSV."""
+    from relvit.train.loop import _history_csv
+
+    old = {"epoch": 1, "lr": 0.1, "train_loss": 2.0, "epoch_time_s": 3.0}
+    new = {**old, "epoch": 2, "train_images_per_s": 50.0, "input_wait_share": 0.1}
+    rows = list(csv.DictReader(_history_csv([old, new]).splitlines()))
+    assert rows[0]["input_wait_share"] == "" and rows[1]["input_wait_share"] == "0.1"
+    assert list(rows[0]) == list(new)

@@ -464,8 +464,11 @@ def _means(sums: dict[str, float], count: int) -> dict[str, float]:
 
 
 def _history_csv(history: list[dict[str, Any]]) -> str:
+    """The rows as CSV; the columns of every row, in order of first appearance (a run resumed
+    from an older version may have rows without the newer columns: those cells stay empty)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(history)
     return buffer.getvalue()
