@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -185,7 +185,7 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Any:
         generator = torch.default_generator  # torch.manual_seed would also seed every GPU: 60 us
         state = generator.get_state()
         generator.manual_seed(sample_seed(self.seed, index))
