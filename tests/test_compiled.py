@@ -45,3 +45,27 @@ def test_what_torch_compile_does_by_default():
     serves every call, full batches included (if torch changes this, revisit compile_static)."""
     calls = graph_calls(lambda model, backend: torch.compile(model, backend=backend))
     assert calls[0] == (8, 2) and calls[1][1] == 4
+
+
+def test_the_dense_jitter_compiles_once_for_every_draw():
+    """Fresh draws each batch reuse the first graph: no guard of `_jitter_dense` depends on the
+    draws or on state the first call leaves behind (a cache filled on the first call once made
+    torch.compile trace it a second time)."""
+    from relvit.ssl.jitter import JitterConfig, _jitter_dense, sample_jitter_params
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        graphs.append(gm)
+        return gm.forward
+
+    jitter = compile_static(_jitter_dense, counting_backend)
+    gen = torch.Generator().manual_seed(0)
+    patches = torch.rand(12, 3, 8, 8, generator=gen)
+    for _ in range(3):
+        params = sample_jitter_params(12, 8, JitterConfig(), gen)
+        factors = torch.stack((params.brightness, params.contrast, params.saturation, params.hue))
+        jitter(patches, params, factors, [True] * 4)
+    torch._dynamo.reset()
+    assert len(graphs) == 1

@@ -245,9 +245,6 @@ def _saturation(x: Tensor, f: Tensor) -> None:
     x.mul_(_per_patch(f)).addcmul_(g, _per_patch(1.0 - f)).clamp_(0.0, 1.0)
 
 
-_HUE_OFFSETS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-
 def _hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     """torchvision adjust_hue (rgb -> hsv, h = (h + f) mod 1, hsv -> rgb), written directly into
     `out` (default: x itself, in place); returns it.
@@ -273,11 +270,9 @@ def _hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     # gray pixels (cr = 0) have a zero numerator, any finite divisor gives h = 0 as torchvision
     h6.div_(cr.clamp_min(torch.finfo(x.dtype).tiny))
     h6.add_(m_g, alpha=2.0).add_(m_b, alpha=4.0).add_((6.0 * f).view(-1, 1, 1))
-    key = (x.device, x.dtype)
-    offsets = _HUE_OFFSETS.get(key)
-    if offsets is None:
-        offsets = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        _HUE_OFFSETS[key] = offsets
+    # 5, 3, 1 made on the device (a host tensor's copy would wait for the GPU; a cache of it
+    # would make torch.compile trace this function twice, before and after the cache is filled)
+    offsets = torch.arange(5, 0, -2, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = h6.unsqueeze(1) + offsets  # [n, 3, p, p]
     # clamp(min(k, 4 - k), 0, 1) = clamp(2 - |k - 2|, 0, 1), all in place
     k.remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
