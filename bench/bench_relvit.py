@@ -508,10 +508,11 @@ class StepCase:
     compile: bool = False
 
 
-def make_step(case: StepCase, dataset: str, size: int, patch: int, args,
-              device: torch.device) -> tuple[Callable[..., torch.Tensor], Callable[[], None]]:
-    """(loss_fn, step_fn): the forward + loss of one batch (`loss_fn(eager=True)` bypasses
-    torch.compile, for counting FLOPs), and a whole optimisation step."""
+def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device: torch.device
+              ) -> tuple[Callable[..., torch.Tensor], Callable[[], None], Callable[[], object]]:
+    """(loss_fn, step_fn, build_fn): the forward + loss of one batch (`loss_fn(eager=True)`
+    bypasses torch.compile, for counting FLOPs), a whole optimisation step, and the batch
+    construction alone (`Objective.batch`: augmentation, jitter, targets, normalisation)."""
     cfg = run_config(case.mode, dataset, size, patch, args, case.compile)
     spec, geo = get_dataset(dataset), run_geometry(cfg)
     objective = Objective(cfg, spec, geo, spec.stats[0], spec.stats[1])
@@ -543,7 +544,7 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return loss_fn, step
+    return loss_fn, step, lambda: objective.batch(images, labels, True, gen)
 
 
 def model_flops(loss_fn: Callable[..., torch.Tensor]) -> float:
@@ -571,6 +572,8 @@ def bench_steps(args, device: torch.device) -> list[Row]:
     if args.compile:
         cases = [StepCase("supervised, compiled", "supervised", compile=True),
                  StepCase("pretrain, fused, compiled", "pretrain", compile=True),
+                 StepCase("supervised + batch, compiled", "supervised", with_batch=True,
+                          compile=True),
                  StepCase("pretrain, fused + batch, compiled", "pretrain", with_batch=True,
                           compile=True)]
     peak_tflops = args.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else 0)
@@ -581,7 +584,7 @@ def bench_steps(args, device: torch.device) -> list[Row]:
         config = step_config(args, size, patch) + (", channels-last" if args.channels_last else "")
         base: dict[bool, Row] = {}
         for case in cases:
-            loss_fn, step = make_step(case, dataset, size, patch, args, device)
+            loss_fn, step, build = make_step(case, dataset, size, patch, args, device)
             started = time.perf_counter()
             step()  # compile / first-call warm-up, timed separately
             sync(device)
@@ -612,7 +615,25 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             rows.append(row)
             if peak_tflops:
                 row.mfu = flops / seconds / (peak_tflops * 1e12)
+            if case.with_batch:
+                rows.append(batch_construction_row(case, build, seconds, config, args, device))
     return rows
+
+
+def batch_construction_row(case: StepCase, build: Callable[[], object], step_seconds: float,
+                           config: str, args, device: torch.device) -> Row:
+    """`Objective.batch` alone, timed as the step that contains it: what the "+ batch" step
+    would cost over the plain one if nothing overlapped."""
+    seconds = timed(build, args.steps, device, warmup=args.warmup)
+    name = "jitter + targets" if case.mode == "pretrain" else "augmentation"
+    row = Row(f"batch construction: {case.mode} ({name})" + (", compiled" if case.compile
+                                                              else ""),
+              config, args.batch / seconds, 1000 * seconds,
+              ratio=f"{seconds / step_seconds:.2f}× its step",
+              extra={"mode": case.mode, "compiled": case.compile,
+                     **({} if case.compile else count_ops(build))})
+    print(f"  {row.stage}: {1000 * seconds:.1f} ms/batch", file=sys.stderr, flush=True)
+    return row
 
 
 # --------------------------------------------------------------------------- training loop
@@ -826,7 +847,8 @@ def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> N
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print("ratio: train steps vs the supervised step of the same size (time, then peak memory); "
-          "SSL inputs vs the per-sample reference; train loop vs the isolated \"+ batch\" step."
+          "batch construction vs the \"+ batch\" step it is part of; SSL inputs vs the per-sample "
+          "reference; train loop vs the isolated \"+ batch\" step."
           "\npeak MB: CUDA allocator peak of the stage; on the CPU the activations saved for "
           "backward (train steps) or the process's peak RSS growth in a fresh process (relation "
           "head + loss).\nops: dispatched non-view ATen ops per step or batch (about the kernel "

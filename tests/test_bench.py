@@ -80,6 +80,20 @@ def test_step_rows_count_ops(report):
     assert batch > steps["train step: pretrain, fused relation loss"]["extra"]["ops"]
 
 
+def test_batch_construction_rows_time_what_the_batch_steps_add(report):
+    rows, _ = report
+    built = {r["extra"]["mode"]: r for r in rows if r["stage"].startswith("batch construction")}
+    assert set(built) == {"supervised", "pretrain"}
+    step = {r["extra"]["mode"]: r for r in rows
+            if r["stage"].startswith("train step") and r["extra"]["with_batch"]}
+    for mode, row in built.items():
+        assert 0 < row["ms_per_step"] < step[mode]["ms_per_step"]
+        share = row["ms_per_step"] / step[mode]["ms_per_step"]
+        assert row["ratio"] == f"{share:.2f}× its step"
+    # the jitter makes the SSL batch the dearer one, in ops as in time
+    assert built["pretrain"]["extra"]["ops"] > built["supervised"]["extra"]["ops"]
+
+
 def test_profile_writes_table_and_trace(report):
     _, profile = report
     stem = profile / "32px-pretrain-fused-batch-jitter"
