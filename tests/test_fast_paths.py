@@ -213,6 +213,18 @@ def test_dense_jitter_equals_the_sorted_one(device, channels, crop):
     assert torch.equal(apply_jitter(x, prm, cfg), dense if device == "cuda" else sorted_)
 
 
+def test_dense_jitter_works_on_contiguous_channel_planes():
+    """Each channel of the dense path's result is one block: the per-channel colour ops run as
+    vectorised kernels on the GPU, as they do not on strided slices."""
+    cfg = replace(STRONG, grayscale_p=0.5)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(50, 3, 8, 8, generator=g)
+    prm = sample_jitter_params(50, 8, cfg, g)
+    out = apply_jitter(x, prm, cfg, dense=True)
+    assert out.shape == x.shape and all(out[:, c].is_contiguous() for c in range(3))
+    assert torch.equal(out.contiguous(), apply_jitter(x, prm, cfg, dense=False))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_dense_jitter_equals_the_eager_one(device):
     """torch.compile of the dense jitter (config key `compile`) keeps the values (fused kernels

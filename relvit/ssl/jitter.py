@@ -382,7 +382,8 @@ _dense_jitter = compiled_variant(_jitter_dense)  # _dense_jitter(compiled): one 
 
 def apply_jitter(patches: Tensor, params: JitterParams, cfg: JitterConfig,
                  dense: bool | None = None, compiled: bool = False) -> Tensor:
-    """Apply the draws `params` to `patches` [M, C, p, p] (float, [0, 1]); returns a new tensor.
+    """Apply the draws `params` to `patches` [M, C, p, p] (float, [0, 1]); returns a new tensor
+    (from the dense path with channel-planar memory: `reshape`, not `view`, merges its dims).
 
     Vectorised: crop + resize are two batched matmuls. The sorted path (`dense=False`, default on
     the CPU) then sorts the patches by their colour-op order and grayscale flag, so that every op
@@ -409,7 +410,10 @@ def apply_jitter(patches: Tensor, params: JitterParams, cfg: JitterConfig,
     crop = cfg.crop and crop_size(p) < p
     if patches.is_cuda if dense is None else dense:
         factors = torch.stack((params.brightness, params.contrast, params.saturation, params.hue))
-        out = torch.empty_like(patches)
+        # channel-planar memory behind the [M, C, p, p] view: each channel one contiguous block,
+        # so that the colour maths' per-channel ops run as vectorised kernels (strided channel
+        # slices took the GPU's slow generic kernel: half the eager jitter's time at 224 px)
+        out = patches.new_empty((ch, m, p, p)).transpose(0, 1)
         out.copy_(_crop_resize_transposed(patches, params)[1].permute(0, 2, 3, 1) if crop
                   else patches)
         return _dense_jitter(compiled)(out, params, factors.to(patches.dtype), enabled)
