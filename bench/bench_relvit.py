@@ -284,6 +284,7 @@ def photo_files(folder: Path, n: int, distinct: int = 8) -> list[Path]:
     from PIL import Image
 
     gen = torch.Generator().manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:05d}.jpg" for i in range(n)]
     for i, path in enumerate(paths):
         if i < distinct:
@@ -294,6 +295,22 @@ def photo_files(folder: Path, n: int, distinct: int = 8) -> list[Path]:
     return paths
 
 
+def resized_files(paths: list[Path], folder: Path, shorter_side: int,
+                  distinct: int = 8) -> list[Path]:
+    """The files of `photo_files` as `relvit resize-images` writes them (the distinct ones
+    resized, the rest copied from those)."""
+    from relvit.data.resize import ResizeSettings, resize_file
+
+    settings = ResizeSettings(shorter_side)
+    out = [folder / path.name for path in paths]
+    for i, (path, target) in enumerate(zip(paths, out)):
+        if i < distinct:
+            resize_file(path, target, settings)
+        else:
+            shutil.copyfile(out[i % distinct], target)
+    return out
+
+
 def jpeg_kb(paths: list[Path], distinct: int = 8) -> float:
     """Mean size in KB of the distinct files of `photo_files`."""
     return sum(path.stat().st_size for path in paths[:distinct]) / min(distinct, len(paths)) / 1e3
@@ -301,40 +318,53 @@ def jpeg_kb(paths: list[Path], distinct: int = 8) -> float:
 
 def bench_decode(args, device: torch.device) -> list[Row]:
     """ImageNet-like JPEGs (500 x 375, ~120 KB) -> RandomResizedCrop(224) + flip -> uint8, in
-    DataLoader workers with per-image seeding, as a training epoch of an image-file dataset.
+    DataLoader workers with per-image seeding, as a training epoch of an image-file dataset;
+    with `--decode-resized S` also their copies made by `relvit resize-images --shorter-side S`.
 
     Each worker decodes whole batches, so the batch is cut to give every worker at least 4 (a
     training epoch has hundreds). The rate is the steady one: from the arrival of the last
     worker's first batch (the workers start together) to the last batch; the start-up (time to the
     first batch) is reported beside it."""
-
-    spec = get_dataset("imagenet100")
     n, workers = args.decode_images, max(1, args.workers)
     if n < 2 * workers:
         raise SystemExit(f"--decode-images {n} is too few for {args.workers} workers: "
                          f"give at least {2 * workers}")
-    batch = max(1, min(args.pipeline_batch, n // (4 * workers)))
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = photo_files(Path(tmp), n)
-        kb = jpeg_kb(paths)
-        split = FileSplit(paths, torch.zeros(n, dtype=torch.long))
-        transform = file_transform(spec, 224, train=True)
-        started = time.perf_counter()
-        arrivals: list[float] = []
-        steady = 0  # images after the first batch of every worker
-        for i, (images, _) in enumerate(batches(split, torch.arange(n), batch, transform,
-                                                args.workers, torch.Generator().manual_seed(0),
-                                                pin_memory=device.type == "cuda", seed=0)):
-            images.to(device, non_blocking=True)
-            arrivals.append(time.perf_counter())
-            steady += len(images) if i >= workers else 0
-        sync(device)
-        rate = steady / (time.perf_counter() - arrivals[workers - 1])
     height, width = PHOTO_SIZE
-    return [Row(f"decode: JPEG {width}x{height} (~{kb:.0f} KB), {args.workers} workers",
-                "224x224 RandomResizedCrop + flip", rate, ratio=f"{rate / workers:,.0f}/worker",
-                extra={"startup_s": arrivals[0] - started, "batch": batch, "images": n,
-                       "per_worker": rate / workers, "jpeg_kb": kb})]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = photo_files(Path(tmp) / "photos", n)
+        rows.append(_decode_row(paths, f"JPEG {width}x{height}", args, device))
+        if args.decode_resized:
+            resized = resized_files(paths, Path(tmp) / "resized", args.decode_resized)
+            rows.append(_decode_row(resized, f"JPEG resized to shorter side "
+                                    f"{args.decode_resized}", args, device))
+            rows[-1].ratio += f", {rows[-1].images_per_s / rows[0].images_per_s:.2f}× original"
+    return rows
+
+
+def _decode_row(paths: list[Path], what: str, args, device: torch.device) -> Row:
+    """The decode row of `paths` (see `bench_decode`)."""
+    spec = get_dataset("imagenet100")
+    n, workers = len(paths), max(1, args.workers)
+    batch = max(1, min(args.pipeline_batch, n // (4 * workers)))
+    kb = jpeg_kb(paths)
+    split = FileSplit(paths, torch.zeros(n, dtype=torch.long))
+    transform = file_transform(spec, 224, train=True)
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    steady = 0  # images after the first batch of every worker
+    for i, (images, _) in enumerate(batches(split, torch.arange(n), batch, transform,
+                                            args.workers, torch.Generator().manual_seed(0),
+                                            pin_memory=device.type == "cuda", seed=0)):
+        images.to(device, non_blocking=True)
+        arrivals.append(time.perf_counter())
+        steady += len(images) if i >= workers else 0
+    sync(device)
+    rate = steady / (time.perf_counter() - arrivals[workers - 1])
+    return Row(f"decode: {what} (~{kb:.0f} KB), {args.workers} workers",
+               "224x224 RandomResizedCrop + flip", rate, ratio=f"{rate / workers:,.0f}/worker",
+               extra={"startup_s": arrivals[0] - started, "batch": batch, "images": n,
+                      "per_worker": rate / workers, "jpeg_kb": kb})
 
 
 def bench_device_decode(args, device: torch.device) -> list[Row]:
@@ -395,9 +425,16 @@ def workers_to_feed(rows: list[Row]) -> list[str]:
     decode = [r for r in rows if "per_worker" in r.extra]
     if not decode:
         return []
-    per_worker = decode[0].extra["per_worker"]
+
+    def need(step: Row, row: Row) -> str:
+        per_worker = row.extra["per_worker"]
+        what = f" ({row.stage.removeprefix('decode: ').split(' (~')[0]})" if len(decode) > 1 \
+            else ""
+        return (f"{math.ceil(step.images_per_s / per_worker)} at {per_worker:,.0f} images/s "
+                f"each{what}")
+
     return [f"decode workers to feed {r.stage} ({r.config}, {r.images_per_s:,.0f} images/s): "
-            f"{math.ceil(r.images_per_s / per_worker)} at {per_worker:,.0f} images/s each"
+            + ", ".join(need(r, d) for d in decode)
             for r in rows if r.stage.startswith("train step") and r.extra.get("with_batch")
             and r.extra.get("size") == 224 and r.images_per_s]
 
@@ -867,6 +904,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, choices=[32, 224])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (decode)")
+    parser.add_argument("--decode-resized", type=int, metavar="S",
+                        help="decode: also the copies resized to shorter side S "
+                             "(relvit resize-images)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")

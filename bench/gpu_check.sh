@@ -6,8 +6,9 @@
 #   (b) the benchmark at ViT-S/4 32 px and ViT-S/16 224 px, batch 256, bf16 autocast, fused AdamW:
 #       input stages, train steps (supervised / pretrain plain / pretrain fused, each without and
 #       with the batch construction), the real training loop (`Run._train_epoch`), MFU, memory,
-#       ops per step; then decoding alone: in a worker on every core but one, and batched on the
-#       GPU (nvjpeg) with the crops there;
+#       ops per step; then decoding alone: in a worker on every core but one (the JPEGs and
+#       their copies by `relvit resize-images --shorter-side 256`), and batched on the GPU
+#       (nvjpeg) with the crops there;
 #   (c) diagnostics of why the "+ batch" step costs more than the batch construction alone: train
 #       steps and loop again with the host syncs per step counted (--sync-debug, the sites on
 #       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile);
@@ -38,7 +39,7 @@ if [[ "$DEVICE" == cuda ]]; then
   T_TESTS=130; T_BENCH=80; T_DECODE=30; T_DIAG=75; T_COMPILE=100
   TESTS=(-k "not cpu")  # the CPU cases run in CI
   BENCH=(--device cuda --workers 8 --only decode augment ssl steps loop memory)
-  DECODE=(--device cuda --only decode device-decode
+  DECODE=(--device cuda --only decode device-decode --decode-resized 256
           --workers $(( $(nproc) > 2 ? $(nproc) - 1 : 1 )) --decode-images 4096)
   DIAGNOSE=(--device cuda --only steps loop --sync-debug --steps 5)
   COMPILE=(--device cuda --only steps --compile --steps 15)
@@ -47,7 +48,7 @@ else  # tiny sizes: checks that every path runs, not how fast
   BENCH=(--device cpu --batch 4 --embed-dim 36 --depth 1 --num-heads 3 --steps 1 --warmup 0
          --pipeline-batch 8 --decode-images 16 --reference-images 2 --memory-batch 8
          --memory-dim 36 --repeats 1)
-  T_DECODE=60; DECODE=("${BENCH[@]}" --only decode device-decode --workers 2)
+  T_DECODE=60; DECODE=("${BENCH[@]}" --only decode device-decode --workers 2 --decode-resized 64)
   DIAGNOSE=("${BENCH[@]}" --only steps loop --sync-debug)
   COMPILE=("${BENCH[@]}" --only steps --compile)
 fi

@@ -3,6 +3,7 @@
     relvit pretrain|finetune|supervised|joint --config RUN.yaml --out RUN_DIR [--init best.pt]
     relvit check --config RUN.yaml               validate a run config, print it resolved
     relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
+    relvit resize-images data/imagenet100 data/imagenet100-s256 --shorter-side 256
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
     relvit report-detection --plan results/tables/detection-plan.json --out results/tables
     relvit regress results/ci/runs --expected results/expected/ci.yaml [--refresh]
@@ -81,6 +82,14 @@ def _prepare(args: argparse.Namespace) -> int:
     from relvit.data.prepare import prepare_dataset
 
     prepare_dataset(args.name, args.root, folder=args.folder, offline=args.offline)
+    return 0
+
+
+def _resize(args: argparse.Namespace) -> int:
+    from relvit.data.resize import ResizeSettings, resize_tree
+
+    resize_tree(args.src, args.dst, ResizeSettings(args.shorter_side, args.quality),
+                workers=args.workers)
     return 0
 
 
@@ -205,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true",
                    help="never download: verify the files already in place")
     p.set_defaults(func=_prepare)
+    p = sub.add_parser("resize-images", help="a copy of an image-file dataset with every "
+                       "image's shorter side at most S (faster decoding; resumable)")
+    p.add_argument("src", type=Path, help="the dataset's folder (e.g. data/imagenet100)")
+    p.add_argument("dst", type=Path, help="the copy's folder; point data.folder at it")
+    p.add_argument("--shorter-side", type=int, required=True, metavar="S",
+                   help="pixels, e.g. 256 for 224-px training crops")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of resized JPEGs")
+    p.add_argument("--workers", type=int, help="processes (default: every core; 0: none)")
+    p.set_defaults(func=_resize)
     p = sub.add_parser("report", help="gather run directories into Table 1 (Markdown + LaTeX)")
     p.add_argument("runs", nargs="+", type=Path,
                    help="metrics.json files and run configs (*.yaml: planned cells), or folders "

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relvit.config import ConfigError, OptimConfig, config_from_dict, merge
+from relvit.data.registry import DATASETS
+from relvit.data.resize import resized_folder
 from relvit.detection.plan import TableRow, table_rows
 from relvit.report.table1 import MEGAPATCHES, SAME_EPOCHS
 
@@ -175,6 +177,31 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, Plan
     return runs
 
 
+def _data_config(data: dict, dataset: str) -> dict:
+    """The `data` block of a Table 1 run: its dataset, and the resized copy when `data.resized`
+    names the dataset."""
+    root = data.get("root", "data")
+    side = (data.get("resized") or {}).get(dataset)
+    return {"name": dataset, "root": root,
+            **({"folder": str(resized_folder(root, dataset, side))} if side else {})}
+
+
+def resized_problems(data: dict) -> list[str]:
+    """What is wrong with the workflow config's `data.resized` ({dataset: shorter side})."""
+    problems = []
+    for dataset, side in (data.get("resized") or {}).items():
+        spec = DATASETS.get(dataset)
+        if spec is None or not spec.resizable:
+            usable = ", ".join(n for n, s in DATASETS.items() if s.resizable)
+            problems.append(f"data.resized.{dataset}: only image-file datasets cropped by "
+                            f"RandomResizedCrop have resized copies ({usable})")
+        elif not isinstance(side, int) or isinstance(side, bool) or side < spec.image_size:
+            problems.append(f"data.resized.{dataset}: the shorter side must be a whole number "
+                            f"of pixels of at least the input size {spec.image_size}, got "
+                            f"{side!r}")
+    return problems
+
+
 def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     """All Table 1 runs of the workflow config; every invalid run config is reported at once."""
     table = workflow["table1"]
@@ -182,10 +209,11 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     runs: dict[str, PlannedRun] = {}
     problems: list[str] = []
     backbone = table["backbone"]
+    problems += resized_problems(data)
     for dataset in table["datasets"]:
         seeds = (table.get("seeds") or {}).get(dataset, workflow["seeds"])
         for seed in seeds:
-            base = {"seed": seed, "data": {"name": dataset, "root": data.get("root", "data")},
+            base = {"seed": seed, "data": _data_config(data, dataset),
                     "model": {"backbone": backbone}}
             prefix = f"{dataset}/{backbone}"
             for method, raw in _methods(workflow, dataset, base).items():

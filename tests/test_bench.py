@@ -146,10 +146,27 @@ def test_workers_to_feed_the_224_px_steps(bench):
             bench.Row("train step: supervised + batch", "32", 9000.0,
                       extra={"size": 32, "with_batch": True})]
     lines = bench.workers_to_feed(rows)
-    assert len(lines) == 1 and ": 13 at 400 images/s each" in lines[0]
+    assert len(lines) == 1 and lines[0].endswith(": 13 at 400 images/s each")
     assert bench.workers_to_feed(rows[1:]) == []
+    resized = bench.Row("decode: JPEG resized to shorter side 256 (~51 KB), 4 workers", "", 3200.0,
+                        extra={"per_worker": 800.0})
+    lines = bench.workers_to_feed([rows[0], resized, *rows[1:]])
+    assert lines[0].endswith(": 13 at 400 images/s each (JPEG), 7 at 800 images/s each "
+                             "(JPEG resized to shorter side 256)")
     on_device = bench.Row("decode on the cuda: nvjpeg", "", 9000.0, extra={"jpeg_kb": 120.0})
     assert bench.workers_to_feed([on_device, *rows[1:]]) == []  # not a rate per worker
+
+
+def test_decode_rows_of_the_original_and_the_resized_jpegs(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--only", "decode", "--decode-images", "16", "--workers", "1",
+                "--pipeline-batch", "4", "--decode-resized", "128", "--json", str(out)])
+    original, resized = json.loads(out.read_text())["rows"]
+    assert original["stage"].startswith("decode: JPEG 500x375 (~")
+    assert resized["stage"].startswith("decode: JPEG resized to shorter side 128 (~")
+    assert resized["extra"]["jpeg_kb"] < original["extra"]["jpeg_kb"] / 3
+    share = resized["images_per_s"] / original["images_per_s"]
+    assert resized["ratio"].endswith(f", {share:.2f}× original")
 
 
 def test_device_decode_stage_on_the_cpu(bench):

@@ -128,3 +128,31 @@ def test_detection_table_end_to_end(tmp_path):
     assert len(rows) == 4 and "—" not in "".join(rows[:3])  # every row ran
     assert (tmp_path / "results" / "tables" / "table3.tex").is_file()
     assert not (tmp_path / "results" / "tables" / "table2.md").exists()
+
+
+def test_resized_copy_is_made_by_its_rule_and_read_by_the_runs(tmp_path):
+    """`data.resized`: resize_data copies the prepared dataset (after prepare_data) and the
+    planned runs read that copy; done once, it is left alone."""
+    from fixtures.formats import write_imagefolder
+
+    write_imagefolder(tmp_path / "data" / "imagefolder")  # 8 x 8 images: copied, none resized
+    config = {**TINY, "data": {"offline": True, "resized": {"imagefolder": 256}},
+              "table1": {"datasets": ["imagefolder"], "backbone": "vit_small"}}
+    (tmp_path / "resized.yaml").write_text(yaml.safe_dump(config))
+    marker = "data/imagefolder-s256/.relvit-resized.json"
+    run_config = "results/configs/imagefolder/vit_small/pretrain/seed0.yaml"
+    snakemake(marker, run_config, "--cores", "1", "--configfile", "resized.yaml", cwd=tmp_path)
+    record = yaml.safe_load((tmp_path / marker).read_text())
+    assert record["shorter_side"] == 256 and record["files"] == record["copied"] == 11  # 9 images, 2 others
+    assert (tmp_path / "data/imagefolder-s256/train/cat/c2.png").read_bytes() == \
+        (tmp_path / "data/imagefolder/train/cat/c2.png").read_bytes()
+    planned = yaml.safe_load((tmp_path / run_config).read_text())
+    assert planned["data"]["folder"] == "data/imagefolder-s256"
+    dry = snakemake("-n", "--cores", "1", "--configfile", "resized.yaml", cwd=tmp_path)
+    jobs = job_counts(dry.stdout)
+    assert "resize_data" not in jobs and "prepare_data" not in jobs and jobs["pretrain"] == 1
+    config["data"]["resized"] = {"cifar10": 64}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    bad = snakemake("-n", "--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, check=False)
+    assert bad.returncode != 0
+    assert "data.resized.cifar10: only image-file datasets" in bad.stdout + bad.stderr

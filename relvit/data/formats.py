@@ -142,10 +142,14 @@ def _as_ints(key: str, path: Path, values: Any, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def is_image_file(path: Path) -> bool:
+    """What the readers take for an image: a file name with an image suffix, not hidden."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def _images_in(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted (the original used unsorted os.listdir)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
 def _subdirs(folder: Path) -> list[Path]:

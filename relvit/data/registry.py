@@ -39,6 +39,12 @@ class DatasetSpec:
     task: Literal["classification", "detection"] = "classification"
     subfolders: tuple[tuple[str, str], ...] = ()  # (archive, subfolder it is extracted into)
 
+    @property
+    def resizable(self) -> bool:
+        """Image files, each decoded and cropped by RandomResizedCrop in a loader worker: what a
+        pre-resized copy speeds up (workflow key `data.resized`, `relvit resize-images`)."""
+        return self.task == "classification" and self.train_crop == "resized"
+
 
 _CS = "https://www.cs.toronto.edu/~kriz/"
 _FLOWERS = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"

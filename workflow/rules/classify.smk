@@ -4,7 +4,7 @@
 rule finetune:
     input:
         config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
-        data=ready_marker("{dataset}"),
+        data=data_marker,
         pretrain=pretrain_metrics,
     output:
         metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
@@ -32,7 +32,7 @@ rule finetune:
 rule supervised:
     input:
         config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
-        data=ready_marker("{dataset}"),
+        data=data_marker,
     output:
         metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
     wildcard_constraints:

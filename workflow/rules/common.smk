@@ -1,6 +1,7 @@
 # Shared by every rule: the plan of runs (relvit.workflow) and the paths of their files.
 import os
 
+from relvit.data.resize import MARKER as RESIZED_MARKER, resized_folder
 from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_table1
 
 RESULTS = config["results"]
@@ -36,6 +37,17 @@ def metrics_file(run_id):
 def ready_marker(dataset):
     """Written by prepare_data once a dataset is downloaded, verified and readable."""
     return f"{DATA_ROOT}/{dataset}/.relvit-ready.json"
+
+
+def resized_marker(dataset, side):
+    """Written by resize_data once the dataset's resized copy (data.resized) is complete."""
+    return f"{resized_folder(DATA_ROOT, dataset, side)}/{RESIZED_MARKER}"
+
+
+def data_marker(wildcards):
+    """What a classification run waits for: its dataset ready, or its resized copy made."""
+    side = (DATA.get("resized") or {}).get(wildcards.dataset)
+    return resized_marker(wildcards.dataset, side) if side else ready_marker(wildcards.dataset)
 
 
 def planned(wildcards):

@@ -6,7 +6,7 @@
 rule pretrain:
     input:
         config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
-        data=ready_marker("{dataset}"),
+        data=data_marker,
     output:
         metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
     wildcard_constraints:

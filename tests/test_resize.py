@@ -1,0 +1,145 @@
+"""`relvit resize-images`: a pre-resized copy of an image-file dataset, in the real layouts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixtures.formats import write_imagenet100
+from relvit.cli import main
+from relvit.data.formats import read_imagenet100
+from relvit.data.resize import (
+    MARKER, SETTINGS, ResizeError, ResizeSettings, resize_tree, resized_size,
+)
+
+
+def _image(path: Path, width: int, height: int, fmt: str = "JPEG", mode: str = "RGB",
+           seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """A folder of every kind of file a dataset holds."""
+    src = tmp_path / "src"
+    _image(src / "a" / "wide.jpg", 40, 30)
+    _image(src / "a" / "tall.JPEG", 21, 50, seed=1)
+    _image(src / "a" / "gray.jpg", 30, 30, mode="L", seed=2)
+    _image(src / "b" / "small.png", 12, 9, fmt="PNG", seed=3)
+    _image(src / "b" / "png_named.JPEG", 32, 24, fmt="PNG", seed=4)  # as one of ImageNet's
+    (src / "labels.json").write_text('{"a": 0, "b": 1}\n')
+    (src / "a" / "._wide.jpg").write_bytes(b"AppleDouble")  # hidden: no image to the readers
+    return src
+
+
+def _relative_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name not in (MARKER, SETTINGS))
+
+
+def test_resized_size_keeps_the_aspect():
+    assert resized_size(500, 375, 256) == (341, 256)
+    assert resized_size(375, 500, 256) == (256, 341)
+    assert resized_size(300, 300, 256) == (256, 256)
+    assert resized_size(256, 400, 256) is None and resized_size(100, 90, 256) is None
+
+
+def test_copy_shrinks_large_images_and_copies_the_rest(tree, tmp_path):
+    dst = tmp_path / "dst"
+    record = resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    assert _relative_files(dst) == _relative_files(tree)
+    sizes = {name: Image.open(dst / name).size for name in _relative_files(dst)
+             if name not in ("labels.json", "a/._wide.jpg")}
+    assert sizes == {"a/wide.jpg": (21, 16), "a/tall.JPEG": (16, 38), "a/gray.jpg": (16, 16),
+                     "b/small.png": (12, 9), "b/png_named.JPEG": (21, 16)}
+    for name in ("b/small.png", "labels.json", "a/._wide.jpg"):  # small, or no image: as is
+        assert (dst / name).read_bytes() == (tree / name).read_bytes()
+    assert Image.open(dst / "b/png_named.JPEG").format == "PNG"  # the source's format
+    assert Image.open(dst / "a/gray.jpg").mode == "RGB"  # as the loader reads it
+    marker = json.loads((dst / MARKER).read_text())
+    assert marker["shorter_side"] == 16 and marker["quality"] == 90 and marker["files"] == 7
+    assert (record["resized"], record["copied"], record["kept"]) == (4, 3, 0)
+
+
+def test_the_copy_reads_as_the_dataset(tmp_path):
+    src, dst = tmp_path / "imagenet100", tmp_path / "imagenet100-s4"
+    write_imagenet100(src)  # 8 x 8 images
+    resize_tree(src, dst, ResizeSettings(4), workers=0)
+    for split in ("train", "val"):
+        ours, theirs = read_imagenet100(dst, split), read_imagenet100(src, split)
+        assert ours.classes == theirs.classes
+        assert list(ours.labels) == list(theirs.labels)
+        assert [p.relative_to(dst) for p in ours.paths] == [p.relative_to(src)
+                                                           for p in theirs.paths]
+        assert all(Image.open(p).size == (4, 4) for p in ours.paths)
+
+
+def test_an_interrupted_copy_resumes(tree, tmp_path):
+    dst = tmp_path / "dst"
+    resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    stamps = {name: os.stat(dst / name).st_mtime_ns for name in _relative_files(dst)}
+    (dst / "a" / "tall.JPEG").unlink()  # not written yet when the copy was killed
+    stale = dst / "a" / ".tall.JPEG.x1y2.tmp"  # what a killed atomic write leaves
+    stale.write_bytes(b"partial")
+    record = resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    assert (record["kept"], record["resized"], record["copied"]) == (6, 1, 0)
+    assert not stale.exists()
+    for name, stamp in stamps.items():
+        if name != "a/tall.JPEG":
+            assert os.stat(dst / name).st_mtime_ns == stamp, name
+
+
+def test_a_copy_made_with_other_settings_is_refused(tree, tmp_path):
+    dst = tmp_path / "dst"
+    resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    with pytest.raises(ResizeError, match=r"shorter side 16, quality 90, not 20, 90"):
+        resize_tree(tree, dst, ResizeSettings(20), workers=0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_named_and_finished_files_are_kept(tree, tmp_path, workers):
+    (tree / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    dst = tmp_path / "dst"
+    with pytest.raises(ResizeError, match=r"b/broken\.jpg.*files already in .* are kept"):
+        resize_tree(tree, dst, ResizeSettings(16), workers=workers)
+    assert (dst / "a" / "wide.jpg").is_file()  # sorted before it: done and kept
+    assert not (dst / MARKER).exists()  # not complete
+    assert json.loads((dst / SETTINGS).read_text())["shorter_side"] == 16
+
+
+def test_worker_processes_write_the_same_bytes(tree, tmp_path):
+    resize_tree(tree, tmp_path / "here", ResizeSettings(16), workers=0)
+    resize_tree(tree, tmp_path / "pool", ResizeSettings(16), workers=2)
+    for name in _relative_files(tree):
+        assert (tmp_path / "pool" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
+
+
+def test_destinations_that_are_no_resized_copy_are_refused(tree, tmp_path):
+    with pytest.raises(ResizeError, match="overlap"):
+        resize_tree(tree, tree / "copy", ResizeSettings(16), workers=0)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ResizeError, match="not empty and holds no"):
+        resize_tree(tree, other, ResizeSettings(16), workers=0)
+    with pytest.raises(ResizeError, match="no such folder"):
+        resize_tree(tmp_path / "missing", tmp_path / "x", ResizeSettings(16), workers=0)
+
+
+def test_command_line(tree, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    assert main(["resize-images", str(tree), str(dst), "--shorter-side", "16",
+                 "--workers", "0"]) == 0
+    assert Image.open(dst / "a" / "wide.jpg").size == (21, 16)
+    assert main(["resize-images", str(tree), str(tmp_path / "q"), "--shorter-side", "16",
+                 "--quality", "100"]) == 1
+    assert "--quality must be in 1..95" in capsys.readouterr().err
