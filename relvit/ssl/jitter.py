@@ -356,22 +356,36 @@ def _blend_ops(x: Tensor, chosen: list[Tensor], factors: Tensor) -> Tensor:
     return torch.where(_per_patch(brightness | contrast | saturation), y, x)
 
 
+def _chosen(at: Tensor, where: Tensor, enabled: list[bool], none: Tensor) -> list[Tensor]:
+    """Per op, the patches (among `where`) whose op at this order position `at` is that op."""
+    return [where & (at == op) if enabled[op] else none for op in range(4)]
+
+
 def _jitter_dense(x: Tensor, params: JitterParams, factors: Tensor, enabled: list[bool]) -> Tensor:
     """Colour jitter then grayscale on all patches at once (no sorting, no host sync).
 
-    For each of the 4 positions of the op order, the blend ops (brightness, contrast, saturation)
-    run as one blend and hue on every patch, each kept where the patch drew it at that position:
-    the same values as `_jitter_sorted`, with a fixed sequence of kernels whatever the draws
-    (static shapes: CUDA graphs, torch.compile).
+    Hue, the dear op, runs once on every patch: first the blend ops (brightness, contrast,
+    saturation) that a patch drew before hue, one blend per order position 0-2, then hue, then
+    those drawn after it (positions 1-3), each kept only where drawn. Every patch sees its ops in
+    its drawn order: the same values as `_jitter_sorted`, with a fixed sequence of kernels
+    whatever the draws (static shapes: CUDA graphs, torch.compile). Without hue, a blend per
+    position.
     """
     active, none = params.apply_color, torch.zeros_like(params.apply_color)
-    for slot in range(4):
-        at = params.order[:, slot]
-        chosen = [active & (at == op) if enabled[op] else none for op in range(4)]
-        x = _blend_ops(x, chosen, factors)
-        if enabled[HUE]:
-            hued = _hue(x, factors[HUE], out=torch.empty_like(x))
-            x = torch.where(_per_patch(chosen[HUE]), hued, x)
+    order = params.order
+    if not enabled[HUE]:
+        for slot in range(4):
+            x = _blend_ops(x, _chosen(order[:, slot], active, enabled, none), factors)
+    else:
+        hue_at = (order == HUE).int().argmax(dim=1)  # the order position hue was drawn at
+        for slot in range(3):
+            x = _blend_ops(x, _chosen(order[:, slot], active & (hue_at > slot), enabled, none),
+                           factors)
+        hued = _hue(x, factors[HUE], out=torch.empty_like(x))
+        x = torch.where(_per_patch(active), hued, x)
+        for slot in range(1, 4):
+            x = _blend_ops(x, _chosen(order[:, slot], active & (hue_at < slot), enabled, none),
+                           factors)
     if x.shape[1] == 3:
         x = torch.where(params.grayscale.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
     return x
