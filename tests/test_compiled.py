@@ -48,9 +48,10 @@ def test_what_torch_compile_does_by_default():
 
 
 def test_the_dense_jitter_compiles_once_for_every_draw():
-    """Fresh draws each batch reuse the first graph: no guard of `_jitter_dense` depends on the
-    draws or on state the first call leaves behind (a cache filled on the first call once made
-    torch.compile trace it a second time)."""
+    """One graph, without a break, on the channel-planar patches that `apply_jitter` passes (an
+    `out=` tensor that is not contiguous once broke the graph), and fresh draws each batch reuse
+    it: no guard depends on the draws or on state the first call leaves behind (a cache filled on
+    the first call once made torch.compile trace it a second time)."""
     from relvit.ssl.jitter import JitterConfig, _jitter_dense, sample_jitter_params
 
     torch._dynamo.reset()
@@ -62,7 +63,7 @@ def test_the_dense_jitter_compiles_once_for_every_draw():
 
     jitter = compile_static(_jitter_dense, counting_backend)
     gen = torch.Generator().manual_seed(0)
-    patches = torch.rand(12, 3, 8, 8, generator=gen)
+    patches = torch.rand(3, 12, 8, 8, generator=gen).transpose(0, 1)  # as apply_jitter's
     for _ in range(3):
         params = sample_jitter_params(12, 8, JitterConfig(), gen)
         factors = torch.stack((params.brightness, params.contrast, params.saturation, params.hue))

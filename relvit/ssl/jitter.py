@@ -245,12 +245,12 @@ def _saturation(x: Tensor, f: Tensor) -> None:
     x.mul_(_per_patch(f)).addcmul_(g, _per_patch(1.0 - f)).clamp_(0.0, 1.0)
 
 
-def _hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
-    """torchvision adjust_hue (rgb -> hsv, h = (h + f) mod 1, hsv -> rgb), written directly into
-    `out` (default: x itself, in place); returns it.
+def _hue_terms(x: Tensor, f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """torchvision adjust_hue (rgb -> hsv, h = (h + f) mod 1, hsv -> rgb) of x [n, 3, p, p] is
+    v - cr * k per channel; returns v [n, p, p], k [3, n, p, p] (the channels first), cr.
 
     With v = max, cr = max - min (so v * s = cr) and h6 = 6 h, torchvision's ``_hsv2rgb`` equals
-    channel_n = v - cr * clamp(min(k, 4 - k), 0, 1) with k = (h6 + n) mod 6, n = 5, 3, 1 for
+    channel_n = v - cr * clamp(min(k', 4 - k'), 0, 1) with k' = (h6 + n) mod 6, n = 5, 3, 1 for
     R, G, B. h6 before the shift is ``_rgb2hsv``'s sector formula (max channel r, else g, else b).
     """
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
@@ -272,12 +272,23 @@ def _hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     h6.add_(m_g, alpha=2.0).add_(m_b, alpha=4.0).add_((6.0 * f).view(-1, 1, 1))
     # 5, 3, 1 made on the device (a host tensor's copy would wait for the GPU; a cache of it
     # would make torch.compile trace this function twice, before and after the cache is filled)
-    offsets = torch.arange(5, 0, -2, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = h6.unsqueeze(1) + offsets  # [n, 3, p, p]
+    k = h6 + torch.arange(5, 0, -2, device=x.device, dtype=x.dtype).view(3, 1, 1, 1)
     # clamp(min(k, 4 - k), 0, 1) = clamp(2 - |k - 2|, 0, 1), all in place
     k.remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-    return torch.addcmul(maxc.unsqueeze(1), k, cr.unsqueeze(1), value=-1.0,
-                         out=x if out is None else out)
+    return maxc, k, cr
+
+
+def _hue_of(x: Tensor, f: Tensor) -> Tensor:
+    """adjust_hue as a new tensor, channel-planar ([3, n, p, p] memory behind the [n, 3, p, p]
+    view; the dense path, which torch.compile traces: no `out=` tensor that is not contiguous)."""
+    maxc, k, cr = _hue_terms(x, f)
+    return torch.addcmul(maxc, k, cr, value=-1.0).transpose(0, 1)
+
+
+def _hue(x: Tensor, f: Tensor) -> None:
+    """adjust_hue in place (the sorted path's slices)."""
+    maxc, k, cr = _hue_terms(x, f)
+    torch.addcmul(maxc, k, cr, value=-1.0, out=x.transpose(0, 1))
 
 
 def _to_grayscale(x: Tensor) -> None:
@@ -381,7 +392,7 @@ def _jitter_dense(x: Tensor, params: JitterParams, factors: Tensor, enabled: lis
         for slot in range(3):
             x = _blend_ops(x, _chosen(order[:, slot], active & (hue_at > slot), enabled, none),
                            factors)
-        hued = _hue(x, factors[HUE], out=torch.empty_like(x))
+        hued = _hue_of(x, factors[HUE])
         x = torch.where(_per_patch(active), hued, x)
         for slot in range(1, 4):
             x = _blend_ops(x, _chosen(order[:, slot], active & (hue_at < slot), enabled, none),
