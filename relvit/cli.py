@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TrainingError, DownloadError, KeyError, ValueError, OSError) as err:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # what was finished is kept (atomic writes); the log says what
+        print("relvit: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -143,3 +143,29 @@ def test_command_line(tree, tmp_path, capsys):
     assert main(["resize-images", str(tree), str(tmp_path / "q"), "--shorter-side", "16",
                  "--quality", "100"]) == 1
     assert "--quality must be in 1..95" in capsys.readouterr().err
+
+
+def test_an_interrupted_copy_keeps_its_files_and_says_so(tree, tmp_path, monkeypatch, caplog,
+                                                         capsys):
+    """Ctrl-C: the files written so far stay, the log says how to go on, the command exits 130
+    without a traceback; the same command then finishes the copy."""
+    import relvit.data.resize as resize
+
+    original, calls = resize.resize_file, []
+
+    def interrupted(src, dst, settings):
+        calls.append(src)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(src, dst, settings)
+
+    monkeypatch.setattr(resize, "resize_file", interrupted)
+    dst = tmp_path / "dst"
+    argv = ["resize-images", str(tree), str(dst), "--shorter-side", "16", "--workers", "0"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().endswith("relvit: interrupted")
+    assert "interrupted; the files already in" in caplog.text and "(at least 2)" in caplog.text
+    assert len(_relative_files(dst)) == 2 and not (dst / MARKER).exists()
+    monkeypatch.setattr(resize, "resize_file", original)
+    assert main(argv) == 0
+    assert _relative_files(dst) == _relative_files(tree)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -177,9 +178,12 @@ def resize_tree(src: str | Path, dst: str | Path, settings: ResizeSettings,
                 shown = time.perf_counter()
                 log.info(_progress(i, len(jobs), started))
     except ResizeError as err:
-        written = counts["resized"] + counts["copied"]
-        raise ResizeError(f"{err}; the {counts['kept'] + written:,} files already in {dst} are "
+        raise ResizeError(f"{err}; the files already in {dst} (at least {_done(counts):,}) are "
                           f"kept: fix or remove that file and run again to go on") from err
+    except KeyboardInterrupt:
+        log.warning("resize: interrupted; the files already in %s (at least %s) are kept: run "
+                    "the same command again to go on", dst, f"{_done(counts):,}")
+        raise
     record = {"source": str(src.resolve()), **asdict(settings), **counts,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(json.dumps(record, indent=2) + "\n", dst / MARKER)
@@ -189,6 +193,17 @@ def resize_tree(src: str | Path, dst: str | Path, settings: ResizeSettings,
     return record
 
 
+def _done(counts: dict[str, int]) -> int:
+    """Files known to be in the copy: those kept from before and those written since (workers
+    may have finished more)."""
+    return counts["kept"] + counts["resized"] + counts["copied"]
+
+
+def _ignore_interrupt() -> None:
+    """In the worker processes: Ctrl-C is the main process's to handle (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run(jobs: list[tuple[Path, Path, ResizeSettings]],
          workers: int | None) -> Iterator[tuple[str, int, int]]:
     """The jobs' results, in order; in `workers` processes (0: here)."""
@@ -196,7 +211,7 @@ def _run(jobs: list[tuple[Path, Path, ResizeSettings]],
     if workers == 0 or len(jobs) < 2:
         yield from map(_resize_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_interrupt) as pool:
         try:
             yield from pool.map(_resize_one, jobs, chunksize=max(1, min(64, len(jobs) // (
                 4 * workers))))
