@@ -364,7 +364,7 @@ def _decode_row(paths: list[Path], what: str, args, device: torch.device) -> Row
     return Row(f"decode: {what} (~{kb:.0f} KB), {args.workers} workers",
                "224x224 RandomResizedCrop + flip", rate, ratio=f"{rate / workers:,.0f}/worker",
                extra={"startup_s": arrivals[0] - started, "batch": batch, "images": n,
-                      "per_worker": rate / workers, "jpeg_kb": kb})
+                      "per_worker": rate / workers, "jpeg_kb": kb, "files": what})
 
 
 def bench_device_decode(args, device: torch.device) -> list[Row]:
@@ -428,8 +428,7 @@ def workers_to_feed(rows: list[Row]) -> list[str]:
 
     def need(step: Row, row: Row) -> str:
         per_worker = row.extra["per_worker"]
-        what = f" ({row.stage.removeprefix('decode: ').split(' (~')[0]})" if len(decode) > 1 \
-            else ""
+        what = f" ({row.extra['files']})" if len(decode) > 1 else ""
         return (f"{math.ceil(step.images_per_s / per_worker)} at {per_worker:,.0f} images/s "
                 f"each{what}")
 

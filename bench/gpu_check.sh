@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check of issue 6 (fast paths and speed), about 8 minutes on an H100:
+# One-shot GPU check of issue 6 (fast paths and speed), at most 9 minutes on an H100:
 #   (a) the CUDA cases of the device-parametrised tests (their CPU cases run in CI): no host sync
 #       per training step (test_host_syncs.py), fused vs plain relation loss, CPU vs CUDA jitter,
 #       compiled vs eager jitter and loss (test_fast_paths.py);

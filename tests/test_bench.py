@@ -139,7 +139,7 @@ def test_photo_like_jpegs_weigh_what_imagenet_jpegs_do(bench, tmp_path):
 
 
 def test_workers_to_feed_the_224_px_steps(bench):
-    rows = [bench.Row("decode: JPEG", "", 1600.0, extra={"per_worker": 400.0}),
+    rows = [bench.Row("decode: JPEG", "", 1600.0, extra={"per_worker": 400.0, "files": "JPEG"}),
             bench.Row("train step: supervised + batch", "224", 5000.0,
                       extra={"size": 224, "with_batch": True}),
             bench.Row("train step: supervised", "224", 9000.0, extra={"size": 224}),
@@ -149,7 +149,8 @@ def test_workers_to_feed_the_224_px_steps(bench):
     assert len(lines) == 1 and lines[0].endswith(": 13 at 400 images/s each")
     assert bench.workers_to_feed(rows[1:]) == []
     resized = bench.Row("decode: JPEG resized to shorter side 256 (~51 KB), 4 workers", "", 3200.0,
-                        extra={"per_worker": 800.0})
+                        extra={"per_worker": 800.0,
+                               "files": "JPEG resized to shorter side 256"})
     lines = bench.workers_to_feed([rows[0], resized, *rows[1:]])
     assert lines[0].endswith(": 13 at 400 images/s each (JPEG), 7 at 800 images/s each "
                              "(JPEG resized to shorter side 256)")
