@@ -198,9 +198,12 @@ def test_jitter_drawn_once_applies_alike_on_every_device(monkeypatch, device, cf
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("crop", [True, False])
-def test_dense_jitter_equals_the_sorted_one(device, channels, crop):
-    """The GPU's sync-free path and the CPU's sorted path give the same values (CPU: bit-exact)."""
-    cfg = replace(STRONG, crop=crop, grayscale_p=0.5)
+@pytest.mark.parametrize("off", [(), ("hue", "brightness"), ("contrast", "saturation")],
+                         ids=["all-ops", "no-hue-brightness", "no-contrast-saturation"])
+def test_dense_jitter_equals_the_sorted_one(device, channels, crop, off):
+    """The GPU's sync-free path and the CPU's sorted path give the same values (CPU: bit-exact),
+    also with ops switched off (the dense path's passes skip them as the sorted path does)."""
+    cfg = replace(STRONG, crop=crop, grayscale_p=0.5, **{op: 0.0 for op in off})
     g = torch.Generator().manual_seed(channels)
     x = torch.rand(400, channels, 8, 8, generator=g).to(device)
     prm = sample_jitter_params(400, 8, cfg, g).to(device)

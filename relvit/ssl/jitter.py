@@ -347,56 +347,77 @@ def _jitter_sorted(buf: Tensor, factors: Tensor, groups, enabled: list[bool]) ->
             _to_grayscale(buf[gray_start:end])
 
 
-def _blend_ops(x: Tensor, chosen: list[Tensor], factors: Tensor) -> Tensor:
-    """Brightness, contrast or saturation, each on the patches its mask `chosen[op]` selects.
+@dataclass
+class _BlendPasses:
+    """The per-patch coefficients of the dense path's blend passes, all [S, M] (S passes).
 
-    The three are one blend: clamp(f * x + (1 - f) * z) with z = 0 (brightness), the patch's
-    gray mean (contrast) or its grayscale image (saturation). Computed as x * a + c + g * w with
-    per-patch a, c, w that are neutral (1, 0, 0) where an op is not chosen, the same float
-    operations as the separate ops: the result is bit-identical to applying the chosen one.
+    Brightness, contrast and saturation are one blend: clamp(f * x + (1 - f) * z) with z = 0
+    (brightness), the patch's gray mean (contrast) or its grayscale image (saturation). A pass
+    computes x * scale + shift * gray_mean(x) + gray(x) * mix, clamped, kept where `blend`: per
+    patch the chosen op's factors, neutral (1, 0, 0) elsewhere. The same float operations as the
+    separate ops, so bit-identical to applying the chosen one (`_jitter_sorted`).
     """
-    brightness, contrast, saturation = chosen[BRIGHTNESS], chosen[CONTRAST], chosen[SATURATION]
-    a = torch.where(brightness, factors[BRIGHTNESS],
-                    torch.where(contrast, factors[CONTRAST],
-                                torch.where(saturation, factors[SATURATION], 1.0)))
-    y = x.mul(_per_patch(a))
-    y.add_(_per_patch(torch.where(contrast, (1.0 - factors[CONTRAST]) * _gray_mean(x), 0.0)))
-    gray = _gray(x) if x.shape[1] == 3 else x
-    y.addcmul_(gray, _per_patch(torch.where(saturation, 1.0 - factors[SATURATION], 0.0)))
-    y.clamp_(0.0, 1.0)
-    return torch.where(_per_patch(brightness | contrast | saturation), y, x)
 
+    scale: Tensor
+    shift: Tensor  # multiplies the patch's gray mean
+    mix: Tensor  # multiplies the patch's grayscale image
+    blend: Tensor  # bool: a blend op was drawn for the patch in this pass
 
-def _chosen(at: Tensor, where: Tensor, enabled: list[bool], none: Tensor) -> list[Tensor]:
-    """Per op, the patches (among `where`) whose op at this order position `at` is that op."""
-    return [where & (at == op) if enabled[op] else none for op in range(4)]
+    @staticmethod
+    def of(ops: Tensor, take: Tensor, factors: Tensor, enabled: list[bool]) -> _BlendPasses:
+        """From the op id [S, M] each pass reads (at its order position) and whether it may
+        apply it `take` [S, M]; `factors` [4, M]. A few ops on [S, M] for all passes at once."""
+        none = torch.zeros_like(take)
+        chosen = [(ops == op) & take if enabled[op] else none
+                  for op in (BRIGHTNESS, CONTRAST, SATURATION)]
+        brightness, contrast, saturation = chosen
+        scale = torch.where(brightness, factors[BRIGHTNESS],
+                            torch.where(contrast, factors[CONTRAST],
+                                        torch.where(saturation, factors[SATURATION], 1.0)))
+        return _BlendPasses(scale, torch.where(contrast, 1.0 - factors[CONTRAST], 0.0),
+                            torch.where(saturation, 1.0 - factors[SATURATION], 0.0),
+                            brightness | contrast | saturation)
+
+    def apply(self, x: Tensor, i: int, enabled: list[bool]) -> Tensor:
+        """Pass `i` on patches x [M, C, p, p]; returns a new tensor."""
+        y = x.mul(_per_patch(self.scale[i]))
+        if enabled[CONTRAST]:
+            y.add_(_per_patch(self.shift[i] * _gray_mean(x)))
+        if enabled[SATURATION]:  # off for 1-channel patches
+            y.addcmul_(_gray(x), _per_patch(self.mix[i]))
+        y.clamp_(0.0, 1.0)
+        return torch.where(_per_patch(self.blend[i]), y, x)
 
 
 def _jitter_dense(x: Tensor, params: JitterParams, factors: Tensor, enabled: list[bool]) -> Tensor:
     """Colour jitter then grayscale on all patches at once (no sorting, no host sync).
 
     Hue, the dear op, runs once on every patch: first the blend ops (brightness, contrast,
-    saturation) that a patch drew before hue, one blend per order position 0-2, then hue, then
-    those drawn after it (positions 1-3), each kept only where drawn. Every patch sees its ops in
-    its drawn order: the same values as `_jitter_sorted`, with a fixed sequence of kernels
-    whatever the draws (static shapes: CUDA graphs, torch.compile). Without hue, a blend per
-    position.
+    saturation) that a patch drew before hue, one blend pass per order position 0-2, then hue,
+    then those drawn after it (positions 1-3), each kept only where drawn. Every patch sees its
+    ops in its drawn order: the same values as `_jitter_sorted`, with a fixed sequence of kernels
+    whatever the draws (static shapes: CUDA graphs, torch.compile). Without hue, a blend pass per
+    position. The passes' per-patch coefficients are computed together (`_BlendPasses`), so
+    that the kernel count does not grow with the passes' bookkeeping.
     """
-    active, none = params.apply_color, torch.zeros_like(params.apply_color)
-    order = params.order
+    active = params.apply_color
+    order = params.order.t()  # [4, M]: the op id at each order position
     if not enabled[HUE]:
-        for slot in range(4):
-            x = _blend_ops(x, _chosen(order[:, slot], active, enabled, none), factors)
+        passes = _BlendPasses.of(order, active.expand_as(order), factors, enabled)
+        for i in range(4):
+            x = passes.apply(x, i, enabled)
     else:
-        hue_at = (order == HUE).int().argmax(dim=1)  # the order position hue was drawn at
-        for slot in range(3):
-            x = _blend_ops(x, _chosen(order[:, slot], active & (hue_at > slot), enabled, none),
-                           factors)
-        hued = _hue_of(x, factors[HUE])
-        x = torch.where(_per_patch(active), hued, x)
-        for slot in range(1, 4):
-            x = _blend_ops(x, _chosen(order[:, slot], active & (hue_at < slot), enabled, none),
-                           factors)
+        hue_at = (order == HUE).int().argmax(dim=0)  # [M]: the position hue was drawn at
+        position = torch.arange(4, device=order.device).view(4, 1)
+        # passes 0-2 read positions 0-2 before hue, passes 3-5 positions 1-3 after it
+        ops = torch.cat((order[:3], order[1:]))
+        take = torch.cat(((position < hue_at)[:3], (position > hue_at)[1:])) & active
+        passes = _BlendPasses.of(ops, take, factors, enabled)
+        for i in range(3):
+            x = passes.apply(x, i, enabled)
+        x = torch.where(_per_patch(active), _hue_of(x, factors[HUE]), x)
+        for i in range(3, 6):
+            x = passes.apply(x, i, enabled)
     if x.shape[1] == 3:
         x = torch.where(params.grayscale.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
     return x
