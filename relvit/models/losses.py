@@ -59,30 +59,31 @@ def relation_chunk_rows(batch: int, classes: int, n: int,
 
 
 def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool, scale: float,
-                 need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+                 grad_scale: float, need_grad: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """One chunk of query rows: scores q @ k^T [B, C, r, M] (input dtype, unscaled; overwritten),
-    targets t [B, r, M] (long), eye [r, M] (the diagonal). Returns the loss sum, the valid pair
-    count, the argmax hits over all pairs and off the diagonal, and d loss_sum / d scores in the
-    scores' dtype (None without `need_grad`). Elementwise and reductions only: `torch.compile`
-    fuses it into a few kernels (`compiled` in `fused_relation_loss`)."""
+    class ids t [B, 1, r, M] (long, 0 <= t < C), eye [r, M] (the diagonal). Returns the sum of
+    the log-probabilities of the targets over the pairs used, the argmax hits over all pairs and
+    off the diagonal, and `grad_scale` * d(sum of -log p) / d scores in the scores' dtype (None
+    without `need_grad`). Elementwise and reductions only: `torch.compile` fuses it into a few
+    kernels (`compiled` in `fused_relation_loss`)."""
     # rounding as the plain path: scores scaled in the input dtype (in place), then float32
     logits = scores.div_(scale).float()
-    hit = logits.max(dim=1).indices == t  # argmax; faster on the CPU
+    hit = logits.max(dim=1, keepdim=True).indices == t  # argmax; faster on the CPU
     hits_all = hit.sum()
     hits_off = hit.masked_fill(eye, False).sum()
-    valid = t != IGNORE
-    if not include_diagonal:
-        valid = valid & ~eye
-    safe = torch.where(valid, t, 0).unsqueeze(1)  # [B, 1, r, M]
     logp = torch.log_softmax(logits, dim=1)
-    total = -torch.where(valid, logp.gather(1, safe).squeeze(1), 0.0).sum()
-    count = valid.sum()
+    picked = logp.gather(1, t)
+    if not include_diagonal:
+        picked.masked_fill_(eye, 0.0)
     grad = None
-    if need_grad:  # d loss_sum / d scores = (softmax - one-hot) on the valid pairs
+    if need_grad:  # d(sum of -log p) / d scores = softmax - one-hot on the pairs used
         grad = logp.exp_()  # in place: one float32 chunk at a time
-        grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-        grad = grad.mul_((valid.unsqueeze(1) / scale).to(grad.dtype)).to(scores.dtype)
-    return total, count, hits_all, hits_off, grad
+        grad.scatter_(1, t, -1.0, reduce="add")
+        if not include_diagonal:
+            grad.masked_fill_(eye, 0.0)
+        grad = grad.mul_(grad_scale).to(scores.dtype)
+    return picked.sum(), hits_all, hits_off, grad
 
 
 _chunk_function = compiled_variant(_chunk_terms)  # _chunk_function(compiled)
@@ -103,38 +104,40 @@ class _FusedRelationCE(torch.autograd.Function):
         b, _, n, d = query.shape
         m = key.shape[-2]
         scale = math.sqrt(d)
+        pairs = b * (n * m - (0 if include_diagonal else min(n, m)))  # the pairs averaged over
         device = query.device
         chunk_terms = _chunk_function(compiled)
         with torch.autocast(device.type, enabled=False):
+            # [B, C, N, d] memory once, so that no chunk's batched matmul copies q or k
+            query, key = query.contiguous(), key.contiguous()
             kt = key.transpose(-1, -2)
-            total = torch.zeros((), device=device, dtype=torch.float32)
-            count = torch.zeros((), device=device, dtype=torch.long)
-            hits_all = torch.zeros((), device=device, dtype=torch.long)
-            hits_off = torch.zeros((), device=device, dtype=torch.long)
-            dq = torch.empty(query.shape, device=device, dtype=torch.float32) if need_grad else None
-            dk = torch.zeros(key.shape, device=device, dtype=torch.float32) if need_grad else None
-            columns = torch.arange(m, device=device)
+            eye = torch.eye(n, m, dtype=torch.bool, device=device)
+            targets = targets.reshape(-1, 1, n, m)  # [B or 1, 1, N, M], as gather's index
+            logp_sum = hits_all = hits_off = dk = None
+            dq = []
             for start in range(0, n, rows):
                 stop = min(n, start + rows)
                 qc = query[:, :, start:stop]
-                eye = torch.arange(start, stop, device=device)[:, None] == columns  # [r, M]
-                terms = chunk_terms(torch.matmul(qc, kt), targets[:, start:stop].long(), eye,
-                                    include_diagonal, scale, need_grad)
-                total += terms[0]
-                count += terms[1]
-                hits_all += terms[2]
-                hits_off += terms[3]
+                terms = chunk_terms(torch.matmul(qc, kt),
+                                    targets[:, :, start:stop].long().expand(b, -1, -1, -1),
+                                    eye[start:stop], include_diagonal, scale, 1.0 / (scale * pairs),
+                                    need_grad)
+                logp_sum, hits_all, hits_off = (
+                    terms[:3] if logp_sum is None else
+                    (logp_sum + terms[0], hits_all + terms[1], hits_off + terms[2]))
                 if need_grad:
-                    grad = terms[4]
-                    dq[:, :, start:stop] = torch.matmul(grad, key)
-                    dk += torch.matmul(grad.transpose(-1, -2), qc)
-            loss = total / count
+                    grad = terms[3]
+                    dq.append(torch.matmul(grad, key))
+                    dk_chunk = torch.matmul(grad.transpose(-1, -2), qc)
+                    # partial sums of several chunks add up in float32
+                    dk = dk_chunk if dk is None else dk.float().add_(dk_chunk)
+            loss = logp_sum / -pairs
             acc_all = hits_all / (b * n * m)
             acc_off = hits_off / (b * (n * m - min(n, m)))
         ctx.mark_non_differentiable(acc_off, acc_all)
         ctx.dtypes = (query.dtype, key.dtype)
-        if need_grad:
-            ctx.save_for_backward(dq.div_(count), dk.div_(count))
+        if need_grad:  # d loss / d q and d k: the chunks' gradients are scaled already
+            ctx.save_for_backward(dq[0] if len(dq) == 1 else torch.cat(dq, dim=2), dk)
         return loss, acc_off, acc_all
 
     @staticmethod
@@ -152,12 +155,12 @@ def fused_relation_loss(pair: PairProjections, targets: Tensor, include_diagonal
 
     Equals `relation_loss(pair.scores(), ...)` (value and gradients, to float rounding) without
     holding the [B, 9, N, N] scores: chunks of `chunk_rows` query rows (default: a
-    `RELATION_CHUNK_BYTES` budget). `targets` is [N, N] or [B, N, N], any integer dtype.
+    `RELATION_CHUNK_BYTES` budget). `targets` is [N, N] or [B, N, N], class ids 0..8 of any
+    integer dtype (no IGNORE entries: the pairs averaged over are known without reading them).
     Returns (loss, accuracy off the diagonal, accuracy over all pairs); the accuracies are detached.
     `compiled`: each chunk's elementwise work torch.compile-d (`_chunk_terms`).
     """
     b, c, _, _ = pair.query.shape
-    targets = _batched(targets, b)
     rows = chunk_rows or relation_chunk_rows(b, c, pair.key.shape[-2])
     need_grad = torch.is_grad_enabled() and (pair.query.requires_grad or pair.key.requires_grad)
     return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, rows, need_grad,

@@ -75,6 +75,7 @@ class RelViT(nn.Module):
             out["logits"] = self.classifier(pooled)
         if self.tasks.any:
             z, _ = self.ssl_tokens(tokens)
+            z = z.contiguous()  # copied once, not by each head's Linear (a strided view)
             if self.relation_head is not None:
                 out["relations"] = (self.relation_head.project(z) if self.relation_projections
                                     else self.relation_head(z))
