@@ -36,6 +36,14 @@ def _grads(loss: torch.Tensor, head: PairwiseScoreHead, tokens: torch.Tensor) ->
     return list(torch.autograd.grad(loss, [tokens, head.query.weight, head.key.weight]))
 
 
+def test_fused_relation_loss_refuses_an_empty_average():
+    """One token without its diagonal leaves no pair: a clear error, not a division by zero."""
+    q = torch.randn(2, 9, 1, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="no token pairs .* 1 x 1 tokens, diagonal out"):
+        losses.fused_relation_loss(PairProjections(q, q), torch.zeros(1, 1, dtype=torch.uint8),
+                                   False)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("diagonal", [True, False])

@@ -105,6 +105,9 @@ class _FusedRelationCE(torch.autograd.Function):
         m = key.shape[-2]
         scale = math.sqrt(d)
         pairs = b * (n * m - (0 if include_diagonal else min(n, m)))  # the pairs averaged over
+        if pairs == 0:
+            raise ValueError(f"no token pairs to average the relation loss over ({b} samples, "
+                             f"{n} x {m} tokens, diagonal {'in' if include_diagonal else 'out'})")
         device = query.device
         chunk_terms = _chunk_function(compiled)
         with torch.autocast(device.type, enabled=False):
