@@ -10,13 +10,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from relvit.models import losses
 from relvit.models.backbones import build_backbone
 from relvit.models.heads import PairProjections, PairwiseScoreHead
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.ssl import pipeline
-from relvit.ssl.jitter import JitterConfig, apply_jitter, sample_jitter_params
+from relvit.ssl.jitter import (JitterConfig, apply_jitter, crop_resize_matrices,
+                               sample_jitter_params)
 from relvit.ssl.pipeline import apply_ssl_inputs, draw_ssl_inputs, jitter_and_shuffle
 from relvit.ssl.targets import position_targets, relation_targets
 
@@ -263,3 +265,54 @@ def test_compiled_fused_relation_loss_equals_the_eager_one(device):
         results.append((loss, acc, acc_all, *_grads(loss, head, tokens)))
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+class _Kernels(TorchDispatchMode):
+    """The ATen ops a block dispatches, in order (views left out), with their output shapes: its
+    kernel sequence, and whether any size depends on the data (as boolean indexing's does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, list[tuple[int, ...]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            self.ops.append((func.overloadpacket.__name__,
+                             [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]))
+        return out
+
+
+def _kernels(fn) -> list[tuple[str, list[tuple[int, ...]]]]:
+    with _Kernels() as kernels:
+        fn()
+    return kernels.ops
+
+
+def test_dense_jitter_runs_one_kernel_sequence_whatever_the_draws():
+    """What makes the dense path CUDA-graph and torch.compile friendly: the same ops on the same
+    shapes for any draws, the same ops for any number of patches (the sorted path's depend on
+    the draws)."""
+    cfg = replace(STRONG, grayscale_p=0.5)
+    crop_resize_matrices(8)  # made once per patch size and device, then kept
+    runs = []
+    for seed, m in ((0, 40), (1, 40), (2, 300)):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(m, 3, 8, 8, generator=g)
+        prm = sample_jitter_params(m, 8, cfg, g)
+        runs.append(_kernels(lambda: apply_jitter(x, prm, cfg, dense=True)))
+    assert runs[0] == runs[1]
+    assert [name for name, _ in runs[0]] == [name for name, _ in runs[2]]
+
+
+def test_fused_relation_loss_runs_one_kernel_sequence_whatever_the_targets():
+    """Forward and backward of the fused loss: the same ops on the same shapes for any
+    permutation (nothing sized by the targets' values, which would wait for the GPU)."""
+    runs = []
+    for seed in (0, 1):
+        head, tokens, perm = _relation_setup("cpu", seed=seed)
+        target = relation_targets(5, 5, perm, dtype=torch.uint8)
+        runs.append(_kernels(lambda: losses.fused_relation_loss(
+            head.project(tokens), target, False, 7)[0].backward()))
+    assert runs[0] == runs[1]
