@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,26 @@ def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool,
 _chunk_function = compiled_variant(_chunk_terms)  # _chunk_function(compiled)
 
 
+class _Layout(NamedTuple):
+    """Shape, dtype and memory order of a [B, C, N, d] input, for a gradient laid out alike."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    heads_inside: bool  # [B, N, C, d] memory, as `PairwiseScoreHead.project`'s transposed view
+
+    @staticmethod
+    def of(t: Tensor) -> _Layout:
+        return _Layout(t.shape, t.dtype, not t.is_contiguous() and t.transpose(1, 2).is_contiguous())
+
+    def empty(self, device: torch.device) -> Tensor:
+        """A tensor laid out like the input: its gradient then flows back through the head's
+        transpose and view without a copy."""
+        if self.heads_inside:
+            b, c, n, d = self.shape
+            return torch.empty((b, n, c, d), dtype=self.dtype, device=device).transpose(1, 2)
+        return torch.empty(self.shape, dtype=self.dtype, device=device)
+
+
 class _FusedRelationCE(torch.autograd.Function):
     """Cross-entropy of the scores q @ k^T / sqrt(d), computed in chunks of query rows.
 
@@ -110,6 +131,7 @@ class _FusedRelationCE(torch.autograd.Function):
                              f"{n} x {m} tokens, diagonal {'in' if include_diagonal else 'out'})")
         device = query.device
         chunk_terms = _chunk_function(compiled)
+        ctx.layouts = (_Layout.of(query), _Layout.of(key))
         with torch.autocast(device.type, enabled=False):
             # [B, C, N, d] memory once, so that no chunk's batched matmul copies q or k
             query, key = query.contiguous(), key.contiguous()
@@ -138,7 +160,6 @@ class _FusedRelationCE(torch.autograd.Function):
             acc_all = hits_all / (b * n * m)
             acc_off = hits_off / (b * (n * m - min(n, m)))
         ctx.mark_non_differentiable(acc_off, acc_all)
-        ctx.dtypes = (query.dtype, key.dtype)
         if need_grad:  # d loss / d q and d k: the chunks' gradients are scaled already
             ctx.save_for_backward(dq[0] if len(dq) == 1 else torch.cat(dq, dim=2), dk)
         return loss, acc_off, acc_all
@@ -147,7 +168,9 @@ class _FusedRelationCE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
         dq, dk = ctx.saved_tensors
-        return ((dq * grad_loss).to(ctx.dtypes[0]), (dk * grad_loss).to(ctx.dtypes[1]),
+        # one kernel each: scaled, cast to the input's dtype, laid out as the input
+        return (torch.mul(dq, grad_loss, out=ctx.layouts[0].empty(dq.device)),
+                torch.mul(dk, grad_loss, out=ctx.layouts[1].empty(dk.device)),
                 None, None, None, None, None)
 
 
