@@ -24,14 +24,19 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     return x.reshape(b, rows * cols, c, p, p)
 
 
-def unpatchify(patches: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Inverse of `patchify`: [B, N, C, p, p] on a (rows, cols) grid -> [B, C, rows*p, cols*p]."""
+def unpatchify(patches: Tensor, grid: tuple[int, int], out: Tensor | None = None) -> Tensor:
+    """Inverse of `patchify`: [B, N, C, p, p] on a (rows, cols) grid -> [B, C, rows*p, cols*p].
+
+    With `out` (contiguous, of that shape) the images are written there, in one copy."""
     b, n, c, p, _ = patches.shape
     rows, cols = grid
     if rows * cols != n:
         raise ValueError(f"grid {rows}x{cols} does not hold {n} patches")
     x = patches.reshape(b, rows, cols, c, p, p).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, c, rows * p, cols * p)
+    if out is None:
+        return x.reshape(b, c, rows * p, cols * p)
+    out.view(b, c, rows, p, cols, p).copy_(x)
+    return out
 
 
 def permute_patches(patches: Tensor, perm: Tensor) -> Tensor:

@@ -93,7 +93,7 @@ def apply_ssl_inputs(images: Tensor, cell: int, draws: SSLDraws,
             patches = flat.view(patches.shape)
         if draws.perm is not None:
             patches = permute_patches(patches, draws.perm[start:stop])
-        out[start:stop] = unpatchify(patches, (rows, cols))
+        unpatchify(patches, (rows, cols), out=out[start:stop])
     return out
 
 
