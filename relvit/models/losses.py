@@ -95,7 +95,7 @@ class _Layout(NamedTuple):
 
     shape: torch.Size
     dtype: torch.dtype
-    heads_inside: bool  # [B, N, C, d] memory, as `PairwiseScoreHead.project`'s transposed view
+    token_major: bool  # [B, N, C, d] memory, as `PairwiseScoreHead.project`'s transposed view
 
     @staticmethod
     def of(t: Tensor) -> _Layout:
@@ -104,7 +104,7 @@ class _Layout(NamedTuple):
     def empty(self, device: torch.device) -> Tensor:
         """A tensor laid out like the input: its gradient then flows back through the head's
         transpose and view without a copy."""
-        if self.heads_inside:
+        if self.token_major:
             b, c, n, d = self.shape
             return torch.empty((b, n, c, d), dtype=self.dtype, device=device).transpose(1, 2)
         return torch.empty(self.shape, dtype=self.dtype, device=device)
