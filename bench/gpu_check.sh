@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One-shot GPU check of issue 6 (fast paths and speed), at most 9 minutes on an H100:
-#   (a) the CUDA cases of the device-parametrised tests (their CPU cases run in CI): no host sync
-#       per training step (test_host_syncs.py), fused vs plain relation loss, CPU vs CUDA jitter,
-#       compiled vs eager jitter and loss (test_fast_paths.py);
+# One-shot GPU check of issue 6 (fast paths and speed), at most 9.5 minutes on an H100:
+#   (a) the CUDA cases of the device-parametrised tests (their CPU cases run in CI): compiled vs
+#       eager jitter and loss first, then no host sync per training step (test_host_syncs.py),
+#       fused vs plain relation loss, CPU vs CUDA jitter (test_fast_paths.py);
 #   (b) the benchmark at ViT-S/4 32 px and ViT-S/16 224 px, batch 256, bf16 autocast, fused AdamW:
 #       input stages, train steps (supervised / pretrain plain / pretrain fused, each without and
 #       with the batch construction), the real training loop (`Run._train_epoch`), MFU, memory,
@@ -18,7 +18,7 @@
 # bench.{txt,json}, diagnostics.tar.gz (diagnostics.{txt,json}, profile/<size>px-<case>.txt with
 # the top ops and .json chrome traces; the traces are left out, the "+ batch" and loop ones last,
 # when the archive would pass 15 MiB), compile.txt (both compile runs), compile.tar.gz
-# (compile{32,224}.json and their profiles, likewise). The caps add up to 535 s (a compile takes
+# (compile{32,224}.json and their profiles, likewise). The caps add up to 560 s (a compile takes
 # 25-30 s on the lent H100's CPU); a part that hits its cap is cut short (exit 124) and the rows
 # it finished are still in its .txt (stderr lines).
 #
@@ -35,16 +35,17 @@ PY="${PYTHON:-python3}"
 [[ -x .venv/bin/python && "$DEVICE" == cpu ]] && PY=.venv/bin/python
 
 if [[ "$DEVICE" == cuda ]]; then
-  # caps in seconds: tests, eager bench, decode, diagnostics, compile per size (535 s in all)
-  T_TESTS=130; T_BENCH=80; T_DECODE=30; T_DIAG=75; T_COMPILE=110
-  TESTS=(-k "not cpu")  # the CPU cases run in CI
+  # caps in seconds: compiled tests, other tests, eager bench, decode, diagnostics, compile per
+  # size (560 s in all)
+  T_CTESTS=90; T_TESTS=70; T_BENCH=80; T_DECODE=30; T_DIAG=70; T_COMPILE=110
+  ONLY="not cpu and "  # the tests' CPU cases run in CI
   BENCH=(--device cuda --workers 8 --only decode augment ssl steps loop memory)
   DECODE=(--device cuda --only decode device-decode --decode-resized 256
           --workers $(( $(nproc) > 2 ? $(nproc) - 1 : 1 )) --decode-images 4096)
   DIAGNOSE=(--device cuda --only steps loop --sync-debug --steps 5)
   COMPILE=(--device cuda --only steps --compile --steps 15)
 else  # tiny sizes: checks that every path runs, not how fast
-  T_TESTS=120; TESTS=(); T_BENCH=300; T_DIAG=300; T_COMPILE=240
+  T_CTESTS=120; T_TESTS=120; ONLY=""; T_BENCH=300; T_DIAG=300; T_COMPILE=240
   BENCH=(--device cpu --batch 4 --embed-dim 36 --depth 1 --num-heads 3 --steps 1 --warmup 0
          --pipeline-batch 8 --decode-images 16 --reference-images 2 --memory-batch 8
          --memory-dim 36 --repeats 1)
@@ -79,9 +80,15 @@ if torch.cuda.is_available():
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm \
   --format=csv >> "$OUT/summary.txt" 2>&1
 
+# The compiled-vs-eager tests first, under a cap of their own: each compiles 1-2 graphs at
+# 25-30 s apiece on the lent machines' CPUs, and at the end of the file they were cut twice.
+timeout -k 5 "$T_CTESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
+  tests/test_fast_paths.py -k "${ONLY}compiled" > "$OUT/tests.txt" 2>&1
+summary "compiled tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 timeout -k 5 "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
-  tests/test_host_syncs.py tests/test_fast_paths.py "${TESTS[@]}" > "$OUT/tests.txt" 2>&1
-summary "tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
+  tests/test_host_syncs.py tests/test_fast_paths.py -k "${ONLY}not compiled" \
+  >> "$OUT/tests.txt" 2>&1
+summary "other tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 
 timeout -k 5 "$T_BENCH" "$PY" bench/bench_relvit.py "${BENCH[@]}" --json "$OUT/bench.json" \
   > "$OUT/bench.txt" 2>&1
