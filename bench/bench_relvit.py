@@ -893,6 +893,32 @@ def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> N
              if syncs else ""))
 
 
+def markdown_table(rows: list[Row], syncs: bool = False) -> str:
+    """The table of `print_table` as Markdown (numbers right-aligned), for docs/performance.md."""
+    header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU", "ops")
+    header += ("syncs/step",) if syncs else ()
+    align = ["---", "---", "---:", "---:", "---", "---:", "---:", "---:", "---:"][:len(header)]
+    lines = [header, align] + [r.cells(syncs) for r in rows]
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
+                     for line in lines) + "\n"
+
+
+def markdown_from_json(paths: list[Path]) -> str:
+    """Markdown tables of the rows that earlier runs wrote with --json (a GPU run's results read
+    here): one per file, headed by its device and torch version."""
+    parts = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            rows = [Row(**row) for row in data["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"{path}: not a bench --json file ({err})") from err
+        syncs = any("syncs_per_step" in row.extra for row in rows)
+        parts.append(f"{path} ({data.get('device', '?')}, torch {data.get('torch', '?')}):\n\n"
+                     + markdown_table(rows, syncs))
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -925,8 +951,13 @@ def main(argv: list[str] | None = None) -> None:
                              "(chrome trace)")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value))
+    parser.add_argument("--markdown-from", nargs="+", type=Path, metavar="JSON",
+                        help="print the rows of these --json files as Markdown tables and exit")
     parser.add_argument("--probe-memory", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.markdown_from:
+        print(markdown_from_json(args.markdown_from), end="")
+        return
     if args.probe_memory:
         torch.set_num_threads(args.threads)
         probe_memory(bool(args.probe_memory[0]), *args.probe_memory[1:])

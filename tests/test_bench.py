@@ -190,3 +190,27 @@ def test_device_decode_reports_a_decoder_that_fails(bench, monkeypatch):
     (row,) = bench.bench_device_decode(args, torch.device("cpu"))
     assert row.images_per_s is None
     assert row.ratio == "failed: decode_jpeg: this torchvision was built without nvjpeg"
+
+
+def test_markdown_from_json_renders_the_saved_rows(bench, report, tmp_path, capsys):
+    """--markdown-from: a saved run's rows as a Markdown table (what docs/performance.md holds);
+    a file that is not one names itself."""
+    rows = [dict(row, extra=dict(row["extra"])) for row in report[0]]
+    rows[0]["extra"]["syncs_per_step"] = 1.0  # as a CUDA run with --sync-debug records
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps({"device": "CPU", "torch": torch.__version__, "rows": rows}))
+    bench.main(["--markdown-from", str(saved)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{saved} (CPU, torch")
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0].startswith("| stage | config | images/s | ms/step |")
+    assert table[0].endswith("| syncs/step |")
+    assert table[1].startswith("| --- | --- | ---: |")
+    assert len(table) == 2 + len(rows)
+    assert all(line.count(" | ") == table[0].count(" | ") for line in table)
+    first = bench.Row(**rows[0])
+    assert table[2] == "| " + " | ".join(first.cells(True)) + " |"
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    with pytest.raises(SystemExit, match="broken.json: not a bench --json file"):
+        bench.main(["--markdown-from", str(broken)])
