@@ -558,7 +558,8 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    forward = compile_static(model) if case.compile else model  # as the training loop
+    # as the training loop (`--compile-mode`: a torch.compile mode to try, e.g. CUDA graphs)
+    forward = compile_static(model, mode=args.compile_mode) if case.compile else model
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(args.batch, 3, size, size, device=device)
     labels = torch.randint(0, spec.num_classes, (args.batch,), device=device)
@@ -632,11 +633,13 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             seconds = timed(step, args.steps, device, warmup=args.warmup, around=syncs)
             peak = cuda_peak_mb(device) if device.type == "cuda" else saved
             ops = {} if case.compile else count_ops(step)
-            row = Row(f"train step: {case.name}", config, args.batch / seconds, 1000 * seconds,
+            name = case.name + (f" ({args.compile_mode})"
+                                if case.compile and args.compile_mode else "")
+            row = Row(f"train step: {name}", config, args.batch / seconds, 1000 * seconds,
                       peak_mb=peak, extra={"first_step_s": first, "flops": flops, "mode": case.mode,
                                            "with_batch": case.with_batch, "size": size,
                                            "compiled": case.compile, **ops})
-            print(f"  {size}px {case.name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s"
+            print(f"  {size}px {name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s"
                   + (f", {ops['ops']:,.0f} ops" if ops else ""),
                   file=sys.stderr, flush=True)  # survives a timeout
             syncs.per_step(args.steps, row.extra, f"{size}px {case.name}")
@@ -933,6 +936,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="decode: also the copies resized to shorter side S "
                              "(relvit resize-images)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile-mode", choices=["reduce-overhead", "max-autotune",
+                                                   "max-autotune-no-cudagraphs"],
+                        help="steps with --compile: this torch.compile mode for the model "
+                             "(reduce-overhead: CUDA graphs); default torch's default")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")
     parser.add_argument("--repeats", type=int, default=5)

@@ -11,15 +11,17 @@ import torch
 Compilable = TypeVar("Compilable", bound=Callable)
 
 
-def compile_static(fn: Compilable, backend: str | Callable = "inductor") -> Compilable:
+def compile_static(fn: Compilable, backend: str | Callable = "inductor",
+                   mode: str | None = None) -> Compilable:
     """`fn` torch.compile-d with static shapes: one graph per input shape (a training epoch has
-    two batch shapes, the full batches and its last, shorter one).
+    two batch shapes, the full batches and its last, shorter one). `mode`: torch.compile's (e.g.
+    "reduce-overhead", CUDA graphs; the benchmark's `--compile-mode`), default its default.
 
     By default torch.compile recompiles a function with dynamic shapes once it sees a second
     shape, and that dynamic-shape graph then serves every later call, full batches included, for
     the rest of the run; a benchmark of steps with one batch size never sees it. Static shapes
     keep the full batches on their own graph (`tests/test_compiled.py`)."""
-    return torch.compile(fn, dynamic=False, backend=backend)
+    return torch.compile(fn, dynamic=False, backend=backend, mode=mode)
 
 
 def compiled_variant(fn: Callable) -> Callable[[bool], Callable]:

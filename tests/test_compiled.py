@@ -40,6 +40,17 @@ def test_full_batches_keep_their_static_graph():
     assert graph_calls(compile_static) == [(8, 4), (3, 2)]
 
 
+def test_compile_static_passes_a_mode_on(monkeypatch):
+    """The benchmark's `--compile-mode` (e.g. CUDA graphs) reaches torch.compile, static shapes
+    kept; no mode is torch's default."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    compile_static(abs, mode="reduce-overhead")
+    compile_static(abs)
+    assert seen == [{"dynamic": False, "backend": "inductor", "mode": "reduce-overhead"},
+                    {"dynamic": False, "backend": "inductor", "mode": None}]
+
+
 def test_what_torch_compile_does_by_default():
     """The reason for `compile_static`: after the first short batch, the dynamic-shape graph
     serves every call, full batches included (if torch changes this, revisit compile_static)."""
