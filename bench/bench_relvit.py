@@ -642,10 +642,10 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             print(f"  {size}px {name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s"
                   + (f", {ops['ops']:,.0f} ops" if ops else ""),
                   file=sys.stderr, flush=True)  # survives a timeout
-            syncs.per_step(args.steps, row.extra, f"{size}px {case.name}")
+            syncs.per_step(args.steps, row.extra, f"{size}px {name}")
             if args.profile:
-                profile_steps(step, 3, device, args.profile / f"{size}px-{slug(case.name)}",
-                              f"train step: {case.name}, {config}")
+                profile_steps(step, 3, device, args.profile / f"{size}px-{slug(name)}",
+                              f"train step: {name}, {config}")
             ref = base.setdefault(case.with_batch, row) if case.mode == "supervised" \
                 else base.get(case.with_batch, base.get(False))
             if ref is not None:
@@ -875,9 +875,14 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
 
 
-def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> None:
+def table_header(syncs: bool = False) -> tuple[str, ...]:
+    """The column names of `Row.cells`."""
     header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU", "ops")
-    header += ("syncs/step",) if syncs else ()
+    return header + (("syncs/step",) if syncs else ())
+
+
+def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> None:
+    header = table_header(syncs)
     cells = [header] + [r.cells(syncs) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     print(f"relvit benchmark on {device_name(device)}, torch {torch.__version__}")
@@ -898,8 +903,7 @@ def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> N
 
 def markdown_table(rows: list[Row], syncs: bool = False) -> str:
     """The table of `print_table` as Markdown (numbers right-aligned), for docs/performance.md."""
-    header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU", "ops")
-    header += ("syncs/step",) if syncs else ()
+    header = table_header(syncs)
     align = ["---", "---", "---:", "---:", "---", "---:", "---:", "---:", "---:"][:len(header)]
     lines = [header, align] + [r.cells(syncs) for r in rows]
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
