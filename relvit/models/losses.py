@@ -129,6 +129,7 @@ class _FusedRelationCE(torch.autograd.Function):
         if pairs == 0:
             raise ValueError(f"no token pairs to average the relation loss over ({b} samples, "
                              f"{n} x {m} tokens, diagonal {'in' if include_diagonal else 'out'})")
+        grad_scale = 1.0 / (scale * pairs)  # d loss / d scores = grad_scale * (softmax - one-hot)
         device = query.device
         chunk_terms = _chunk_function(compiled)
         ctx.layouts = (_Layout.of(query), _Layout.of(key))
@@ -145,8 +146,7 @@ class _FusedRelationCE(torch.autograd.Function):
                 qc = query[:, :, start:stop]
                 terms = chunk_terms(torch.matmul(qc, kt),
                                     targets[:, :, start:stop].long().expand(b, -1, -1, -1),
-                                    eye[start:stop], include_diagonal, scale, 1.0 / (scale * pairs),
-                                    need_grad)
+                                    eye[start:stop], include_diagonal, scale, grad_scale, need_grad)
                 logp_sum, hits_all, hits_off = (
                     terms[:3] if logp_sum is None else
                     (logp_sum + terms[0], hits_all + terms[1], hits_off + terms[2]))

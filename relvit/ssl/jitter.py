@@ -367,8 +367,7 @@ class _BlendPasses:
     def of(ops: Tensor, take: Tensor, factors: Tensor, enabled: list[bool]) -> _BlendPasses:
         """From the op id [S, M] each pass reads (at its order position) and whether it may
         apply it `take` [S, M]; `factors` [4, M]. A few ops on [S, M] for all passes at once."""
-        none = torch.zeros_like(take)
-        chosen = [(ops == op) & take if enabled[op] else none
+        chosen = [(ops == op) & take if enabled[op] else torch.zeros_like(take)
                   for op in (BRIGHTNESS, CONTRAST, SATURATION)]
         brightness, contrast, saturation = chosen
         scale = torch.where(brightness, factors[BRIGHTNESS],
