@@ -20,13 +20,16 @@ latter with the plain relation loss (the [B, 9, N, N] scores) and the fused one;
 add the batch construction of `relvit.train.objective` (augmentation, jitter, targets) on the same
 device. "loop" times one epoch of the project's own training loop (`Run._train_epoch`, eager
 unless --compile) on `--loop-batches` batches of random in-memory uint8 images, against the
-isolated "+ batch" step. "memory": the relation head and loss alone at N = 196.
+isolated "+ batch" step. "memory": the relation head and loss alone at N = 196, plain and fused
+(on CUDA also per `--chunk-mb` budget; `--head-align`: the head width padded for tensor cores;
+with --compile on CUDA the compiled chunks).
 
 Diagnostics: the "ops" column counts the dispatched non-view ATen ops of one untimed step (about
 the kernel launches on a GPU; see `OpCounter`; per device, as the CPU and CUDA run different
 jitter and AdamW paths). --sync-debug counts the host syncs per step in the timed SSL inputs, train
 steps and loop (CUDA only; the sites go to stderr and the JSON). --profile DIR writes a
-torch.profiler table and chrome trace per train step case and loop, outside the timed steps.
+torch.profiler table and chrome trace per train step case, loop and relation head + loss case,
+outside the timed calls.
 """
 
 from __future__ import annotations
@@ -759,10 +762,32 @@ def compare_loop(rows: list[Row]) -> None:
 # --------------------------------------------------------------------------- relation memory
 
 
-def relation_head_loss(fused: bool, batch: int, n: int, dim: int, device: torch.device,
-                       chunk_rows: int | None = None):
-    """The relation head + loss + accuracies of a [batch, n, dim] token map: (fwd + bwd, loss);
-    the fused loss in chunks of `chunk_rows` query rows (default: its own budget)."""
+@dataclass(frozen=True)
+class RelationCase:
+    """A variant of the relation head + loss: the plain one, or the fused one with its options."""
+
+    fused: bool
+    budget: int | None = None  # fused: float32 bytes of scores per chunk (None: its default)
+    align: int = 1  # fused: the head width zero-padded to a multiple of this
+    compiled: bool = False  # fused: each chunk's elementwise work torch.compile-d
+
+    def chunk_rows(self, batch: int, n: int) -> int:
+        return losses.relation_chunk_rows(batch, 9, n, self.budget or losses.RELATION_CHUNK_BYTES)
+
+    def name(self, batch: int, n: int, dim: int) -> str:
+        if not self.fused:
+            return "plain ([B,9,N,N] scores)"
+        mib = (self.budget or losses.RELATION_CHUNK_BYTES) // 2**20
+        width = dim // 9
+        return (f"fused ({mib} MiB chunks of {self.chunk_rows(batch, n)} rows"
+                + ("" if self.budget else ", default")
+                + (f", head width {width} padded to {-(-width // self.align) * self.align}"
+                   if width % self.align else "")
+                + (", compiled chunks" if self.compiled else "") + ")")
+
+
+def relation_head_loss(case: RelationCase, batch: int, n: int, dim: int, device: torch.device):
+    """The relation head + loss + accuracies of a [batch, n, dim] token map: (fwd + bwd, loss)."""
     torch.manual_seed(0)
     head = PairwiseScoreHead(dim, 9).to(device)
     side = math.isqrt(n)
@@ -771,9 +796,10 @@ def relation_head_loss(fused: bool, batch: int, n: int, dim: int, device: torch.
 
     def loss() -> torch.Tensor:  # with both accuracies, as the training objective
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if fused:
-                return losses.fused_relation_loss(head.project(tokens), target,
-                                                  chunk_rows=chunk_rows)[0]
+            if case.fused:
+                return losses.fused_relation_loss(
+                    head.project(tokens), target, chunk_rows=case.chunk_rows(batch, n),
+                    compiled=case.compiled, align=case.align)[0]
             scores = head(tokens)
             with torch.no_grad():
                 losses.relation_accuracy(scores, target)
@@ -793,9 +819,12 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def probe_memory(fused: bool, batch: int, n: int, dim: int) -> None:
-    """In a fresh process: peak RSS growth of one CPU forward + backward, as JSON on stdout."""
-    run, loss = relation_head_loss(fused, batch, n, dim, torch.device("cpu"))
+def probe_memory(probe: str) -> None:
+    """In a fresh process: peak RSS growth of one CPU forward + backward, as JSON on stdout.
+    `probe`: JSON of the `RelationCase` fields and the batch, n, dim."""
+    spec = json.loads(probe)
+    sizes = [spec.pop(key) for key in ("batch", "n", "dim")]
+    run, loss = relation_head_loss(RelationCase(**spec), *sizes, torch.device("cpu"))
     before = rss_mb()
     max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     started = time.perf_counter()
@@ -807,23 +836,26 @@ def probe_memory(fused: bool, batch: int, n: int, dim: int) -> None:
                       "import_peak_above_baseline_mb": max_before - before}))
 
 
+def relation_cases(args, device: torch.device) -> list[RelationCase]:
+    """Plain, fused; then the fused one at each `--chunk-mb` budget (CUDA: time against memory),
+    with each `--head-align`, and with `--compile` its compiled chunks (CUDA)."""
+    cuda = device.type == "cuda"
+    return ([RelationCase(False), RelationCase(True)]
+            + [RelationCase(True, budget=mb * 2**20) for mb in (args.chunk_mb if cuda else [])]
+            + [RelationCase(True, align=align) for align in args.head_align if align > 1]
+            + ([RelationCase(True, compiled=True)] if args.compile and cuda else []))
+
+
 def bench_relation_memory(args, device: torch.device) -> list[Row]:
-    """Plain vs fused relation head + loss at N = 196; on CUDA the fused one at each chunk budget
-    of `--chunk-mb` too (time against memory: larger chunks launch fewer kernels)."""
+    """The relation head + loss variants of `relation_cases` at N = 196: time and peak memory of
+    forward + backward (CUDA allocator; on the CPU peak RSS growth of a fresh process each)."""
     b, n, dim = args.memory_batch, 196, args.memory_dim
     config = f"B={b}, N={n}, width {dim}"
-    budgets = [None] + ([mb * 2**20 for mb in args.chunk_mb] if device.type == "cuda" else [])
-    cases = [(False, None)] + [(True, budget) for budget in budgets]
     rows = []
-    for fused, budget in cases:
-        chunk_bytes = budget or losses.RELATION_CHUNK_BYTES
-        rows_per_chunk = losses.relation_chunk_rows(b, 9, n, chunk_bytes) if fused else None
-        name = "plain ([B,9,N,N] scores)"
-        if fused:
-            name = (f"fused ({chunk_bytes // 2**20} MiB chunks of {rows_per_chunk} rows"
-                    f"{'' if budget else ', default'})")
+    for case in relation_cases(args, device):
+        name = case.name(b, n, dim)
         if device.type == "cuda":
-            run, loss = relation_head_loss(fused, b, n, dim, device, rows_per_chunk)
+            run, loss = relation_head_loss(case, b, n, dim, device)
             run()
             sync(device)
             base = torch.cuda.memory_allocated(device)
@@ -832,16 +864,21 @@ def bench_relation_memory(args, device: torch.device) -> list[Row]:
             peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
             saved = saved_for_backward_mb(loss)
         else:
-            cmd = [sys.executable, __file__, "--probe-memory", str(int(fused)), str(b), str(n),
-                   str(dim)]
+            probe = json.dumps({**case.__dict__, "batch": b, "n": n, "dim": dim})
+            cmd = [sys.executable, __file__, "--probe-memory", probe]
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                                text=True).stdout.strip().splitlines()[-1])
             peak, saved, seconds = result["peak_mb"], result["saved_mb"], result["seconds"]
+            run = None
         rows.append(Row(f"relation head + loss fwd/bwd: {name}", config, b / seconds,
                         1000 * seconds, peak_mb=peak, extra={"saved_mb": saved}))
-        if fused:
+        if case.fused:
             rows[-1].ratio = (f"{seconds * 1000 / rows[0].ms_per_step:.2f}×, "
                               f"mem {rows[-1].peak_mb / rows[0].peak_mb:.2f}×")
+        if args.profile:
+            run = run or relation_head_loss(case, b, n, dim, device)[0]
+            profile_steps(run, 3, device, args.profile / f"relation-{slug(name)}",
+                          f"relation head + loss: {name}, {config}")
     return rows
 
 
@@ -952,6 +989,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 256, 1024],
                         help="memory stage on CUDA: also the fused relation loss with chunks of "
                              "these many MiB of float32 scores")
+    parser.add_argument("--head-align", nargs="+", type=int, default=[8],
+                        help="memory stage: also the fused relation loss with the head width "
+                             "zero-padded to a multiple of each (16-byte rows of bf16 for tensor "
+                             "cores: ViT-S's 42 to 48)")
     parser.add_argument("--sync-debug", action="store_true",
                         help="count host syncs per step (torch.cuda.set_sync_debug_mode) in the "
                              "timed SSL inputs, train steps and train loop; on the CPU accepted, "
@@ -959,19 +1000,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="torch.profiler of 3 steps per train step case (one epoch per train "
                              "loop), untimed: DIR/<size>px-<case>.txt (top ops) and .json "
-                             "(chrome trace)")
+                             "(chrome trace); 3 calls per memory stage case: "
+                             "DIR/relation-<case>.*")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value))
     parser.add_argument("--markdown-from", nargs="+", type=Path, metavar="JSON",
                         help="print the rows of these --json files as Markdown tables and exit")
-    parser.add_argument("--probe-memory", nargs=4, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-memory", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.markdown_from:
         print(markdown_from_json(args.markdown_from), end="")
         return
     if args.probe_memory:
         torch.set_num_threads(args.threads)
-        probe_memory(bool(args.probe_memory[0]), *args.probe_memory[1:])
+        probe_memory(args.probe_memory)
         return
     device = torch.device(args.device)
     preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]

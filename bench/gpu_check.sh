@@ -11,7 +11,9 @@
 #       (nvjpeg) with the crops there;
 #   (c) diagnostics of why the "+ batch" step costs more than the batch construction alone: train
 #       steps and loop again with the host syncs per step counted (--sync-debug, the sites on
-#       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile);
+#       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile); then
+#       the relation head + loss variants alone (plain, fused per chunk budget and with the head
+#       width padded for tensor cores), each profiled: where the pretrain step's extra time goes;
 #   (d) the train steps again with torch.compile, each size under its own time cap, profiled,
 #       with torch's recompile and graph-break log (TORCH_LOGS) in compile.txt.
 # Everything lands in $OUT (default ./gpu-check-out), 8 files at most: summary.txt, tests.txt,
@@ -42,7 +44,7 @@ if [[ "$DEVICE" == cuda ]]; then
   BENCH=(--device cuda --workers 8 --only decode augment ssl steps loop memory)
   DECODE=(--device cuda --only decode device-decode --decode-resized 256
           --workers $(( $(nproc) > 2 ? $(nproc) - 1 : 1 )) --decode-images 4096)
-  DIAGNOSE=(--device cuda --only steps loop --sync-debug --steps 5)
+  DIAGNOSE=(--device cuda --only steps loop memory --sync-debug --steps 5)
   COMPILE=(--device cuda --only steps --compile --steps 15)
 else  # tiny sizes: checks that every path runs, not how fast
   T_CTESTS=120; T_TESTS=120; ONLY=""; T_BENCH=300; T_DIAG=300; T_COMPILE=240
@@ -50,7 +52,7 @@ else  # tiny sizes: checks that every path runs, not how fast
          --pipeline-batch 8 --decode-images 16 --reference-images 2 --memory-batch 8
          --memory-dim 36 --repeats 1)
   T_DECODE=60; DECODE=("${BENCH[@]}" --only decode device-decode --workers 2 --decode-resized 64)
-  DIAGNOSE=("${BENCH[@]}" --only steps loop --sync-debug)
+  DIAGNOSE=("${BENCH[@]}" --only steps loop memory --sync-debug)
   COMPILE=("${BENCH[@]}" --only steps --compile)
 fi
 
@@ -102,7 +104,7 @@ DIAG="$OUT/diagnostics"
 rm -rf "$DIAG" && mkdir -p "$DIAG"
 timeout -k 5 "$T_DIAG" "$PY" bench/bench_relvit.py "${DIAGNOSE[@]}" --profile "$DIAG/profile" \
   --json "$DIAG/diagnostics.json" > "$DIAG/diagnostics.txt" 2>&1
-summary "diagnostics (steps + loop, sync debug, profiles): exit $? (124: cut at its ${T_DIAG} s cap)"
+summary "diagnostics (steps + loop + relation head, sync debug, profiles): exit $? (124: cut at its ${T_DIAG} s cap)"
 archive "$DIAG" diagnostics
 
 CDIR="$OUT/compile"

@@ -214,3 +214,22 @@ def test_markdown_from_json_renders_the_saved_rows(bench, report, tmp_path, caps
     broken.write_text("{}")
     with pytest.raises(SystemExit, match="broken.json: not a bench --json file"):
         bench.main(["--markdown-from", str(broken)])
+
+
+def test_relation_memory_stage_with_the_head_width_padded(bench, tmp_path):
+    """The memory stage on the CPU: plain, fused and the fused one with `--head-align` (each a
+    fresh process's peak RSS), and a profile of each case with --profile."""
+    out = tmp_path / "relation.json"
+    bench.main(["--only", "memory", "--memory-batch", "2", "--memory-dim", "45", "--threads",
+                "1", "--head-align", "1", "8", "--profile", str(tmp_path / "profile"),
+                "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["stage"] for r in rows] == [
+        "relation head + loss fwd/bwd: plain ([B,9,N,N] scores)",
+        "relation head + loss fwd/bwd: fused (64 MiB chunks of 196 rows, default)",
+        "relation head + loss fwd/bwd: fused (64 MiB chunks of 196 rows, default, head width 5 "
+        "padded to 8)"]
+    assert all(r["ms_per_step"] > 0 and r["peak_mb"] is not None for r in rows)
+    assert rows[2]["ratio"].startswith(f"{rows[2]['ms_per_step'] / rows[0]['ms_per_step']:.2f}×")
+    tables = sorted((tmp_path / "profile").glob("relation-*.txt"))
+    assert len(tables) == 3 and all("aten::" in t.read_text() for t in tables)

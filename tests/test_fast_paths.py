@@ -89,6 +89,25 @@ def test_fused_relation_loss_under_bf16_autocast(device):
         assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_relation_loss_with_the_head_width_padded(device, bf16):
+    """`align` pads q and k with zero columns for the matrix products (ViT-S: 42 -> 48): the
+    same loss, accuracies and gradients as unpadded, in the inputs' dtype."""
+    head, tokens, perm = _relation_setup(device, dim=45)  # head width 5
+    target = relation_targets(5, 5, perm, dtype=torch.uint8, device=device)
+    results = []
+    for align in (1, 8):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            pair = head.project(tokens)
+            loss, acc, acc_all = losses.fused_relation_loss(pair, target, False, 7, align=align)
+            results.append((loss, acc, acc_all, *_grads(loss, head, tokens)))
+    tol = dict(rtol=1e-2, atol=1e-3) if bf16 else dict(rtol=1e-6, atol=1e-7)
+    for unpadded, padded in zip(*results):
+        assert padded.dtype == unpadded.dtype
+        torch.testing.assert_close(padded, unpadded, **tol)
+
+
 def _saved_bytes(fn) -> int:
     """Bytes of the distinct storages autograd keeps for the backward pass of `fn()`."""
     storages: dict[int, int] = {}

@@ -17,6 +17,10 @@ IGNORE = -100
 # Float32 scores one chunk of the fused relation loss may hold ([B, 9, rows, N]); the transient
 # peak of the loss is a few times this (scores, their softmax gradient, the targets).
 RELATION_CHUNK_BYTES = 64 * 2**20
+# The fused loss pads the relation head's width (D // 9: 42 for ViT-S) with zeros to a multiple
+# of this for its matrix products; 1: not padded. An experiment (`bench_relvit.py --head-align`):
+# tensor-core GEMMs want rows of 16 bytes (8 bf16 values), 42 values are 84 bytes.
+RELATION_HEAD_ALIGN = 1
 
 
 def _batched(targets: Tensor, batch: int) -> Tensor:
@@ -90,6 +94,13 @@ def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool,
 _chunk_function = compiled_variant(_chunk_terms)  # _chunk_function(compiled)
 
 
+def _aligned(t: Tensor, align: int) -> Tensor:
+    """[B, C, N, d] in contiguous memory, d zero-padded to a multiple of `align` (one copy; the
+    padding adds exact zeros to every dot product)."""
+    pad = -t.shape[-1] % align
+    return F.pad(t, (0, pad)) if pad else t.contiguous()
+
+
 class _Layout(NamedTuple):
     """Shape, dtype and memory order of a [B, C, N, d] input, for a gradient laid out alike."""
 
@@ -121,7 +132,8 @@ class _FusedRelationCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, targets: Tensor, include_diagonal: bool,
-                rows: int, need_grad: bool, compiled: bool) -> tuple[Tensor, Tensor, Tensor]:
+                rows: int, need_grad: bool, compiled: bool, align: int
+                ) -> tuple[Tensor, Tensor, Tensor]:
         b, _, n, d = query.shape
         m = key.shape[-2]
         scale = math.sqrt(d)
@@ -135,7 +147,7 @@ class _FusedRelationCE(torch.autograd.Function):
         ctx.layouts = (_Layout.of(query), _Layout.of(key))
         with torch.autocast(device.type, enabled=False):
             # [B, C, N, d] memory once, so that no chunk's batched matmul copies q or k
-            query, key = query.contiguous(), key.contiguous()
+            query, key = _aligned(query, align), _aligned(key, align)
             kt = key.transpose(-1, -2)
             eye = torch.eye(n, m, dtype=torch.bool, device=device)
             targets = targets.reshape(-1, 1, n, m)  # [B or 1, 1, N, M], as gather's index
@@ -167,16 +179,17 @@ class _FusedRelationCE(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
-        dq, dk = ctx.saved_tensors
-        # one kernel each: scaled, cast to the input's dtype, laid out as the input
-        return (torch.mul(dq, grad_loss, out=ctx.layouts[0].empty(dq.device)),
-                torch.mul(dk, grad_loss, out=ctx.layouts[1].empty(dk.device)),
-                None, None, None, None, None)
+        grads = []
+        for grad, layout in zip(ctx.saved_tensors, ctx.layouts):
+            grad = grad.narrow(-1, 0, layout.shape[-1])  # without the alignment's padding
+            # one kernel each: scaled, cast to the input's dtype, laid out as the input
+            grads.append(torch.mul(grad, grad_loss, out=layout.empty(grad.device)))
+        return (*grads, None, None, None, None, None, None)
 
 
 def fused_relation_loss(pair: PairProjections, targets: Tensor, include_diagonal: bool = True,
-                        chunk_rows: int | None = None, compiled: bool = False
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+                        chunk_rows: int | None = None, compiled: bool = False,
+                        align: int = RELATION_HEAD_ALIGN) -> tuple[Tensor, Tensor, Tensor]:
     """`relation_loss` and both `relation_accuracy`s from the head's projections, in one pass.
 
     Equals `relation_loss(pair.scores(), ...)` (value and gradients, to float rounding) without
@@ -184,13 +197,14 @@ def fused_relation_loss(pair: PairProjections, targets: Tensor, include_diagonal
     `RELATION_CHUNK_BYTES` budget). `targets` is [N, N] or [B, N, N], class ids 0..8 of any
     integer dtype (no IGNORE entries: the pairs averaged over are known without reading them).
     Returns (loss, accuracy off the diagonal, accuracy over all pairs); the accuracies are detached.
-    `compiled`: each chunk's elementwise work torch.compile-d (`_chunk_terms`).
+    `compiled`: each chunk's elementwise work torch.compile-d (`_chunk_terms`). `align`: the
+    head width zero-padded to a multiple of it for the matrix products (same values).
     """
     b, c, _, _ = pair.query.shape
     rows = chunk_rows or relation_chunk_rows(b, c, pair.key.shape[-2])
     need_grad = torch.is_grad_enabled() and (pair.query.requires_grad or pair.key.requires_grad)
     return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, rows, need_grad,
-                                  compiled)
+                                  compiled, align)
 
 
 def token_classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
