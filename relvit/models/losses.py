@@ -73,8 +73,10 @@ def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool,
     without `need_grad`). Elementwise and reductions only: `torch.compile` fuses it into a few
     kernels (`compiled` in `fused_relation_loss`)."""
     # rounding as the plain path: scores scaled in the input dtype (in place), then float32
-    logits = scores.div_(scale).float()
-    hit = logits.max(dim=1, keepdim=True).indices == t  # argmax; faster on the CPU
+    scores = scores.div_(scale)
+    # argmax (faster on the CPU) of the input dtype: float32 widens exactly, so the same indices
+    hit = scores.max(dim=1, keepdim=True).indices == t
+    logits = scores.float()
     hits_all = hit.sum()
     hits_off = hit.masked_fill(eye, False).sum()
     logp = torch.log_softmax(logits, dim=1)
@@ -87,7 +89,8 @@ def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool,
         grad.scatter_(1, t, -1.0, reduce="add")
         if not include_diagonal:
             grad.masked_fill_(eye, 0.0)
-        grad = grad.mul_(grad_scale).to(scores.dtype)
+        # scaled and rounded to the input dtype in one pass, into the scores' dead buffer
+        grad = torch.mul(grad, grad_scale, out=scores)
     return picked.sum(), hits_all, hits_off, grad
 
 
