@@ -771,15 +771,16 @@ class RelationCase:
     align: int = 1  # fused: the head width zero-padded to a multiple of this
     compiled: bool = False  # fused: each chunk's elementwise work torch.compile-d
 
-    def chunk_rows(self, batch: int, n: int) -> int:
-        return losses.relation_chunk_rows(batch, 9, n, self.budget or losses.RELATION_CHUNK_BYTES)
+    def chunk_samples(self, batch: int, n: int) -> int:
+        return losses.relation_chunk_samples(batch, 9, n, n,
+                                             self.budget or losses.RELATION_CHUNK_BYTES)
 
     def name(self, batch: int, n: int, dim: int) -> str:
         if not self.fused:
             return "plain ([B,9,N,N] scores)"
         mib = (self.budget or losses.RELATION_CHUNK_BYTES) // 2**20
         width = dim // 9
-        return (f"fused ({mib} MiB chunks of {self.chunk_rows(batch, n)} rows"
+        return (f"fused ({mib} MiB chunks of {self.chunk_samples(batch, n)} samples"
                 + ("" if self.budget else ", default")
                 + (f", head width {width} padded to {-(-width // self.align) * self.align}"
                    if width % self.align else "")
@@ -798,7 +799,7 @@ def relation_head_loss(case: RelationCase, batch: int, n: int, dim: int, device:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if case.fused:
                 return losses.fused_relation_loss(
-                    head.project(tokens), target, chunk_rows=case.chunk_rows(batch, n),
+                    head.project(tokens), target, chunk_samples=case.chunk_samples(batch, n),
                     compiled=case.compiled, align=case.align)[0]
             scores = head(tokens)
             with torch.no_grad():

@@ -46,17 +46,25 @@ def test_fused_relation_loss_refuses_an_empty_average():
                                    False)
 
 
+def test_fused_relation_loss_chunks_hold_whole_samples_within_the_budget():
+    per_sample = 9 * 196 * 196 * 4  # float32 scores of one sample at N = 196
+    assert losses.relation_chunk_samples(256, 9, 196, 196) == 2**26 // per_sample == 48
+    assert losses.relation_chunk_samples(256, 9, 196, 196, budget=10 * per_sample - 1) == 9
+    assert losses.relation_chunk_samples(256, 9, 196, 196, budget=1) == 1  # at least one
+    assert losses.relation_chunk_samples(4, 9, 64, 64) == 4  # at most the batch
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("diagonal", [True, False])
-@pytest.mark.parametrize("chunk_rows", [1, 7, 25, None])
-def test_fused_relation_loss_equals_the_plain_one(device, per_sample, diagonal, chunk_rows):
+@pytest.mark.parametrize("chunk_samples", [1, 2, 3, None])
+def test_fused_relation_loss_equals_the_plain_one(device, per_sample, diagonal, chunk_samples):
     head, tokens, perm = _relation_setup(device)
     target = relation_targets(5, 5, perm if per_sample else None, device=device)
     plain = losses.relation_loss(head(tokens), target, diagonal)
     plain_grads = _grads(plain, head, tokens)
     fused, acc, acc_all = losses.fused_relation_loss(
-        head.project(tokens), target.to(torch.uint8), diagonal, chunk_rows)
+        head.project(tokens), target.to(torch.uint8), diagonal, chunk_samples)
     fused_grads = _grads(fused, head, tokens)
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
     for a, b in zip(fused_grads, plain_grads):
@@ -80,7 +88,7 @@ def test_fused_relation_loss_under_bf16_autocast(device):
         plain_grads = _grads(plain, head, tokens)
         pair = head.project(tokens)
         assert pair.query.dtype == torch.bfloat16
-        fused, _, _ = losses.fused_relation_loss(pair, target, chunk_rows=5)
+        fused, _, _ = losses.fused_relation_loss(pair, target, chunk_samples=3)
         fused_grads = _grads(fused, head, tokens)
     assert fused.dtype == torch.float32
     torch.testing.assert_close(fused, plain, rtol=1e-3, atol=1e-3)
@@ -100,7 +108,7 @@ def test_fused_relation_loss_with_the_head_width_padded(device, bf16):
     for align in (1, 8):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             pair = head.project(tokens)
-            loss, acc, acc_all = losses.fused_relation_loss(pair, target, False, 7, align=align)
+            loss, acc, acc_all = losses.fused_relation_loss(pair, target, False, 2, align=align)
             results.append((loss, acc, acc_all, *_grads(loss, head, tokens)))
     tol = dict(rtol=1e-2, atol=1e-3) if bf16 else dict(rtol=1e-6, atol=1e-7)
     for unpadded, padded in zip(*results):
@@ -128,7 +136,7 @@ def test_fused_relation_loss_keeps_no_scores_for_backward():
     n = side * side
     target = relation_targets(side, side, perm)
     plain = _saved_bytes(lambda: losses.relation_loss(head(tokens), target))
-    fused = _saved_bytes(lambda: losses.fused_relation_loss(head.project(tokens), target, True, 16))
+    fused = _saved_bytes(lambda: losses.fused_relation_loss(head.project(tokens), target, True, 3))
     scores = b * 9 * n * n * 4
     pair_bytes = b * n * 9 * (dim // 9) * 4  # one of q, k, dq, dk
     assert plain >= scores
@@ -140,7 +148,7 @@ def test_fused_relation_loss_without_grad(device):
     head, tokens, perm = _relation_setup(device)
     target = relation_targets(5, 5, perm)
     with torch.no_grad():
-        fused, _, _ = losses.fused_relation_loss(head.project(tokens), target, chunk_rows=4)
+        fused, _, _ = losses.fused_relation_loss(head.project(tokens), target, chunk_samples=2)
         plain = losses.relation_loss(head(tokens), target)
     assert not fused.requires_grad
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
@@ -274,12 +282,12 @@ def test_compiled_dense_jitter_equals_the_eager_one(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_fused_relation_loss_equals_the_eager_one(device):
     """torch.compile of each chunk's elementwise work (config key `compile`): same loss,
-    accuracies and gradients, to float rounding; chunks of two sizes (7 does not divide 25)."""
+    accuracies and gradients, to float rounding; chunks of two sizes (2 does not divide 3)."""
     head, tokens, perm = _relation_setup(device)
     target = relation_targets(5, 5, perm, dtype=torch.uint8)
     results = []
     for compiled in (False, True):
-        loss, acc, acc_all = losses.fused_relation_loss(head.project(tokens), target, False, 7,
+        loss, acc, acc_all = losses.fused_relation_loss(head.project(tokens), target, False, 2,
                                                         compiled=compiled)
         results.append((loss, acc, acc_all, *_grads(loss, head, tokens)))
     for a, b in zip(*results):
@@ -333,5 +341,5 @@ def test_fused_relation_loss_runs_one_kernel_sequence_whatever_the_targets():
         head, tokens, perm = _relation_setup("cpu", seed=seed)
         target = relation_targets(5, 5, perm, dtype=torch.uint8)
         runs.append(_kernels(lambda: losses.fused_relation_loss(
-            head.project(tokens), target, False, 7)[0].backward()))
+            head.project(tokens), target, False, 2)[0].backward()))
     assert runs[0] == runs[1]

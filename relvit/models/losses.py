@@ -14,8 +14,8 @@ from relvit.compiled import compiled_variant
 from relvit.models.heads import PairProjections
 
 IGNORE = -100
-# Float32 scores one chunk of the fused relation loss may hold ([B, 9, rows, N]); the transient
-# peak of the loss is a few times this (scores, their softmax gradient, the targets).
+# Float32 scores one chunk of the fused relation loss may hold ([samples, 9, N, N]; at least one
+# sample); the transient peak of the loss is a few times this (scores, their softmax gradient).
 RELATION_CHUNK_BYTES = 64 * 2**20
 # The fused loss pads the relation head's width (D // 9: 42 for ViT-S) with zeros to a multiple
 # of this for its matrix products; 1: not padded. An experiment (`bench_relvit.py --head-align`):
@@ -57,17 +57,18 @@ def relation_accuracy(logits: Tensor, targets: Tensor, include_diagonal: bool = 
     return (correct & off).sum() / (correct.shape[0] * (n * n - n))
 
 
-def relation_chunk_rows(batch: int, classes: int, n: int,
-                        budget: int = RELATION_CHUNK_BYTES) -> int:
-    """Query rows per chunk so that a [batch, classes, rows, n] float32 block fits `budget`."""
-    return max(1, min(n, budget // max(1, batch * classes * n * 4)))
+def relation_chunk_samples(batch: int, classes: int, n: int, m: int,
+                           budget: int = RELATION_CHUNK_BYTES) -> int:
+    """Samples per chunk so that their [samples, classes, n, m] float32 scores fit `budget` (at
+    least one sample, whatever its size)."""
+    return max(1, min(batch, budget // max(1, classes * n * m * 4)))
 
 
 def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool, scale: float,
                  grad_scale: float, need_grad: bool
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """One chunk of query rows: scores q @ k^T [B, C, r, M] (input dtype, unscaled; overwritten),
-    class ids t [B, 1, r, M] (long, 0 <= t < C), eye [r, M] (the diagonal). Returns the sum of
+    """One chunk of samples: scores q @ k^T [S, C, N, M] (input dtype, unscaled; overwritten),
+    class ids t [S, 1, N, M] (long, 0 <= t < C), eye [N, M] (the diagonal). Returns the sum of
     the log-probabilities of the targets over the pairs used, the argmax hits over all pairs and
     off the diagonal, and `grad_scale` * d(sum of -log p) / d scores in the scores' dtype (None
     without `need_grad`). Elementwise and reductions only: `torch.compile` fuses it into a few
@@ -125,17 +126,18 @@ class _Layout(NamedTuple):
 
 
 class _FusedRelationCE(torch.autograd.Function):
-    """Cross-entropy of the scores q @ k^T / sqrt(d), computed in chunks of query rows.
+    """Cross-entropy of the scores q @ k^T / sqrt(d), computed in chunks of samples.
 
     The forward pass computes, chunk by chunk, the loss, the argmax hits and (when a gradient is
     wanted) the gradients w.r.t. q and k, so that no more than one chunk of the [B, C, N, N]
     scores exists at a time and the backward pass only scales the saved gradients: the same three
-    matrix products as the plain path, no recomputation.
+    matrix products as the plain path, no recomputation. A chunk holds whole samples, so each
+    writes its own rows of dq and dk, complete: nothing adds up across chunks.
     """
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, targets: Tensor, include_diagonal: bool,
-                rows: int, need_grad: bool, compiled: bool, align: int
+                samples: int, need_grad: bool, compiled: bool, align: int
                 ) -> tuple[Tensor, Tensor, Tensor]:
         b, _, n, d = query.shape
         m = key.shape[-2]
@@ -149,34 +151,32 @@ class _FusedRelationCE(torch.autograd.Function):
         chunk_terms = _chunk_function(compiled)
         ctx.layouts = (_Layout.of(query), _Layout.of(key))
         with torch.autocast(device.type, enabled=False):
-            # [B, C, N, d] memory once, so that no chunk's batched matmul copies q or k
+            # [B, C, N, d] memory once: every chunk's products read and write contiguous blocks
             query, key = _aligned(query, align), _aligned(key, align)
-            kt = key.transpose(-1, -2)
             eye = torch.eye(n, m, dtype=torch.bool, device=device)
             targets = targets.reshape(-1, 1, n, m)  # [B or 1, 1, N, M], as gather's index
-            logp_sum = hits_all = hits_off = dk = None
-            dq = []
-            for start in range(0, n, rows):
-                stop = min(n, start + rows)
-                qc = query[:, :, start:stop]
-                terms = chunk_terms(torch.matmul(qc, kt),
-                                    targets[:, :, start:stop].long().expand(b, -1, -1, -1),
-                                    eye[start:stop], include_diagonal, scale, grad_scale, need_grad)
+            dq, dk = (torch.empty_like(query), torch.empty_like(key)) if need_grad else (None, None)
+            logp_sum = hits_all = hits_off = None
+            for start in range(0, b, samples):
+                chunk = slice(start, min(b, start + samples))
+                qc, kc = query[chunk], key[chunk]
+                t = targets[chunk] if targets.shape[0] > 1 else targets
+                terms = chunk_terms(torch.matmul(qc, kc.transpose(-1, -2)),
+                                    t.long().expand(qc.shape[0], -1, -1, -1), eye,
+                                    include_diagonal, scale, grad_scale, need_grad)
                 logp_sum, hits_all, hits_off = (
                     terms[:3] if logp_sum is None else
                     (logp_sum + terms[0], hits_all + terms[1], hits_off + terms[2]))
-                if need_grad:
+                if need_grad:  # this chunk's rows of d loss / d q and d k, scaled already
                     grad = terms[3]
-                    dq.append(torch.matmul(grad, key))
-                    dk_chunk = torch.matmul(grad.transpose(-1, -2), qc)
-                    # partial sums of several chunks add up in float32
-                    dk = dk_chunk if dk is None else dk.float().add_(dk_chunk)
+                    torch.matmul(grad, kc, out=dq[chunk])
+                    torch.matmul(grad.transpose(-1, -2), qc, out=dk[chunk])
             loss = logp_sum / -pairs
             acc_all = hits_all / (b * n * m)
             acc_off = hits_off / (b * (n * m - min(n, m)))
         ctx.mark_non_differentiable(acc_off, acc_all)
-        if need_grad:  # d loss / d q and d k: the chunks' gradients are scaled already
-            ctx.save_for_backward(dq[0] if len(dq) == 1 else torch.cat(dq, dim=2), dk)
+        if need_grad:
+            ctx.save_for_backward(dq, dk)
         return loss, acc_off, acc_all
 
     @staticmethod
@@ -191,23 +191,23 @@ class _FusedRelationCE(torch.autograd.Function):
 
 
 def fused_relation_loss(pair: PairProjections, targets: Tensor, include_diagonal: bool = True,
-                        chunk_rows: int | None = None, compiled: bool = False,
+                        chunk_samples: int | None = None, compiled: bool = False,
                         align: int = RELATION_HEAD_ALIGN) -> tuple[Tensor, Tensor, Tensor]:
     """`relation_loss` and both `relation_accuracy`s from the head's projections, in one pass.
 
     Equals `relation_loss(pair.scores(), ...)` (value and gradients, to float rounding) without
-    holding the [B, 9, N, N] scores: chunks of `chunk_rows` query rows (default: a
+    holding the [B, 9, N, N] scores: chunks of `chunk_samples` samples (default: a
     `RELATION_CHUNK_BYTES` budget). `targets` is [N, N] or [B, N, N], class ids 0..8 of any
     integer dtype (no IGNORE entries: the pairs averaged over are known without reading them).
     Returns (loss, accuracy off the diagonal, accuracy over all pairs); the accuracies are detached.
     `compiled`: each chunk's elementwise work torch.compile-d (`_chunk_terms`). `align`: the
     head width zero-padded to a multiple of it for the matrix products (same values).
     """
-    b, c, _, _ = pair.query.shape
-    rows = chunk_rows or relation_chunk_rows(b, c, pair.key.shape[-2])
+    b, c, n, _ = pair.query.shape
+    samples = chunk_samples or relation_chunk_samples(b, c, n, pair.key.shape[-2])
     need_grad = torch.is_grad_enabled() and (pair.query.requires_grad or pair.key.requires_grad)
-    return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, rows, need_grad,
-                                  compiled, align)
+    return _FusedRelationCE.apply(pair.query, pair.key, targets, include_diagonal, samples,
+                                  need_grad, compiled, align)
 
 
 def token_classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
