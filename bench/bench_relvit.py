@@ -26,7 +26,9 @@ with --compile on CUDA the compiled chunks).
 
 Diagnostics: the "ops" column counts the dispatched non-view ATen ops of one untimed step (about
 the kernel launches on a GPU; see `OpCounter`; per device, as the CPU and CUDA run different
-jitter and AdamW paths). --sync-debug counts the host syncs per step in the timed SSL inputs, train
+jitter and AdamW paths), "MiB" what those ops read and write (a proxy of the memory traffic;
+with --cpu-autocast the CPU's train steps run under bf16 autocast as CUDA's, so that their counts
+stand for a GPU step's: a CPU-only session can weigh a change for the GPU). --sync-debug counts the host syncs per step in the timed SSL inputs, train
 steps and loop (CUDA only; the sites go to stderr and the JSON). --profile DIR writes a
 torch.profiler table and chrome trace per train step case, loop and relation head + loss case,
 outside the timed calls.
@@ -92,6 +94,8 @@ NO_KERNEL_OPS = frozenset({
     "lift_fresh", "record_stream", "set_", "is_same_size", "sym_size", "sym_stride",
     "sym_numel", "sym_storage_offset",
 })
+# counted ops that move no bytes (a view in all but name)
+NO_TRAFFIC_OPS = frozenset({"_unsafe_view"})
 
 
 @dataclass
@@ -114,7 +118,7 @@ class Row:
         cells = (self.stage, self.config, fmt(self.images_per_s, ",.0f"),
                  fmt(self.ms_per_step, ",.1f"), self.ratio, fmt(self.peak_mb, ",.0f"),
                  "" if self.mfu is None else f"{100 * self.mfu:.1f} %",
-                 fmt(self.extra.get("ops"), ",.0f"))
+                 fmt(self.extra.get("ops"), ",.0f"), fmt(self.extra.get("mib"), ",.0f"))
         return cells + (fmt(self.extra.get("syncs_per_step"), ",.1f"),) if syncs else cells
 
 
@@ -184,32 +188,48 @@ class SyncCounter:
               f"{sites}", file=sys.stderr, flush=True)
 
 
+def _tensor_bytes(values) -> int:
+    """Bytes of the tensors among `values`, broadcast ones (a zero stride) left out."""
+    return sum(t.numel() * t.element_size() for t in values
+               if isinstance(t, torch.Tensor) and 0 not in t.stride())
+
+
 class OpCounter(TorchDispatchMode):
     """Counts the ATen ops dispatched in the block that launch work, about the kernel launches on
     a GPU: views (`func.is_view`) and NO_KERNEL_OPS (allocation, metadata) are left out; a
     foreach or fused op counts once; autograd's backward ops count. Per device: the CPU runs the
     sorted jitter and per-tensor AdamW, CUDA the dense jitter and fused AdamW. Not for
-    torch.compile-d code (its kernels bypass the dispatcher)."""
+    torch.compile-d code (its kernels bypass the dispatcher).
+
+    `bytes`: the memory traffic of those ops, a proxy: every tensor input and output of an op
+    counted once, whole (no caches; a gather or scatter as if it touched all of its tensor;
+    broadcast inputs and NO_TRAFFIC_OPS left out)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.bytes = 0
         self.names: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         if not func.is_view and name not in NO_KERNEL_OPS:
             self.count += 1
             self.names[name] += 1
-        return func(*args, **(kwargs or {}))
+            if name not in NO_TRAFFIC_OPS:
+                outs = out if isinstance(out, (tuple, list)) else [out]
+                inputs = [v for k, v in (kwargs or {}).items() if k != "out"]  # out: written only
+                self.bytes += _tensor_bytes([*args, *inputs, *outs])
+        return out
 
 
 def count_ops(fn: Callable[[], object], steps: int = 1) -> dict[str, object]:
-    """`extra` entries of one untimed call of `fn` that runs `steps` steps: ops per step and the
-    10 most frequent ops per step."""
+    """`extra` entries of one untimed call of `fn` that runs `steps` steps: ops, MiB moved (the
+    `OpCounter` proxy) and the 10 most frequent ops, per step."""
     with OpCounter() as ops:
         fn()
-    return {"ops": ops.count / steps,
+    return {"ops": ops.count / steps, "mib": ops.bytes / steps / 2**20,
             "top_ops": {k: v / steps for k, v in ops.names.most_common(10)}}
 
 
@@ -573,7 +593,8 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
         x = batch.images
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=device.type == "cuda" or args.cpu_autocast):
             out = model(x) if eager else forward(x)
         return objective.losses(out, batch)[0]
 
@@ -595,6 +616,12 @@ def model_flops(loss_fn: Callable[..., torch.Tensor]) -> float:
     with FlopCounterMode(display=False) as counter:
         loss_fn(eager=True).backward()
     return float(counter.get_total_flops())
+
+
+def model_traffic_mib(loss_fn: Callable[..., torch.Tensor]) -> float:
+    """MiB read and written (the `OpCounter` proxy) by one eager forward + loss + backward, what
+    `model_flops` counts: the part of a step that grows with the batch (AdamW's does not)."""
+    return count_ops(lambda: loss_fn(eager=True).backward())["mib"]
 
 
 def step_config(args, size: int, patch: int) -> str:
@@ -635,7 +662,7 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             syncs = SyncCounter(device, args.sync_debug)
             seconds = timed(step, args.steps, device, warmup=args.warmup, around=syncs)
             peak = cuda_peak_mb(device) if device.type == "cuda" else saved
-            ops = {} if case.compile else count_ops(step)
+            ops = {} if case.compile else {**count_ops(step), "mib": model_traffic_mib(loss_fn)}
             name = case.name + (f" ({args.compile_mode})"
                                 if case.compile and args.compile_mode else "")
             row = Row(f"train step: {name}", config, args.batch / seconds, 1000 * seconds,
@@ -653,7 +680,9 @@ def bench_steps(args, device: torch.device) -> list[Row]:
                 else base.get(case.with_batch, base.get(False))
             if ref is not None:
                 mem = f", mem {peak / ref.peak_mb:.2f}×" if peak and ref.peak_mb else ""
-                row.ratio = f"{seconds * 1000 / ref.ms_per_step:.2f}×{mem}"
+                moved = (f", MiB {ops['mib'] / ref.extra['mib']:.3f}×"
+                         if ops and ref.extra.get("mib") else "")
+                row.ratio = f"{seconds * 1000 / ref.ms_per_step:.2f}×{mem}{moved}"
             rows.append(row)
             if peak_tflops:
                 row.mfu = flops / seconds / (peak_tflops * 1e12)
@@ -915,7 +944,7 @@ def device_name(device: torch.device) -> str:
 
 def table_header(syncs: bool = False) -> tuple[str, ...]:
     """The column names of `Row.cells`."""
-    header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU", "ops")
+    header = ("stage", "config", "images/s", "ms/step", "ratio", "peak MB", "MFU", "ops", "MiB")
     return header + (("syncs/step",) if syncs else ())
 
 
@@ -934,7 +963,9 @@ def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> N
           "\npeak MB: CUDA allocator peak of the stage; on the CPU the activations saved for "
           "backward (train steps) or the process's peak RSS growth in a fresh process (relation "
           "head + loss).\nops: dispatched non-view ATen ops per step or batch (about the kernel "
-          "launches on a GPU), from one untimed call; none for compiled code."
+          "launches on a GPU), from one untimed call; none for compiled code. MiB: what those ops "
+          "read and write, a proxy of the memory traffic (each tensor once, whole, no caches); "
+          "for train steps that of forward + loss + backward, as the MFU's FLOPs."
           + ("\nsyncs/step: host syncs flagged by torch.cuda.set_sync_debug_mode (CUDA only)."
              if syncs else ""))
 
@@ -942,7 +973,7 @@ def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> N
 def markdown_table(rows: list[Row], syncs: bool = False) -> str:
     """The table of `print_table` as Markdown (numbers right-aligned), for docs/performance.md."""
     header = table_header(syncs)
-    align = ["---", "---", "---:", "---:", "---", "---:", "---:", "---:", "---:"][:len(header)]
+    align = ["---" if name in ("stage", "config", "ratio") else "---:" for name in header]
     lines = [header, align] + [r.cells(syncs) for r in rows]
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
                      for line in lines) + "\n"
@@ -983,6 +1014,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps with --compile: this torch.compile mode for the model "
                              "(reduce-overhead: CUDA graphs); default torch's default")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cpu-autocast", action="store_true",
+                        help="train steps on the CPU under bf16 autocast, as on CUDA: their ops "
+                             "and MiB as a GPU step's (slow; for counting, not timing)")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-batch", type=int, default=256)

@@ -233,3 +233,29 @@ def test_relation_memory_stage_with_the_head_width_padded(bench, tmp_path):
     assert rows[2]["ratio"].startswith(f"{rows[2]['ms_per_step'] / rows[0]['ms_per_step']:.2f}×")
     tables = sorted((tmp_path / "profile").glob("relation-*.txt"))
     assert len(tables) == 3 and all("aten::" in t.read_text() for t in tables)
+
+
+def test_op_counter_counts_the_bytes_ops_read_and_write(bench):
+    """The traffic proxy: inputs and outputs once each, an out= tensor as written only, in-place
+    ops as read and written, broadcast inputs and views left out."""
+    x, y, one = torch.ones(256), torch.ones(256, dtype=torch.float64), torch.ones(1)
+    with bench.OpCounter() as ops:
+        x + 1  # reads 1 KiB, writes 1 KiB
+    assert ops.bytes == 2048
+    with bench.OpCounter() as ops:
+        torch.mul(x, 2, out=y)  # reads 1 KiB, writes 2 KiB
+        x.mul_(2)  # reads and writes 1 KiB
+        x.view(16, 16)
+        x + one.expand(256)  # the broadcast input is not read 256 times
+    assert ops.bytes == 1024 + 2048 + 2048 + 2048
+    assert bench.count_ops(lambda: [x + i for i in range(4)], steps=2)["mib"] == 2 * 2048 / 2**20
+
+
+def test_step_rows_compare_the_bytes_moved(report):
+    rows, _ = report
+    steps = {r["stage"]: r for r in rows if r["stage"].startswith("train step")}
+    pretrain = steps["train step: pretrain, fused relation loss"]
+    supervised = steps["train step: supervised"]
+    share = pretrain["extra"]["mib"] / supervised["extra"]["mib"]
+    assert share > 1  # the SSL heads and losses move more
+    assert pretrain["ratio"].endswith(f", MiB {share:.3f}×")
