@@ -343,3 +343,18 @@ def test_fused_relation_loss_runs_one_kernel_sequence_whatever_the_targets():
         runs.append(_kernels(lambda: losses.fused_relation_loss(
             head.project(tokens), target, False, 2)[0].backward()))
     assert runs[0] == runs[1]
+
+
+def test_fused_relation_loss_gradients_go_back_to_the_joint_maps_without_a_copy():
+    """dq and dk are laid out as the relation head's views of the SSL heads' joint map
+    (`RelViT.ssl_outputs`), so their way back to it is views and the split's one concatenation;
+    and the accuracies get no zero gradients."""
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_small", img_size=16, patch_size=4, embed_dim=36, depth=1,
+                              num_heads=3)
+    model = RelViT(backbone, None, SSLTasks(relations=True), num_positions=0)
+    z = torch.randn(2, 16, 36, requires_grad=True)
+    out = model.ssl_outputs(z)
+    loss = losses.fused_relation_loss(out["relations"], relation_targets(4, 4))[0]
+    ops = [name for name, _ in _kernels(loss.backward) if name not in ("empty", "ones_like")]
+    assert ops[:3] == ["mul", "mul", "cat"]  # dq and dk scaled into place, then the joint map's

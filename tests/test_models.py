@@ -91,6 +91,40 @@ def test_relvit_outputs(name, size, patch, ssl_grid):
     assert out["distances"].shape == out["angles"].shape == (2, 1, n, n)
 
 
+@pytest.mark.parametrize("projections", [True, False])
+def test_ssl_heads_share_one_matrix_product(projections):
+    """`RelViT.ssl_outputs` maps the tokens by all heads' Linears at once (`joint_maps`): the
+    outputs and the gradients of each head on its own."""
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_small", img_size=16, patch_size=4, **TINY)
+    model = RelViT(backbone, None, ALL_TASKS, num_positions=16, relation_projections=projections)
+    z = torch.randn(2, 17, 36)[:, 1:].requires_grad_()  # strided, as the tokens after the class token
+    joint = model.ssl_outputs(z)
+    alone = {"relations": (model.relation_head.project(z) if projections
+                           else model.relation_head(z)),
+             "positions": model.position_head(z), "distances": model.distance_head(z),
+             "angles": model.angle_head(z)}
+    assert joint.keys() == alone.keys()
+    params = [z, *model.parameters()]
+    grads = []
+    for out in (joint, alone):
+        rel = out["relations"]
+        total = sum((o.sin() * (i + 1)).sum() for i, o in enumerate([
+            *(rel if projections else [rel]), out["positions"], out["distances"], out["angles"]]))
+        grads.append(torch.autograd.grad(total, params, allow_unused=True))
+    for name in alone:
+        a, b = joint[name], alone[name]
+        for x, y in zip(a if projections and name == "relations" else [a],
+                        b if projections and name == "relations" else [b]):
+            assert x.shape == y.shape
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    for g_joint, g_alone in zip(*grads):
+        if g_alone is None:  # the backbone's own parameters: not on this path
+            assert g_joint is None
+            continue
+        torch.testing.assert_close(g_joint, g_alone, rtol=1e-5, atol=1e-6)
+
+
 def test_swin_classifier_pools_the_tokens():
     backbone = build_backbone("swin_tiny", img_size=32, patch_size=2, embed_dim=18, depth=2,
                               num_heads=1, window_size=4)

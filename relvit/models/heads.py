@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -41,12 +43,20 @@ class PairwiseScoreHead(nn.Module):
         self.query = nn.Linear(dim, num_outputs * self.head_dim, bias=False)
         self.key = nn.Linear(dim, num_outputs * self.head_dim, bias=False)
 
+    def linears(self) -> tuple[nn.Linear, ...]:
+        """The maps of the tokens that `from_maps` takes, in its order (see `joint_maps`)."""
+        return self.query, self.key
+
+    def from_maps(self, query: Tensor, key: Tensor) -> PairProjections:
+        """The [B, N, num_outputs * head_dim] maps by `linears()` -> the per-output queries and
+        keys, each [B, num_outputs, N, head_dim] (views)."""
+        b, n, _ = query.shape
+        shape = (b, n, self.num_outputs, self.head_dim)
+        return PairProjections(query.view(shape).transpose(1, 2), key.view(shape).transpose(1, 2))
+
     def project(self, tokens: Tensor) -> PairProjections:
         """[B, N, D] -> the per-output queries and keys, each [B, num_outputs, N, head_dim]."""
-        b, n, _ = tokens.shape
-        q = self.query(tokens).view(b, n, self.num_outputs, self.head_dim).transpose(1, 2)
-        k = self.key(tokens).view(b, n, self.num_outputs, self.head_dim).transpose(1, 2)
-        return PairProjections(q, k)
+        return self.from_maps(self.query(tokens), self.key(tokens))
 
     def forward(self, tokens: Tensor) -> Tensor:
         """[B, N, D] -> scores [B, num_outputs, N, N] (row = query token i, column = key j)."""
@@ -60,6 +70,27 @@ class PositionHead(nn.Module):
         super().__init__()
         self.linear = nn.Linear(dim, num_positions)
 
+    def linears(self) -> tuple[nn.Linear, ...]:
+        return (self.linear,)
+
+    def from_maps(self, logits: Tensor) -> Tensor:
+        """[B, N, num_positions] -> [B, num_positions, N] (class axis first, as cross-entropy
+        wants)."""
+        return logits.transpose(1, 2)
+
     def forward(self, tokens: Tensor) -> Tensor:
-        """[B, N, D] -> logits [B, num_positions, N] (class axis first, as cross-entropy wants)."""
-        return self.linear(tokens).transpose(1, 2)
+        """[B, N, D] -> logits [B, num_positions, N]."""
+        return self.from_maps(self.linear(tokens))
+
+
+def joint_maps(tokens: Tensor, linears: Sequence[nn.Linear]) -> tuple[Tensor, ...]:
+    """`linear(tokens)` for each of `linears` (all reading the same width), as one matrix product
+    over their stacked weights: the tokens cast once under autocast, and their gradient one
+    product too, instead of one per map summed. The maps are views of one [B, N, sum of widths]
+    output."""
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = None
+    if any(linear.bias is not None for linear in linears):
+        bias = torch.cat([linear.bias if linear.bias is not None
+                          else linear.weight.new_zeros(linear.out_features) for linear in linears])
+    return F.linear(tokens, weight, bias).split([linear.out_features for linear in linears], -1)

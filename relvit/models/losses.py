@@ -110,11 +110,11 @@ class _Layout(NamedTuple):
 
     shape: torch.Size
     dtype: torch.dtype
-    token_major: bool  # [B, N, C, d] memory, as `PairwiseScoreHead.project`'s transposed view
+    token_major: bool  # [B, N, C, d] order, as `PairwiseScoreHead.from_maps`'s transposed views
 
     @staticmethod
     def of(t: Tensor) -> _Layout:
-        return _Layout(t.shape, t.dtype, not t.is_contiguous() and t.transpose(1, 2).is_contiguous())
+        return _Layout(t.shape, t.dtype, t.stride(1) < t.stride(2))
 
     def empty(self, device: torch.device) -> Tensor:
         """A tensor laid out like the input: its gradient then flows back through the head's
@@ -150,6 +150,7 @@ class _FusedRelationCE(torch.autograd.Function):
         device = query.device
         chunk_terms = _chunk_function(compiled)
         ctx.layouts = (_Layout.of(query), _Layout.of(key))
+        ctx.set_materialize_grads(False)  # no zero gradients made for the accuracies
         with torch.autocast(device.type, enabled=False):
             # [B, C, N, d] memory once: every chunk's products read and write contiguous blocks
             query, key = _aligned(query, align), _aligned(key, align)
@@ -181,7 +182,9 @@ class _FusedRelationCE(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
+    def backward(ctx, grad_loss: Tensor | None, *_unused: Tensor | None):
+        if grad_loss is None:
+            return (None,) * 8
         grads = []
         for grad, layout in zip(ctx.saved_tensors, ctx.layouts):
             grad = grad.narrow(-1, 0, layout.shape[-1])  # without the alignment's padding

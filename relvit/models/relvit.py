@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
-from relvit.models.heads import PairwiseScoreHead, PositionHead
+from relvit.models.heads import PairProjections, PairwiseScoreHead, PositionHead, joint_maps
 from relvit.ssl.targets import NUM_RELATIONS
 
 
@@ -74,17 +74,24 @@ class RelViT(nn.Module):
             pooled = tokens.cls if tokens.cls is not None else tokens.patches.mean(dim=1)
             out["logits"] = self.classifier(pooled)
         if self.tasks.any:
-            z, _ = self.ssl_tokens(tokens)
-            z = z.contiguous()  # copied once, not by each head's Linear (a strided view)
-            if self.relation_head is not None:
-                out["relations"] = (self.relation_head.project(z) if self.relation_projections
-                                    else self.relation_head(z))
-            if self.position_head is not None:
-                out["positions"] = self.position_head(z)
-            if self.distance_head is not None:
-                out["distances"] = self.distance_head(z)
-            if self.angle_head is not None:
-                out["angles"] = self.angle_head(z)
+            out.update(self.ssl_outputs(self.ssl_tokens(tokens)[0]))
+        return out
+
+    def ssl_outputs(self, z: Tensor) -> dict[str, Tensor]:
+        """The SSL heads' outputs from their tokens [B, N, D]. All their Linear maps are one
+        matrix product (`joint_maps`): one copy of the strided tokens (cast under autocast),
+        one gradient product, no per-head copies and sums."""
+        heads = {name: head for name, head in (
+            ("relations", self.relation_head), ("positions", self.position_head),
+            ("distances", self.distance_head), ("angles", self.angle_head)) if head is not None}
+        maps = iter(joint_maps(z, [linear for head in heads.values() for linear in head.linears()]))
+        out: dict[str, Tensor] = {}
+        for name, head in heads.items():
+            result = head.from_maps(*(next(maps) for _ in head.linears()))
+            if isinstance(result, PairProjections) and not (
+                    name == "relations" and self.relation_projections):
+                result = result.scores()
+            out[name] = result
         return out
 
 
