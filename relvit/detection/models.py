@@ -267,10 +267,10 @@ class JointSSLDetector(nn.Module):
             raise ValueError(f"SSL grid {h}x{w} has more tokens than the position head's "
                              f"{self.num_positions} classes")
         device = z.device
-        rel = relation_loss(self.ssl.relation_head(z), relation_targets(h, w).to(device),
+        out = self.ssl.ssl_outputs(z)
+        rel = relation_loss(out["relations"].scores(), relation_targets(h, w).to(device),
                             self.include_diagonal)
-        pos = token_classification_loss(self.ssl.position_head(z),
-                                        position_targets(h * w).to(device))
+        pos = token_classification_loss(out["positions"], position_targets(h * w).to(device))
         return {"loss_rel": rel, "loss_pos": pos}
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
