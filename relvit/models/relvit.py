@@ -88,9 +88,9 @@ class RelViT(nn.Module):
         out: dict[str, Tensor] = {}
         for name, head in heads.items():
             result = head.from_maps(*(next(maps) for _ in head.linears()))
-            if isinstance(result, PairProjections) and not (
-                    name == "relations" and self.relation_projections):
-                result = result.scores()
+            if isinstance(result, PairProjections) and (
+                    name != "relations" or not self.relation_projections):
+                result = result.scores()  # distances, angles; relations on the plain path
             out[name] = result
         return out
 
