@@ -97,6 +97,8 @@ NO_KERNEL_OPS = frozenset({
 })
 # counted ops that move no bytes (a view in all but name)
 NO_TRAFFIC_OPS = frozenset({"_unsafe_view"})
+# with beta=0 these ignore their first input (`input` or the in-place `self`): only written
+BETA_OPS = frozenset({"addmm", "addmm_", "baddbmm", "baddbmm_"})
 
 
 @dataclass
@@ -204,7 +206,7 @@ class OpCounter(TorchDispatchMode):
 
     `bytes`: the memory traffic of those ops, a proxy: every tensor input and output of an op
     counted once, whole (no caches; a gather or scatter as if it touched all of its tensor;
-    broadcast inputs and NO_TRAFFIC_OPS left out)."""
+    broadcast inputs, NO_TRAFFIC_OPS and a BETA_OPS input ignored with beta=0 left out)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -221,7 +223,8 @@ class OpCounter(TorchDispatchMode):
             if name not in NO_TRAFFIC_OPS:
                 outs = out if isinstance(out, (tuple, list)) else [out]
                 inputs = [v for k, v in (kwargs or {}).items() if k != "out"]  # out: written only
-                self.bytes += _tensor_bytes([*args, *inputs, *outs])
+                read = args[1:] if name in BETA_OPS and (kwargs or {}).get("beta", 1) == 0 else args
+                self.bytes += _tensor_bytes([*read, *inputs, *outs])
         return out
 
 

@@ -64,38 +64,40 @@ def relation_chunk_samples(batch: int, classes: int, n: int, m: int,
     return max(1, min(batch, budget // max(1, classes * n * m * 4)))
 
 
-def _chunk_terms(scores: Tensor, t: Tensor, eye: Tensor, include_diagonal: bool, scale: float,
-                 grad_scale: float, need_grad: bool
+def _chunk_terms(scores: Tensor, t: Tensor, include_diagonal: bool, need_grad: bool
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """One chunk of samples: scores q @ k^T [S, C, N, M] (input dtype, unscaled; overwritten),
-    class ids t [S, 1, N, M] (long, 0 <= t < C), eye [N, M] (the diagonal). Returns the sum of
-    the log-probabilities of the targets over the pairs used, the argmax hits over all pairs and
-    off the diagonal, and `grad_scale` * d(sum of -log p) / d scores in the scores' dtype (None
-    without `need_grad`). Elementwise and reductions only: `torch.compile` fuses it into a few
-    kernels (`compiled` in `fused_relation_loss`)."""
-    # rounding as the plain path: scores scaled in the input dtype (in place), then float32
-    scores = scores.div_(scale)
+    """One chunk of samples: scores q @ k^T / sqrt(d) [S, C, N, M] (input dtype; overwritten),
+    class ids t [S, 1, N, M] (long, 0 <= t < C). Returns the sum of the log-probabilities of the
+    targets over the pairs used, the argmax hits over all pairs and off the diagonal, and
+    d(sum of -log p) / d scores = softmax - one-hot on the pairs used, computed in float32 and
+    rounded once to the scores' dtype (None without `need_grad`). Elementwise and reductions
+    only: `torch.compile` fuses it into a few kernels (`compiled` in `fused_relation_loss`)."""
     # argmax (faster on the CPU) of the input dtype: float32 widens exactly, so the same indices
     hit = scores.max(dim=1, keepdim=True).indices == t
-    logits = scores.float()
     hits_all = hit.sum()
-    hits_off = hit.masked_fill(eye, False).sum()
-    logp = torch.log_softmax(logits, dim=1)
+    hits_off = hits_all - hit.diagonal(dim1=-2, dim2=-1).sum()
+    logp = torch.log_softmax(scores, dim=1, dtype=torch.float32)  # reads the input dtype
     picked = logp.gather(1, t)
-    if not include_diagonal:
-        picked.masked_fill_(eye, 0.0)
     grad = None
-    if need_grad:  # d(sum of -log p) / d scores = softmax - one-hot on the pairs used
-        grad = logp.exp_()  # in place: one float32 chunk at a time
-        grad.scatter_(1, t, -1.0, reduce="add")
+    if need_grad:  # into the scores' buffer, dead by then
+        grad = torch.exp(logp, out=scores)
+        # p - 1 at the targets, from the float32 log-probabilities (expm1: exact near p = 1)
+        grad.scatter_(1, t, torch.expm1(picked, out=torch.empty_like(picked, dtype=grad.dtype)))
         if not include_diagonal:
-            grad.masked_fill_(eye, 0.0)
-        # scaled and rounded to the input dtype in one pass, into the scores' dead buffer
-        grad = torch.mul(grad, grad_scale, out=scores)
+            grad.diagonal(dim1=-2, dim2=-1).zero_()
+    if not include_diagonal:
+        picked.diagonal(dim1=-2, dim2=-1).zero_()
     return picked.sum(), hits_all, hits_off, grad
 
 
 _chunk_function = compiled_variant(_chunk_terms)  # _chunk_function(compiled)
+
+
+def _scaled_product(a: Tensor, b: Tensor, alpha: float, out: Tensor) -> Tensor:
+    """out = alpha * a @ b for [S, C, ., .] tensors, out contiguous: the scaling inside the
+    matrix product (before its one rounding to out's dtype), out's old values not read."""
+    out.view(-1, *out.shape[-2:]).baddbmm_(a.flatten(0, 1), b.flatten(0, 1), beta=0, alpha=alpha)
+    return out
 
 
 def _aligned(t: Tensor, align: int) -> Tensor:
@@ -154,7 +156,6 @@ class _FusedRelationCE(torch.autograd.Function):
         with torch.autocast(device.type, enabled=False):
             # [B, C, N, d] memory once: every chunk's products read and write contiguous blocks
             query, key = _aligned(query, align), _aligned(key, align)
-            eye = torch.eye(n, m, dtype=torch.bool, device=device)
             targets = targets.reshape(-1, 1, n, m)  # [B or 1, 1, N, M], as gather's index
             dq, dk = (torch.empty_like(query), torch.empty_like(key)) if need_grad else (None, None)
             logp_sum = hits_all = hits_off = None
@@ -162,16 +163,17 @@ class _FusedRelationCE(torch.autograd.Function):
                 chunk = slice(start, min(b, start + samples))
                 qc, kc = query[chunk], key[chunk]
                 t = targets[chunk] if targets.shape[0] > 1 else targets
-                terms = chunk_terms(torch.matmul(qc, kc.transpose(-1, -2)),
-                                    t.long().expand(qc.shape[0], -1, -1, -1), eye,
-                                    include_diagonal, scale, grad_scale, need_grad)
+                scores = torch.empty((*qc.shape[:-1], m), dtype=qc.dtype, device=device)
+                terms = chunk_terms(_scaled_product(qc, kc.transpose(-1, -2), 1 / scale, scores),
+                                    t.long().expand(qc.shape[0], -1, -1, -1),
+                                    include_diagonal, need_grad)
                 logp_sum, hits_all, hits_off = (
                     terms[:3] if logp_sum is None else
                     (logp_sum + terms[0], hits_all + terms[1], hits_off + terms[2]))
-                if need_grad:  # this chunk's rows of d loss / d q and d k, scaled already
+                if need_grad:  # this chunk's rows of d loss / d q and d k, in place
                     grad = terms[3]
-                    torch.matmul(grad, kc, out=dq[chunk])
-                    torch.matmul(grad.transpose(-1, -2), qc, out=dk[chunk])
+                    _scaled_product(grad, kc, grad_scale, dq[chunk])
+                    _scaled_product(grad.transpose(-1, -2), qc, grad_scale, dk[chunk])
             loss = logp_sum / -pairs
             acc_all = hits_all / (b * n * m)
             acc_off = hits_off / (b * (n * m - min(n, m)))
