@@ -272,6 +272,24 @@ def test_dense_jitter_equals_the_sorted_one(device, channels, crop, off):
     assert torch.equal(apply_jitter(x, prm, cfg), dense if device == "cuda" else sorted_)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_jitter_leaves_undrawn_patches_alone_outside_the_unit_range(device):
+    """Normalised patches (`ssl.jitter_after_normalize`) lie outside [0, 1]: the dense path's
+    blend passes leave a patch that drew none of their ops as it was (no clamp), as the sorted
+    path does; only the ops drawn clamp."""
+    g = torch.Generator().manual_seed(3)
+    x = ((torch.rand(400, 3, 8, 8, generator=g) - 0.45) / 0.225).to(device)
+    prm = sample_jitter_params(400, 8, STRONG, g).to(device)
+    dense = apply_jitter(x, prm, STRONG, dense=True)
+    sorted_ = apply_jitter(x, prm, STRONG, dense=False)
+    untouched = ~prm.apply_color & ~prm.grayscale
+    assert untouched.any() and (x[untouched] < 0).any()
+    if device == "cpu":
+        assert torch.equal(dense, sorted_)
+    else:
+        torch.testing.assert_close(dense, sorted_, rtol=0, atol=1e-6)
+
+
 def test_dense_jitter_works_on_contiguous_channel_planes():
     """Each channel of the dense path's result is one block: the per-channel colour ops run as
     vectorised kernels on the GPU, as they do not on strided slices."""

@@ -14,6 +14,8 @@ operations whose number does not depend on M (`apply_jitter`). Inputs are un-nor
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -234,9 +236,10 @@ def _gray_mean(x: Tensor) -> Tensor:
 
 
 def _contrast(x: Tensor, f: Tensor) -> None:
-    """torchvision adjust_contrast: blend with the mean of the patch's grayscale."""
+    """torchvision adjust_contrast: blend with the mean of the patch's grayscale (x * f + shift
+    as one op, as the dense path: its rounding may differ from torchvision's by an ulp)."""
     shift = (1.0 - f) * _gray_mean(x)  # before x changes
-    x.mul_(_per_patch(f)).add_(_per_patch(shift)).clamp_(0.0, 1.0)
+    torch.addcmul(_per_patch(shift), x, _per_patch(f), out=x).clamp_(0.0, 1.0)
 
 
 def _saturation(x: Tensor, f: Tensor) -> None:
@@ -353,15 +356,18 @@ class _BlendPasses:
 
     Brightness, contrast and saturation are one blend: clamp(f * x + (1 - f) * z) with z = 0
     (brightness), the patch's gray mean (contrast) or its grayscale image (saturation). A pass
-    computes x * scale + shift * gray_mean(x) + gray(x) * mix, clamped, kept where `blend`: per
-    patch the chosen op's factors, neutral (1, 0, 0) elsewhere. The same float operations as the
-    separate ops, so bit-identical to applying the chosen one (`_jitter_sorted`).
+    computes x * scale + shift * gray_mean(x) + gray(x) * mix, clamped to [low, high]: per patch
+    the chosen op's factors and [0, 1], elsewhere neutral ones, (1, 0, 0) and no bounds, which
+    leave the patch as it was (x * 1 + 0 + 0, also outside [0, 1], as after normalising). The
+    same float operations as the separate ops, so bit-identical to applying the chosen one
+    (`_jitter_sorted`).
     """
 
     scale: Tensor
     shift: Tensor  # multiplies the patch's gray mean
     mix: Tensor  # multiplies the patch's grayscale image
-    blend: Tensor  # bool: a blend op was drawn for the patch in this pass
+    low: Tensor  # 0 where a blend op was drawn for the patch in this pass, else -inf
+    high: Tensor  # 1 there, else inf
 
     @staticmethod
     def of(ops: Tensor, take: Tensor, factors: Tensor, enabled: list[bool]) -> _BlendPasses:
@@ -373,19 +379,21 @@ class _BlendPasses:
         scale = torch.where(brightness, factors[BRIGHTNESS],
                             torch.where(contrast, factors[CONTRAST],
                                         torch.where(saturation, factors[SATURATION], 1.0)))
+        low = torch.where(brightness | contrast | saturation, 0.0, -math.inf)
         return _BlendPasses(scale, torch.where(contrast, 1.0 - factors[CONTRAST], 0.0),
                             torch.where(saturation, 1.0 - factors[SATURATION], 0.0),
-                            brightness | contrast | saturation)
+                            low, 1.0 - low)
 
     def apply(self, x: Tensor, i: int, enabled: list[bool]) -> Tensor:
         """Pass `i` on patches x [M, C, p, p]; returns a new tensor."""
-        y = x.mul(_per_patch(self.scale[i]))
-        if enabled[CONTRAST]:
-            y.add_(_per_patch(self.shift[i] * _gray_mean(x)))
+        scale = _per_patch(self.scale[i])
+        if enabled[CONTRAST]:  # x * scale + shift in one op, as `_contrast`
+            y = torch.addcmul(_per_patch(self.shift[i] * _gray_mean(x)), x, scale)
+        else:
+            y = x.mul(scale)
         if enabled[SATURATION]:  # off for 1-channel patches
             y.addcmul_(_gray(x), _per_patch(self.mix[i]))
-        y.clamp_(0.0, 1.0)
-        return torch.where(_per_patch(self.blend[i]), y, x)
+        return y.clamp_(_per_patch(self.low[i]), _per_patch(self.high[i]))
 
 
 def _jitter_dense(x: Tensor, params: JitterParams, factors: Tensor, enabled: list[bool]) -> Tensor:
