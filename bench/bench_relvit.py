@@ -28,7 +28,8 @@ Diagnostics: the "ops" column counts the dispatched non-view ATen ops of one unt
 the kernel launches on a GPU; see `OpCounter`; per device, as the CPU and CUDA run different
 jitter and AdamW paths), "MiB" what those ops read and write (a proxy of the memory traffic;
 with --cpu-autocast the CPU's train steps run under bf16 autocast as CUDA's, so that their counts
-stand for a GPU step's: a CPU-only session can weigh a change for the GPU). --sync-debug counts
+stand for a GPU step's: a CPU-only session can weigh a change for the GPU; --dense-jitter does so
+for the SSL inputs and "+ batch" steps, with CUDA's jitter path). --sync-debug counts
 the host syncs per step in the timed SSL inputs, train steps and loop (CUDA only; the sites go to
 stderr and the JSON). --profile DIR writes a
 torch.profiler table and chrome trace per train step case, loop and relation head + loss case,
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -50,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest.mock
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +73,7 @@ from relvit.geometry import run_geometry
 from relvit.models import losses
 from relvit.models.heads import PairwiseScoreHead
 from relvit.ssl.jitter import JitterConfig
+from relvit.ssl import pipeline
 from relvit.ssl.jitter_reference import reference_jitter_image
 from relvit.ssl.patches import patchify, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
@@ -612,6 +616,18 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
     return loss_fn, step, lambda: objective.batch(images, labels, True, gen)
 
 
+@contextlib.contextmanager
+def dense_jitter(on: bool):
+    """With `on`, the SSL pipeline's jitter takes the dense path (the default on CUDA) on every
+    device, so that a CPU run counts the ops and bytes of a GPU's."""
+    if not on:
+        yield
+        return
+    with unittest.mock.patch.object(pipeline, "apply_jitter",
+                                    functools.partial(pipeline.apply_jitter, dense=True)):
+        yield
+
+
 def model_flops(loss_fn: Callable[..., torch.Tensor]) -> float:
     """FLOPs of one eager forward + backward (matmuls, convolutions, attention), counted by
     torch's FlopCounterMode (elementwise ops, the jitter's colour ops and AdamW not counted)."""
@@ -1021,6 +1037,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-autocast", action="store_true",
                         help="train steps on the CPU under bf16 autocast, as on CUDA: their ops "
                              "and MiB as a GPU step's (slow; for counting, not timing)")
+    parser.add_argument("--dense-jitter", action="store_true",
+                        help="the SSL inputs and '+ batch' steps with the dense jitter (CUDA's "
+                             "path) on any device: their ops and MiB as a GPU's")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-batch", type=int, default=256)
@@ -1081,7 +1100,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
-        rows += fn(args, device)
+        with dense_jitter(args.dense_jitter):
+            rows += fn(args, device)
         timings[name] = time.perf_counter() - started
         print(f"[{name}: {timings[name]:.1f} s]", file=sys.stderr, flush=True)
         compare_loop(rows)
