@@ -259,3 +259,32 @@ def test_step_rows_compare_the_bytes_moved(report):
     share = pretrain["extra"]["mib"] / supervised["extra"]["mib"]
     assert share > 1  # the SSL heads and losses move more
     assert pretrain["ratio"].endswith(f", MiB {share:.3f}×")
+
+
+def test_op_counter_leaves_out_an_input_that_beta_zero_ignores(bench):
+    """baddbmm_ with beta=0 writes its `self` without reading it (the fused loss's products)."""
+    a, b = torch.ones(2, 4, 4), torch.ones(2, 4, 4)
+    out = torch.empty(2, 4, 4)
+    with bench.OpCounter() as ops:
+        out.baddbmm_(a, b, beta=0)
+    assert ops.bytes == 3 * 128
+    with bench.OpCounter() as ops:
+        out.baddbmm_(a, b)
+    assert ops.bytes == 4 * 128
+
+
+def test_dense_jitter_option_counts_cudas_jitter_path(bench):
+    """--dense-jitter: the SSL inputs take the dense path on the CPU too (the sorted path loops
+    over its groups of patches: many more ops), and only inside the option's block."""
+    images = torch.rand(2, 3, 32, 32)
+
+    def ops() -> float:
+        return bench.count_ops(lambda: bench.batched_pipeline(
+            images, 4, torch.Generator().manual_seed(0)))["ops"]
+
+    ops()  # fills the caches (crop matrices, target tables)
+    sorted_ops = ops()
+    with bench.dense_jitter(True):
+        dense_ops = ops()
+    assert dense_ops < sorted_ops / 2
+    assert ops() == sorted_ops
