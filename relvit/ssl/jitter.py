@@ -15,7 +15,6 @@ operations whose number does not depend on M (`apply_jitter`). Inputs are un-nor
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
