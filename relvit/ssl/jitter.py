@@ -225,26 +225,28 @@ def _brightness(x: Tensor, f: Tensor) -> None:
     x.mul_(_per_patch(f)).clamp_(0.0, 1.0)
 
 
-def _gray_mean(x: Tensor) -> Tensor:
-    """[n]: the mean of each patch's grayscale (mean of luma = luma of the channel means)."""
-    means = x.mean(dim=(2, 3))  # [n, C]
-    if x.shape[1] != 3:
-        return means.mean(dim=1)
-    mean = means[:, 0] * _GRAY_WEIGHTS[0]
-    return mean.add_(means[:, 1], alpha=_GRAY_WEIGHTS[1]).add_(means[:, 2], alpha=_GRAY_WEIGHTS[2])
+def _gray_mean(x: Tensor, gray: Tensor | None = None) -> Tensor:
+    """[n]: the mean of each patch's grayscale image (`gray`, when made already), as
+    torchvision's adjust_contrast; a 1-channel patch is its own grayscale."""
+    if gray is None:
+        gray = _gray(x) if x.shape[1] == 3 else x
+    return gray.mean(dim=(1, 2, 3))
+
+
+# Contrast and saturation blend as x * f + term in one op (`addcmul`, rounded once; torchvision
+# rounds the product and the sum, so their values may differ by an ulp), the same on both paths.
 
 
 def _contrast(x: Tensor, f: Tensor) -> None:
-    """torchvision adjust_contrast: blend with the mean of the patch's grayscale (x * f + shift
-    as one op, as the dense path: its rounding may differ from torchvision's by an ulp)."""
+    """torchvision adjust_contrast: blend with the mean of the patch's grayscale."""
     shift = (1.0 - f) * _gray_mean(x)  # before x changes
     torch.addcmul(_per_patch(shift), x, _per_patch(f), out=x).clamp_(0.0, 1.0)
 
 
 def _saturation(x: Tensor, f: Tensor) -> None:
     """torchvision adjust_saturation: blend with the grayscale image."""
-    g = _gray(x)
-    x.mul_(_per_patch(f)).addcmul_(g, _per_patch(1.0 - f)).clamp_(0.0, 1.0)
+    term = _gray(x).mul_(_per_patch(1.0 - f))
+    torch.addcmul(term, x, _per_patch(f), out=x).clamp_(0.0, 1.0)
 
 
 def _hue_terms(x: Tensor, f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -275,9 +277,9 @@ def _hue_terms(x: Tensor, f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # 5, 3, 1 made on the device (a host tensor's copy would wait for the GPU; a cache of it
     # would make torch.compile trace this function twice, before and after the cache is filled)
     k = h6 + torch.arange(5, 0, -2, device=x.device, dtype=x.dtype).view(3, 1, 1, 1)
-    # clamp(min(k, 4 - k), 0, 1) = clamp(2 - |k - 2|, 0, 1), all in place
-    k.remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-    return maxc, k, cr
+    # clamp(min(k, 4 - k), 0, 1): k below 2 is taken as it is, 4 - k exactly from 2 up
+    k.remainder_(6.0)
+    return maxc, torch.minimum(k, torch.rsub(k, 4.0), out=k).clamp_(0.0, 1.0), cr
 
 
 def _hue_of(x: Tensor, f: Tensor) -> Tensor:
@@ -384,14 +386,16 @@ class _BlendPasses:
                             low, 1.0 - low)
 
     def apply(self, x: Tensor, i: int, enabled: list[bool]) -> Tensor:
-        """Pass `i` on patches x [M, C, p, p]; returns a new tensor."""
-        scale = _per_patch(self.scale[i])
-        if enabled[CONTRAST]:  # x * scale + shift in one op, as `_contrast`
-            y = torch.addcmul(_per_patch(self.shift[i] * _gray_mean(x)), x, scale)
-        else:
-            y = x.mul(scale)
-        if enabled[SATURATION]:  # off for 1-channel patches
-            y.addcmul_(_gray(x), _per_patch(self.mix[i]))
+        """Pass `i` on patches x [M, C, p, p]; returns a new tensor: x * scale + term, clamped,
+        with term = shift * gray mean + gray * mix ([M, 1, p, p]; one of the two is 0 per
+        patch), the one op of `_contrast` and `_saturation`."""
+        gray = _gray(x) if enabled[SATURATION] else None  # off for 1-channel patches
+        term = _per_patch(self.shift[i] * _gray_mean(x, gray)) if enabled[CONTRAST] else None
+        if gray is not None:
+            mix = _per_patch(self.mix[i])
+            term = gray.mul_(mix) if term is None else torch.addcmul(term, gray, mix)
+        y = x.mul(_per_patch(self.scale[i])) if term is None else torch.addcmul(
+            term, x, _per_patch(self.scale[i]))
         return y.clamp_(_per_patch(self.low[i]), _per_patch(self.high[i]))
 
 
