@@ -72,8 +72,8 @@ from relvit.data.registry import get_dataset
 from relvit.geometry import run_geometry
 from relvit.models import losses
 from relvit.models.heads import PairwiseScoreHead
-from relvit.ssl.jitter import JitterConfig
 from relvit.ssl import pipeline
+from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.jitter_reference import reference_jitter_image
 from relvit.ssl.patches import patchify, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
