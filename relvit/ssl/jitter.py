@@ -394,8 +394,8 @@ class _BlendPasses:
         if gray is not None:
             mix = _per_patch(self.mix[i])
             term = gray.mul_(mix) if term is None else torch.addcmul(term, gray, mix)
-        y = x.mul(_per_patch(self.scale[i])) if term is None else torch.addcmul(
-            term, x, _per_patch(self.scale[i]))
+        scale = _per_patch(self.scale[i])
+        y = x.mul(scale) if term is None else torch.addcmul(term, x, scale)
         return y.clamp_(_per_patch(self.low[i]), _per_patch(self.high[i]))
 
 
