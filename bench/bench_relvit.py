@@ -232,10 +232,19 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
+def eager_only() -> contextlib.AbstractContextManager:
+    """Every torch.compile-d function runs eagerly in the block, untraced. For a dispatch mode
+    (`OpCounter`, FlopCounterMode): torch 2.11 (the lent GPU machines') runs a compiled function
+    called under one eagerly, and then keeps running it eagerly for the rest of the process;
+    the compiled train steps timed after the FLOP count ran their jitter and relation loss
+    uncompiled (`tests/test_bench.py`)."""
+    return torch.compiler.set_stance("force_eager")
+
+
 def count_ops(fn: Callable[[], object], steps: int = 1) -> dict[str, object]:
     """`extra` entries of one untimed call of `fn` that runs `steps` steps: ops, MiB moved (the
     `OpCounter` proxy) and the 10 most frequent ops, per step."""
-    with OpCounter() as ops:
+    with eager_only(), OpCounter() as ops:
         fn()
     return {"ops": ops.count / steps, "mib": ops.bytes / steps / 2**20,
             "top_ops": {k: v / steps for k, v in ops.names.most_common(10)}}
@@ -633,7 +642,7 @@ def model_flops(loss_fn: Callable[..., torch.Tensor]) -> float:
     torch's FlopCounterMode (elementwise ops, the jitter's colour ops and AdamW not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with eager_only(), FlopCounterMode(display=False) as counter:
         loss_fn(eager=True).backward()
     return float(counter.get_total_flops())
 

@@ -85,7 +85,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,c
 # The compiled-vs-eager tests first, under a cap of their own: each compiles 1-2 graphs at
 # 25-30 s apiece on the lent machines' CPUs, and at the end of the file they were cut twice.
 timeout -k 5 "$T_CTESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
-  tests/test_fast_paths.py -k "${ONLY}compiled" > "$OUT/tests.txt" 2>&1
+  tests/test_fast_paths.py tests/test_bench.py -k "${ONLY}compiled" > "$OUT/tests.txt" 2>&1
 summary "compiled tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 timeout -k 5 "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
   tests/test_host_syncs.py tests/test_fast_paths.py -k "${ONLY}not compiled" \

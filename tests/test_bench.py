@@ -288,3 +288,35 @@ def test_dense_jitter_option_counts_cudas_jitter_path(bench):
         dense_ops = ops()
     assert dense_ops < sorted_ops / 2
     assert ops() == sorted_ops
+
+
+def test_counting_flops_and_ops_leaves_compiled_functions_compiled(bench):
+    """`model_flops` and `count_ops` run compiled functions eagerly, untraced, and those stay
+    compiled afterwards: under torch 2.11 a compiled function once called under a dispatch mode
+    ran eagerly for the rest of the process, and the compiled train steps timed after the FLOP
+    count ran their jitter and relation loss uncompiled."""
+    from relvit.compiled import compile_static
+
+    torch._dynamo.reset()
+    graph_calls = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        def run(*args):
+            graph_calls.append(1)
+            return gm.forward(*args)
+        return run
+
+    square_sum = compile_static(lambda t: (t * t).sum(), counting_backend)
+    x = torch.randn(8, requires_grad=True)
+
+    def loss_fn(eager: bool = False) -> torch.Tensor:
+        return square_sum(x)
+
+    loss_fn().backward()
+    assert len(graph_calls) == 1
+    assert bench.model_flops(loss_fn) == 0  # no matmuls; counted eagerly
+    assert bench.count_ops(lambda: loss_fn().backward())["ops"] > 0  # the ops were seen
+    assert len(graph_calls) == 1  # neither count ran the graph
+    loss_fn().backward()
+    torch._dynamo.reset()
+    assert len(graph_calls) == 2  # and the next call is compiled again

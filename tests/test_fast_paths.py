@@ -314,6 +314,7 @@ def test_compiled_dense_jitter_equals_the_eager_one(device):
     compiled = apply_jitter(x, prm, cfg, dense=True, compiled=True)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
     assert not torch.equal(compiled, x)  # the jitter did something
+    assert _runs_compiled(lambda: apply_jitter(x, prm, cfg, dense=True, compiled=True))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -329,6 +330,16 @@ def test_compiled_fused_relation_loss_equals_the_eager_one(device):
         results.append((loss, acc, acc_all, *_grads(loss, head, tokens)))
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert _runs_compiled(lambda: losses.fused_relation_loss(head.project(tokens), target, False,
+                                                             2, compiled=True))
+
+
+def _runs_compiled(fn) -> bool:
+    """Whether a call of `fn` ran torch.compile-d code (not an eager fallback: torch 2.11 fell
+    back for good once a compiled function had been called under a dispatch mode)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return any(e.name.startswith("Torch-Compiled Region") for e in prof.events())
 
 
 class _Kernels(TorchDispatchMode):
