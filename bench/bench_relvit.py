@@ -1053,7 +1053,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-batch", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 256, 1024],
+    parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 1024],
                         help="memory stage on CUDA: also the fused relation loss with chunks of "
                              "these many MiB of float32 scores")
     parser.add_argument("--head-align", nargs="+", type=int, default=[8],

@@ -226,8 +226,8 @@ def test_relation_memory_stage_with_the_head_width_padded(bench, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["stage"] for r in rows] == [
         "relation head + loss fwd/bwd: plain ([B,9,N,N] scores)",
-        "relation head + loss fwd/bwd: fused (64 MiB chunks of 2 samples, default)",
-        "relation head + loss fwd/bwd: fused (64 MiB chunks of 2 samples, default, head width 5 "
+        "relation head + loss fwd/bwd: fused (256 MiB chunks of 2 samples, default)",
+        "relation head + loss fwd/bwd: fused (256 MiB chunks of 2 samples, default, head width 5 "
         "padded to 8)"]
     assert all(r["ms_per_step"] > 0 and r["peak_mb"] is not None for r in rows)
     assert rows[2]["ratio"].startswith(f"{rows[2]['ms_per_step'] / rows[0]['ms_per_step']:.2f}×")

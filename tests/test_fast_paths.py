@@ -48,7 +48,7 @@ def test_fused_relation_loss_refuses_an_empty_average():
 
 def test_fused_relation_loss_chunks_hold_whole_samples_within_the_budget():
     per_sample = 9 * 196 * 196 * 4  # float32 scores of one sample at N = 196
-    assert losses.relation_chunk_samples(256, 9, 196, 196) == 2**26 // per_sample == 48
+    assert losses.relation_chunk_samples(256, 9, 196, 196) == 2**28 // per_sample == 194
     assert losses.relation_chunk_samples(256, 9, 196, 196, budget=10 * per_sample - 1) == 9
     assert losses.relation_chunk_samples(256, 9, 196, 196, budget=1) == 1  # at least one
     assert losses.relation_chunk_samples(4, 9, 64, 64) == 4  # at most the batch

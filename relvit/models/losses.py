@@ -16,7 +16,10 @@ from relvit.models.heads import PairProjections
 IGNORE = -100
 # Float32 scores one chunk of the fused relation loss may hold ([samples, 9, N, N]; at least one
 # sample); the transient peak of the loss is a few times this (scores, their softmax gradient).
-RELATION_CHUNK_BYTES = 64 * 2**20
+# 256 MiB: 194 samples of ViT-S/16 at 224 px; on the H100 the head + loss took 3.2 ms against
+# 5.0 with 64 MiB and 4.5 for the plain path, at 0.80x the plain path's memory
+# (docs/performance.md).
+RELATION_CHUNK_BYTES = 256 * 2**20
 # The fused loss pads the relation head's width (D // 9: 42 for ViT-S) with zeros to a multiple
 # of this for its matrix products; 1: not padded. An experiment (`bench_relvit.py --head-align`):
 # tensor-core GEMMs want rows of 16 bytes (8 bf16 values), 42 values are 84 bytes.
