@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import unittest.mock
 import warnings
 from collections import Counter
@@ -63,7 +64,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from relvit.compiled import compile_static
-from relvit.config import RunConfig, config_from_dict
+from relvit.config import CompileMode, RunConfig, config_from_dict
 from relvit.data.augment import normalize, random_crop, random_hflip
 from relvit.data.loading import (
     FileSplit, Splits, TensorSplit, batches, file_transform, to_float_images,
@@ -566,6 +567,7 @@ def run_config(mode: str, dataset: str, size: int, patch: int, args,
                compile: bool = False) -> RunConfig:
     return config_from_dict({
         "mode": mode, "device": str(args.device), "compile": compile,
+        **({"compile_mode": args.compile_mode} if compile and args.compile_mode else {}),
         "data": {"name": dataset, "image_size": size, "workers": 0},
         "model": {"backbone": "vit_small", "patch_size": patch, "embed_dim": args.embed_dim,
                   "depth": args.depth, "num_heads": args.num_heads},
@@ -598,8 +600,8 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    # as the training loop (`--compile-mode`: a torch.compile mode to try, e.g. CUDA graphs)
-    forward = compile_static(model, mode=args.compile_mode) if case.compile else model
+    # as the training loop (`--compile-mode`: the run config's `compile_mode`)
+    forward = compile_static(model, mode=cfg.compile_mode) if case.compile else model
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(args.batch, 3, size, size, device=device)
     labels = torch.randint(0, spec.num_classes, (args.batch,), device=device)
@@ -789,6 +791,7 @@ def bench_loop(args, device: torch.device) -> list[Row]:
                 peak = cuda_peak_mb(device)
                 ops = {} if args.compile else count_ops(epoch, steps)
                 name = "supervised" if mode == "supervised" else "pretrain (fused, jitter)"
+                name += f" ({args.compile_mode})" if args.compile and args.compile_mode else ""
                 rows.append(Row(f"train loop: {name}", f"{step_config(args, size, patch)}, "
                                 f"{steps} steps", args.batch / seconds, 1000 * seconds,
                                 peak_mb=peak, extra={"first_epoch_s": first, "mode": mode,
@@ -1038,10 +1041,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="decode: also the copies resized to shorter side S "
                              "(relvit resize-images)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--compile-mode", choices=["reduce-overhead", "max-autotune",
-                                                   "max-autotune-no-cudagraphs"],
-                        help="steps with --compile: this torch.compile mode for the model "
-                             "(reduce-overhead: CUDA graphs); default torch's default")
+    parser.add_argument("--compile-mode", choices=typing.get_args(CompileMode),
+                        help="steps and loop with --compile: this torch.compile mode for the "
+                             "model (run config key `compile_mode`; reduce-overhead: CUDA "
+                             "graphs); default torch's default")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--cpu-autocast", action="store_true",
                         help="train steps on the CPU under bf16 autocast, as on CUDA: their ops "

@@ -14,8 +14,10 @@
 #       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile); then
 #       the relation head + loss variants alone (plain, fused per chunk budget and with the head
 #       width padded for tensor cores), each profiled: where the pretrain step's extra time goes;
-#   (d) the train steps again with torch.compile, each size under its own time cap, profiled,
-#       with torch's recompile and graph-break log (TORCH_LOGS) in compile.txt.
+#   (d) the train steps and the real training loop again with torch.compile (at 32 px with CUDA
+#       graphs, `compile_mode: reduce-overhead`; the loop reuses the steps' graphs), each size
+#       under its own time cap, profiled, with torch's recompile and graph-break log
+#       (TORCH_LOGS) in compile.txt.
 # Everything lands in $OUT (default ./gpu-check-out), 8 files at most: summary.txt, tests.txt,
 # bench.{txt,json}, diagnostics.tar.gz (diagnostics.{txt,json}, profile/<size>px-<case>.txt with
 # the top ops and .json chrome traces; the traces are left out, the "+ batch" and loop ones last,
@@ -39,13 +41,13 @@ PY="${PYTHON:-python3}"
 if [[ "$DEVICE" == cuda ]]; then
   # caps in seconds: compiled tests, other tests, eager bench, decode, diagnostics, compile per
   # size (560 s in all)
-  T_CTESTS=90; T_TESTS=70; T_BENCH=80; T_DECODE=30; T_DIAG=70; T_COMPILE=110
+  T_CTESTS=70; T_TESTS=50; T_BENCH=80; T_DECODE=30; T_DIAG=70; T_COMPILE=130
   ONLY="not cpu and "  # the tests' CPU cases run in CI
   BENCH=(--device cuda --workers 8 --only decode augment ssl steps loop memory)
   DECODE=(--device cuda --only decode device-decode --decode-resized 256
           --workers $(( $(nproc) > 2 ? $(nproc) - 1 : 1 )) --decode-images 4096)
   DIAGNOSE=(--device cuda --only steps loop memory --sync-debug --steps 5)
-  COMPILE=(--device cuda --only steps --compile --steps 15)
+  COMPILE=(--device cuda --only steps loop --compile --steps 15)
 else  # tiny sizes: checks that every path runs, not how fast
   T_CTESTS=120; T_TESTS=120; ONLY=""; T_BENCH=300; T_DIAG=300; T_COMPILE=240
   BENCH=(--device cpu --batch 4 --embed-dim 36 --depth 1 --num-heads 3 --steps 1 --warmup 0
@@ -53,7 +55,7 @@ else  # tiny sizes: checks that every path runs, not how fast
          --memory-dim 36 --repeats 1)
   T_DECODE=60; DECODE=("${BENCH[@]}" --only decode device-decode --workers 2 --decode-resized 64)
   DIAGNOSE=("${BENCH[@]}" --only steps loop memory --sync-debug)
-  COMPILE=("${BENCH[@]}" --only steps --compile)
+  COMPILE=("${BENCH[@]}" --only steps loop --compile)
 fi
 
 start=$(date +%s)
@@ -111,9 +113,10 @@ CDIR="$OUT/compile"
 rm -rf "$CDIR" && mkdir -p "$CDIR"
 : > "$OUT/compile.txt"
 for size in 32 224; do
+  MODE=(); [[ "$size" == 32 ]] && MODE=(--compile-mode reduce-overhead)  # host-bound: CUDA graphs
   TORCH_LOGS="recompiles,graph_breaks" timeout -k 5 "$T_COMPILE" "$PY" bench/bench_relvit.py \
-    "${COMPILE[@]}" --sizes "$size" --profile "$CDIR/profile" --json "$CDIR/compile$size.json" \
-    >> "$OUT/compile.txt" 2>&1
+    "${COMPILE[@]}" "${MODE[@]}" --sizes "$size" --profile "$CDIR/profile" \
+    --json "$CDIR/compile$size.json" >> "$OUT/compile.txt" 2>&1
   summary "bench (torch.compile, ${size} px): exit $? (124: cut at its ${T_COMPILE} s cap)"
 done
 archive "$CDIR" compile

@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 Mode = Literal["pretrain", "finetune", "supervised", "joint", "detect"]
+# torch.compile's modes ("reduce-overhead": CUDA graphs)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
@@ -107,7 +109,7 @@ class DetectionConfig:
 
 # Keys that say how a run executes, not what it computes: a run resumes across them, and they are
 # left out of its config hash (relvit.train.provenance).
-EXECUTION_KEYS = ("device", "compile")
+EXECUTION_KEYS = ("device", "compile", "compile_mode")
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # CUDA: torch.compile the model, the dense jitter and the fused relation loss's chunks
     compile: bool = False  # (docs/performance.md)
+    compile_mode: CompileMode = "default"  # the model's torch.compile mode, with compile: true
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)

@@ -40,6 +40,8 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
             problems.append(f"model.{key}: must be in [0, 1), got {getattr(cfg.model, key)}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         problems.append(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    if cfg.compile_mode != "default" and not cfg.compile:
+        problems.append(f"compile_mode: {cfg.compile_mode!r} needs compile: true")
     ssl = cfg.ssl
     if cfg.uses_ssl and not (ssl.relations or ssl.positions or ssl.distances or ssl.angles):
         problems.append(f"ssl: mode {cfg.mode!r} needs at least one SSL task switched on")

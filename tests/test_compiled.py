@@ -81,3 +81,20 @@ def test_the_dense_jitter_compiles_once_for_every_draw():
         jitter(patches, params, factors, [True] * 4)
     torch._dynamo.reset()
     assert len(graphs) == 1
+
+
+def test_runs_compile_their_model_in_the_configured_mode(tiny_config, monkeypatch):
+    """Run config key `compile_mode` reaches torch.compile in classification (static shapes)
+    and detection runs (automatic dynamic shapes)."""
+    from types import SimpleNamespace
+
+    from relvit.detection.train import DetectionRun
+    from relvit.train.loop import Run
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    cfg = tiny_config("supervised", compile=True, compile_mode="reduce-overhead")
+    Run.compile_model(SimpleNamespace(cfg=cfg), torch.nn.Identity())
+    DetectionRun.compile_model(SimpleNamespace(cfg=cfg), torch.nn.Identity())
+    assert seen == [{"dynamic": False, "backend": "inductor", "mode": "reduce-overhead"},
+                    {"mode": "reduce-overhead"}]

@@ -50,6 +50,8 @@ def test_unknown_dataset_and_backbone():
     ({"optim": {"warmup_fraction": 1.5}}, "warmup_fraction: must be in [0, 1)"),
     ({"optim": {"epochs": 0}}, "optim.epochs: must be positive"),
     ({"device": "tpu"}, "device: 'tpu' is not auto, cpu, cuda or cuda:N"),
+    ({"compile_mode": "reduce-overhead"}, "compile_mode: 'reduce-overhead' needs compile: true"),
+    ({"compile": True, "compile_mode": "graphs"}, "compile_mode: 'graphs' is not one of 'default'"),
     ({"mode": "joint", "ssl": {"shuffle": True}}, "only used by mode 'pretrain'"),
     ({"mode": "pretrain", "ssl": {"relations": False, "positions": False}}, "at least one SSL"),
 ])

@@ -60,7 +60,7 @@ class DetectionRun(Run):
     def compile_model(self, model: nn.Module) -> nn.Module:
         """torch.compile with its automatic dynamic shapes: detection images and proposal counts
         vary from batch to batch, so static shapes would recompile without end."""
-        return torch.compile(model)
+        return torch.compile(model, mode=self.cfg.compile_mode)
 
     def _images_dataset(self, train: bool) -> DetectionImages:
         """The (image, target) dataset of a split, built once per run."""

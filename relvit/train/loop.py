@@ -242,8 +242,8 @@ class Run:
 
     def compile_model(self, model: nn.Module) -> nn.Module:
         """The training model under `compile: true`: static shapes (`compile_static`), as
-        classification batches come in two shapes only."""
-        return compile_static(model)
+        classification batches come in two shapes only; torch.compile's mode `compile_mode`."""
+        return compile_static(model, mode=self.cfg.compile_mode)
 
     def _config_changes(self, state: dict[str, Any]) -> list[str]:
         """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside)."""
