@@ -76,6 +76,18 @@ def test_paper_dag(tmp_path):
     assert "results/runs/imagenet/vit_small/supervised/seed1" not in result.stdout
 
 
+def test_paper_tier_compiles_the_classification_runs_only():
+    """`compile: true` where it was measured to pay off (docs/performance.md): every pretrain,
+    finetune and supervised run of the GPU tier; not the detection runs (Mask R-CNN's shapes vary
+    from batch to batch, never measured compiled)."""
+    from relvit.workflow import plan
+
+    runs = plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
+                str(ROOT / "results" / "paper" / "tables.csv"))
+    assert {(r.mode, r.config["compile"]) for r in runs.values()} == {
+        ("pretrain", True), ("finetune", True), ("supervised", True), ("detect", False)}
+
+
 def test_bad_run_config_fails_before_any_job(tmp_path):
     config = {**TINY, "run": {"model": {"embed_dim": 36, "patch_size": 5}, "optim": {"lr": "x"}}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
