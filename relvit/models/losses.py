@@ -17,7 +17,7 @@ IGNORE = -100
 # Float32 scores one chunk of the fused relation loss may hold ([samples, 9, N, N]; at least one
 # sample); the transient peak of the loss is a few times this (scores, their softmax gradient).
 # 256 MiB: 194 samples of ViT-S/16 at 224 px; on the H100 the head + loss took 3.2 ms against
-# 5.0 with 64 MiB and 4.5 for the plain path, at 0.80x the plain path's memory
+# 4.6-5.0 with 64 MiB and 4.4-4.5 for the plain path, at 0.80x the plain path's memory
 # (docs/performance.md).
 RELATION_CHUNK_BYTES = 256 * 2**20
 # The fused loss pads the relation head's width (D // 9: 42 for ViT-S) with zeros to a multiple
