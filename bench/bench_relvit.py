@@ -1056,10 +1056,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-batch", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 170, 1024],
+    parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 1024],
                         help="memory stage on CUDA: also the fused relation loss with chunks of "
-                             "these many MiB of float32 scores (170: batch 256 at N = 196 in two "
-                             "equal chunks of 128 samples, one compiled graph)")
+                             "these many MiB of float32 scores (1024: batch 256 at N = 196 in "
+                             "one chunk)")
     parser.add_argument("--head-align", nargs="+", type=int, default=[8],
                         help="memory stage: also the fused relation loss with the head width "
                              "zero-padded to a multiple of each (16-byte rows of bf16 for tensor "

@@ -48,10 +48,48 @@ def test_fused_relation_loss_refuses_an_empty_average():
 
 def test_fused_relation_loss_chunks_hold_whole_samples_within_the_budget():
     per_sample = 9 * 196 * 196 * 4  # float32 scores of one sample at N = 196
-    assert losses.relation_chunk_samples(256, 9, 196, 196) == 2**28 // per_sample == 194
+    assert 2**28 // per_sample == 194  # room for 194 samples: 256 run as two chunks of 128
+    assert losses.relation_chunk_samples(256, 9, 196, 196) == 128
+    assert losses.relation_chunk_samples(157, 9, 196, 196) == 157  # one chunk when it fits
     assert losses.relation_chunk_samples(256, 9, 196, 196, budget=10 * per_sample - 1) == 9
     assert losses.relation_chunk_samples(256, 9, 196, 196, budget=1) == 1  # at least one
     assert losses.relation_chunk_samples(4, 9, 64, 64) == 4  # at most the batch
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_position_loss_over_token_rows_equals_the_class_axis_one(device, dtype, per_sample):
+    """The position loss as B * N rows of classes (the fast path) equals PyTorch's cross-entropy
+    over the class axis of [B, C, N], value and gradient, for logits that are a transposed slice
+    of a wider [B, N, width] output, as the joint head maps give them."""
+    torch.manual_seed(0)
+    b, n = 3, 16
+    maps = torch.randn(b, n, 5 + n + 7, device=device, dtype=dtype, requires_grad=True)
+    logits = maps[..., 5:5 + n].transpose(1, 2)  # [B, C = N, N], as PositionHead.from_maps
+    perm = torch.stack([torch.randperm(n) for _ in range(b)]).to(device)
+    targets = position_targets(n, perm if per_sample else None, device)
+    fast = losses.token_classification_loss(logits, targets)
+    (grad_fast,) = torch.autograd.grad(fast, maps)
+    plain = torch.nn.functional.cross_entropy(logits.float(), targets.expand(b, -1))
+    (grad_plain,) = torch.autograd.grad(plain, maps)
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_fast, grad_plain, rtol=1e-5, atol=1e-7)
+    assert grad_fast[..., :5].abs().sum() == 0 and grad_fast[..., 5 + n:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 100, 255, 256, 257, 1000])
+@pytest.mark.parametrize("fits", [1, 3, 50, 194, 2000])
+def test_fused_relation_loss_chunks_are_as_few_and_as_equal_as_the_budget_allows(batch, fits):
+    """The fewest chunks that fit the budget, and none much shorter than the others: at most
+    one shorter chunk, the last, and all within one chunk count of an equal split."""
+    per_sample = 9 * 8 * 8 * 4
+    samples = losses.relation_chunk_samples(batch, 9, 8, 8, budget=fits * per_sample)
+    chunks = -(-batch // samples)
+    assert samples <= fits
+    assert chunks == -(-batch // min(fits, batch))  # no more chunks than the budget needs
+    last = batch - (chunks - 1) * samples
+    assert 0 < last and samples - last < chunks  # 194 + 62 would fail: 132 >= 2
 
 
 @pytest.mark.parametrize("device", DEVICES)
