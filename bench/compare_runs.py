@@ -1,0 +1,91 @@
+"""Side by side, epoch by epoch: training runs of the same config and seed, eager and otherwise.
+
+    python bench/compare_runs.py RUNS_DIR BASELINE OTHER [BASELINE OTHER ...]
+
+Reads each run's history.csv (`relvit <mode> --out RUNS_DIR/NAME`) and prints, per pair and
+epoch, the training loss of both runs and their relative difference, the validation loss and
+accuracies, the epoch's wall time and training images/s; then per pair the largest loss
+difference and the median epoch time without the first epoch (which holds the compiles). Used
+by bench/gpu_run_check.sh. Exit status 1 when a run has no history (it failed or was cut before
+its first epoch ended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+
+def read_history(run: Path) -> list[dict[str, float]]:
+    """history.csv rows as floats (empty cells dropped)."""
+    path = run / "history.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no history (the run failed or was cut short; see "
+                                f"{run}.log)")
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)]
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), 1e-12)
+
+
+def compare(base_name: str, base: list[dict[str, float]], other_name: str,
+            other: list[dict[str, float]]) -> list[str]:
+    """Lines of the table of one pair, then its summary line."""
+    val_keys = sorted(k for k in base[0] if k == "val_loss"
+                      or k.startswith("val_acc") and not k.endswith("_all"))
+    lines = [f"{base_name} vs {other_name}",
+             "epoch  train_loss (base / other, rel. diff)  "
+             + "  ".join(f"{k} (base / other)" for k in val_keys)
+             + "  epoch s (base / other)  images/s (base / other)"]
+    for a, b in zip(base, other):
+        vals = "  ".join(f"{a.get(k, float('nan')):.4f} / {b.get(k, float('nan')):.4f}"
+                         for k in val_keys)
+        lines.append(
+            f"{int(a['epoch']):5d}  {a['train_loss']:.5f} / {b['train_loss']:.5f}, "
+            f"{_relative(a['train_loss'], b['train_loss']):.2e}  {vals}  "
+            f"{a['epoch_time_s']:.2f} / {b['epoch_time_s']:.2f}  "
+            f"{a.get('train_images_per_s', 0):,.0f} / {b.get('train_images_per_s', 0):,.0f}")
+    pairs = list(zip(base, other))
+    worst = max(_relative(a["train_loss"], b["train_loss"]) for a, b in pairs)
+    summary = (f"{other_name}: {len(other)} of {len(base)} epochs; largest train_loss rel. "
+               f"diff {worst:.2e}")
+    if len(pairs) > 1:
+        t_base = statistics.median(a["epoch_time_s"] for a, _ in pairs[1:])
+        t_other = statistics.median(b["epoch_time_s"] for _, b in pairs[1:])
+        summary += (f"; median epoch after the first {t_base:.2f} s vs {t_other:.2f} s "
+                    f"({t_base / t_other:.2f}x); first epoch {pairs[0][0]['epoch_time_s']:.1f} "
+                    f"vs {pairs[0][1]['epoch_time_s']:.1f} s")
+    return [*lines, summary, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, help="folder holding the run directories")
+    parser.add_argument("names", nargs="+", help="BASELINE OTHER pairs of run directory names")
+    args = parser.parse_args(argv)
+    if len(args.names) % 2:
+        parser.error(f"names come in BASELINE OTHER pairs; got {len(args.names)} names")
+    failed = False
+    for base_name, other_name in zip(args.names[::2], args.names[1::2]):
+        try:
+            base, other = (read_history(args.runs / n) for n in (base_name, other_name))
+        except FileNotFoundError as e:
+            print(e)
+            failed = True
+            continue
+        if not base or not other:
+            print(f"{base_name} vs {other_name}: an empty history")
+            failed = True
+            continue
+        print("\n".join(compare(base_name, base, other_name, other)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""bench/compare_runs.py: eager and compiled runs side by side, from their history.csv files."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from relvit.train.loop import _history_csv
+
+COMPARE_FILE = Path(__file__).resolve().parents[1] / "bench" / "compare_runs.py"
+
+
+@pytest.fixture(scope="module")
+def compare_runs():
+    spec = importlib.util.spec_from_file_location("compare_runs", COMPARE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(root: Path, name: str, losses: list[float], seconds: list[float]) -> None:
+    """A run directory with the training loop's own history.csv."""
+    rows = [{"epoch": i + 1, "lr": 1e-3, "train_loss": loss, "val_loss": loss + 0.5,
+             "val_acc_clf": 0.25, "val_acc_rel_all": 0.5, "epoch_time_s": t,
+             "train_images_per_s": 1000 / t} for i, (loss, t) in enumerate(zip(losses, seconds))]
+    (root / name).mkdir()
+    (root / name / "history.csv").write_text(_history_csv(rows))
+
+
+def test_pairs_print_the_loss_difference_and_the_epoch_speed_up(tmp_path, capsys, compare_runs):
+    _run(tmp_path, "eager", [2.0, 1.5, 1.25], [3.0, 2.0, 2.0])
+    _run(tmp_path, "graphs", [2.0, 1.5015, 1.25], [40.0, 1.0, 0.5])
+    assert compare_runs.main([str(tmp_path), "eager", "graphs"]) == 0
+    out = capsys.readouterr().out
+    assert "    2  1.50000 / 1.50150, 1.00e-03" in out  # |1.5015 - 1.5| / 1.5
+    assert "val_acc_clf (base / other)" in out and "val_acc_rel_all" not in out
+    # the epochs after the first (the compiles): median 2.0 s against 0.75 s
+    assert ("graphs: 3 of 3 epochs; largest train_loss rel. diff 1.00e-03; median epoch after "
+            "the first 2.00 s vs 0.75 s (2.67x); first epoch 3.0 vs 40.0 s") in out
+
+
+def test_a_run_without_history_fails_and_names_its_log(tmp_path, capsys, compare_runs):
+    _run(tmp_path, "eager", [2.0], [3.0])
+    (tmp_path / "graphs").mkdir()  # cut before its first epoch ended
+    assert compare_runs.main([str(tmp_path), "eager", "graphs"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'graphs' / 'history.csv'}: no history" in out
+    assert f"see {tmp_path / 'graphs'}.log" in out
+
+
+def test_names_come_in_pairs(tmp_path, compare_runs):
+    with pytest.raises(SystemExit) as exit_:
+        compare_runs.main([str(tmp_path), "eager", "graphs", "alone"])
+    assert exit_.value.code == 2
