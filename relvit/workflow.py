@@ -210,11 +210,16 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     problems: list[str] = []
     backbone = table["backbone"]
     problems += resized_problems(data)
+    by_dataset = table.get("run") or {}
+    problems += [f"table1.run.{name}: not one of table1.datasets ({', '.join(table['datasets'])})"
+                 for name in by_dataset if name not in table["datasets"]]
     for dataset in table["datasets"]:
         seeds = (table.get("seeds") or {}).get(dataset, workflow["seeds"])
         for seed in seeds:
-            base = {"seed": seed, "data": _data_config(data, dataset),
-                    "model": {"backbone": backbone}}
+            # the dataset's own run keys (`table1.run`) over `run` and `stages`
+            base = merge(by_dataset.get(dataset) or {},
+                         {"seed": seed, "data": _data_config(data, dataset),
+                          "model": {"backbone": backbone}})
             prefix = f"{dataset}/{backbone}"
             for method, raw in _methods(workflow, dataset, base).items():
                 pretrain = f"{prefix}/{PRETRAIN_OF[method]}/seed{seed}" \

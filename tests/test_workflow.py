@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from relvit.config import RunConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
@@ -86,6 +88,33 @@ def test_paper_tier_compiles_the_classification_runs_only():
                 str(ROOT / "results" / "paper" / "tables.csv"))
     assert {(r.mode, r.config["compile"]) for r in runs.values()} == {
         ("pretrain", True), ("finetune", True), ("supervised", True), ("detect", False)}
+    # CUDA graphs for the host-bound 32-px datasets only (`table1.run`), all their methods
+    graphs = {(r.dataset, r.mode) for r in runs.values()
+              if r.config["compile_mode"] == "reduce-overhead"}
+    assert graphs == {(d, m) for d in ("cifar10", "svhn", "cifar100")
+                      for m in ("pretrain", "finetune", "supervised")}
+
+
+def test_table1_run_keys_apply_to_their_dataset_only():
+    from relvit.workflow import plan
+
+    two = {**TINY, "table1": {**TINY["table1"], "datasets": ["digits", "cifar10"],
+                              "run": {"cifar10": {"optim": {"lr": 0.125}, "seed": 7}}}}
+    runs = plan(two)
+    lrs = {(r.dataset, r.config["optim"]["lr"], r.config["seed"]) for r in runs.values()}
+    # over `run` and `stages` (the lr), under the planner's own keys (the seed of the run id)
+    assert lrs == {("digits", RunConfig().optim.lr, 0), ("cifar10", 0.125, 0)}
+    assert {r.config["optim"]["batch_size"] for r in runs.values()} == {256}  # merged, not replaced
+
+
+def test_table1_run_keys_of_an_unplanned_dataset_are_an_error():
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    typo = {**TINY, "table1": {**TINY["table1"], "run": {"cifar1": {"compile": True}}}}
+    with pytest.raises(ConfigError, match=r"table1.run.cifar1: not one of table1.datasets "
+                                          r"\(digits\)"):
+        plan(typo)
 
 
 def test_bad_run_config_fails_before_any_job(tmp_path):
