@@ -1,39 +1,56 @@
 #!/usr/bin/env bash
-# Whole training runs with CUDA graphs (issue 6), at most ~6.5 minutes on an H100: does
-# `compile: true` with `compile_mode: reduce-overhead` train as the eager run does, through the
-# evaluation and checkpoints of every epoch and each epoch's last, shorter batch, and how long does
-# an epoch take then?
+# Whole training runs with CUDA graphs (issue 6), within 6 (32 px) or 7.5 (224 px) minutes of
+# caps on an H100: does `compile: true` with `compile_mode: reduce-overhead` train as the run
+# without them does, through the evaluation and checkpoints of every epoch and each epoch's last,
+# shorter batch, and how long does an epoch take then?
 #
-# ViT-S/4 at 32 px (a Table 1 CIFAR-size run), batch 256, fused AdamW, bf16 autocast, on a
-# CIFAR-10 in the official pickle format written here with random pixels (the machine has no
-# datasets; tests/fixtures/formats.py): 10,000 training images, so 39 full batches and one of 16
-# per epoch, and 1,000 test images. Pretrain and supervised each run eagerly and with CUDA graphs
-# from the same seed: the same initial weights and batches, so their per-epoch training losses
-# must agree to bf16 rounding, not just land near each other. torch's recompile log goes to the
-# graph runs' logs. Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the
-# comparison table), runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json).
+# ViT-S, batch 256, fused AdamW, bf16 autocast, on a CIFAR-10 in the official pickle format
+# written here with random pixels (the machine has no datasets; tests/fixtures/formats.py).
+# Pretrain and supervised each run twice from the same seed, so with the same initial weights and
+# batches: their per-epoch training losses must agree to bf16 rounding, not just land near each
+# other. torch's recompile log goes to the compiled runs' logs.
+#   --size 32 (default): ViT-S/4, a Table 1 CIFAR-size run; 10,000 training images (39 full
+#     batches and one of 16 per epoch), 1,000 test images, 4 epochs; eager against CUDA graphs.
+#   --size 224: ViT-S/16 on those images upscaled to 224 px; 5,000 training images (19 full
+#     batches and one of 136), 500 test images, 3 epochs; compiled (torch.compile's default mode,
+#     as the paper tier runs 224 px) against CUDA graphs.
+# Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table),
+# runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json).
 #
-#   PYTHONPATH=. bash bench/gpu_run_check.sh              # on the GPU machine, from the repo root
-#   bash bench/gpu_run_check.sh --device cpu              # dry run: tiny model, compile not applied
+#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224]     # on the GPU machine, repo root
+#   bash bench/gpu_run_check.sh --device cpu [--size 224]     # dry run: tiny model, no compile
 set -uo pipefail
 
 DEVICE=cuda
-if [[ "${1:-}" == "--device" ]]; then DEVICE="$2"; fi
+SIZE=32
+while (( $# )); do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --size) SIZE="$2"; shift 2 ;;
+    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224)" >&2; exit 2 ;;
+  esac
+done
+if [[ "$SIZE" != 32 && "$SIZE" != 224 ]]; then echo "--size: 32 or 224, not $SIZE" >&2; exit 2; fi
 OUT="${OUT:-gpu-run-check-out}"
 mkdir -p "$OUT"
 export PYTHONPATH=".:tests${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 [[ -x .venv/bin/python && "$DEVICE" == cpu ]] && PY=.venv/bin/python
 
-if [[ "$DEVICE" == cuda ]]; then
-  # caps in seconds: eager run, pretrain with graphs, supervised with graphs (a graph takes
-  # 25-30 s to compile on the lent H100's CPU; each run compiles its two batch shapes)
-  T_EAGER=45; T_PRETRAIN=150; T_SUPERVISED=110
-  N_TRAIN=10000; N_TEST=1000; EPOCHS=4
-  MODEL=()
+# caps in seconds of the baseline and the CUDA-graph runs, pretrain and supervised (a graph
+# takes 10-30 s to compile on the lent H100's CPU; a run compiles the model, the jitter and the
+# loss chunks for both batch shapes: 76 s for a 32-px pretrain run)
+if [[ "$SIZE" == 32 ]]; then
+  BASE=(); BASE_NAME=eager; BASE_LOGS=""; T_BASE=(45 45); T_GRAPHS=(150 110)
+  N_TRAIN=10000; N_TEST=1000; EPOCHS=4; PATCH=4
 else
-  T_EAGER=120; T_PRETRAIN=120; T_SUPERVISED=120
-  N_TRAIN=300; N_TEST=40; EPOCHS=2
+  BASE=(--set compile=true); BASE_NAME=compiled; BASE_LOGS=recompiles
+  T_BASE=(130 90); T_GRAPHS=(130 90)
+  N_TRAIN=5000; N_TEST=500; EPOCHS=3; PATCH=16
+fi
+MODEL=()
+if [[ "$DEVICE" != cuda ]]; then
+  T_BASE=(120 120); T_GRAPHS=(120 120); N_TRAIN=300; N_TEST=40; EPOCHS=2
   MODEL=(--set model.embed_dim=36 --set model.depth=1 --set model.num_heads=3)
 fi
 
@@ -46,13 +63,14 @@ summary() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/summary.txt"
 DATA="$OUT/data"
 "$PY" -c "from pathlib import Path; from fixtures.formats import write_cifar
 write_cifar(Path('$DATA/cifar10'), 10, $N_TRAIN, $N_TEST)"
-summary "CIFAR-10 pickles with random pixels: exit $? ($N_TRAIN train, $N_TEST test images)"
+summary "CIFAR-10 pickles with random pixels: exit $? ($N_TRAIN train, $N_TEST test images;" \
+  "ViT-S/$PATCH at $SIZE px)"
 
 CONFIG="$OUT/run.yaml"
 cat > "$CONFIG" <<EOF
 device: $DEVICE
-data: {name: cifar10, root: $DATA, workers: 0}
-model: {backbone: vit_small}
+data: {name: cifar10, root: $DATA, workers: 0, image_size: $SIZE}
+model: {backbone: vit_small, patch_size: $PATCH}
 optim: {epochs: $EPOCHS, batch_size: 256}
 EOF
 RUNS="$OUT/runs"
@@ -66,13 +84,14 @@ run() {
     > "$RUNS/$name.log" 2>&1
   summary "$mode $name: exit $? (124: cut at its $cap s cap)"
 }
-run pretrain pretrain-eager "$T_EAGER"
-TORCH_LOGS_RUN=recompiles run pretrain pretrain-graphs "$T_PRETRAIN" "${GRAPHS[@]}"
-run supervised supervised-eager "$T_EAGER"
-TORCH_LOGS_RUN=recompiles run supervised supervised-graphs "$T_SUPERVISED" "${GRAPHS[@]}"
+PAIRS=(); i=0
+for mode in pretrain supervised; do
+  TORCH_LOGS_RUN=$BASE_LOGS run "$mode" "$mode-$BASE_NAME" "${T_BASE[$i]}" "${BASE[@]}"
+  TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
+  PAIRS+=("$mode-$BASE_NAME" "$mode-graphs"); i=$(( i + 1 ))
+done
 
-"$PY" bench/compare_runs.py "$RUNS" pretrain-eager pretrain-graphs supervised-eager \
-  supervised-graphs >> "$OUT/summary.txt" 2>&1
+"$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" >> "$OUT/summary.txt" 2>&1
 summary "comparison: exit $?"
 (cd "$RUNS" && tar -czf ../runs.tar.gz --exclude='*.pt' .)
 rm -rf "$RUNS" "$DATA"
