@@ -9,6 +9,13 @@ from typing import Callable, TypeVar
 import torch
 
 Compilable = TypeVar("Compilable", bound=Callable)
+# torch.compile modes that record CUDA graphs (run config `compile_mode`)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def uses_cuda_graphs(mode: str | None) -> bool:
+    """Whether torch.compile's `mode` records CUDA graphs of the compiled code."""
+    return mode in CUDA_GRAPH_MODES
 
 
 def compile_static(fn: Compilable, backend: str | Callable = "inductor",

@@ -4,10 +4,14 @@ A counting backend stands in for inductor: what is checked is which graph serves
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch._dynamo
+import torch._inductor
 
-from relvit.compiled import compile_static
+from relvit.compiled import compile_static, uses_cuda_graphs
+from relvit.config import CompileMode
 
 
 def graph_calls(compile_fn) -> list[tuple[int, int]]:
@@ -98,3 +102,11 @@ def test_runs_compile_their_model_in_the_configured_mode(tiny_config, monkeypatc
     DetectionRun.compile_model(SimpleNamespace(cfg=cfg), torch.nn.Identity())
     assert seen == [{"dynamic": False, "backend": "inductor", "mode": "reduce-overhead"},
                     {"mode": "reduce-overhead"}]
+
+
+def test_the_modes_said_to_record_cuda_graphs_are_torchs():
+    """`uses_cuda_graphs` (the Run's warning for CUDA graphs under DDP) agrees with inductor's
+    own options of every `compile_mode`."""
+    for mode in typing.get_args(CompileMode):
+        options = torch._inductor.list_mode_options(mode)
+        assert uses_cuda_graphs(mode) == options.get("triton.cudagraphs", False), mode

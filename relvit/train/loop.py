@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from relvit.compiled import compile_static
+from relvit.compiled import compile_static, uses_cuda_graphs
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config
 from relvit.data.loading import (
     Split, batches, file_transform, load_splits, on_device, to_float_images,
@@ -238,6 +238,11 @@ class Run:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.cfg.compile and self.device.type == "cuda":
+            if self.world > 1 and uses_cuda_graphs(self.cfg.compile_mode):
+                log.warning("compile_mode %r records CUDA graphs, which were measured in "
+                            "1-process runs only, never under DistributedDataParallel (%d "
+                            "processes); compile_mode 'default' is the measured path",
+                            self.cfg.compile_mode, self.world)
             self.train_model = self.compile_model(self.train_model)
 
     def compile_model(self, model: nn.Module) -> nn.Module:
