@@ -202,6 +202,28 @@ def resized_problems(data: dict) -> list[str]:
     return problems
 
 
+# run keys the Table 1 planner sets itself (seeds: `table1.seeds`; the mode: the method)
+PLANNED_KEYS = (("seed",), ("mode",), ("data", "name"), ("model", "backbone"))
+
+
+def _dataset_run_problems(by_dataset: dict, datasets: list[str]) -> list[str]:
+    """What is wrong with `table1.run` ({dataset: run keys}): datasets not planned, keys the
+    planner sets itself."""
+    problems = []
+    for name, keys in by_dataset.items():
+        if name not in datasets:
+            problems.append(f"table1.run.{name}: not one of table1.datasets "
+                            f"({', '.join(datasets)})")
+        for path in PLANNED_KEYS:
+            node = keys
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is not None:
+                problems.append(f"table1.run.{name}.{'.'.join(path)}: set by the planner "
+                                "(seeds: table1.seeds), not per dataset")
+    return problems
+
+
 def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     """All Table 1 runs of the workflow config; every invalid run config is reported at once."""
     table = workflow["table1"]
@@ -211,12 +233,12 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     backbone = table["backbone"]
     problems += resized_problems(data)
     by_dataset = table.get("run") or {}
-    problems += [f"table1.run.{name}: not one of table1.datasets ({', '.join(table['datasets'])})"
-                 for name in by_dataset if name not in table["datasets"]]
+    problems += _dataset_run_problems(by_dataset, table["datasets"])
     for dataset in table["datasets"]:
         seeds = (table.get("seeds") or {}).get(dataset, workflow["seeds"])
         for seed in seeds:
-            # the dataset's own run keys (`table1.run`) over `run` and `stages`
+            # the dataset's own run keys (`table1.run`) over `run` and `stages`, under the
+            # planner's
             base = merge(by_dataset.get(dataset) or {},
                          {"seed": seed, "data": _data_config(data, dataset),
                           "model": {"backbone": backbone}})

@@ -99,12 +99,25 @@ def test_table1_run_keys_apply_to_their_dataset_only():
     from relvit.workflow import plan
 
     two = {**TINY, "table1": {**TINY["table1"], "datasets": ["digits", "cifar10"],
-                              "run": {"cifar10": {"optim": {"lr": 0.125}, "seed": 7}}}}
+                              "run": {"cifar10": {"optim": {"lr": 0.125}}}}}
     runs = plan(two)
     lrs = {(r.dataset, r.config["optim"]["lr"], r.config["seed"]) for r in runs.values()}
-    # over `run` and `stages` (the lr), under the planner's own keys (the seed of the run id)
     assert lrs == {("digits", RunConfig().optim.lr, 0), ("cifar10", 0.125, 0)}
     assert {r.config["optim"]["batch_size"] for r in runs.values()} == {256}  # merged, not replaced
+
+
+def test_table1_run_keys_the_planner_sets_are_an_error():
+    """A seed or dataset name per dataset would be overridden by the planner: said, not lost."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    clash = {**TINY, "table1": {**TINY["table1"], "run": {
+        "digits": {"seed": 7, "data": {"name": "cifar10", "workers": 2}}}}}
+    with pytest.raises(ConfigError) as err:
+        plan(clash)
+    assert err.value.problems == [
+        "table1.run.digits.data.name: set by the planner (seeds: table1.seeds), not per dataset",
+        "table1.run.digits.seed: set by the planner (seeds: table1.seeds), not per dataset"]
 
 
 def test_table1_run_keys_of_an_unplanned_dataset_are_an_error():
