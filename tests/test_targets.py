@@ -107,3 +107,27 @@ def test_angle_targets_follow_the_original_definition():
 def test_bad_permutation_is_refused():
     with pytest.raises(ValueError, match="5 entries, the grid has 4"):
         relation_targets(2, 2, torch.arange(5))
+
+
+@pytest.mark.parametrize("make", [relation_targets, distance_targets, angle_targets])
+def test_targets_traced_by_torch_compile_are_made_on_the_permutations_device(make):
+    """Inside a compiled region (`compile_losses`) the tables are built on the permutation's
+    device, in the graph: a table cached on the host would be traced as a host-to-device copy,
+    which keeps CUDA graphs off the whole region. The meta device stands in for CUDA. The values
+    are the cached tables' (CPU)."""
+    devices = []
+
+    def recording_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        for node in gm.graph.nodes:
+            devices.extend(torch.device(v) for v in [*node.args, *node.kwargs.values()]
+                           if isinstance(v, (torch.device, str)) and v in ("cpu", "meta")
+                           or isinstance(v, torch.device))
+        return gm.forward
+
+    perm = torch.stack([torch.randperm(12) for _ in range(2)])
+    torch._dynamo.reset()
+    traced = torch.compile(lambda p: make(3, 4, p), backend=recording_backend, dynamic=False)
+    traced(perm.to("meta"))
+    assert devices and set(devices) == {torch.device("meta")}
+    torch.testing.assert_close(traced(perm), make(3, 4, perm))
+    torch._dynamo.reset()

@@ -23,42 +23,39 @@ def _check_grid(h: int, w: int) -> None:
         raise ValueError(f"grid must be at least 1x1, got {h}x{w}")
 
 
-@lru_cache(maxsize=64)
-def _coords(h: int, w: int) -> tuple[Tensor, Tensor]:
-    """Row and column of every cell of an h x w grid in row-major order (CPU, long)."""
+def _coords(h: int, w: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Row and column of every cell of an h x w grid in row-major order (long)."""
     _check_grid(h, w)
-    index = torch.arange(h * w)
+    index = torch.arange(h * w, device=device)
     return index // w, index % w
 
 
-@lru_cache(maxsize=64)
-def _relation_base(h: int, w: int) -> Tensor:
-    rows, cols = _coords(h, w)
+def _relation_base(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    rows, cols = _coords(h, w, device)
     vertical = torch.sign(rows[:, None] - rows[None, :]) + 1  # 0 = i above j (U), 2 = below (D)
     horizontal = torch.sign(cols[:, None] - cols[None, :]) + 1  # 0 = i left of j (L), 2 = right
     return 3 * vertical + horizontal
 
 
-@lru_cache(maxsize=64)
-def _distance_base(h: int, w: int) -> Tensor:
-    rows, cols = _coords(h, w)
+def _distance_base(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    rows, cols = _coords(h, w, device)
     points = torch.stack([cols, rows], dim=-1).float()
     dist = torch.cdist(points, points)
-    top = dist.max()
-    return dist / top * 2 - 1 if top > 0 else dist - 1
+    # more than one cell: top > 0 (a condition on the grid, not on a tensor's value, which
+    # would read it on the host and break a compiled region)
+    return dist / dist.max() * 2 - 1 if h * w > 1 else dist - 1
 
 
-@lru_cache(maxsize=64)
-def _angle_base(h: int, w: int) -> Tensor:
-    rows, cols = _coords(h, w)
+def _angle_base(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    rows, cols = _coords(h, w, device)
     # The original measures positions from (-w/2, -h/2) (a shift of +side/2, method spec Q14).
     points = torch.stack([cols + w / 2, rows + h / 2], dim=-1).double()
     norms = points.norm(dim=-1)
     cosine = (points @ points.T) / (norms[:, None] * norms[None, :] + 1e-4)
     angle = torch.arccos(cosine.clamp(-1.0, 1.0)) / math.pi
     angle.fill_diagonal_(0.0)
-    top = angle.max()
-    angle = angle / top * 2 - 1 if top > 0 else angle - 1
+    # more than one cell: two of them lie on different rays from the origin, so top > 0
+    angle = angle / angle.max() * 2 - 1 if h * w > 1 else angle - 1
     return angle.float()
 
 
@@ -67,16 +64,27 @@ _BASES = {"relation": _relation_base, "distance": _distance_base, "angle": _angl
 
 @lru_cache(maxsize=64)
 def _placed(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype | None) -> Tensor:
-    """A base table on `device` in `dtype`, kept there (no host-to-device copy per step)."""
+    """A base table, made on the CPU, on `device` in `dtype`, kept there (no host-to-device copy
+    per step)."""
     base = _BASES[kind](h, w)
     return base.to(device=device, dtype=dtype or base.dtype)
+
+
+def _base(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """The base table: cached, or while torch.compile traces a region (`compile_losses`) made on
+    `device` in the graph, where inductor fuses it into the indexing (no cache, whose host-side
+    tensor would be traced as a host-to-device copy and keep the region from CUDA graphs)."""
+    if not torch.compiler.is_compiling():
+        return _placed(kind, h, w, device, dtype)
+    base = _BASES[kind](h, w, device)
+    return base.to(dtype or base.dtype)
 
 
 def _index_pairs(kind: str, h: int, w: int, perm: Tensor | None,
                  device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
     if perm is not None:
         device = perm.device
-    base = _placed(kind, h, w, torch.device(device if device is not None else "cpu"), dtype)
+    base = _base(kind, h, w, torch.device(device if device is not None else "cpu"), dtype)
     if perm is None:
         return base.clone()
     if perm.dim() == 1:
