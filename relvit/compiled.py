@@ -33,13 +33,14 @@ def compile_static(fn: Compilable, backend: str | Callable = "inductor",
 
 def compiled_variant(fn: Callable) -> Callable[[bool], Callable]:
     """A chooser: `choose(False)` is `fn`, `choose(True)` its `compile_static` version, compiled
-    on first use and kept."""
+    on first use and kept. While torch.compile traces a larger region (`compile_losses`), both
+    are `fn`: the region compiles it with everything around it."""
 
     @functools.cache
     def compiled() -> Callable:
         return compile_static(fn)
 
     def choose(use_compiled: bool) -> Callable:
-        return compiled() if use_compiled else fn
+        return compiled() if use_compiled and not torch.compiler.is_compiling() else fn
 
     return choose

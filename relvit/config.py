@@ -109,7 +109,7 @@ class DetectionConfig:
 
 # Keys that say how a run executes, not what it computes: a run resumes across them, and they are
 # left out of its config hash (relvit.train.provenance).
-EXECUTION_KEYS = ("device", "compile", "compile_mode")
+EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_losses")
 
 
 @dataclass
@@ -124,6 +124,9 @@ class RunConfig:
     # CUDA: torch.compile the model, the dense jitter and the fused relation loss's chunks
     compile: bool = False  # (docs/performance.md)
     compile_mode: CompileMode = "default"  # the model's torch.compile mode, with compile: true
+    # with compile: true, the training losses (targets, SSL and classification losses) compiled
+    # in one region with the model, so that compile_mode's CUDA graphs cover them too
+    compile_losses: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typing
 
+import pytest
 import torch
 import torch._dynamo
 import torch._inductor
@@ -110,3 +111,107 @@ def test_the_modes_said_to_record_cuda_graphs_are_torchs():
     for mode in typing.get_args(CompileMode):
         options = torch._inductor.list_mode_options(mode)
         assert uses_cuda_graphs(mode) == options.get("triton.cudagraphs", False), mode
+
+
+def test_a_compiled_variant_is_its_plain_function_inside_a_traced_region():
+    """A function with a compiled twin (the jitter, the loss chunks) called inside a larger
+    compiled region (`compile_losses`) is traced there as it is, not compiled on its own."""
+    from relvit.compiled import compiled_variant
+
+    choose = compiled_variant(torch.sin)
+    chosen = []
+
+    def region(x: torch.Tensor) -> torch.Tensor:
+        chosen.append(choose(True))
+        return x + 1
+
+    torch._dynamo.reset()
+    compile_static(region, lambda gm, example_inputs: gm.forward)(torch.ones(2))
+    torch._dynamo.reset()
+    assert chosen == [torch.sin]
+    assert choose(True) is not torch.sin and choose(False) is torch.sin
+
+
+def _tiny_run(tiny_config, tmp_path, mode: str, **overrides):
+    from relvit.train.loop import Run
+
+    run = Run(tiny_config(mode, compile=True, compile_losses=True, **overrides),
+              tmp_path / mode, progress=False)
+    run.prepare()  # on the CPU nothing is compiled yet
+    return run
+
+
+@pytest.mark.parametrize("mode", ["supervised", "pretrain"])
+def test_compile_losses_traces_model_and_losses_as_one_graph(tmp_path, tiny_config,
+                                                            monkeypatch, mode):
+    """`compile_losses`: the model and the losses (targets, the fused relation loss's autograd
+    Function with its backward, the position loss) are one graph per batch shape, with no graph
+    break, through two training epochs (full batches and each epoch's shorter last one); the
+    model is not compiled on its own besides."""
+    import functools
+
+    from relvit.train import loop
+
+    graphs: list[list[int]] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        graphs.append([0])
+        record = graphs[-1]
+
+        def run(*args):
+            record[0] += 1
+            return gm.forward(*args)
+        return run
+
+    monkeypatch.setattr(loop, "compile_static",
+                        functools.partial(compile_static, backend=counting_backend))
+    torch._dynamo.reset()
+    run = _tiny_run(tiny_config, tmp_path, mode)
+    run.compile_training()
+    assert run.train_model is run.model
+    steps = run.steps_per_epoch()
+    assert run.train_size() % run.cfg.optim.batch_size  # an epoch has a shorter last batch
+    for epoch in range(2):
+        run._train_epoch(epoch, steps, 2 * steps)
+    torch._dynamo.reset()
+    assert [calls for calls, in graphs] == [2 * (steps - 1), 2]
+
+
+def test_compile_losses_gives_the_eager_losses_and_gradients(tmp_path, tiny_config):
+    """The region compiled by inductor: the same pretrain losses, accuracies and weight
+    gradients as eager, to float rounding, for one batch with jitter and shuffled patches."""
+    run = _tiny_run(tiny_config, tmp_path, "pretrain", ssl={"shuffle": True})
+    images, labels = next(iter(run.train_batches(0)))
+    batch = run.objective.batch(run._images(images), labels, True, run.generator(0, 2))
+    torch._dynamo.reset()
+    results = []
+    for forward_losses in (run._forward_losses, compile_static(run._forward_losses)):
+        run.model.zero_grad(set_to_none=True)
+        loss, stats = forward_losses(batch.images, batch.labels, batch.perm, batch.grid)
+        loss.backward()
+        results.append((stats, {n: p.grad for n, p in run.model.named_parameters()
+                                if p.grad is not None}))
+    torch._dynamo.reset()
+    (eager_stats, eager_grads), (stats, grads) = results
+    assert stats.keys() == eager_stats.keys() and "loss_rel" in stats and "acc_pos" in stats
+    torch.testing.assert_close(stats, eager_stats, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == eager_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_losses_under_ddp_compiles_the_model_only(tmp_path, tiny_config, monkeypatch,
+                                                          caplog):
+    """Under DistributedDataParallel (never tried with the losses in the region) a run
+    compiles its model as without `compile_losses`, and says so."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    run = _tiny_run(tiny_config, tmp_path, "pretrain")
+    run.world = 2
+    with caplog.at_level("WARNING", logger="relvit"):
+        run.compile_training()
+    assert compiled == [run.model] and run.forward_losses == run._forward_losses
+    assert "only the model is compiled" in caplog.text
+    run.world = 1
+    run.compile_training()
+    assert compiled[-1] == run._forward_losses

@@ -198,8 +198,10 @@ class _FusedRelationCE(torch.autograd.Function):
         grads = []
         for grad, layout in zip(ctx.saved_tensors, ctx.layouts):
             grad = grad.narrow(-1, 0, layout.shape[-1])  # without the alignment's padding
-            # one kernel each: scaled, cast to the input's dtype, laid out as the input
-            grads.append(torch.mul(grad, grad_loss, out=layout.empty(grad.device)))
+            if torch.compiler.is_compiling():  # traced into a larger graph, which lays it out
+                grads.append((grad * grad_loss).to(layout.dtype))
+            else:  # one kernel each: scaled, cast to the input's dtype, laid out as the input
+                grads.append(torch.mul(grad, grad_loss, out=layout.empty(grad.device)))
         return (*grads, None, None, None, None, None, None)
 
 

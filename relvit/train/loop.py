@@ -38,7 +38,7 @@ from relvit.atomic import atomic_write_text
 from relvit.train.checkpoint import atomic_save, load_backbone, load_resume_state
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
-from relvit.train.objective import Objective
+from relvit.train.objective import Batch, Objective
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
 
@@ -102,6 +102,7 @@ class Run:
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         self.model = self.setup().to(self.device)
         self.train_model: nn.Module = self.model  # what training batches go through (DDP)
+        self.forward_losses = self._forward_losses  # compiled as one region: compile_losses
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -172,11 +173,18 @@ class Run:
         images, labels = data
         labels = labels.to(self.device, non_blocking=True)
         batch = self.objective.batch(self._images(images), labels, train=True, generator=generator)
+        loss, stats = self.forward_losses(batch.images, batch.labels, batch.perm, batch.grid)
+        return loss, stats, len(labels)
+
+    def _forward_losses(self, images: torch.Tensor, labels: torch.Tensor,
+                        perm: torch.Tensor | None, grid: tuple[int, int]
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training model's forward pass (bf16 autocast on CUDA) and the objective's losses
+        of one built batch: the region that `compile_losses` compiles as one."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
-            out = self.train_model(batch.images)
-        loss, stats = self.objective.losses(out, batch)
-        return loss, stats, len(labels)
+            out = self.train_model(images)
+        return self.objective.losses(out, Batch(images, labels, grid, perm))
 
     def evaluation(self, epoch: int) -> dict[str, float]:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
@@ -243,7 +251,20 @@ class Run:
                             "1-process runs only, never under DistributedDataParallel (%d "
                             "processes); compile_mode 'default' is the measured path",
                             self.cfg.compile_mode, self.world)
+            self.compile_training()
+
+    def compile_training(self) -> None:
+        """`compile: true`: torch.compile the training model (`compile_model`), or with
+        `compile_losses` the model and the losses as one region (`forward_losses`)."""
+        if not self.cfg.compile_losses:
             self.train_model = self.compile_model(self.train_model)
+        elif self.world > 1:  # a compiled region around DDP's forward was never tried
+            log.warning("compile_losses: under DistributedDataParallel (%d processes) only the "
+                        "model is compiled; the losses run eagerly", self.world)
+            self.train_model = self.compile_model(self.train_model)
+        else:
+            self.forward_losses = compile_static(self._forward_losses,
+                                                 mode=self.cfg.compile_mode)
 
     def compile_model(self, model: nn.Module) -> nn.Module:
         """The training model under `compile: true`: static shapes (`compile_static`), as
