@@ -80,7 +80,7 @@ from relvit.ssl.patches import patchify, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import position_targets, relation_targets
 from relvit.train.loop import Run, build_model
-from relvit.train.objective import Objective
+from relvit.train.objective import Batch, Objective
 
 JITTER = JitterConfig()
 H100_BF16_DENSE_TFLOPS = 989.4  # H100 SXM5, dense bf16 tensor-core peak (no sparsity)
@@ -568,6 +568,7 @@ def run_config(mode: str, dataset: str, size: int, patch: int, args,
     return config_from_dict({
         "mode": mode, "device": str(args.device), "compile": compile,
         **({"compile_mode": args.compile_mode} if compile and args.compile_mode else {}),
+        **({"compile_losses": True} if compile and args.compile_losses else {}),
         "data": {"name": dataset, "image_size": size, "workers": 0},
         "model": {"backbone": "vit_small", "patch_size": patch, "embed_dim": args.embed_dim,
                   "depth": args.depth, "num_heads": args.num_heads},
@@ -600,22 +601,36 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    # as the training loop (`--compile-mode`: the run config's `compile_mode`)
-    forward = compile_static(model, mode=cfg.compile_mode) if case.compile else model
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(args.batch, 3, size, size, device=device)
     labels = torch.randint(0, spec.num_classes, (args.batch,), device=device)
     fixed = objective.batch(images, labels, True, gen)
+
+    def forward_losses(net: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, dict]]:
+        """`Run._forward_losses` with `net` as the model."""
+        def run(x: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor | None,
+                grid: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=device.type == "cuda" or args.cpu_autocast):
+                out = net(x)
+            return objective.losses(out, Batch(x, labels, grid, perm))
+        return run
+
+    # as the training loop (`--compile-mode`, `--compile-losses`: the run config's keys)
+    plain = forward_losses(model)
+    if not case.compile:
+        train = plain
+    elif cfg.compile_losses:
+        train = compile_static(plain, mode=cfg.compile_mode)
+    else:
+        train = forward_losses(compile_static(model, mode=cfg.compile_mode))
 
     def loss_fn(eager: bool = False) -> torch.Tensor:
         batch = objective.batch(images, labels, True, gen) if case.with_batch else fixed
         x = batch.images
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16,
-                            enabled=device.type == "cuda" or args.cpu_autocast):
-            out = model(x) if eager else forward(x)
-        return objective.losses(out, batch)[0]
+        return (plain if eager else train)(x, batch.labels, batch.perm, batch.grid)[0]
 
     def step() -> None:
         loss = loss_fn()
@@ -653,6 +668,14 @@ def model_traffic_mib(loss_fn: Callable[..., torch.Tensor]) -> float:
     """MiB read and written (the `OpCounter` proxy) by one eager forward + loss + backward, what
     `model_flops` counts: the part of a step that grows with the batch (AdamW's does not)."""
     return count_ops(lambda: loss_fn(eager=True).backward())["mib"]
+
+
+def compile_note(args) -> str:
+    """What compiled step and loop rows add to their name: the torch.compile mode, and whether
+    the losses are compiled in one region with the model (`--compile-losses`)."""
+    notes = ([args.compile_mode] if args.compile_mode else []) + (
+        ["losses compiled with the model"] if args.compile_losses else [])
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def step_config(args, size: int, patch: int) -> str:
@@ -694,8 +717,7 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             seconds = timed(step, args.steps, device, warmup=args.warmup, around=syncs)
             peak = cuda_peak_mb(device) if device.type == "cuda" else saved
             ops = {} if case.compile else {**count_ops(step), "mib": model_traffic_mib(loss_fn)}
-            name = case.name + (f" ({args.compile_mode})"
-                                if case.compile and args.compile_mode else "")
+            name = case.name + (compile_note(args) if case.compile else "")
             row = Row(f"train step: {name}", config, args.batch / seconds, 1000 * seconds,
                       peak_mb=peak, extra={"first_step_s": first, "flops": flops, "mode": case.mode,
                                            "with_batch": case.with_batch, "size": size,
@@ -791,7 +813,7 @@ def bench_loop(args, device: torch.device) -> list[Row]:
                 peak = cuda_peak_mb(device)
                 ops = {} if args.compile else count_ops(epoch, steps)
                 name = "supervised" if mode == "supervised" else "pretrain (fused, jitter)"
-                name += f" ({args.compile_mode})" if args.compile and args.compile_mode else ""
+                name += compile_note(args) if args.compile else ""
                 rows.append(Row(f"train loop: {name}", f"{step_config(args, size, patch)}, "
                                 f"{steps} steps", args.batch / seconds, 1000 * seconds,
                                 peak_mb=peak, extra={"first_epoch_s": first, "mode": mode,
@@ -1045,6 +1067,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps and loop with --compile: this torch.compile mode for the "
                              "model (run config key `compile_mode`; reduce-overhead: CUDA "
                              "graphs); default torch's default")
+    parser.add_argument("--compile-losses", action="store_true",
+                        help="steps and loop with --compile: the losses compiled in one region "
+                             "with the model (run config key `compile_losses`)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--cpu-autocast", action="store_true",
                         help="train steps on the CPU under bf16 autocast, as on CUDA: their ops "
