@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from relvit.atomic import atomic_write_text
 from relvit.compiled import compile_static, uses_cuda_graphs
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config
 from relvit.data.loading import (
@@ -34,7 +35,6 @@ from relvit.geometry import Geometry, backbone_label, run_geometry
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
-from relvit.atomic import atomic_write_text
 from relvit.train.checkpoint import atomic_save, load_backbone, load_resume_state
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
