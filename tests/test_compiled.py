@@ -4,6 +4,7 @@ A counting backend stands in for inductor: what is checked is which graph serves
 
 from __future__ import annotations
 
+import functools
 import typing
 
 import pytest
@@ -133,11 +134,12 @@ def test_a_compiled_variant_is_its_plain_function_inside_a_traced_region():
 
 
 def _tiny_run(tiny_config, tmp_path, mode: str, **overrides):
+    """A prepared Run of the tiny config with `compile_losses` (nothing compiled on the CPU)."""
     from relvit.train.loop import Run
 
     run = Run(tiny_config(mode, compile=True, compile_losses=True, **overrides),
               tmp_path / mode, progress=False)
-    run.prepare()  # on the CPU nothing is compiled yet
+    run.prepare()
     return run
 
 
@@ -148,8 +150,6 @@ def test_compile_losses_traces_model_and_losses_as_one_graph(tmp_path, tiny_conf
     Function with its backward, the position loss) are one graph per batch shape, with no graph
     break, through two training epochs (full batches and each epoch's shorter last one); the
     model is not compiled on its own besides."""
-    import functools
-
     from relvit.train import loop
 
     graphs: list[list[int]] = []

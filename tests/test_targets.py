@@ -118,10 +118,10 @@ def test_targets_traced_by_torch_compile_are_made_on_the_permutations_device(mak
     devices = []
 
     def recording_backend(gm: torch.fx.GraphModule, example_inputs: list):
-        for node in gm.graph.nodes:
-            devices.extend(torch.device(v) for v in [*node.args, *node.kwargs.values()]
-                           if isinstance(v, (torch.device, str)) and v in ("cpu", "meta")
-                           or isinstance(v, torch.device))
+        for node in gm.graph.nodes:  # where each traced tensor lives
+            value = node.meta.get("example_value")
+            if isinstance(value, torch.Tensor):
+                devices.append(value.device)
         return gm.forward
 
     perm = torch.stack([torch.randperm(12) for _ in range(2)])
