@@ -215,6 +215,7 @@ def test_stat_sums_equal_per_key_sums_in_a_few_launches_per_step():
 
     with _OpCount() as ops:
         sums.add({"loss": torch.tensor(1.0), "acc_clf": torch.tensor(0.5)}, 2)
+        sums.add({}, 4)  # a step without statistics adds nothing
     assert ops.count == 3
     got = sums.by_key()
     torch.testing.assert_close(got["loss"], expected["loss"] + 2, rtol=1e-15, atol=0)

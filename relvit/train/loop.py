@@ -487,6 +487,8 @@ class StatSums:
         self.vectors: dict[tuple[str, ...], torch.Tensor] = {}  # per set of keys
 
     def add(self, stats: dict[str, torch.Tensor], weight: int) -> None:
+        if not stats:
+            return
         # floating-point statistics widen to float64 exactly, as one stacked vector; others
         # are made float64 first (stacking an integer with float32 would round it)
         values = [v.detach() if v.is_floating_point() else v.detach().double()
