@@ -80,7 +80,7 @@ from relvit.ssl.patches import patchify, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import position_targets, relation_targets
 from relvit.train.loop import Run, build_model
-from relvit.train.objective import Batch, Objective
+from relvit.train.objective import Objective
 
 JITTER = JitterConfig()
 H100_BF16_DENSE_TFLOPS = 989.4  # H100 SXM5, dense bf16 tensor-core peak (no sparsity)
@@ -607,13 +607,11 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
     fixed = objective.batch(images, labels, True, gen)
 
     def forward_losses(net: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, dict]]:
-        """`Run._forward_losses` with `net` as the model."""
+        """`Objective.forward_losses` of `net`, as the training loop's (CPU autocast: an option)."""
         def run(x: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor | None,
                 grid: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=device.type == "cuda" or args.cpu_autocast):
-                out = net(x)
-            return objective.losses(out, Batch(x, labels, grid, perm))
+            return objective.forward_losses(net, x, labels, perm, grid,
+                                            autocast=device.type == "cuda" or args.cpu_autocast)
         return run
 
     # as the training loop (`--compile-mode`, `--compile-losses`: the run config's keys)

@@ -38,7 +38,7 @@ from relvit.train import distributed, provenance
 from relvit.train.checkpoint import atomic_save, load_backbone, load_resume_state
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
-from relvit.train.objective import Batch, Objective
+from relvit.train.objective import Objective
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
 
@@ -179,12 +179,9 @@ class Run:
     def _forward_losses(self, images: torch.Tensor, labels: torch.Tensor,
                         perm: torch.Tensor | None, grid: tuple[int, int]
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training model's forward pass (bf16 autocast on CUDA) and the objective's losses
-        of one built batch: the region that `compile_losses` compiles as one."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.device.type == "cuda"):
-            out = self.train_model(images)
-        return self.objective.losses(out, Batch(images, labels, grid, perm))
+        """`Objective.forward_losses` of the training model (bf16 autocast on CUDA)."""
+        return self.objective.forward_losses(self.train_model, images, labels, perm, grid,
+                                             autocast=self.device.type == "cuda")
 
     def evaluation(self, epoch: int) -> dict[str, float]:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
@@ -256,15 +253,14 @@ class Run:
     def compile_training(self) -> None:
         """`compile: true`: torch.compile the training model (`compile_model`), or with
         `compile_losses` the model and the losses as one region (`forward_losses`)."""
-        if not self.cfg.compile_losses:
-            self.train_model = self.compile_model(self.train_model)
-        elif self.world > 1:  # a compiled region around DDP's forward was never tried
-            log.warning("compile_losses: under DistributedDataParallel (%d processes) only the "
-                        "model is compiled; the losses run eagerly", self.world)
-            self.train_model = self.compile_model(self.train_model)
-        else:
+        if self.cfg.compile_losses and self.world == 1:
             self.forward_losses = compile_static(self._forward_losses,
                                                  mode=self.cfg.compile_mode)
+            return
+        if self.cfg.compile_losses:  # a compiled region around DDP's forward was never tried
+            log.warning("compile_losses: under DistributedDataParallel (%d processes) only the "
+                        "model is compiled; the losses run eagerly", self.world)
+        self.train_model = self.compile_model(self.train_model)
 
     def compile_model(self, model: nn.Module) -> nn.Module:
         """The training model under `compile: true`: static shapes (`compile_static`), as
@@ -480,8 +476,8 @@ class Run:
 class StatSums:
     """Per-key float64 sums of weight * statistic over steps, on the statistics' device (no
     host sync). A step's statistics are stacked and added as one vector: 4 kernel launches per
-    step however many there are (one cast, product and sum each before: 18 for pretraining),
-    host work that a GPU step waits for when the host is the bottleneck."""
+    step however many there are, host work that a GPU step waits for when the host is the
+    bottleneck."""
 
     def __init__(self) -> None:
         self.vectors: dict[tuple[str, ...], torch.Tensor] = {}  # per set of keys

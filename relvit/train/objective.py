@@ -78,6 +78,15 @@ class Objective:
             images = normalize(images, self.mean, self.std)
         return Batch(images, labels, grid, perm)
 
+    def forward_losses(self, model: torch.nn.Module, images: Tensor, labels: Tensor,
+                       perm: Tensor | None, grid: tuple[int, int], autocast: bool
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`model`'s forward pass on a built batch (bf16 autocast with `autocast`), then `losses`:
+        the part of a training step that `compile_losses` compiles as one region."""
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(images)
+        return self.losses(out, Batch(images, labels, grid, perm))
+
     def losses(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Unweighted sum of the active terms, and every term and accuracy (detached)."""
         terms: dict[str, Tensor] = {}
