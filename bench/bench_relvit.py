@@ -568,7 +568,7 @@ def run_config(mode: str, dataset: str, size: int, patch: int, args,
     return config_from_dict({
         "mode": mode, "device": str(args.device), "compile": compile,
         **({"compile_mode": args.compile_mode} if compile and args.compile_mode else {}),
-        **({"compile_losses": True} if compile and args.compile_losses else {}),
+        **({"compile_step": True} if compile and args.compile_step else {}),
         "data": {"name": dataset, "image_size": size, "workers": 0},
         "model": {"backbone": "vit_small", "patch_size": patch, "embed_dim": args.embed_dim,
                   "depth": args.depth, "num_heads": args.num_heads},
@@ -583,7 +583,7 @@ class StepCase:
     name: str
     mode: str  # supervised | pretrain
     fused: bool = True  # pretrain: fused relation loss
-    with_batch: bool = False  # include Objective.batch (augmentation, jitter, targets)
+    with_batch: bool = False  # include the batch's draws and build (augmentation, jitter)
     compile: bool = False
 
 
@@ -605,30 +605,33 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
     images = torch.rand(args.batch, 3, size, size, device=device)
     labels = torch.randint(0, spec.num_classes, (args.batch,), device=device)
     fixed = objective.batch(images, labels, True, gen)
+    if args.channels_last:
+        fixed.images = fixed.images.contiguous(memory_format=torch.channels_last)
+    autocast = device.type == "cuda" or args.cpu_autocast
 
-    def forward_losses(net: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, dict]]:
-        """`Objective.forward_losses` of `net`, as the training loop's (CPU autocast: an option)."""
-        def run(x: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor | None,
-                grid: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-            return objective.forward_losses(net, x, labels, perm, grid,
-                                            autocast=device.type == "cuda" or args.cpu_autocast)
-        return run
+    def losses_of(net: torch.nn.Module) -> tuple[Callable[..., tuple[torch.Tensor, dict]], ...]:
+        """`net`'s losses as the training loop's: of a built batch (`Objective.forward_losses`)
+        and of a drawn one (`Objective.step_losses`); CPU autocast an option."""
+        return (functools.partial(objective.forward_losses, net, autocast=autocast),
+                functools.partial(objective.step_losses, net, autocast=autocast))
 
-    # as the training loop (`--compile-mode`, `--compile-losses`: the run config's keys)
-    plain = forward_losses(model)
+    # as the training loop (`--compile-mode`, `--compile-step`: the run config's keys)
+    plain = losses_of(model)
     if not case.compile:
         train = plain
-    elif cfg.compile_losses:
-        train = compile_static(plain, mode=cfg.compile_mode)
+    elif cfg.compile_step:
+        train = tuple(compile_static(fn, mode=cfg.compile_mode) for fn in plain)
     else:
-        train = forward_losses(compile_static(model, mode=cfg.compile_mode))
+        train = losses_of(compile_static(model, mode=cfg.compile_mode))
 
     def loss_fn(eager: bool = False) -> torch.Tensor:
-        batch = objective.batch(images, labels, True, gen) if case.with_batch else fixed
-        x = batch.images
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (plain if eager else train)(x, batch.labels, batch.perm, batch.grid)[0]
+        forward_losses, step_losses = plain if eager else train
+        if not case.with_batch:
+            return forward_losses(fixed)[0]
+        drawn = objective.draw(images, labels, True, gen)
+        if args.channels_last:  # the built images keep this layout
+            drawn.images = drawn.images.contiguous(memory_format=torch.channels_last)
+        return step_losses(drawn)[0]
 
     def step() -> None:
         loss = loss_fn()
@@ -670,9 +673,9 @@ def model_traffic_mib(loss_fn: Callable[..., torch.Tensor]) -> float:
 
 def compile_note(args) -> str:
     """What compiled step and loop rows add to their name: the torch.compile mode, and whether
-    the losses are compiled in one region with the model (`--compile-losses`)."""
+    the step is compiled as one region (`--compile-step`)."""
     notes = ([args.compile_mode] if args.compile_mode else []) + (
-        ["losses compiled with the model"] if args.compile_losses else [])
+        ["step compiled as one region"] if args.compile_step else [])
     return f" ({', '.join(notes)})" if notes else ""
 
 
@@ -744,8 +747,9 @@ def bench_steps(args, device: torch.device) -> list[Row]:
 
 def batch_construction_row(case: StepCase, build: Callable[[], object], step_seconds: float,
                            config: str, args, device: torch.device) -> Row:
-    """`Objective.batch` alone, timed as the step that contains it: what the "+ batch" step
-    would cost over the plain one if nothing overlapped."""
+    """`Objective.batch` alone (eager; on CUDA its jitter compiled with --compile; --compile-step
+    steps compile the build in their region), timed as the step that contains it: what the
+    "+ batch" step would cost over the plain one if nothing overlapped."""
     seconds = timed(build, args.steps, device, warmup=args.warmup)
     name = "jitter + targets" if case.mode == "pretrain" else "augmentation"
     row = Row(f"batch construction: {case.mode} ({name})" + (", compiled" if case.compile
@@ -1065,9 +1069,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps and loop with --compile: this torch.compile mode for the "
                              "model (run config key `compile_mode`; reduce-overhead: CUDA "
                              "graphs); default torch's default")
-    parser.add_argument("--compile-losses", action="store_true",
-                        help="steps and loop with --compile: the losses compiled in one region "
-                             "with the model (run config key `compile_losses`)")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="steps and loop with --compile: the step from its draws to its "
+                             "loss (batch build, model, losses) compiled as one region (run "
+                             "config key `compile_step`)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--cpu-autocast", action="store_true",
                         help="train steps on the CPU under bf16 autocast, as on CUDA: their ops "

@@ -14,25 +14,26 @@
 #   --size 224: ViT-S/16 on those images upscaled to 224 px; 5,000 training images (19 full
 #     batches and one of 136), 500 test images, 3 epochs; compiled (torch.compile's default mode,
 #     as the paper tier runs 224 px) against CUDA graphs.
-#   --losses: a third run of each mode, CUDA graphs with `compile_losses: true` (the losses
-#     compiled in one region with the model, so that the graphs cover them too), against the
-#     same baseline (caps as the CUDA-graph runs': up to 4 more minutes at 224 px).
+#   --step: a third run of each mode, CUDA graphs with `compile_step: true` (the step from its
+#     draws to its loss, the batch's jitter, permutation and normalisation, the model and the
+#     losses, compiled as one region, so that the graphs cover all of it), against the same
+#     baseline (caps as the CUDA-graph runs': up to 4 more minutes at 224 px).
 # Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table),
 # runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json).
 #
-#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--losses]   # on the GPU machine
-#   bash bench/gpu_run_check.sh --device cpu [--size 224] [--losses]   # dry run: tiny, no compile
+#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step]   # on the GPU machine
+#   bash bench/gpu_run_check.sh --device cpu [--size 224] [--step]   # dry run: tiny, no compile
 set -uo pipefail
 
 DEVICE=cuda
 SIZE=32
-LOSSES=0
+STEP=0
 while (( $# )); do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
-    --losses) LOSSES=1; shift ;;
-    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --losses)" >&2; exit 2 ;;
+    --step) STEP=1; shift ;;
+    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step)" >&2; exit 2 ;;
   esac
 done
 if [[ "$SIZE" != 32 && "$SIZE" != 224 ]]; then echo "--size: 32 or 224, not $SIZE" >&2; exit 2; fi
@@ -94,10 +95,10 @@ for mode in pretrain supervised; do
   TORCH_LOGS_RUN=$BASE_LOGS run "$mode" "$mode-$BASE_NAME" "${T_BASE[$i]}" "${BASE[@]}"
   TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
   PAIRS+=("$mode-$BASE_NAME" "$mode-graphs")
-  if (( LOSSES )); then
-    TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs-losses" "${T_GRAPHS[$i]}" \
-      "${GRAPHS[@]}" --set compile_losses=true
-    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-losses")
+  if (( STEP )); then
+    TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs-step" "${T_GRAPHS[$i]}" \
+      "${GRAPHS[@]}" --set compile_step=true
+    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step")
   fi
   i=$(( i + 1 ))
 done

@@ -109,7 +109,7 @@ class DetectionConfig:
 
 # Keys that say how a run executes, not what it computes: a run resumes across them, and they are
 # left out of its config hash (relvit.train.provenance).
-EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_losses")
+EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step")
 
 
 @dataclass
@@ -124,9 +124,10 @@ class RunConfig:
     # CUDA: torch.compile the model, the dense jitter and the fused relation loss's chunks
     compile: bool = False  # (docs/performance.md)
     compile_mode: CompileMode = "default"  # the model's torch.compile mode, with compile: true
-    # with compile: true, the training losses (targets, SSL and classification losses) compiled
-    # in one region with the model, so that compile_mode's CUDA graphs cover them too
-    compile_losses: bool = False
+    # with compile: true, the training step from its random draws to its loss (the batch's
+    # jitter, permutation and normalisation, the model, the targets and losses) compiled as one
+    # region, so that compile_mode's CUDA graphs cover all of it
+    compile_step: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)

@@ -42,11 +42,11 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.compile_mode != "default" and not cfg.compile:
         problems.append(f"compile_mode: {cfg.compile_mode!r} needs compile: true")
-    if cfg.compile_losses and not cfg.compile:
-        problems.append("compile_losses: needs compile: true")
-    if cfg.compile_losses and cfg.mode == "detect":
-        problems.append("compile_losses: not for mode 'detect' (the detector computes its "
-                        "own losses)")
+    if cfg.compile_step and not cfg.compile:
+        problems.append("compile_step: needs compile: true")
+    if cfg.compile_step and cfg.mode == "detect":
+        problems.append("compile_step: not for mode 'detect' (the detector's step is its "
+                        "own)")
     ssl = cfg.ssl
     if cfg.uses_ssl and not (ssl.relations or ssl.positions or ssl.distances or ssl.angles):
         problems.append(f"ssl: mode {cfg.mode!r} needs at least one SSL task switched on")

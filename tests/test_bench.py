@@ -323,10 +323,10 @@ def test_counting_flops_and_ops_leaves_compiled_functions_compiled(bench):
     assert len(graph_calls) == 2  # and the next call is compiled again
 
 
-def test_compiled_steps_with_the_losses_in_the_models_region(bench, monkeypatch, tmp_path):
-    """`--compile --compile-losses`: the steps (as a run with `compile_losses: true`) trace the
-    model and the losses as one region (Dynamo's graphs, run by the eager backend: fast), and
-    their rows say so."""
+def test_compiled_steps_as_one_region(bench, monkeypatch, tmp_path):
+    """`--compile --compile-step`: the steps (as a run with `compile_step: true`) trace the
+    model and the losses as one region, with the batch's build in it for the "+ batch" steps
+    (Dynamo's graphs, run by the eager backend: fast), and their rows say so."""
     graphs = []
 
     def counting_backend(gm: torch.fx.GraphModule, example_inputs: list):
@@ -337,16 +337,20 @@ def test_compiled_steps_with_the_losses_in_the_models_region(bench, monkeypatch,
                         functools.partial(bench.compile_static, backend=counting_backend))
     threads = torch.get_num_threads()
     try:
-        bench.main(["--only", "steps", *TINY, "--compile", "--compile-losses",
+        bench.main(["--only", "steps", *TINY, "--compile", "--compile-step",
                     "--json", str(tmp_path / "bench.json")])
     finally:
         torch.set_num_threads(threads)
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     steps = [r["stage"] for r in rows if r["stage"].startswith("train step")]
-    assert len(steps) == 4 and all(s.endswith("(losses compiled with the model)") for s in steps)
-    # graphs holding the patch embedding and the losses (the jitter has its own); cases of one
-    # mode share theirs (torch guards on the model's structure, not on which model it is)
+    assert len(steps) == 4 and all(s.endswith("(step compiled as one region)") for s in steps)
+    # one graph per step case, each with the patch embedding and the losses; the "+ batch"
+    # ones with the normalisation's constants made in the graph (`torch.full`) and (pretrain)
+    # the jitter's crop products and colour blends
     targets = [" ".join(str(n.target) for n in g.graph.nodes) for g in graphs]
     regions = [t for t in targets if "conv2d" in t and "cross_entropy" in t]
-    # supervised, then pretrain with the fused relation loss's autograd Function
-    assert ["autograd_function_apply" in t for t in regions] == [False, True]
+    assert len(regions) == len(graphs) == 4
+    # supervised, pretrain (the fused relation loss's autograd Function), then "+ batch" each
+    assert ["autograd_function_apply" in t for t in regions] == [False, True, False, True]
+    assert ["method full of" in t for t in regions] == [False, False, True, True]
+    assert [("bmm" in t, "addcmul" in t) for t in regions] == [(False, False)] * 3 + [(True, True)]

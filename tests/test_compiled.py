@@ -116,7 +116,7 @@ def test_the_modes_said_to_record_cuda_graphs_are_torchs():
 
 def test_a_compiled_variant_is_its_plain_function_inside_a_traced_region():
     """A function with a compiled twin (the jitter, the loss chunks) called inside a larger
-    compiled region (`compile_losses`) is traced there as it is, not compiled on its own."""
+    compiled region (`compile_step`) is traced there as it is, not compiled on its own."""
     from relvit.compiled import compiled_variant
 
     choose = compiled_variant(torch.sin)
@@ -134,19 +134,20 @@ def test_a_compiled_variant_is_its_plain_function_inside_a_traced_region():
 
 
 def _tiny_run(tiny_config, tmp_path, mode: str, **overrides):
-    """A prepared Run of the tiny config with `compile_losses` (nothing compiled on the CPU)."""
+    """A prepared Run of the tiny config with `compile_step` (nothing compiled on the CPU)."""
     from relvit.train.loop import Run
 
-    run = Run(tiny_config(mode, compile=True, compile_losses=True, **overrides),
+    run = Run(tiny_config(mode, compile=True, compile_step=True, **overrides),
               tmp_path / mode, progress=False)
     run.prepare()
     return run
 
 
 @pytest.mark.parametrize("mode", ["supervised", "pretrain"])
-def test_compile_losses_traces_model_and_losses_as_one_graph(tmp_path, tiny_config,
-                                                            monkeypatch, mode):
-    """`compile_losses`: the model and the losses (targets, the fused relation loss's autograd
+def test_compile_step_traces_build_model_and_losses_as_one_graph(tmp_path, tiny_config,
+                                                                 monkeypatch, mode):
+    """`compile_step`: the batch's build (pretrain: the dense jitter and the permutation; the
+    normalisation), the model and the losses (targets, the fused relation loss's autograd
     Function with its backward, the position loss) are one graph per batch shape, with no graph
     break, through two training epochs (full batches and each epoch's shorter last one); the
     model is not compiled on its own besides."""
@@ -177,17 +178,19 @@ def test_compile_losses_traces_model_and_losses_as_one_graph(tmp_path, tiny_conf
     assert [calls for calls, in graphs] == [2 * (steps - 1), 2]
 
 
-def test_compile_losses_gives_the_eager_losses_and_gradients(tmp_path, tiny_config):
+def test_compile_step_gives_the_eager_losses_and_gradients(tmp_path, tiny_config):
     """The region compiled by inductor: the same pretrain losses, accuracies and weight
-    gradients as eager, to float rounding, for one batch with jitter and shuffled patches."""
+    gradients as eager (whose jitter takes the CPU's sorted path), to float rounding, for one
+    batch with jitter and shuffled patches."""
     run = _tiny_run(tiny_config, tmp_path, "pretrain", ssl={"shuffle": True})
     images, labels = next(iter(run.train_batches(0)))
-    batch = run.objective.batch(run._images(images), labels, True, run.generator(0, 2))
+    drawn = run.objective.draw(run._images(images), labels, True, run.generator(0, 2))
+    assert drawn.draws.jitter is not None and drawn.draws.perm is not None
     torch._dynamo.reset()
     results = []
-    for forward_losses in (run._forward_losses, compile_static(run._forward_losses)):
+    for step_losses in (run._step_losses, compile_static(run._step_losses)):
         run.model.zero_grad(set_to_none=True)
-        loss, stats = forward_losses(batch.images, batch.labels, batch.perm, batch.grid)
+        loss, stats = step_losses(drawn)
         loss.backward()
         results.append((stats, {n: p.grad for n, p in run.model.named_parameters()
                                 if p.grad is not None}))
@@ -200,18 +203,99 @@ def test_compile_losses_gives_the_eager_losses_and_gradients(tmp_path, tiny_conf
         torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_compile_losses_under_ddp_compiles_the_model_only(tmp_path, tiny_config, monkeypatch,
-                                                          caplog):
-    """Under DistributedDataParallel (never tried with the losses in the region) a run
-    compiles its model as without `compile_losses`, and says so."""
+def test_compile_step_under_ddp_compiles_the_model_only(tmp_path, tiny_config, monkeypatch,
+                                                        caplog):
+    """Under DistributedDataParallel (never tried with the step in one region) a run compiles
+    its model as without `compile_step`, and says so."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
     run = _tiny_run(tiny_config, tmp_path, "pretrain")
     run.world = 2
     with caplog.at_level("WARNING", logger="relvit"):
         run.compile_training()
-    assert compiled == [run.model] and run.forward_losses == run._forward_losses
+    assert compiled == [run.model] and run.step_losses == run._step_losses
     assert "only the model is compiled" in caplog.text
     run.world = 1
     run.compile_training()
-    assert compiled[-1] == run._forward_losses
+    assert compiled[-1] == run._step_losses
+
+
+def _cifar_pretrain_step():
+    """(objective, model, drawn batch) of a tiny three-channel pretrain step with jitter and
+    shuffled patches (CIFAR-10's geometry, random images; compile_step on)."""
+    from relvit.config import config_from_dict
+    from relvit.data.registry import get_dataset
+    from relvit.geometry import run_geometry
+    from relvit.train.loop import build_model
+    from relvit.train.objective import Objective
+
+    cfg = config_from_dict({"mode": "pretrain", "device": "cpu", "compile": True,
+                            "compile_step": True, "data": {"name": "cifar10"},
+                            "model": {"embed_dim": 36, "depth": 1, "num_heads": 3},
+                            "ssl": {"shuffle": True}})
+    spec, geo = get_dataset("cifar10"), run_geometry(cfg)
+    objective = Objective(cfg, spec, geo, *spec.stats)
+    gen = torch.Generator().manual_seed(0)
+    drawn = objective.draw(torch.rand(4, 3, 32, 32, generator=gen), torch.tensor([1, 7, 0, 3]),
+                           True, gen)
+    assert drawn.draws.jitter is not None and drawn.draws.perm is not None
+    torch.manual_seed(0)
+    return objective, build_model(cfg, geo, spec.num_classes), drawn
+
+
+def test_compile_step_of_three_channels_gives_the_eager_losses_and_gradients():
+    """Inductor's region with the dense jitter's hue and saturation (three channels) gives the
+    eager step's losses and gradients (its jitter on the CPU's sorted path), to float
+    rounding."""
+    objective, model, drawn = _cifar_pretrain_step()
+    step = functools.partial(objective.step_losses, model, autocast=False)
+    torch._dynamo.reset()
+    results = []
+    for step_losses in (step, compile_static(step)):
+        model.zero_grad(set_to_none=True)
+        loss, stats = step_losses(drawn)
+        loss.backward()
+        results.append((stats, {n: p.grad for n, p in model.named_parameters()
+                                if p.grad is not None}))
+    torch._dynamo.reset()
+    (eager_stats, eager_grads), (stats, grads) = results
+    assert stats.keys() == eager_stats.keys() and "loss_rel" in stats
+    torch.testing.assert_close(stats, eager_stats, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == eager_grads.keys() and "backbone.vit.patch_embed.proj.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_step_makes_every_tensor_of_its_region_on_the_batchs_device():
+    """The region of a three-channel pretrain step (the dense jitter with hue, the permutation,
+    the normalisation, the model, the targets and losses) traces as one graph in which every
+    tensor lives on the batch's device, here the meta device standing in for CUDA: a constant
+    made on the host (the normalisation's, the jitter's crop matrices, a target table) would be
+    traced as a host-to-device copy, which keeps CUDA graphs off the whole region. The relation
+    loss is the plain one: the fused loss's autograd Function switches autocast off, which the
+    meta device has not (its tensors are made on its inputs' device)."""
+    from relvit.train.objective import DrawnBatch
+
+    objective, model, drawn = _cifar_pretrain_step()
+    meta = torch.device("meta")
+    drawn = DrawnBatch(drawn.images.to(meta), drawn.labels.to(meta), drawn.grid,
+                       drawn.draws.to(meta))
+    model = model.to(meta)
+    model.relation_projections = False
+    graphs, devices = [], set()
+
+    def recording_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        graphs.append(gm)
+        for node in gm.graph.nodes:
+            value = node.meta.get("example_value")
+            if isinstance(value, torch.Tensor):
+                devices.add(value.device)
+        return gm.forward
+
+    torch._dynamo.reset()
+    step = compile_static(functools.partial(objective.step_losses, model, autocast=False),
+                          recording_backend)
+    loss, stats = step(drawn)
+    torch._dynamo.reset()
+    assert len(graphs) == 1 and devices == {meta}
+    assert loss.device == meta and {"loss_rel", "loss_pos"} <= stats.keys()

@@ -52,9 +52,9 @@ def test_unknown_dataset_and_backbone():
     ({"device": "tpu"}, "device: 'tpu' is not auto, cpu, cuda or cuda:N"),
     ({"compile_mode": "reduce-overhead"}, "compile_mode: 'reduce-overhead' needs compile: true"),
     ({"compile": True, "compile_mode": "graphs"}, "compile_mode: 'graphs' is not one of 'default'"),
-    ({"compile_losses": True}, "compile_losses: needs compile: true"),
+    ({"compile_step": True}, "compile_step: needs compile: true"),
     ({"mode": "detect", "data": {"name": "digit_scenes"}, "compile": True,
-      "compile_losses": True}, "compile_losses: not for mode 'detect'"),
+      "compile_step": True}, "compile_step: not for mode 'detect'"),
     ({"mode": "joint", "ssl": {"shuffle": True}}, "only used by mode 'pretrain'"),
     ({"mode": "pretrain", "ssl": {"relations": False, "positions": False}}, "at least one SSL"),
 ])

@@ -111,7 +111,7 @@ def test_bad_permutation_is_refused():
 
 @pytest.mark.parametrize("make", [relation_targets, distance_targets, angle_targets])
 def test_targets_traced_by_torch_compile_are_made_on_the_permutations_device(make):
-    """Inside a compiled region (`compile_losses`) the tables are built on the permutation's
+    """Inside a compiled region (`compile_step`) the tables are built on the permutation's
     device, in the graph: a table cached on the host would be traced as a host-to-device copy,
     which keeps CUDA graphs off the whole region. The meta device stands in for CUDA. The values
     are the cached tables' (CPU)."""

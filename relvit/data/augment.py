@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from relvit.compiled import device_constant
 
 
 def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
@@ -30,11 +30,13 @@ def random_hflip(images: Tensor, generator: torch.Generator | None = None) -> Te
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-@lru_cache(maxsize=32)
+@device_constant
 def _channel_constants(values: tuple[float, ...], device: torch.device,
                        dtype: torch.dtype) -> Tensor:
-    """[1, C, 1, 1] on `device`, made once: a host-to-device copy per batch would wait for the GPU."""
-    return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+    """[1, C, 1, 1] made on `device` from the scalars `values` (kept: no host-to-device copy per
+    batch, which would wait for the GPU)."""
+    return torch.stack([torch.full((), v, dtype=dtype, device=device) for v in values]
+                       ).view(1, -1, 1, 1)
 
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

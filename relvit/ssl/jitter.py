@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from relvit.compiled import compiled_variant
+from relvit.compiled import compiled_variant, device_constant
 
 # Op ids as in torchvision's ColorJitter ``fn_idx``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -148,44 +148,43 @@ def sample_jitter_params(
 
 # --------------------------------------------------------------------------- crop + resize
 
-_CROP_CACHE: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
-
-
-def resize_matrix(in_size: int, out_size: int) -> Tensor:
-    """[out, in] float64 matrix of 1-D bilinear interpolation, align_corners=False.
+def resize_matrix(in_size: int, out_size: int, device: torch.device | None = None) -> Tensor:
+    """[out, in] float64 matrix of 1-D bilinear interpolation, align_corners=False, on `device`.
 
     Same weights as ``F.interpolate(mode='bilinear', align_corners=False)`` (source coordinate
     (i + 0.5) * in / out - 0.5 clamped at 0, right neighbour clamped at in - 1); for upsampling
     torchvision's antialiased resize uses the same weights.
     """
     scale = in_size / out_size
-    r = torch.zeros(out_size, in_size, dtype=torch.float64)
-    for i in range(out_size):
-        src = max((i + 0.5) * scale - 0.5, 0.0)
-        i0 = min(int(src), in_size - 1)
-        i1 = min(i0 + 1, in_size - 1)
-        lam = src - i0
-        r[i, i0] += 1.0 - lam
-        r[i, i1] += lam
-    return r
+    out = torch.arange(out_size, dtype=torch.float64, device=device)
+    src = ((out + 0.5) * scale - 0.5).clamp(min=0.0)
+    left = src.long().clamp(max=in_size - 1)  # src >= 0: the cast floors
+    right = (left + 1).clamp(max=in_size - 1)
+    lam = (src - left)[:, None]
+    cols = torch.arange(in_size, device=device)
+    return (cols == left[:, None]) * (1.0 - lam) + (cols == right[:, None]) * lam
+
+
+@device_constant
+def _crop_resize_matrices(patch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """`crop_resize_matrices`, made on `device` by tensor ops."""
+    c = crop_size(patch_size)
+    r = resize_matrix(c, patch_size, device)  # [p, c]
+    # shift[o, k] = k - o: column k of crop o is column k - o of the crop, when inside it
+    shift = (torch.arange(patch_size, device=device)
+             - torch.arange(patch_size - c + 1, device=device)[:, None])
+    inside = (shift >= 0) & (shift < c)
+    mats = r[:, shift.clamp(0, c - 1)].transpose(0, 1)  # [p - c + 1, p, p]
+    return torch.where(inside[:, None, :], mats, 0.0).to(dtype)
 
 
 def crop_resize_matrices(
     patch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """[p - c + 1, p, p]: matrix o maps a length-p line to its crop [o, o + c) resized back to p."""
-    device = torch.device(device if device is not None else "cpu")
-    c = crop_size(patch_size)
-    key = (patch_size, c, device, dtype)
-    mats = _CROP_CACHE.get(key)
-    if mats is None:
-        r = resize_matrix(c, patch_size)
-        mats = torch.zeros(patch_size - c + 1, patch_size, patch_size, dtype=torch.float64)
-        for o in range(patch_size - c + 1):
-            mats[o, :, o : o + c] = r
-        mats = mats.to(device=device, dtype=dtype)
-        _CROP_CACHE[key] = mats
-    return mats
+    """[p - c + 1, p, p]: matrix o maps a length-p line to its crop [o, o + c) resized back to p
+    (made on `device`; `device_constant`)."""
+    return _crop_resize_matrices(patch_size, torch.device(device if device is not None else "cpu"),
+                                 dtype)
 
 
 def _crop_resize_transposed(x: Tensor, params: JitterParams) -> tuple[Tensor, Tensor]:
@@ -444,9 +443,9 @@ def apply_jitter(patches: Tensor, params: JitterParams, cfg: JitterConfig,
     Vectorised: crop + resize are two batched matmuls. The sorted path (`dense=False`, default on
     the CPU) then sorts the patches by their colour-op order and grayscale flag, so that every op
     runs in place on a contiguous slice (at most 25 slices, each op once per slice), and scatters
-    them back; it reads the group sizes on the host. The dense path (default on CUDA) runs a fixed
-    sequence of ops on all patches (`_jitter_dense`, torch.compile-d with `compiled`); all give
-    the same values.
+    them back; it reads the group sizes on the host. The dense path (default on CUDA and in a
+    compiled region) runs a fixed sequence of ops on all patches (`_jitter_dense`,
+    torch.compile-d with `compiled`); all give the same values.
     """
     if patches.dim() != 4 or patches.shape[-1] != patches.shape[-2]:
         raise ValueError(f"expected patches [M, C, p, p], got {tuple(patches.shape)}")
@@ -464,7 +463,9 @@ def apply_jitter(patches: Tensor, params: JitterParams, cfg: JitterConfig,
     if ch == 1:  # torchvision: saturation and hue are identities on 1-channel images
         enabled[SATURATION] = enabled[HUE] = False
     crop = cfg.crop and crop_size(p) < p
-    if patches.is_cuda if dense is None else dense:
+    if dense is None:  # the sorted path's host reads would break a compiled region
+        dense = patches.is_cuda or torch.compiler.is_compiling()
+    if dense:
         factors = torch.stack((params.brightness, params.contrast, params.saturation, params.hue))
         # channel-planar memory behind the [M, C, p, p] view: each channel one contiguous block,
         # so that the colour maths' per-channel ops run as vectorised kernels (strided channel

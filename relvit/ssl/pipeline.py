@@ -36,8 +36,9 @@ class SSLDraws:
 
 
 def _chunk_images(images: Tensor) -> int:
-    """Images per chunk: the whole batch on CUDA, `CPU_CHUNK_BYTES` worth on the CPU."""
-    if images.is_cuda:
+    """Images per chunk: the whole batch on CUDA or in a compiled region (`compile_step`),
+    `CPU_CHUNK_BYTES` worth on the CPU."""
+    if images.is_cuda or torch.compiler.is_compiling():
         return max(1, images.shape[0])
     return max(1, CPU_CHUNK_BYTES // (images[0].numel() * images.element_size()))
 

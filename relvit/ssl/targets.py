@@ -8,10 +8,11 @@ perm[k], so pairwise target (k, l) = base(perm[k], perm[l]) and position target 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+from relvit.compiled import device_constant
 
 RELATION_NAMES = ("LU", "CU", "RU", "LC", "CC", "RC", "LD", "CD", "RD")
 NUM_RELATIONS = len(RELATION_NAMES)
@@ -40,7 +41,8 @@ def _relation_base(h: int, w: int, device: torch.device | None = None) -> Tensor
 def _distance_base(h: int, w: int, device: torch.device | None = None) -> Tensor:
     rows, cols = _coords(h, w, device)
     points = torch.stack([cols, rows], dim=-1).float()
-    dist = torch.cdist(points, points)
+    # exact on every device (CUDA's cdist may take a matrix-product formula, TF32 included)
+    dist = (points[:, None] - points[None, :]).square().sum(dim=-1).sqrt()
     # more than one cell: top > 0 (a condition on the grid, not on a tensor's value, which
     # would read it on the host and break a compiled region)
     return dist / dist.max() * 2 - 1 if h * w > 1 else dist - 1
@@ -62,20 +64,10 @@ def _angle_base(h: int, w: int, device: torch.device | None = None) -> Tensor:
 _BASES = {"relation": _relation_base, "distance": _distance_base, "angle": _angle_base}
 
 
-@lru_cache(maxsize=64)
-def _placed(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype | None) -> Tensor:
-    """A base table, made on the CPU, on `device` in `dtype`, kept there (no host-to-device copy
-    per step)."""
-    base = _BASES[kind](h, w)
-    return base.to(device=device, dtype=dtype or base.dtype)
-
-
-def _base(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype | None) -> Tensor:
-    """The base table: cached, or while torch.compile traces a region (`compile_losses`) made on
-    `device` in the graph, where inductor fuses it into the indexing (no cache, whose host-side
-    tensor would be traced as a host-to-device copy and keep the region from CUDA graphs)."""
-    if not torch.compiler.is_compiling():
-        return _placed(kind, h, w, device, dtype)
+@device_constant
+def _table(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """A base table made on `device` in `dtype` (`device_constant`: kept when eager, made in the
+    graph of a compiled region)."""
     base = _BASES[kind](h, w, device)
     return base.to(dtype or base.dtype)
 
@@ -84,7 +76,7 @@ def _index_pairs(kind: str, h: int, w: int, perm: Tensor | None,
                  device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
     if perm is not None:
         device = perm.device
-    base = _base(kind, h, w, torch.device(device if device is not None else "cpu"), dtype)
+    base = _table(kind, h, w, torch.device(device if device is not None else "cpu"), dtype)
     if perm is None:
         return base.clone()
     if perm.dim() == 1:

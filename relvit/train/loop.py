@@ -38,7 +38,7 @@ from relvit.train import distributed, provenance
 from relvit.train.checkpoint import atomic_save, load_backbone, load_resume_state
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
-from relvit.train.objective import Objective
+from relvit.train.objective import DrawnBatch, Objective
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
 
@@ -102,7 +102,7 @@ class Run:
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         self.model = self.setup().to(self.device)
         self.train_model: nn.Module = self.model  # what training batches go through (DDP)
-        self.forward_losses = self._forward_losses  # compiled as one region: compile_losses
+        self.step_losses = self._step_losses  # compiled as one region: compile_step
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -172,16 +172,14 @@ class Run:
         """Loss of one training batch, its statistics and its size."""
         images, labels = data
         labels = labels.to(self.device, non_blocking=True)
-        batch = self.objective.batch(self._images(images), labels, train=True, generator=generator)
-        loss, stats = self.forward_losses(batch.images, batch.labels, batch.perm, batch.grid)
+        drawn = self.objective.draw(self._images(images), labels, train=True, generator=generator)
+        loss, stats = self.step_losses(drawn)
         return loss, stats, len(labels)
 
-    def _forward_losses(self, images: torch.Tensor, labels: torch.Tensor,
-                        perm: torch.Tensor | None, grid: tuple[int, int]
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`Objective.forward_losses` of the training model (bf16 autocast on CUDA)."""
-        return self.objective.forward_losses(self.train_model, images, labels, perm, grid,
-                                             autocast=self.device.type == "cuda")
+    def _step_losses(self, drawn: DrawnBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`Objective.step_losses` of the training model (bf16 autocast on CUDA)."""
+        return self.objective.step_losses(self.train_model, drawn,
+                                          autocast=self.device.type == "cuda")
 
     def evaluation(self, epoch: int) -> dict[str, float]:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
@@ -252,14 +250,15 @@ class Run:
 
     def compile_training(self) -> None:
         """`compile: true`: torch.compile the training model (`compile_model`), or with
-        `compile_losses` the model and the losses as one region (`forward_losses`)."""
-        if self.cfg.compile_losses and self.world == 1:
-            self.forward_losses = compile_static(self._forward_losses,
-                                                 mode=self.cfg.compile_mode)
+        `compile_step` the batch's build, the model and the losses as one region
+        (`step_losses`)."""
+        if self.cfg.compile_step and self.world == 1:
+            self.step_losses = compile_static(self._step_losses, mode=self.cfg.compile_mode)
             return
-        if self.cfg.compile_losses:  # a compiled region around DDP's forward was never tried
-            log.warning("compile_losses: under DistributedDataParallel (%d processes) only the "
-                        "model is compiled; the losses run eagerly", self.world)
+        if self.cfg.compile_step:  # a compiled region around DDP's forward was never tried
+            log.warning("compile_step: under DistributedDataParallel (%d processes) only the "
+                        "model is compiled; the batch's build and the losses run eagerly",
+                        self.world)
         self.train_model = self.compile_model(self.train_model)
 
     def compile_model(self, model: nn.Module) -> nn.Module:

@@ -1,7 +1,14 @@
-"""Batches in, losses out: standard augmentation, SSL input construction, targets and losses."""
+"""Batches in, losses out: standard augmentation, SSL input construction, targets and losses.
+
+A batch is made in two steps: `Objective.draw` makes every random draw (augmentation,
+mega-patches, the patches' jitter and permutation), `Objective.build` applies what is left
+with no randomness (jitter, permutation, normalisation); `compile_step` compiles `build`, the
+model and the losses as one region (`Objective.step_losses`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +22,7 @@ from relvit.models import losses
 from relvit.models.heads import PairProjections
 from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.megapatch import megapatch_images
-from relvit.ssl.pipeline import jitter_and_shuffle
+from relvit.ssl.pipeline import SSLDraws, apply_ssl_inputs, draw_ssl_inputs
 from relvit.ssl.targets import (
     angle_targets,
     distance_targets,
@@ -36,6 +43,16 @@ class Batch:
     perm: Tensor | None  # [B, N] patch permutation (None: identity)
 
 
+@dataclass
+class DrawnBatch:
+    """A batch with its random draws made (`Objective.draw`), before `Objective.build`."""
+
+    images: Tensor  # augmented (pretrain: mega-patched) images in [0, 1]
+    labels: Tensor
+    grid: tuple[int, int]  # SSL grid of `images`
+    draws: SSLDraws | None = None  # pretrain: the patches' jitter and permutation
+
+
 class Objective:
     """Builds model inputs and computes the summed loss of a run's active terms (spec §1.8)."""
 
@@ -53,39 +70,57 @@ class Objective:
 
     def batch(self, images: Tensor, labels: Tensor, train: bool,
               generator: torch.Generator) -> Batch:
-        """Training batches are augmented; pretraining adds mega-patches, jitter and shuffle."""
+        """`draw`, then `build`: the model's input and targets of a batch."""
+        return self.build(self.draw(images, labels, train, generator))
+
+    def draw(self, images: Tensor, labels: Tensor, train: bool,
+             generator: torch.Generator) -> DrawnBatch:
+        """Every random draw of a batch: training batches are augmented; pretraining adds
+        mega-patches (applied here) and the patches' jitter and shuffle (drawn only)."""
         if train:
             images = self.augment(images, generator)
         grid = (self.geo.ssl_grid, self.geo.ssl_grid)
         if self.cfg.mode != "pretrain":
-            return Batch(normalize(images, self.mean, self.std), labels, grid, None)
-        return self._pretrain_batch(images, labels, train, generator)
-
-    def _pretrain_batch(self, images: Tensor, labels: Tensor, train: bool,
-                        generator: torch.Generator) -> Batch:
+            return DrawnBatch(images, labels, grid)
         ssl, cell = self.cfg.ssl, self.geo.cell
         if self.geo.megapatch_side:
             images, _, _ = megapatch_images(images, cell, self.geo.megapatch_side, generator,
                                             symmetric=ssl.megapatch_symmetric)
         grid = (images.shape[-2] // cell, images.shape[-1] // cell)
         jitter = JITTER if train and ssl.jitter else None
-        if ssl.jitter_after_normalize:  # the original's order (Q5): jitter clamps to [0, 1]
+        draws = draw_ssl_inputs(images, cell, jitter, train and ssl.shuffle, generator)
+        return DrawnBatch(images, labels, grid, draws)
+
+    def build(self, drawn: DrawnBatch) -> Batch:
+        """The model's input of drawn images, with no randomness: the patches' jitter and
+        permutation (pretrain), and the normalisation."""
+        images, draws = drawn.images, drawn.draws
+        if draws is None:
+            return Batch(normalize(images, self.mean, self.std), drawn.labels, drawn.grid, None)
+        after = self.cfg.ssl.jitter_after_normalize  # the original's order (Q5): jitter clamps
+        if after:
             images = normalize(images, self.mean, self.std)
         compiled = self.cfg.compile and images.is_cuda
-        images, perm = jitter_and_shuffle(images, cell, jitter, train and ssl.shuffle, generator,
-                                          compiled)
-        if not ssl.jitter_after_normalize:
+        images = apply_ssl_inputs(images, self.geo.cell, draws, JITTER, compiled)
+        if not after:
             images = normalize(images, self.mean, self.std)
-        return Batch(images, labels, grid, perm)
+        return Batch(images, drawn.labels, drawn.grid, draws.perm)
 
-    def forward_losses(self, model: torch.nn.Module, images: Tensor, labels: Tensor,
-                       perm: Tensor | None, grid: tuple[int, int], autocast: bool
+    def step_losses(self, model: torch.nn.Module, drawn: DrawnBatch, autocast: bool
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`build`, then `forward_losses`: the part of a training step that `compile_step`
+        compiles as one region."""
+        return self.forward_losses(model, self.build(drawn), autocast)
+
+    def forward_losses(self, model: torch.nn.Module, batch: Batch, autocast: bool
                        ) -> tuple[Tensor, dict[str, Tensor]]:
-        """`model`'s forward pass on a built batch (bf16 autocast with `autocast`), then `losses`:
-        the part of a training step that `compile_losses` compiles as one region."""
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(images)
-        return self.losses(out, Batch(images, labels, grid, perm))
+        """`model`'s forward pass on a built batch (bf16 autocast with `autocast`), then
+        `losses`."""
+        precision = (torch.autocast(batch.images.device.type, dtype=torch.bfloat16) if autocast
+                     else contextlib.nullcontext())
+        with precision:
+            out = model(batch.images)
+        return self.losses(out, batch)
 
     def losses(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Unweighted sum of the active terms, and every term and accuracy (detached)."""
