@@ -32,12 +32,6 @@ set -uo pipefail
 
 DEVICE=cuda
 if [[ "${1:-}" == "--device" ]]; then DEVICE="$2"; fi
-OUT="${OUT:-gpu-check-out}"
-mkdir -p "$OUT"
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-[[ -x .venv/bin/python && "$DEVICE" == cpu ]] && PY=.venv/bin/python
-
 if [[ "$DEVICE" == cuda ]]; then
   # caps in seconds: compiled tests, other tests, eager bench, decode, diagnostics, compile per
   # size (570 s in all; the eighth session's H100 run took 49, 16, 41, 16, >70 and 97-102 s)
@@ -58,8 +52,8 @@ else  # tiny sizes: checks that every path runs, not how fast
   COMPILE=("${BENCH[@]}" --only steps loop --compile)
 fi
 
-start=$(date +%s)
-summary() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/summary.txt"; }
+source "$(dirname "$0")/gpu_common.sh"
+
 # archive DIR NAME: DIR as $OUT/NAME.tar.gz, then DIR removed (at most 8 files of 16 MiB come
 # back from the machine): all, else without the traces of the plain steps, else without traces.
 archive() {
@@ -73,17 +67,6 @@ archive() {
     "$(( $(stat -c %s "$OUT/$2.tar.gz") / 2**10 )) KiB"
   rm -rf "$1"
 }
-: > "$OUT/summary.txt"
-"$PY" -c 'import sys, torch, torchvision, timm
-print("python", sys.version.split()[0], "torch", torch.__version__, "torchvision",
-      torchvision.__version__, "timm", timm.__version__)
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    print(p.name, f"{p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")' \
-  >> "$OUT/summary.txt" 2>&1
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm \
-  --format=csv >> "$OUT/summary.txt" 2>&1
-
 # The compiled-vs-eager tests first, under a cap of their own: each compiles 1-2 graphs at
 # 25-30 s apiece on the lent machines' CPUs, and at the end of the file they were cut twice.
 timeout -k 5 "$T_CTESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \

@@ -11,13 +11,7 @@
 #
 #   PYTHONPATH=. bash bench/gpu_recheck.sh
 set -uo pipefail
-OUT="${OUT:-gpu-check-out}"
-mkdir -p "$OUT"
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-start=$(date +%s)
-summary() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/summary.txt"; }
-: > "$OUT/summary.txt"
+source "$(dirname "$0")/gpu_common.sh"
 
 timeout -k 5 50 "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
   tests/test_fast_paths.py tests/test_bench.py -k "cuda and compiled or compiled_functions" \

@@ -18,30 +18,34 @@
 #     draws to its loss, the batch's jitter, permutation and normalisation, the model and the
 #     losses, compiled as one region, so that the graphs cover all of it), against the same
 #     baseline (caps as the CUDA-graph runs': up to 4 more minutes at 224 px).
+#   --mode pretrain|supervised: that mode's runs only (default both): 224 px with --step takes
+#     caps of 390 s (pretrain) and 270 s (supervised), each within a device call's 600 s.
 # Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table),
 # runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json).
 #
-#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step]   # on the GPU machine
+#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step] [--mode M]   # on the GPU
 #   bash bench/gpu_run_check.sh --device cpu [--size 224] [--step]   # dry run: tiny, no compile
 set -uo pipefail
 
 DEVICE=cuda
 SIZE=32
 STEP=0
+MODES=(pretrain supervised)
 while (( $# )); do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --step) STEP=1; shift ;;
-    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step)" >&2; exit 2 ;;
+    --mode) MODES=("$2"); shift 2
+      if [[ "${MODES[0]}" != pretrain && "${MODES[0]}" != supervised ]]; then
+        echo "--mode: pretrain or supervised, not ${MODES[0]}" >&2; exit 2
+      fi ;;
+    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step," \
+         "--mode pretrain|supervised)" >&2; exit 2 ;;
   esac
 done
 if [[ "$SIZE" != 32 && "$SIZE" != 224 ]]; then echo "--size: 32 or 224, not $SIZE" >&2; exit 2; fi
-OUT="${OUT:-gpu-run-check-out}"
-mkdir -p "$OUT"
-export PYTHONPATH=".:tests${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-[[ -x .venv/bin/python && "$DEVICE" == cpu ]] && PY=.venv/bin/python
+DEFAULT_OUT=gpu-run-check-out EXTRA_PYTHONPATH=tests source "$(dirname "$0")/gpu_common.sh"
 
 # caps in seconds of the baseline and the CUDA-graph runs, pretrain and supervised (a graph
 # takes 10-30 s to compile on the lent H100's CPU; a run compiles the model, the jitter and the
@@ -59,12 +63,6 @@ if [[ "$DEVICE" != cuda ]]; then
   T_BASE=(120 120); T_GRAPHS=(120 120); N_TRAIN=300; N_TEST=40; EPOCHS=2
   MODEL=(--set model.embed_dim=36 --set model.depth=1 --set model.num_heads=3)
 fi
-
-start=$(date +%s)
-summary() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/summary.txt"; }
-: > "$OUT/summary.txt"
-"$PY" -c 'import torch; print("torch", torch.__version__,
-  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA")' >> "$OUT/summary.txt"
 
 DATA="$OUT/data"
 "$PY" -c "from pathlib import Path; from fixtures.formats import write_cifar
@@ -90,8 +88,9 @@ run() {
     > "$RUNS/$name.log" 2>&1
   summary "$mode $name: exit $? (124: cut at its $cap s cap)"
 }
-PAIRS=(); i=0
-for mode in pretrain supervised; do
+PAIRS=()
+for mode in "${MODES[@]}"; do
+  i=0; [[ "$mode" == supervised ]] && i=1  # its caps' index
   TORCH_LOGS_RUN=$BASE_LOGS run "$mode" "$mode-$BASE_NAME" "${T_BASE[$i]}" "${BASE[@]}"
   TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
   PAIRS+=("$mode-$BASE_NAME" "$mode-graphs")
@@ -100,7 +99,6 @@ for mode in pretrain supervised; do
       "${GRAPHS[@]}" --set compile_step=true
     PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step")
   fi
-  i=$(( i + 1 ))
 done
 
 "$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" >> "$OUT/summary.txt" 2>&1

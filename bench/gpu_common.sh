@@ -1,0 +1,25 @@
+# Sourced by the bench/gpu_*.sh scripts once their options are read ($DEVICE: cuda, or cpu for
+# a dry run): $OUT (default ./gpu-check-out, or the script's $DEFAULT_OUT), PYTHONPATH with the
+# repository root (and $EXTRA_PYTHONPATH), $PY (the venv's python for a CPU dry run), and
+# summary(), which appends a line with the seconds since the start to $OUT/summary.txt; that file
+# starts with the versions and the device.
+OUT="${OUT:-${DEFAULT_OUT:-gpu-check-out}}"
+mkdir -p "$OUT"
+export PYTHONPATH=".${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+[[ -x .venv/bin/python && "${DEVICE:-cuda}" == cpu ]] && PY=.venv/bin/python
+
+start=$(date +%s)
+summary() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/summary.txt"; }
+: > "$OUT/summary.txt"
+"$PY" -c 'import sys, torch, torchvision, timm
+print("python", sys.version.split()[0], "torch", torch.__version__, "torchvision",
+      torchvision.__version__, "timm", timm.__version__)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(p.name, f"{p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")
+else:
+    print("no CUDA")' >> "$OUT/summary.txt" 2>&1
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm \
+  --format=csv >> "$OUT/summary.txt" 2>&1
