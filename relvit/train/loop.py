@@ -394,10 +394,8 @@ class Run:
             labels = labels.to(self.device, non_blocking=True)
             batch = self.objective.batch(self._images(images), labels, train=False,
                                          generator=gen)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.device.type == "cuda"):
-                out = self.model(batch.images)
-            _, stats = self.objective.losses(out, batch)
+            _, stats = self.objective.forward_losses(self.model, batch,
+                                                     autocast=self.device.type == "cuda")
             sums.add(stats, len(labels))
         totals, n = distributed.reduce_sums(sums.by_key(), len(part))
         return _means(totals, n)
