@@ -41,7 +41,8 @@ def _relation_base(h: int, w: int, device: torch.device | None = None) -> Tensor
 def _distance_base(h: int, w: int, device: torch.device | None = None) -> Tensor:
     rows, cols = _coords(h, w, device)
     points = torch.stack([cols, rows], dim=-1).float()
-    # exact on every device (CUDA's cdist may take a matrix-product formula, TF32 included)
+    # exact on every device (cdist takes a matrix-product formula for over 25 cells: TF32 on
+    # CUDA where that is on)
     dist = (points[:, None] - points[None, :]).square().sum(dim=-1).sqrt()
     # more than one cell: top > 0 (a condition on the grid, not on a tensor's value, which
     # would read it on the host and break a compiled region)
