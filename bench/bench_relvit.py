@@ -26,7 +26,8 @@ with --compile on CUDA the compiled chunks).
 
 Diagnostics: the "ops" column counts the dispatched non-view ATen ops of one untimed step (about
 the kernel launches on a GPU; see `OpCounter`; per device, as the CPU and CUDA run different
-jitter and AdamW paths), "MiB" what those ops read and write (a proxy of the memory traffic;
+jitter and AdamW paths; for a compiled step, in parentheses, the top-level ATen ops that run
+outside compiled code, `eager_ops_outside_compiled`), "MiB" what those ops read and write (a proxy of the memory traffic;
 with --cpu-autocast the CPU's train steps run under bf16 autocast as CUDA's, so that their counts
 stand for a GPU step's: a CPU-only session can weigh a change for the GPU; --dense-jitter does so
 for the SSL inputs and "+ batch" steps, with CUDA's jitter path). --sync-debug counts
@@ -58,7 +59,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -119,6 +120,13 @@ class Row:
     mfu: float | None = None
     extra: dict = field(default_factory=dict)
 
+    def ops_cell(self) -> str:
+        """ATen ops per step (`OpCounter`), or for a compiled step in parentheses those that run
+        outside compiled code (`eager_ops_outside_compiled`)."""
+        if "eager_ops" in self.extra:
+            return f"({self.extra['eager_ops']:,})"
+        return "" if self.extra.get("ops") is None else format(self.extra["ops"], ",.0f")
+
     def cells(self, syncs: bool = False) -> tuple[str, ...]:
         """The printed cells; `syncs` adds the host syncs per step (--sync-debug)."""
         def fmt(v, spec):
@@ -126,7 +134,7 @@ class Row:
         cells = (self.stage, self.config, fmt(self.images_per_s, ",.0f"),
                  fmt(self.ms_per_step, ",.1f"), self.ratio, fmt(self.peak_mb, ",.0f"),
                  "" if self.mfu is None else f"{100 * self.mfu:.1f} %",
-                 fmt(self.extra.get("ops"), ",.0f"), fmt(self.extra.get("mib"), ",.0f"))
+                 self.ops_cell(), fmt(self.extra.get("mib"), ",.0f"))
         return cells + (fmt(self.extra.get("syncs_per_step"), ",.1f"),) if syncs else cells
 
 
@@ -249,6 +257,29 @@ def count_ops(fn: Callable[[], object], steps: int = 1) -> dict[str, object]:
         fn()
     return {"ops": ops.count / steps, "mib": ops.bytes / steps / 2**20,
             "top_ops": {k: v / steps for k, v in ops.names.most_common(10)}}
+
+
+def eager_ops_outside_compiled(fn: Callable[[], object]) -> int:
+    """Top-level ATen ops of one untimed call of `fn` that run outside torch.compile-d code
+    (torch.profiler; a compiled region's forward and its compiled backward count none): the
+    eager launches of a compiled step, where `OpCounter` cannot see. The train steps count their
+    forward + loss + backward (the optimiser is a few fused launches on CUDA, many on the CPU);
+    on the CPU the jitter outside a region runs eagerly, where CUDA compiles it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+
+    def in_compiled_code(event) -> bool:
+        while event is not None:
+            if "Compiled" in event.name:  # "Torch-Compiled Region", "CompiledFunction(Backward)"
+                return True
+            event = event.cpu_parent
+        return False
+
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+               and not in_compiled_code(e))
 
 
 def slug(name: str) -> str:
@@ -587,11 +618,19 @@ class StepCase:
     compile: bool = False
 
 
+class StepFns(NamedTuple):
+    """The calls of one training-step variant (`make_step`)."""
+
+    loss: Callable[..., torch.Tensor]  # forward + loss of one batch (eager=True: uncompiled)
+    step: Callable[[], None]  # a whole optimisation step
+    forward_backward: Callable[[], None]  # forward + loss + backward, gradients cleared first
+    build: Callable[[], object]  # the batch construction alone (`Objective.batch`)
+
+
 def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device: torch.device
-              ) -> tuple[Callable[..., torch.Tensor], Callable[[], None], Callable[[], object]]:
-    """(loss_fn, step_fn, build_fn): the forward + loss of one batch (`loss_fn(eager=True)`
-    bypasses torch.compile, for counting FLOPs), a whole optimisation step, and the batch
-    construction alone (`Objective.batch`: augmentation, jitter, targets, normalisation)."""
+              ) -> StepFns:
+    """The calls of one training-step variant: `loss(eager=True)` bypasses torch.compile, for
+    counting FLOPs; the batch construction is augmentation, jitter, targets, normalisation."""
     cfg = run_config(case.mode, dataset, size, patch, args, case.compile)
     spec, geo = get_dataset(dataset), run_geometry(cfg)
     objective = Objective(cfg, spec, geo, spec.stats[0], spec.stats[1])
@@ -640,7 +679,12 @@ def make_step(case: StepCase, dataset: str, size: int, patch: int, args, device:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return loss_fn, step, lambda: objective.batch(images, labels, True, gen)
+    def forward_backward() -> None:
+        opt.zero_grad(set_to_none=True)  # no accumulation into the last step's gradients
+        loss_fn().backward()
+
+    return StepFns(loss_fn, step, forward_backward,
+                   lambda: objective.batch(images, labels, True, gen))
 
 
 @contextlib.contextmanager
@@ -706,7 +750,8 @@ def bench_steps(args, device: torch.device) -> list[Row]:
         config = step_config(args, size, patch) + (", channels-last" if args.channels_last else "")
         base: dict[bool, Row] = {}
         for case in cases:
-            loss_fn, step, build = make_step(case, dataset, size, patch, args, device)
+            loss_fn, step, forward_backward, build = make_step(case, dataset, size, patch, args,
+                                                               device)
             started = time.perf_counter()
             step()  # compile / first-call warm-up, timed separately
             sync(device)
@@ -717,14 +762,16 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             syncs = SyncCounter(device, args.sync_debug)
             seconds = timed(step, args.steps, device, warmup=args.warmup, around=syncs)
             peak = cuda_peak_mb(device) if device.type == "cuda" else saved
-            ops = {} if case.compile else {**count_ops(step), "mib": model_traffic_mib(loss_fn)}
+            ops = ({"eager_ops": eager_ops_outside_compiled(forward_backward)} if case.compile
+                   else {**count_ops(step), "mib": model_traffic_mib(loss_fn)})
             name = case.name + (compile_note(args) if case.compile else "")
             row = Row(f"train step: {name}", config, args.batch / seconds, 1000 * seconds,
                       peak_mb=peak, extra={"first_step_s": first, "flops": flops, "mode": case.mode,
                                            "with_batch": case.with_batch, "size": size,
                                            "compiled": case.compile, **ops})
             print(f"  {size}px {name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s"
-                  + (f", {ops['ops']:,.0f} ops" if ops else ""),
+                  + (f", {ops['ops']:,.0f} ops" if "ops" in ops
+                     else f", {ops['eager_ops']:,} eager ops"),
                   file=sys.stderr, flush=True)  # survives a timeout
             syncs.per_step(args.steps, row.extra, f"{size}px {name}")
             if args.profile:
@@ -735,7 +782,7 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             if ref is not None:
                 mem = f", mem {peak / ref.peak_mb:.2f}×" if peak and ref.peak_mb else ""
                 moved = (f", MiB {ops['mib'] / ref.extra['mib']:.3f}×"
-                         if ops and ref.extra.get("mib") else "")
+                         if "mib" in ops and ref.extra.get("mib") else "")
                 row.ratio = f"{seconds * 1000 / ref.ms_per_step:.2f}×{mem}{moved}"
             rows.append(row)
             if peak_tflops:
@@ -1019,7 +1066,8 @@ def print_table(rows: list[Row], device: torch.device, syncs: bool = False) -> N
           "\npeak MB: CUDA allocator peak of the stage; on the CPU the activations saved for "
           "backward (train steps) or the process's peak RSS growth in a fresh process (relation "
           "head + loss).\nops: dispatched non-view ATen ops per step or batch (about the kernel "
-          "launches on a GPU), from one untimed call; none for compiled code. MiB: what those ops "
+          "launches on a GPU), from one untimed call; for compiled steps, in parentheses, the "
+          "top-level ATen ops outside compiled code (torch.profiler). MiB: what those ops "
           "read and write, a proxy of the memory traffic (each tensor once, whole, no caches); "
           "for train steps that of forward + loss + backward, as the MFU's FLOPs."
           + ("\nsyncs/step: host syncs flagged by torch.cuda.set_sync_debug_mode (CUDA only)."
