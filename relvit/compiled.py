@@ -59,5 +59,4 @@ def device_constant(make: Callable[Args, torch.Tensor]) -> Callable[Args, torch.
     def get(*args: Args.args, **kwargs: Args.kwargs) -> torch.Tensor:
         return make(*args, **kwargs) if torch.compiler.is_compiling() else kept(*args, **kwargs)
 
-    get.cache_clear = kept.cache_clear  # type: ignore[attr-defined]
     return get

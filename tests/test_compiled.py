@@ -12,6 +12,8 @@ import torch
 import torch._dynamo
 import torch._inductor
 
+from fixtures.tracing import RecordingBackend
+
 from relvit.compiled import compile_static, uses_cuda_graphs
 from relvit.config import CompileMode
 
@@ -273,20 +275,11 @@ def test_compile_step_makes_every_tensor_of_its_region_on_the_batchs_device():
                        drawn.draws.to(meta))
     model = model.to(meta)
     model.relation_projections = False
-    graphs, devices = [], set()
-
-    def recording_backend(gm: torch.fx.GraphModule, example_inputs: list):
-        graphs.append(gm)
-        for node in gm.graph.nodes:
-            value = node.meta.get("example_value")
-            if isinstance(value, torch.Tensor):
-                devices.add(value.device)
-        return gm.forward
-
+    recorded = RecordingBackend()
     torch._dynamo.reset()
     step = compile_static(functools.partial(objective.step_losses, model, autocast=False),
-                          recording_backend)
+                          recorded)
     loss, stats = step(drawn)
     torch._dynamo.reset()
-    assert len(graphs) == 1 and devices == {meta}
+    assert len(recorded.graphs) == 1 and recorded.devices == {meta}
     assert loss.device == meta and {"loss_rel", "loss_pos"} <= stats.keys()

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from fixtures.tracing import RecordingBackend
+
 from relvit.ssl.patches import patchify, permute_patches, unpatchify
 from relvit.ssl.targets import (
     CENTRE,
@@ -115,19 +117,11 @@ def test_targets_traced_by_torch_compile_are_made_on_the_permutations_device(mak
     device, in the graph: a table cached on the host would be traced as a host-to-device copy,
     which keeps CUDA graphs off the whole region. The meta device stands in for CUDA. The values
     are the cached tables' (CPU)."""
-    devices = []
-
-    def recording_backend(gm: torch.fx.GraphModule, example_inputs: list):
-        for node in gm.graph.nodes:  # where each traced tensor lives
-            value = node.meta.get("example_value")
-            if isinstance(value, torch.Tensor):
-                devices.append(value.device)
-        return gm.forward
-
+    recorded = RecordingBackend()
     perm = torch.stack([torch.randperm(12) for _ in range(2)])
     torch._dynamo.reset()
-    traced = torch.compile(lambda p: make(3, 4, p), backend=recording_backend, dynamic=False)
+    traced = torch.compile(lambda p: make(3, 4, p), backend=recorded, dynamic=False)
     traced(perm.to("meta"))
-    assert devices and set(devices) == {torch.device("meta")}
+    assert recorded.devices == {torch.device("meta")}
     torch.testing.assert_close(traced(perm), make(3, 4, perm))
     torch._dynamo.reset()

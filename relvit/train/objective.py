@@ -68,6 +68,11 @@ class Objective:
         images = random_crop(images, self.dataset.crop_padding, generator)
         return random_hflip(images, generator) if self.dataset.flip else images
 
+    def _compiled_on(self, device: torch.device) -> bool:
+        """Whether the jitter and the loss chunks take their compiled twins: `compile: true`
+        compiles them on CUDA only, as it does the model."""
+        return self.cfg.compile and device.type == "cuda"
+
     def batch(self, images: Tensor, labels: Tensor, train: bool,
               generator: torch.Generator) -> Batch:
         """`draw`, then `build`: the model's input and targets of a batch."""
@@ -100,8 +105,8 @@ class Objective:
         after = self.cfg.ssl.jitter_after_normalize  # the original's order (Q5): jitter clamps
         if after:
             images = normalize(images, self.mean, self.std)
-        compiled = self.cfg.compile and images.is_cuda
-        images = apply_ssl_inputs(images, self.geo.cell, draws, JITTER, compiled)
+        images = apply_ssl_inputs(images, self.geo.cell, draws, JITTER,
+                                  self._compiled_on(images.device))
         if not after:
             images = normalize(images, self.mean, self.std)
         return Batch(images, drawn.labels, drawn.grid, draws.perm)
@@ -136,9 +141,9 @@ class Objective:
             rel, diagonal = out["relations"], self.cfg.ssl.relation_diagonal
             if isinstance(rel, PairProjections):  # fused: the N x N scores are never held
                 target = relation_targets(h, w, perm, dtype=torch.uint8, device=device)
-                compiled = self.cfg.compile and device.type == "cuda"
                 terms["loss_rel"], stats["acc_rel"], stats["acc_rel_all"] = \
-                    losses.fused_relation_loss(rel, target, diagonal, compiled=compiled)
+                    losses.fused_relation_loss(rel, target, diagonal,
+                                               compiled=self._compiled_on(device))
             else:  # the plain reference path
                 target = relation_targets(h, w, perm, device=device)
                 terms["loss_rel"] = losses.relation_loss(rel, target, diagonal)
