@@ -7,6 +7,8 @@ Environment variables:
                              DIR/rank<RANK>.txt (through the writers relvit.train.loop calls)
   RELVIT_TEST_STOP_AFTER=K   train(..., stop_after=K): stop after K epochs, as an interruption
   RELVIT_TEST_NAN_RANK=R     rank R's loss turns NaN at the second training step
+  RELVIT_TEST_GROUP_FREED=1  each rank logs "rank R: process group freed: BOOL", whether its
+                             process group object is gone once destroy_process_group returns
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, Callable
+
+import torch.distributed as dist
 
 import relvit.train.loop as loop
 from relvit import cli
@@ -40,6 +45,16 @@ def _instrument() -> None:
     if "RELVIT_TEST_STOP_AFTER" in os.environ:
         loop.train = functools.partial(loop.train,
                                        stop_after=int(os.environ["RELVIT_TEST_STOP_AFTER"]))
+    if "RELVIT_TEST_GROUP_FREED" in os.environ:
+        destroy = dist.destroy_process_group
+
+        def destroy_and_report(*args: Any, **kwargs: Any) -> None:
+            group = weakref.ref(dist.group.WORLD)
+            destroy(*args, **kwargs)
+            print(f"rank {os.environ['RANK']}: process group freed: {group() is None}",
+                  file=sys.stderr)
+
+        dist.destroy_process_group = destroy_and_report
     if "RELVIT_TEST_NAN_RANK" in os.environ:
         nan_rank, original = int(os.environ["RELVIT_TEST_NAN_RANK"]), loop.Run.train_loss
         steps = [0]

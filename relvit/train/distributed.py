@@ -8,6 +8,7 @@ a single process, so a run without torchrun behaves exactly as without this modu
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from contextlib import contextmanager
@@ -93,6 +94,11 @@ def session(device_name: str) -> Iterator[torch.device]:
     try:
         yield device
     finally:
+        # DDP's reducer holds the group and sits in reference cycles with the run: collected
+        # first, so that destroying the group joins gloo's worker threads here. Otherwise the
+        # group outlives this call and is torn down during the interpreter's exit, which can
+        # abort a rank ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
 
 
