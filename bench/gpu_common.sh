@@ -1,14 +1,14 @@
 # Sourced by the bench/gpu_*.sh scripts once their options are read ($DEVICE: cuda, or cpu for
 # a dry run): $OUT (default ./gpu-check-out, or the script's $DEFAULT_OUT), PYTHONPATH with the
-# repository root (and $EXTRA_PYTHONPATH), $PY (the venv's python for a CPU dry run), and
-# summary(), which appends a line with the seconds since the start to $OUT/summary.txt; that file
-# starts with the versions and the device.
+# repository root (and $EXTRA_PYTHONPATH), $PY ($PYTHON, else the venv's python for a CPU dry
+# run, else python3), and summary(), which appends a line with the seconds since the start to
+# $OUT/summary.txt; that file starts with the versions and the device.
 OUT="${OUT:-${DEFAULT_OUT:-gpu-check-out}}"
 mkdir -p "$OUT"
 export PYTHONPATH=".${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-[[ -x .venv/bin/python && "${DEVICE:-cuda}" == cpu ]] && PY=.venv/bin/python
+[[ -z "${PYTHON:-}" && -x .venv/bin/python && "${DEVICE:-cuda}" == cpu ]] && PY=.venv/bin/python
 
 start=$(date +%s)
 summary() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/summary.txt"; }
