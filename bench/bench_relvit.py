@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import itertools
 import json
 import math
@@ -307,6 +308,9 @@ def profile_steps(fn: Callable[[], object], calls: int, device: torch.device, st
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a peak-memory measurement, the earlier cases' garbage collected first: a run is a
+    reference cycle, and would otherwise stay allocated through the next case's peak."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

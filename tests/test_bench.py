@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,29 @@ def test_compiled_steps_as_one_region(bench, monkeypatch, tmp_path):
     assert ["autograd_function_apply" in t for t in regions] == [False, True, False, True]
     assert ["method full of" in t for t in regions] == [False, False, True, True]
     assert [("bmm" in t, "addcmul" in t) for t in regions] == [(False, False)] * 3 + [(True, True)]
+
+
+def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
+    """A run is a reference cycle: the loop stage's supervised run, model, optimizer and data,
+    stayed allocated through the pretrain run's peak-memory measurement until gc collected it
+    (reset_peak now does)."""
+    built, alive_when_timed = [], []
+    build, timed = bench.build_model, bench.timed
+
+    def recorded_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    def counting_timed(*args, **kwargs):
+        alive_when_timed.append(sum(ref() is not None for ref in built))
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "build_model", recorded_build)
+    monkeypatch.setattr(bench, "timed", counting_timed)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--only", "steps", "loop", *TINY])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(built) >= 7 and alive_when_timed and set(alive_when_timed) == {1}, alive_when_timed
