@@ -94,10 +94,10 @@ def session(device_name: str) -> Iterator[torch.device]:
     try:
         yield device
     finally:
-        # DDP's reducer holds the group and sits in reference cycles with the run: collected
-        # first, so that destroying the group joins gloo's worker threads here. Otherwise the
-        # group outlives this call and is torn down during the interpreter's exit, which can
-        # abort a rank ("terminate called without an active exception").
+        # The finished run is a reference cycle that holds DDP, whose reducer holds the group:
+        # collected first, the group is freed by destroy_process_group, which joins the
+        # backend's threads here. Otherwise it is torn down during the interpreter's exit,
+        # which now and then aborted a rank ("terminate called without an active exception").
         gc.collect()
         dist.destroy_process_group()
 
