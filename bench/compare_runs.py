@@ -5,7 +5,8 @@
 Reads each run's history.csv (`relvit <mode> --out RUNS_DIR/NAME`) and prints, per pair and
 epoch, the training loss of both runs and their relative difference, the validation loss and
 accuracies, the epoch's wall time and training images/s; then per pair the largest loss
-difference and the median epoch time without the first epoch (which holds the compiles). Used
+difference and the median epoch time without the first epoch (which holds the compiles), and
+the peak memory of both runs from their metrics.json (a run cut by a time cap has none). Used
 by bench/gpu_run_check.sh. Exit status 1 when a run has no history (it failed or was cut before
 its first epoch ended).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -28,6 +30,22 @@ def read_history(run: Path) -> list[dict[str, float]]:
     with path.open(newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)}
                 for row in csv.DictReader(f)]
+
+
+def read_peak_memory(run: Path) -> float | None:
+    """The run's `peak_memory_mb` (metrics.json, written when it finished), else None."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("peak_memory_mb")
+
+
+def peak_memory_line(base_name: str, base: float | None, other_name: str,
+                     other: float | None) -> str:
+    """Both runs' peak memory, and their ratio when both finished."""
+    shown = [f"{peak:,.0f} MB" if peak is not None else "— (unfinished)" for peak in (base, other)]
+    ratio = f" ({other / base:.2f}x)" if base and other is not None else ""
+    return f"peak memory {base_name} / {other_name}: {shown[0]} / {shown[1]}{ratio}"
 
 
 def _relative(a: float, b: float) -> float:
@@ -83,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{base_name} vs {other_name}: an empty history")
             failed = True
             continue
-        print("\n".join(compare(base_name, base, other_name, other)))
+        lines = compare(base_name, base, other_name, other)
+        lines.insert(-1, peak_memory_line(base_name, read_peak_memory(args.runs / base_name),
+                                          other_name, read_peak_memory(args.runs / other_name)))
+        print("\n".join(lines))
     return 1 if failed else 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,14 @@ def test_names_come_in_pairs(tmp_path, compare_runs):
     with pytest.raises(SystemExit) as exit_:
         compare_runs.main([str(tmp_path), "eager", "graphs", "alone"])
     assert exit_.value.code == 2
+
+
+def test_pairs_print_both_runs_peak_memory_when_they_finished(tmp_path, capsys, compare_runs):
+    for name, peak in (("eager", 3000.0), ("graphs", 3300.0), ("cut", None)):
+        _run(tmp_path, name, [2.0, 1.5], [3.0, 2.0])
+        if peak is not None:  # metrics.json is written when a run finishes
+            (tmp_path / name / "metrics.json").write_text(json.dumps({"peak_memory_mb": peak}))
+    assert compare_runs.main([str(tmp_path), "eager", "graphs", "eager", "cut"]) == 0
+    out = capsys.readouterr().out
+    assert "peak memory eager / graphs: 3,000 MB / 3,300 MB (1.10x)" in out
+    assert "peak memory eager / cut: 3,000 MB / — (unfinished)\n" in out

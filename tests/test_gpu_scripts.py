@@ -28,6 +28,7 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
     assert "comparison: exit 0" in summary, summary
     # both pairs (eager against each graphs run) compared on every epoch
     assert summary.count(": 2 of 2 epochs; largest train_loss rel. diff") == 2, summary
+    assert summary.count("peak memory pretrain-eager / pretrain-graphs") == 2, summary
     with tarfile.open(out / "runs.tar.gz") as tar:
         configs = {run: yaml.safe_load(tar.extractfile(f"./{run}/config.yaml")) for run in runs}
         assert {f"./{run}/history.csv" for run in runs} <= set(tar.getnames())
