@@ -43,7 +43,8 @@ def read_peak_memory(run: Path) -> float | None:
 def peak_memory_line(base_name: str, base: float | None, other_name: str,
                      other: float | None) -> str:
     """Both runs' peak memory, and their ratio when both finished."""
-    shown = [f"{peak:,.0f} MB" if peak is not None else "— (unfinished)" for peak in (base, other)]
+    shown = [f"{peak:,.0f} MB" if peak is not None else "— (unfinished)"
+             for peak in (base, other)]
     ratio = f" ({other / base:.2f}x)" if base and other is not None else ""
     return f"peak memory {base_name} / {other_name}: {shown[0]} / {shown[1]}{ratio}"
 
