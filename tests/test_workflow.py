@@ -140,6 +140,21 @@ def test_bad_run_config_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("profile", [[], ["--profile", str(ROOT / "profiles" / "slurm"),
+                                            "--executor", "local"]], ids=["plain", "slurm"])
+def test_run_config_jobs_run_in_threads(tmp_path, profile):
+    """The workflow profile's force-use-threads: the run: jobs write their files from within
+    this snakemake instead of starting a Snakemake process each (about 2 s apiece)."""
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = snakemake(*profile, "--cores", "2", "--configfile", "tiny.yaml", "--verbose",
+                       "--until", "run_config", cwd=tmp_path)
+    configs = sorted(p.relative_to(tmp_path / "results" / "configs").as_posix()
+                     for p in (tmp_path / "results" / "configs").rglob("*.yaml"))
+    assert configs == [f"digits/vit_small/{method}/seed0.yaml" for method in
+                       ("pretrain", "relvit", "supervised", "supervised_same_epochs")]
+    assert "spawned job" not in result.stdout + result.stderr
+
+
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
