@@ -29,8 +29,10 @@ from relvit.train.loop import train
 from relvit.train.timing import TIMING_KEYS
 
 INJECT = Path(__file__).with_name("inject.py")
-# metrics.json entries that measure the machine, not the run
-VOLATILE = ("wall_time_s", "peak_memory_mb")
+# metrics.json entries that describe the machine, not the run: its timings, and the checkout's
+# commit, which an edit made while the suite runs turns "-dirty" between the reference run and
+# a later one
+VOLATILE = ("wall_time_s", "peak_memory_mb", "git_sha")
 # a tiny pretrain run that draws every random stream (jitter, shuffle, drop path): 12 steps/epoch
 FAULT_RUN = merge(TINY_RUN, {"mode": "pretrain", "optim": {"epochs": 3},
                              "ssl": {"shuffle": True}, "model": {"drop_path_rate": 0.1}})
