@@ -48,6 +48,29 @@ def test_bar_charts_and_curves(tmp_path):
     assert len(written) == 4 + len(expected)
 
 
+def test_curves_join_the_epochs_that_were_evaluated(tmp_path, monkeypatch):
+    """A detection run evaluates every `eval_every` epochs: its mAP curve is drawn through those
+    epochs, not through the empty ones between (which would draw nothing)."""
+    from matplotlib.axes import Axes
+
+    run = tmp_path / "runs" / "digit_scenes" / "vit_small" / "det_supervised" / "seed0"
+    run.mkdir(parents=True)
+    (run / "history.csv").write_text("epoch,lr,train_loss,val_bbox_mAP\n1,0.001,2.9,\n"
+                                     "2,0.001,2.2,2.77\n3,0.001,1.9,\n4,0.001,1.7,11.29\n")
+    drawn = {}
+    plot = Axes.plot
+
+    def spy(ax, x, y, *args, **kwargs):
+        drawn[kwargs["label"]] = (list(x), list(y))
+        return plot(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    training_curves([run / "metrics.json"], tmp_path / "figures")
+    assert drawn == {"train_loss seed0": ([1, 2, 3, 4], [2.9, 2.2, 1.9, 1.7]),
+                     "box mAP seed0": ([2, 4], [2.77, 11.29])}
+    assert_file(tmp_path / "figures" / "curves" / "digit_scenes/vit_small/det_supervised.png", PNG)
+
+
 def test_curves_need_a_history(tmp_path):
     write_results(tmp_path, planned_only=())
     metrics = tmp_path / "runs" / "cifar10/vit_small/supervised/seed1/metrics.json"

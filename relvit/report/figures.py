@@ -102,6 +102,12 @@ def _history(run_dir: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot read the run's history ({err})") from err
 
 
+def _recorded(history: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The epochs that recorded `column`: a detection run evaluates every `eval_every` epochs
+    only, and a line through the empty epochs between would draw nothing."""
+    return history[["epoch", column]].dropna()
+
+
 def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> list[Path]:
     """`<out_dir>/curves/<group>.png` per group of runs (seeds overlaid): losses, and the
     validation metrics of VAL_METRICS that the runs record."""
@@ -116,11 +122,13 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
             history, seed = _history(run_dir), run_dir.name
             for column, style in zip(LOSSES, STYLES):
                 if column in history:
-                    loss_ax.plot(history["epoch"], history[column], style, color=f"C{i}",
+                    rows = _recorded(history, column)
+                    loss_ax.plot(rows["epoch"], rows[column], style, color=f"C{i}",
                                  label=f"{column} {seed}")
             shown = [(column, *VAL_METRICS[column]) for column in VAL_METRICS if column in history]
             for (column, label, scale), style in zip(shown, STYLES):
-                metric_ax.plot(history["epoch"], history[column] * scale, style, color=f"C{i}",
+                rows = _recorded(history, column)
+                metric_ax.plot(rows["epoch"], rows[column] * scale, style, color=f"C{i}",
                                label=f"{label} {seed}")
         loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
         metric_ax.set(xlabel="epoch", title="validation metric")
