@@ -50,7 +50,8 @@ def test_bar_charts_and_curves(tmp_path):
 
 def test_curves_join_the_epochs_that_were_evaluated(tmp_path, monkeypatch):
     """A detection run evaluates every `eval_every` epochs: its mAP curve is drawn through those
-    epochs, not through the empty ones between (which would draw nothing)."""
+    epochs, not through the empty ones between (which would draw nothing), with a dot at each,
+    so that a run evaluated once shows too."""
     from matplotlib.axes import Axes
 
     run = tmp_path / "runs" / "digit_scenes" / "vit_small" / "det_supervised" / "seed0"
@@ -61,13 +62,13 @@ def test_curves_join_the_epochs_that_were_evaluated(tmp_path, monkeypatch):
     plot = Axes.plot
 
     def spy(ax, x, y, *args, **kwargs):
-        drawn[kwargs["label"]] = (list(x), list(y))
+        drawn[kwargs["label"]] = (list(x), list(y), kwargs.get("marker"))
         return plot(ax, x, y, *args, **kwargs)
 
     monkeypatch.setattr(Axes, "plot", spy)
     training_curves([run / "metrics.json"], tmp_path / "figures")
-    assert drawn == {"train_loss seed0": ([1, 2, 3, 4], [2.9, 2.2, 1.9, 1.7]),
-                     "box mAP seed0": ([2, 4], [2.77, 11.29])}
+    assert drawn == {"train_loss seed0": ([1, 2, 3, 4], [2.9, 2.2, 1.9, 1.7], None),
+                     "box mAP seed0": ([2, 4], [2.77, 11.29], ".")}
     assert_file(tmp_path / "figures" / "curves" / "digit_scenes/vit_small/det_supervised.png", PNG)
 
 

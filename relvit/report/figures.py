@@ -127,9 +127,9 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
                                  label=f"{column} {seed}")
             shown = [(column, *VAL_METRICS[column]) for column in VAL_METRICS if column in history]
             for (column, label, scale), style in zip(shown, STYLES):
-                rows = _recorded(history, column)
-                metric_ax.plot(rows["epoch"], rows[column] * scale, style, color=f"C{i}",
-                               label=f"{label} {seed}")
+                rows = _recorded(history, column)  # a dot per evaluation: one can be alone
+                metric_ax.plot(rows["epoch"], rows[column] * scale, style, marker=".",
+                               color=f"C{i}", label=f"{label} {seed}")
         loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
         metric_ax.set(xlabel="epoch", title="validation metric")
         for ax in (loss_ax, metric_ax):
