@@ -1,6 +1,7 @@
 """Detection runs end to end on a few embedded digit scenes: every variant of Tables 2-3 trains,
 evaluates with pycocotools, resumes exactly, and loads a pretrain run's backbone."""
 
+import csv
 
 import pytest
 
@@ -82,6 +83,19 @@ def test_detection_resumes_exactly(tmp_path, detect_config):
     assert train(cfg, tmp_path / "split", stop_after=1, progress=False) is None
     resumed = train(cfg, tmp_path / "split", progress=False)
     assert resumed["last"] == whole["last"] and resumed["best_map"] == whole["best_map"]
+
+
+def test_evaluating_every_other_epoch_changes_no_training(tmp_path, detect_config):
+    """`eval_every: 2` of 3 epochs evaluates after epochs 2 and 3 (the last always), and the
+    run trains as one evaluated every epoch: the smoke and CI tiers rely on it, as their tables
+    read the last epoch."""
+    runs = {every: train(detect_config(detection={"eval_every": every}, optim={"epochs": 3}),
+                         tmp_path / f"every{every}", progress=False) for every in (1, 2)}
+    with (tmp_path / "every2" / "history.csv").open() as handle:
+        evaluated = [row["val_bbox_mAP"] != "" for row in csv.DictReader(handle)]
+    assert evaluated == [False, True, True]
+    assert runs[2]["last"] == runs[1]["last"] and runs[2]["last_map"] == runs[1]["last_map"]
+    assert runs[2]["best_epoch"] in (2, 3)
 
 
 def test_detection_needs_a_detection_dataset(tiny_config):
