@@ -163,7 +163,7 @@ def _figures(args: argparse.Namespace) -> int:
 
 def _cell_arguments(p: argparse.ArgumentParser) -> None:
     """The inputs of compare and figures: Table 1's sources, the detection plan, the paper."""
-    from relvit.report.compare import Criterion
+    from relvit.report.criterion import Criterion
 
     p.add_argument("runs", nargs="*", type=Path,
                    help="Table 1: metrics.json files and run configs (*.yaml: planned cells), "

@@ -98,3 +98,15 @@ def test_cli_finetune_without_checkpoint_fails_clearly(tmp_path):
     )
     assert result.returncode == 1
     assert "absent.pt does not exist" in result.stderr
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`relvit --help`, `relvit check` and each job's argument parsing import none of torch,
+    pandas or scikit-learn (0.06 s against 0.35 s with pandas for compare's defaults); a command
+    imports what it needs when it runs."""
+    heavy = ("torch", "timm", "torchvision", "pandas", "matplotlib", "sklearn")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from relvit.cli import build_parser; "
+         f"build_parser(); print(sorted(set({heavy!r}) & set(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from relvit.report import detection_tables as det
+from relvit.report.criterion import Criterion
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import summarize
 from relvit.report.table1 import EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1, seed_cell
@@ -41,26 +41,6 @@ STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not compara
 EMPTY = "—"
 PAPER_CSV = "results/paper/tables.csv"
 IMPROVEMENTS_CSV = "results/paper/printed-improvements.csv"
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """When a reproduced cell agrees with the paper's (see the module docstring)."""
-
-    sigmas: float = 2.0
-    tolerance: float = 0.9
-
-    def __post_init__(self) -> None:
-        if not (self.sigmas > 0 and self.tolerance >= 0):
-            raise ValueError(f"compare: sigmas must be > 0 and tolerance >= 0, got "
-                             f"sigmas={self.sigmas!r}, tolerance={self.tolerance!r}")
-
-    def bound(self, paper: Cell, ours: Cell) -> tuple[float, str]:
-        """The largest |Δ| that agrees, and how it was derived."""
-        if paper.std is not None:
-            combined = math.hypot(paper.std, ours.std or 0.0)
-            return self.sigmas * combined, f"{self.sigmas:g}σ"
-        return self.tolerance, "tolerance"
 
 
 @dataclass
