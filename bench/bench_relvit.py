@@ -31,11 +31,10 @@ outside compiled code, `eager_ops_outside_compiled`), "MiB" what those ops read 
 proxy of the memory traffic; with --cpu-autocast the CPU's train steps run under bf16 autocast
 as CUDA's, so that their counts stand for a GPU step's: a CPU-only session can weigh a change
 for the GPU; --dense-jitter does so for the SSL inputs and "+ batch" steps, with CUDA's jitter
-path). --sync-debug counts
-the host syncs per step in the timed SSL inputs, train steps and loop (CUDA only; the sites go to
-stderr and the JSON). --profile DIR writes a
-torch.profiler table and chrome trace per train step case, loop and relation head + loss case,
-outside the timed calls.
+path). --sync-debug counts the host syncs per step in the timed SSL inputs, train steps and loop
+(CUDA only; the sites go to stderr and the JSON). --profile DIR writes a torch.profiler table
+and chrome trace per train step case, loop and relation head + loss case, outside the timed
+calls.
 """
 
 from __future__ import annotations
