@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import functools
 import json
-import sys
 import warnings
 import weakref
 from pathlib import Path
@@ -13,22 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH_FILE = Path(__file__).resolve().parents[1] / "bench" / "bench_relvit.py"
+from fixtures.bench import bench_script
+
 TINY = ["--batch", "4", "--embed-dim", "36", "--depth", "1", "--num-heads", "3", "--steps", "1",
         "--warmup", "0", "--loop-batches", "2", "--sizes", "32", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/bench_relvit.py as a module (registered first: its dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location("bench_relvit", BENCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    """bench/bench_relvit.py as a module."""
+    with bench_script("bench_relvit") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 @pytest.fixture(scope="module")

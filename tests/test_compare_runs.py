@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from fixtures.bench import bench_script
 from relvit.train.loop import _history_csv
-
-COMPARE_FILE = Path(__file__).resolve().parents[1] / "bench" / "compare_runs.py"
 
 
 @pytest.fixture(scope="module")
 def compare_runs():
-    spec = importlib.util.spec_from_file_location("compare_runs", COMPARE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with bench_script("compare_runs") as module:
+        yield module
 
 
 def _run(root: Path, name: str, losses: list[float], seconds: list[float]) -> None:
