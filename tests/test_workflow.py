@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.bench import bench_script
 from relvit.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def test_run_config_jobs_run_in_threads(tmp_path, profile):
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=tmp_path)
+    run = snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=tmp_path)
     table = (tmp_path / "results" / "tables" / "table1.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| Digits"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -170,6 +171,24 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert (tmp_path / "results" / "tables" / "table1.tex").is_file()
     again = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+    _check_pipeline_times(tmp_path, job_counts(run.stdout + run.stderr))
+
+
+def _check_pipeline_times(project: Path, counts: dict[str, int]) -> None:
+    """bench/pipeline_times.py reads the real log of the project's run: every job, finished,
+    and the training runs' own time (metrics.json) within their jobs'."""
+    with bench_script("pipeline_times") as times:
+        log = times.parse_log(times.newest_log(project))
+        assert (log.cores, log.workdir) == (2, project)
+        rules = [job.rule for job in log.jobs]
+        assert {rule: rules.count(rule) for rule in counts} == counts
+        assert len(rules) == sum(counts.values()) and all(job.end for job in log.jobs)
+        for job in log.jobs:
+            own = times.run_seconds(job, log.workdir)
+            if job.rule in ("pretrain", "finetune", "supervised", "detect"):
+                assert 0 < own <= job.seconds + 1, (job, own)  # the log's 1-s resolution
+            else:
+                assert own is None, job
 
 
 DETECTION = {

@@ -1,0 +1,207 @@
+"""Where a Snakemake run's time went: each rule's jobs, the training runs' own time, idle cores.
+
+    python bench/pipeline_times.py [LOG] [--cores N]
+
+LOG is the log Snakemake writes for every invocation (default: the newest
+`.snakemake/log/*.snakemake.log` under the current directory). Each job's start and end are the
+log's timestamps (1-s resolution). A training job's own time is its run's `wall_time_s` in the
+metrics.json it outputs: the run's epochs, training and evaluation, without the process's
+start-up (imports, data loading, model building). Prints, in Markdown, per rule: jobs,
+job-seconds, the runs' own seconds and the rest; then the core-seconds (cores × wall time) split
+into the runs' own time, the jobs' time outside it and the time no job held a core (Snakemake
+building its DAG and between jobs, or too few jobs ready). Issue 6 asks for this split of the
+smoke pipeline (docs/performance.md, "The smoke pipeline on 2 CPU cores").
+
+A run resumed from an earlier invocation counts its earlier epochs too: measure from a clean
+start. Exit status 1 for a log with no finished job, 2 for a file that is no Snakemake log or a
+training job whose metrics.json has no `wall_time_s` (the message names the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+TIMESTAMP = re.compile(r"\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+HEADER_DATE = re.compile(r"\s*Date: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+WORKDIR = re.compile(r"\s*Working directory: (.+)")
+CORES = re.compile(r"Provided cores: (\d+)")
+JOB_START = re.compile(r"(?:local)?rule (\w+):$")
+JOB_KEY = re.compile(r"\s+(output|jobid|threads): (.+)")
+JOB_END = re.compile(r"Finished jobid: (\d+)")
+
+
+@dataclass
+class Job:
+    """One job of the log: its rule, when it started and ended, what it wrote."""
+
+    rule: str
+    start: datetime
+    jobid: str = ""
+    threads: int = 1
+    outputs: list[str] = field(default_factory=list)
+    end: datetime | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+
+@dataclass
+class PipelineLog:
+    """What a Snakemake log says of its run."""
+
+    path: Path
+    start: datetime
+    cores: int | None
+    workdir: Path
+    jobs: list[Job]
+
+
+def _timestamp(text: str) -> datetime:
+    return datetime.strptime(" ".join(text.split()), "%a %b %d %H:%M:%S %Y")
+
+
+def parse_log(path: Path) -> PipelineLog:
+    """The jobs of a Snakemake log, with the run's start (its header's date, else its first
+    timestamp), its cores and its working directory (the header's, else the log's project)."""
+    start = cores = workdir = now = job = None
+    jobs: dict[str, Job] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if m := TIMESTAMP.match(line):
+            now = _timestamp(m.group(1))
+            start = start or now
+        elif start is None and (m := HEADER_DATE.match(line)):
+            start = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+        elif m := WORKDIR.match(line):
+            workdir = workdir or Path(m.group(1).strip())
+        elif m := CORES.match(line):
+            cores = int(m.group(1))
+        elif (m := JOB_START.match(line)) and now is not None:
+            job = Job(m.group(1), now)
+        elif job is not None and (m := JOB_KEY.match(line)):
+            key, value = m.groups()
+            if key == "output":
+                job.outputs = [p.strip() for p in value.split(",")]
+            elif key == "threads":
+                job.threads = int(value)
+            else:
+                job.jobid = value.strip()
+                jobs[job.jobid] = job
+        elif (m := JOB_END.match(line)) and m.group(1) in jobs:
+            jobs[m.group(1)].end = now
+            job = None
+        elif not line.startswith(" "):
+            job = None
+    if start is None or not jobs:
+        raise ValueError(f"{path}: no Snakemake jobs in it (is it a Snakemake log?)")
+    project = path.resolve().parents[2] if path.parent.name == "log" else path.parent
+    return PipelineLog(path, start, cores, workdir or project, list(jobs.values()))
+
+
+def run_seconds(job: Job, workdir: Path) -> float | None:
+    """The training run's own time (`wall_time_s` of the metrics.json the job wrote), if any."""
+    for output in job.outputs:
+        if output.endswith("metrics.json"):
+            path = workdir / output
+            try:
+                return float(json.loads(path.read_text())["wall_time_s"])
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}: no wall_time_s to read ({error})") from error
+    return None
+
+
+def idle_core_seconds(jobs: list[Job], start: datetime, end: datetime, cores: int) -> int:
+    """Core-seconds between start and end in which no job held the core (second by second)."""
+    length = int((end - start).total_seconds())
+    change = [0] * (length + 1)
+    for job in jobs:
+        change[int((job.start - start).total_seconds())] += job.threads
+        change[int((job.end - start).total_seconds())] -= job.threads
+    idle, busy = 0, 0
+    for second in range(length):
+        busy += change[second]
+        idle += max(0, cores - busy)
+    return idle
+
+
+def report(log: PipelineLog, cores: int) -> str:
+    """The Markdown breakdown of the log's finished jobs."""
+    finished = [job for job in log.jobs if job.end is not None]
+    end = max(job.end for job in finished)
+    wall = (end - log.start).total_seconds()
+    rules: dict[str, list[float]] = {}
+    for job in finished:
+        own = run_seconds(job, log.workdir)
+        row = rules.setdefault(job.rule, [0, 0.0, 0.0, 0])
+        row[0] += 1
+        row[1] += job.seconds
+        if own is not None:
+            row[2] += own
+            row[3] += 1
+    lines = [f"{log.path}: {len(finished)} jobs finished on {cores} cores in {wall:.0f} s "
+             "(from Snakemake's start to its last job's end)", "",
+             "| rule | jobs | job s | runs' own s | outside the runs s | outside, per run s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for rule, (n, seconds, own, runs) in sorted(rules.items(), key=lambda r: -r[1][1]):
+        per_run = f"{(seconds - own) / runs:.1f}" if runs else ""
+        lines.append(f"| {rule} | {n} | {seconds:.0f} | {own:.0f} | {seconds - own:.0f} | "
+                     f"{per_run} |")
+    job_s = sum(r[1] for r in rules.values())
+    own_s = sum(r[2] for r in rules.values())
+    lines.append(f"| total | {len(finished)} | {job_s:.0f} | {own_s:.0f} | {job_s - own_s:.0f} "
+                 "| |")
+    core_s = cores * wall
+    idle = idle_core_seconds(finished, log.start, end, cores)
+    lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",
+              f"- the training runs' own time (their epochs): {own_s:.0f} "
+              f"({own_s / core_s:.1%})",
+              f"- the jobs' time outside it (start-up, imports, the report jobs): "
+              f"{job_s - own_s:.0f} ({(job_s - own_s) / core_s:.1%})",
+              f"- no job on the core (Snakemake's DAG, between jobs, waiting on inputs): "
+              f"{idle} ({idle / core_s:.1%})",
+              f"- **outside training: {1 - own_s / core_s:.1%}**"]
+    unfinished = [f"{job.rule} (job {job.jobid})" for job in log.jobs if job.end is None]
+    if unfinished:
+        lines += ["", f"Not finished in this log (failed, or still running): "
+                      f"{', '.join(unfinished)}"]
+    return "\n".join(lines)
+
+
+def newest_log(root: Path) -> Path:
+    """The newest Snakemake log under root/.snakemake/log."""
+    logs = sorted((root / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        raise FileNotFoundError(f"{root / '.snakemake' / 'log'}: no Snakemake log; pass one")
+    return logs[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("log", nargs="?", type=Path,
+                        help="a Snakemake log (default: the newest in .snakemake/log)")
+    parser.add_argument("--cores", type=int,
+                        help="the cores the jobs ran on (default: the log's 'Provided cores')")
+    args = parser.parse_args(argv)
+    try:
+        log = parse_log(args.log or newest_log(Path.cwd()))
+        cores = args.cores or log.cores
+        if not cores:
+            raise ValueError(f"{log.path}: no 'Provided cores' line; pass --cores")
+        if not any(job.end for job in log.jobs):
+            print(f"{log.path}: no job finished", file=sys.stderr)
+            return 1
+        print(report(log, cores))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
