@@ -130,32 +130,44 @@ def idle_core_seconds(jobs: list[Job], start: datetime, end: datetime, cores: in
     return idle
 
 
+@dataclass
+class RuleTotals:
+    """A rule's finished jobs: how many, their seconds, and the runs' own seconds among them."""
+
+    jobs: int = 0
+    seconds: float = 0.0
+    runs: int = 0
+    own: float = 0.0
+
+    def row(self, name: str) -> str:
+        per_run = f"{(self.seconds - self.own) / self.runs:.1f}" if self.runs else ""
+        return (f"| {name} | {self.jobs} | {self.seconds:.0f} | {self.own:.0f} | "
+                f"{self.seconds - self.own:.0f} | {per_run} |")
+
+
 def report(log: PipelineLog, cores: int) -> str:
     """The Markdown breakdown of the log's finished jobs."""
     finished = [job for job in log.jobs if job.end is not None]
     end = max(job.end for job in finished)
     wall = (end - log.start).total_seconds()
-    rules: dict[str, list[float]] = {}
+    rules: dict[str, RuleTotals] = {}
+    total = RuleTotals()
     for job in finished:
         own = run_seconds(job, log.workdir)
-        row = rules.setdefault(job.rule, [0, 0.0, 0.0, 0])
-        row[0] += 1
-        row[1] += job.seconds
-        if own is not None:
-            row[2] += own
-            row[3] += 1
+        for totals in (rules.setdefault(job.rule, RuleTotals()), total):
+            totals.jobs += 1
+            totals.seconds += job.seconds
+            if own is not None:
+                totals.runs += 1
+                totals.own += own
     lines = [f"{log.path}: {len(finished)} jobs finished on {cores} cores in {wall:.0f} s "
              "(from Snakemake's start to its last job's end)", "",
              "| rule | jobs | job s | runs' own s | outside the runs s | outside, per run s |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for rule, (n, seconds, own, runs) in sorted(rules.items(), key=lambda r: -r[1][1]):
-        per_run = f"{(seconds - own) / runs:.1f}" if runs else ""
-        lines.append(f"| {rule} | {n} | {seconds:.0f} | {own:.0f} | {seconds - own:.0f} | "
-                     f"{per_run} |")
-    job_s = sum(r[1] for r in rules.values())
-    own_s = sum(r[2] for r in rules.values())
-    lines.append(f"| total | {len(finished)} | {job_s:.0f} | {own_s:.0f} | {job_s - own_s:.0f} "
-                 "| |")
+    lines += [totals.row(rule) for rule, totals in
+              sorted(rules.items(), key=lambda item: -item[1].seconds)]
+    job_s, own_s = total.seconds, total.own
+    lines.append(f"| total | {total.jobs} | {job_s:.0f} | {own_s:.0f} | {job_s - own_s:.0f} | |")
     core_s = cores * wall
     idle = idle_core_seconds(finished, log.start, end, cores)
     lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",

@@ -116,6 +116,12 @@ def test_bad_input_is_named(tmp_path, pipeline_times, capsys):
     with pytest.raises(FileNotFoundError, match="no Snakemake log; pass one"):
         pipeline_times.newest_log(empty)
 
+    started = tmp_path / "started"  # a run stopped before its first job ended
+    started.mkdir()
+    log = _write_log(started, _job(0, "pretrain", 1, "results/runs/run/metrics.json"))
+    assert pipeline_times.main([str(log)]) == 1
+    assert f"{log}: no job finished" in capsys.readouterr().err
+
     metrics = tmp_path / "results" / "runs" / "run" / "metrics.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text('{"mode": "pretrain"}')  # a run without its timing
