@@ -129,7 +129,7 @@ def test_detector_resize_and_normalisation():
     detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN)
     transform = detector.transform
     assert transform.min_size == (SIZE,) and transform.max_size == SIZE
-    assert transform.fixed_size is None and transform.size_divisible == 8
+    assert transform.fixed_size is None and transform.size_divisible == 16  # level "3"
     assert transform.image_mean == [0.485, 0.456, 0.406]
     assert transform.image_std == [0.229, 0.224, 0.225]
     assert detector.roi_heads.detections_per_img == 100
@@ -139,6 +139,33 @@ def test_detector_resize_and_normalisation():
     # one anchor size per level, 3 aspect ratios
     assert detector.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert detector.rpn.head.cls_logits.out_channels == 3
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_anchors_sit_at_each_level_stride_on_landscape_batches(family):
+    """torchvision's AnchorGenerator takes a level's stride as padded side // grid side: each
+    level "0".."3" must tile the padded batch exactly. A batch of landscape images (VOC's 4:3)
+    padded to the token stride only gave ViT's ceil-mode level "3" a rounded-up grid: 176 rows
+    of 16-px tokens, 6 rows of "32-px" cells, anchors 29 px apart."""
+    size = 224
+    detector = build_detector(tiny_backbone(family, size, paper=True), CLASSES, size,
+                              masks=False, fpn_channels=FPN)
+    detector.eval()
+    with torch.no_grad():
+        batch, _ = detector.transform([torch.rand(3, 375, 500), torch.rand(3, 300, 500)])
+        features = detector.backbone(batch.tensors)
+        anchors = detector.rpn.anchor_generator(batch, list(features.values()))[0]
+    assert batch.tensors.shape[-2:] == (192, 224)  # 168 rows at most, padded to 32
+    offset = 0
+    for name, stride in zip(LEVELS[:4], detector.backbone.strides):
+        rows, cols = features[name].shape[-2:]
+        assert (rows * stride, cols * stride) == tuple(batch.tensors.shape[-2:]), name
+        count = rows * cols * 3  # 3 aspect ratios per location
+        centres = anchors[offset:offset + count].view(rows, cols, 3, 4)
+        centres = (centres[..., :2] + centres[..., 2:]) / 2
+        assert torch.allclose(centres[1:, :, :, 1] - centres[:-1, :, :, 1],
+                              torch.tensor(float(stride))), name
+        offset += count
 
 
 def test_build_refusals():

@@ -38,10 +38,14 @@ The decisions (method spec §6.2 and Q23-Q26) are:
   7, 2); mask RoIs: 14.
 * Resizing (Q23): torchvision's aspect-preserving resize with min_size = max_size = image_size, so
   every image's *longer* side becomes image_size (the original's `fixed_size=(224, 224)` distorted
-  the aspect ratio). The batch is padded to a multiple of `size_divisible` = the stride of the
-  backbone's final token map (ViT: patch size, T2T: 16, Swin: its last stage's stride), which must
-  divide image_size so a full-size side is kept exactly; a batch of only landscape (or only
-  portrait) images is padded to fewer rows (columns) than image_size.
+  the aspect ratio). The batch is padded to a multiple of `size_divisible` = the stride of level
+  "3" (ViT: 2 x patch size, T2T: 32, Swin: its last stage's stride), which must divide image_size
+  so a full-size side is kept exactly; a batch of only landscape (or only portrait) images is
+  padded to fewer rows (columns) than image_size. Every level "0".."3" then tiles the padded
+  batch exactly, which torchvision's `AnchorGenerator` assumes (it takes a level's stride as
+  padded side // grid side): padded to the token stride only, an odd token grid gave level "3"
+  (ViT's ceil-mode max-pool) a rounded-up grid, and its anchors were 26-29 px apart instead of
+  32 on landscape VOC, COCO and KITTI batches.
 * Normalisation: ImageNet mean/std via `image_mean` / `image_std` (the original misspelled them,
   harmlessly, Q23); `box_detections_per_img=100`; every other RPN / RoI setting is torchvision's
   default.
@@ -92,12 +96,11 @@ class PyramidBackbone(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, in_channels: list[int], strides: list[int],
-                 token_stride: int, fpn_channels: int = 256):
+                 fpn_channels: int = 256):
         super().__init__()
         self.backbone = backbone
         self.in_channels = list(in_channels)
         self.strides = list(strides) + [2 * strides[-1]]  # levels "0".."3" and "pool"
-        self.token_stride = token_stride  # stride of the backbone's final token map
         self.fpn = FeaturePyramidNetwork(self.in_channels, fpn_channels,
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
@@ -121,7 +124,7 @@ class SwinPyramid(PyramidBackbone):
             raise ValueError(f"a Swin pyramid needs 4 stages, this backbone has {len(info)}")
         channels = [level["num_chs"] for level in info]
         strides = [level["reduction"] for level in info]
-        super().__init__(backbone, channels, strides, strides[-1], fpn_channels)
+        super().__init__(backbone, channels, strides, fpn_channels)
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in channels)
 
     def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens]:
@@ -148,7 +151,7 @@ class SimpleFeaturePyramid(PyramidBackbone):
                              f"got {stride}")
         channels = [dim // 4, dim // 2, dim, dim]
         strides = [stride // 4, stride // 2, stride, stride * 2]
-        super().__init__(backbone, channels, strides, stride, fpn_channels)
+        super().__init__(backbone, channels, strides, fpn_channels)
         self.up4 = nn.Sequential(
             nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
             nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
@@ -198,9 +201,10 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
     """Mask R-CNN (`masks`) or Faster R-CNN on `backbone`'s pyramid; `num_classes` excludes the
     background. Images are resized so their longer side is `image_size` (module docstring)."""
     pyramid = build_pyramid_backbone(backbone, fpn_channels)
-    if image_size % pyramid.token_stride:
-        raise ValueError(f"image_size {image_size} must be a multiple of the backbone's token "
-                         f"stride {pyramid.token_stride}")
+    divisible = pyramid.strides[len(LEVELS) - 1]  # level "3"'s stride (module docstring)
+    if image_size % divisible:
+        raise ValueError(f"image_size {image_size} must be a multiple of {divisible}, the stride "
+                         f"of the backbone's coarsest pyramid level")
     if anchor_sizes is None:
         anchor_sizes = tuple(ANCHOR_STRIDE_MULTIPLE * s for s in pyramid.strides)
     if len(anchor_sizes) != len(pyramid.strides):
@@ -214,7 +218,7 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
     classes = num_classes + 1  # + background
     common = {
         "min_size": image_size, "max_size": image_size,
-        "image_mean": list(mean), "image_std": list(std), "size_divisible": pyramid.token_stride,
+        "image_mean": list(mean), "image_std": list(std), "size_divisible": divisible,
         "box_detections_per_img": 100, "rpn_anchor_generator": anchors,
         "box_roi_pool": _roi_pool(7, scale, level),
         "box_head": TwoMLPHead(fpn_channels * 7 * 7, heads.box_representation),
