@@ -168,6 +168,33 @@ def test_anchors_sit_at_each_level_stride_on_landscape_batches(family):
         offset += count
 
 
+@pytest.mark.parametrize("masks", [False, True], ids=["faster", "mask"])
+def test_boxes_and_scores_stay_float32_under_bf16_autocast(masks):
+    """Detection trains and predicts under bf16 autocast on CUDA (here the CPU's). torchvision
+    makes anchors in the features' dtype and decodes boxes in the offsets' dtype: bf16 boxes sit
+    on a 1-2 px grid at 224 px, 4-8 px once scaled back to a KITTI image."""
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=masks, fpn_channels=FPN)
+    images, targets = _batch(masks)
+    proposals = []
+    detector.rpn.register_forward_hook(lambda module, args, out: proposals.append(out[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        detector.train()
+        losses = detector(images, targets)
+        detector.eval()
+        with torch.no_grad():
+            features = detector.backbone(torch.rand(2, 3, SIZE, SIZE))
+            predictions = detector(images)
+    assert features["0"].dtype == torch.bfloat16  # the backbone and FPN do run in bf16
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert [p.dtype for batch in proposals for p in batch] == [torch.float32] * 4
+    for prediction in predictions:
+        assert prediction["boxes"].dtype == prediction["scores"].dtype == torch.float32
+    # without autocast the float32 layers are torchvision's own: same weights, same keys
+    assert "rpn.head.bbox_pred.weight" in detector.state_dict()
+    assert "roi_heads.box_predictor.bbox_pred.weight" in detector.state_dict()
+
+
 def test_build_refusals():
     with pytest.raises(ValueError, match="positional embeddings"):
         build_detector(tiny_backbone("vit", pos_embed=False), CLASSES, SIZE, masks=False)

@@ -49,6 +49,8 @@ The decisions (method spec §6.2 and Q23-Q26) are:
 * Normalisation: ImageNet mean/std via `image_mean` / `image_std` (the original misspelled them,
   harmlessly, Q23); `box_detections_per_img=100`; every other RPN / RoI setting is torchvision's
   default.
+* Precision: anchors, box offsets and scores in float32 under bf16 autocast too
+  (`relvit.detection.precision`).
 
 `JointSSLDetector` (the "upstream ✗" rows of Tables 2-3): the detector plus RelViT's relation and
 absolute-position heads on the backbone tokens of the (resized, normalised, padded) batch the
@@ -65,14 +67,14 @@ from dataclasses import dataclass
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from relvit.data.registry import IMAGENET_STATS
+from relvit.detection.precision import Float32Anchors, Float32BoxPredictor, Float32RPNHead
 from relvit.models.backbones import SwinBackbone, ViTBackbone
 from relvit.models.contract import Backbone, Tokens
 from relvit.models.losses import relation_loss, token_classification_loss
@@ -210,8 +212,8 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
     if len(anchor_sizes) != len(pyramid.strides):
         raise ValueError(f"need {len(pyramid.strides)} anchor sizes (one per level), "
                          f"got {len(anchor_sizes)}")
-    anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes),
-                              (ASPECT_RATIOS,) * len(anchor_sizes))
+    anchors = Float32Anchors(tuple((int(a),) for a in anchor_sizes),
+                             (ASPECT_RATIOS,) * len(anchor_sizes))
     # RoIs the size of level "3"'s anchors are pooled from level "3" (module docstring, Q25).
     scale, level = int(anchor_sizes[len(LEVELS) - 1]), round(math.log2(pyramid.strides[-2]))
     mean, std = IMAGENET_STATS
@@ -222,17 +224,19 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
         "box_detections_per_img": 100, "rpn_anchor_generator": anchors,
         "box_roi_pool": _roi_pool(7, scale, level),
         "box_head": TwoMLPHead(fpn_channels * 7 * 7, heads.box_representation),
-        "box_predictor": FastRCNNPredictor(heads.box_representation, classes),
+        "box_predictor": Float32BoxPredictor(heads.box_representation, classes),
         "box_batch_size_per_image": heads.roi_batch_size,
         "rpn_pre_nms_top_n_train": heads.rpn_train_proposals,
         "rpn_post_nms_top_n_train": heads.rpn_train_proposals,
     }
     if masks:
         width = heads.mask_head_width
-        return MaskRCNN(pyramid, mask_roi_pool=_roi_pool(14, scale, level),
-                        mask_head=MaskRCNNHeads(fpn_channels, (width,) * 4, 1),
-                        mask_predictor=MaskRCNNPredictor(width, width, classes), **common)
-    return FasterRCNN(pyramid, **common)
+        common |= {"mask_roi_pool": _roi_pool(14, scale, level),
+                   "mask_head": MaskRCNNHeads(fpn_channels, (width,) * 4, 1),
+                   "mask_predictor": MaskRCNNPredictor(width, width, classes)}
+    # made after the heads, as torchvision makes its own: a seed gives the same initial weights
+    rpn_head = Float32RPNHead(fpn_channels, len(ASPECT_RATIOS))
+    return (MaskRCNN if masks else FasterRCNN)(pyramid, rpn_head=rpn_head, **common)
 
 
 class JointSSLDetector(nn.Module):
