@@ -5,13 +5,19 @@ give the tiny variants of the smoke tier.
 
 from __future__ import annotations
 
-from timm.models.swin_transformer import SwinTransformer
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import (
+    SwinTransformer,
+    SwinTransformerBlock,
+    window_partition,
+    window_reverse,
+)
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
 from relvit.models.specs import BACKBONES, get_backbone_spec, token_stride
-
 
 SWIN_TINY_DEPTHS = (2, 2, 6, 2)
 
@@ -43,6 +49,35 @@ class ViTBackbone(Backbone):
         return image_size // self.patch_size, image_size // self.patch_size
 
 
+class PadFirstSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with the cyclic shift done *after* padding to whole windows.
+
+    timm (1.0.31) rolls the H x W grid, then pads it, then masks the padded grid as if the padded
+    grid had been rolled: on a grid that is not a multiple of the window (48² at 192 px) a token
+    on one edge attends to the far edge's tokens and not to its own neighbours. The official Swin
+    detection code (Swin-Transformer-Object-Detection, `SwinTransformerBlock.forward`) pads first,
+    then rolls the padded grid, whose mask then lines up; we do the same. Where the grid is a
+    multiple of the window (every grid at 224 px) the padding is empty and the result is
+    bit-identical to timm's.
+    """
+
+    def _attn(self, x: Tensor) -> Tensor:
+        _, h, w, c = x.shape
+        wh, ww = self.window_size
+        x = F.pad(x, (0, 0, 0, (ww - w % ww) % ww, 0, (wh - h % wh) % wh))
+        _, hp, wp, _ = x.shape
+        shift = any(self.shift_size)
+        if shift:
+            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        mask = self.get_attn_mask(x) if self.dynamic_mask else self.attn_mask
+        windows = self.attn(window_partition(x, self.window_size).view(-1, self.window_area, c),
+                            mask=mask)
+        x = window_reverse(windows.view(-1, wh, ww, c), self.window_size, hp, wp)
+        if shift:
+            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        return x[:, :h, :w, :].contiguous()
+
+
 class SwinBackbone(Backbone):
     """timm `SwinTransformer`; tokens are the final stage after its LayerNorm (no CLS)."""
 
@@ -56,6 +91,9 @@ class SwinBackbone(Backbone):
             drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
             dynamic_img_size=True,  # mega-patch inputs are smaller than img_size
         )
+        for stage in self.swin.layers:
+            for block in stage.blocks:
+                block.__class__ = PadFirstSwinBlock  # same parameters, pad-then-shift `_attn`
         self.embed_dim = self.swin.num_features
         self.stride = token_stride(BACKBONES["swin_tiny"], patch_size, len(depths))
 
