@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from relvit.ssl.jitter import (
+    HUE,
     JitterConfig,
     JitterParams,
     apply_jitter,
@@ -113,6 +114,21 @@ def test_apply_matches_torchvision_per_patch(p: int, name: str) -> None:
     ref = reference_apply_params(x, prm, cfg)
     assert ours.shape == x.shape and ours.is_contiguous()
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["sorted", "dense"])
+def test_apply_matches_torchvision_on_normalised_patches(dense: bool) -> None:
+    """`ssl.jitter_after_normalize` (the original's order, Q5) jitters values outside [0, 1]:
+    torchvision's hue clamps some of its terms there, and the next op sees the difference."""
+    cfg = replace(DEFAULT, color_jitter_p=1.0)
+    g = torch.Generator().manual_seed(11)
+    mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
+    x = (torch.rand(400, 3, 8, 8, generator=g) - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    x[:10] = x[:10, :1]  # gray patches, negative and above 1
+    prm = sample_jitter_params(400, 8, cfg, g)
+    assert (prm.order[:, 0] == HUE).sum() > 50  # hue first: its output reaches the next op
+    torch.testing.assert_close(apply_jitter(x, prm, cfg, dense=dense),
+                               reference_apply_params(x, prm, cfg), atol=1e-5, rtol=0)
 
 
 def test_apply_matches_torchvision_one_channel() -> None:

@@ -281,17 +281,26 @@ def _hue_terms(x: Tensor, f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return maxc, torch.minimum(k, torch.rsub(k, 4.0), out=k).clamp_(0.0, 1.0), cr
 
 
+def _hue_planar(x: Tensor, f: Tensor) -> Tensor:
+    """adjust_hue of x [n, 3, p, p] as a new [3, n, p, p] tensor.
+
+    torchvision's ``_hsv2rgb`` clamps its p, q, t terms (k > 0) to [0, 1] but not v (k = 0).
+    Inside [0, 1] that changes nothing; jitter on normalised patches (`ssl.jitter_after_normalize`,
+    the original's order, Q5) has values outside it."""
+    maxc, k, cr = _hue_terms(x, f)
+    out = torch.addcmul(maxc, k, cr, value=-1.0)
+    return torch.where(k > 0.0, out.clamp(0.0, 1.0), out)
+
+
 def _hue_of(x: Tensor, f: Tensor) -> Tensor:
     """adjust_hue as a new tensor, channel-planar ([3, n, p, p] memory behind the [n, 3, p, p]
     view; the dense path, which torch.compile traces: no `out=` tensor that is not contiguous)."""
-    maxc, k, cr = _hue_terms(x, f)
-    return torch.addcmul(maxc, k, cr, value=-1.0).transpose(0, 1)
+    return _hue_planar(x, f).transpose(0, 1)
 
 
 def _hue(x: Tensor, f: Tensor) -> None:
     """adjust_hue in place (the sorted path's slices)."""
-    maxc, k, cr = _hue_terms(x, f)
-    torch.addcmul(maxc, k, cr, value=-1.0, out=x.transpose(0, 1))
+    x.transpose(0, 1).copy_(_hue_planar(x, f))
 
 
 def _to_grayscale(x: Tensor) -> None:
@@ -437,8 +446,9 @@ _dense_jitter = compiled_variant(_jitter_dense)  # _dense_jitter(compiled): one 
 
 def apply_jitter(patches: Tensor, params: JitterParams, cfg: JitterConfig,
                  dense: bool | None = None, compiled: bool = False) -> Tensor:
-    """Apply the draws `params` to `patches` [M, C, p, p] (float, [0, 1]); returns a new tensor
-    (from the dense path with channel-planar memory: `reshape`, not `view`, merges its dims).
+    """Apply the draws `params` to `patches` [M, C, p, p] (float, in [0, 1] or normalised);
+    returns a new tensor (from the dense path with channel-planar memory: `reshape`, not `view`,
+    merges its dims).
 
     Vectorised: crop + resize are two batched matmuls. The sorted path (`dense=False`, default on
     the CPU) then sorts the patches by their colour-op order and grayscale flag, so that every op
