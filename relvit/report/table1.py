@@ -89,7 +89,8 @@ def _difference(a: Cell, b: Cell) -> float | None:
 
 
 def _signed(value: float | None) -> str:
-    return EMPTY if value is None else f"{value:+.2f}"
+    """+1.23 / -1.23; a difference that rounds to zero is +0.00, never -0.00."""
+    return EMPTY if value is None else f"{round(value, 2) + 0.0:+.2f}"
 
 
 class Table1:
