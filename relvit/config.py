@@ -20,6 +20,8 @@ import yaml
 Mode = Literal["pretrain", "finetune", "supervised", "joint", "detect"]
 # torch.compile's modes ("reduce-overhead": CUDA graphs)
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+# on CUDA: bf16 autocast, or float32 throughout as the original (method spec §5.1)
+Precision = Literal["bf16", "fp32"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
@@ -109,7 +111,7 @@ class DetectionConfig:
 
 # Keys that say how a run executes, not what it computes: a run resumes across them, and they are
 # left out of its config hash (relvit.train.provenance).
-EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step")
+EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step", "precision")
 
 
 @dataclass
@@ -128,6 +130,7 @@ class RunConfig:
     # jitter, permutation and normalisation, the model, the targets and losses) compiled as one
     # region, so that compile_mode's CUDA graphs cover all of it
     compile_step: bool = False
+    precision: Precision = "bf16"  # CUDA's autocast; the CPU always computes in float32
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
@@ -136,6 +139,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def autocast_on(self, device_type: str) -> bool:
+        """Whether training and evaluation run under bf16 autocast on this kind of device."""
+        return device_type == "cuda" and self.precision == "bf16"
 
     @property
     def uses_ssl(self) -> bool:

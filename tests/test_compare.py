@@ -195,6 +195,7 @@ def test_container_image_and_config_hash(monkeypatch, tiny_config):
     assert provenance.container_image() == "/images/relvit.sif"
     a = tiny_config("supervised").to_dict()
     assert provenance.config_hash(a) == provenance.config_hash({**a, "device": "cuda:1"})
+    assert provenance.config_hash(a) == provenance.config_hash({**a, "precision": "fp32"})
     assert provenance.config_hash(a) != provenance.config_hash({**a, "seed": 1})
     assert len(provenance.config_hash(a)) == 16
 

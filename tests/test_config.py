@@ -53,6 +53,7 @@ def test_unknown_dataset_and_backbone():
     ({"compile_mode": "reduce-overhead"}, "compile_mode: 'reduce-overhead' needs compile: true"),
     ({"compile": True, "compile_mode": "graphs"}, "compile_mode: 'graphs' is not one of 'default'"),
     ({"compile_step": True}, "compile_step: needs compile: true"),
+    ({"precision": "fp16"}, "precision: 'fp16' is not one of 'bf16', 'fp32'"),
     ({"mode": "detect", "data": {"name": "digit_scenes"}, "compile": True,
       "compile_step": True}, "compile_step: not for mode 'detect'"),
     ({"mode": "joint", "ssl": {"shuffle": True}}, "only used by mode 'pretrain'"),
@@ -110,3 +111,11 @@ def test_the_command_line_starts_without_the_heavy_libraries():
          f"build_parser(); print(sorted(set({heavy!r}) & set(sys.modules)))"],
         capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_precision_is_cuda_autocast_or_float32():
+    """bf16 autocast on CUDA by default; `precision: fp32` trains as the original (spec §5.1);
+    the CPU never autocasts."""
+    bf16, fp32 = config_from_dict({}), config_from_dict({"precision": "fp32"})
+    assert bf16.autocast_on("cuda") and not bf16.autocast_on("cpu")
+    assert not fp32.autocast_on("cuda") and not fp32.autocast_on("cpu")

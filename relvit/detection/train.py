@@ -109,7 +109,7 @@ class DetectionRun(Run):
                                                                       dict[str, torch.Tensor], int]:
         images, targets = self._to_device(*data)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.device.type == "cuda"):
+                            enabled=self.cfg.autocast_on(self.device.type)):
             losses = self.train_model(images, targets)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
         stats = {k: v.detach() for k, v in losses.items()}
@@ -135,7 +135,7 @@ class DetectionRun(Run):
         for images, targets in self._loader(False, index_batches=index_batches):
             images, _ = self._to_device(images)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.device.type == "cuda"):
+                                enabled=self.cfg.autocast_on(self.device.type)):
                 outputs = self.model(images)
             outputs = [{k: v.float().cpu() for k, v in out.items()} for out in outputs]
             predictions += predictions_to_coco(outputs, [t["image_id"] for t in targets])

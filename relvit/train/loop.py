@@ -177,9 +177,9 @@ class Run:
         return loss, stats, len(labels)
 
     def _step_losses(self, drawn: DrawnBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`Objective.step_losses` of the training model (bf16 autocast on CUDA)."""
+        """`Objective.step_losses` of the training model (bf16 autocast on CUDA by default)."""
         return self.objective.step_losses(self.train_model, drawn,
-                                          autocast=self.device.type == "cuda")
+                                          autocast=self.cfg.autocast_on(self.device.type))
 
     def evaluation(self, epoch: int) -> dict[str, float]:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
@@ -394,8 +394,8 @@ class Run:
             labels = labels.to(self.device, non_blocking=True)
             batch = self.objective.batch(self._images(images), labels, train=False,
                                          generator=gen)
-            _, stats = self.objective.forward_losses(self.model, batch,
-                                                     autocast=self.device.type == "cuda")
+            _, stats = self.objective.forward_losses(
+                self.model, batch, autocast=self.cfg.autocast_on(self.device.type))
             sums.add(stats, len(labels))
         totals, n = distributed.reduce_sums(sums.by_key(), len(part))
         return _means(totals, n)
