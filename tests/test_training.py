@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from relvit.train.checkpoint import CheckpointError
-from relvit.train.loop import Run, StatSums, TrainingError, train
+from relvit.train.loop import Run, StatSums, TrainingError, parameter_groups, train
 from relvit.train.schedule import learning_rate
 
 
@@ -220,3 +220,27 @@ def test_stat_sums_equal_per_key_sums_in_a_few_launches_per_step():
     got = sums.by_key()
     torch.testing.assert_close(got["loss"], expected["loss"] + 2, rtol=1e-15, atol=0)
     assert got["acc_clf"].item() == 1.0 and list(got)[-1] == "acc_clf"
+
+
+@pytest.mark.parametrize("backbone", ["vit_small", "swin_tiny"])
+def test_parameter_groups_exempt_norms_biases_and_position_parameters(backbone):
+    """`optim.decay_norm_and_bias: false`: matrices decay; 1-D tensors, ViT's pos_embed and CLS
+    token and Swin's relative position bias tables (2-D) do not. The original decays all (Q9)."""
+    from relvit.models.backbones import build_backbone
+
+    model = build_backbone(backbone, 32, embed_dim=12, depth=4 if backbone == "swin_tiny" else 1,
+                           num_heads=1, patch_size=2 if backbone == "swin_tiny" else 8,
+                           **({"window_size": 2} if backbone == "swin_tiny" else {}))
+    decay, keep = parameter_groups(model, False, 0.1)
+    assert keep["weight_decay"] == 0.0
+    kept = {id(p) for p in keep["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in kept}
+    matrices = {name for name, p in model.named_parameters() if id(p) not in kept}
+    assert all(p.ndim >= 2 for p in decay["params"]) and matrices
+    assert not any("norm" in name or name.endswith("bias") for name in matrices)
+    position = {"vit_small": ("pos_embed", "cls_token"),
+                "swin_tiny": ("relative_position_bias_table",)}[backbone]
+    assert all(any(n.endswith(p) for n in names) for p in position)
+    assert not any(n.endswith(position) for n in matrices)
+    [everything] = parameter_groups(model, True, 0.1)
+    assert len(everything["params"]) == len(list(model.parameters()))

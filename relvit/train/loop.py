@@ -60,14 +60,17 @@ def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
 
 
 def parameter_groups(model: nn.Module, decay_all: bool, weight_decay: float) -> list[dict]:
-    """One group decaying everything (the original, Q9), or norms/biases/embeddings exempt."""
+    """One group decaying everything (the original, Q9), or norms, biases and position
+    parameters exempt (ViT's pos_embed and CLS token, Swin's relative position bias tables, as
+    timm's `no_weight_decay`)."""
     if decay_all:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     decay, keep = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        exempt = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+        exempt = param.ndim <= 1 or name.endswith(
+            ("pos_embed", "cls_token", "relative_position_bias_table"))
         (keep if exempt else decay).append(param)
     return [{"params": decay}, {"params": keep, "weight_decay": 0.0}]
 
