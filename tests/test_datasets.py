@@ -114,6 +114,26 @@ def test_image_files_train_through_loader_workers(tmp_path, tiny_config):
     assert again["last"] == whole["last"]
 
 
+def test_augment_false_trains_image_files_without_random_crops(tmp_path, tiny_config):
+    """`data.augment: false` gives image files the evaluation transform (it once kept
+    RandomResizedCrop + flip): a batch no longer depends on the per-image crop stream."""
+    from relvit.train.loop import Run
+
+    write_imagefolder(tmp_path / "images")
+    cfg = tiny_config("supervised", data={"name": "imagefolder", "folder": str(tmp_path / "images"),
+                                          "image_size": 32, "workers": 0, "augment": False},
+                      model={"patch_size": 8}, optim={"batch_size": 4})
+    run = Run(cfg, tmp_path / "run")
+
+    def first_batch(stream: int) -> torch.Tensor:
+        run.sample_stream = lambda epoch: stream
+        return next(iter(run.train_batches(0)))[0]
+
+    assert torch.equal(first_batch(1), first_batch(2))
+    run.cfg.data.augment = True
+    assert not torch.equal(first_batch(1), first_batch(2))
+
+
 def test_flowers_reports_val_and_test(tmp_path, tiny_config):
     write_flowers102(tmp_path / "flowers")
     cfg = tiny_config("supervised", data={"name": "flowers102", "folder": str(tmp_path / "flowers"),

@@ -145,7 +145,9 @@ class Run:
         """This rank's share of the epoch's training batches, in a seeded order."""
         train = self.train_split
         shards = self.shards(self.epoch_order(epoch))
-        transform = file_transform(self.dataset, self.geo.image_size, train=True)
+        # data.augment: false trains on the evaluation transform (the pad-crop datasets' batched
+        # augmentation reads the key in Objective)
+        transform = file_transform(self.dataset, self.geo.image_size, train=self.cfg.data.augment)
         return batches(train, torch.cat(shards), [len(s) for s in shards], transform,
                        self.cfg.data.workers, self.generator(epoch, 4),
                        pin_memory=self.device.type == "cuda", seed=self.sample_stream(epoch))
