@@ -70,12 +70,15 @@ def test_corrupted_download_is_rejected_and_nothing_extracted(tmp_path, monkeypa
     assert main(["prepare-data", "cifar10", "--root", str(tmp_path / "data")]) == 1
 
 
-def test_manual_datasets_say_what_to_put_where(tmp_path, capsys):
-    assert main(["prepare-data", "imagenet", "--root", str(tmp_path / "data")]) == 1
+@pytest.mark.parametrize("name, expected", [("imagenet", "LOC_val_solution.csv"),
+                                             ("kitti", "label_2/<6-digit id>.txt")])
+def test_manual_datasets_say_what_to_put_where(tmp_path, capsys, name, expected):
+    """ImageNet, and KITTI, whose layout lives with the detection datasets (it was a KeyError)."""
+    assert main(["prepare-data", name, "--root", str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err
     assert "cannot be downloaded automatically" in err
-    assert str(tmp_path / "data" / "imagenet") in err and "LOC_val_solution.csv" in err
-    assert not ready_marker(tmp_path / "data", "imagenet").exists()
+    assert str(tmp_path / "data" / name) in err and expected in err
+    assert not ready_marker(tmp_path / "data", name).exists()
 
 
 def test_wrong_number_of_classes_is_refused(tmp_path):

@@ -1,8 +1,8 @@
 """`relvit prepare-data`: download, verify, extract and check a dataset, then mark it ready.
 
 Downloadable datasets are fetched from their official sources with checksums; archives go to
-`<root>/.downloads/<name>/` and are extracted into `<root>/<name>/`. ImageNet-1K and
-ImageNet-100 need an account: their files are checked where the user put them, and a missing or
+`<root>/.downloads/<name>/` and are extracted into `<root>/<name>/`. ImageNet-1K, ImageNet-100
+and KITTI need an account: their files are checked where the user put them, and a missing or
 wrong layout is reported with exactly what to put where. The marker `<root>/<name>/
 .relvit-ready.json` is written last, so its presence means the dataset is complete and readable.
 """
@@ -30,6 +30,15 @@ def ready_marker(root: str | Path, name: str) -> Path:
     return Path(root) / name / MARKER
 
 
+def expected_layout(name: str) -> str:
+    """What a dataset's folder must hold (the detection datasets' layouts live with them)."""
+    if name in EXPECTED_LAYOUT:
+        return EXPECTED_LAYOUT[name]
+    from relvit.detection.datasets import DETECTION_LAYOUT
+
+    return DETECTION_LAYOUT[name]
+
+
 def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = None,
                     offline: bool = False) -> dict[str, Any]:
     """Make dataset `name` ready under `root` (or `folder`); returns what the marker records."""
@@ -54,7 +63,7 @@ def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = N
         if spec.manual:
             raise DatasetLayoutError(
                 f"{err}\n{spec.title} cannot be downloaded automatically (it needs an account). "
-                f"Put its files under {target} like this:\n{EXPECTED_LAYOUT[name]}") from err
+                f"Put its files under {target} like this:\n{expected_layout(name)}") from err
         raise
     record = {
         "dataset": name, "folder": str(target), "classes": len(splits.classes),
