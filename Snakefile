@@ -9,7 +9,13 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The smoke tier only when no --configfile is given: a workflow config is complete in itself.
+# Snakemake would otherwise merge a --configfile into this one key by key, and the paper tier
+# would inherit the smoke tier's stand-in data and tiny models. (`--config KEY=VALUE` still goes
+# on top of whichever file is used.)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # every problem of the workflow config and of its run configs at once, with key paths

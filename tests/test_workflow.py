@@ -54,9 +54,15 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
+def repository_like(folder: Path) -> Path:
+    """`folder` with the repository's config/ in it: snakemake there reads the Snakefile's
+    default config/config.yaml, as from the repository root."""
+    shutil.copytree(ROOT / "config", folder / "config")
+    return folder
+
+
 def test_default_dag(tmp_path):
-    result = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "config" / "config.yaml"),
-                       cwd=tmp_path)
+    result = snakemake("-n", "--cores", "2", cwd=repository_like(tmp_path))
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 3, "pretrain": 9, "prepare_data": 2, "run_config": 30,
         "supervised": 6, "table1": 1, "detect": 12, "detection_plan": 1, "detection_tables": 1,
@@ -64,12 +70,27 @@ def test_default_dag(tmp_path):
     }
 
 
+def test_a_configfile_replaces_the_default_config(tmp_path):
+    """The CI tier from the repository root: its file alone, not merged into the smoke tier's
+    (which would add the smoke tier's Swin-T and T2T-ViT mega-patch settings, and so on)."""
+    result = snakemake("-n", "--cores", "2", "--configfile", "config/ci.yaml",
+                       cwd=repository_like(tmp_path))
+    assert "is extended by additional config" not in result.stdout + result.stderr
+    assert job_counts(result.stdout) == {
+        "all": 1, "finetune": 3, "pretrain": 7, "prepare_data": 2, "run_config": 21,
+        "supervised": 3, "table1": 1, "detect": 8, "detection_plan": 1, "detection_tables": 1,
+        "compare": 1, "figures": 1,
+    }
+
+
 def test_paper_dag(tmp_path):
     """Table 1: 7 datasets x 3 seeds (ImageNet-1K: 1, as the paper prints no std) x {pretrain,
     finetune, supervised}, plus pretrain + finetune with mega-patches on ImageNet-100. Tables 2-3:
-    the paper's 23 detection rows, and the 12 SSL pretrain runs their upstream rows start from."""
-    result = snakemake("-n", "--cores", "8", "--configfile", str(ROOT / "config" / "paper.yaml"),
-                       cwd=tmp_path)
+    the paper's 23 detection rows, and the 12 SSL pretrain runs their upstream rows start from.
+    From the repository root, as the README runs it (merged into the smoke tier's config, it had
+    planned the smoke tier's stand-in data and tiny models)."""
+    result = snakemake("-n", "--cores", "8", "--configfile", "config/paper.yaml",
+                       cwd=repository_like(tmp_path))
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 22, "pretrain": 22 + 12, "prepare_data": 7 + 4,
         "run_config": 63 + 23 + 12, "supervised": 19, "table1": 1, "compare": 1, "figures": 1,
