@@ -1,7 +1,9 @@
 #!/bin/sh
 # The one install recipe of the relvit image, shared by docker/Dockerfile and docker/relvit.def
 # so that both build the same environment. Steps (run as root, in this order):
-#   install.sh system                 Ubuntu's python3 + a virtualenv in $VIRTUAL_ENV
+#   install.sh system                 Ubuntu's python3 + a virtualenv in $VIRTUAL_ENV, and gcc
+#                                     with Python's headers: torch.compile's Triton builds its
+#                                     GPU launcher with them when a run first compiles
 #   install.sh deps PYPROJECT         the pinned dependencies of pyproject.toml (a layer of its
 #                                     own: a code change does not reinstall torch)
 #   install.sh package SRC            the relvit package from SRC (pyproject.toml + relvit/)
@@ -19,7 +21,8 @@ case "${1:-}" in
     system)
         export DEBIAN_FRONTEND=noninteractive
         apt-get update
-        apt-get install --yes --no-install-recommends python3 python3-venv
+        apt-get install --yes --no-install-recommends python3 python3-venv python3-dev gcc \
+            libc6-dev
         rm -rf /var/lib/apt/lists/*
         python3 -m venv "$VIRTUAL_ENV"
         ;;

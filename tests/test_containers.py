@@ -88,6 +88,14 @@ def test_install_script_reads_pyproject_dependencies():
     assert wrong.returncode == 2 and "usage:" in wrong.stderr
 
 
+def test_image_has_what_torch_compile_builds_with():
+    """Triton (torch.compile on CUDA) builds its launcher with a C compiler and Python.h when a
+    run first compiles; the CUDA base image has neither, and the paper tier compiles."""
+    install = (ROOT / "docker" / "install.sh").read_text().replace("\\\n", " ")
+    apt = re.search(r"apt-get install([^\n]*)", install).group(1).split()
+    assert {"python3", "python3-venv", "python3-dev", "gcc", "libc6-dev"} <= set(apt)
+
+
 def test_conda_env_matches_pyproject():
     env = yaml.safe_load((ROOT / "envs" / "relvit.yaml").read_text())
     pip = next(dep["pip"] for dep in env["dependencies"] if isinstance(dep, dict))
