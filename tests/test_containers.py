@@ -172,6 +172,15 @@ def test_gpu_profile_runs_every_shell_rule_in_the_container(tmp_path, apptainer)
     assert "| Digits" in (tmp_path / "results" / "tables" / "table1.md").read_text()
 
 
+def test_use_singularity_mounts_the_gpu_driver(tmp_path, apptainer):
+    """The brief's `snakemake --cores 1 --use-singularity`: the CUDA image with --nv (the
+    default profile's apptainer-args), or a run with device cuda would see no GPU."""
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL))
+    snakemake("--cores", "1", "--use-singularity", "data/digits/.relvit-ready.json",
+              "--configfile", "small.yaml", cwd=tmp_path)
+    check_container_jobs(tmp_path, apptainer, 1, ["--nv"])
+
+
 def test_multi_gpu_runs_launch_torchrun(tmp_path):
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL))
     target = "results/runs/digits/vit_small/relvit/seed0/metrics.json"
@@ -236,7 +245,7 @@ train(load_config(args.config, [f"mode={args.command}"]), args.out, stop_after=1
 def test_retried_job_resumes_in_the_container(tmp_path, apptainer, monkeypatch):
     """The first attempt of the pretrain job trains one epoch and dies like a job killed at its
     time limit; the SLURM profile's retries run it again, which must resume, not restart. Run
-    with the local executor under plain `--sdm apptainer` (no GPU profile: no --nv)."""
+    with the local executor under plain `--sdm apptainer`."""
     real = shutil.which("relvit", path=str(Path(sys.executable).parent))
     killer = tmp_path / "killed.py"
     killer.write_text(KILLED_AFTER_ONE_EPOCH)
@@ -265,4 +274,5 @@ def test_retried_job_resumes_in_the_container(tmp_path, apptainer, monkeypatch):
     history = (tmp_path / run / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
     assert json.loads((tmp_path / run / "metrics.json").read_text())
-    check_container_jobs(tmp_path, apptainer, 3, [])  # prepare_data + two pretrain attempts
+    # prepare_data + two pretrain attempts, with the default profile's --nv
+    check_container_jobs(tmp_path, apptainer, 3, ["--nv"])
