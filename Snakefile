@@ -51,5 +51,6 @@ rule all:
         rules.table1.output if TABLE1_RUNS else [],
         rules.detection_tables.output if DETECTION_TABLES else [],
         rules.compare.output if RUNS else [],
+        rules.compare_verdict.output if RUNS and COMPARE.get("fail", True) else [],
         rules.figures.output if RUNS else [],
     default_target: True

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from relvit.cli import main
-from relvit.report.compare import (NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN, WITHIN, Criterion,
-                                   compare, improvement_checks)
+from relvit.report.compare import (CSV_COLUMNS, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN, WITHIN,
+                                   Criterion, compare, improvement_checks, out_of_tolerance)
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import file_config_hash, is_stale, planned_config
 from relvit.report.table1 import Table1, render_markdown
@@ -236,3 +236,18 @@ def test_stale_detection_rows_are_marked_in_tables_2_3(tmp_path):
     assert "| COCO mini-val | Supervised [stale] |" in text and "[stale]: a run" in text
     cells = cells_by_key(compare([], plan, PAPER))
     assert cells[(3, "COCO mini-val", "Supervised", "mAP")].provenance["stale"]
+
+
+def test_out_of_tolerance_reads_a_written_compare_csv(tmp_path):
+    """What rule compare_verdict fails on: the OUT rows of compare.csv, named; another CSV is
+    refused with its path."""
+    header = ",".join(CSV_COLUMNS)
+    rows = ["1,CIFAR-10,ViT-S/4,RelViT,top1,90.23,0.09,84.0000,,1,-6.23,0.18,2 sigma,OUT",
+            "1,SVHN,ViT-S/4,RelViT,top1,97.14,0.03,97.1000,,1,-0.04,0.06,2 sigma,within"]
+    path = tmp_path / "compare.csv"
+    path.write_text("\n".join([header] + [r + "," * (len(CSV_COLUMNS) - 14) for r in rows]))
+    assert out_of_tolerance(path) == [
+        "table 1 CIFAR-10 ViT-S/4 RelViT top1: 84.0000 vs paper 90.23 (|Δ| > 0.18)"]
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="other.csv: not a compare.csv"):
+        out_of_tolerance(tmp_path / "other.csv")

@@ -19,11 +19,13 @@ from relvit.workflow import plan
 CONFIG = {**TINY, "table1": {**TINY["table1"], "same_epochs_baseline": False}}
 
 
-def finished_runs(root):
+def finished_runs(root, config: dict = CONFIG, label: str | None = None):
     """Every planned run's config (as rule run_config writes it), metrics.json and history.csv,
-    the data marker; inputs older than outputs, as after a real run."""
+    the data marker; inputs older than outputs, as after a real run. `label`: the backbone label
+    the runs record (default: the tiny model's own)."""
     results, inputs, outputs = root / "results", [], []
-    for run_id, run in plan(CONFIG, str(ROOT / "results" / "paper" / "tables.csv")).items():
+    [dataset] = config["table1"]["datasets"]
+    for run_id, run in plan(config, str(ROOT / "results" / "paper" / "tables.csv")).items():
         config = results / "configs" / f"{run_id}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(run.config, sort_keys=False))
@@ -31,15 +33,15 @@ def finished_runs(root):
         metrics = results / "runs" / run_id / "metrics.json"
         metrics.parent.mkdir(parents=True)
         metrics.write_text(json.dumps({
-            "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed, "dataset": "digits",
-            "dataset_title": get_dataset("digits").title,
-            "backbone_label": backbone_label(cfg, run_geometry(cfg)),
+            "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed, "dataset": dataset,
+            "dataset_title": get_dataset(dataset).title,
+            "backbone_label": label or backbone_label(cfg, run_geometry(cfg)),
             "best_top1": 80.0, "last_top1": 79.0, "last": {"val_acc_rel": 0.5, "val_acc_pos": 0.4},
             "wall_time_s": 3.0, "peak_memory_mb": 500.0, "device": "cpu (test)",
             "git_sha": "abc", "image": "none", "config_hash": config_hash(run.config)}))
         inputs.append(config)
         outputs.append(metrics)
-    marker = root / "data" / "digits" / ".relvit-ready.json"
+    marker = root / "data" / dataset / ".relvit-ready.json"
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
     add_histories(results / "runs")
@@ -55,7 +57,7 @@ def test_compare_figures_and_report(tmp_path):
     run = snakemake("--cores", "2", "--configfile", "tiny.yaml", "--rerun-triggers", "mtime",
                     cwd=tmp_path)
     assert job_counts(run.stdout + run.stderr) == {"table1": 1, "compare": 1, "figures": 1,
-                                                   "all": 1}
+                                                   "compare_verdict": 1, "all": 1}
     results = tmp_path / "results"
     rows = [line for line in (results / "tables" / "compare.md").read_text().splitlines()
             if line.startswith("| 1 | Digits")]
@@ -70,3 +72,22 @@ def test_compare_figures_and_report(tmp_path):
     for name in ("table1.md", "compare.md", "compare.csv", "table1.png", "relvit.png"):
         assert name in html, name
     assert "tier <strong>test</strong>" in html  # the workflow description, rendered
+
+
+@pytest.mark.slow
+def test_a_cell_out_of_tolerance_fails_the_workflow_and_keeps_the_comparison(tmp_path):
+    """CIFAR-10 runs of the paper's ViT-S/4 (as their metrics say) 6 points below the paper:
+    `compare_verdict` fails the workflow, and compare.{md,csv} stay (a failed job's outputs
+    would be deleted)."""
+    config = {**CONFIG, "table1": {**CONFIG["table1"], "datasets": ["cifar10"]}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    finished_runs(tmp_path, config, label="ViT-S/4")
+    run = snakemake("--cores", "2", "--configfile", "tiny.yaml", "--rerun-triggers", "mtime",
+                    cwd=tmp_path, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "out of tolerance" in output, output[-3000:]
+    assert "table 1 CIFAR-10 ViT-S/4" in output
+    tables = tmp_path / "results" / "tables"
+    assert "OUT" in (tables / "compare.md").read_text()
+    assert "OUT" in (tables / "compare.csv").read_text()
+    assert not (tables / "compare.verdict").exists()

@@ -66,7 +66,7 @@ def test_default_dag(tmp_path):
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 3, "pretrain": 9, "prepare_data": 2, "run_config": 30,
         "supervised": 6, "table1": 1, "detect": 12, "detection_plan": 1, "detection_tables": 1,
-        "compare": 1, "figures": 1,
+        "compare": 1, "compare_verdict": 1, "figures": 1,
     }
 
 
@@ -79,7 +79,7 @@ def test_a_configfile_replaces_the_default_config(tmp_path):
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 3, "pretrain": 7, "prepare_data": 2, "run_config": 21,
         "supervised": 3, "table1": 1, "detect": 8, "detection_plan": 1, "detection_tables": 1,
-        "compare": 1, "figures": 1,
+        "compare": 1, "compare_verdict": 1, "figures": 1,
     }
 
 
@@ -93,7 +93,8 @@ def test_paper_dag(tmp_path):
                        cwd=repository_like(tmp_path))
     assert job_counts(result.stdout) == {
         "all": 1, "finetune": 22, "pretrain": 22 + 12, "prepare_data": 7 + 4,
-        "run_config": 63 + 23 + 12, "supervised": 19, "table1": 1, "compare": 1, "figures": 1,
+        "run_config": 63 + 23 + 12, "supervised": 19, "table1": 1, "compare": 1,
+        "compare_verdict": 1, "figures": 1,
         "detect": 23, "detection_plan": 1, "detection_tables": 1,
     }
     assert "results/runs/imagenet100/vit_small/relvit_mega/seed2/metrics.json" in result.stdout

@@ -230,6 +230,17 @@ CSV_COLUMNS = ["table", "dataset", "backbone", "method", "metric", "paper", "pap
                "stale"]
 
 
+def out_of_tolerance(csv_path: str | Path) -> list[str]:
+    """The cells of a written compare.csv whose verdict is OUT, one line each."""
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and "verdict" not in rows[0]:
+        raise ValueError(f"{csv_path}: not a compare.csv (no 'verdict' column)")
+    return [f"table {r['table']} {r['dataset']} {r['backbone']} {r['method']} {r['metric']}: "
+            f"{r['mean']} vs paper {r['paper']} (|Δ| > {r['bound']})"
+            for r in rows if r["verdict"] == OUT]
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
