@@ -241,6 +241,19 @@ def out_of_tolerance(csv_path: str | Path) -> list[str]:
             for r in rows if r["verdict"] == OUT]
 
 
+def write_verdict(csv_path: str | Path, out_path: str | Path, log_path: str | Path) -> None:
+    """The workflow's compare_verdict: ValueError naming the OUT cells of a compare.csv (also
+    written to `log_path`), else `out_path` saying that every comparable cell is within."""
+    out = out_of_tolerance(csv_path)
+    message = (f"{len(out)} cell(s) out of tolerance (see {csv_path}):\n" + "\n".join(out)
+               if out else "every comparable cell within tolerance")
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(log_path).write_text(message + "\n")
+    if out:
+        raise ValueError(message)
+    Path(out_path).write_text(message + "\n")
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
