@@ -150,11 +150,19 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, Plan
     root = (workflow.get("data", {}) or {}).get("root", "data")
     results = workflow.get("results", "results")
     runs: dict[str, PlannedRun] = {}
-    problems: list[str] = []
-    for row in detection_rows(workflow, paper_csv):
+    rows = detection_rows(workflow, paper_csv)
+    backbones = list(dict.fromkeys(row.backbone for row in rows))
+    models, mega = detection.get("models", {}) or {}, detection.get("megapatch_side", {})
+    problems = _unplanned(models, backbones, "detection.models", "the tables' backbones")
+    if isinstance(mega, dict):
+        problems += _unplanned(mega, backbones, "detection.megapatch_side",
+                               "the tables' backbones")
+        problems += [f"detection.megapatch_side.{b}: missing, and the mega-patch rows of {b} "
+                     "need it" for b in backbones
+                     if b not in mega and any(r.variant.mega for r in rows if r.backbone == b)]
+    for row in rows:
         variant, backbone, dataset = row.variant, row.backbone, row.run_dataset
-        model = {"backbone": backbone, **(detection.get("models", {}) or {}).get(backbone, {})}
-        mega = detection.get("megapatch_side", {})
+        model = {"backbone": backbone, **models.get(backbone, {})}
         side = mega.get(backbone, 0) if isinstance(mega, dict) else mega
         for seed in detection.get("seeds", workflow["seeds"]):
             base = {"seed": seed, "data": {"name": dataset, "root": root}, "model": model}
@@ -206,14 +214,23 @@ def resized_problems(data: dict) -> list[str]:
 PLANNED_KEYS = (("seed",), ("mode",), ("data", "name"), ("model", "backbone"))
 
 
-def _dataset_run_problems(by_dataset: dict, datasets: list[str]) -> list[str]:
-    """What is wrong with `table1.run` ({dataset: run keys}): datasets not planned, keys the
-    planner sets itself."""
-    problems = []
+def _unplanned(keys, planned: list[str], path: str, what: str) -> list[str]:
+    """A problem for each of `keys` (a mistyped dataset or backbone) that is not planned: the
+    setting would be ignored without a word."""
+    return [f"{path}.{key}: not one of {what} ({', '.join(planned)})"
+            for key in keys if key not in planned]
+
+
+def _dataset_run_problems(table: dict) -> list[str]:
+    """What is wrong with `table1.run` ({dataset: run keys}), `table1.seeds` and
+    `table1.megapatch.datasets`: datasets not planned; run keys the planner sets itself."""
+    datasets, by_dataset = table["datasets"], table.get("run") or {}
+    problems = _unplanned((table.get("seeds") or {}), datasets, "table1.seeds",
+                          "table1.datasets")
+    problems += _unplanned((table.get("megapatch") or {}).get("datasets", []), datasets,
+                           "table1.megapatch.datasets", "table1.datasets")
+    problems += _unplanned(by_dataset, datasets, "table1.run", "table1.datasets")
     for name, keys in by_dataset.items():
-        if name not in datasets:
-            problems.append(f"table1.run.{name}: not one of table1.datasets "
-                            f"({', '.join(datasets)})")
         for path in PLANNED_KEYS:
             node = keys
             for key in path:
@@ -233,7 +250,7 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     backbone = table["backbone"]
     problems += resized_problems(data)
     by_dataset = table.get("run") or {}
-    problems += _dataset_run_problems(by_dataset, table["datasets"])
+    problems += _dataset_run_problems(table)
     for dataset in table["datasets"]:
         seeds = (table.get("seeds") or {}).get(dataset, workflow["seeds"])
         for seed in seeds:

@@ -165,6 +165,31 @@ def test_table1_run_keys_of_an_unplanned_dataset_are_an_error():
         plan(typo)
 
 
+def test_settings_of_unplanned_datasets_or_backbones_are_an_error():
+    """A mistyped name in table1.seeds, table1.megapatch or the detection blocks would be
+    ignored (ImageNet-1K trained with 3 seeds, a mega-patch row without mega-patches): said."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    paper["table1"]["seeds"] = {"imagnet": [0]}
+    paper["table1"]["megapatch"]["datasets"] = ["imagenet10"]
+    paper["detection"]["megapatch_side"] = {"vit_smal": 12, "swin_tiny": 6, "t2t_vit_14": 6}
+    paper["detection"]["models"]["t2t_vit14"] = {}
+    with pytest.raises(ConfigError) as err:
+        plan(paper, str(ROOT / "results" / "paper" / "tables.csv"))
+    tables = "the tables' backbones (vit_small, swin_tiny, t2t_vit_14)"
+    assert err.value.problems == [
+        "table1.megapatch.datasets.imagenet10: not one of table1.datasets (cifar10, svhn, "
+        "cifar100, flowers102, tiny_imagenet, imagenet100, imagenet)",
+        "table1.seeds.imagnet: not one of table1.datasets (cifar10, svhn, cifar100, flowers102, "
+        "tiny_imagenet, imagenet100, imagenet)",
+        f"detection.megapatch_side.vit_smal: not one of {tables}",
+        "detection.megapatch_side.vit_small: missing, and the mega-patch rows of vit_small "
+        "need it",
+        f"detection.models.t2t_vit14: not one of {tables}"]
+
+
 def test_bad_run_config_fails_before_any_job(tmp_path):
     config = {**TINY, "run": {"model": {"embed_dim": 36, "patch_size": 5}, "optim": {"lr": "x"}}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
