@@ -179,6 +179,41 @@ def test_a_changed_config_replaces_the_run_only_when_asked(tmp_path, tiny_config
     assert len(aside) == 1 and (aside[0] / "metrics.json").is_file()  # finished work kept
 
 
+def test_a_redone_upstream_run_replaces_the_finetune_that_started_from_it(tmp_path,
+                                                                         tiny_config):
+    """The workflow reruns a changed pretrain run (--replace-changed), then its finetune with
+    the same command: the finished finetune must not resume from weights of the old pretrain
+    run's best.pt (same path, another file), whose numbers it would report again."""
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    finetune = tiny_config("finetune", optim={"epochs": 1}, init_checkpoint=str(pre / "best.pt"))
+    train(tiny_config("pretrain", optim={"epochs": 1}), pre, progress=False)
+    train(finetune, fine, progress=False)
+    train(tiny_config("pretrain", optim={"epochs": 1, "lr": 5e-3}), pre, progress=False,
+          replace_changed=True)
+    with pytest.raises(TrainingError, match="init_checkpoint .*another file than the one it "
+                                            "started from"):
+        train(finetune, fine, progress=False)
+    again = train(finetune, fine, progress=False, replace_changed=True)
+    assert len(list(tmp_path.glob("fine.replaced-*"))) == 1  # the old finetune, kept aside
+    fresh = train(finetune, tmp_path / "fresh", progress=False)
+    assert again["best"] == fresh["best"]
+    # unchanged, a finished run only writes its metrics again
+    assert train(finetune, fine, progress=False)["best"] == fresh["best"]
+
+
+def test_a_run_killed_before_its_last_history_row_completes_it(tmp_path, tiny_config):
+    """Killed between last.pt and history.csv at the last epoch, the rerun goes straight to
+    finish(), which writes history.csv again."""
+    cfg = tiny_config("supervised", optim={"epochs": 2})
+    train(cfg, tmp_path / "run", progress=False)
+    history = tmp_path / "run" / "history.csv"
+    whole = history.read_text()
+    history.write_text("\n".join(whole.splitlines()[:2]) + "\n")  # header + epoch 1
+    (tmp_path / "run" / "metrics.json").unlink()
+    train(cfg, tmp_path / "run", progress=False)
+    assert history.read_text() == whole
+
+
 class _OpCount(TorchDispatchMode):
     """Non-view ATen ops dispatched in a block (about the kernel launches on a GPU)."""
 

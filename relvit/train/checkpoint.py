@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,13 @@ log = logging.getLogger("relvit")
 MAY_BE_MISSING = ("vit.pos_embed",)
 # what last.pt holds besides the weights (Run._save_last)
 RESUME_KEYS = frozenset({"model", "optimizer", "history", "best", "elapsed", "epoch", "config"})
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (a checkpoint a run started from: which file it was, whatever its
+    path)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:

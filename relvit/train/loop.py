@@ -35,7 +35,7 @@ from relvit.geometry import Geometry, backbone_label, run_geometry
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
-from relvit.train.checkpoint import atomic_save, load_backbone, load_resume_state
+from relvit.train.checkpoint import atomic_save, file_digest, load_backbone, load_resume_state
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
@@ -116,6 +116,7 @@ class Run:
         self.elapsed = 0.0
         self.start_epoch = 0
         self.fresh_keys: list[str] = []
+        self.init_digest: str | None = None  # sha256 of init_checkpoint when the run started
 
     # ----------------------------------------------------------------- what a task defines
     def setup(self) -> nn.Module:
@@ -221,13 +222,14 @@ class Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # last.pt, else last.prev.pt; a damaged one is moved aside, never loaded
         state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
-        diffs = self._config_changes(state) if state else []
+        diffs = self._config_changes(state) + self._init_changes(state) if state else []
         if diffs and self.replace_changed:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
                 stamp = time.strftime("%Y%m%d-%H%M%S")
                 aside = self.out_dir.with_name(f"{self.out_dir.name}.replaced-{stamp}")
-                log.warning("%s was made with another config; moved to %s", self.out_dir, aside)
+                log.warning("%s was made with another config or start (%s); moved to %s",
+                            self.out_dir, "; ".join(diffs[:3]), aside)
                 self.out_dir.rename(aside)
                 self.out_dir.mkdir(parents=True)
             state = None
@@ -239,6 +241,7 @@ class Run:
         elif self.cfg.init_checkpoint:
             self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
                                             self.cfg.model.backbone)
+            self.init_digest = file_digest(self.cfg.init_checkpoint)
         if distributed.is_main():
             dump_config(self.cfg, self.out_dir / "config.yaml")
         distributed.barrier()  # the run directory is settled before any rank goes on
@@ -277,6 +280,17 @@ class Run:
         return _dict_diff(saved, {k: v for k, v in self.cfg.to_dict().items()
                                   if k not in EXECUTION_KEYS})
 
+    def _init_changes(self, state: dict[str, Any]) -> list[str]:
+        """A finetune or detect run resumed from last.pt: whether `init_checkpoint` is still the
+        file it started from (a redone pretrain run writes another best.pt at the same path)."""
+        saved, path = state.get("init_sha256"), self.cfg.init_checkpoint
+        if not saved or not path or not Path(path).is_file():
+            return []  # a last.pt from before the check, or no file to compare: the run goes on
+        if file_digest(path) == saved:
+            return []
+        return [f"init_checkpoint {path}: another file than the one it started from (the run "
+                "that writes it was redone)"]
+
     def _resume(self, state: dict[str, Any], diffs: list[str]) -> None:
         if diffs:
             raise TrainingError(
@@ -288,6 +302,7 @@ class Run:
         self.history, self.best = state["history"], state["best"]
         self.elapsed, self.start_epoch = state["elapsed"], state["epoch"]
         self.fresh_keys = state.get("fresh_keys", [])
+        self.init_digest = state.get("init_sha256")
         log.info("resuming %s after epoch %d", self.out_dir, self.start_epoch)
         if state.get("world_size", 1) != self.world:
             log.warning("%s ran on %d process(es) so far, now %d: the random streams change, so "
@@ -432,7 +447,8 @@ class Run:
         if distributed.is_main():
             state = {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
                      "history": self.history, "best": self.best, "elapsed": self.elapsed,
-                     "fresh_keys": self.fresh_keys, "world_size": self.world}
+                     "fresh_keys": self.fresh_keys, "world_size": self.world,
+                     "init_sha256": self.init_digest}
             atomic_save(state, self.out_dir / "last.pt", keep_previous=True)
             atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
         distributed.barrier()
@@ -470,6 +486,9 @@ class Run:
             **provenance.run_provenance(cfg.to_dict()),
         }
         if distributed.is_main():
+            # history.csv again: a run killed between last.pt and history.csv at its last epoch
+            # resumes straight into finish()
+            atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
             atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
         distributed.barrier()
         return metrics
