@@ -29,8 +29,11 @@ validate(config, "config/schema.yaml")
 # this workflow here is alive, so a plain `snakemake` resumes (with rerun-incomplete, profiles/)
 from relvit.workflow import release_stale_locks
 
-for _lock in release_stale_locks():
-    print(f"relvit: removed stale lock {_lock} (its snakemake is gone)", file=sys.stderr)
+# only the snakemake that holds the locks: the ones its executor starts for each job (on
+# cluster nodes too) would leave records of other hosts, which keep every lock for good
+if workflow.is_main_process:
+    for _lock in release_stale_locks():
+        print(f"relvit: removed stale lock {_lock} (its snakemake is gone)", file=sys.stderr)
 
 
 report: "workflow/report/workflow.rst"

@@ -83,6 +83,16 @@ def test_a_configfile_replaces_the_default_config(tmp_path):
     }
 
 
+def test_only_the_main_snakemake_records_itself_for_the_lock_release(tmp_path):
+    """The snakemake an executor starts per job (`--mode remote` on a cluster node) records no
+    pid: another host's record keeps every lock, so the release would never work again."""
+    folder = repository_like(tmp_path)
+    snakemake("-n", "--mode", "remote", cwd=folder)
+    assert not (folder / ".snakemake" / "relvit-pids").exists()
+    snakemake("-n", cwd=folder)
+    assert len(list((folder / ".snakemake" / "relvit-pids").iterdir())) == 1
+
+
 def test_paper_dag(tmp_path):
     """Table 1: 7 datasets x 3 seeds (ImageNet-1K: 1, as the paper prints no std) x {pretrain,
     finetune, supervised}, plus pretrain + finetune with mega-patches on ImageNet-100. Tables 2-3:
