@@ -98,6 +98,16 @@ def test_finetune_refuses_missing_or_mismatched_checkpoints(tmp_path, tiny_confi
         Run(tiny_config("finetune", init_checkpoint=str(junk)), tmp_path / "d").prepare()
 
 
+def test_finetune_refuses_a_checkpoint_of_other_attention_heads(tmp_path, tiny_config):
+    """3 or 6 heads of the same width: the same tensor shapes, split otherwise."""
+    train(tiny_config("pretrain", optim={"epochs": 1}), tmp_path / "pre", progress=False)
+    cfg = tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt"),
+                      model={"num_heads": 6})
+    with pytest.raises(CheckpointError, match="trained with 3 attention heads, this run "
+                                              "builds 6"):
+        Run(cfg, tmp_path / "fine").prepare()
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "supervised"])
 def test_resume_gives_the_same_result(tmp_path, tiny_config, mode):
     cfg = tiny_config(mode, optim={"epochs": 3}, ssl={"shuffle": mode == "pretrain"},

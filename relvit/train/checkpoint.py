@@ -121,12 +121,21 @@ def check_upstream(path: Path) -> None:
                                   "so its weights are half-trained; fix and rerun that run first")
 
 
-def load_backbone(backbone: nn.Module, path: Path, expected_backbone: str) -> list[str]:
+def attention_heads(model: dict[str, Any], backbone: str) -> int:
+    """The attention heads of a run config's `model` block (None: the backbone preset's)."""
+    from relvit.models.specs import get_backbone_spec
+
+    return model.get("num_heads") or get_backbone_spec(backbone).num_heads
+
+
+def load_backbone(backbone: nn.Module, path: Path, expected_backbone: str,
+                  num_heads: int | None = None) -> list[str]:
     """Load the backbone weights of a `best.pt` into `backbone`; returns the keys left fresh.
 
     Refuses a checkpoint from another backbone, or with missing, unexpected or differently shaped
-    tensors (other than those in MAY_BE_MISSING), naming them, and (UpstreamFailedError) one
-    whose run directory records a failed run.
+    tensors (other than those in MAY_BE_MISSING), naming them, one trained with other attention
+    heads than `num_heads` (the same tensor shapes, split otherwise), and (UpstreamFailedError)
+    one whose run directory records a failed run.
     """
     check_upstream(path)
     ckpt = load_checkpoint(path)
@@ -135,6 +144,11 @@ def load_backbone(backbone: nn.Module, path: Path, expected_backbone: str) -> li
         raise CheckpointError(
             f"checkpoint {path} holds backbone {source!r}, this run builds {expected_backbone!r}"
         )
+    model = (ckpt.get("config") or {}).get("model") or {}
+    heads = attention_heads(model, source) if model else None
+    if num_heads is not None and heads is not None and heads != num_heads:
+        raise CheckpointError(f"checkpoint {path} was trained with {heads} attention heads, "
+                              f"this run builds {num_heads}")
     weights = {k.removeprefix("backbone."): v for k, v in ckpt["model"].items()
                if k.startswith("backbone.")}
     own = backbone.state_dict()

@@ -35,7 +35,13 @@ from relvit.geometry import Geometry, backbone_label, run_geometry
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
-from relvit.train.checkpoint import atomic_save, file_digest, load_backbone, load_resume_state
+from relvit.train.checkpoint import (
+    atomic_save,
+    attention_heads,
+    file_digest,
+    load_backbone,
+    load_resume_state,
+)
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
@@ -239,8 +245,10 @@ class Run:
             raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
                                   "the best.pt of a pretrain run")
         elif self.cfg.init_checkpoint:
+            model = self.cfg.model
+            heads = attention_heads(vars(model), model.backbone)
             self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
-                                            self.cfg.model.backbone)
+                                            model.backbone, heads)
             self.init_digest = file_digest(self.cfg.init_checkpoint)
         if distributed.is_main():
             dump_config(self.cfg, self.out_dir / "config.yaml")
