@@ -168,6 +168,20 @@ def test_anchors_sit_at_each_level_stride_on_landscape_batches(family):
         offset += count
 
 
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_roi_scales_do_not_depend_on_the_first_batch(family):
+    """torchvision infers RoIAlign's scales once, from the first batch's largest unpadded image:
+    a first KITTI image (67 rows, padded to 96) gave every level twice its scale for good."""
+    size = 224
+    detector = build_detector(tiny_backbone(family, size, paper=True), CLASSES, size,
+                              masks=True, fpn_channels=FPN).eval()
+    with torch.no_grad():
+        detector([torch.rand(3, 375, 1242)])
+    for pool in (detector.roi_heads.box_roi_pool, detector.roi_heads.mask_roi_pool):
+        assert [1 / s for s in pool.scales] == [4, 8, 16, 32]
+        assert (pool.map_levels.k_min, pool.map_levels.k_max) == (2, 5)
+
+
 @pytest.mark.parametrize("masks", [False, True], ids=["faster", "mask"])
 def test_boxes_and_scores_stay_float32_under_bf16_autocast(masks):
     """Detection trains and predicts under bf16 autocast on CUDA (here the CPU's). torchvision

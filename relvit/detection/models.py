@@ -35,7 +35,8 @@ The decisions (method spec §6.2 and Q23-Q26) are:
   and k0 = log2(stride of level "3"), so a RoI is pooled from the level whose anchors match its
   size (with the default anchors a box of side in [8s, 16s) goes to the level of stride s; at 224 px
   boxes of side 16, 64 and 224 go to strides 4, 8 and 16). Box RoIs: MultiScaleRoIAlign(["0".."3"],
-  7, 2); mask RoIs: 14.
+  7, 2); mask RoIs: 14; their scales are set from the strides, not inferred from the first batch
+  (`_roi_pool`).
 * Resizing (Q23): torchvision's aspect-preserving resize with min_size = max_size = image_size, so
   every image's *longer* side becomes image_size (the original's `fixed_size=(224, 224)` distorted
   the aspect ratio). The batch is padded to a multiple of `size_divisible` = the stride of level
@@ -71,6 +72,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from relvit.data.registry import IMAGENET_STATS
@@ -182,9 +184,21 @@ def build_pyramid_backbone(backbone: Backbone, fpn_channels: int = 256) -> Pyram
     raise TypeError(f"no feature pyramid for backbone {type(backbone).__name__}")
 
 
-def _roi_pool(output_size: int, canonical_scale: int, canonical_level: int) -> MultiScaleRoIAlign:
-    return MultiScaleRoIAlign(list(LEVELS), output_size, 2, canonical_scale=canonical_scale,
+def _roi_pool(output_size: int, strides: list[int], canonical_scale: int,
+              canonical_level: int) -> MultiScaleRoIAlign:
+    """RoIAlign over levels "0".."3", their scales set from the pyramid's strides.
+
+    torchvision infers the scales once, at the first batch, from the feature maps' height over
+    the batch's largest unpadded image height: a first batch of KITTI images (67 of 96 padded
+    rows) gave every level twice its scale, for good."""
+    pool = MultiScaleRoIAlign(list(LEVELS), output_size, 2, canonical_scale=canonical_scale,
                               canonical_level=canonical_level)
+    pool.scales = [1.0 / s for s in strides[:len(LEVELS)]]
+    pool.map_levels = initLevelMapper(round(math.log2(strides[0])),
+                                      round(math.log2(strides[len(LEVELS) - 1])),
+                                      canonical_scale=canonical_scale,
+                                      canonical_level=canonical_level)
+    return pool
 
 
 @dataclass(frozen=True)
@@ -222,7 +236,7 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
         "min_size": image_size, "max_size": image_size,
         "image_mean": list(mean), "image_std": list(std), "size_divisible": divisible,
         "box_detections_per_img": 100, "rpn_anchor_generator": anchors,
-        "box_roi_pool": _roi_pool(7, scale, level),
+        "box_roi_pool": _roi_pool(7, pyramid.strides, scale, level),
         "box_head": TwoMLPHead(fpn_channels * 7 * 7, heads.box_representation),
         "box_predictor": Float32BoxPredictor(heads.box_representation, classes),
         "box_batch_size_per_image": heads.roi_batch_size,
@@ -231,7 +245,7 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
     }
     if masks:
         width = heads.mask_head_width
-        common |= {"mask_roi_pool": _roi_pool(14, scale, level),
+        common |= {"mask_roi_pool": _roi_pool(14, pyramid.strides, scale, level),
                    "mask_head": MaskRCNNHeads(fpn_channels, (width,) * 4, 1),
                    "mask_predictor": MaskRCNNPredictor(width, width, classes)}
     # made after the heads, as torchvision makes its own: a seed gives the same initial weights
