@@ -42,7 +42,7 @@ class DataConfig:
     root: str = "data"  # datasets live in <root>/<name>, as `relvit prepare-data` puts them
     folder: str | None = None  # this dataset's folder instead (e.g. your own imagefolder)
     workers: int = 4  # DataLoader workers decoding image files (array datasets need none)
-    augment: bool = True  # training augmentation (random crop + flip); false: evaluation's
+    augment: bool = True  # training augmentation (crops, flips; detection: IoU crop, flip)
 
 
 @dataclass

@@ -52,6 +52,24 @@ def test_the_numbers_do_not_depend_on_the_loader_workers(tmp_path, detect_config
     assert runs[0]["last"] == runs[1]["last"]
 
 
+def test_augment_false_trains_detection_without_crop_or_flip(tmp_path, detect_config):
+    """`data.augment: false` reaches the detection images too: a training image is then the
+    same whatever its seed."""
+    from relvit.detection.train import DetectionRun
+
+    def first_image(augment: bool, stream: int):
+        run = DetectionRun(detect_config(data={"augment": augment}, detection={"iou_crop": True}),
+                           tmp_path / f"{augment}-{stream}")
+        run.sample_stream = lambda epoch: stream
+        images, _ = next(iter(run.train_batches(0)))
+        return images[0]
+
+    assert (first_image(False, 1) == first_image(False, 2)).all()
+    assert any(first_image(True, 1).shape != first_image(True, stream).shape
+               or not (first_image(True, 1) == first_image(True, stream)).all()
+               for stream in range(2, 6))
+
+
 def test_joint_ssl_and_box_only(tmp_path, detect_config):
     metrics = train(detect_config(detection={"ssl_joint": True, "masks": False}),
                     tmp_path / "run", progress=False)

@@ -164,8 +164,11 @@ class _Files(Dataset):
 
 
 def sample_seed(seed: int, index: int) -> int:
-    """Seed of sample `index`'s random draws in the stream seeded `seed`: distinct for every
-    (seed, index) pair with index < 2**32 (before the wrap-around at 2**63)."""
+    """Seed of sample `index`'s random draws in the stream seeded `seed`. torch's CPU generator
+    keeps a seed's low 32 bits, (index - 5 * seed) mod 2**32: distinct for the samples of one
+    stream (index < 2**32). Another stream's seeds are the same ones shifted (the next epoch's by
+    -5 * 7919): image i + 39,595 of epoch e + 1 draws what image i of epoch e drew, another image
+    than itself, so every image's augmentation still changes from epoch to epoch."""
     return (seed * 4_294_967_291 + index) % 2**63
 
 

@@ -66,9 +66,11 @@ class DetectionRun(Run):
         """The (image, target) dataset of a split, built once per run."""
         key = "train" if train else "eval"
         if key not in self._image_sets:
+            augment = self.cfg.data.augment  # false: no flip, no IoU crop
             self._image_sets[key] = DetectionImages(
-                self.train_set if train else self.eval_set, train=train, flip=self.dataset.flip,
-                iou_crop=self.cfg.detection.iou_crop)
+                self.train_set if train else self.eval_set, train=train,
+                flip=self.dataset.flip and augment,
+                iou_crop=self.cfg.detection.iou_crop and augment)
         return self._image_sets[key]
 
     def train_size(self) -> int:
