@@ -9,6 +9,7 @@ pretrain_det* runs their upstream variants start from (relvit.detection.plan).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,7 +215,7 @@ def resized_problems(data: dict) -> list[str]:
 PLANNED_KEYS = (("seed",), ("mode",), ("data", "name"), ("model", "backbone"))
 
 
-def _unplanned(keys, planned: list[str], path: str, what: str) -> list[str]:
+def _unplanned(keys: Iterable[str], planned: list[str], path: str, what: str) -> list[str]:
     """A problem for each of `keys` (a mistyped dataset or backbone) that is not planned: the
     setting would be ignored without a word."""
     return [f"{path}.{key}: not one of {what} ({', '.join(planned)})"

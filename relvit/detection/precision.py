@@ -42,8 +42,9 @@ class Float32RPNHead(RPNHead):
         for feature in x:
             t = self.conv(feature)
             with torch.autocast(t.device.type, enabled=False):
-                logits.append(self.cls_logits(t.float()))
-                offsets.append(self.bbox_pred(t.float()))
+                t = t.float()
+                logits.append(self.cls_logits(t))
+                offsets.append(self.bbox_pred(t))
         return logits, offsets
 
 
