@@ -32,13 +32,13 @@ from relvit.report import detection_tables as det
 from relvit.report.criterion import Criterion
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import summarize
-from relvit.report.table1 import EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1, seed_cell
+from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1,
+                                  seed_cell, signed)
 from relvit.atomic import atomic_write_text
 
 WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",
                                        "not in the paper")
-EMPTY = "—"
 PAPER_CSV = "results/paper/tables.csv"
 IMPROVEMENTS_CSV = "results/paper/printed-improvements.csv"
 
@@ -277,10 +277,6 @@ def _short(text: str, width: int) -> str:
                                      else "") for part in text.split("; "))
 
 
-def _signed(value: float | None) -> str:
-    return EMPTY if value is None else f"{value:+.2f}"
-
-
 def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: str,
                 criterion: Criterion) -> str:
     counts = pd.Series([c.verdict for c in cells], dtype=object).value_counts()
@@ -312,7 +308,7 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
         seeds = p["seeds"] + (f" ({len(c.planned_seeds)} planned)" if c.planned_seeds else "")
         lines.append("| " + " | ".join([
             str(c.table), c.dataset, c.backbone, c.method, c.metric, c.paper.text(),
-            c.ours.text().replace(" [stale]", ""), _signed(c.delta), bound,
+            c.ours.text().replace(" [stale]", ""), signed(c.delta), bound,
             f"**{verdict}**" if c.failed else verdict, seeds, _short(p["config_hash"], 8),
             _short(p["git_sha"], 10), p["image"], p["device"], p["wall_time_s"],
             p["peak_memory_mb"]]) + " |")
@@ -324,7 +320,7 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
     for k in checks:
         flag = "ok" if k.consistent else f"**inconsistent**: {k.note}"
         lines.append(f"| {k.table} | {k.dataset} | {k.backbone} | {k.metric} | "
-                     f"{k.printed:+.2f} | {_signed(k.computed)} | {flag} |")
+                     f"{k.printed:+.2f} | {signed(k.computed)} | {flag} |")
     return "\n".join(lines) + "\n"
 
 

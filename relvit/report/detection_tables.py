@@ -17,13 +17,12 @@ from relvit.data.registry import DATASETS
 from relvit.detection.plan import PAPER_BACKBONES
 from relvit.models.specs import get_backbone_spec
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
-from relvit.report.table1 import FAILED, FAILED_NOTE
+from relvit.report.table1 import EMPTY, FAILED, FAILED_NOTE, signed
 from relvit.atomic import atomic_write_text
 
 METRICS = ("mAP", "mAP50", "mAP75")
 PAPER_METRICS = {2: ("mAP", "mAP50", "mAP75"), 3: ("mAP_box", "mAP_box50", "mAP_box75")}
 RELVIT_NAMES = {"vit": "RelViT", "swin": "RelSwin", "t2t": "RelT2T-ViT"}
-EMPTY = "—"
 
 
 def _mark(flag: bool | None) -> str:
@@ -75,10 +74,8 @@ def _backbone_label(group: list[dict]) -> str:
     return next((label for label in labels if label), get_backbone_spec(group[0]["backbone"]).label)
 
 
-def _text(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return EMPTY
-    return f"{round(value, 2) + 0.0:+.2f}" if signed else f"{value:.2f}"  # never -0.00
+def _text(value: float | None) -> str:
+    return EMPTY if value is None else f"{value:.2f}"
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -155,9 +152,8 @@ def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[
         best_ours, best_theirs = _best(ours_rel), _best(theirs_rel)
         improvement = ["", "(Improv.)", "", "", ""]
         for m in METRICS:
-            improvement += [_text(_diff(best_ours[m], ours_sup[m] if ours_sup else None), True),
-                            _text(_diff(best_theirs[m], theirs_sup[m] if theirs_sup else None),
-                                  True)]
+            improvement += [signed(_diff(best_ours[m], ours_sup[m] if ours_sup else None)),
+                            signed(_diff(best_theirs[m], theirs_sup[m] if theirs_sup else None))]
         body.append(improvement)
     return body
 

@@ -88,8 +88,9 @@ def _difference(a: Cell, b: Cell) -> float | None:
     return None if a.mean is None or b.mean is None else a.mean - b.mean
 
 
-def _signed(value: float | None) -> str:
-    """+1.23 / -1.23; a difference that rounds to zero is +0.00, never -0.00."""
+def signed(value: float | None) -> str:
+    """+1.23 / -1.23, "—" for None; a difference that rounds to zero is +0.00, never -0.00
+    (every table's Δ and Improv. cells)."""
     return EMPTY if value is None else f"{round(value, 2) + 0.0:+.2f}"
 
 
@@ -158,10 +159,10 @@ class Table1:
                 papers.append(theirs)
                 cells.append(mine.text(pm))
                 if self.with_paper:
-                    cells += [theirs.text(pm), _signed(_difference(mine, theirs))]
-            cells.append(_signed(_difference(ours[1], ours[0])))
+                    cells += [theirs.text(pm), signed(_difference(mine, theirs))]
+            cells.append(signed(_difference(ours[1], ours[0])))
             if self.with_paper:
-                cells.append(_signed(_difference(papers[1], papers[0])))
+                cells.append(signed(_difference(papers[1], papers[0])))
             for column in self.extras:
                 mode, label = EXTRA_METHODS[column]
                 cells.append(self.ours(dataset, backbone, mode, label, metric).text(pm))
