@@ -58,6 +58,32 @@ def test_vit_positional_embeddings_on_and_off():
     torch.testing.assert_close(b, a[:, perm], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name,size,patch,extra", [
+    ("vit_small", 16, 4, TINY),
+    ("swin_tiny", 32, 2, dict(embed_dim=12, depth=2, num_heads=1, window_size=4)),
+    ("t2t_vit_14", 32, None, TINY),
+])
+def test_drop_rate_drops_inside_the_blocks(name, size, patch, extra):
+    """`model.drop_rate` is the original's `--dropout`: the blocks' outputs, not an unused head."""
+    x = torch.rand(2, 3, size, size)
+
+    def two_training_passes(drop_rate):
+        torch.manual_seed(0)
+        backbone = build_backbone(name, img_size=size, patch_size=patch, drop_rate=drop_rate,
+                                  **extra).train()
+        return backbone.tokens(x).patches, backbone.tokens(x).patches
+
+    if name != "t2t_vit_14":  # whose Performer keeps [R]'s own dropout 0.1
+        first, second = two_training_passes(0.0)
+        torch.testing.assert_close(first, second)
+    first, second = two_training_passes(0.5)
+    assert not torch.allclose(first, second)
+    backbone = build_backbone(name, img_size=size, patch_size=patch, drop_rate=0.5, **extra)
+    block_dropouts = [m for n, m in backbone.named_modules() if isinstance(m, torch.nn.Dropout)
+                      and "block" in n and not n.endswith("attn_drop")]  # `--attn_drop`: 0
+    assert block_dropouts and all(m.p == 0.5 for m in block_dropouts)
+
+
 def test_heads_shapes():
     z = torch.rand(2, 49, 384)
     rel = PairwiseScoreHead(384, 9)

@@ -35,7 +35,10 @@ class ViTBackbone(Backbone):
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, class_token=True,
             pos_embed="learn" if pos_embed else "none", dynamic_img_size=True,
-            drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
+            # timm's `drop_rate` is only the (unused) head's dropout; the original's `--dropout`
+            # drops after the position embedding and after attention's and the MLP's outputs
+            pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+            num_classes=0,
         )
         nn.init.trunc_normal_(self.vit.cls_token, std=0.02)  # as the original ViT (spec §4)
 
@@ -88,7 +91,7 @@ class SwinBackbone(Backbone):
         self.swin = SwinTransformer(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depths=depths,
             num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
-            drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
+            proj_drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_classes=0,
             dynamic_img_size=True,  # mega-patch inputs are smaller than img_size
         )
         for stage in self.swin.layers:
