@@ -106,6 +106,9 @@ class DetectionConfig:
     roi_batch_size: int = 512
     rpn_train_proposals: int = 2000
     iou_crop: bool = False  # the original's "ssdlite" RandomIoUCrop (Q22)
+    # False: every image stretched to image_size x image_size, as the original (Q23); True: its
+    # longer side resized to image_size, aspect kept, on an image_size x image_size canvas
+    keep_aspect: bool = False
     eval_every: int = 1  # epochs between COCO evaluations (the last epoch always)
 
 

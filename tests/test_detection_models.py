@@ -125,17 +125,32 @@ def test_training_step_and_eval(family, masks):
             assert pred["masks"].shape == (n, 1, *image.shape[1:])  # back at the input size
 
 
-def test_detector_resize_and_normalisation():
-    detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN)
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_detector_resize_and_normalisation(keep_aspect):
+    detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN,
+                              keep_aspect=keep_aspect)
     transform = detector.transform
-    assert transform.min_size == (SIZE,) and transform.max_size == SIZE
-    assert transform.fixed_size is None and transform.size_divisible == 16  # level "3"
     assert transform.image_mean == [0.485, 0.456, 0.406]
     assert transform.image_std == [0.229, 0.224, 0.225]
     assert detector.roi_heads.detections_per_img == 100
-    batch, _ = transform([torch.rand(3, 100, 50), torch.rand(3, 30, 120)])
-    assert batch.image_sizes == [(64, 32), (16, 64)]  # aspect kept, longer side = SIZE
-    assert batch.tensors.shape[-2:] == (SIZE, SIZE)
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 80.0]])
+    batch, targets = transform([torch.rand(3, 100, 50), torch.rand(3, 30, 120)],
+                               [{"boxes": boxes, "labels": torch.tensor([1])}] * 2)
+    if keep_aspect:  # longer side = SIZE
+        assert batch.image_sizes == [(64, 32), (16, 64)]
+        torch.testing.assert_close(targets[0]["boxes"], boxes * 0.64)
+    else:  # stretched, as the original's fixed_size (Q23)
+        assert batch.image_sizes == [(SIZE, SIZE)] * 2
+        torch.testing.assert_close(targets[0]["boxes"], boxes * torch.tensor([1.28, 0.64] * 2))
+    assert batch.tensors.shape[-2:] == (SIZE, SIZE)  # one canvas
+    # predictions go back to each image's own size
+    detections = [{"boxes": torch.tensor([[0.0, 0.0, SIZE, SIZE]]), "labels": torch.tensor([1]),
+                   "scores": torch.tensor([0.9])} for _ in range(2)]
+    back = transform.eval().postprocess(detections, batch.image_sizes, [(100, 50), (30, 120)])
+    sides = [(box[3] - box[1], box[2] - box[0]) for box in (d["boxes"][0] for d in back)]
+    expected = [(100.0, 50.0), (30.0, 120.0)] if not keep_aspect else [(100.0, 100.0),
+                                                                          (120.0, 120.0)]
+    assert [tuple(map(float, side)) for side in sides] == expected
     # one anchor size per level, 3 aspect ratios
     assert detector.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert detector.rpn.head.cls_logits.out_channels == 3
@@ -149,13 +164,14 @@ def test_anchors_sit_at_each_level_stride_on_landscape_batches(family):
     of 16-px tokens, 6 rows of "32-px" cells, anchors 29 px apart."""
     size = 224
     detector = build_detector(tiny_backbone(family, size, paper=True), CLASSES, size,
-                              masks=False, fpn_channels=FPN)
+                              masks=False, fpn_channels=FPN, keep_aspect=True)
     detector.eval()
     with torch.no_grad():
         batch, _ = detector.transform([torch.rand(3, 375, 500), torch.rand(3, 300, 500)])
         features = detector.backbone(batch.tensors)
         anchors = detector.rpn.anchor_generator(batch, list(features.values()))[0]
-    assert batch.tensors.shape[-2:] == (192, 224)  # 168 rows at most, padded to 32
+    assert batch.image_sizes == [(168, 224), (134, 224)]
+    assert batch.tensors.shape[-2:] == (size, size)  # the canvas
     offset = 0
     for name, stride in zip(LEVELS[:4], detector.backbone.strides):
         rows, cols = features[name].shape[-2:]
@@ -166,6 +182,28 @@ def test_anchors_sit_at_each_level_stride_on_landscape_batches(family):
         assert torch.allclose(centres[1:, :, :, 1] - centres[:-1, :, :, 1],
                               torch.tensor(float(stride))), name
         offset += count
+
+
+@pytest.mark.parametrize("keep_aspect", [False, True])
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_an_image_gets_the_same_features_in_any_batch(family, keep_aspect):
+    """Every batch is padded to one canvas. Padded to its largest image only, a batch of KITTI
+    images had 6 ViT token rows and a mixed one 14, and timm resampled the position embedding to
+    each: the same image's features depended on its batch mates, and on the evaluation batch."""
+    size = 224
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone(family, size, paper=True), CLASSES, size,
+                              masks=False, fpn_channels=FPN, keep_aspect=keep_aspect).eval()
+    kitti, portrait = torch.rand(3, 375, 1242), torch.rand(3, 500, 375)
+    with torch.no_grad():
+        alone, _ = detector.transform([kitti])
+        mixed, _ = detector.transform([kitti, portrait])
+        features_alone = detector.backbone(alone.tensors)
+        features_mixed = detector.backbone(mixed.tensors)
+    assert alone.tensors.shape[-2:] == mixed.tensors.shape[-2:] == (size, size)
+    for name in features_alone:
+        torch.testing.assert_close(features_alone[name][0], features_mixed[name][0],
+                                   msg=f"level {name}")
 
 
 @pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
@@ -266,11 +304,11 @@ def test_joint_ssl_detector(family):
     assert set(predictions[0]) == {"boxes", "labels", "scores"}
 
 
-def test_joint_ssl_targets_follow_the_batch_grid():
+def test_joint_ssl_targets_cover_the_whole_canvas():
     torch.manual_seed(0)
     detector = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN)
     joint = JointSSLDetector(detector, SIZE).train()
-    images = [torch.rand(3, 48, 64), torch.rand(3, 30, 64)]  # landscape: padded to 48 x 64
+    images = [torch.rand(3, 48, 64), torch.rand(3, 30, 64)]  # landscape, on the 64 x 64 canvas
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 20.0]]), "labels": torch.tensor([2])}] * 2
     seen = {}
     original = joint.ssl_losses
@@ -281,7 +319,7 @@ def test_joint_ssl_targets_follow_the_batch_grid():
 
     joint.ssl_losses = spy
     losses = joint(images, targets)
-    assert seen["grid"] == (6, 8) and torch.isfinite(losses["loss_pos"])
+    assert seen["grid"] == (8, 8) and torch.isfinite(losses["loss_pos"])
 
 
 def test_load_pretrain_checkpoint(tmp_path):

@@ -70,6 +70,15 @@ def test_augment_false_trains_detection_without_crop_or_flip(tmp_path, detect_co
                for stream in range(2, 6))
 
 
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_keep_aspect_reaches_the_detector(tmp_path, detect_config, keep_aspect):
+    from relvit.detection.train import DetectionRun
+
+    run = DetectionRun(detect_config(detection={"keep_aspect": keep_aspect}), tmp_path / "run")
+    fixed = run.model.transform.fixed_size
+    assert fixed == (None if keep_aspect else (64, 64))
+
+
 def test_joint_ssl_and_box_only(tmp_path, detect_config):
     metrics = train(detect_config(detection={"ssl_joint": True, "masks": False}),
                     tmp_path / "run", progress=False)

@@ -129,15 +129,18 @@ def test_paper_tier_compiles_the_classification_runs_only():
 
 
 def test_paper_tier_drop_path_per_backbone():
-    """The original's drop-path (method spec §4, Q15): ViT-S 0.1 as [R]'s README, Swin-T its
-    fixed 0.1, T2T-ViT-14 0 (it ignored --drop_path_rate); docs/deviations.md Q15 says so."""
+    """The original's drop-path (method spec §4, Q15): ViT-S 0.1 as [R]'s README in pretraining
+    and classification, 0 in detection (the follow-up's vit.py default); Swin-T its fixed 0.1,
+    T2T-ViT-14 0 (it ignored --drop_path_rate); docs/deviations.md says so."""
     from relvit.workflow import plan
 
     runs = plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
                 str(ROOT / "results" / "paper" / "tables.csv"))
-    rates = {(r.config["model"]["backbone"], r.config["model"]["drop_path_rate"])
-             for r in runs.values()}
-    assert rates == {("vit_small", 0.1), ("swin_tiny", 0.1), ("t2t_vit_14", 0.0)}
+    rates = {(r.config["mode"] == "detect", r.config["model"]["backbone"],
+              r.config["model"]["drop_path_rate"]) for r in runs.values()}
+    assert rates == {(False, "vit_small", 0.1), (False, "swin_tiny", 0.1),
+                     (False, "t2t_vit_14", 0.0), (True, "vit_small", 0.0),
+                     (True, "swin_tiny", 0.1), (True, "t2t_vit_14", 0.0)}
 
 
 def test_table1_run_keys_apply_to_their_dataset_only():

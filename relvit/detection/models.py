@@ -37,16 +37,20 @@ The decisions (method spec §6.2 and Q23-Q26) are:
   boxes of side 16, 64 and 224 go to strides 4, 8 and 16). Box RoIs: MultiScaleRoIAlign(["0".."3"],
   7, 2); mask RoIs: 14; their scales are set from the strides, not inferred from the first batch
   (`_roi_pool`).
-* Resizing (Q23): torchvision's aspect-preserving resize with min_size = max_size = image_size, so
-  every image's *longer* side becomes image_size (the original's `fixed_size=(224, 224)` distorted
-  the aspect ratio). The batch is padded to a multiple of `size_divisible` = the stride of level
-  "3" (ViT: 2 x patch size, T2T: 32, Swin: its last stage's stride), which must divide image_size
-  so a full-size side is kept exactly; a batch of only landscape (or only portrait) images is
-  padded to fewer rows (columns) than image_size. Every level "0".."3" then tiles the padded
-  batch exactly, which torchvision's `AnchorGenerator` assumes (it takes a level's stride as
-  padded side // grid side): padded to the token stride only, an odd token grid gave level "3"
-  (ViT's ceil-mode max-pool) a rounded-up grid, and its anchors were 26-29 px apart instead of
-  32 on landscape VOC, COCO and KITTI batches.
+* Resizing (Q23): as the original (`fixed_size=(224, 224)`), every image is stretched to
+  image_size x image_size, its aspect ratio lost; torchvision maps the predictions back to the
+  image's own size. With `keep_aspect`, torchvision's aspect-preserving resize instead (min_size =
+  max_size = image_size: the *longer* side becomes image_size), and every batch is padded to the
+  same image_size x image_size canvas (`size_divisible` = image_size). Either way every batch is
+  image_size a side, a multiple of level "3"'s stride (ViT 2 x patch size, T2T 32, Swin its last
+  stage's stride): every level "0".."3" tiles it exactly, which torchvision's `AnchorGenerator`
+  assumes (it takes a level's stride as padded side // grid side), and an image's features do not
+  depend on the batch it is in. Padded only to the batch's largest image, a batch of landscape
+  images (all of KITTI's, most of SVHN's) had fewer token rows than a mixed one: timm resamples
+  the ViT's 14x14 position embedding to the batch's grid, so the same pixel got another position
+  code in each batch shape; T2T's 1-D sinusoid index and Swin's padded windows changed with it.
+  Stretching keeps more of a wide image's detail: a KITTI image (1242 x 375) keeps 60 % of its
+  rows stretched and 18 % with `keep_aspect`: a pedestrian 25 px high becomes 15 px high, or 4.5.
 * Normalisation: ImageNet mean/std via `image_mean` / `image_std` (the original misspelled them,
   harmlessly, Q23); `box_detections_per_img=100`; every other RPN / RoI setting is torchvision's
   default.
@@ -189,8 +193,8 @@ def _roi_pool(output_size: int, strides: list[int], canonical_scale: int,
     """RoIAlign over levels "0".."3", their scales set from the pyramid's strides.
 
     torchvision infers the scales once, at the first batch, from the feature maps' height over
-    the batch's largest unpadded image height: a first batch of KITTI images (67 of 96 padded
-    rows) gave every level twice its scale, for good."""
+    the batch's largest unpadded image height, which is wrong for good whenever that batch is
+    padded: a first batch of KITTI images, 67 rows on the canvas, gives level "0" scale 1."""
     pool = MultiScaleRoIAlign(list(LEVELS), output_size, 2, canonical_scale=canonical_scale,
                               canonical_level=canonical_level)
     pool.scales = [1.0 / s for s in strides[:len(LEVELS)]]
@@ -213,13 +217,14 @@ class HeadSizes:
 
 def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks: bool,
                    fpn_channels: int = 256, anchor_sizes: tuple[int, ...] | None = None,
-                   heads: HeadSizes = HeadSizes()) -> GeneralizedRCNN:
+                   heads: HeadSizes = HeadSizes(), keep_aspect: bool = False) -> GeneralizedRCNN:
     """Mask R-CNN (`masks`) or Faster R-CNN on `backbone`'s pyramid; `num_classes` excludes the
-    background. Images are resized so their longer side is `image_size` (module docstring)."""
+    background. Images are stretched to `image_size` a side, or with `keep_aspect` resized so
+    their longer side is `image_size` and padded to that square (module docstring)."""
     pyramid = build_pyramid_backbone(backbone, fpn_channels)
-    divisible = pyramid.strides[len(LEVELS) - 1]  # level "3"'s stride (module docstring)
-    if image_size % divisible:
-        raise ValueError(f"image_size {image_size} must be a multiple of {divisible}, the stride "
+    coarsest = pyramid.strides[len(LEVELS) - 1]  # level "3"'s stride (module docstring)
+    if image_size % coarsest:
+        raise ValueError(f"image_size {image_size} must be a multiple of {coarsest}, the stride "
                          f"of the backbone's coarsest pyramid level")
     if anchor_sizes is None:
         anchor_sizes = tuple(ANCHOR_STRIDE_MULTIPLE * s for s in pyramid.strides)
@@ -234,7 +239,9 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
     classes = num_classes + 1  # + background
     common = {
         "min_size": image_size, "max_size": image_size,
-        "image_mean": list(mean), "image_std": list(std), "size_divisible": divisible,
+        "image_mean": list(mean), "image_std": list(std),
+        "size_divisible": image_size,  # one image_size x image_size canvas (module docstring)
+        "fixed_size": None if keep_aspect else (image_size, image_size),
         "box_detections_per_img": 100, "rpn_anchor_generator": anchors,
         "box_roi_pool": _roi_pool(7, pyramid.strides, scale, level),
         "box_head": TwoMLPHead(fpn_channels * 7 * 7, heads.box_representation),
@@ -259,11 +266,9 @@ class JointSSLDetector(nn.Module):
     the original downstream-only mode). forward(images, targets) in training returns the detector's
     loss dict plus 'loss_rel' and 'loss_pos'; in eval returns the detector's predictions.
 
-    The position head has one class per SSL token of an image_size x image_size input. Targets are
-    built for the grid of each batch: a batch padded to fewer rows or columns (all images landscape
-    or all portrait) gets the identity targets of its smaller grid (the unused classes are never
-    targets); a larger grid than the head's cannot occur (the padded batch is at most image_size a
-    side) and is refused. Tokens of the padding are included, as the original had no padding.
+    The position head has one class per SSL token of an image_size x image_size input, the canvas
+    every batch is padded to (`build_detector`); targets are built for the grid of the tokens, and
+    a grid larger than the head's is refused. Tokens of the padding are included, as the original had no padding.
     All losses are summed unweighted by the caller, as the original sums its terms (spec §1.8).
     """
 

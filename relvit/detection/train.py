@@ -49,7 +49,8 @@ class DetectionRun(Run):
         heads = HeadSizes(d.box_representation, d.mask_head_width, d.roi_batch_size,
                           d.rpn_train_proposals)
         detector = build_detector(backbone, len(self.train_set.categories), self.geo.image_size,
-                                  self.masks, d.fpn_channels, heads=heads)
+                                  self.masks, d.fpn_channels, heads=heads,
+                                  keep_aspect=d.keep_aspect)
         if cfg.detection.ssl_joint:
             return JointSSLDetector(detector, self.geo.image_size, cfg.ssl.relation_diagonal)
         return detector
