@@ -120,8 +120,18 @@ def test_paper_columns_and_planned_cells(tmp_path):
     for mode in ("supervised", "finetune", "pretrain"):
         (plans / f"svhn-{mode}.yaml").write_text(
             f"mode: {mode}\ndata: {{name: svhn}}\nmodel: {{backbone: vit_small}}\n")
+    # the detection runs of Tables 2-3 and their pretraining share the folders: not Table 1's
+    for mode in ("detect", "pretrain"):
+        (plans / f"scenes-{mode}.yaml").write_text(
+            f"mode: {mode}\ndata: {{name: digit_scenes}}\nmodel: {{backbone: swin_tiny}}\n")
+        run = tmp_path / "runs" / f"scenes-{mode}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({
+            "mode": mode, "label": "", "seed": 0, "dataset": "digit_scenes",
+            "dataset_title": "Digit scenes", "backbone_label": "Swin-T",
+            **({"last": {"val_acc_rel": 0.5, "val_acc_pos": 0.5}} if mode == "pretrain" else {})}))
     planned = gather_planned([plans])
-    assert set(planned["backbone_label"]) == {"ViT-S/4"} and len(planned) == 3
+    assert len(planned) == 5
     table = Table1(gather_runs([tmp_path / "runs"]), planned,
                    load_paper_table1("results/paper/tables.csv"))
     assert table.header() == ["Dataset", "Backbone", "Supervised", "paper", "Δ", "RelViT",
@@ -132,3 +142,4 @@ def test_paper_columns_and_planned_cells(tmp_path):
         ["SVHN", "ViT-S/4", "—", "96.01 ± 0.07", "—", "—", "97.14 ± 0.03", "—", "—", "+1.13"],
     ]
     assert "$\\Delta$" in render_latex(table, "paper")
+    assert "Digit scenes" not in render_markdown(table, "paper")

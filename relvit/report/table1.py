@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from relvit.data.registry import DATASETS
+from relvit.data.registry import DATASETS, get_dataset
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.provenance import STALE, STALE_NOTE
 from relvit.atomic import atomic_write_text
@@ -94,11 +94,20 @@ def signed(value: float | None) -> str:
     return EMPTY if value is None else f"{round(value, 2) + 0.0:+.2f}"
 
 
+def _classification(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of classification datasets: a results folder also holds the detection runs of
+    Tables 2-3 and their pretraining."""
+    tasks = {name: get_dataset(name).task for name in frame["dataset"].unique()}
+    return frame[frame["dataset"].map(tasks).eq("classification")]
+
+
 class Table1:
     """Table 1 from finished runs, planned runs (for empty cells) and the paper's numbers."""
 
     def __init__(self, runs: pd.DataFrame, planned: pd.DataFrame | None = None,
                  paper: pd.DataFrame | None = None):
+        runs = _classification(runs)
+        planned = None if planned is None else _classification(planned)
         self.runs = runs[runs["mode"] != "pretrain"]
         self.pretrain = runs[runs["mode"] == "pretrain"]
         self.planned = planned if planned is not None else runs.iloc[0:0]
