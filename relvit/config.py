@@ -113,8 +113,26 @@ class DetectionConfig:
 
 
 # Keys that say how a run executes, not what it computes: a run resumes across them, and they are
-# left out of its config hash (relvit.train.provenance).
-EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step", "precision")
+# left out of its config hash (relvit.train.provenance). Image files' augmentation is seeded per
+# image, so the number of loader workers does not change a run's numbers (docs/deviations.md).
+EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step", "precision",
+                  "data.workers")
+
+
+def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of a run config's dict (`RunConfig.to_dict()`) without `keys`, dotted paths
+    ("data.workers") into its sections."""
+    out = dict(config)
+    for key in keys:
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            if not isinstance(node.get(section), dict):
+                break
+            node[section] = node = dict(node[section])
+        else:
+            node.pop(leaf, None)
+    return out
 
 
 @dataclass

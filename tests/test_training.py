@@ -130,6 +130,21 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_config):
         train(tiny_config("supervised", optim={"epochs": 2, "lr": 1e-3}), tmp_path / "run")
 
 
+def test_resume_goes_on_across_execution_keys(tmp_path, tiny_config):
+    """How a run executes (device, precision, loader workers, ...) may change between calls; the
+    config hash leaves those keys out too."""
+    from relvit.train.provenance import config_hash
+
+    first = tiny_config("supervised", optim={"epochs": 2}, data={"workers": 0})
+    train(first, tmp_path / "run", stop_after=1, progress=False)
+    second = tiny_config("supervised", optim={"epochs": 2}, data={"workers": 3},
+                         precision="fp32")
+    resumed = train(second, tmp_path / "run", progress=False)
+    whole = train(first, tmp_path / "whole", progress=False)
+    assert resumed["last"] == whole["last"]  # as one uninterrupted run
+    assert resumed["config_hash"] == whole["config_hash"] == config_hash(second.to_dict())
+
+
 def test_megapatch_and_distance_tasks_train(tmp_path, tiny_config):
     cfg = tiny_config("pretrain", optim={"epochs": 1}, data={"image_size": 32},
                       ssl={"megapatch_side": 5, "distances": True, "angles": True})

@@ -35,6 +35,7 @@ from relvit.report.provenance import summarize
 from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1,
                                   seed_cell, signed)
 from relvit.atomic import atomic_write_text
+from relvit.train.provenance import HASH_EXCLUDES
 
 WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",
@@ -289,9 +290,10 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
              "dataset, with a resized model or absent from the paper are not compared and never "
              "fail.", "",
              "Verdicts: " + (", ".join(f"{n} {v}" for v, n in counts.items()) or "no cells") + ".",
-             "", "Provenance per cell: config hash (of the resolved run config without device and "
-             "init checkpoint), git commit, container image and device of its runs (distinct "
-             "values), seeds, wall time (s, summed over seeds) and peak memory (MB, the largest)."]
+             "", "Provenance per cell: config hash (of the resolved run config without "
+             f"{', '.join(HASH_EXCLUDES)}), git commit, container image and device of its runs "
+             "(distinct values), seeds, wall time (s, summed over seeds) and peak memory (MB, "
+             "the largest)."]
     if stale:
         lines += ["", f"**{len(stale)} cells are stale** (a run config changed after the run; "
                       "rerun the workflow): " + "; ".join(c.provenance["stale"] for c in stale)

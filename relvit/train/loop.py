@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from relvit.atomic import atomic_write_text
 from relvit.compiled import compile_static, uses_cuda_graphs
-from relvit.config import EXECUTION_KEYS, RunConfig, dump_config
+from relvit.config import EXECUTION_KEYS, RunConfig, dump_config, without_keys
 from relvit.data.loading import (
     Split, batches, file_transform, load_splits, on_device, to_float_images,
 )
@@ -284,9 +284,8 @@ class Run:
 
     def _config_changes(self, state: dict[str, Any]) -> list[str]:
         """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside)."""
-        saved = {k: v for k, v in state["config"].items() if k not in EXECUTION_KEYS}
-        return _dict_diff(saved, {k: v for k, v in self.cfg.to_dict().items()
-                                  if k not in EXECUTION_KEYS})
+        return _dict_diff(without_keys(state["config"], EXECUTION_KEYS),
+                          without_keys(self.cfg.to_dict(), EXECUTION_KEYS))
 
     def _init_changes(self, state: dict[str, Any]) -> list[str]:
         """A finetune or detect run resumed from last.pt: whether `init_checkpoint` is still the

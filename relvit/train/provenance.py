@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import relvit
-from relvit.config import EXECUTION_KEYS
+from relvit.config import EXECUTION_KEYS, without_keys
 
 
 def git_sha() -> str:
@@ -61,7 +61,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-# Left out of the config hash: the execution keys (device, compile) say how a run ran, not what
+# Left out of the config hash: the execution keys (device, compile, ...) say how a run ran, not what
 # it computed, and the workflow passes a finetune's init_checkpoint on the command line
 # (`--init`), so it is not in results/configs/<run>.yaml; metrics.json records all of them.
 HASH_EXCLUDES = (*EXECUTION_KEYS, "init_checkpoint")
@@ -71,8 +71,7 @@ IMAGE_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "RELVIT_IMAGE
 def config_hash(config: dict[str, Any]) -> str:
     """Stable hash (16 hex digits) of a resolved run config (RunConfig.to_dict()), without the
     keys of HASH_EXCLUDES: equal configs give equal hashes on any machine."""
-    kept = {key: value for key, value in config.items() if key not in HASH_EXCLUDES}
-    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(without_keys(config, HASH_EXCLUDES), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
