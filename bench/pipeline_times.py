@@ -3,7 +3,7 @@
     python bench/pipeline_times.py [LOG] [--cores N]
 
 LOG is the log Snakemake writes for every invocation (default: the newest
-`.snakemake/log/*.snakemake.log` under the current directory). Each job's start and end are the
+`.snakemake/log/*.snakemake.log` under the current directory that ran jobs). Each job's start and end are the
 log's timestamps (1-s resolution). A training job's own time is its run's `wall_time_s` in the
 metrics.json it outputs: the run's epochs, training and evaluation, without the process's
 start-up (imports, data loading, model building). Prints, in Markdown, per rule: jobs,
@@ -186,17 +186,25 @@ def report(log: PipelineLog, cores: int) -> str:
 
 
 def newest_log(root: Path) -> Path:
-    """The newest Snakemake log under root/.snakemake/log."""
-    logs = sorted((root / ".snakemake" / "log").glob("*.snakemake.log"))
-    if not logs:
-        raise FileNotFoundError(f"{root / '.snakemake' / 'log'}: no Snakemake log; pass one")
-    return logs[-1]
+    """The newest Snakemake log under root/.snakemake/log that holds jobs: a later `snakemake`
+    with nothing to do, or `snakemake --report`, writes a log of its own without any."""
+    folder = root / ".snakemake" / "log"
+    logs = sorted(folder.glob("*.snakemake.log"))
+    for log in reversed(logs):
+        try:
+            parse_log(log)
+            return log
+        except ValueError:
+            continue
+    what = "no Snakemake log" if not logs else f"none of its {len(logs)} Snakemake logs ran a job"
+    raise FileNotFoundError(f"{folder}: {what}; pass one")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log", nargs="?", type=Path,
-                        help="a Snakemake log (default: the newest in .snakemake/log)")
+                        help="a Snakemake log (default: the newest in .snakemake/log "
+                             "that ran jobs)")
     parser.add_argument("--cores", type=int,
                         help="the cores the jobs ran on (default: the log's 'Provided cores')")
     args = parser.parse_args(argv)

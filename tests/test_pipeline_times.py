@@ -74,9 +74,13 @@ def test_core_seconds_split_into_runs_jobs_and_idle_cores(tmp_path, pipeline_tim
             + _finished(55, 0, "table1")
             + _job(53, "finetune", 4, _metrics(tmp_path, "finetune", 1.0))
             + [_stamp(54), "Error in rule finetune:", "    jobid: 4", ""])
-    _write_log(tmp_path, body)
+    log = _write_log(tmp_path, body)
+    # a later `snakemake` that had nothing to do writes a newer log, without jobs
+    log.with_name("2026-11-08T110000.000000.snakemake.log").write_text(
+        "Building DAG of jobs...\nNothing to be done (all requested files are present and up to "
+        "date).\n")
     monkeypatch.chdir(tmp_path)
-    assert pipeline_times.main([]) == 0  # the newest log under .snakemake/log
+    assert pipeline_times.main([]) == 0  # the newest log under .snakemake/log that ran jobs
     out = capsys.readouterr().out
     assert "4 jobs finished on 2 cores in 55 s" in out
     assert "| supervised | 1 | 50 | 44 | 6 | 5.5 |" in out  # 44.5 s of a 50-s job
@@ -114,6 +118,12 @@ def test_bad_input_is_named(tmp_path, pipeline_times, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no Snakemake log; pass one"):
+        pipeline_times.newest_log(empty)
+    nothing = empty / ".snakemake" / "log" / "2026-11-08T110000.000000.snakemake.log"
+    nothing.parent.mkdir(parents=True)
+    nothing.write_text("Building DAG of jobs...\nNothing to be done (all requested files are "
+                       "present and up to date).\n")
+    with pytest.raises(FileNotFoundError, match="none of its 1 Snakemake logs ran a job"):
         pipeline_times.newest_log(empty)
 
     started = tmp_path / "started"  # a run stopped before its first job ended
