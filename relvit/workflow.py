@@ -80,7 +80,7 @@ def plan(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
     """Every run of the workflow config: Table 1 and, when configured, Tables 2-3; the invalid
     run configs of both are reported together."""
     runs: dict[str, PlannedRun] = {}
-    problems: list[str] = []
+    problems = _shared_run_key_problems(workflow)
     parts = [(plan_table1, (workflow,))] if workflow.get("table1") else []
     parts += [(plan_detection, (workflow, paper_csv))] if workflow.get("detection") else []
     for part, args in parts:
@@ -232,13 +232,34 @@ def _dataset_run_problems(table: dict) -> list[str]:
                            "table1.megapatch.datasets", "table1.datasets")
     problems += _unplanned(by_dataset, datasets, "table1.run", "table1.datasets")
     for name, keys in by_dataset.items():
-        for path in PLANNED_KEYS:
-            node = keys
-            for key in path:
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is not None:
-                problems.append(f"table1.run.{name}.{'.'.join(path)}: set by the planner "
-                                "(seeds: table1.seeds), not per dataset")
+        problems += _planner_key_problems(keys, f"table1.run.{name}")
+    return problems
+
+
+def _planner_key_problems(keys: Any, where: str) -> list[str]:
+    """A problem for each run key in `keys` (run keys at `where`) that the planner sets itself,
+    which would be overridden without a word."""
+    problems = []
+    for path in PLANNED_KEYS:
+        node = keys
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            problems.append(f"{where}.{'.'.join(path)}: set by the planner (seeds: `seeds`, "
+                            "table1.seeds, detection.seeds), not here")
+    return problems
+
+
+def _shared_run_key_problems(workflow: dict) -> list[str]:
+    """Planner-set keys in the run keys shared by many runs: `run`, `stages.<stage>` and
+    `detection.models.<backbone>` (a model block: its `backbone`)."""
+    problems = _planner_key_problems(workflow.get("run"), "run")
+    for stage, keys in (workflow.get("stages") or {}).items():
+        problems += _planner_key_problems(keys, f"stages.{stage}")
+    models = (workflow.get("detection") or {}).get("models") or {}
+    problems += [f"detection.models.{backbone}.backbone: set by the planner (the key above it), "
+                 "not here" for backbone, keys in models.items()
+                 if isinstance(keys, dict) and "backbone" in keys]
     return problems
 
 

@@ -163,9 +163,27 @@ def test_table1_run_keys_the_planner_sets_are_an_error():
         "digits": {"seed": 7, "data": {"name": "cifar10", "workers": 2}}}}}
     with pytest.raises(ConfigError) as err:
         plan(clash)
+    said = "set by the planner (seeds: `seeds`, table1.seeds, detection.seeds), not here"
+    assert err.value.problems == [f"table1.run.digits.data.name: {said}",
+                                  f"table1.run.digits.seed: {said}"]
+
+
+def test_shared_run_keys_the_planner_sets_are_an_error():
+    """`run:` and `stages:` blocks: a seed or backbone there was overridden without a word."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    clash = {**TINY, "run": {**TINY["run"], "seed": 7, "model": {"backbone": "swin_tiny"}},
+             "stages": {**TINY["stages"], "finetune": {"mode": "supervised"}},
+             "detection": {"tables": {"2": {"datasets": ["voc2007"], "backbones": ["vit_small"]}},
+                           "stand_in": "digit_scenes", "megapatch_side": {"vit_small": 2},
+                           "models": {"vit_small": {"backbone": "swin_tiny"}}}}
+    with pytest.raises(ConfigError) as err:
+        plan(clash)
+    said = "set by the planner (seeds: `seeds`, table1.seeds, detection.seeds), not here"
     assert err.value.problems == [
-        "table1.run.digits.data.name: set by the planner (seeds: table1.seeds), not per dataset",
-        "table1.run.digits.seed: set by the planner (seeds: table1.seeds), not per dataset"]
+        f"run.seed: {said}", f"run.model.backbone: {said}", f"stages.finetune.mode: {said}",
+        "detection.models.vit_small.backbone: set by the planner (the key above it), not here"]
 
 
 def test_table1_run_keys_of_an_unplanned_dataset_are_an_error():
