@@ -1,7 +1,8 @@
 """`relvit` command line: the entry point the Snakemake rules (and people) call.
 
-    relvit pretrain|finetune|supervised|joint --config RUN.yaml --out RUN_DIR [--init best.pt]
-    relvit check --config RUN.yaml               validate a run config, print it resolved
+    relvit MODE --config RUN.yaml --out RUN_DIR [--init best.pt]   MODE: pretrain, finetune,
+                                                 supervised, joint or detect
+    relvit check --config RUN.yaml [--mode MODE]   validate a run config, print it resolved
     relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
     relvit resize-images data/imagenet100 data/imagenet100-s256 --shorter-side 256
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
@@ -25,16 +26,19 @@ from relvit.config import MODES, ConfigError, load_config
 log = logging.getLogger("relvit")
 
 
-def _load_run_config(args: argparse.Namespace, mode: str):
+def _load_run_config(args: argparse.Namespace, mode: str | None):
+    """The run config of --config and --set; `mode` (the command's) must agree with the file's."""
     overrides = list(args.set or [])
+    if mode is None:
+        return load_config(args.config, overrides)
     raw_mode = (yaml.safe_load(Path(args.config).read_text()) or {}).get("mode") \
         if Path(args.config).is_file() else None
     if raw_mode is not None and raw_mode != mode:
         raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is {mode!r}"])
     overrides.append(f"mode={mode}")
-    if args.init:
+    if getattr(args, "init", None):
         overrides.append(f"init_checkpoint={args.init}")
-    if args.device:
+    if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
     return load_config(args.config, overrides)
 
@@ -73,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    cfg = _load_run_config(args, args.mode)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
@@ -189,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mode, help=f"train in mode {mode!r} (method spec §3)")
         p.add_argument("--config", required=True, help="run config YAML")
         p.add_argument("--out", required=True, type=Path, help="run directory (resumed if present)")
-        p.add_argument("--init", help="pretrain checkpoint (best.pt) for finetune")
+        p.add_argument("--init", help="a pretrain run's best.pt to start from (finetune, detect)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
         p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -204,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "tables show the cell as failed (the workflow passes this)")
         p.set_defaults(func=_train)
     p = sub.add_parser("check", help="validate a run config and print it resolved")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--config", required=True, help="run config YAML")
+    p.add_argument("--mode", choices=MODES,
+                   help="check it for this mode, as `relvit MODE` would (default: its mode key)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
     p.set_defaults(func=_check)
     p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
     p.add_argument("name", help="dataset name (see relvit/data/registry.py)")

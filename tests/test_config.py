@@ -89,6 +89,19 @@ def test_cli_refuses_a_mode_that_contradicts_the_config(tmp_path, capsys):
     assert "says 'pretrain' but the command is 'finetune'" in capsys.readouterr().err
 
 
+def test_cli_check_checks_a_config_for_a_mode(tmp_path, capsys):
+    """A detection run config (no mode key, as `relvit detect` reads it) checks with --mode."""
+    path = tmp_path / "det.yaml"
+    path.write_text("data: {name: digit_scenes}\n")
+    assert main(["check", "--config", str(path)]) == 2
+    assert "'digit_scenes' is a detection dataset" in capsys.readouterr().err
+    assert main(["check", "--config", str(path), "--mode", "detect"]) == 0
+    assert "mode: detect" in capsys.readouterr().out
+    path.write_text("mode: pretrain\ndata: {name: digit_scenes}\n")
+    assert main(["check", "--config", str(path), "--mode", "detect"]) == 2
+    assert "says 'pretrain' but the command is 'detect'" in capsys.readouterr().err
+
+
 def test_cli_finetune_without_checkpoint_fails_clearly(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model: {embed_dim: 36, depth: 1, num_heads: 3}\n")
