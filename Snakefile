@@ -1,5 +1,5 @@
 # relvit-repro: RelViT reproduction pipeline. Default: the smoke tier (config/config.yaml).
-#   snakemake --cores 2                                  # Table 1 on the embedded digits
+#   snakemake --cores 2                                  # Tables 1-3 on embedded digits
 #   snakemake --cores 2 --configfile config/other.yaml   # another tier
 import os
 import sys

@@ -174,7 +174,9 @@ def _cell_arguments(p: argparse.ArgumentParser) -> None:
                         "or folders searched for both")
     p.add_argument("--plan", type=Path,
                    help="Tables 2-3: the workflow's detection-plan.json")
-    p.add_argument("--out", required=True, type=Path, help="output path (compare: no suffix)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="compare: the files' path without suffix (.md and .csv written); "
+                        "figures: a folder")
     p.add_argument("--tier", default="custom", help="label printed with the output")
     p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
                    help="the paper's numbers (tables.csv)")
@@ -227,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", type=Path, help="the copy's folder; point data.folder at it")
     p.add_argument("--shorter-side", type=int, required=True, metavar="S",
                    help="pixels, e.g. 256 for 224-px training crops")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of resized JPEGs")
+    p.add_argument("--quality", type=int, default=90,
+                   help="JPEG quality of resized JPEGs, 1..95 (default %(default)s)")
     p.add_argument("--workers", type=int, help="processes (default: every core; 0: none)")
     p.set_defaults(func=_resize)
     p = sub.add_parser("report", help="gather run directories into Table 1 (Markdown + LaTeX)")

@@ -76,6 +76,9 @@ def write_runs(root):
 def test_markdown_is_exactly_as_expected(tmp_path):
     write_runs(tmp_path)
     assert render_markdown(Table1(gather_runs([tmp_path])), "smoke") == EXPECTED_MD
+    # the note follows the data, not the tier's name: the CI tier runs on the digits too
+    ci = render_markdown(Table1(gather_runs([tmp_path])), "ci")
+    assert "they are not comparable to the paper's" in ci
 
 
 def test_latex_table(tmp_path):
@@ -143,3 +146,4 @@ def test_paper_columns_and_planned_cells(tmp_path):
     ]
     assert "$\\Delta$" in render_latex(table, "paper")
     assert "Digit scenes" not in render_markdown(table, "paper")
+    assert "not comparable" not in render_markdown(table, "paper")

@@ -17,7 +17,7 @@ from typing import Any
 
 from relvit.config import DataConfig
 from relvit.data.download import fetch
-from relvit.data.formats import EXPECTED_LAYOUT, DatasetLayoutError
+from relvit.data.formats import DatasetLayoutError
 from relvit.data.loading import dataset_folder, load_splits
 from relvit.data.registry import get_dataset
 from relvit.atomic import atomic_write_text
@@ -29,14 +29,6 @@ MARKER = ".relvit-ready.json"
 def ready_marker(root: str | Path, name: str) -> Path:
     return Path(root) / name / MARKER
 
-
-def expected_layout(name: str) -> str:
-    """What a dataset's folder must hold (the detection datasets' layouts live with them)."""
-    if name in EXPECTED_LAYOUT:
-        return EXPECTED_LAYOUT[name]
-    from relvit.detection.datasets import DETECTION_LAYOUT
-
-    return DETECTION_LAYOUT[name]
 
 
 def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = None,
@@ -61,9 +53,10 @@ def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = N
         splits = load_splits(spec, data, spec.image_size)
     except DatasetLayoutError as err:
         if spec.manual:
+            why = "your own images" if name == "imagefolder" else "it needs an account"
             raise DatasetLayoutError(
-                f"{err}\n{spec.title} cannot be downloaded automatically (it needs an account). "
-                f"Put its files under {target} like this:\n{expected_layout(name)}") from err
+                f"{err}\n{spec.title} cannot be downloaded automatically ({why}): put its files "
+                f"under {target} as laid out above.") from err
         raise
     record = {
         "dataset": name, "folder": str(target), "classes": len(splits.classes),

@@ -40,6 +40,11 @@ class DatasetSpec:
     subfolders: tuple[tuple[str, str], ...] = ()  # (archive, subfolder it is extracted into)
 
     @property
+    def embedded(self) -> bool:
+        """Shipped with a dependency or generated here (the smoke and CI tiers' stand-ins)."""
+        return not self.resources and not self.manual
+
+    @property
     def resizable(self) -> bool:
         """Image files, each decoded and cropped by RandomResizedCrop in a loader worker: what a
         pre-resized copy speeds up (workflow key `data.resized`, `relvit resize-images`)."""

@@ -119,6 +119,12 @@ class Table1:
         self.with_paper = any(self.paper_cell(d, b, m).mean is not None
                               for d, b in self.keys for _, _, m in METHODS.values())
 
+    @property
+    def on_embedded_data(self) -> bool:
+        """Whether a row ran on embedded stand-in data (the smoke and CI tiers' digits)."""
+        names = pd.concat([self.runs, self.pretrain, self.planned])["dataset"].dropna().unique()
+        return any(get_dataset(name).embedded for name in names)
+
     def paper_cell(self, dataset: str, backbone: str, method: str) -> Cell:
         if self.paper is None:
             return NO_CELL
@@ -218,7 +224,7 @@ def render_markdown(table: Table1, tier: str) -> str:
         "",
         f"Reproduced with relvit-repro, tier **{tier}**"
         + (" (embedded data, tiny models: these numbers check the pipeline, they are not "
-           "comparable to the paper's)" if tier == "smoke" else "")
+           "comparable to the paper's)" if table.on_embedded_data else "")
         + f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}.",
     ]
     if table.with_paper:
