@@ -97,6 +97,18 @@ def test_missing_seed_and_unexpected_cell_fail(tmp_path, capsys):
     assert "| digits/vit/supervised | * |" in out and "unexpected" in out
 
 
+def test_a_failed_run_is_a_missing_seed(tmp_path, capsys):
+    """A run recorded as failed (a non-finite loss) has no numbers: its seed is missing."""
+    runs = tier(tmp_path / "runs")
+    exp = refresh(tmp_path, runs)
+    failed = runs / "digits/vit/relvit/seed2/metrics.json"
+    failed.write_text(json.dumps({"seed": 2, "mode": "finetune", "status": "failed",
+                                  "error": "non-finite loss nan at epoch 2, step 1"}))
+    assert main(["regress", str(runs), "--expected", str(exp)]) == 1
+    out = capsys.readouterr().out
+    assert "| digits/vit/relvit | best_top1 |" in out and "missing (seeds [2])" in out
+
+
 def test_bad_inputs_name_the_file(tmp_path, capsys):
     runs = tier(tmp_path / "runs")
     assert main(["regress", str(runs), "--expected", str(tmp_path / "none.yaml")]) == 1

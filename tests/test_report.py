@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from relvit.cli import main
@@ -79,6 +80,13 @@ def test_markdown_is_exactly_as_expected(tmp_path):
     # the note follows the data, not the tier's name: the CI tier runs on the digits too
     ci = render_markdown(Table1(gather_runs([tmp_path])), "ci")
     assert "they are not comparable to the paper's" in ci
+
+
+def test_a_cell_with_failed_seeds_says_how_many():
+    from relvit.report.table1 import seed_cell
+
+    assert seed_cell(pd.Series([90.0, 92.0]), failed=1).text() == "91.00 ± 1.41 [1 failed]"
+    assert seed_cell(pd.Series([], dtype=float), failed=2).text() == "failed"
 
 
 def test_latex_table(tmp_path):
