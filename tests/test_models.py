@@ -84,6 +84,19 @@ def test_drop_rate_drops_inside_the_blocks(name, size, patch, extra):
     assert block_dropouts and all(m.p == 0.5 for m in block_dropouts)
 
 
+def test_logits_stay_float32_under_bf16_autocast():
+    """CUDA runs train and evaluate under bf16 autocast (here the CPU's): the top-1 is taken
+    from float32 logits, whatever the backbone computed in."""
+    backbone = build_backbone("vit_small", img_size=16, patch_size=4, **TINY)
+    model = RelViT(backbone, 10, SSLTasks(), 16).eval()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)["logits"]
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x)["logits"], atol=0.1, rtol=0.05)
+
+
 def test_heads_shapes():
     z = torch.rand(2, 49, 384)
     rel = PairwiseScoreHead(384, 9)

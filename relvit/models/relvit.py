@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
@@ -72,7 +73,10 @@ class RelViT(nn.Module):
         out: dict[str, Tensor] = {}
         if self.classifier is not None:
             pooled = tokens.cls if tokens.cls is not None else tokens.patches.mean(dim=1)
-            out["logits"] = self.classifier(pooled)
+            # float32 logits under bf16 autocast too: rounded to bf16's 8 bits, near-tied top
+            # classes swap, which moves the reported top-1 (spec §7: best epoch's accuracy)
+            with torch.autocast(pooled.device.type, enabled=False):
+                out["logits"] = self.classifier(pooled.float())
         if self.tasks.any:
             out.update(self.ssl_outputs(self.ssl_tokens(tokens)[0]))
         return out
