@@ -143,6 +143,55 @@ def test_paper_tier_drop_path_per_backbone():
                      (True, "swin_tiny", 0.1), (True, "t2t_vit_14", 0.0)}
 
 
+TABLE1_OPTIM = {"epochs": 100, "batch_size": 256, "lr": 5e-4, "weight_decay": 0.1,
+                "clip_grad": 1.0, "warmup_fraction": 0.1, "schedule": "relvit"}  # spec §5.1
+DETECT_OPTIM = {"epochs": 51, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-4,
+                "schedule": "step", "step_epochs": 30, "step_gamma": 0.1,
+                "warmup_fraction": 0.0, "clip_grad": 0.0}  # train.slurm, spec §6.5
+
+
+def test_paper_tier_runs_carry_the_paper_settings_and_their_own_pretraining():
+    """Per run of the paper tier: the optimiser of its table, the pretrain run it starts from
+    (same dataset, backbone and seed), and the permutation, mega-patches and joint SSL losses
+    its row names."""
+    from relvit.workflow import plan
+
+    runs = plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
+                str(ROOT / "results" / "paper" / "tables.csv"))
+    for run_id, run in runs.items():
+        dataset, backbone, method, seed = run_id.split("/")
+        cfg = run.config
+        expected = DETECT_OPTIM if run.mode == "detect" else TABLE1_OPTIM
+        assert {key: cfg["optim"][key] for key in expected} == expected, run_id
+        if run.mode == "detect":
+            assert cfg["detection"]["iou_crop"] and cfg["detection"]["eval_every"] == 10
+            assert cfg["detection"]["ssl_joint"] == (method == "det_joint"), run_id
+        if run.mode == "pretrain":
+            assert cfg["ssl"]["shuffle"] == ("perm" in method), run_id
+            assert (cfg["ssl"]["megapatch_side"] > 0) == ("mega" in method), run_id
+        upstream = {"relvit": "pretrain", "det_upstream": "pretrain_det"}
+        start = next((method.replace(k, v, 1) for k, v in upstream.items()
+                      if method.startswith(k)), None)
+        assert run.pretrain == (f"{dataset}/{backbone}/{start}/{seed}" if start else None), run_id
+        if start:
+            assert runs[run.pretrain].mode == "pretrain"
+        if start and run.mode == "detect":
+            assert cfg["init_checkpoint"] == f"results/runs/{run.pretrain}/best.pt"
+
+
+def test_the_same_epochs_baseline_trains_pretrain_plus_finetune_epochs():
+    from relvit.workflow import plan
+
+    runs = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    for run_id, run in runs.items():
+        if run_id.split("/")[2] == "supervised_same_epochs":
+            prefix = run_id.rsplit("/", 2)[0]
+            seed = run_id.rsplit("/", 1)[1]
+            epochs = [runs[f"{prefix}/{m}/{seed}"].config["optim"]["epochs"]
+                      for m in ("pretrain", "relvit")]
+            assert run.config["optim"]["epochs"] == sum(epochs) > max(epochs)
+
+
 def test_table1_run_keys_apply_to_their_dataset_only():
     from relvit.workflow import plan
 
