@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io as scipy_io
 from PIL import Image
 
 from fixtures.formats import (CIFAR10_NAMES, write_cifar, write_flowers102, write_image,
@@ -17,7 +18,6 @@ from relvit.data.formats import (EXPECTED_LAYOUT, ArraySplit, DatasetLayoutError
                                  decode_image, read_cifar, read_flowers102, read_imagefolder,
                                  read_imagenet1k, read_imagenet100, read_svhn, read_tiny_imagenet)
 
-scipy_io = pytest.importorskip("scipy.io")
 
 WRITERS = {
     "cifar10": lambda root: write_cifar(root, 10, n_train=23, n_test=7, seed=1),
