@@ -98,10 +98,14 @@ def test_latex_table(tmp_path):
     assert "smoke tier" in tex
 
 
-def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys):
+def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog):
     write_runs(tmp_path / "runs")
     assert main(["report", "--table1", str(tmp_path / "t1"), "--tier", "smoke",
                  str(tmp_path / "runs")]) == 0
+    assert not caplog.records  # the paper's numbers found (from the repository's root)
+    assert main(["report", "--table1", str(tmp_path / "t0"), "--paper", str(tmp_path / "no.csv"),
+                 str(tmp_path / "runs")]) == 0
+    assert "no.csv: not found, so Table 1 has no paper columns" in caplog.text
     assert (tmp_path / "t1.md").read_text() == EXPECTED_MD
     assert (tmp_path / "t1.tex").is_file()
     bad = tmp_path / "runs" / "digits" / "broken" / "metrics.json"

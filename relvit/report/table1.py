@@ -10,6 +10,7 @@ cell that is planned but has not run yet shows "—".
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from relvit.data.registry import DATASETS, get_dataset
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.provenance import STALE, STALE_NOTE
 from relvit.atomic import atomic_write_text
+
+log = logging.getLogger("relvit")
 
 SAME_EPOCHS = "same-epochs"
 MEGAPATCHES = "mega-patches"
@@ -284,6 +287,9 @@ def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
                  paper_csv: str | Path | None = PAPER_CSV) -> Table1:
     """Gather runs and run configs from `sources`; write `<out_stem>.md` and `.tex`."""
     paper = load_paper_table1(paper_csv) if paper_csv and Path(paper_csv).is_file() else None
+    if paper_csv and paper is None:
+        log.warning("%s: not found, so Table 1 has no paper columns (pass --paper, or run from "
+                    "the repository's root)", paper_csv)
     table = Table1(gather_runs(sources), gather_planned(sources), paper)
     out_stem = Path(out_stem)
     atomic_write_text(render_markdown(table, tier), out_stem.with_suffix(".md"))
