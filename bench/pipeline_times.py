@@ -3,14 +3,14 @@
     python bench/pipeline_times.py [LOG] [--cores N]
 
 LOG is the log Snakemake writes for every invocation (default: the newest
-`.snakemake/log/*.snakemake.log` under the current directory that ran jobs). Each job's start and end are the
-log's timestamps (1-s resolution). A training job's own time is its run's `wall_time_s` in the
-metrics.json it outputs: the run's epochs, training and evaluation, without the process's
-start-up (imports, data loading, model building). Prints, in Markdown, per rule: jobs,
-job-seconds, the runs' own seconds and the rest; then the core-seconds (cores × wall time) split
-into the runs' own time, the jobs' time outside it and the time no job held a core (Snakemake
-building its DAG and between jobs, or too few jobs ready). Issue 6 asks for this split of the
-smoke pipeline (docs/performance.md, "The smoke pipeline on 2 CPU cores").
+`.snakemake/log/*.snakemake.log` under the current directory that ran jobs). Each job's start and
+end are the log's timestamps (1-s resolution). A training job's own time is its run's
+`wall_time_s` in the metrics.json it outputs: the run's epochs, training and evaluation, without
+the process's start-up (imports, data loading, model building). Prints, in Markdown, per rule:
+jobs, job-seconds, the runs' own seconds and the rest; then the core-seconds (cores × wall time)
+split into the runs' own time, the jobs' time outside it and the time no job held a core
+(Snakemake building its DAG and between jobs, or too few jobs ready). Issue 6 asks for this
+split of the smoke pipeline (docs/performance.md, "The smoke pipeline on 2 CPU cores").
 
 A run resumed from an earlier invocation counts its earlier epochs too: measure from a clean
 start. Exit status 1 for a log with no finished job, 2 for a file that is no Snakemake log or a

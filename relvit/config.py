@@ -118,6 +118,11 @@ class DetectionConfig:
 EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step", "precision",
                   "data.workers")
 
+# Left out of the config hash (relvit.train.provenance): the execution keys say how a run ran,
+# not what it computed, and the workflow passes a finetune's init_checkpoint on the command line
+# (`--init`), so it is not in results/configs/<run>.yaml; metrics.json records all of them.
+HASH_EXCLUDES = (*EXECUTION_KEYS, "init_checkpoint")
+
 
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """A copy of a run config's dict (`RunConfig.to_dict()`) without `keys`, dotted paths

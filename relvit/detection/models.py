@@ -266,9 +266,9 @@ class JointSSLDetector(nn.Module):
     the original downstream-only mode). forward(images, targets) in training returns the detector's
     loss dict plus 'loss_rel' and 'loss_pos'; in eval returns the detector's predictions.
 
-    The position head has one class per SSL token of an image_size x image_size input, the canvas
-    every batch is padded to (`build_detector`); targets are built for the grid of the tokens, and
-    a grid larger than the head's is refused. Tokens of the padding are included, as the original had no padding.
+    The position head has one class per SSL token of an image_size x image_size input, the size
+    of every batch (`build_detector`); targets are built for the grid of the tokens, and a grid
+    larger than the head's is refused. With `keep_aspect` the padding's tokens are included.
     All losses are summed unweighted by the caller, as the original sums its terms (spec §1.8).
     """
 

@@ -35,7 +35,7 @@ from relvit.report.provenance import summarize
 from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1,
                                   seed_cell, signed)
 from relvit.atomic import atomic_write_text
-from relvit.train.provenance import HASH_EXCLUDES
+from relvit.config import HASH_EXCLUDES
 
 WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import relvit
-from relvit.config import EXECUTION_KEYS, without_keys
+from relvit.config import HASH_EXCLUDES, without_keys
 
 
 def git_sha() -> str:
@@ -61,10 +61,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-# Left out of the config hash: the execution keys (device, compile, ...) say how a run ran, not what
-# it computed, and the workflow passes a finetune's init_checkpoint on the command line
-# (`--init`), so it is not in results/configs/<run>.yaml; metrics.json records all of them.
-HASH_EXCLUDES = (*EXECUTION_KEYS, "init_checkpoint")
 IMAGE_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "RELVIT_IMAGE")
 
 
