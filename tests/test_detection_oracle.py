@@ -18,11 +18,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from fixtures.runs import TINY_DETECTOR
 from relvit.detection.scenes import write_digit_scenes
 from relvit.detection.train import DetectionRun
 
-TINY_DETECTOR = {"fpn_channels": 16, "box_representation": 32, "mask_head_width": 16,
-                 "roi_batch_size": 32, "rpn_train_proposals": 100}
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ import csv
 
 import pytest
 
+from fixtures.runs import TINY_DETECTOR
 from relvit.detection.scenes import write_digit_scenes
 from relvit.train.loop import train
 
-TINY_DETECTOR = {"fpn_channels": 16, "box_representation": 32, "mask_head_width": 16,
-                 "roi_batch_size": 32, "rpn_train_proposals": 100}
 
 
 @pytest.fixture(scope="module")

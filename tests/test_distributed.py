@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_RUN
+from fixtures.runs import TINY_DETECTOR
 from relvit.config import config_from_dict, dump_config, load_config, merge
 from relvit.train import distributed
 from relvit.train.loop import Run, TrainingError, train
@@ -164,8 +165,7 @@ def test_detection_evaluates_shards_as_one_process(tmp_path):
         "data": {"name": "digit_scenes", "folder": str(tmp_path / "scenes"), "workers": 0},
         "model": {"patch_size": 8}, "optim": {"epochs": 1, "batch_size": 4, "lr": 1e-12,
                                               "schedule": "step", "clip_grad": 0.0},
-        "detection": {"fpn_channels": 16, "box_representation": 32, "mask_head_width": 16,
-                      "roi_batch_size": 32, "rpn_train_proposals": 100}})
+        "detection": TINY_DETECTOR})
     two = finished(torchrun("detect", config, tmp_path / "two"), tmp_path / "two")
     one = single(tmp_path, config, "detect")
     assert two["world_size"] == 2 and two["last_map"] == one["last_map"]

@@ -27,6 +27,14 @@ def make_objective(cfg):
     return Objective(cfg, get_dataset(cfg.data.name), run_geometry(cfg), MEAN, STD)
 
 
+def shuffling_objective(tiny_config):
+    """The Objective of a pretrain run that shuffles patches, without jitter or augmentation,
+    and the run's geometry."""
+    cfg = tiny_config("pretrain", data={"augment": False},
+                      ssl={"shuffle": True, "jitter": False})
+    return make_objective(cfg), run_geometry(cfg)
+
+
 def cell_index_images(b, side, cell):
     """[b, 3, side*cell, side*cell] images in [0, 1] whose grid cell k holds the constant k / n."""
     n = side * side
@@ -63,12 +71,9 @@ def test_shuffled_patches_and_their_targets_move_together(tiny_config):
     """Q3: with shuffle on and jitter off, every token's patch is the cell that its position and
     relation targets name, in a batch built by `Objective` (not the inverse permutation, not the
     unshuffled order)."""
-    cfg = tiny_config("pretrain", data={"augment": False},
-                      ssl={"shuffle": True, "jitter": False})
-    geo = run_geometry(cfg)
+    objective, geo = shuffling_objective(tiny_config)
     h = w = geo.ssl_grid
     n, b = h * w, 6
-    objective = make_objective(cfg)
     images = cell_index_images(b, h, geo.cell)
     batch = objective.batch(images, torch.zeros(b, dtype=torch.long), True,
                             torch.Generator().manual_seed(3))
@@ -85,12 +90,9 @@ def test_shuffled_patches_and_their_targets_move_together(tiny_config):
 def test_an_oracle_reading_the_patches_scores_perfectly(tiny_config):
     """The targets `Objective.losses` builds for a shuffled batch are those of the patches the
     model sees: a stub answering from the patch contents has loss ~0 and accuracy 1."""
-    cfg = tiny_config("pretrain", data={"augment": False},
-                      ssl={"shuffle": True, "jitter": False})
-    geo = run_geometry(cfg)
+    objective, geo = shuffling_objective(tiny_config)
     h = w = geo.ssl_grid
     n, b = h * w, 5
-    objective = make_objective(cfg)
 
     def oracle(images):
         cells = cells_of(images, geo.cell, n)

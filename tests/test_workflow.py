@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fixtures.bench import bench_script
+from fixtures.runs import TINY_DETECTOR
 from relvit.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,9 +340,7 @@ DETECTION = {
     "run": {"device": "cpu", "data": {"workers": 0}},
     "stages": {"pretrain_detection": {"optim": {"epochs": 1, "batch_size": 64}},
                "detect": {"optim": {"epochs": 1, "batch_size": 16, "schedule": "step"},
-                          "detection": {"fpn_channels": 16, "box_representation": 32,
-                                        "mask_head_width": 16, "roi_batch_size": 32,
-                                        "rpn_train_proposals": 100}}},
+                          "detection": TINY_DETECTOR}},
 }
 
 
