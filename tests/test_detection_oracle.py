@@ -23,7 +23,6 @@ from relvit.detection.scenes import write_digit_scenes
 from relvit.detection.train import DetectionRun
 
 
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")

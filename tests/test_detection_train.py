@@ -10,7 +10,6 @@ from relvit.detection.scenes import write_digit_scenes
 from relvit.train.loop import train
 
 
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
