@@ -251,3 +251,16 @@ def test_out_of_tolerance_reads_a_written_compare_csv(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="other.csv: not a compare.csv"):
         out_of_tolerance(tmp_path / "other.csv")
+
+
+def test_a_delta_at_the_bound_is_within():
+    """64.44 - 65.34 is -0.9000000000000057 in floats: the cell prints Δ -0.90, bound 0.90."""
+    from relvit.report.compare import judge
+    from relvit.report.criterion import Criterion
+    from relvit.report.table1 import Cell
+
+    paper = Cell(65.34, None, 1)  # ImageNet-1K supervised: no ± printed, the 0.9 tolerance
+    assert judge(paper, Cell(64.44, None, 1), Criterion())[0] == WITHIN
+    assert judge(paper, Cell(66.24, None, 1), Criterion())[0] == WITHIN
+    assert judge(paper, Cell(64.43, None, 1), Criterion())[0] != WITHIN
+

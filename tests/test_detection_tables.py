@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from relvit.detection.plan import Variant, table_rows
-from relvit.report.detection_tables import render_markdown, table_cells
+from relvit.report.detection_tables import render_latex, render_markdown, table_cells
 from relvit.workflow import detection_plan_rows
 
 PAPER = "results/paper/tables.csv"
@@ -84,3 +84,10 @@ def test_seeds_of_a_row_are_averaged(tmp_path):
     assert cells[1][5] == "30.00 [1 failed]"
     assert cells[2][5] == "—"
     assert cells[3][5] == "+8.00"
+    # the LaTeX says what the Markdown says, in characters pdflatex takes
+    latex = render_latex(3, rows, pd.read_csv(PAPER), "ci")
+    caption = latex.split("\\caption{")[1]
+    assert "mean $\\pm$ sample std over the seeds that ran" in caption
+    assert "failed" in caption and "±" not in latex and "−" not in latex
+    stand_in = [{**row, "run_dataset": "digit_scenes"} for row in rows]
+    assert "not comparable" in render_latex(3, stand_in, pd.read_csv(PAPER), "ci")

@@ -80,6 +80,7 @@ def test_markdown_is_exactly_as_expected(tmp_path):
     # the note follows the data, not the tier's name: the CI tier runs on the digits too
     ci = render_markdown(Table1(gather_runs([tmp_path])), "ci")
     assert "they are not comparable to the paper's" in ci
+    assert "not comparable to the paper's" in render_latex(Table1(gather_runs([tmp_path])), "ci")
 
 
 def test_a_cell_with_failed_seeds_says_how_many():
@@ -157,5 +158,13 @@ def test_paper_columns_and_planned_cells(tmp_path):
         ["SVHN", "ViT-S/4", "—", "96.01 ± 0.07", "—", "—", "97.14 ± 0.03", "—", "—", "+1.13"],
     ]
     assert "$\\Delta$" in render_latex(table, "paper")
+    # the paper reports the best epoch: the last-epoch table has no paper columns
+    assert table.header("last_top1") == ["Dataset", "Backbone", "Supervised", "RelViT",
+                                         "Improv."]
+    assert len(table.rows("last_top1")[0]) == 5
+    last = render_markdown(table, "paper").split("## Last-epoch")[1]
+    assert "paper" not in last.split("\n\n")[1]
+    latex = render_latex(table, "paper")
+    assert "−" not in latex and "reproduced $-$ paper" in latex  # pdflatex has no U+2212
     assert "Digit scenes" not in render_markdown(table, "paper")
     assert "not comparable" not in render_markdown(table, "paper")

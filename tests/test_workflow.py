@@ -71,6 +71,19 @@ def test_default_dag(tmp_path):
     }
 
 
+def test_the_figures_follow_compare_s_criterion(tmp_path):
+    """A workflow config's compare criterion reaches both jobs: the figures' red edges mark the
+    cells that compare's verdict puts out of tolerance."""
+    folder = repository_like(tmp_path)
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    (folder / "strict.yaml").write_text(yaml.safe_dump({**config, "compare": {"tolerance": 2.0}}))
+    result = snakemake("-n", "-p", "--cores", "2", "--configfile", "strict.yaml", cwd=folder)
+    commands = [line for line in result.stdout.splitlines()
+                if line.startswith(("Shell command: relvit compare",
+                                    "Shell command: relvit figures"))]
+    assert len(commands) == 2 and all("--tolerance=2.0" in c for c in commands), commands
+
+
 def test_a_configfile_replaces_the_default_config(tmp_path):
     """The CI tier from the repository root: its file alone, not merged into the smoke tier's
     (which would add the smoke tier's Swin-T and T2T-ViT mega-patch settings, and so on)."""

@@ -41,6 +41,7 @@ WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",
                                        "not in the paper")
 PAPER_CSV = "results/paper/tables.csv"
+BOUND_SLACK = 1e-9  # points: far below the 0.01 the tables print
 IMPROVEMENTS_CSV = "results/paper/printed-improvements.csv"
 
 
@@ -80,7 +81,9 @@ def judge(paper: Cell, ours: Cell, criterion: Criterion,
     if not_comparable:
         return not_comparable, None, ""
     bound, rule = criterion.bound(paper, ours)
-    return (WITHIN if abs(ours.mean - paper.mean) <= bound else OUT), bound, rule
+    # a Δ at the bound is within whatever the float rounding (64.44 − 65.34: ImageNet-1K)
+    within = abs(ours.mean - paper.mean) <= bound + BOUND_SLACK
+    return (WITHIN if within else OUT), bound, rule
 
 
 def _seeds(frame: pd.DataFrame) -> list[int]:

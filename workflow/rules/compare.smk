@@ -1,8 +1,9 @@
 # Numbers you can defend: `relvit compare` puts every planned cell of Tables 1-3 beside the
 # paper's number with a verdict and its provenance; `compare_verdict` then fails the workflow
 # when a comparable cell is out of tolerance (stand-in cells, as in the smoke tier, never fail).
-# Two jobs, because Snakemake deletes the outputs of a failed job: compare.{md,csv} stay. `relvit figures` draws a bar chart
-# per table and the training curves of every run, in one job (matplotlib costs ~0.7 s to import).
+# Two jobs, because Snakemake deletes the outputs of a failed job: compare.{md,csv} stay.
+# `relvit figures` draws a bar chart per table and the training curves of every run, in one job
+# (matplotlib costs ~0.7 s to import).
 # Figures read the same inputs as compare and do not wait on it, so they exist when it fails.
 import shlex
 
@@ -86,6 +87,7 @@ rule figures:
         tier=config["tier"],
         paper=PAPER_CSV,
         plan=lambda wildcards, input: shlex.join(["--plan", *input.plan]) if input.plan else "",
+        criterion=CRITERION,  # the red edges follow compare's verdicts
     log:
         f"{RESULTS}/logs/figures.log",
     resources:
@@ -96,5 +98,6 @@ rule figures:
         CONTAINER
     shell:
         "relvit figures --out {params.out:q} --tier {params.tier:q} --paper {params.paper:q}"
-        " {params.plan} {input.configs:q} {input.table1:q} --curves {input.runs:q}"
+        " {params.plan} {params.criterion} {input.configs:q} {input.table1:q}"
+        " --curves {input.runs:q}"
         " > {log:q} 2>&1"
