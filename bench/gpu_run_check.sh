@@ -102,7 +102,8 @@ for mode in "${MODES[@]}"; do
   if (( STEP )); then
     TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs-step" "${T_GRAPHS[$i]}" \
       "${GRAPHS[@]}" --set compile_step=true
-    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step")
+    # and the decision's pair: the step region against the graphs of the model alone
+    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step" "$mode-graphs" "$mode-graphs-step")
   fi
 done
 

@@ -152,8 +152,11 @@ def report(log: PipelineLog, cores: int) -> str:
     wall = (end - log.start).total_seconds()
     rules: dict[str, RuleTotals] = {}
     total = RuleTotals()
+    job_core_s = own_core_s = 0.0  # a job holds `threads` cores for its seconds
     for job in finished:
         own = run_seconds(job, log.workdir)
+        job_core_s += job.threads * job.seconds
+        own_core_s += job.threads * (own or 0.0)
         for totals in (rules.setdefault(job.rule, RuleTotals()), total):
             totals.jobs += 1
             totals.seconds += job.seconds
@@ -166,8 +169,9 @@ def report(log: PipelineLog, cores: int) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [totals.row(rule) for rule, totals in
               sorted(rules.items(), key=lambda item: -item[1].seconds)]
-    job_s, own_s = total.seconds, total.own
-    lines.append(f"| total | {total.jobs} | {job_s:.0f} | {own_s:.0f} | {job_s - own_s:.0f} | |")
+    lines.append(f"| total | {total.jobs} | {total.seconds:.0f} | {total.own:.0f} | "
+                 f"{total.seconds - total.own:.0f} | |")
+    job_s, own_s = job_core_s, own_core_s
     core_s = cores * wall
     idle = idle_core_seconds(finished, log.start, end, cores)
     lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",

@@ -165,6 +165,17 @@ def test_decode_rows_of_the_original_and_the_resized_jpegs(bench, tmp_path):
     assert resized["ratio"].endswith(f", {share:.2f}× original")
 
 
+def test_decode_times_whole_rounds_of_full_batches(bench, tmp_path):
+    """18 images for 2 workers in batches of 2: 16 decoded, 4 rounds of one batch per worker (a
+    short last batch would leave a worker idle inside the timed window)."""
+    out = tmp_path / "bench.json"
+    bench.main(["--only", "decode", "--decode-images", "18", "--workers", "2",
+                "--pipeline-batch", "2", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["extra"]["images"], row["extra"]["batch"]) == (16, 2)
+    assert row["images_per_s"] > 0
+
+
 def test_device_decode_stage_on_the_cpu(bench):
     """The GPU-decode alternative's code path, run with torchvision's CPU decoder."""
     args = bench.argparse.Namespace(pipeline_batch=3, repeats=1)
@@ -380,3 +391,15 @@ def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert len(built) >= 7 and alive_when_timed and set(alive_when_timed) == {1}, alive_when_timed
+
+
+def test_the_projected_row_is_the_paper_tier_s_three_runs(bench):
+    """Pretrain, finetune and supervised, 100 epochs of 50k images each; the † same-epochs run
+    (not in the paper tier) is reported apart and left out of a seed's hours."""
+    rows = [bench.Row("train step + batch", "32 px", images_per_s=rate,
+                      extra={"size": 32, "mode": mode, "with_batch": True})
+            for mode, rate in (("pretrain", 5_000_000 / 3600), ("supervised", 10_000_000 / 3600))]
+    hours = bench.projection(rows)
+    assert hours["pretrain"] == pytest.approx(1.0) and hours["finetune"] == pytest.approx(0.5)
+    assert hours["one_seed"] == pytest.approx(2.0) and hours["3_seeds"] == pytest.approx(6.0)
+    assert hours["same_epochs_extra"] == pytest.approx(1.0)

@@ -28,9 +28,11 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
     for run in runs:
         assert f"pretrain {run}: exit 0 " in summary, summary
     assert "comparison: exit 0" in summary, summary
-    # both pairs (eager against each graphs run) compared on every epoch
-    assert summary.count(": 2 of 2 epochs; largest train_loss rel. diff") == 2, summary
+    # the three pairs (eager against each graphs run, graphs against the step region) compared
+    # on every epoch
+    assert summary.count(": 2 of 2 epochs; largest train_loss rel. diff") == 3, summary
     assert summary.count("peak memory pretrain-eager / pretrain-graphs") == 2, summary
+    assert "peak memory pretrain-graphs / pretrain-graphs-step" in summary, summary
     with tarfile.open(out / "runs.tar.gz") as tar:
         configs = {run: yaml.safe_load(tar.extractfile(f"./{run}/config.yaml")) for run in runs}
         assert {f"./{run}/history.csv" for run in runs} <= set(tar.getnames())
