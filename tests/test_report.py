@@ -90,6 +90,16 @@ def test_a_cell_with_failed_seeds_says_how_many():
     assert seed_cell(pd.Series([], dtype=float), failed=2).text() == "failed"
 
 
+def test_a_cell_short_of_its_planned_seeds_says_so():
+    from relvit.report.table1 import seed_cell
+
+    two = pd.Series([90.0, 92.0])
+    assert seed_cell(two, planned=3).text() == "91.00 ± 1.41 (n=2 of 3)"
+    assert seed_cell(two, planned=2).text() == "91.00 ± 1.41"
+    assert seed_cell(two, failed=1, planned=3).text() == "91.00 ± 1.41 [1 failed]"
+    assert seed_cell(pd.Series([90.0]), planned=3).text() == "90.00 (n=1 of 3)"
+
+
 def test_latex_table(tmp_path):
     write_runs(tmp_path)
     tex = render_latex(Table1(gather_runs([tmp_path])), "smoke")

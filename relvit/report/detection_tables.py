@@ -99,7 +99,8 @@ def _variants(group: list[dict]) -> list[list[dict]]:
 
 def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
     """Mean scores over the seeds that ran (not failed), and the cells: mean, ± std over several
-    seeds, "[k failed]" when some failed, "failed" when all did."""
+    seeds, "(n=k of m)" while some have not run, "[k failed]" when some failed, "failed" when all
+    did."""
     failed = sum(map(row_failed, seeds))
     ran = [s for s in (scores(row) for row in seeds if not row_failed(row))
            if s["mAP"] is not None]
@@ -112,6 +113,8 @@ def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
             continue
         means[m] = float(values.mean())
         text = _text(means[m]) + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+        if len(values) + failed < len(seeds):
+            text += f" (n={len(values)} of {len(seeds)})"
         cells.append(text + (f" [{failed} {FAILED}]" if failed else ""))
     return means, cells
 

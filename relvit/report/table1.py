@@ -61,28 +61,33 @@ class Cell:
     n: int
     stale: bool = False  # a run of it was made with another config than the planned one
     failed: int = 0  # seeds whose run failed (metrics.json "status": "failed")
+    planned: int = 0  # seeds planned for it (0: not known)
 
     def text(self, pm: str = "±") -> str:
         if self.mean is None:
             return FAILED if self.failed else EMPTY
         mark = (f" {STALE}" if self.stale else "") + (
             f" [{self.failed} {FAILED}]" if self.failed else "")
+        missing = self.planned > self.n + self.failed  # seeds still to run
+        seeds = (f" (n={self.n} of {self.planned})" if missing
+                 else " (n=1)" if self.n == 1 else "")
         if self.std is None:
-            return f"{self.mean:.2f}" + (" (n=1)" if self.n == 1 else "") + mark
-        return f"{self.mean:.2f} {pm} {self.std:.2f}" + mark
+            return f"{self.mean:.2f}{seeds}{mark}"
+        return f"{self.mean:.2f} {pm} {self.std:.2f}{seeds}{mark}"
 
 
 NO_CELL = Cell(None, None, 0)
 
 
-def seed_cell(values: pd.Series, stale: bool = False, failed: int = 0) -> Cell:
+def seed_cell(values: pd.Series, stale: bool = False, failed: int = 0,
+              planned: int = 0) -> Cell:
     """Mean and sample std (ddof = 1) of one cell's values over seeds (NaN: not run, or one of
-    the `failed` runs)."""
+    the `failed` runs); `planned`: how many seeds the cell should have."""
     values = values.dropna()
     if values.empty:
-        return Cell(None, None, 0, stale, failed) if failed else NO_CELL
+        return Cell(None, None, 0, stale, failed, planned) if failed else NO_CELL
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Cell(float(values.mean()), std, len(values), stale, failed)
+    return Cell(float(values.mean()), std, len(values), stale, failed, planned)
 
 
 def failed_runs(runs: pd.DataFrame) -> int:
@@ -151,8 +156,9 @@ class Table1:
     def ours(self, dataset: str, backbone: str, mode: str, label: str, metric: str) -> Cell:
         """Mean ± std over the seeds of one cell; stale when one of its runs is."""
         here = self.runs_of(dataset, backbone, mode, label)
+        planned = self.runs_of(dataset, backbone, mode, label, planned=True)["seed"].nunique()
         return seed_cell(here[metric], bool(here["stale"].fillna(False).astype(bool).any()),
-                         failed_runs(here))
+                         failed_runs(here), planned)
 
     @property
     def any_failed(self) -> bool:
