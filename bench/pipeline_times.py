@@ -171,17 +171,17 @@ def report(log: PipelineLog, cores: int) -> str:
               sorted(rules.items(), key=lambda item: -item[1].seconds)]
     lines.append(f"| total | {total.jobs} | {total.seconds:.0f} | {total.own:.0f} | "
                  f"{total.seconds - total.own:.0f} | |")
-    job_s, own_s = job_core_s, own_core_s
     core_s = cores * wall
+    outside_s = job_core_s - own_core_s
     idle = idle_core_seconds(finished, log.start, end, cores)
     lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",
-              f"- the training runs' own time (their epochs): {own_s:.0f} "
-              f"({own_s / core_s:.1%})",
+              f"- the training runs' own time (their epochs): {own_core_s:.0f} "
+              f"({own_core_s / core_s:.1%})",
               f"- the jobs' time outside it (start-up, imports, the report jobs): "
-              f"{job_s - own_s:.0f} ({(job_s - own_s) / core_s:.1%})",
+              f"{outside_s:.0f} ({outside_s / core_s:.1%})",
               f"- no job on the core (Snakemake's DAG, between jobs, waiting on inputs): "
               f"{idle} ({idle / core_s:.1%})",
-              f"- **outside training: {1 - own_s / core_s:.1%}**"]
+              f"- **outside training: {1 - own_core_s / core_s:.1%}**"]
     unfinished = [f"{job.rule} (job {job.jobid})" for job in log.jobs if job.end is None]
     if unfinished:
         lines += ["", f"Not finished in this log (failed, or still running): "
