@@ -264,3 +264,17 @@ def test_a_delta_at_the_bound_is_within():
     assert judge(paper, Cell(66.24, None, 1), Criterion())[0] == WITHIN
     assert judge(paper, Cell(64.43, None, 1), Criterion())[0] != WITHIN
 
+
+
+def test_detection_rows_are_named_as_the_tables_name_them(tmp_path):
+    from relvit.report.compare import detection_cells
+    from relvit.report.criterion import Criterion
+    from relvit.workflow import detection_plan_rows
+
+    workflow = {"results": str(tmp_path), "seeds": [0], "detection": {"tables": {
+        "2": {"datasets": ["voc2007"], "backbones": ["swin_tiny", "t2t_vit_14"]}}}}
+    cells = detection_cells(detection_plan_rows(workflow, PAPER), pd.read_csv(PAPER),
+                            Criterion())
+    methods = {(c.backbone, c.method) for c in cells}
+    assert ("Swin-T", "RelSwin (upstream ✓, perm ✓, mega ✗)") in methods
+    assert ("T2T-ViT-14", "RelT2T-ViT (upstream ✗, perm ✗, mega ✗)") in methods

@@ -115,11 +115,15 @@ def table1_cells(table: Table1, criterion: Criterion) -> list[Comparison]:
 
 
 def _variant(row: dict) -> str:
-    """A Tables 2-3 row's method as the tables print it, e.g. "RelViT (upstream ✓, mega ✓)"."""
+    """A Tables 2-3 row's method with its flags, named as the tables name it, e.g.
+    "RelSwin (upstream ✓, perm ✓, mega ✗)"."""
+    from relvit.models.specs import get_backbone_spec
+
     if row["upstream"] is None:
         return "Supervised"
     flags = [("upstream", row["upstream"]), ("perm", row["perm"]), ("mega", row["mega"])]
-    return "RelViT (" + ", ".join(f"{name} {'✓' if flag else '✗'}" for name, flag in flags) + ")"
+    name = det.RELVIT_NAMES[get_backbone_spec(row["backbone"]).family]
+    return f"{name} (" + ", ".join(f"{n} {'✓' if flag else '✗'}" for n, flag in flags) + ")"
 
 
 def detection_cells(rows: list[dict], paper: pd.DataFrame,
