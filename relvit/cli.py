@@ -160,7 +160,7 @@ def _figures(args: argparse.Namespace) -> int:
 
     cells, _ = _cells(args)
     tables = sorted({c.table for c in cells})
-    written = write_figures(cells, tables, args.curves or [], args.out)
+    written = write_figures(cells, tables, args.curves or [], args.out, args.tier)
     log.info("wrote %d figures to %s", len(written), args.out)
     return 0
 

@@ -88,3 +88,28 @@ def test_cli_figures(tmp_path):
                  str(tmp_path / "runs"), "--curves", *metrics]) == 0
     assert_file(tmp_path / "fig" / "table1.png", PNG)
     assert not (tmp_path / "fig" / "table2.png").exists()
+
+
+def test_a_chart_names_its_tier_and_marks_stale_and_missing_cells(tmp_path, monkeypatch):
+    import dataclasses
+
+    from matplotlib.figure import Figure
+
+    from relvit.report.figures import bar_chart
+
+    write_results(tmp_path, planned_only=())
+    cells = [c for c in compare([tmp_path / "configs", tmp_path / "runs"], None, PAPER)
+             if c.table == 1]
+    stale = dataclasses.replace(cells[0], provenance={**cells[0].provenance,
+                                                      "stale": "cifar10/vit_small/x/seed0"})
+    cells = [stale, *cells[1:]]
+    drawn = {}
+
+    def keep(fig, path, **kwargs):
+        drawn["title"] = fig._suptitle.get_text()
+        drawn["alphas"] = [patch.get_alpha() for patch in fig.axes[0].patches]
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    bar_chart(cells, 1, tmp_path / "fig", tier="ci")
+    assert drawn["title"].startswith("Table 1, ci tier:") and "faded: stale" in drawn["title"]
+    assert drawn["alphas"][0] == 0.4 and drawn["alphas"].count(0.4) == 1

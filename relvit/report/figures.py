@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from relvit.report.compare import STAND_IN, Comparison
+from relvit.report.compare import RUN_FAILED, STAND_IN, Comparison
 from relvit.report.provenance import run_id
 from relvit.report.table1 import Cell
 
@@ -44,7 +44,8 @@ def _label(cell: Comparison) -> str:
     return f"{cell.backbone if cell.table == 2 else cell.dataset}\n{method}"
 
 
-def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path) -> list[Path]:
+def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
+              tier: str = "custom") -> list[Path]:
     """`<out_dir>/table<N>.png` and `.pdf`: one panel per metric."""
     plt = _pyplot()
     from matplotlib.patches import Patch
@@ -68,6 +69,8 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path) -> list[
                 bar.set_hatch("//")
             if cell.failed:
                 bar.set(edgecolor="red", linewidth=2)
+            if cell.provenance.get("stale"):
+                bar.set_alpha(0.4)
         ax.set_xticks(list(x), [_label(c) for c in here], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(metric)
         ax.legend(handles=[Patch(color="tab:blue", label="reproduced"),
@@ -75,9 +78,13 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path) -> list[
     notes = [text for flag, text in (
         (any(c.verdict == STAND_IN for c in cells), "hatched: run on a stand-in dataset, not "
                                                      "comparable"),
-        (any(c.failed for c in cells), "red edge: out of tolerance")) if flag]
-    fig.suptitle("\n".join([f"Table {table}: reproduced (mean ± std over seeds) vs paper",
-                            *notes]), fontsize=9)
+        (any(c.failed for c in cells), "red edge: out of tolerance"),
+        (any(c.provenance.get("stale") for c in cells), "faded: stale (its run config changed "
+                                                          "after it ran)"),
+        (any(c.verdict == RUN_FAILED for c in cells), "no bar: not run, or its run failed "
+                                                       "(compare.md)")) if flag]
+    fig.suptitle("\n".join([f"Table {table}, {tier} tier: reproduced (mean ± std over seeds) "
+                            "vs paper", *notes]), fontsize=9)
     fig.tight_layout()
     paths = [Path(out_dir) / f"table{table}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
@@ -145,7 +152,7 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
 
 
 def write_figures(cells: list[Comparison], tables: list[int], curves: list[str | Path],
-                  out_dir: str | Path) -> list[Path]:
+                  out_dir: str | Path, tier: str = "custom") -> list[Path]:
     """The bar chart of each of `tables` and the training curves of the runs of `curves`."""
-    written = [p for table in tables for p in bar_chart(cells, table, out_dir)]
+    written = [p for table in tables for p in bar_chart(cells, table, out_dir, tier)]
     return written + training_curves(curves, out_dir)
