@@ -95,7 +95,9 @@ def test_a_chart_names_its_tier_and_marks_stale_and_missing_cells(tmp_path, monk
 
     from matplotlib.figure import Figure
 
+    from relvit.report.compare import NOT_RUN
     from relvit.report.figures import bar_chart
+    from relvit.report.table1 import NO_CELL
 
     write_results(tmp_path, planned_only=())
     cells = [c for c in compare([tmp_path / "configs", tmp_path / "runs"], None, PAPER)
@@ -113,3 +115,6 @@ def test_a_chart_names_its_tier_and_marks_stale_and_missing_cells(tmp_path, monk
     bar_chart(cells, 1, tmp_path / "fig", tier="ci")
     assert drawn["title"].startswith("Table 1, ci tier:") and "faded: stale" in drawn["title"]
     assert drawn["alphas"][0] == 0.4 and drawn["alphas"].count(0.4) == 1
+    planned = [dataclasses.replace(cells[1], verdict=NOT_RUN, ours=NO_CELL), *cells[2:]]
+    bar_chart(planned, 1, tmp_path / "fig", tier="ci")
+    assert "no bar: not run" in drawn["title"]

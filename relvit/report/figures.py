@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from relvit.report.compare import RUN_FAILED, STAND_IN, Comparison
+from relvit.report.compare import NOT_RUN, RUN_FAILED, STAND_IN, Comparison
 from relvit.report.provenance import run_id
 from relvit.report.table1 import Cell
 
@@ -81,8 +81,8 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
         (any(c.failed for c in cells), "red edge: out of tolerance"),
         (any(c.provenance.get("stale") for c in cells), "faded: stale (its run config changed "
                                                           "after it ran)"),
-        (any(c.verdict == RUN_FAILED for c in cells), "no bar: not run, or its run failed "
-                                                       "(compare.md)")) if flag]
+        (any(c.verdict in (NOT_RUN, RUN_FAILED) for c in cells),
+         "no bar: not run, or its run failed (compare.md)")) if flag]
     fig.suptitle("\n".join([f"Table {table}, {tier} tier: reproduced (mean ± std over seeds) "
                             "vs paper", *notes]), fontsize=9)
     fig.tight_layout()
