@@ -262,15 +262,19 @@ def render_markdown(table: Table1, tier: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
+    """`text` as pdflatex (with booktabs and amssymb) takes it: special and non-ASCII
+    characters of the tables' Markdown replaced (Tables 1-3)."""
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
                        ("#", r"\#"), ("†", r"$^\dagger$"), ("‡", r"$^\ddagger$"),
-                       ("Δ", r"$\Delta$"), ("—", "--"), ("−", "$-$")):
+                       ("Δ", r"$\Delta$"), ("—", "--"), ("−", "$-$"), ("±", r"$\pm$"),
+                       ("✓", r"\checkmark"), ("✗", r"$\times$"), ("<", r"\textless{}"),
+                       (">", r"\textgreater{}")):
         text = text.replace(char, repl)
     return text
 
 
-def render_latex(table: Table1, tier: str, metric: str = "best_top1") -> str:
+def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
     """A booktabs table of one metric (default: the paper's best-epoch top-1)."""
     header = table.header(metric)
     lines = [
@@ -279,11 +283,11 @@ def render_latex(table: Table1, tier: str, metric: str = "best_top1") -> str:
         r"\centering",
         r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}",
         r"\toprule",
-        " & ".join(_latex_escape(h) for h in header) + r" \\",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
         r"\midrule",
     ]
     for row in table.rows(metric, pm=r"$\pm$"):
-        lines.append(" & ".join(c if "$" in c else _latex_escape(c) for c in row) + r" \\")
+        lines.append(" & ".join(c if "$" in c else latex_escape(c) for c in row) + r" \\")
     notes = " ".join([NOTES[c] for c in table.extras] + ([STALE_NOTE] if table.any_stale else [])
                      + ([FAILED_NOTE] if table.any_failed else []))
     caption = (f"Table 1 reproduced ({tier} tier"
@@ -295,7 +299,7 @@ def render_latex(table: Table1, tier: str, metric: str = "best_top1") -> str:
     lines += [
         r"\bottomrule",
         r"\end{tabular}",
-        r"\caption{" + _latex_escape(caption).replace("±", r"$\pm$") + "}",
+        r"\caption{" + latex_escape(caption) + "}",
         r"\end{table}",
     ]
     return "\n".join(lines) + "\n"
