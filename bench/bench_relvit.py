@@ -8,21 +8,23 @@ these machines are noisy. Asserts nothing.
     python bench/bench_relvit.py --device cuda         # GPU preset: ViT-S (depth 12), batch 256
     python bench/bench_relvit.py --device cuda --compile --only steps --json out.json
     python bench/bench_relvit.py --device cuda --only steps loop --sync-debug --profile prof
+    python bench/bench_relvit.py --device cuda --compile --only steps --rounds 3
 
-Stages (`--only`, default all): "decode" (ImageNet-like JPEG files through DataLoader workers,
-the per-sample transform of image-file datasets; after the table, the workers that would feed
-each 224-px "+ batch" step), "device-decode" (the alternative: a batch of JPEGs decoded on the
-device, nvjpeg on CUDA, and cropped there), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
-normalise at 224 px), "ssl" (per-patch jitter + permutation + targets, batched, and the
-per-sample torchvision reference the original runs), "steps" (forward, loss, backward, clipping,
-AdamW; bf16 autocast and fused AdamW on CUDA) of the supervised and the pretrain objective, the
-latter with the plain relation loss (the [B, 9, N, N] scores) and the fused one; "+ batch" rows
-add the batch construction of `relvit.train.objective` (augmentation, jitter, targets) on the same
-device. "loop" times one epoch of the project's own training loop (`Run._train_epoch`, eager
-unless --compile) on `--loop-batches` batches of random in-memory uint8 images, against the
-isolated "+ batch" step. "memory": the relation head and loss alone at N = 196, plain and fused
-(on CUDA also per `--chunk-mb` budget; `--head-align`: the head width padded for tensor cores;
-with --compile on CUDA the compiled chunks).
+Stages (`--only`, default all): "decode" (ImageNet-like JPEG files through DataLoader workers, the
+per-sample transform of image-file datasets; after the table, the workers that would feed each
+224-px "+ batch" step), "device-decode" (the alternative: a batch of JPEGs decoded on the device,
+nvjpeg on CUDA, and cropped there), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
+normalise at 224 px), "ssl" (per-patch jitter + permutation + targets, batched, and the per-sample
+torchvision reference the original runs), "steps" (forward, loss, backward, clipping, AdamW; bf16
+autocast and fused AdamW on CUDA) of the supervised and the pretrain objective, the latter with the
+plain relation loss (the [B, 9, N, N] scores) and the fused one; "+ batch" rows add the batch
+construction of `relvit.train.objective` (augmentation, jitter, targets) on the same device;
+`--rounds R` times each case in R windows, the cases interleaved, and reports medians and the range
+of the paired ratios. "loop" times one epoch of the project's own training loop
+(`Run._train_epoch`, eager unless --compile) on `--loop-batches` batches of random in-memory uint8
+images, against the isolated "+ batch" step. "memory": the relation head and loss alone at N = 196,
+plain and fused (on CUDA also per `--chunk-mb` budget; `--head-align`: the head width padded for
+tensor cores; with --compile on CUDA the compiled chunks).
 
 Diagnostics: the "ops" column counts the dispatched non-view ATen ops of one untimed step (about
 the kernel launches on a GPU; see `OpCounter`; per device, as the CPU and CUDA run different
@@ -50,6 +52,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -320,6 +323,13 @@ def graphs_recorded_in_first_call(args, compiled: bool) -> bool:
     memory pool is allocated then and reused by every replay, so the case's peak is measured
     from before its first call (else the pool, the activations' memory, is missed)."""
     return compiled and args.compile_mode == "reduce-overhead"
+
+
+def allocated_mb(device: torch.device) -> float:
+    """MB allocated on a CUDA device now, the garbage collected first (0 off CUDA): what a case's
+    peak is measured above, so that the cases kept for later rounds do not count in it."""
+    gc.collect()
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
 def cuda_peak_mb(device: torch.device) -> float | None:
@@ -764,65 +774,107 @@ def bench_steps(args, device: torch.device) -> list[Row]:
         if args.sizes and size not in args.sizes:
             continue
         config = step_config(args, size, patch) + (", channels-last" if args.channels_last else "")
-        base: dict[bool, Row] = {}
+        measured: list[MeasuredStep] = []
         for case in cases:
-            loss_fn, step, forward_backward, build = make_step(case, dataset, size, patch, args,
-                                                               device)
+            before = allocated_mb(device)
+            fns = make_step(case, dataset, size, patch, args, device)
             graphs = graphs_recorded_in_first_call(args, case.compile)
             if graphs:
                 reset_peak(device)
             started = time.perf_counter()
-            step()  # compile / first-call warm-up, timed separately
+            fns.step()  # compile / first-call warm-up, timed separately
             sync(device)
             first = time.perf_counter() - started
-            flops = model_flops(loss_fn)
-            saved = None if device.type == "cuda" else saved_for_backward_mb(loss_fn)
+            flops = model_flops(fns.loss)
+            saved = None if device.type == "cuda" else saved_for_backward_mb(fns.loss)
             if not graphs:
                 reset_peak(device)
             syncs = SyncCounter(device, args.sync_debug)
-            seconds = timed(step, args.steps, device, warmup=args.warmup, around=syncs)
-            peak = cuda_peak_mb(device) if device.type == "cuda" else saved
-            ops = ({"eager_ops": eager_ops_outside_compiled(forward_backward)} if case.compile
-                   else {**count_ops(step), "mib": model_traffic_mib(loss_fn)})
+            seconds = timed(fns.step, args.steps, device, warmup=args.warmup, around=syncs)
+            peak = cuda_peak_mb(device) - before if device.type == "cuda" else saved
+            ops = ({"eager_ops": eager_ops_outside_compiled(fns.forward_backward)}
+                   if case.compile else {**count_ops(fns.step), "mib": model_traffic_mib(fns.loss)})
             name = case.name + (compile_note(args) if case.compile else "")
-            row = Row(f"train step: {name}", config, args.batch / seconds, 1000 * seconds,
-                      peak_mb=peak, extra={"first_step_s": first, "flops": flops, "mode": case.mode,
-                                           "with_batch": case.with_batch, "size": size,
-                                           "compiled": case.compile, **ops})
+            row = Row(f"train step: {name}", config, peak_mb=peak,
+                      extra={"first_step_s": first, "flops": flops, "mode": case.mode,
+                             "with_batch": case.with_batch, "size": size,
+                             "compiled": case.compile, "ms_rounds": [1000 * seconds], **ops})
             print(f"  {size}px {name}: {1000 * seconds:.1f} ms/step, first step {first:.1f} s"
                   + (f", {ops['ops']:,.0f} ops" if "ops" in ops
                      else f", {ops['eager_ops']:,} eager ops"),
                   file=sys.stderr, flush=True)  # survives a timeout
             syncs.per_step(args.steps, row.extra, f"{size}px {name}")
             if args.profile:
-                profile_steps(step, 3, device, args.profile / f"{size}px-{slug(name)}",
+                profile_steps(fns.step, 3, device, args.profile / f"{size}px-{slug(name)}",
                               f"train step: {name}, {config}")
-            ref = base.setdefault(case.with_batch, row) if case.mode == "supervised" \
-                else base.get(case.with_batch, base.get(False))
-            if ref is not None:
-                mem = f", mem {peak / ref.peak_mb:.2f}×" if peak and ref.peak_mb else ""
-                moved = (f", MiB {ops['mib'] / ref.extra['mib']:.3f}×"
-                         if "mib" in ops and ref.extra.get("mib") else "")
-                row.ratio = f"{seconds * 1000 / ref.ms_per_step:.2f}×{mem}{moved}"
-            rows.append(row)
-            if peak_tflops:
-                row.mfu = flops / seconds / (peak_tflops * 1e12)
-            if case.with_batch:
-                rows.append(batch_construction_row(case, build, seconds, config, args, device))
+            built = (batch_construction_row(case, fns.build, config, args, device)
+                     if case.with_batch else None)
+            # kept for the later rounds; with one round freed before the next case's peak
+            measured.append(MeasuredStep(case, fns if args.rounds > 1 else None, row, built))
+            del fns  # else alive when the next case's `before` is measured
+        for round_ in range(2, args.rounds + 1):  # the cases interleaved: A B C, A B C, ...
+            for m in measured:
+                seconds = timed(m.fns.step, args.steps, device, warmup=1)
+                m.row.extra["ms_rounds"].append(1000 * seconds)
+                print(f"  {size}px round {round_}: {m.row.stage}: {1000 * seconds:.1f} ms/step",
+                      file=sys.stderr, flush=True)
+        rows += finish_step_rows(measured, args.batch, peak_tflops)
     return rows
 
 
-def batch_construction_row(case: StepCase, build: Callable[[], object], step_seconds: float,
-                           config: str, args, device: torch.device) -> Row:
+class MeasuredStep(NamedTuple):
+    """A timed training-step case: its calls (kept only for later rounds), its row, and with
+    "+ batch" its batch construction's row."""
+
+    case: StepCase
+    fns: StepFns | None
+    row: Row
+    built: Row | None
+
+
+def finish_step_rows(measured: list[MeasuredStep], batch: int, peak_tflops: float
+                     ) -> list[Row]:
+    """Each step row's time: the median of its rounds; its ratio to the supervised step of the
+    same kind (with or without the batch construction) in time, the median of the rounds' paired
+    ratios with their range when there are several, and in peak memory and bytes moved; then
+    the batch construction rows' share of their steps."""
+    base: dict[bool, Row] = {}
+    rows = []
+    for m in measured:
+        row, case = m.row, m.case
+        rounds = row.extra["ms_rounds"]
+        row.ms_per_step = statistics.median(rounds)
+        row.images_per_s = 1000 * batch / row.ms_per_step
+        if peak_tflops:
+            row.mfu = row.extra["flops"] / (row.ms_per_step / 1000) / (peak_tflops * 1e12)
+        ref = base.setdefault(case.with_batch, row) if case.mode == "supervised" \
+            else base.get(case.with_batch, base.get(False))
+        if ref is not None:
+            ratios = [t / r for t, r in zip(rounds, ref.extra["ms_rounds"])]
+            spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
+            mem = (f", mem {row.peak_mb / ref.peak_mb:.2f}×" if row.peak_mb and ref.peak_mb
+                   else "")
+            moved = (f", MiB {row.extra['mib'] / ref.extra['mib']:.3f}×"
+                     if row.extra.get("mib") and ref.extra.get("mib") else "")
+            row.ratio = f"{statistics.median(ratios):.2f}×{spread}{mem}{moved}"
+        rows.append(row)
+        if m.built is not None:
+            m.built.ratio = f"{m.built.ms_per_step / row.ms_per_step:.2f}× its step"
+            rows.append(m.built)
+    return rows
+
+
+def batch_construction_row(case: StepCase, build: Callable[[], object], config: str, args,
+                           device: torch.device) -> Row:
     """`Objective.batch` alone (eager; on CUDA its jitter compiled with --compile; --compile-step
-    steps compile the build in their region), timed as the step that contains it: what the
-    "+ batch" step would cost over the plain one if nothing overlapped."""
+    steps compile the build in their region), timed once after the step that contains it: what
+    the "+ batch" step would cost over the plain one if nothing overlapped (its ratio to the
+    step, `finish_step_rows`)."""
     seconds = timed(build, args.steps, device, warmup=args.warmup)
     name = "jitter + targets" if case.mode == "pretrain" else "augmentation"
     row = Row(f"batch construction: {case.mode} ({name})" + (", compiled" if case.compile
                                                               else ""),
               config, args.batch / seconds, 1000 * seconds,
-              ratio=f"{seconds / step_seconds:.2f}× its step",
               extra={"mode": case.mode, "compiled": case.compile,
                      **({} if case.compile else count_ops(build))})
     print(f"  {row.stage}: {1000 * seconds:.1f} ms/batch", file=sys.stderr, flush=True)
@@ -1158,6 +1210,12 @@ def main(argv: list[str] | None = None) -> None:
                              "path) on any device: their ops and MiB as a GPU's")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="steps: time each case in this many windows, the cases interleaved "
+                             "(A B C, A B C, ...): its ms/step the median of its rounds, its "
+                             "ratio the median (min-max) of the rounds' paired ratios; the "
+                             "cases stay built between rounds, each case's peak memory measured "
+                             "above what was allocated before it was built")
     parser.add_argument("--memory-batch", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 1024],
@@ -1183,6 +1241,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the rows of these --json files as Markdown tables and exit")
     parser.add_argument("--probe-memory", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.markdown_from:
         print(markdown_from_json(args.markdown_from), end="")
         return
@@ -1222,6 +1282,9 @@ def main(argv: list[str] | None = None) -> None:
         compare_loop(rows)
         dump()
     print_table(rows, device, args.sync_debug and device.type == "cuda")
+    if args.rounds > 1 and any(r.stage.startswith("train step") for r in rows):
+        print(f"Train steps: ms/step the median of {args.rounds} interleaved rounds; ratio the "
+              "median (min–max) of the rounds' paired ratios.")
     hours = projection(rows)
     for line in workers_to_feed(rows):
         print(line)

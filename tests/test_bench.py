@@ -371,8 +371,11 @@ def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
     """A run is a reference cycle: the loop stage's supervised run, model, optimizer and data,
     stayed allocated through the pretrain run's peak-memory measurement until gc collected it
     (reset_peak now does)."""
-    built, alive_when_timed = [], []
-    build, timed = bench.build_model, bench.timed
+    built, alive_when_timed, alive_before = [], [], []
+    build, timed, allocated = bench.build_model, bench.timed, bench.allocated_mb
+
+    def alive() -> int:
+        return sum(ref() is not None for ref in built)
 
     def recorded_build(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -380,17 +383,95 @@ def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
         return model
 
     def counting_timed(*args, **kwargs):
-        alive_when_timed.append(sum(ref() is not None for ref in built))
+        alive_when_timed.append(alive())
         return timed(*args, **kwargs)
+
+    def counting_allocated(device):
+        mb = allocated(device)  # collects the garbage first
+        alive_before.append(alive())
+        return mb
 
     monkeypatch.setattr(bench, "build_model", recorded_build)
     monkeypatch.setattr(bench, "timed", counting_timed)
+    monkeypatch.setattr(bench, "allocated_mb", counting_allocated)
     threads = torch.get_num_threads()
     try:
         bench.main(["--only", "steps", "loop", *TINY])
     finally:
         torch.set_num_threads(threads)
     assert len(built) >= 7 and alive_when_timed and set(alive_when_timed) == {1}, alive_when_timed
+    # a step case's peak is measured above what was allocated before it: nothing, in one round
+    assert alive_before == [0] * 5, alive_before
+
+
+def test_rounds_interleave_the_step_cases_and_report_medians(bench, monkeypatch, tmp_path):
+    """--rounds 3: each case timed once per round, the cases in turn; the row's time is the
+    median of its rounds, its ratio the median and range of the rounds' paired ratios; the cases
+    stay built (each one's memory measured above the earlier ones'). Timings are faked."""
+    ms = {"supervised": [1, 3, 2], "pretrain, plain relation loss": [2, 3, 5],
+          "pretrain, fused relation loss": [1, 3, 2], "supervised + batch": [4, 4, 4],
+          "pretrain, fused + batch (jitter)": [5, 6, 4]}
+    order, built, alive_before = [], [], []
+    make_step, build, allocated = bench.make_step, bench.build_model, bench.allocated_mb
+
+    def labelled_step(case, *args, **kwargs):
+        fns = make_step(case, *args, **kwargs)
+        step = functools.partial(fns.step)
+        step.label = case.name
+        return fns._replace(step=step)
+
+    def fake_timed(fn, repeats, device, warmup=1, around=None):
+        label = getattr(fn, "label", None)
+        if label is None:  # the batch construction
+            return 1e-3
+        order.append(label)
+        return ms[label][order.count(label) - 1] / 1000
+
+    def recorded_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    def counting_allocated(device):
+        mb = allocated(device)
+        alive_before.append(sum(ref() is not None for ref in built))
+        return mb
+
+    monkeypatch.setattr(bench, "make_step", labelled_step)
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    monkeypatch.setattr(bench, "build_model", recorded_build)
+    monkeypatch.setattr(bench, "allocated_mb", counting_allocated)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--only", "steps", *TINY, "--rounds", "3", "--json",
+                    str(tmp_path / "bench.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert order == list(ms) * 3
+    assert alive_before == [0, 1, 2, 3, 4]
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    steps = {stage.removeprefix("train step: "): row for stage, row in rows.items()
+             if stage.startswith("train step")}
+    assert list(steps) == list(ms)
+    for name, row in steps.items():
+        assert row["extra"]["ms_rounds"] == ms[name]
+    sup, plain = steps["supervised"], steps["pretrain, plain relation loss"]
+    assert sup["ms_per_step"] == 2 and sup["images_per_s"] == pytest.approx(4 / 0.002)
+    # paired ratios 2, 1, 2.5: median 2.00, where the medians' ratio would be 1.50
+    assert plain["ms_per_step"] == 3 and plain["ratio"].startswith("2.00× (1.00–2.50), mem ")
+    assert steps["pretrain, fused relation loss"]["ratio"].startswith("1.00× (1.00–1.00), mem ")
+    assert steps["supervised + batch"]["ratio"].startswith("1.00× (1.00–1.00), mem ")
+    # against the supervised step with the batch: 1.25, 1.5, 1.0
+    assert steps["pretrain, fused + batch (jitter)"]["ratio"].startswith("1.25× (1.00–1.50), ")
+    built_rows = {r["extra"]["mode"]: r for r in rows.values()
+                  if r["stage"].startswith("batch construction")}
+    assert built_rows["supervised"]["ratio"] == "0.25× its step"
+    assert built_rows["pretrain"]["ratio"] == "0.20× its step"
+
+
+def test_rounds_must_be_positive(bench):
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "steps", *TINY, "--rounds", "0"])
 
 
 def test_the_projected_row_is_the_paper_tier_s_three_runs(bench):
