@@ -426,3 +426,50 @@ def test_digit_scenes_use_the_classification_split():
                                                          digits.TEST_FRACTION)
     pools = scenes._digit_pools()
     assert len(pools["train"][0]) == 1437 and len(pools["val"][0]) == 360
+
+
+def test_prepare_data_writes_digit_scenes_anew_after_an_interrupted_run(tmp_path, monkeypatch):
+    """A run killed after train.json (or inside a json write, which is atomic) left scenes that
+    every later prepare-data refused; val.json, written last, now says they are complete."""
+    from relvit.data.prepare import prepare_dataset
+    from relvit.detection import data as detection_data
+
+    monkeypatch.setitem(detection_data.SCENES, "n_train", 6)
+    monkeypatch.setitem(detection_data.SCENES, "n_val", 4)
+    record = prepare_dataset("digit_scenes", tmp_path)
+    folder = Path(record["folder"])
+    complete = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    (folder / "val.json").unlink()  # killed before val.json
+    (folder / "train.json").write_text('{"images": [')  # and, say, this one rewritten halfway
+    assert prepare_dataset("digit_scenes", tmp_path)["splits"] == record["splits"]
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == complete
+
+
+def test_coco_json_entries_without_their_keys_are_named(tmp_path):
+    root = tmp_path / "c"
+    F.write_coco2017(root)
+    ann_file = root / "annotations" / "instances_val2017.json"
+    data = json.loads(ann_file.read_text())
+    for what, key, value, message in (
+            ("annotations", "bbox", None, r'"annotations" entry 0 \(id \d+\) lacks bbox'),
+            ("images", "file_name", None, r'"images" entry 0 \(id \d+\) lacks file_name'),
+            ("categories", "name", None, r'"categories" entry 0 \(id \d+\) lacks name'),
+            ("annotations", "bbox", [1, 2, 3], r"bbox \[1, 2, 3\] is not 4 numbers"),
+            ("annotations", "bbox", ["a", 2, 3, 4], r"bbox \['a', 2, 3, 4\] is not 4 numbers")):
+        broken = json.loads(json.dumps(data))
+        if value is None:
+            del broken[what][0][key]
+        else:
+            broken[what][0][key] = value
+        ann_file.write_text(json.dumps(broken))
+        with pytest.raises(DatasetLayoutError, match=f"{ann_file}: .*{message}"):
+            D.read_coco2017(root, "val")
+
+
+def test_text_files_that_are_not_utf8_are_named(tmp_path):
+    fixture = F.write_kitti(tmp_path / "k")
+    label = fixture["base"] / "label_2" / "000006.txt"
+    label.write_bytes("Caf\xe9".encode("latin-1"))
+    with pytest.raises(DatasetLayoutError, match=f"{label}: not UTF-8 text"):
+        for split in ("train", "val"):
+            D.read_kitti(tmp_path / "k", split)

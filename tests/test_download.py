@@ -287,6 +287,28 @@ def test_extract_into_existing_target_replaces_entries_and_keeps_others(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "set.tar.gz"]
 
 
+def test_extraction_removes_what_a_killed_one_left(tmp_path, caplog):
+    """A killed extraction leaves its unpacked copy (a whole archive) beside the target; the
+    next one removes it, and names, but keeps, a backup of replaced entries."""
+    archive = tmp_path / "set.tar.gz"
+    archive.write_bytes(_tar_bytes(ENTRIES))
+    target = tmp_path / "out"
+    left = [tmp_path / ".out.tmp-k1ll3d", tmp_path / ".out.tmp-again"]
+    for folder in left:
+        (folder / "set").mkdir(parents=True)
+        (folder / "set" / "a.txt").write_text("partial")
+    backup = tmp_path / ".out.old-k1ll3d"
+    (backup / "set").mkdir(parents=True)
+    other = tmp_path / ".other.tmp-x"  # another target's: not ours to touch
+    other.mkdir()
+    with caplog.at_level("WARNING", logger="relvit"):
+        safe_extract(archive, target)
+    assert not any(folder.exists() for folder in left)
+    assert backup.is_dir() and other.is_dir()
+    assert f"{backup}: entries of {target}" in caplog.text
+    assert (target / "top.txt").read_bytes() == b"top\n"
+
+
 def test_symlink_inside_the_target_is_allowed(tmp_path):
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:

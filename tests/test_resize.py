@@ -83,6 +83,23 @@ def test_the_copy_reads_as_the_dataset(tmp_path):
         assert all(Image.open(p).size == (4, 4) for p in ours.paths)
 
 
+def test_symlinked_class_folders_are_copied_as_the_readers_see_them(tmp_path):
+    """The readers follow a symlinked folder; the copy had skipped it and was marked complete."""
+    src, dst = tmp_path / "imagenet100", tmp_path / "imagenet100-s4"
+    write_imagenet100(src)
+    val = src / "val.X"
+    elsewhere = tmp_path / "elsewhere"
+    linked = sorted(p for p in val.iterdir() if p.is_dir())[0]
+    linked.rename(elsewhere)
+    linked.symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(val, target_is_directory=True)  # a cycle is not followed
+    resize_tree(src, dst, ResizeSettings(4), workers=0)
+    ours, theirs = read_imagenet100(dst, "val"), read_imagenet100(src, "val")
+    assert list(ours.labels) == list(theirs.labels) and len(set(ours.labels)) > 1
+    assert [p.relative_to(dst) for p in ours.paths] == [p.relative_to(src) for p in theirs.paths]
+    assert not (dst / "val.X" / linked.name / "loop").exists()
+
+
 def test_an_interrupted_copy_resumes(tree, tmp_path):
     dst = tmp_path / "dst"
     resize_tree(tree, dst, ResizeSettings(16), workers=0)

@@ -328,7 +328,8 @@ def safe_extract(archive: Path, target: Path) -> None:
     top-level entry of the archive replaces the same-named entry of `target` (other entries are
     kept); should a move fail, the entries already replaced are put back.
     UnsafeArchiveError for absolute or `..` names, links leaving the target, device/fifo members;
-    DownloadError for a truncated or corrupt archive. Either way nothing is left behind.
+    DownloadError for a truncated or corrupt archive. Either way nothing is left behind; what a
+    killed extraction left, the next one removes (`_clear_leftovers`).
     """
     archive, target = Path(archive), Path(target)
     kind = _archive_kind(archive.name)
@@ -337,6 +338,7 @@ def safe_extract(archive: Path, target: Path) -> None:
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target}: exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _unpack(kind, archive, tmp)
@@ -345,6 +347,19 @@ def safe_extract(archive: Path, target: Path) -> None:
         log.info("%s: extracted into %s", archive, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a whole-folder os.replace
+
+
+def _clear_leftovers(target: Path) -> None:
+    """Remove the unpacked copies that killed extractions into `target` left beside it (one
+    whole archive each; the archive itself is kept, so nothing is lost); warn of their backups
+    of replaced entries, which may hold the only copy of an entry and are left to the user.
+    Extractions into one target must not run at once."""
+    for tmp in sorted(target.parent.glob(f".{target.name}.tmp-*")):
+        log.warning("%s: removing what an interrupted extraction left", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for backup in sorted(target.parent.glob(f".{target.name}.old-*")):
+        log.warning("%s: entries of %s that an interrupted extraction replaced; delete it once "
+                    "%s is complete", backup, target, target)
 
 
 def _unpack(kind: str, archive: Path, dest: Path) -> None:

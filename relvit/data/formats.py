@@ -201,10 +201,17 @@ def _files_by_class(key: str, found: dict[str, list[Path]], classes: list[str], 
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def read_text(key: str, path: Path, layouts: dict[str, str] = EXPECTED_LAYOUT) -> str:
+    """A UTF-8 text file of dataset `key`, else an error naming it."""
+    try:
+        return require_file(key, path, layouts).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise layout_error(key, path, f"not UTF-8 text ({e})", layouts) from None
+
+
 def _read_lines(key: str, path: Path) -> list[str]:
     """Non-empty stripped lines of a text file."""
-    text = require_file(key, path).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in read_text(key, path).splitlines() if line.strip()]
 
 
 # --- array datasets --------------------------------------------------------------------------

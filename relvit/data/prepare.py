@@ -44,7 +44,8 @@ def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = N
         into = target / subfolders.get(resource.filename, "")
         fetch(resource, downloads, extract_to=into if resource.extract else None,
               offline=offline)
-    if name == "digit_scenes" and not (target / "train.json").is_file():
+    # each split's json is written after its images, val's last: a killed run writes anew
+    if name == "digit_scenes" and not (target / "val.json").is_file():
         from relvit.detection.data import write_scenes
 
         write_scenes(target, spec.image_size)

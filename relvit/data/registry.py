@@ -54,7 +54,7 @@ class DatasetSpec:
 _CS = "https://www.cs.toronto.edu/~kriz/"
 _FLOWERS = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 _SVHN = "http://ufldl.stanford.edu/housenumbers/"
-_VOC = "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/"
+_VOC = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2007/"  # torchvision's mirror (as of 0.29)
 _COCO = "http://images.cocodataset.org/"
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (

@@ -107,10 +107,18 @@ def _resize_one(job: tuple[Path, Path, ResizeSettings]) -> tuple[str, int, int]:
 
 
 def _source_files(src: Path) -> list[Path]:
-    """Every file under `src` but relvit's markers and interrupted writes, sorted."""
-    return sorted(p.relative_to(src) for p in src.rglob("*")
-                  if p.is_file() and not p.name.startswith(".relvit-")
-                  and not p.name.endswith(TEMP_SUFFIX))
+    """Every file under `src` but relvit's markers and interrupted writes, sorted; symlinked
+    folders are followed, as the dataset readers follow them (a folder linking back to one it
+    is in is not entered again)."""
+    files = []
+    for folder, subfolders, names in os.walk(src, followlinks=True):
+        here = Path(folder)
+        above = {os.path.realpath(p) for p in (here, *here.parents)}
+        subfolders[:] = [d for d in subfolders if os.path.realpath(here / d) not in above]
+        files += [(here / name).relative_to(src) for name in names
+                  if (here / name).is_file() and not name.startswith(".relvit-")
+                  and not name.endswith(TEMP_SUFFIX)]
+    return sorted(files)
 
 
 def _check_folders(src: Path, dst: Path) -> None:

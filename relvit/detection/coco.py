@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relvit.atomic import atomic_write_text
 from relvit.data.formats import DatasetLayoutError
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image before it is an error
@@ -75,7 +76,7 @@ class CocoDataset:
         path.parent.mkdir(parents=True, exist_ok=True)
         root = Path(os.path.relpath(self.image_root.resolve(), path.parent.resolve())).as_posix()
         text = json.dumps({**self.to_dict(), "image_root": root}, separators=(",", ":"))
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(text, path)  # a killed write leaves no truncated json
 
     @classmethod
     def load(cls, path: Path, image_root: Path | None = None) -> CocoDataset:

@@ -208,8 +208,8 @@ def read_voc2007(root: Path, split: str, keep_difficult: bool = True) -> CocoDat
     key = "voc2007"
     _check_split(key, split, ("train", "val", "trainval", "test"))
     base = _require_dir(key, Path(root) / "VOCdevkit" / "VOC2007")
-    list_file = _require_file(key, base / "ImageSets" / "Main" / f"{split}.txt")
-    lines = [ln.strip() for ln in list_file.read_text(encoding="utf-8").splitlines()]
+    list_file = base / "ImageSets" / "Main" / f"{split}.txt"
+    lines = [ln.strip() for ln in formats.read_text(key, list_file, DETECTION_LAYOUT).splitlines()]
     stems = [ln for ln in lines if ln]
     if not stems:
         raise _error(key, list_file, "lists no image ids")
@@ -297,6 +297,10 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
     if missing:
         raise _error(key, ann_file, f"lacks keys {missing}")
 
+    for what, fields in (("categories", ("id", "name")),
+                         ("images", ("id", "file_name", "width", "height")),
+                         ("annotations", ("bbox",))):
+        _require_fields(key, ann_file, what, data[what], fields)
     raw_categories = sorted(data["categories"], key=lambda c: c["id"])
     if len({c["id"] for c in raw_categories}) != len(raw_categories):
         raise _error(key, ann_file, "a category id is listed twice")
@@ -324,7 +328,7 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
         if ann.get("category_id") not in remap:
             raise _error(key, ann_file, f"annotation {aid}: category {ann.get('category_id')!r}"
                                         " is not one of the listed categories")
-        x, y, w, h = (float(v) for v in ann["bbox"])
+        x, y, w, h = _coco_box(key, ann_file, ann["bbox"], aid)
         if w < 1 or h < 1:
             continue
         img = images[ann["image_id"]]
@@ -364,10 +368,35 @@ def kitti_split_ids(image_ids: list[int], split: str, val_fraction: float = 0.25
     return sorted(int(i) for i in ids[chosen])
 
 
+def _require_fields(key: str, ann_file: Path, what: str, records: object,
+                    fields: tuple[str, ...]) -> None:
+    """Every entry of the json's list `what` is an object with `fields`, else an error naming
+    the entry and the key."""
+    if not isinstance(records, list):
+        raise _error(key, ann_file, f'"{what}" holds a {type(records).__name__}, not a list')
+    for n, record in enumerate(records):
+        missing = [f for f in fields if f not in record] if isinstance(record, dict) else fields
+        if missing:
+            name = f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else ""
+            raise _error(key, ann_file, f'"{what}" entry {n}{name} lacks {", ".join(missing)}')
+
+
+def _coco_box(key: str, ann_file: Path, bbox: object, aid: object
+              ) -> tuple[float, float, float, float]:
+    """An annotation's [x, y, w, h], else an error naming the annotation and the value."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise _error(key, ann_file, f"annotation {aid}: bbox {bbox!r} is not 4 numbers "
+                                    "[x, y, width, height]") from None
+    return x, y, w, h
+
+
 def _kitti_labels(key: str, path: Path, width: int, height: int,
                   ) -> list[tuple[int, list[float]]]:
     objects = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(formats.read_text(key, path, DETECTION_LAYOUT).splitlines(),
+                             start=1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
