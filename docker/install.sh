@@ -4,7 +4,7 @@
 #   install.sh system                 Ubuntu's python3 + a virtualenv in $VIRTUAL_ENV, and gcc
 #                                     with Python's headers: torch.compile's Triton builds its
 #                                     GPU launcher with them when a run first compiles
-#   install.sh deps PYPROJECT         the pinned dependencies of pyproject.toml (a layer of its
+#   install.sh deps PYPROJECT         the dependencies of pyproject.toml (a layer of its
 #                                     own: a code change does not reinstall torch)
 #   install.sh package SRC            the relvit package from SRC (pyproject.toml + relvit/)
 #   install.sh requirements PYPROJECT print pyproject's dependencies, one a line

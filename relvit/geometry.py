@@ -51,6 +51,12 @@ def run_geometry(cfg: RunConfig) -> Geometry:
     ssl_grid = pooled_side(tokens, pool)
     if image % ssl_grid:
         raise ValueError(f"the {ssl_grid}x{ssl_grid} SSL grid does not divide the image size {image}")
+    if (image // ssl_grid) % stride:  # T2T: an odd token side pools to cells across tokens
+        raise ValueError(
+            f"{spec.label}'s {tokens}x{tokens} tokens of {stride} px pool to a {ssl_grid}x"
+            f"{ssl_grid} SSL grid whose {image // ssl_grid}-px cells cut across its tokens: "
+            f"choose an image size (data.image_size) that is a multiple of {pool * stride}"
+        )
     side = cfg.ssl.megapatch_side if cfg.mode == "pretrain" else 0
     if side and side > ssl_grid:
         raise ValueError(

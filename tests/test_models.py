@@ -172,6 +172,20 @@ def test_swin_classifier_pools_the_tokens():
     assert out["logits"].shape == (2, 5) and out["relations"].scores().shape == (2, 9, 64, 64)
 
 
+def test_swin_classifier_is_initialised_as_swins_own_head():
+    """[R] classifies with Swin's own `head`, which Swin's `_init_weights` draws trunc-normal
+    (std 0.02) with zero bias; ViT's and T2T's keep nn.Linear's default, as [R]'s do."""
+    torch.manual_seed(0)
+    swin = RelViT(build_backbone("swin_tiny", img_size=32, patch_size=2, embed_dim=96, depth=2,
+                                 num_heads=1, window_size=4), 100, SSLTasks(relations=True))
+    weight = swin.classifier.weight
+    assert abs(weight.std().item() - 0.02) < 0.002  # nn.Linear's: 1/sqrt(3 * 192) = 0.042
+    assert torch.count_nonzero(swin.classifier.bias) == 0
+    vit = RelViT(build_backbone("vit_small", img_size=32, patch_size=4, **TINY), 100,
+                 SSLTasks(relations=True))
+    assert torch.count_nonzero(vit.classifier.bias) > 0  # nn.Linear's uniform bias
+
+
 def test_relation_loss_with_and_without_the_diagonal():
     targets = relation_targets(3, 3)
     perfect = torch.nn.functional.one_hot(targets, 9).permute(2, 0, 1)[None].float() * 50

@@ -143,3 +143,16 @@ def test_config_and_init() -> None:
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
     assert t2t_vit_14(depth=2, embed_dim=96, num_heads=2).embed_dim == 96
+
+
+def test_kernel_attention_is_float32_under_autocast() -> None:
+    """The Performer's random features exp(w.x - |x|^2/2) amplify bf16's rounding of w.x: under
+    autocast the kernel product stays in float32, as the original (which trains in float32)."""
+    torch.manual_seed(0)
+    performer = TokenPerformer(dim=27, emb=64)
+    k, q, v = (torch.randn(2, 49, 64) for _ in range(3))
+    plain = performer.kernel_attention(k, q, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = performer.kernel_attention(k, q, v)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=0, atol=0)

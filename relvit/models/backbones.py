@@ -84,6 +84,8 @@ class PadFirstSwinBlock(SwinTransformerBlock):
 class SwinBackbone(Backbone):
     """timm `SwinTransformer`; tokens are the final stage after its LayerNorm (no CLS)."""
 
+    classifier_init_std = 0.02  # Swin's `_init_weights`, which [R]'s head gets
+
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, depths: tuple[int, ...],
                  num_heads: tuple[int, ...], window_size: int, mlp_ratio: float = 4.0,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.1):

@@ -24,6 +24,9 @@ class Backbone(nn.Module):
 
     embed_dim: int
     ssl_pool: int = 1
+    # the classifier's init: nn.Linear's default, or trunc-normal weights of this std and zero
+    # bias, as the original's backbone initialises its own head
+    classifier_init_std: float | None = None
 
     def tokens(self, images: Tensor) -> Tokens:  # pragma: no cover - abstract
         raise NotImplementedError

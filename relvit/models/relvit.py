@@ -49,6 +49,9 @@ class RelViT(nn.Module):
         self.distance_head = PairwiseScoreHead(dim, 1, head_dim=dim) if tasks.distances else None
         self.angle_head = PairwiseScoreHead(dim, 1, head_dim=dim) if tasks.angles else None
         self.classifier = nn.Linear(dim, num_classes) if num_classes else None
+        if self.classifier is not None and backbone.classifier_init_std:
+            nn.init.trunc_normal_(self.classifier.weight, std=backbone.classifier_init_std)
+            nn.init.zeros_(self.classifier.bias)
         self.ssl_pool = (
             nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
             if backbone.ssl_pool > 1 else None

@@ -59,12 +59,19 @@ class TokenPerformer(nn.Module):
         wx = x @ self.omega.float().t()
         return torch.exp(wx - x.pow(2).sum(-1, keepdim=True) / 2) / math.sqrt(self.num_features)
 
+    def kernel_attention(self, k: Tensor, q: Tensor, v: Tensor) -> Tensor:
+        """The softmax-kernel product of [B, T, emb] keys, queries and values, in float32 under
+        autocast too (the exp of the features would amplify bf16's rounding of w.x; the
+        original computes in float32)."""
+        with torch.autocast(k.device.type, enabled=False):
+            kp, qp = self._kernel_features(k), self._kernel_features(q)
+            normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # [B, T, 1]
+            return qp @ (kp.transpose(1, 2) @ v.float()) / (normaliser + self.eps)
+
     def attention(self, x: Tensor) -> Tensor:
         """Linear-time softmax-kernel attention; [B, T, dim] -> [B, T, emb]."""
         k, q, v = self.kqv(x).split(self.emb, dim=-1)
-        kp, qp = self._kernel_features(k), self._kernel_features(q)
-        normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # [B, T, 1]
-        y = qp @ (kp.transpose(1, 2) @ v.float()) / (normaliser + self.eps)  # [B, T, emb]
+        y = self.kernel_attention(k, q, v)  # [B, T, emb]
         return v + self.proj_drop(self.proj(y.to(v.dtype)))
 
     def forward(self, x: Tensor) -> Tensor:
