@@ -39,6 +39,11 @@ def launched_world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def launched_rank() -> int:
+    """This process's rank among those torchrun started (0 without torchrun)."""
+    return _env_int("RANK", 0)
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 

@@ -16,6 +16,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,6 +46,7 @@ from relvit.train.checkpoint import (
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
+from relvit.train.runlock import run_lock
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
 
@@ -567,5 +569,7 @@ def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
     run_class = Run
     if cfg.mode == "detect":
         from relvit.detection.train import DetectionRun as run_class
-    with distributed.session(cfg.device):
-        return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)
+    # torchrun's rank 0 holds the lock (the others stop with it when it cannot)
+    with run_lock(out_dir) if distributed.launched_rank() == 0 else nullcontext():
+        with distributed.session(cfg.device):
+            return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)

@@ -4,7 +4,10 @@ checkpoint and ends bit-identical to an uninterrupted run (CPU, same seed)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,6 +15,7 @@ from faults_helpers import (STEPS_PER_EPOCH, outcome, reference, train_cli, trai
                             train_here)
 
 from relvit.train.checkpoint import load_checkpoint
+from relvit.train.runlock import RunLockedError, lock_path, run_lock
 
 
 def _killed(result) -> None:
@@ -118,3 +122,43 @@ def test_kills_at_random_times_never_change_the_result(tmp_path):
         assert not (run / "metrics.json").exists()  # the kill landed before the end
     assert train_here(config, run) == 0
     assert outcome(run) == outcome(tmp_path / "whole")
+
+
+HOLD_LOCK = """import sys, time
+from relvit.train.runlock import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_second_process_on_a_run_in_training_is_refused(tmp_path):
+    """A snakemake killed without its jobs leaves their training running, and a restarted one
+    started the same run again: two processes overwrote one folder. The second now stops at
+    once, naming the first, and records no failure; once the first dies (SIGKILL: the kernel
+    drops its lock), the run trains to the uninterrupted result."""
+    config, expected = reference()
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = train_cli(config, run, "--record-failure")
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert f"{run} is being trained by pid {holder.pid} on " in second.stderr
+        assert not (run / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train_here(config, run) == 0
+    assert outcome(run) == expected
+
+
+def test_the_run_lock_names_its_holder(tmp_path):
+    run = tmp_path / "run"
+    with run_lock(run):
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()} on .*{lock_path(run)}"):
+            with run_lock(run):
+                pass
+    with run_lock(run):  # released
+        pass

@@ -1,0 +1,52 @@
+"""One process per run directory: a lock beside it, held while the run trains.
+
+A snakemake killed without its jobs leaves their training running; a restarted snakemake (or a
+second command by hand) would start another process on the same folder, and the two would
+overwrite each other's checkpoints. The lock (`flock`, released by the kernel when its holder
+dies, however it dies) refuses the second one, naming the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from relvit.train.errors import TrainingError
+
+
+class RunLockedError(TrainingError):
+    """Another process is training the run directory."""
+
+
+def lock_path(out_dir: Path) -> Path:
+    """`.<name>.lock` beside the run directory (which may be moved aside while locked)."""
+    return out_dir.parent / f".{out_dir.name}.lock"
+
+
+@contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold the run directory's lock for the block; RunLockedError if another process holds it."""
+    out_dir = Path(out_dir)
+    path = lock_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunLockedError(
+                f"{out_dir} is being trained by {holder} (lock {path}): let it finish or stop "
+                f"it; one process at a time trains a run directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
