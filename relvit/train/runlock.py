@@ -9,13 +9,16 @@ dies, however it dies) refuses the second one, naming the first.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from relvit.train.errors import TrainingError
+
+log = logging.getLogger("relvit")
 
 
 class RunLockedError(TrainingError):
@@ -34,14 +37,9 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     path = lock_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunLockedError(
-                f"{out_dir} is being trained by {holder} (lock {path}): let it finish or stop "
-                f"it; one process at a time trains a run directory") from None
+        if not _locked(handle, path, out_dir):
+            yield
+            return
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -50,3 +48,21 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _locked(handle: IO[str], path: Path, out_dir: Path) -> bool:
+    """Take the lock: True; RunLockedError if another process holds it; False (warned) where
+    the file system has no locks (e.g. ENOLCK on a network file system)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise RunLockedError(
+            f"{out_dir} is being trained by {holder} (lock {path}): let it finish or stop "
+            f"it; one process at a time trains a run directory") from None
+    except OSError as err:
+        log.warning("%s: cannot lock (%s); a second process on %s would not be stopped",
+                    path, err, out_dir)
+        return False

@@ -162,3 +162,13 @@ def test_the_run_lock_names_its_holder(tmp_path):
                 pass
     with run_lock(run):  # released
         pass
+
+
+def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr("relvit.train.runlock.fcntl.flock", no_locks)
+    with caplog.at_level("WARNING", logger="relvit"), run_lock(tmp_path / "run"):
+        pass
+    assert "cannot lock ([Errno 37] No locks available)" in caplog.text
