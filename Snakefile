@@ -18,11 +18,14 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-# every problem of the workflow config and of its run configs at once, with key paths
+# every problem of the workflow config and of its run configs at once, with key paths and
+# the files the config came from
 from relvit.workflow import check_workflow_config
 
+CONFIG_SOURCE = "workflow config " + ", ".join(map(str, workflow.configfiles))
 check_workflow_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"),
-                      os.path.join(workflow.basedir, "results", "paper", "tables.csv"))
+                      os.path.join(workflow.basedir, "results", "paper", "tables.csv"),
+                      CONFIG_SOURCE)
 validate(config, "config/schema.yaml")
 
 # a snakemake killed before it could unlock leaves its locks: released when no snakemake that ran

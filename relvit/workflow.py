@@ -76,9 +76,10 @@ def _add(runs: dict[str, PlannedRun], problems: list[str], run_id: str, dataset:
     runs[run_id] = PlannedRun(run_id, dataset, raw["mode"], cfg, pretrain)
 
 
-def plan(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
+def plan(workflow: dict, paper_csv: str = PAPER_CSV, source: str = "workflow config"
+         ) -> dict[str, PlannedRun]:
     """Every run of the workflow config: Table 1 and, when configured, Tables 2-3; the invalid
-    run configs of both are reported together."""
+    run configs of both are reported together (ConfigError naming `source`, e.g. the file)."""
     runs: dict[str, PlannedRun] = {}
     problems = _shared_run_key_problems(workflow)
     parts = [(plan_table1, (workflow,))] if workflow.get("table1") else []
@@ -89,8 +90,28 @@ def plan(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
         except ConfigError as err:
             problems += err.problems
     if problems:
-        raise ConfigError(problems, "workflow config")
+        raise ConfigError(collapse_run_problems(problems), source)
     return runs
+
+
+def collapse_run_problems(problems: list[str]) -> list[str]:
+    """A problem that recurs in many runs ("run ID: key: message", e.g. a typo in the shared
+    `run:` block) once, with how many runs and the first of them; the others as they are."""
+    runs_of: dict[str, list[str]] = {}
+    for problem in problems:
+        run_id, sep, message = problem.removeprefix("run ").partition(": ")
+        if problem.startswith("run ") and sep:
+            runs_of.setdefault(message, []).append(run_id)
+        else:
+            runs_of.setdefault(problem, [])
+    out = []
+    for message, ids in runs_of.items():
+        if len(ids) > 1:
+            first = ", ".join(ids[:2]) + (", ..." if len(ids) > 2 else "")
+            out.append(f"{len(ids)} runs ({first}): {message}")
+        else:
+            out.append(f"run {ids[0]}: {message}" if ids else message)
+    return out
 
 
 def schema_problems(workflow: dict, schema: dict) -> list[str]:
@@ -119,9 +140,11 @@ def schema_problems(workflow: dict, schema: dict) -> list[str]:
     return problems
 
 
-def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_CSV) -> None:
+def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_CSV,
+                          source: str = "workflow config") -> None:
     """Report every problem of a workflow config at once, before any job starts: the schema's
-    and, as far as the config can be planned, those of every run config (ConfigError)."""
+    and, as far as the config can be planned, those of every run config (ConfigError naming
+    `source`)."""
     import copy
     from pathlib import Path
 
@@ -137,7 +160,7 @@ def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAP
         problems += err.problems
     except Exception:  # noqa: BLE001 - a config the schema rejects may not plan at all
         pass
-    raise ConfigError(problems, "workflow config")
+    raise ConfigError(problems, source)
 
 
 def detection_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[TableRow]:

@@ -290,8 +290,46 @@ def test_bad_run_config_fails_before_any_job(tmp_path):
     result = snakemake("-n", "--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, check=False)
     assert result.returncode != 0
     text = result.stdout + result.stderr
-    assert "run digits/vit_small/pretrain/seed0: optim.lr: expected float, got str 'x'" in text
+    # the file named; a problem of every run once, not once per run
+    assert f"invalid workflow config {tmp_path / 'bad.yaml'}:" in text
+    assert text.count("optim.lr: expected float, got str 'x'") == 1
+    assert "runs (digits/vit_small/pretrain/seed0, " in text
     assert not (tmp_path / "results").exists()
+
+
+def test_a_problem_of_many_runs_is_said_once():
+    from relvit.workflow import collapse_run_problems
+
+    assert collapse_run_problems([
+        "run.seed: set by the planner", "run a/p/s0: optim.lr: bad", "run a/p/s1: optim.lr: bad",
+        "run a/p/s2: optim.lr: bad", "run a/f/s0: model.depth: bad", "run b/f/s0: x: y: z",
+        "run c/f/s0: x: y: z"]) == [
+        "run.seed: set by the planner", "3 runs (a/p/s0, a/p/s1, ...): optim.lr: bad",
+        "run a/f/s0: model.depth: bad", "2 runs (b/f/s0, c/f/s0): x: y: z"]
+
+
+def test_detection_tables_name_unknown_or_rowless_datasets_and_backbones():
+    """A typo in detection.tables had raised a bare KeyError; a dataset with no row in the
+    table planned nothing, silently."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    paper["detection"]["tables"] = {
+        "2": {"datasets": ["voc2007", "coco"], "backbones": ["vit_small", "swin_t"]},
+        "3": {"datasets": ["coco2017", "cifar10", "voc2007"], "backbones": ["vit_small"]}}
+    with pytest.raises(ConfigError) as err:
+        plan(paper, str(ROOT / "results" / "paper" / "tables.csv"))
+    detection = "voc2007, coco2017, kitti, svhn_detection"
+    problems = err.value.problems
+    assert problems[:2] == [
+        f"detection.tables.2.datasets: unknown detection dataset 'coco'; known: {detection}",
+        "detection.tables.2.backbones: unknown backbone 'swin_t'; known: vit_tiny, vit_small, "
+        "vit_base, swin_tiny, t2t_vit_14"]
+    assert problems[2:] == [
+        f"detection.tables.3.datasets: unknown detection dataset 'cifar10'; known: {detection}",
+        "detection.tables.3.datasets: voc2007 has no row in the paper's Table 3 (with "
+        "vit_small)"]
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", str(ROOT / "profiles" / "slurm"),

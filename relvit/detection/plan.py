@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from relvit.data.registry import DATASETS
-from relvit.models.specs import get_backbone_spec
+from relvit.config import ConfigError
+from relvit.models.specs import BACKBONES, get_backbone_spec
 
 PAPER_BACKBONES = {"vit": ("ViT", "ViT-S"), "swin": ("Swin",), "t2t": ("T2T-ViT",)}
 
@@ -84,13 +85,41 @@ def paper_variants(paper: pd.DataFrame, table: int, dataset: str, backbone: str)
 
 
 def table_rows(detection: dict, paper_csv: str | Path) -> list[TableRow]:
-    """Every row of the configured tables (`detection.tables`), from the paper's own rows."""
+    """Every row of the configured tables (`detection.tables`), from the paper's own rows;
+    ConfigError naming the key for a dataset or backbone that is unknown or has no row there."""
     paper = pd.read_csv(paper_csv)
     stand_in = detection.get("stand_in")
-    rows = []
+    rows, problems = [], []
     for table, spec in sorted((int(t), s) for t, s in detection["tables"].items()):
-        for dataset in spec["datasets"]:
-            for backbone in spec["backbones"]:
-                for variant in paper_variants(paper, table, dataset, backbone):
-                    rows.append(TableRow(table, dataset, backbone, variant, stand_in or dataset))
+        key = f"detection.tables.{table}"
+        datasets = _known(spec["datasets"], f"{key}.datasets", problems)
+        backbones = _known(spec["backbones"], f"{key}.backbones", problems)
+        found = {(d, b): paper_variants(paper, table, d, b) for d in datasets for b in backbones}
+        for names, what, others in ((datasets, "datasets", backbones),
+                                    (backbones, "backbones", datasets)):
+            for name in names:
+                if others and not any(v for pair, v in found.items() if name in pair):
+                    problems.append(f"{key}.{what}: {name} has no row in the paper's Table "
+                                    f"{table} (with {', '.join(others)})")
+        rows += [TableRow(table, d, b, variant, stand_in or d)
+                 for (d, b), variants in found.items() for variant in variants]
+    if problems:
+        raise ConfigError(problems, "workflow config")
     return rows
+
+
+def _known(names: list[str], key: str, problems: list[str]) -> list[str]:
+    """The names of a detection table's datasets or backbones that exist; the others noted."""
+    known = []
+    for name in names:
+        if key.endswith("datasets") and (name not in DATASETS
+                                         or DATASETS[name].task != "detection"):
+            detection = [d for d, spec in DATASETS.items()  # the paper's: not the stand-in
+                         if spec.task == "detection" and not spec.embedded]
+            problems.append(f"{key}: unknown detection dataset {name!r}; known: "
+                            f"{', '.join(detection)}")
+        elif key.endswith("backbones") and name not in BACKBONES:
+            problems.append(f"{key}: unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        else:
+            known.append(name)
+    return known

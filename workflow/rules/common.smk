@@ -8,7 +8,7 @@ RESULTS = config["results"]
 DATA = config.get("data") or {}
 DATA_ROOT = DATA.get("root", "data")
 PAPER_CSV = os.path.join(workflow.basedir, "results", "paper", "tables.csv")
-RUNS = plan(config, PAPER_CSV)
+RUNS = plan(config, PAPER_CSV, CONFIG_SOURCE)
 DETECTION_ROWS = detection_rows(config, PAPER_CSV)
 TABLE1_RUNS = list(plan_table1(config)) if config.get("table1") else []
 DETECTIONS = [run_id for run_id, run in RUNS.items() if run.mode == "detect"]
