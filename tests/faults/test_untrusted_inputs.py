@@ -125,11 +125,12 @@ def test_every_workflow_config_error_is_reported_before_any_job(tmp_path):
                     "seeds: [0, 0] has non-unique elements",
                     "tabel1: unknown key (did you mean 'table1'?); allowed: tier, results,",
                     "threads_per_run: 0 is less than the minimum of 1",
-                    "run digits/vit_small/pretrain/seed0: optim.lrr: unknown key (did you mean "
-                    "'lr'?)",
-                    "run digits/vit_small/supervised/seed0: optim.schedule: 'cosin' is not one "
-                    "of 'relvit', 'cosine', 'step'"]:
+                    "runs (digits/vit_small/pretrain/seed0, digits/vit_small/relvit/seed0, ...): "
+                    "optim.lrr: unknown key (did you mean 'lr'?)",
+                    "runs (digits/vit_small/pretrain/seed0, digits/vit_small/relvit/seed0, ...): "
+                    "optim.schedule: 'cosin' is not one of 'relvit', 'cosine', 'step'"]:
         assert problem in text, (problem, text[-4000:])
+    assert text.count("optim.lrr: unknown key") == 1  # said once for every run
     assert not (tmp_path / "results").exists()
 
 
