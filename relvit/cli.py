@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from relvit.config import MODES, ConfigError, load_config
+from relvit.config import MODES, ConfigError, load_config, read_config_file
 
 log = logging.getLogger("relvit")
 
@@ -31,8 +31,7 @@ def _load_run_config(args: argparse.Namespace, mode: str | None):
     overrides = list(args.set or [])
     if mode is None:
         return load_config(args.config, overrides)
-    raw_mode = (yaml.safe_load(Path(args.config).read_text()) or {}).get("mode") \
-        if Path(args.config).is_file() else None
+    raw_mode = read_config_file(args.config).get("mode")  # ConfigError naming a bad file
     if raw_mode is not None and raw_mode != mode:
         raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is {mode!r}"])
     overrides.append(f"mode={mode}")

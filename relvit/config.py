@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -194,8 +195,14 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+# what _check_value returns for a value it reported: the key keeps its default, so that the
+# other keys' ranges can be checked in the same round (relvit.validate.range_problems)
+_INVALID = object()
+
+
 def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
-    """Check `value` against annotation `tp`; return the (possibly coerced) value."""
+    """Check `value` against annotation `tp`; return the (possibly coerced) value, or
+    `_INVALID` after appending the problem."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
@@ -206,19 +213,25 @@ def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if origin is Literal:
         if value not in get_args(tp):
             problems.append(f"{path}: {value!r} is not {_type_name(tp)}")
+            return _INVALID
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
-            return float(value)  # YAML reads 5e-4 as a string
+            value = float(value)  # YAML reads 5e-4 as a string
+        except OverflowError:  # an int beyond float's range
+            problems.append(f"{path}: must be a finite number, got {value}")
+            return _INVALID
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"{path}: must be a finite number, got {value}")  # .nan, .inf
+        return _INVALID
     ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     if not ok:
         problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return _INVALID
     return value
 
 
@@ -238,7 +251,9 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"{path}: unknown key{hint}; allowed: {', '.join(names)}")
             continue
-        kwargs[key] = _check_value(value, hints[key], path, problems)
+        value = _check_value(value, hints[key], path, problems)
+        if value is not _INVALID:
+            kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError:
@@ -256,6 +271,45 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently); keys a merge (`<<: *anchor`) brings in may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if seen is not key_node.start_mark:
+                    mark = key_node.start_mark
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} at line {mark.line + 1}, column "
+                        f"{mark.column + 1}; first at line {seen.line + 1}, column "
+                        f"{seen.column + 1}")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_message(err: yaml.YAMLError) -> str:
+    """A YAML error on one line, with its position: "expected ... at line 2, column 5"."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f"{err.context}: " if err.context else ""
+        return f"{context}{err.problem}{where}"
+    return " ".join(str(err).split())
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing duplicate keys (UniqueKeyLoader); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_overrides(items: list[str]) -> dict:
     """`["optim.lr=1e-3", "model.depth=4"]` -> nested dict, values parsed as YAML scalars."""
     out: dict = {}
@@ -265,9 +319,17 @@ def parse_overrides(items: list[str]) -> dict:
         key, text = item.split("=", 1)
         node = out
         *parents, leaf = key.split(".")
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
+            if not isinstance(node, dict):
+                section = ".".join(parents[:i + 1])
+                raise ConfigError([f"{item}: an earlier override sets {section} to {node!r}, "
+                                   f"not a mapping"], "override")
+        try:
+            node[leaf] = parse_yaml(text)
+        except yaml.YAMLError as err:
+            raise ConfigError([f"{item}: not a valid YAML value ({_yaml_message(err)})"],
+                              "override") from None
     return out
 
 
@@ -275,25 +337,43 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
     """Build and validate a RunConfig; raises ConfigError listing every problem."""
     problems: list[str] = []
     cfg = _build(RunConfig, raw, "", problems)
-    if problems:
-        raise ConfigError(problems, source)
-    from relvit.validate import semantic_problems  # registry-aware checks
+    from relvit.validate import range_problems, semantic_problems  # registry-aware checks
 
+    if problems:  # the keys reported hold their defaults: the others' ranges are checked too
+        raise ConfigError(problems + range_problems(cfg), source)
     problems = semantic_problems(cfg)
     if problems:
         raise ConfigError(problems, source)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config, apply `key=value` overrides and validate."""
+def read_config_file(path: str | Path) -> dict:
+    """The mapping a YAML run config holds ({} for an empty file); ConfigError naming the file
+    when it is missing, unreadable, not UTF-8, not valid YAML (duplicate keys included) or not
+    a mapping."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"], "config") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte offset {err.start}: {err.reason})"],
+                          "config") from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot be read ({err.strerror or err})"], "config") from None
     except yaml.YAMLError as err:
-        raise ConfigError([f"{path}: not valid YAML ({err})"], "config") from None
+        raise ConfigError([f"{path}: not valid YAML ({_yaml_message(err)})"], "config") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping of config keys, got "
+                           f"{type(raw).__name__}"], "config")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides and validate."""
+    raw = read_config_file(path)
     if overrides:
         raw = merge(raw, parse_overrides(overrides))
     return config_from_dict(raw, source=str(path))

@@ -7,6 +7,49 @@ from relvit.data.registry import DATASETS
 from relvit.models.specs import BACKBONES, get_backbone_spec
 
 
+# torch.manual_seed takes [-2**63, 2**64); the run's streams (relvit.train.loop._epoch_seed) are
+# taken mod 2**63
+SEED_LIMIT = 2**63
+
+
+def range_problems(cfg: RunConfig) -> list[str]:
+    """The range of every numeric key, each on its own ("key.path: must be ..."): these checks
+    also run on a config whose ill-typed keys were left at their defaults (every default passes
+    them), so that they come in the same round as the type errors."""
+    problems: list[str] = []
+    m, o, d = cfg.model, cfg.optim, cfg.detection
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        problems.append(f"seed: must be in [0, 2**63 - 1], got {cfg.seed}")
+    positive = {
+        "optim.epochs": o.epochs, "optim.batch_size": o.batch_size, "optim.lr": o.lr,
+        "optim.step_epochs": o.step_epochs, "optim.step_gamma": o.step_gamma,
+        "data.image_size": cfg.data.image_size, "model.patch_size": m.patch_size,
+        "model.embed_dim": m.embed_dim, "model.depth": m.depth, "model.num_heads": m.num_heads,
+        "model.mlp_ratio": m.mlp_ratio, "model.window_size": m.window_size,
+        "detection.fpn_channels": d.fpn_channels,
+        "detection.box_representation": d.box_representation,
+        "detection.mask_head_width": d.mask_head_width,
+        "detection.roi_batch_size": d.roi_batch_size,
+        "detection.rpn_train_proposals": d.rpn_train_proposals,
+        "detection.eval_every": d.eval_every,
+    }
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            problems.append(f"{key}: must be positive, got {value}")
+    for key, value in {"optim.min_lr": o.min_lr, "optim.weight_decay": o.weight_decay,
+                       "optim.clip_grad": o.clip_grad,
+                       "ssl.megapatch_side": cfg.ssl.megapatch_side,
+                       "data.workers": cfg.data.workers}.items():
+        if value < 0:
+            problems.append(f"{key}: must not be negative, got {value}")
+    if not 0 <= o.warmup_fraction < 1:
+        problems.append(f"optim.warmup_fraction: must be in [0, 1), got {o.warmup_fraction}")
+    for key in ("drop_rate", "drop_path_rate"):
+        if not 0 <= getattr(m, key) < 1:
+            problems.append(f"model.{key}: must be in [0, 1), got {getattr(m, key)}")
+    return problems
+
+
 def semantic_problems(cfg: RunConfig) -> list[str]:
     """Every problem found, as "key.path: message" lines (empty when the config is usable)."""
     problems: list[str] = []
@@ -16,34 +59,16 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
         problems.append(
             f"model.backbone: unknown backbone {cfg.model.backbone!r}; known: {', '.join(BACKBONES)}"
         )
-    positive = {
-        "optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size,
-        "optim.lr": cfg.optim.lr, "data.image_size": cfg.data.image_size,
-        "model.patch_size": cfg.model.patch_size, "model.embed_dim": cfg.model.embed_dim,
-        "model.depth": cfg.model.depth, "model.num_heads": cfg.model.num_heads,
-        "model.window_size": cfg.model.window_size,
-    }
-    for key, value in positive.items():
-        if value is not None and value <= 0:
-            problems.append(f"{key}: must be positive, got {value}")
-    for key, value in {"optim.min_lr": cfg.optim.min_lr, "optim.weight_decay": cfg.optim.weight_decay,
-                       "optim.clip_grad": cfg.optim.clip_grad,
-                       "ssl.megapatch_side": cfg.ssl.megapatch_side}.items():
-        if value < 0:
-            problems.append(f"{key}: must not be negative, got {value}")
-    if cfg.data.workers < 0:
-        problems.append(f"data.workers: must not be negative, got {cfg.data.workers}")
-    if not 0 <= cfg.optim.warmup_fraction < 1:
-        problems.append(f"optim.warmup_fraction: must be in [0, 1), got {cfg.optim.warmup_fraction}")
-    for key in ("drop_rate", "drop_path_rate"):
-        if not 0 <= getattr(cfg.model, key) < 1:
-            problems.append(f"model.{key}: must be in [0, 1), got {getattr(cfg.model, key)}")
+    problems += range_problems(cfg)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         problems.append(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.compile_mode != "default" and not cfg.compile:
         problems.append(f"compile_mode: {cfg.compile_mode!r} needs compile: true")
     if cfg.compile_step and not cfg.compile:
         problems.append("compile_step: needs compile: true")
+    if cfg.optim.schedule != "step" and cfg.optim.min_lr > cfg.optim.lr:  # "step" ignores it
+        problems.append(f"optim.min_lr: must not exceed optim.lr {cfg.optim.lr} (schedule "
+                        f"{cfg.optim.schedule!r} decays from lr to min_lr), got {cfg.optim.min_lr}")
     if cfg.compile_step and cfg.mode == "detect":
         problems.append("compile_step: not for mode 'detect' (the detector's step is its "
                         "own)")

@@ -1,0 +1,171 @@
+"""Run-config values that would pass unnoticed and break or silently change training, and config
+files or overrides that would crash a command: each refused with its key path or file named."""
+
+import math
+
+import pytest
+
+from relvit.cli import main
+from relvit.config import MODES, ConfigError, config_from_dict, load_config, parse_overrides
+
+
+def problems_of(raw: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("optim", "clip_grad", math.nan),  # would switch clipping off
+    ("optim", "lr", math.nan),  # "Invalid learning rate: nan" once training starts
+    ("optim", "lr", math.inf),
+    ("optim", "min_lr", math.nan),
+    ("optim", "weight_decay", -math.inf),
+    ("optim", "step_gamma", math.nan),
+    ("optim", "warmup_fraction", math.nan),
+    ("model", "mlp_ratio", math.inf),
+    ("model", "drop_rate", math.nan),
+    ("model", "drop_path_rate", math.nan),
+])
+def test_every_float_key_must_be_finite(section, key, value):
+    assert problems_of({section: {key: value}}) == [
+        f"{section}.{key}: must be a finite number, got {value}"]
+
+
+def test_an_int_too_large_for_a_float_is_refused():
+    assert problems_of({"optim": {"lr": 10**400}}) == [
+        f"optim.lr: must be a finite number, got {10**400}"]
+
+
+def test_nan_and_inf_from_yaml_are_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {clip_grad: .nan, lr: -.inf}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == ["optim.clip_grad: must be a finite number, got nan",
+                                   "optim.lr: must be a finite number, got -inf"]
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"optim": {"step_gamma": -1}}, "optim.step_gamma: must be positive, got -1.0"),
+    ({"optim": {"step_gamma": 0}}, "optim.step_gamma: must be positive, got 0.0"),
+    ({"optim": {"step_epochs": 0}}, "optim.step_epochs: must be positive, got 0"),
+    ({"detection": {"eval_every": 0}}, "detection.eval_every: must be positive, got 0"),
+    ({"model": {"mlp_ratio": -1}}, "model.mlp_ratio: must be positive, got -1.0"),
+    ({"model": {"mlp_ratio": 0}}, "model.mlp_ratio: must be positive, got 0.0"),
+    ({"detection": {"fpn_channels": 0}}, "detection.fpn_channels: must be positive, got 0"),
+    ({"detection": {"box_representation": -4}},
+     "detection.box_representation: must be positive, got -4"),
+    ({"detection": {"mask_head_width": 0}}, "detection.mask_head_width: must be positive, got 0"),
+    ({"detection": {"roi_batch_size": 0}}, "detection.roi_batch_size: must be positive, got 0"),
+    ({"detection": {"rpn_train_proposals": 0}},
+     "detection.rpn_train_proposals: must be positive, got 0"),
+    ({"seed": 10**20}, "seed: must be in [0, 2**63 - 1], got 100000000000000000000"),
+    ({"seed": 2**63}, "seed: must be in [0, 2**63 - 1], got 9223372036854775808"),
+    ({"seed": -1}, "seed: must be in [0, 2**63 - 1], got -1"),
+])
+def test_numeric_ranges(raw, message):
+    assert problems_of(raw) == [message]
+
+
+def test_the_largest_seed_is_accepted_and_the_next_refused():
+    assert config_from_dict({"seed": 2**63 - 1}).seed == 2**63 - 1
+    assert problems_of({"seed": 2**63}) == [
+        "seed: must be in [0, 2**63 - 1], got 9223372036854775808"]
+
+
+def test_min_lr_must_not_exceed_lr_where_the_schedule_decays_to_it():
+    """"relvit" and "cosine" decay from lr to min_lr (a min_lr above lr would raise the LR over
+    training); "step" never reads min_lr."""
+    for schedule in ("relvit", "cosine"):
+        assert problems_of({"optim": {"schedule": schedule, "lr": 1e-3, "min_lr": 5e-2}}) == [
+            f"optim.min_lr: must not exceed optim.lr 0.001 (schedule {schedule!r} decays from "
+            "lr to min_lr), got 0.05"]
+        assert config_from_dict({"optim": {"schedule": schedule, "lr": 1e-3, "min_lr": 1e-3}})
+    assert config_from_dict({"optim": {"schedule": "step", "lr": 1e-3, "min_lr": 5e-2}})
+
+
+def test_range_problems_come_with_the_type_problems():
+    """One round: the ranges of the well-typed keys are checked with the type errors; an
+    ill-typed key is not range-checked, and no cross-key check runs on its stand-in."""
+    assert problems_of({"seed": "one", "optim": {"lr": "fast", "min_lr": 1e-2, "epochs": 0,
+                                                 "step_gamma": -1},
+                        "detection": {"eval_every": 0}}) == [
+        "seed: expected int, got str 'one'",
+        "optim.lr: expected float, got str 'fast'",
+        "optim.epochs: must be positive, got 0",
+        "optim.step_gamma: must be positive, got -1.0",
+        "detection.eval_every: must be positive, got 0",
+    ]
+
+
+BAD_FILES = {
+    # on one line, where (`relvit check` printed PyYAML's several lines)
+    "invalid YAML": (b"optim: {lr: [1\n", "not valid YAML (while parsing a flow sequence: "
+                     "expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+    "a top-level list": (b"- optim\n- model\n", "expected a mapping of config keys, got list"),
+    "a top-level string": (b"just words\n", "expected a mapping of config keys, got str"),
+    "not UTF-8": (b"label: caf\xe9\n", "not UTF-8 text"),
+    # the unknown dataset keeps a run from starting where the duplicate goes unnoticed
+    "duplicate keys": (b"data: {name: nowhere}\noptim: {lr: 1.0e-3, lr: 5.0e-2}\n",
+                       "not valid YAML (duplicate key 'lr' at line 2, column 21; first at line 2, "
+                       "column 9)"),
+}
+
+
+@pytest.mark.parametrize("command", [*MODES, "check"])
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_every_command_names_a_bad_config_file(tmp_path, capsys, command, kind):
+    content, message = BAD_FILES[kind]
+    path = tmp_path / "run.yaml"
+    path.write_bytes(content)
+    out = tmp_path / "out"
+    args = ["--config", str(path)] + (["--out", str(out)] if command != "check" else [])
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {message}" in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_duplicate_keys_are_refused_at_any_depth_but_merge_keys_may_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 1\nlabel: a\nseed: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}: not valid YAML (duplicate key 'seed' at line 3, column 1; first at line 1, "
+        "column 1)"]
+    path.write_text("optim:\n  <<: {lr: 1.0e-3, epochs: 2}\n  lr: 2.0e-3\n")
+    assert load_config(path).optim.lr == 2e-3  # a merge's key overridden: YAML's own rule
+    path.write_text("optim:\n  <<: {lr: 1.0e-3, epochs: 2}\n  lr: 2.0e-3\n  lr: 3.0e-3\n")
+    with pytest.raises(ConfigError, match="duplicate key 'lr' at line 4"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("items,message", [
+    (["optim.lr=[1"], "optim.lr=[1: not a valid YAML value (while parsing a flow sequence: "
+                      "expected ',' or ']', but got '<stream end>' at line 1, column 3)"),
+    (["optim=3", "optim.lr=1"], "optim.lr=1: an earlier override sets optim to 3, not a mapping"),
+    (["model={depth: 2}", "model.depth.x=1"],
+     "model.depth.x=1: an earlier override sets model.depth to 2, not a mapping"),
+    (["optim={lr: 1, lr: 2}"], "optim={lr: 1, lr: 2}: not a valid YAML value (duplicate key "
+                               "'lr' at line 1, column 9; first at line 1, column 2)"),
+])
+def test_bad_overrides_are_named(items, message):
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(items)
+    assert info.value.problems == [message]
+
+
+@pytest.mark.parametrize("command", ["supervised", "check"])
+def test_commands_report_bad_overrides_cleanly(tmp_path, capsys, command):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 0\n")
+    out = tmp_path / "out"
+    args = ["--config", str(path)] + (["--out", str(out)] if command != "check" else [])
+    for sets, message in [(["optim.lr=[1"], "optim.lr=[1: not a valid YAML value"),
+                          (["optim=3", "optim.lr=1"], "optim.lr=1: an earlier override sets")]:
+        assert main([command, *args, *[a for s in sets for a in ("--set", s)]]) == 2
+        err = capsys.readouterr().err
+        assert "relvit: error: invalid override:" in err and message in err, err
+    assert not out.exists()
