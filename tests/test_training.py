@@ -234,7 +234,8 @@ def test_a_run_killed_before_its_last_history_row_completes_it(tmp_path, tiny_co
     history = tmp_path / "run" / "history.csv"
     whole = history.read_text()
     history.write_text("\n".join(whole.splitlines()[:2]) + "\n")  # header + epoch 1
-    (tmp_path / "run" / "metrics.json").unlink()
+    for record in ("finished.json", "metrics.json"):  # finish() writes them after history.csv
+        (tmp_path / "run" / record).unlink()
     train(cfg, tmp_path / "run", progress=False)
     assert history.read_text() == whole
 

@@ -27,6 +27,7 @@ log = logging.getLogger("relvit")
 MAY_BE_MISSING = ("vit.pos_embed",)
 # what last.pt holds besides the weights (Run._save_last)
 RESUME_KEYS = frozenset({"model", "optimizer", "history", "best", "elapsed", "epoch", "config"})
+MSDOS_FOLDER = 0x10  # the folder bit of a zip record's external attributes
 
 
 def file_digest(path: str | Path) -> str:
@@ -58,9 +59,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
+                # a record marked as a folder (one flipped bit of its attributes, outside the
+                # CRC) is read by torch as empty: the tensor would hold uninitialised memory
+                folders = [info.filename for info in archive.infolist()
+                           if info.external_attr & MSDOS_FOLDER or info.filename.endswith("/")]
             if bad is not None:
                 raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its "
                                       "CRC-32 check")
+            if folders:
+                raise CheckpointError(f"checkpoint {path} is corrupt: record {folders[0]} is "
+                                      "marked as a folder")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
@@ -114,8 +122,12 @@ def check_upstream(path: Path) -> None:
     metrics = Path(path).parent / "metrics.json"
     try:
         record = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        return  # no record (a run by hand, unfinished) or unreadable: the weights decide
+    except FileNotFoundError:
+        return  # no record: a run by hand, or unfinished; the weights decide
+    except (OSError, ValueError) as err:  # a damaged record may be a failure's
+        raise CheckpointError(f"checkpoint {path}: its run's {metrics} cannot be read ({err}), "
+                              "so whether that run finished or failed is unknown; rerun it "
+                              "(it resumes) to write the record again") from None
     if isinstance(record, dict) and record.get("status") == "failed":
         raise UpstreamFailedError(f"checkpoint {path}: its run failed ({record.get('error')}), "
                                   "so its weights are half-trained; fix and rerun that run first")

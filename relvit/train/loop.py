@@ -41,9 +41,11 @@ from relvit.train.checkpoint import (
     attention_heads,
     file_digest,
     load_backbone,
+    load_checkpoint,
     load_resume_state,
 )
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
+from relvit.train.finished import FINISHED, read_finished, record_changes
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
 from relvit.train.runlock import run_lock
@@ -125,6 +127,7 @@ class Run:
         self.start_epoch = 0
         self.fresh_keys: list[str] = []
         self.init_digest: str | None = None  # sha256 of init_checkpoint when the run started
+        self.finished: dict[str, Any] | None = None  # the record of a run finished already
 
     # ----------------------------------------------------------------- what a task defines
     def setup(self) -> nn.Module:
@@ -230,7 +233,13 @@ class Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # last.pt, else last.prev.pt; a damaged one is moved aside, never loaded
         state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
-        diffs = self._config_changes(state) + self._init_changes(state) if state else []
+        record = read_finished(self.out_dir)
+        record_diffs = self._record_changes(record) if record else []
+        if state:
+            diffs = self._config_changes(state) + self._init_changes(state)
+            record = None if record_diffs else record  # e.g. hashed before HASH_EXCLUDES grew
+        else:  # a finished run whose resume states are damaged: its record says what it was
+            diffs = record_diffs
         if diffs and self.replace_changed:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
@@ -240,9 +249,17 @@ class Run:
                             self.out_dir, "; ".join(diffs[:3]), aside)
                 self.out_dir.rename(aside)
                 self.out_dir.mkdir(parents=True)
-            state = None
+            state, record, diffs = None, None, []
+        if diffs:
+            raise TrainingError(
+                f"{self.out_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
+                "use another --out, delete that directory, or pass --replace-changed"
+            )
+        if record:
+            self.finished = record
+            return
         if state:
-            self._resume(state, diffs)
+            self._resume(state)
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
             raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
                                   "the best.pt of a pretrain run")
@@ -300,12 +317,13 @@ class Run:
         return [f"init_checkpoint {path}: another file than the one it started from (the run "
                 "that writes it was redone)"]
 
-    def _resume(self, state: dict[str, Any], diffs: list[str]) -> None:
-        if diffs:
-            raise TrainingError(
-                f"{self.out_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
-                "use another --out, delete that directory, or pass --replace-changed"
-            )
+    def _record_changes(self, record: dict[str, Any]) -> list[str]:
+        """How a finished run's record differs from this run (`finished.record_changes`)."""
+        path = self.cfg.init_checkpoint
+        digest = file_digest(path) if path and Path(path).is_file() else None
+        return record_changes(record, provenance.config_hash(self.cfg.to_dict()), digest)
+
+    def _resume(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best = state["history"], state["best"]
@@ -322,6 +340,8 @@ class Run:
     def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train to the last epoch (or stop after `stop_after` more epochs, returning None)."""
         self.prepare()
+        if self.finished is not None:
+            return self.restore_finished()
         cfg = self.cfg
         steps = self.steps_per_epoch()
         done = 0
@@ -474,8 +494,23 @@ class Run:
         else:
             log.info(message)
 
+    def restore_finished(self) -> dict[str, Any]:
+        """A run finished already: metrics.json from its record (finished.json), which keeps
+        the provenance of the process that trained it; CheckpointError if its best.pt, the
+        weights a later run starts from, is damaged."""
+        best = self.out_dir / "best.pt"
+        load_checkpoint(best)  # the CRC of every record: raises, naming the damage
+        if distributed.is_main():
+            atomic_write_text(json.dumps(self.finished, indent=2) + "\n",
+                              self.out_dir / "metrics.json")
+            log.info("%s finished already: metrics.json restored from its %s", self.out_dir,
+                     FINISHED)
+        distributed.barrier()
+        return self.finished
+
     def finish(self) -> dict[str, Any]:
-        """Write metrics.json: best- and last-epoch numbers plus provenance."""
+        """Write metrics.json (and its copy finished.json, first): best- and last-epoch numbers
+        plus provenance."""
         cfg, last, best = self.cfg, self.history[-1], self.best
         skip = ("epoch", "lr", *TIMING_KEYS)
         metrics: dict[str, Any] = {
@@ -490,7 +525,8 @@ class Run:
             "peak_memory_mb": provenance.peak_memory_mb(self.device),
             "device": provenance.device_name(self.device), "world_size": self.world,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "init_checkpoint": cfg.init_checkpoint, "fresh_backbone_keys": self.fresh_keys,
+            "init_checkpoint": cfg.init_checkpoint, "init_sha256": self.init_digest,
+            "fresh_backbone_keys": self.fresh_keys,
             "versions": provenance.versions(), "git_sha": provenance.git_sha(),
             **provenance.run_provenance(cfg.to_dict()),
         }
@@ -498,7 +534,9 @@ class Run:
             # history.csv again: a run killed between last.pt and history.csv at its last epoch
             # resumes straight into finish()
             atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
-            atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out_dir / "metrics.json")
+            text = json.dumps(metrics, indent=2) + "\n"
+            atomic_write_text(text, self.out_dir / FINISHED)
+            atomic_write_text(text, self.out_dir / "metrics.json")
         distributed.barrier()
         return metrics
 

@@ -1,0 +1,52 @@
+"""A finished run's record, `finished.json`, kept beside `metrics.json`.
+
+The workflow declares metrics.json as a training rule's output, so Snakemake deletes it before
+a job that reruns a finished run (an execution key changed, `--forcerun`), and a directory that
+`--replace-changed` moves aside would lose it. finished.json holds the same record. A rerun of a
+finished run restores metrics.json from it, with the provenance of the process that trained the
+run (its commit, device, times), instead of stamping the current one's; it needs neither last.pt
+nor last.prev.pt, so damaged resume states no longer start a finished run over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("relvit")
+
+FINISHED = "finished.json"
+
+
+def read_finished(out_dir: Path) -> dict[str, Any] | None:
+    """The record of the run finished in `out_dir`, or None (none, or unreadable: logged)."""
+    path = Path(out_dir) / FINISHED
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("%s cannot be read (%s): the run is finished again from its checkpoints",
+                    path, err)
+        return None
+    if not isinstance(record, dict) or "config_hash" not in record:
+        log.warning("%s is not a run's record: the run is finished again from its checkpoints",
+                    path)
+        return None
+    return record
+
+
+def record_changes(record: dict[str, Any], config_hash: str, init_digest: str | None
+                   ) -> list[str]:
+    """How a finished run's record differs from the run asked for now: its config (the hash,
+    execution keys aside) and the init checkpoint's content (`init_digest`, None: no file)."""
+    changes = []
+    if record["config_hash"] != config_hash:
+        changes.append(f"config hash {record['config_hash']} -> {config_hash} ({FINISHED})")
+    saved = record.get("init_sha256")
+    if saved and init_digest and saved != init_digest:
+        changes.append("init_checkpoint: another file than the one the finished run started "
+                       "from (the run that writes it was redone)")
+    return changes

@@ -1,0 +1,135 @@
+"""A finished run stays finished: a rerun (an execution key changed, `--forcerun`, damaged
+resume states) restores its record instead of training again or stamping new provenance; the
+record survives Snakemake deleting metrics.json and `--replace-changed` moving the directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from faults_helpers import one_thread, reference, write_config
+
+from relvit.config import load_config
+from relvit.train.checkpoint import check_upstream, load_checkpoint
+from relvit.train.errors import CheckpointError, TrainingError
+from relvit.train.loop import train
+
+RECORD_FILES = ("best.pt", "history.csv", "finished.json")
+
+
+def _finished_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the session's finished reference run, and its config."""
+    config, _ = reference()
+    run = tmp_path / "run"
+    shutil.copytree(config.parent / "run", run)
+    return config, run
+
+
+def _train(config: Path, run: Path, **kwargs) -> dict:
+    with one_thread():
+        return train(load_config(config), run, progress=False, **kwargs)
+
+
+def _bytes(run: Path) -> dict[str, bytes]:
+    return {name: (run / name).read_bytes() for name in RECORD_FILES}
+
+
+def test_a_finished_run_with_damaged_resume_states_is_not_trained_again(tmp_path):
+    """Both last.pt and last.prev.pt damaged: the run had started over, overwriting the
+    finished best.pt and history.csv (a kill then left a metrics.json of epoch 3 beside a
+    best.pt of epoch 1)."""
+    config, run = _finished_copy(tmp_path)
+    finished, metrics = _bytes(run), json.loads((run / "metrics.json").read_text())
+    for name in ("last.pt", "last.prev.pt"):
+        (run / name).write_bytes((run / name).read_bytes()[:1000])
+    (run / "metrics.json").unlink()  # as Snakemake does before a job
+    assert _train(config, run) == metrics
+    assert _bytes(run) == finished
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+
+def test_a_rerun_keeps_the_provenance_of_the_process_that_trained(tmp_path):
+    """Re-finishing had stamped the current process's commit, device and memory on the old
+    numbers (a CPU-trained run could be labelled with a GPU)."""
+    config, run = _finished_copy(tmp_path)
+    record = json.loads((run / "finished.json").read_text())
+    record.update(git_sha="0123abc", device="the machine that trained it")
+    (run / "finished.json").write_text(json.dumps(record))
+    (run / "metrics.json").unlink()
+    assert _train(config, run)["git_sha"] == "0123abc"
+    assert json.loads((run / "metrics.json").read_text())["device"] == \
+        "the machine that trained it"
+
+
+def test_a_run_replaced_under_the_workflow_keeps_its_record(tmp_path):
+    """Snakemake deletes the declared metrics.json before the job; the directory moved aside
+    by --replace-changed had lost the finished run's record."""
+    config, run = _finished_copy(tmp_path)
+    record = (run / "finished.json").read_text()
+    (run / "metrics.json").unlink()
+    other = write_config(tmp_path / "other.yaml", optim={"epochs": 1})
+    _train(other, run, replace_changed=True)
+    aside = next(tmp_path.glob("run.replaced-*"))
+    assert (aside / "finished.json").read_text() == record
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_a_finished_run_of_another_config_is_refused_even_without_resume_states(tmp_path):
+    config, run = _finished_copy(tmp_path)
+    for name in ("last.pt", "last.prev.pt"):
+        (run / name).unlink()
+    other = yaml.safe_load(config.read_text())
+    other["optim"]["lr"] = 0.5
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(TrainingError, match=r"holds a run with another config \(config hash"):
+        _train(tmp_path / "other.yaml", run)
+    assert (run / "best.pt").read_bytes() == (config.parent / "run" / "best.pt").read_bytes()
+
+
+def test_a_finished_run_whose_best_weights_are_damaged_says_so(tmp_path):
+    """best.pt had no check: the rerun said "finished", the finetune failed with "[Errno 22]"."""
+    config, run = _finished_copy(tmp_path)
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=f"checkpoint {run / 'best.pt'}"):
+        _train(config, run)
+
+
+def test_a_record_flagged_as_a_folder_is_corrupt(tmp_path):
+    """One bit of a zip record's external attributes (outside every CRC) marks it a folder;
+    torch then reads the tensor as empty: uninitialised memory, loaded silently."""
+    config, _ = reference()
+    path = tmp_path / "last.pt"
+    shutil.copy(config.parent / "run" / "last.pt", path)
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename)
+        central = archive.start_dir
+    data = bytearray(path.read_bytes())
+    name = info.filename.encode()
+    entry = data.index(b"PK\x01\x02", central)
+    while data[entry + 46:entry + 46 + len(name)] != name:  # this record's directory entry
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    attributes = struct.unpack_from("<I", data, entry + 38)[0]
+    struct.pack_into("<I", data, entry + 38, attributes | 0x10)
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None  # the CRCs do not see it
+    with pytest.raises(CheckpointError, match=f"record {info.filename} is marked as a folder"):
+        load_checkpoint(path)
+
+
+def test_an_unreadable_upstream_record_is_refused(tmp_path):
+    """A truncated metrics.json of a failed pretrain run had been ignored: the finetune trained
+    on its half-trained weights."""
+    upstream = tmp_path / "pretrain"
+    upstream.mkdir()
+    (upstream / "best.pt").write_bytes(b"")
+    (upstream / "metrics.json").write_text('{"status": "failed", "error": "RUN: non-finite')
+    with pytest.raises(CheckpointError, match="its run's .*metrics.json cannot be read"):
+        check_upstream(upstream / "best.pt")
+    (upstream / "metrics.json").unlink()
+    check_upstream(upstream / "best.pt")  # no record: a run by hand, or unfinished
