@@ -115,14 +115,26 @@ class DetectionConfig:
 
 # Keys that say how a run executes, not what it computes: a run resumes across them, and they are
 # left out of its config hash (relvit.train.provenance). Image files' augmentation is seeded per
-# image, so the number of loader workers does not change a run's numbers (docs/deviations.md).
+# image, so the number of loader workers does not change a run's numbers (docs/deviations.md);
+# the datasets' folder (data.root) may move: their files are checked against their checksums.
 EXECUTION_KEYS = ("device", "compile", "compile_mode", "compile_step", "precision",
-                  "data.workers")
+                  "data.workers", "data.root")
 
 # Left out of the config hash (relvit.train.provenance): the execution keys say how a run ran,
 # not what it computed, and the workflow passes a finetune's init_checkpoint on the command line
 # (`--init`), so it is not in results/configs/<run>.yaml; metrics.json records all of them.
 HASH_EXCLUDES = (*EXECUTION_KEYS, "init_checkpoint")
+
+
+def execution_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The EXECUTION_KEYS of a run config's dict (`RunConfig.to_dict()`), by dotted key."""
+    out = {}
+    for key in EXECUTION_KEYS:
+        value: Any = config
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
 
 
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -137,12 +137,18 @@ def test_resume_goes_on_across_execution_keys(tmp_path, tiny_config):
 
     first = tiny_config("supervised", optim={"epochs": 2}, data={"workers": 0})
     train(first, tmp_path / "run", stop_after=1, progress=False)
-    second = tiny_config("supervised", optim={"epochs": 2}, data={"workers": 3},
+    elsewhere = str(tmp_path / "datasets moved here")
+    second = tiny_config("supervised", optim={"epochs": 2}, data={"workers": 3,
+                                                                   "root": elsewhere},
                          precision="fp32")
     resumed = train(second, tmp_path / "run", progress=False)
     whole = train(first, tmp_path / "whole", progress=False)
     assert resumed["last"] == whole["last"]  # as one uninterrupted run
     assert resumed["config_hash"] == whole["config_hash"] == config_hash(second.to_dict())
+    # metrics.json records them
+    assert resumed["execution"] == {"device": "cpu", "compile": False, "compile_mode": "default",
+                                    "compile_step": False, "precision": "fp32",
+                                    "data.workers": 3, "data.root": elsewhere}
 
 
 def test_megapatch_and_distance_tasks_train(tmp_path, tiny_config):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import relvit
-from relvit.config import HASH_EXCLUDES, without_keys
+from relvit.config import HASH_EXCLUDES, execution_settings, without_keys
 
 
 def git_sha() -> str:
@@ -77,6 +77,8 @@ def container_image() -> str:
     return next((os.environ[name] for name in IMAGE_VARIABLES if os.environ.get(name)), "none")
 
 
-def run_provenance(config: dict[str, Any]) -> dict[str, str]:
-    """metrics.json entries that tie a run to its config and image."""
-    return {"config_hash": config_hash(config), "image": container_image()}
+def run_provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json entries that tie a run to its config and image, and how it executed (the
+    execution keys, which the hash leaves out)."""
+    return {"config_hash": config_hash(config), "execution": execution_settings(config),
+            "image": container_image()}
