@@ -68,7 +68,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
+    except OSError as err:  # e.g. a read-only folder: named as the write it stops
+        raise _cannot_write(path, err) from err
     try:
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0o600 -> the usual mode
@@ -84,8 +87,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool
         cause = _os_error(err)
         if cause is None:
             raise
-        raise OSError(cause.errno, f"cannot write {path} ({cause.strerror or cause}); the "
-                                   f"previous {path.name}, if any, is left as it was") from err
+        raise _cannot_write(path, cause) from err
+
+
+def _cannot_write(path: Path, cause: OSError) -> OSError:
+    return OSError(cause.errno, f"cannot write {path} ({cause.strerror or cause}); the previous "
+                                f"{path.name}, if any, is left as it was")
 
 
 def _os_error(err: BaseException | None) -> OSError | None:

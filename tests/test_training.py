@@ -311,3 +311,19 @@ def test_parameter_groups_exempt_norms_biases_and_position_parameters(backbone):
     assert not any(n.endswith(position) for n in matrices)
     [everything] = parameter_groups(model, True, 0.1)
     assert len(everything["params"]) == len(list(model.parameters()))
+
+
+def test_resuming_on_other_cpu_threads_is_said(tmp_path, tiny_config, caplog):
+    """The CPU's thread count changes the order of its sums, so a run resumed on another count
+    does not end bit for bit as an uninterrupted one: said, as a change of process count is."""
+    cfg = tiny_config("supervised", optim={"epochs": 2})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(cfg, tmp_path / "run", stop_after=1, progress=False)
+        torch.set_num_threads(2)
+        with caplog.at_level("WARNING", logger="relvit"):
+            train(cfg, tmp_path / "run", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert "ran on 1 CPU threads so far, now 2" in caplog.text

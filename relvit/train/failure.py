@@ -31,11 +31,15 @@ def failed_metrics(cfg: RunConfig, out_dir: Path, error: BaseException) -> dict[
     from relvit.geometry import backbone_label, run_geometry
     from relvit.train import provenance
 
+    failed_epoch = getattr(error, "epoch", None)
     history = Path(out_dir) / "history.csv"
-    epochs_done = max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
+    if failed_epoch is not None:  # every epoch before it is in last.pt (history.csv may lag)
+        epochs_done = failed_epoch - 1
+    else:
+        epochs_done = max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
     return {
         "status": FAILED, "error": str(error), "error_type": type(error).__name__,
-        "failed_epoch": getattr(error, "epoch", None), "failed_step": getattr(error, "step", None),
+        "failed_epoch": failed_epoch, "failed_step": getattr(error, "step", None),
         "epochs_completed": epochs_done,
         "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
         "dataset": cfg.data.name, "dataset_title": get_dataset(cfg.data.name).title,

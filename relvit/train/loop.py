@@ -335,6 +335,11 @@ class Run:
             log.warning("%s ran on %d process(es) so far, now %d: the random streams change, so "
                         "the numbers will not match an uninterrupted run exactly", self.out_dir,
                         state.get("world_size", 1), self.world)
+        threads = state.get("threads")
+        if self.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            log.warning("%s ran on %d CPU threads so far, now %d: the sums' order changes, so "
+                        "the numbers will not match an uninterrupted run bit for bit",
+                        self.out_dir, threads, torch.get_num_threads())
 
     # ----------------------------------------------------------------- the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
@@ -477,7 +482,7 @@ class Run:
             state = {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
                      "history": self.history, "best": self.best, "elapsed": self.elapsed,
                      "fresh_keys": self.fresh_keys, "world_size": self.world,
-                     "init_sha256": self.init_digest}
+                     "threads": torch.get_num_threads(), "init_sha256": self.init_digest}
             atomic_save(state, self.out_dir / "last.pt", keep_previous=True)
             atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
         distributed.barrier()

@@ -96,3 +96,15 @@ def test_full_disk_replacing_a_checkpoint_keeps_it_and_its_previous_copy(small_f
         atomic_write_text("x" * 64 * 1024, small_fs / "metrics.json")
     assert not (small_fs / "metrics.json").exists()
     _no_temps(small_fs)
+
+
+def test_a_read_only_file_system_is_named_as_the_write_it_stops(small_fs):
+    """The temporary file's creation failed outside the handler: the error named the
+    temporary file, not the one being written."""
+    target = small_fs / "config.yaml"
+    atomic_write_text("old\n", target)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    with pytest.raises(OSError, match=f"cannot write {target} \\(Read-only file system\\); "
+                                      "the previous config.yaml, if any, is left as it was"):
+        atomic_write_text("new\n", target)
+    assert target.read_text() == "old\n"

@@ -94,3 +94,18 @@ def test_failed_detection_row_renders_as_failed(tmp_path):
     assert line.count("| failed |") == 3, line  # mAP, mAP50, mAP75
     cells = compare.detection_cells(rows, pd.read_csv(compare.PAPER_CSV), compare.Criterion())
     assert {c.verdict for c in cells if c.method == "Supervised"} == {compare.RUN_FAILED}
+
+
+def test_a_failure_record_counts_the_epochs_in_last_pt(tmp_path):
+    """history.csv lags when a run killed after last.pt resumes and then fails: the record said
+    1 epoch completed where last.pt held 2."""
+    from relvit.config import load_config
+    from relvit.train.errors import NonFiniteLossError
+    from relvit.train.failure import failed_metrics
+
+    config = write_config(tmp_path / "run.yaml", **DIVERGES)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "history.csv").write_text("epoch,lr\n1,0.1\n")
+    error = NonFiniteLossError("non-finite loss nan at epoch 3, step 1", epoch=3, step=1)
+    record = failed_metrics(load_config(config), tmp_path / "run", error)
+    assert (record["failed_epoch"], record["epochs_completed"]) == (3, 2)
