@@ -140,7 +140,8 @@ def _compare(args: argparse.Namespace) -> int:
     from relvit.report.compare import improvement_checks, write_compare
 
     cells, criterion = _cells(args)
-    write_compare(cells, improvement_checks(args.paper, args.improvements), args.out, args.tier,
+    improvements = args.improvements or args.paper.with_name("printed-improvements.csv")
+    write_compare(cells, improvement_checks(args.paper, improvements), args.out, args.tier,
                   criterion)
     failed = [c for c in cells if c.failed]
     for c in failed:
@@ -164,7 +165,7 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell_arguments(p: argparse.ArgumentParser) -> None:
+def _cell_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     """The inputs of compare and figures: Table 1's sources, the detection plan, the paper."""
     from relvit.report.criterion import Criterion
 
@@ -173,9 +174,7 @@ def _cell_arguments(p: argparse.ArgumentParser) -> None:
                         "or folders searched for both")
     p.add_argument("--plan", type=Path,
                    help="Tables 2-3: the workflow's detection-plan.json")
-    p.add_argument("--out", required=True, type=Path,
-                   help="compare: the files' path without suffix (.md and .csv written); "
-                        "figures: a folder")
+    p.add_argument("--out", required=True, type=Path, help=out_help)
     p.add_argument("--tier", default="custom", help="label printed with the output")
     p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
                    help="the paper's numbers (tables.csv)")
@@ -265,16 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_regress)
     p = sub.add_parser("compare", help="every planned cell of Tables 1-3 beside the paper's "
                                        "number: verdict and provenance (Markdown + CSV)")
-    _cell_arguments(p)
+    _cell_arguments(p, "the files' path without suffix (.md and .csv written)")
     p.add_argument("--improvements", type=Path,
-                   default=Path("results/paper/printed-improvements.csv"),
-                   help="the paper's printed Improv. values, checked against its numbers")
+                   help="the paper's printed Improv. values, checked against its numbers "
+                        "(default: printed-improvements.csv beside --paper)")
     p.add_argument("--no-fail", action="store_true",
                    help="exit 0 even when a comparable cell is out of tolerance")
     p.set_defaults(func=_compare)
     p = sub.add_parser("figures", help="bar charts of Tables 1-3 vs the paper and the training "
                                        "curves of runs (PNG, PDF)")
-    _cell_arguments(p)
+    _cell_arguments(p, "the folder of the figures")
     p.add_argument("--curves", nargs="+", type=Path,
                    help="metrics.json files of the runs whose history.csv to draw")
     p.set_defaults(func=_figures)

@@ -235,7 +235,13 @@ def resized_problems(data: dict) -> list[str]:
 
 
 # run keys the Table 1 planner sets itself (seeds: `table1.seeds`; the mode: the method)
-PLANNED_KEYS = (("seed",), ("mode",), ("data", "name"), ("model", "backbone"))
+# run keys the planner sets, and where a workflow config chooses them instead
+PLANNED_KEYS = {
+    ("seed",): "seeds: `seeds`, table1.seeds, detection.seeds",
+    ("mode",): "the stage: pretrain, finetune, supervised, detect",
+    ("data", "name"): "datasets: table1.datasets, detection.tables",
+    ("model", "backbone"): "backbones: table1.backbone, detection.tables",
+}
 
 
 def _unplanned(keys: Iterable[str], planned: list[str], path: str, what: str) -> list[str]:
@@ -263,13 +269,13 @@ def _planner_key_problems(keys: Any, where: str) -> list[str]:
     """A problem for each run key in `keys` (run keys at `where`) that the planner sets itself,
     which would be overridden without a word."""
     problems = []
-    for path in PLANNED_KEYS:
+    for path, instead in PLANNED_KEYS.items():
         node = keys
         for key in path:
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None:
-            problems.append(f"{where}.{'.'.join(path)}: set by the planner (seeds: `seeds`, "
-                            "table1.seeds, detection.seeds), not here")
+            problems.append(f"{where}.{'.'.join(path)}: set by the planner ({instead}), "
+                            "not here")
     return problems
 
 

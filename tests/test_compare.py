@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,7 +10,8 @@ import yaml
 
 from relvit.cli import main
 from relvit.report.compare import (CSV_COLUMNS, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN, WITHIN,
-                                   Criterion, compare, improvement_checks, out_of_tolerance)
+                                   Criterion, compare, improvement_checks, out_of_tolerance,
+                                   to_markdown)
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import file_config_hash, is_stale, planned_config
 from relvit.report.table1 import Table1, render_markdown
@@ -116,6 +118,19 @@ def test_cli_exit_codes_and_files(tmp_path, capsys):
     assert "tolerance >= 0" in capsys.readouterr().err
 
 
+def test_cli_outside_the_checkout_finds_the_printed_values_beside_the_paper(tmp_path,
+                                                                           monkeypatch):
+    """--improvements defaulted to a path under the current folder: outside the checkout,
+    compare stopped with "No such file" though --paper was given."""
+    write_results(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "compare"
+    paper = Path(__file__).resolve().parents[1] / PAPER
+    assert main(["compare", "--out", str(out), "--paper", str(paper), "--no-fail",
+                 str(tmp_path / "runs")]) == 0
+    assert "**inconsistent**" in out.with_suffix(".md").read_text()
+
+
 def detection_results(tmp_path, stand_in: bool, box: tuple[float, float, float]):
     tables = {"3": {"datasets": ["coco2017"], "backbones": ["vit_small"]}}
     workflow = {"results": str(tmp_path), "seeds": [0],
@@ -177,6 +192,7 @@ def test_editing_a_run_config_after_the_run_makes_it_stale(tmp_path):
     cells = cells_by_key(compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER))
     assert cells[(1, "CIFAR-10", "RelViT", "top1")].provenance["stale"] == str(run)
     assert cells[(1, "CIFAR-10", "Supervised", "top1")].provenance["stale"] == ""
+    assert "**1 cell is stale**" in to_markdown(list(cells.values()), [], "test", Criterion())
     table = render_markdown(Table1(gather_runs([tmp_path / "runs"])), "test")
     assert "85.23 ± 0.25 [stale]" in table and "[stale]: a run of this cell" in table
     # a run older than the config_hash key: the hash of the config.yaml it wrote decides

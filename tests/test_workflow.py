@@ -226,9 +226,11 @@ def test_table1_run_keys_the_planner_sets_are_an_error():
         "digits": {"seed": 7, "data": {"name": "cifar10", "workers": 2}}}}}
     with pytest.raises(ConfigError) as err:
         plan(clash)
-    said = "set by the planner (seeds: `seeds`, table1.seeds, detection.seeds), not here"
-    assert err.value.problems == [f"table1.run.digits.data.name: {said}",
-                                  f"table1.run.digits.seed: {said}"]
+    assert err.value.problems == [
+        "table1.run.digits.data.name: set by the planner (datasets: table1.datasets, "
+        "detection.tables), not here",
+        "table1.run.digits.seed: set by the planner (seeds: `seeds`, table1.seeds, "
+        "detection.seeds), not here"]
 
 
 def test_shared_run_keys_the_planner_sets_are_an_error():
@@ -243,9 +245,11 @@ def test_shared_run_keys_the_planner_sets_are_an_error():
                            "models": {"vit_small": {"backbone": "swin_tiny"}}}}
     with pytest.raises(ConfigError) as err:
         plan(clash)
-    said = "set by the planner (seeds: `seeds`, table1.seeds, detection.seeds), not here"
+    said = "set by the planner ({}), not here".format
     assert err.value.problems == [
-        f"run.seed: {said}", f"run.model.backbone: {said}", f"stages.finetune.mode: {said}",
+        "run.seed: " + said("seeds: `seeds`, table1.seeds, detection.seeds"),
+        "run.model.backbone: " + said("backbones: table1.backbone, detection.tables"),
+        "stages.finetune.mode: " + said("the stage: pretrain, finetune, supervised, detect"),
         "detection.models.vit_small.backbone: set by the planner (the key above it), not here"]
 
 

@@ -302,7 +302,8 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
              "(distinct values), seeds, wall time (s, summed over seeds) and peak memory (MB, "
              "the largest)."]
     if stale:
-        lines += ["", f"**{len(stale)} cells are stale** (a run config changed after the run; "
+        how_many = "1 cell is" if len(stale) == 1 else f"{len(stale)} cells are"
+        lines += ["", f"**{how_many} stale** (a run config changed after the run; "
                       "rerun the workflow): " + "; ".join(c.provenance["stale"] for c in stale)
                   + "."]
     header = ["Table", "Dataset", "Backbone", "Method", "Metric", "paper", "ours", "Δ", "bound",
