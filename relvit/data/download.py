@@ -15,6 +15,7 @@ Standard library only (tqdm for the progress bar on a terminal); no shell comman
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import http.client
@@ -354,10 +355,11 @@ def _clear_leftovers(target: Path) -> None:
     whole archive each; the archive itself is kept, so nothing is lost); warn of their backups
     of replaced entries, which may hold the only copy of an entry and are left to the user.
     Extractions into one target must not run at once."""
-    for tmp in sorted(target.parent.glob(f".{target.name}.tmp-*")):
+    name = glob.escape(target.name)
+    for tmp in sorted(target.parent.glob(f".{name}.tmp-*")):
         log.warning("%s: removing what an interrupted extraction left", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-    for backup in sorted(target.parent.glob(f".{target.name}.old-*")):
+    for backup in sorted(target.parent.glob(f".{name}.old-*")):
         log.warning("%s: entries of %s that an interrupted extraction replaced; delete it once "
                     "%s is complete", backup, target, target)
 
