@@ -181,8 +181,26 @@ def test_an_interrupted_copy_keeps_its_files_and_says_so(tree, tmp_path, monkeyp
     argv = ["resize-images", str(tree), str(dst), "--shorter-side", "16", "--workers", "0"]
     assert main(argv) == 130
     assert capsys.readouterr().err.strip().endswith("relvit: interrupted")
-    assert "interrupted; the files already in" in caplog.text and "(at least 2)" in caplog.text
+    assert "interrupted; the files already in" in caplog.text and "(2 of 7)" in caplog.text
     assert len(_relative_files(dst)) == 2 and not (dst / MARKER).exists()
     monkeypatch.setattr(resize, "resize_file", original)
     assert main(argv) == 0
     assert _relative_files(dst) == _relative_files(tree)
+
+
+def test_an_interrupted_copy_counts_the_files_the_workers_wrote(tree, tmp_path, monkeypatch,
+                                                                caplog):
+    """With worker processes, files are written before their results reach the command: the
+    message counts what is on disk (it had said "at least 0" after 256 were written)."""
+    import relvit.data.resize as resize
+
+    def workers_wrote_three(jobs, workers):
+        for src, dst, settings in jobs[:3]:
+            resize.resize_file(src, dst, settings)
+        raise KeyboardInterrupt
+        yield  # a generator, as `_run`
+
+    monkeypatch.setattr(resize, "_run", workers_wrote_three)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="relvit"):
+        resize_tree(tree, tmp_path / "dst", ResizeSettings(16), workers=2)
+    assert "(3 of 7) are kept" in caplog.text  # 6 images and labels.json

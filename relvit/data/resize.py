@@ -186,11 +186,11 @@ def resize_tree(src: str | Path, dst: str | Path, settings: ResizeSettings,
                 shown = time.perf_counter()
                 log.info(_progress(i, len(jobs), started))
     except ResizeError as err:
-        raise ResizeError(f"{err}; the files already in {dst} (at least {_done(counts):,}) are "
+        raise ResizeError(f"{err}; the files already in {dst} ({_in_copy(files, dst)}) are "
                           f"kept: fix or remove that file and run again to go on") from err
     except KeyboardInterrupt:
-        log.warning("resize: interrupted; the files already in %s (at least %s) are kept: run "
-                    "the same command again to go on", dst, f"{_done(counts):,}")
+        log.warning("resize: interrupted; the files already in %s (%s) are kept: run "
+                    "the same command again to go on", dst, _in_copy(files, dst))
         raise
     record = {"source": str(src.resolve()), **asdict(settings), **counts,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -201,10 +201,10 @@ def resize_tree(src: str | Path, dst: str | Path, settings: ResizeSettings,
     return record
 
 
-def _done(counts: dict[str, int]) -> int:
-    """Files known to be in the copy: those kept from before and those written since (workers
-    may have finished more)."""
-    return counts["kept"] + counts["resized"] + counts["copied"]
+def _in_copy(files: list[Path], dst: Path) -> str:
+    """How many of the source's files the copy holds, counted on disk ("4 of 6"): worker
+    processes may have written more than the results received so far."""
+    return f"{sum((dst / rel).is_file() for rel in files):,} of {len(files):,}"
 
 
 def _ignore_interrupt() -> None:
