@@ -437,3 +437,23 @@ def test_resized_copy_is_made_by_its_rule_and_read_by_the_runs(tmp_path):
     bad = snakemake("-n", "--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, check=False)
     assert bad.returncode != 0
     assert "data.resized.cifar10: only image-file datasets" in bad.stdout + bad.stderr
+
+
+def test_a_moved_checkout_reruns_nothing(tmp_path):
+    """The report jobs' --paper param held the checkout's absolute path: in a moved or copied
+    checkout, every report job reran ("Params have changed")."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
+    (checkout / "Snakefile").write_bytes((ROOT / "Snakefile").read_bytes())
+    for rules in (ROOT / "workflow" / "rules").glob("*.smk"):  # this tree's, committed or not
+        (checkout / "workflow" / "rules" / rules.name).write_bytes(rules.read_bytes())
+    result = subprocess.run([SNAKEMAKE, "-n", "-p", "--cores", "1"], cwd=checkout,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = result.stdout + result.stderr
+    assert commands.count(" --paper results/paper/tables.csv ") == 4  # tables 1-3, compare
+    assert " --paper /" not in commands

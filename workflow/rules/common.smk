@@ -7,7 +7,8 @@ from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_tabl
 RESULTS = config["results"]
 DATA = config.get("data") or {}
 DATA_ROOT = DATA.get("root", "data")
-PAPER_CSV = os.path.join(workflow.basedir, "results", "paper", "tables.csv")
+# relative to the working directory, as the rules' params: a moved checkout reruns no job
+PAPER_CSV = os.path.relpath(os.path.join(workflow.basedir, "results", "paper", "tables.csv"))
 RUNS = plan(config, PAPER_CSV, CONFIG_SOURCE)
 DETECTION_ROWS = detection_rows(config, PAPER_CSV)
 TABLE1_RUNS = list(plan_table1(config)) if config.get("table1") else []
