@@ -34,12 +34,12 @@ def _load_run_config(args: argparse.Namespace, mode: str | None):
     raw_mode = read_config_file(args.config).get("mode")  # ConfigError naming a bad file
     if raw_mode is not None and raw_mode != mode:
         raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is {mode!r}"])
-    overrides.append(f"mode={mode}")
+    values = {"mode": mode}  # as given, not parsed as YAML (a path may hold " #" or be "yes")
     if getattr(args, "init", None):
-        overrides.append(f"init_checkpoint={args.init}")
+        values["init_checkpoint"] = str(args.init)
     if getattr(args, "device", None):
-        overrides.append(f"device={args.device}")
-    return load_config(args.config, overrides)
+        values["device"] = args.device
+    return load_config(args.config, overrides, values)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -383,12 +383,15 @@ def read_config_file(path: str | Path) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config, apply `key=value` overrides and validate."""
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides (values parsed as YAML), then
+    `values` (top-level keys taken as they are: a path such as "runs/a #1/best.pt" stays one
+    string) and validate."""
     raw = read_config_file(path)
     if overrides:
         raw = merge(raw, parse_overrides(overrides))
-    return config_from_dict(raw, source=str(path))
+    return config_from_dict({**raw, **(values or {})}, source=str(path))
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

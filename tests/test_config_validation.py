@@ -169,3 +169,18 @@ def test_commands_report_bad_overrides_cleanly(tmp_path, capsys, command):
         err = capsys.readouterr().err
         assert "relvit: error: invalid override:" in err and message in err, err
     assert not out.exists()
+
+
+def test_init_and_device_options_are_taken_as_given(tmp_path):
+    """--init and --device went through the YAML parser: "runs/a #1/best.pt" became "runs/a"
+    (the rest a comment), a checkpoint named "yes" the bool True."""
+    import argparse
+
+    from relvit.cli import _load_run_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("optim: {epochs: 1}\n")
+    for init in (str(tmp_path / "runs" / "a #1" / "best.pt"), "yes", "1e3"):
+        args = argparse.Namespace(config=config, set=[], init=init, device="cpu")
+        cfg = _load_run_config(args, "finetune")
+        assert (cfg.init_checkpoint, cfg.device, cfg.mode) == (init, "cpu", "finetune")
