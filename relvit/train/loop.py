@@ -234,12 +234,12 @@ class Run:
         # last.pt, else last.prev.pt; a damaged one is moved aside, never loaded
         state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
         record = read_finished(self.out_dir)
-        record_diffs = self._record_changes(record) if record else []
-        if state:
+        if state:  # last.pt says what the run was (its init checkpoint checked once, here)
             diffs = self._config_changes(state) + self._init_changes(state)
-            record = None if record_diffs else record  # e.g. hashed before HASH_EXCLUDES grew
+            if record and record["config_hash"] != provenance.config_hash(self.cfg.to_dict()):
+                record = None  # hashed before HASH_EXCLUDES grew: finished again, re-recorded
         else:  # a finished run whose resume states are damaged: its record says what it was
-            diffs = record_diffs
+            diffs = self._record_changes(record) if record else []
         if diffs and self.replace_changed:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
