@@ -52,6 +52,19 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/compare.smk"
 
 
+# The jobs' execution settings (relvit.execution): written only when jobs are about to run
+# (onstart: not in a dry run, --lint or --dag; never in the jobs' own snakemake processes), read
+# by each job when it starts, and tracked by no rule, so that changing them reruns nothing.
+onstart:
+    from relvit.execution import execution_files, write_execution_files
+
+    _written = write_execution_files(execution_files(
+        RESULTS, {run_id: run.config for run_id, run in RUNS.items()}, DATA.get("offline", False)))
+    if _written:
+        print(f"relvit: wrote {len(_written)} execution settings files under {RESULTS}/execution",
+              file=sys.stderr)
+
+
 rule all:
     input:
         rules.table1.output if TABLE1_RUNS else [],

@@ -1,7 +1,7 @@
 """`relvit` command line: the entry point the Snakemake rules (and people) call.
 
-    relvit MODE --config RUN.yaml --out RUN_DIR [--init best.pt]   MODE: pretrain, finetune,
-                                                 supervised, joint or detect
+    relvit MODE --config RUN.yaml --out RUN_DIR [--init best.pt] [--execution E.yaml]
+                 MODE: pretrain, finetune, supervised, joint or detect
     relvit check --config RUN.yaml [--mode MODE]   validate a run config, print it resolved
     relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
     relvit resize-images data/imagenet100 data/imagenet100-s256 --shorter-side 256
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from relvit.config import MODES, ConfigError, load_config, read_config_file
+from relvit.config import MODES, ConfigError, load_config, read_config_file, read_settings_file
 
 log = logging.getLogger("relvit")
 
@@ -29,8 +29,9 @@ log = logging.getLogger("relvit")
 def _load_run_config(args: argparse.Namespace, mode: str | None):
     """The run config of --config and --set; `mode` (the command's) must agree with the file's."""
     overrides = list(args.set or [])
+    execution = getattr(args, "execution", None)
     if mode is None:
-        return load_config(args.config, overrides)
+        return load_config(args.config, overrides, execution=execution)
     raw_mode = read_config_file(args.config).get("mode")  # ConfigError naming a bad file
     if raw_mode is not None and raw_mode != mode:
         raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is {mode!r}"])
@@ -39,7 +40,7 @@ def _load_run_config(args: argparse.Namespace, mode: str | None):
         values["init_checkpoint"] = str(args.init)
     if getattr(args, "device", None):
         values["device"] = args.device
-    return load_config(args.config, overrides, values)
+    return load_config(args.config, overrides, values, execution)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -84,7 +85,14 @@ def _check(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from relvit.data.prepare import prepare_dataset
 
-    prepare_dataset(args.name, args.root, folder=args.folder, offline=args.offline)
+    offline = args.offline
+    if args.execution:
+        setting = read_settings_file(args.execution, ("data.offline",)).get("data.offline")
+        if not isinstance(setting, (bool, type(None))):
+            raise ConfigError([f"{args.execution}: data.offline: expected true or false, got "
+                               f"{setting!r}"], "settings file")
+        offline = offline or bool(setting)
+    prepare_dataset(args.name, args.root, folder=args.folder, offline=offline)
     return 0
 
 
@@ -185,6 +193,13 @@ def _cell_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
                    help="|Δ| in points allowed where the paper prints no ± (default %(default)s)")
 
 
+def _execution_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--execution", metavar="FILE",
+                   help="a YAML file of execution keys (device, compile, data.workers, ...: "
+                        "relvit.config.EXECUTION_KEYS) over the run config's, before --set; "
+                        "the workflow's results/<tier>/execution/<run>.yaml")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relvit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--init", help="a pretrain run's best.pt to start from (finetune, detect)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
+        _execution_argument(p)
         p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
         p.add_argument("--threads", type=int, help="CPU threads for torch")
         p.add_argument("--no-progress", action="store_true", help="plain log lines only")
@@ -213,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check it for this mode, as `relvit MODE` would (default: its mode key)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
+    _execution_argument(p)
     p.set_defaults(func=_check)
     p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
     p.add_argument("name", help="dataset name (see relvit/data/registry.py)")
@@ -220,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="the dataset's own folder instead (e.g. an imagefolder)")
     p.add_argument("--offline", action="store_true",
                    help="never download: verify the files already in place")
+    p.add_argument("--execution", metavar="FILE",
+                   help="a YAML file whose `data.offline: true` means --offline (the "
+                        "workflow's results/<tier>/execution/prepare_data.yaml)")
     p.set_defaults(func=_prepare)
     p = sub.add_parser("resize-images", help="a copy of an image-file dataset with every "
                        "image's shorter side at most S (faster decoding; resumable)")

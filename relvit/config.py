@@ -137,6 +137,38 @@ def execution_settings(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def nested(settings: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as config sections: {"data.workers": 4} -> {"data": {"workers": 4}}."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return out
+
+
+def read_settings_file(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The settings a file of dotted keys holds (the workflow's results/<tier>/execution/*.yaml:
+    how a job runs, read when it starts, so that Snakemake reruns nothing when they change);
+    ConfigError naming the file and every key that is not one of `keys`."""
+    raw = read_config_file(path)
+    unknown = [key for key in raw if key not in keys]
+    if unknown:
+        raise ConfigError([f"{path}: {key!r} is not one of {', '.join(keys)}" for key in unknown],
+                          "settings file")
+    return raw
+
+
+def read_execution_file(path: str | Path) -> dict[str, Any]:
+    """A run's execution keys from an execution file, as config sections, checked on their
+    own so that a bad value is reported under the file's name."""
+    settings = nested(read_settings_file(path, EXECUTION_KEYS))
+    config_from_dict(settings, source=str(path))
+    return settings
+
+
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """A copy of a run config's dict (`RunConfig.to_dict()`) without `keys`, dotted paths
     ("data.workers") into its sections."""
@@ -384,11 +416,14 @@ def read_config_file(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None,
-                values: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config, apply `key=value` overrides (values parsed as YAML), then
-    `values` (top-level keys taken as they are: a path such as "runs/a #1/best.pt" stays one
-    string) and validate."""
+                values: dict[str, Any] | None = None,
+                execution: str | Path | None = None) -> RunConfig:
+    """Read a YAML run config, apply an execution file's keys (`read_execution_file`), then
+    `key=value` overrides (values parsed as YAML), then `values` (top-level keys taken as they
+    are: a path such as "runs/a #1/best.pt" stays one string) and validate."""
     raw = read_config_file(path)
+    if execution is not None:
+        raw = merge(raw, read_execution_file(execution))
     if overrides:
         raw = merge(raw, parse_overrides(overrides))
     return config_from_dict({**raw, **(values or {})}, source=str(path))

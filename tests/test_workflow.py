@@ -349,6 +349,14 @@ def test_run_config_jobs_run_in_threads(tmp_path, profile):
     assert configs == [f"digits/vit_small/{method}/seed0.yaml" for method in
                        ("pretrain", "relvit", "supervised", "supervised_same_epochs")]
     assert "spawned job" not in result.stdout + result.stderr
+    # what a run computes in its run config, how it runs in its execution file (relvit.execution)
+    for name in configs:
+        planned = yaml.safe_load((tmp_path / "results" / "configs" / name).read_text())
+        execution = yaml.safe_load((tmp_path / "results" / "execution" / name).read_text())
+        assert "device" not in planned and "workers" not in planned["data"]
+        assert execution["device"] == "cpu" and execution["data.workers"] == 4
+    assert yaml.safe_load((tmp_path / "results" / "execution" / "prepare_data.yaml").read_text()
+                          ) == {"data.offline": False}
 
 
 @pytest.mark.slow
@@ -367,6 +375,18 @@ def test_tiny_workflow_end_to_end(tmp_path):
     again = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     _check_pipeline_times(tmp_path, job_counts(run.stdout + run.stderr))
+    # execution keys and data.offline changed: no job reruns (their run configs and commands
+    # are the same); the next job that runs writes the new settings where the runs read them
+    changed = {**TINY, "run": {**TINY["run"], "compile": True, "precision": "fp32",
+                               "data": {"workers": 0}}, "data": {"offline": True}}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    dry = snakemake("--cores", "2", "--configfile", "changed.yaml", "-n", cwd=tmp_path)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    (tmp_path / "results" / "tables" / "table1.md").unlink()
+    report = snakemake("--cores", "2", "--configfile", "changed.yaml", cwd=tmp_path)
+    assert job_counts(report.stdout + report.stderr) == {"table1": 1, "all": 1}
+    execution = tmp_path / "results" / "execution" / "digits" / "vit_small" / "relvit"
+    assert yaml.safe_load((execution / "seed0.yaml").read_text())["data.workers"] == 0
 
 
 def _check_pipeline_times(project: Path, counts: dict[str, int]) -> None:

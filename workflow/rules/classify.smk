@@ -13,6 +13,7 @@ rule finetune:
     params:
         launch=launcher("finetune"),
         out=lambda wc: run_dir(planned(wc).run_id),
+        execution=run_execution_file,
         init=pretrain_checkpoint,
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
@@ -24,9 +25,9 @@ rule finetune:
     container:
         CONTAINER
     shell:
-        "{params.launch} finetune --config {input.config:q} --out {params.out:q}"
-        " --init {params.init:q} --threads {threads} --no-progress --replace-changed"
-        " --record-failure > {log:q} 2>&1"
+        "{params.launch} finetune --config {input.config:q} --execution {params.execution:q}"
+        " --out {params.out:q} --init {params.init:q} --threads {threads} --no-progress"
+        " --replace-changed --record-failure > {log:q} 2>&1"
 
 
 rule supervised:
@@ -40,6 +41,7 @@ rule supervised:
     params:
         launch=launcher("supervised"),
         out=lambda wc: run_dir(planned(wc).run_id),
+        execution=run_execution_file,
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
@@ -50,5 +52,6 @@ rule supervised:
     container:
         CONTAINER
     shell:
-        "{params.launch} supervised --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress --replace-changed --record-failure > {log:q} 2>&1"
+        "{params.launch} supervised --config {input.config:q} --execution {params.execution:q}"
+        " --out {params.out:q} --threads {threads} --no-progress --replace-changed"
+        " --record-failure > {log:q} 2>&1"

@@ -2,6 +2,7 @@
 import os
 
 from relvit.data.resize import MARKER as RESIZED_MARKER, resized_folder
+from relvit.execution import computation, prepare_data_file, run_file as execution_file
 from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_table1
 
 RESULTS = config["results"]
@@ -59,10 +60,16 @@ def planned(wildcards):
 
 
 def planned_config(wildcards):
+    """What a run computes: its config without the execution keys (relvit.execution)."""
     run_id = wildcards.run
     if run_id not in RUNS:
         raise ValueError(f"{run_id} is not a run of this workflow config")
-    return RUNS[run_id].config
+    return computation(RUNS[run_id].config)
+
+
+def run_execution_file(wildcards):
+    """How a run executes: read by its job when it starts, not tracked (relvit.execution)."""
+    return execution_file(RESULTS, planned(wildcards).run_id)
 
 
 def pretrain_metrics(wildcards):

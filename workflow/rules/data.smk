@@ -9,7 +9,7 @@ rule prepare_data:
         ready_marker("{dataset}"),
     params:
         root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
-        offline="--offline" if DATA.get("offline", False) else "",
+        execution=prepare_data_file(RESULTS),  # data.offline, read by the job (relvit.execution)
     log:
         f"{RESULTS}/logs/data/{{dataset}}.log",
     resources:
@@ -19,8 +19,8 @@ rule prepare_data:
     container:
         CONTAINER
     shell:
-        "relvit prepare-data {wildcards.dataset} --root {params.root:q} {params.offline}"
-        " > {log:q} 2>&1"
+        "relvit prepare-data {wildcards.dataset} --root {params.root:q}"
+        " --execution {params.execution:q} > {log:q} 2>&1"
 
 
 rule resize_data:

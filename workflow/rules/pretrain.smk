@@ -14,6 +14,7 @@ rule pretrain:
     params:
         launch=launcher("pretrain"),
         out=lambda wc: run_dir(planned(wc).run_id),
+        execution=run_execution_file,
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
@@ -24,5 +25,6 @@ rule pretrain:
     container:
         CONTAINER
     shell:
-        "{params.launch} pretrain --config {input.config:q} --out {params.out:q}"
-        " --threads {threads} --no-progress --replace-changed --record-failure > {log:q} 2>&1"
+        "{params.launch} pretrain --config {input.config:q} --execution {params.execution:q}"
+        " --out {params.out:q} --threads {threads} --no-progress --replace-changed"
+        " --record-failure > {log:q} 2>&1"

@@ -1,0 +1,63 @@
+"""The workflow's execution files: how its jobs run (relvit.config.EXECUTION_KEYS per run, and
+prepare_data's `data.offline`), kept out of what Snakemake tracks.
+
+A run config under results/<tier>/configs/ holds what a run computes; a change to it reruns the
+run. Its execution keys (device, compile, data.workers, ...) go to results/<tier>/execution/
+<run>.yaml instead, written when snakemake starts executing (the Snakefile's `onstart`, never in a
+dry run) and read by the job when it starts (`--execution`). Snakemake tracks neither the file
+nor its content, so changing an execution key reruns no job: the runs not yet finished use the
+new settings, the finished ones stay as they are (a run resumes across execution keys anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relvit.atomic import atomic_write_text
+from relvit.config import EXECUTION_KEYS, execution_settings, without_keys
+
+FOLDER = "execution"  # under the tier's results folder
+PREPARE_DATA = "prepare_data.yaml"  # beside the runs' files (run ids hold 3 slashes)
+
+
+def computation(config: dict[str, Any]) -> dict[str, Any]:
+    """A planned run's config without its execution keys: results/<tier>/configs/<run>.yaml."""
+    return without_keys(config, EXECUTION_KEYS)
+
+
+def execution_files(results: str, configs: Mapping[str, dict[str, Any]], offline: bool
+                    ) -> dict[str, dict[str, Any]]:
+    """Every execution file of a workflow (path -> settings by dotted key): one per planned run
+    (`configs`: run id -> its resolved config) and prepare_data's."""
+    files = {run_file(results, run_id): execution_settings(config)
+             for run_id, config in configs.items()}
+    files[prepare_data_file(results)] = {"data.offline": offline}
+    return files
+
+
+def run_file(results: str, run_id: str) -> str:
+    return f"{results}/{FOLDER}/{run_id}.yaml"
+
+
+def prepare_data_file(results: str) -> str:
+    return f"{results}/{FOLDER}/{PREPARE_DATA}"
+
+
+def write_execution_files(files: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Write the files whose content changed (atomically); returns their paths."""
+    written = []
+    for path, settings in files.items():
+        text = yaml.safe_dump(settings, sort_keys=False)
+        target = Path(path)
+        try:
+            if target.read_text(encoding="utf-8") == text:
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass  # missing or unreadable: written anew
+        atomic_write_text(text, target)
+        written.append(path)
+    return written

@@ -1,0 +1,96 @@
+"""Execution files (relvit.execution): the workflow's runs take their execution keys from a
+file Snakemake does not track, so that changing them reruns no job (tests/test_workflow.py runs
+the workflow)."""
+
+import pytest
+import yaml
+
+from relvit.cli import main
+from relvit.config import EXECUTION_KEYS, RunConfig, execution_settings, load_config
+from relvit.execution import computation, execution_files, write_execution_files
+
+
+def test_a_run_config_splits_into_what_it_computes_and_how_it_runs():
+    config = RunConfig(device="cpu", compile=True).to_dict()
+    config["data"]["workers"] = 3
+    kept = computation(config)
+    assert "device" not in kept and "workers" not in kept["data"] and "compile" not in kept
+    assert kept["optim"] == config["optim"] and config["device"] == "cpu"  # a copy
+    files = execution_files("results/t", {"d/b/pretrain/seed0": config}, offline=True)
+    assert files == {"results/t/execution/d/b/pretrain/seed0.yaml": execution_settings(config),
+                     "results/t/execution/prepare_data.yaml": {"data.offline": True}}
+    assert list(files["results/t/execution/d/b/pretrain/seed0.yaml"]) == list(EXECUTION_KEYS)
+
+
+def test_only_changed_files_are_written(tmp_path):
+    first, second = str(tmp_path / "a.yaml"), str(tmp_path / "sub" / "b.yaml")
+    assert write_execution_files({first: {"device": "cpu"}, second: {"compile": True}}) == \
+        [first, second]
+    assert write_execution_files({first: {"device": "cpu"}, second: {"compile": False}}) == \
+        [second]
+    assert yaml.safe_load((tmp_path / "sub" / "b.yaml").read_text()) == {"compile": False}
+
+
+def test_a_run_takes_the_execution_file_over_its_config_and_set_over_both(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("device: cuda\nprecision: fp32\ndata: {name: digits, workers: 2}\n")
+    execution = tmp_path / "execution.yaml"
+    execution.write_text("device: cpu\ndata.workers: 0\ncompile: true\n")
+    cfg = load_config(config, ["compile=false"], execution=execution)
+    assert (cfg.device, cfg.precision, cfg.data.workers, cfg.data.name, cfg.compile) == \
+        ("cpu", "fp32", 0, "digits", False)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim.lr: 0.1\n", "'optim.lr' is not one of device, compile"),
+    ("data.workers: many\n", "data.workers: expected int, got str 'many'"),
+    ("- device\n", "expected a mapping of config keys"),
+])
+def test_a_bad_execution_file_is_named(tmp_path, capsys, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text("seed: 0\n")
+    execution = tmp_path / "execution.yaml"
+    execution.write_text(text)
+    out = tmp_path / "out"
+    assert main(["supervised", "--config", str(config), "--execution", str(execution),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(execution) in err and message in err, err
+    assert not out.exists()
+
+
+def test_check_applies_the_execution_file(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("seed: 0\n")
+    execution = tmp_path / "execution.yaml"
+    execution.write_text("precision: fp32\n")
+    assert main(["check", "--config", str(config), "--execution", str(execution)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("text, flag, offline", [
+    ("data.offline: true\n", [], True), ("data.offline: false\n", [], False),
+    ("data.offline: false\n", ["--offline"], True), ("{}\n", [], False)])
+def test_prepare_data_reads_offline_from_its_execution_file(tmp_path, monkeypatch, text, flag,
+                                                              offline):
+    import relvit.data.prepare as prepare
+
+    calls = []
+    monkeypatch.setattr(prepare, "prepare_dataset", lambda *a, **k: calls.append(k["offline"]))
+    execution = tmp_path / "prepare_data.yaml"
+    execution.write_text(text)
+    assert main(["prepare-data", "digits", "--execution", str(execution), *flag]) == 0
+    assert calls == [offline]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data.offline: 'no'\n", "data.offline: expected true or false, got 'no'"),
+    ("device: cpu\n", "'device' is not one of data.offline")])
+def test_prepare_data_names_a_bad_execution_file(tmp_path, capsys, text, message):
+    execution = tmp_path / "prepare_data.yaml"
+    execution.write_text(text)
+    assert main(["prepare-data", "digits", "--root", str(tmp_path / "data"),
+                 "--execution", str(execution)]) == 2
+    err = capsys.readouterr().err
+    assert str(execution) in err and message in err, err
+    assert not (tmp_path / "data").exists()
