@@ -14,7 +14,7 @@ from fixtures.formats import write_imagenet100
 from relvit.cli import main
 from relvit.data.formats import read_imagenet100
 from relvit.data.resize import (
-    MARKER, SETTINGS, ResizeError, ResizeSettings, resize_tree, resized_size,
+    MARKER, SETTINGS, ResizeError, ResizeSettings, resize_tree, resized_copy, resized_size,
 )
 
 
@@ -204,3 +204,55 @@ def test_an_interrupted_copy_counts_the_files_the_workers_wrote(tree, tmp_path, 
     with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="relvit"):
         resize_tree(tree, tmp_path / "dst", ResizeSettings(16), workers=2)
     assert "(3 of 7) are kept" in caplog.text  # 6 images and labels.json
+
+
+def test_a_run_on_a_resized_copy_records_it_and_table1_marks_its_cell(tmp_path, tiny_config):
+    """A run on a `data.resized` copy reads other pixels than the paper's: metrics.json records
+    the copy's settings, Table 1 marks the cell `[resized S]` with a note, compare says so."""
+    from fixtures.formats import write_imagefolder
+    from relvit.report.compare import compare, to_csv
+    from relvit.report.table1 import RESIZED_NOTE, write_table1
+    from relvit.train.loop import train
+
+    write_imagefolder(tmp_path / "images")
+    resize_tree(tmp_path / "images", tmp_path / "images-s6", ResizeSettings(6), workers=0)
+    runs = {}
+    for name, folder in (("own", "images"), ("copy", "images-s6")):
+        cfg = tiny_config("supervised", data={"name": "imagefolder", "image_size": 32,
+                                              "folder": str(tmp_path / folder), "workers": 0},
+                          model={"patch_size": 8}, optim={"epochs": 1, "batch_size": 4})
+        runs[name] = train(cfg, tmp_path / name, progress=False)
+    assert runs["own"]["data_copy"] is None
+    assert runs["copy"]["data_copy"] == {"shorter_side": 6, "quality": 90}
+    write_table1([tmp_path / "copy"], tmp_path / "table1", "test")
+    table = (tmp_path / "table1.md").read_text()
+    assert "(n=1) [resized 6]" in table and RESIZED_NOTE in table
+    assert "[resized 6]" in (tmp_path / "table1.tex").read_text()
+    write_table1([tmp_path / "own"], tmp_path / "plain", "test")
+    assert "resized" not in (tmp_path / "plain.md").read_text()
+    cells = compare([tmp_path / "copy"])
+    assert [c.provenance["resized"] for c in cells] == ["6"]
+    assert to_csv(cells).splitlines()[1].endswith(",6")
+
+
+def test_an_incomplete_copy_is_refused_before_training(tmp_path):
+    """A copy whose resize was stopped holds part of the dataset: reading it (by hand, outside
+    the workflow's resize_data rule) trained on fewer images without a word."""
+    from relvit.config import DataConfig
+    from relvit.data.loading import load_splits
+    from relvit.data.registry import get_dataset
+
+    from fixtures.formats import write_imagefolder
+
+    src, dst = tmp_path / "images", tmp_path / "images-s4"
+    write_imagefolder(src)
+    resize_tree(src, dst, ResizeSettings(4), workers=0)
+    assert resized_copy(dst) == ResizeSettings(4) and resized_copy(src) is None
+    spec, data = get_dataset("imagefolder"), DataConfig(name="imagefolder", folder=str(dst))
+    assert load_splits(spec, data, 4).train.labels.numel() > 0
+    (dst / MARKER).unlink()  # as the copy is until it finishes
+    with pytest.raises(ResizeError, match=f"{dst} is a resized copy that is not complete"):
+        load_splits(spec, data, 4)
+    (dst / MARKER).write_text("{")
+    with pytest.raises(ResizeError, match="unreadable"):
+        resized_copy(dst)

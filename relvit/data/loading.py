@@ -23,6 +23,7 @@ from relvit.config import DataConfig
 from relvit.data import formats
 from relvit.data.formats import DatasetLayoutError, decode_image
 from relvit.data.registry import DatasetSpec
+from relvit.data.resize import resized_copy
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def load_splits(spec: DatasetSpec, data: DataConfig, image_size: int) -> Splits:
 
         return load_digits_splits(image_size)
     folder = dataset_folder(spec, data)
+    resized_copy(folder)  # a resized copy must be complete (ResizeError otherwise)
     if spec.task == "detection":
         return _detection_images(spec, folder)
     read = READERS[spec.name]

@@ -55,6 +55,26 @@ class ResizeSettings:
             raise ResizeError(f"--quality must be in 1..95 (PIL's JPEG range), got {self.quality}")
 
 
+def resized_copy(folder: str | Path) -> ResizeSettings | None:
+    """The settings the resized copy in `folder` was made with, or None when `folder` is not a
+    resized copy; ResizeError when the copy is not complete (a run would read only part of the
+    dataset) or its record cannot be read."""
+    folder = Path(folder)
+    if not (folder / SETTINGS).is_file():
+        return None
+    marker = folder / MARKER
+    if not marker.is_file():
+        raise ResizeError(f"{folder} is a resized copy that is not complete (no {MARKER}): "
+                          f"run the same `relvit resize-images SRC {folder} ...` again to finish "
+                          f"it (the workflow's resize_data rule does)")
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        return ResizeSettings(int(record["shorter_side"]), int(record["quality"]))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ResizeError(f"{marker}: unreadable ({err}); delete it and run relvit "
+                          f"resize-images again to check the copy and write it anew") from err
+
+
 def resized_folder(root: str | Path, dataset: str, shorter_side: int) -> Path:
     """Where the workflow keeps the resized copy of `<root>/<dataset>` (config `data.resized`)."""
     return Path(root) / f"{dataset}-s{shorter_side}"

@@ -235,7 +235,7 @@ def compare(sources: list[str | Path], plan: str | Path | None = None,
 CSV_COLUMNS = ["table", "dataset", "backbone", "method", "metric", "paper", "paper_std", "mean",
                "std", "n", "delta", "bound", "rule", "verdict", "planned_seeds", "seeds",
                "config_hash", "git_sha", "image", "device", "wall_time_s", "peak_memory_mb",
-               "stale"]
+               "stale", "resized"]
 
 
 def out_of_tolerance(csv_path: str | Path) -> list[str]:
@@ -306,6 +306,12 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
         lines += ["", f"**{how_many} stale** (a run config changed after the run; "
                       "rerun the workflow): " + "; ".join(c.provenance["stale"] for c in stale)
                   + "."]
+    resized = [c for c in cells if c.provenance.get("resized")]
+    if resized:
+        how_many = "1 cell" if len(resized) == 1 else f"{len(resized)} cells"
+        lines += ["", f"**{how_many} ran on resized copies** of their dataset (`data.resized`: "
+                      "every image's shorter side at most S px, verdict marked \"(resized S)\"): "
+                      "the crops hold other pixels than the paper's."]
     header = ["Table", "Dataset", "Backbone", "Method", "Metric", "paper", "ours", "Δ", "bound",
               "verdict", "seeds", "config hash", "git sha", "image", "device", "wall time (s)",
               "peak mem (MB)"]
@@ -313,12 +319,14 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
               "|" + "|".join(["---"] * 5 + ["---:"] * 4 + ["---"] * 6 + ["---:"] * 2) + "|"]
     for c in cells:
         p = c.provenance
-        verdict = c.verdict + (" (stale)" if p.get("stale") else "")
+        verdict = c.verdict + (" (stale)" if p.get("stale") else "") + (
+            f" (resized {p['resized']})" if p.get("resized") else "")
         bound = EMPTY if c.bound is None else f"{c.bound:.2f} ({c.rule})"
         seeds = p["seeds"] + (f" ({len(c.planned_seeds)} planned)" if c.planned_seeds else "")
         lines.append("| " + " | ".join([
             str(c.table), c.dataset, c.backbone, c.method, c.metric, c.paper.text(),
-            c.ours.text().replace(" [stale]", ""), signed(c.delta), bound,
+            c.ours.text().replace(" [stale]", "").replace(f" [resized {p.get('resized')}]", ""),
+            signed(c.delta), bound,
             f"**{verdict}**" if c.failed else verdict, seeds, _short(p["config_hash"], 8),
             _short(p["git_sha"], 10), p["image"], p["device"], p["wall_time_s"],
             p["peak_memory_mb"]]) + " |")

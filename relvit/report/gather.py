@@ -13,7 +13,7 @@ from relvit.report.provenance import is_stale, read_metrics, recorded_hash
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
 COLUMNS = ["run", *KEYS, "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
            "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha", "device", "image",
-           "config_hash", "stale", "status", "error"]
+           "config_hash", "stale", "status", "error", "resized"]
 
 REPLACED = ".replaced-"  # a run directory moved aside by relvit.train.loop.Run.prepare
 
@@ -52,6 +52,7 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
                          "pretext_rel_acc": _percent(last.get("val_acc_rel")),
                          "pretext_pos_acc": _percent(last.get("val_acc_pos")),
                          "config_hash": recorded_hash(metrics, path),
+                         "resized": (metrics.get("data_copy") or {}).get("shorter_side"),
                          "stale": is_stale(metrics, path)})
         except AttributeError as err:
             raise ValueError(f"{path}: not a metrics file ({err})") from err

@@ -87,12 +87,19 @@ def _distinct(values: pd.Series, width: int | None = None) -> str:
     return "; ".join(dict.fromkeys(seen)) or "—"
 
 
+def resized_sides(runs: pd.DataFrame) -> str:
+    """The shorter sides of the resized copies these runs (rows of gather_runs) read, e.g.
+    "256" ("": every run read the dataset's own files)."""
+    return "/".join(str(int(side)) for side in sorted(runs["resized"].dropna().unique()))
+
+
 def summarize(runs: pd.DataFrame) -> dict[str, str]:
     """One cell's provenance over its seeds (rows of gather_runs): the distinct config hashes,
-    commits, images and devices, the seeds, the total wall time and the largest peak memory."""
+    commits, images and devices, the seeds, the total wall time, the largest peak memory, the
+    stale runs and the resized copies read."""
     if runs.empty:
         return {"seeds": "—", "config_hash": "—", "git_sha": "—", "image": "—", "device": "—",
-                "wall_time_s": "—", "peak_memory_mb": "—", "stale": ""}
+                "wall_time_s": "—", "peak_memory_mb": "—", "stale": "", "resized": ""}
     wall, peak = runs["wall_time_s"].dropna(), runs["peak_memory_mb"].dropna()
     stale_runs = runs[runs["stale"].fillna(False).astype(bool)]
     return {
@@ -104,4 +111,5 @@ def summarize(runs: pd.DataFrame) -> dict[str, str]:
         "wall_time_s": f"{wall.sum():.0f}" if len(wall) else "—",
         "peak_memory_mb": f"{peak.max():.0f}" if len(peak) else "—",
         "stale": ", ".join(str(run) for run in stale_runs["run"]),
+        "resized": resized_sides(runs),
     }

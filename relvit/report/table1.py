@@ -18,7 +18,7 @@ import pandas as pd
 
 from relvit.data.registry import DATASETS, get_dataset
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
-from relvit.report.provenance import STALE, STALE_NOTE
+from relvit.report.provenance import STALE, STALE_NOTE, resized_sides
 from relvit.atomic import atomic_write_text
 
 log = logging.getLogger("relvit")
@@ -51,6 +51,10 @@ FAILED = "failed"
 FAILED_NOTE = ("failed: a run of this cell stopped without a result (a non-finite loss, or the "
                "pretrain run it starts from failed); its metrics.json names the error, epoch and "
                "step. \"[k failed]\": k of the cell's seeds failed, the number is over the others.")
+RESIZED_NOTE = ("[resized S]: the cell's runs read a copy of the dataset whose images have a "
+                "shorter side of at most S px (workflow key `data.resized`, `relvit "
+                "resize-images`), not its own files: the crops hold other pixels than the "
+                "paper's.")
 PAPER_CSV = Path("results/paper/tables.csv")
 
 
@@ -62,12 +66,14 @@ class Cell:
     stale: bool = False  # a run of it was made with another config than the planned one
     failed: int = 0  # seeds whose run failed (metrics.json "status": "failed")
     planned: int = 0  # seeds planned for it (0: not known)
+    resized: str = ""  # the shorter sides of the resized copies its runs read ("": none)
 
     def text(self, pm: str = "±") -> str:
         if self.mean is None:
             return FAILED if self.failed else EMPTY
         mark = (f" {STALE}" if self.stale else "") + (
-            f" [{self.failed} {FAILED}]" if self.failed else "")
+            f" [{self.failed} {FAILED}]" if self.failed else "") + (
+            f" [resized {self.resized}]" if self.resized else "")
         missing = self.planned > self.n + self.failed  # seeds still to run
         seeds = (f" (n={self.n} of {self.planned})" if missing
                  else " (n=1)" if self.n == 1 else "")
@@ -80,14 +86,14 @@ NO_CELL = Cell(None, None, 0)
 
 
 def seed_cell(values: pd.Series, stale: bool = False, failed: int = 0,
-              planned: int = 0) -> Cell:
+              planned: int = 0, resized: str = "") -> Cell:
     """Mean and sample std (ddof = 1) of one cell's values over seeds (NaN: not run, or one of
     the `failed` runs); `planned`: how many seeds the cell should have."""
     values = values.dropna()
     if values.empty:
         return Cell(None, None, 0, stale, failed, planned) if failed else NO_CELL
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Cell(float(values.mean()), std, len(values), stale, failed, planned)
+    return Cell(float(values.mean()), std, len(values), stale, failed, planned, resized)
 
 
 def failed_runs(runs: pd.DataFrame) -> int:
@@ -158,7 +164,7 @@ class Table1:
         here = self.runs_of(dataset, backbone, mode, label)
         planned = self.runs_of(dataset, backbone, mode, label, planned=True)["seed"].nunique()
         return seed_cell(here[metric], bool(here["stale"].fillna(False).astype(bool).any()),
-                         failed_runs(here), planned)
+                         failed_runs(here), planned, resized_sides(here))
 
     @property
     def any_failed(self) -> bool:
@@ -167,6 +173,14 @@ class Table1:
     @property
     def any_stale(self) -> bool:
         return bool(self.runs["stale"].fillna(False).astype(bool).any())
+
+    @property
+    def any_resized(self) -> bool:
+        return bool(resized_sides(self.runs) or resized_sides(self.pretrain))
+
+    @staticmethod
+    def pretext_cell(runs: pd.DataFrame, metric: str) -> Cell:
+        return seed_cell(runs[metric], failed=failed_runs(runs), resized=resized_sides(runs))
 
     def beside_paper(self, metric: str) -> bool:
         """Whether `metric`'s table has the paper's columns: the paper reports the best epoch."""
@@ -220,8 +234,8 @@ class Table1:
                 chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
                 lines.append(
                     f"| {dataset} | {backbone} | {label or 'pretrain'} | "
-                    f"{seed_cell(group['pretext_rel_acc'], failed=failed_runs(group)).text()} | "
-                    f"{seed_cell(group['pretext_pos_acc'], failed=failed_runs(group)).text()} | "
+                    f"{self.pretext_cell(group, 'pretext_rel_acc').text()} | "
+                    f"{self.pretext_cell(group, 'pretext_pos_acc').text()} | "
                     f"{chance} |")
         return lines
 
@@ -251,6 +265,7 @@ def render_markdown(table: Table1, tier: str) -> str:
                       "CIFAR-100, where its own numbers give +5.80)."]
     lines += [f"\n{NOTES[c]}" for c in table.extras]
     lines += [f"\n{STALE_NOTE}"] if table.any_stale else []
+    lines += [f"\n{RESIZED_NOTE}"] if table.any_resized else []
     lines += [f"\n{FAILED_NOTE}"] if table.any_failed else []
     for metric, description in METRICS.items():
         header = table.header(metric)
@@ -289,6 +304,7 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
     for row in table.rows(metric, pm=r"$\pm$"):
         lines.append(" & ".join(c if "$" in c else latex_escape(c) for c in row) + r" \\")
     notes = " ".join([NOTES[c] for c in table.extras] + ([STALE_NOTE] if table.any_stale else [])
+                     + ([RESIZED_NOTE] if table.any_resized else [])
                      + ([FAILED_NOTE] if table.any_failed else []))
     caption = (f"Table 1 reproduced ({tier} tier"
                + (f"; {EMBEDDED_NOTE}" if table.on_embedded_data else "")

@@ -532,6 +532,7 @@ class Run:
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "init_checkpoint": cfg.init_checkpoint, "init_sha256": self.init_digest,
             "fresh_backbone_keys": self.fresh_keys,
+            "data_copy": provenance.data_copy(cfg.data.folder),  # pixels other than the paper's
             "versions": provenance.versions(), "git_sha": provenance.git_sha(),
             **provenance.run_provenance(cfg.to_dict()),
         }

@@ -77,6 +77,17 @@ def container_image() -> str:
     return next((os.environ[name] for name in IMAGE_VARIABLES if os.environ.get(name)), "none")
 
 
+def data_copy(folder: str | None) -> dict[str, int] | None:
+    """The settings of the resized copy a run read (`data.folder` made by `relvit resize-images`,
+    e.g. through the workflow's `data.resized`), or None for the dataset's own files."""
+    from dataclasses import asdict
+
+    from relvit.data.resize import resized_copy
+
+    settings = resized_copy(folder) if folder else None
+    return asdict(settings) if settings else None
+
+
 def run_provenance(config: dict[str, Any]) -> dict[str, Any]:
     """metrics.json entries that tie a run to its config and image, and how it executed (the
     execution keys, which the hash leaves out)."""
