@@ -78,6 +78,31 @@ def test_docker_and_apptainer_build_the_same_image():
         assert f"!{source}" in ignore, f".dockerignore keeps out {source}, which COPY needs"
 
 
+def test_both_images_record_the_commit_they_were_built_from(tmp_path, monkeypatch):
+    """The images hold no .git: git_sha() was "unknown" for every run in a container. Both
+    recipes turn the RELVIT_COMMIT build argument into RELVIT_GIT_SHA, which git_sha() reads
+    when the package is not in a checkout."""
+    import types
+
+    from relvit.train import provenance
+
+    docker, definition = DOCKERFILE.read_text(), DEFINITION.read_text()
+    assert re.search(r"^ARG RELVIT_COMMIT=unknown$", docker, re.M)
+    assert re.search(rf"^ENV {provenance.IMAGE_COMMIT}=\$RELVIT_COMMIT$", docker, re.M)
+    assert re.search(r"^%arguments\n\s+RELVIT_COMMIT=unknown$", definition, re.M)
+    assert re.search(rf'^\s+export {provenance.IMAGE_COMMIT}="{{{{ RELVIT_COMMIT }}}}"$',
+                     definition, re.M)
+    assert provenance.git_sha() not in ("unknown", "")  # this checkout's own commit
+    installed = tmp_path / "site-packages" / "relvit"  # outside any git checkout
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(provenance, "relvit", types.SimpleNamespace(__file__=str(
+        installed / "__init__.py")))
+    monkeypatch.delenv(provenance.IMAGE_COMMIT, raising=False)
+    assert provenance.git_sha() == "unknown"
+    monkeypatch.setenv(provenance.IMAGE_COMMIT, "0123abc")
+    assert provenance.git_sha() == "0123abc"
+
+
 def test_install_script_reads_pyproject_dependencies():
     result = subprocess.run(["sh", str(ROOT / "docker" / "install.sh"), "requirements",
                              str(ROOT / "pyproject.toml")], capture_output=True, text=True,

@@ -19,8 +19,13 @@ import relvit
 from relvit.config import HASH_EXCLUDES, execution_settings, without_keys
 
 
+IMAGE_COMMIT = "RELVIT_GIT_SHA"  # set in the container images (docker/): they hold no .git
+
+
 def git_sha() -> str:
-    """The commit of the checkout the package runs from ("unknown" outside git)."""
+    """The commit of the checkout the package runs from; outside git (an installed package, as
+    in the container images), the commit the image was built from ($RELVIT_GIT_SHA), else
+    "unknown"."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(relvit.__file__).parent,
@@ -32,7 +37,7 @@ def git_sha() -> str:
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get(IMAGE_COMMIT) or "unknown"
 
 
 def versions() -> dict[str, str]:
