@@ -381,10 +381,10 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
     """Build and validate a RunConfig; raises ConfigError listing every problem."""
     problems: list[str] = []
     cfg = _build(RunConfig, raw, "", problems)
-    from relvit.validate import range_problems, semantic_problems  # registry-aware checks
+    from relvit.validate import name_problems, range_problems, semantic_problems  # registries
 
-    if problems:  # the keys reported hold their defaults: the others' ranges are checked too
-        raise ConfigError(problems + range_problems(cfg), source)
+    if problems:  # the keys reported hold their defaults: the others' names and ranges too
+        raise ConfigError(problems + name_problems(cfg) + range_problems(cfg), source)
     problems = semantic_problems(cfg)
     if problems:
         raise ConfigError(problems, source)

@@ -50,8 +50,9 @@ def range_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def semantic_problems(cfg: RunConfig) -> list[str]:
-    """Every problem found, as "key.path: message" lines (empty when the config is usable)."""
+def name_problems(cfg: RunConfig) -> list[str]:
+    """An unknown dataset or backbone name: like range_problems, these run in the same round as
+    the type errors (an ill-typed name is left at its default, a known one)."""
     problems: list[str] = []
     if cfg.data.name not in DATASETS:
         problems.append(f"data.name: unknown dataset {cfg.data.name!r}; known: {', '.join(DATASETS)}")
@@ -59,7 +60,12 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
         problems.append(
             f"model.backbone: unknown backbone {cfg.model.backbone!r}; known: {', '.join(BACKBONES)}"
         )
-    problems += range_problems(cfg)
+    return problems
+
+
+def semantic_problems(cfg: RunConfig) -> list[str]:
+    """Every problem found, as "key.path: message" lines (empty when the config is usable)."""
+    problems = name_problems(cfg) + range_problems(cfg)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         problems.append(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.compile_mode != "default" and not cfg.compile:

@@ -7,6 +7,8 @@ import pytest
 
 from relvit.cli import main
 from relvit.config import MODES, ConfigError, config_from_dict, load_config, parse_overrides
+from relvit.data.registry import DATASETS
+from relvit.models.specs import BACKBONES
 
 
 def problems_of(raw: dict) -> list[str]:
@@ -96,6 +98,17 @@ def test_range_problems_come_with_the_type_problems():
         "optim.epochs: must be positive, got 0",
         "optim.step_gamma: must be positive, got -1.0",
         "detection.eval_every: must be positive, got 0",
+    ]
+
+
+
+def test_unknown_names_come_with_the_type_problems():
+    """An unknown dataset or backbone had waited for a second round, after the type errors."""
+    assert problems_of({"data": {"name": "cifar11", "workers": "many"},
+                        "model": {"backbone": "vit_huge"}}) == [
+        "data.workers: expected int, got str 'many'",
+        "data.name: unknown dataset 'cifar11'; known: " + ", ".join(DATASETS),
+        "model.backbone: unknown backbone 'vit_huge'; known: " + ", ".join(BACKBONES),
     ]
 
 
