@@ -216,6 +216,25 @@ def test_ground_truth_is_the_training_targets_plus_crowd(tiny):
     assert metrics["bbox"]["mAP"] == pytest.approx(100.0) and metrics["segm"]["mAP"] == 100.0
 
 
+def test_voc_difficult_objects_are_trained_on_and_ignored_by_the_evaluation(tmp_path):
+    """VOC's evaluation ignores `difficult` objects; they had counted as missed when undetected
+    (the original trains on them, which stays; it never evaluated VOC)."""
+    write_images(tmp_path)
+    images = [{"id": 1, "file_name": "img1.png", "width": 40, "height": 30}]
+    easy, hard = (annotation(1, 1, 1, [2.0, 3.0, 10.0, 8.0], masks=False),
+                  {**annotation(2, 1, 1, [20.0, 10.0, 12.0, 12.0], masks=False), "difficult": 1})
+    dataset = CocoDataset(images=images, annotations=[{**easy, "difficult": 0}, hard],
+                          categories=[{"id": 1, "name": "one"}], image_root=tmp_path)
+    _, target = DetectionImages(dataset, train=False)[0]
+    assert target["boxes"].shape[0] == 2  # trained on
+    gt = ground_truth(dataset)
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1]
+    found_easy_only = [{"boxes": torch.tensor([[2.0, 3.0, 12.0, 11.0]]),
+                        "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}]
+    metrics = coco_evaluate(gt, predictions_to_coco(found_easy_only, [1]))
+    assert metrics["bbox"]["mAP"] == pytest.approx(100.0)
+
+
 def test_boxes_only_dataset_float_boxes_and_clamping(tmp_path):
     write_images(tmp_path)
     images = [{"id": 1, "file_name": "img1.png", "width": 40, "height": 30}]
