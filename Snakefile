@@ -52,14 +52,25 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/compare.smk"
 
 
-# The jobs' execution settings (relvit.execution): written only when jobs are about to run
-# (onstart: not in a dry run, --lint or --dag; never in the jobs' own snakemake processes), read
-# by each job when it starts, and tracked by no rule, so that changing them reruns nothing.
+# The jobs' execution settings (relvit.execution): written for the jobs this snakemake is about
+# to run (onstart: not in a dry run, --lint or --dag; never in the jobs' own snakemake processes;
+# a second snakemake on other targets leaves this one's alone), read by each job when it starts,
+# and tracked by no rule, so that changing them reruns nothing. Without the hook (--no-hooks) the
+# jobs would read missing or stale settings.
+if workflow.is_main_process and "--no-hooks" in sys.argv:
+    raise ValueError("relvit: --no-hooks skips the onstart hook that writes the jobs' execution "
+                     f"settings ({RESULTS}/execution/): run without it")
+
+
 onstart:
     from relvit.execution import execution_files, write_execution_files
 
+    _jobs = list(workflow.dag.needrun_jobs())
+    _runs = {planned(job.wildcards).run_id for job in _jobs if job.rule.name in TRAINING_STAGES}
+    _offline = (DATA.get("offline", False) if any(job.rule.name == "prepare_data" for job in _jobs)
+                else None)
     _written = write_execution_files(execution_files(
-        RESULTS, {run_id: run.config for run_id, run in RUNS.items()}, DATA.get("offline", False)))
+        RESULTS, {run_id: RUNS[run_id].config for run_id in sorted(_runs)}, _offline))
     if _written:
         print(f"relvit: wrote {len(_written)} execution settings files under {RESULTS}/execution",
               file=sys.stderr)

@@ -153,6 +153,10 @@ def read_settings_file(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any
     """The settings a file of dotted keys holds (the workflow's results/<tier>/execution/*.yaml:
     how a job runs, read when it starts, so that Snakemake reruns nothing when they change);
     ConfigError naming the file and every key that is not one of `keys`."""
+    if not Path(path).exists():
+        raise ConfigError([f"{path}: file not found (the workflow's execution files are written "
+                           f"by the snakemake that runs their jobs, as it starts them)"],
+                          "settings file")
     raw = read_config_file(path)
     unknown = [key for key in raw if key not in keys]
     if unknown:

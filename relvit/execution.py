@@ -4,9 +4,10 @@ prepare_data's `data.offline`), kept out of what Snakemake tracks.
 A run config under results/<tier>/configs/ holds what a run computes; a change to it reruns the
 run. Its execution keys (device, compile, data.workers, ...) go to results/<tier>/execution/
 <run>.yaml instead, written when snakemake starts executing (the Snakefile's `onstart`, never in a
-dry run) and read by the job when it starts (`--execution`). Snakemake tracks neither the file
-nor its content, so changing an execution key reruns no job: the runs not yet finished use the
-new settings, the finished ones stay as they are (a run resumes across execution keys anyway).
+dry run), only for the jobs that snakemake runs, and read by the job when it starts
+(`--execution`). Snakemake tracks neither the file nor its content, so changing an execution key
+reruns no job: the runs not yet finished use the new settings, the finished ones stay as they
+are (a run resumes across execution keys anyway).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ def computation(config: dict[str, Any]) -> dict[str, Any]:
     return without_keys(config, EXECUTION_KEYS)
 
 
-def execution_files(results: str, configs: Mapping[str, dict[str, Any]], offline: bool
+def execution_files(results: str, configs: Mapping[str, dict[str, Any]], offline: bool | None
                     ) -> dict[str, dict[str, Any]]:
-    """Every execution file of a workflow (path -> settings by dotted key): one per planned run
-    (`configs`: run id -> its resolved config) and prepare_data's."""
+    """The execution files of the jobs about to run (path -> settings by dotted key): one per
+    run (`configs`: run id -> its resolved config) and prepare_data's (`offline`; None: no
+    prepare_data job)."""
     files = {run_file(results, run_id): execution_settings(config)
              for run_id, config in configs.items()}
-    files[prepare_data_file(results)] = {"data.offline": offline}
+    if offline is not None:
+        files[prepare_data_file(results)] = {"data.offline": offline}
     return files
 
 

@@ -99,8 +99,10 @@ def test_both_images_record_the_commit_they_were_built_from(tmp_path, monkeypatc
         installed / "__init__.py")))
     monkeypatch.delenv(provenance.IMAGE_COMMIT, raising=False)
     assert provenance.git_sha() == "unknown"
-    monkeypatch.setenv(provenance.IMAGE_COMMIT, "0123abc")
-    assert provenance.git_sha() == "0123abc"
+    for given, recorded in (("0123abc", "0123abc"), ("0123abc-dirty", "0123abc-dirty"),
+                            ("{{ RELVIT_COMMIT }}", "unknown"), ("unknown", "unknown")):
+        monkeypatch.setenv(provenance.IMAGE_COMMIT, given)  # a template an old builder kept
+        assert provenance.git_sha() == recorded
 
 
 def test_install_script_reads_pyproject_dependencies():

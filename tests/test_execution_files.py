@@ -94,3 +94,24 @@ def test_prepare_data_names_a_bad_execution_file(tmp_path, capsys, text, message
     err = capsys.readouterr().err
     assert str(execution) in err and message in err, err
     assert not (tmp_path / "data").exists()
+
+
+def test_reports_given_the_whole_results_folder_skip_the_execution_files(tmp_path):
+    """`relvit compare results/` took results/execution/*.yaml for run configs and failed."""
+    from relvit.report.gather import gather_planned
+
+    config = RunConfig(device="cpu").to_dict()
+    (tmp_path / "configs" / "digits").mkdir(parents=True)
+    (tmp_path / "configs" / "digits" / "run.yaml").write_text(yaml.safe_dump(computation(config)))
+    write_execution_files(execution_files(str(tmp_path), {"digits/run": config}, offline=False))
+    planned = gather_planned([tmp_path])
+    assert len(planned) == 1 and planned["dataset"].iloc[0] == "digits"
+
+
+def test_a_missing_execution_file_says_who_writes_it(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("seed: 0\n")
+    missing = tmp_path / "execution" / "run.yaml"
+    assert main(["check", "--config", str(config), "--execution", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: file not found (the workflow's execution files are written" in err

@@ -216,14 +216,20 @@ def test_a_run_on_a_resized_copy_records_it_and_table1_marks_its_cell(tmp_path, 
 
     write_imagefolder(tmp_path / "images")
     resize_tree(tmp_path / "images", tmp_path / "images-s6", ResizeSettings(6), workers=0)
+    # a copy under data.root (<root>/imagefolder) is recorded too, not only one in data.folder
+    resize_tree(tmp_path / "images", tmp_path / "root" / "imagefolder", ResizeSettings(6),
+                workers=0)
     runs = {}
-    for name, folder in (("own", "images"), ("copy", "images-s6")):
+    for name, where in (("own", {"folder": str(tmp_path / "images")}),
+                        ("copy", {"folder": str(tmp_path / "images-s6")}),
+                        ("root", {"root": str(tmp_path / "root")})):
         cfg = tiny_config("supervised", data={"name": "imagefolder", "image_size": 32,
-                                              "folder": str(tmp_path / folder), "workers": 0},
+                                              "workers": 0, **where},
                           model={"patch_size": 8}, optim={"epochs": 1, "batch_size": 4})
         runs[name] = train(cfg, tmp_path / name, progress=False)
     assert runs["own"]["data_copy"] is None
-    assert runs["copy"]["data_copy"] == {"shorter_side": 6, "quality": 90}
+    assert runs["copy"]["data_copy"] == runs["root"]["data_copy"] == {"shorter_side": 6,
+                                                                      "quality": 90}
     write_table1([tmp_path / "copy"], tmp_path / "table1", "test")
     table = (tmp_path / "table1.md").read_text()
     assert "(n=1) [resized 6]" in table and RESIZED_NOTE in table

@@ -349,14 +349,21 @@ def test_run_config_jobs_run_in_threads(tmp_path, profile):
     assert configs == [f"digits/vit_small/{method}/seed0.yaml" for method in
                        ("pretrain", "relvit", "supervised", "supervised_same_epochs")]
     assert "spawned job" not in result.stdout + result.stderr
-    # what a run computes in its run config, how it runs in its execution file (relvit.execution)
+    # what a run computes; how it runs goes to the execution files of the jobs that run
     for name in configs:
         planned = yaml.safe_load((tmp_path / "results" / "configs" / name).read_text())
-        execution = yaml.safe_load((tmp_path / "results" / "execution" / name).read_text())
         assert "device" not in planned and "workers" not in planned["data"]
-        assert execution["device"] == "cpu" and execution["data.workers"] == 4
-    assert yaml.safe_load((tmp_path / "results" / "execution" / "prepare_data.yaml").read_text()
-                          ) == {"data.offline": False}
+    assert not (tmp_path / "results" / "execution").exists()  # no training job ran
+
+
+def test_no_hooks_is_refused_as_the_jobs_need_the_onstart_hook(tmp_path):
+    """onstart writes the jobs' execution settings: without it they read missing or stale
+    ones (relvit.execution)."""
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = snakemake("-n", "--no-hooks", "--cores", "1", "--configfile", "tiny.yaml",
+                       cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "--no-hooks skips the onstart hook" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -375,18 +382,31 @@ def test_tiny_workflow_end_to_end(tmp_path):
     again = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     _check_pipeline_times(tmp_path, job_counts(run.stdout + run.stderr))
+    # how each run ran: its execution file, not its run config
+    execution = tmp_path / "results" / "execution"
+    for method in ("pretrain", "relvit", "supervised", "supervised_same_epochs"):
+        settings = yaml.safe_load((execution / f"digits/vit_small/{method}/seed0.yaml").read_text())
+        assert settings["device"] == "cpu" and settings["data.workers"] == 4
+        planned = yaml.safe_load(
+            (tmp_path / f"results/configs/digits/vit_small/{method}/seed0.yaml").read_text())
+        assert "device" not in planned and "workers" not in planned["data"]
+    assert yaml.safe_load((execution / "prepare_data.yaml").read_text()) == {"data.offline": False}
     # execution keys and data.offline changed: no job reruns (their run configs and commands
-    # are the same); the next job that runs writes the new settings where the runs read them
+    # are the same); a job that runs reads the new settings, written for it alone
     changed = {**TINY, "run": {**TINY["run"], "compile": True, "precision": "fp32",
                                "data": {"workers": 0}}, "data": {"offline": True}}
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
     dry = snakemake("--cores", "2", "--configfile", "changed.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
-    (tmp_path / "results" / "tables" / "table1.md").unlink()
-    report = snakemake("--cores", "2", "--configfile", "changed.yaml", cwd=tmp_path)
-    assert job_counts(report.stdout + report.stderr) == {"table1": 1, "all": 1}
-    execution = tmp_path / "results" / "execution" / "digits" / "vit_small" / "relvit"
-    assert yaml.safe_load((execution / "seed0.yaml").read_text())["data.workers"] == 0
+    rerun = "results/runs/digits/vit_small/supervised/seed0/metrics.json"
+    (tmp_path / rerun).unlink()  # restored from finished.json: nothing is trained
+    again = snakemake(rerun, "--cores", "2", "--configfile", "changed.yaml", cwd=tmp_path)
+    assert job_counts(again.stdout + again.stderr) == {"supervised": 1}
+    settings = yaml.safe_load((execution / "digits/vit_small/supervised/seed0.yaml").read_text())
+    assert (settings["data.workers"], settings["precision"]) == (0, "fp32")
+    others = yaml.safe_load((execution / "digits/vit_small/relvit/seed0.yaml").read_text())
+    assert (others["data.workers"], others["precision"]) == (4, "bf16")
+    assert yaml.safe_load((execution / "prepare_data.yaml").read_text()) == {"data.offline": False}
 
 
 def _check_pipeline_times(project: Path, counts: dict[str, int]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from relvit.execution import FOLDER as EXECUTION_FOLDER
 from relvit.report.provenance import is_stale, read_metrics, recorded_hash
 
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
@@ -22,14 +23,17 @@ def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else 100 * fraction
 
 
-def find_files(sources: list[str | Path], pattern: str) -> list[Path]:
+def find_files(sources: list[str | Path], pattern: str, skip: tuple[str, ...] = ()
+               ) -> list[Path]:
     """Files given directly that match `pattern`, or found under given directories (skipping
-    run directories moved aside by --replace-changed: `<dir>.replaced-<time>`)."""
+    run directories moved aside by --replace-changed, `<dir>.replaced-<time>`, and folders named
+    in `skip`)."""
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
             files += sorted(f for f in source.rglob(pattern)
-                            if not any(REPLACED in part for part in f.relative_to(source).parts))
+                            if not any(REPLACED in part or part in skip
+                                       for part in f.relative_to(source).parent.parts))
         elif source.is_file():
             if source.match(pattern):
                 files.append(source)
@@ -66,7 +70,8 @@ def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
     from relvit.geometry import backbone_label, run_geometry
 
     rows = []
-    for path in find_files(sources, "*.yaml"):
+    # the workflow's execution files (relvit.execution) are not run configs
+    for path in find_files(sources, "*.yaml", skip=(EXECUTION_FOLDER,)):
         try:
             cfg = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
         except (ConfigError, yaml.YAMLError) as err:

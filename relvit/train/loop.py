@@ -29,7 +29,7 @@ from relvit.atomic import atomic_write_text
 from relvit.compiled import compile_static, uses_cuda_graphs
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config, without_keys
 from relvit.data.loading import (
-    Split, batches, file_transform, load_splits, on_device, to_float_images,
+    Split, batches, dataset_folder, file_transform, load_splits, on_device, to_float_images,
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, backbone_label, run_geometry
@@ -532,7 +532,8 @@ class Run:
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "init_checkpoint": cfg.init_checkpoint, "init_sha256": self.init_digest,
             "fresh_backbone_keys": self.fresh_keys,
-            "data_copy": provenance.data_copy(cfg.data.folder),  # pixels other than the paper's
+            # a resized copy (data.folder, or under data.root): pixels other than the paper's
+            "data_copy": provenance.data_copy(dataset_folder(self.dataset, cfg.data)),
             "versions": provenance.versions(), "git_sha": provenance.git_sha(),
             **provenance.run_provenance(cfg.to_dict()),
         }

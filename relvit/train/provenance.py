@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from relvit.config import HASH_EXCLUDES, execution_settings, without_keys
 
 
 IMAGE_COMMIT = "RELVIT_GIT_SHA"  # set in the container images (docker/): they hold no .git
+COMMIT = re.compile(r"[0-9a-f]{7,40}(-dirty)?")
 
 
 def git_sha() -> str:
@@ -37,7 +39,8 @@ def git_sha() -> str:
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get(IMAGE_COMMIT) or "unknown"
+        image = os.environ.get(IMAGE_COMMIT, "")
+        return image if COMMIT.fullmatch(image) else "unknown"
 
 
 def versions() -> dict[str, str]:
@@ -82,14 +85,15 @@ def container_image() -> str:
     return next((os.environ[name] for name in IMAGE_VARIABLES if os.environ.get(name)), "none")
 
 
-def data_copy(folder: str | None) -> dict[str, int] | None:
-    """The settings of the resized copy a run read (`data.folder` made by `relvit resize-images`,
-    e.g. through the workflow's `data.resized`), or None for the dataset's own files."""
+def data_copy(folder: str | Path) -> dict[str, int] | None:
+    """The settings of the resized copy a run read from `folder` (made by `relvit
+    resize-images`, e.g. through the workflow's `data.resized`), or None for the dataset's own
+    files."""
     from dataclasses import asdict
 
     from relvit.data.resize import resized_copy
 
-    settings = resized_copy(folder) if folder else None
+    settings = resized_copy(folder)
     return asdict(settings) if settings else None
 
 
