@@ -206,8 +206,9 @@ def ground_truth(dataset: CocoDataset) -> dict:
     objects of `_image_objects`: boxes converted and clamped as for training (written back as
     [x1, y1, x2 - x1, y2 - y1]), degenerate ones dropped, crowd ones and VOC's `difficult` ones
     (trained on as ordinary objects, as the original) kept with iscrowd=1: COCOeval ignores
-    detections on them and does not count them as missed, as VOC's own evaluation does. "area" (COCOeval's small/medium/large) is the annotation's own
-    area, else its mask area, else the clamped box area; "id" is the annotation's own.
+    detections on them and does not count them as missed, as VOC's own evaluation does. "area"
+    (COCOeval's small/medium/large) is the annotation's own area, else its mask area, else the
+    clamped box area; "id" is the annotation's own.
     """
     grouped = _objects_by_image(dataset)
     annotations = []
