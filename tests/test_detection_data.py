@@ -200,11 +200,41 @@ def test_kitti_boxes_classes_and_dontcare(kitti):
         part, img = ds[image_id]
         assert img["file_name"] == f"{image_id:06d}.png"
         assert (img["width"], img["height"]) == kitti["sizes"][image_id]
-        assert _objects(part, image_id) == objects  # DontCare gone, exact x1, y1, x2-x1, y2-y1
+        plain = [a for a in part.annotations_by_image()[image_id] if not a["iscrowd"]]
+        names = {c["id"]: c["name"] for c in part.categories}
+        # exact x1, y1, x2-x1, y2-y1
+        assert [(names[a["category_id"]], a["bbox"]) for a in plain] == objects
     part, _ = ds[3]
     assert [a["category_id"] for a in part.annotations_by_image()[3]] == [8, 2]  # Misc, Van
+    # DontCare: no class, an ignore region (iscrowd) for each of the 8 classes
     part, _ = ds[2]
-    assert part.annotations_by_image()[2] == []  # only DontCare
+    regions = part.annotations_by_image()[2]  # only DontCare
+    assert [a["category_id"] for a in regions] == list(range(1, 9))
+    assert all(a["iscrowd"] == 1 and a["bbox"] == [1.0, 1.0, 4.0, 4.0] for a in regions)
+    part, _ = ds[1]
+    assert sum(a["iscrowd"] for a in part.annotations_by_image()[1]) == 8  # beside a Car
+
+
+def test_kitti_detections_in_dontcare_regions_are_not_false_positives(kitti):
+    """KITTI's benchmark ignores detections in DontCare regions; here they had counted as false
+    positives (the regions were dropped)."""
+    import torch
+
+    from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
+    from relvit.detection.loader import ground_truth
+
+    part = next(p for p in (D.read_kitti(kitti["base"].parent, s) for s in ("train", "val"))
+                if any(img["id"] == 1 for img in p.images))
+    one = CocoDataset([img for img in part.images if img["id"] == 1],
+                      part.annotations_by_image()[1], part.categories, part.image_root)
+    car, truck = (D.KITTI_CLASSES.index(name) + 1 for name in ("Car", "Truck"))
+    # the Car and the Truck found, and a Car "found" at a higher score in the DontCare region
+    outputs = [{"boxes": torch.tensor([[42.0, 3.0, 58.0, 9.0], [0.0, 3.0, 30.5, 19.0],
+                                       [31.0, 1.0, 62.0, 18.5]]),
+                "labels": torch.tensor([car, car, truck]),
+                "scores": torch.tensor([0.95, 0.9, 0.9])}]
+    metrics = coco_evaluate(ground_truth(one), predictions_to_coco(outputs, [1]))
+    assert metrics["bbox"]["mAP"] == pytest.approx(100.0)
 
 
 def test_kitti_errors(tmp_path):

@@ -121,9 +121,11 @@ def _fit_box(key: str, where: str, box: tuple[float, float, float, float], width
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def _box_annotation(ann_id: int, image_id: int, category_id: int, bbox: list[float]) -> dict:
+def _box_annotation(ann_id: int, image_id: int, category_id: int, bbox: list[float],
+                    crowd: bool = False) -> dict:
     return {"id": ann_id, "image_id": image_id, "category_id": category_id,
-            "bbox": [float(v) for v in bbox], "area": float(bbox[2] * bbox[3]), "iscrowd": 0}
+            "bbox": [float(v) for v in bbox], "area": float(bbox[2] * bbox[3]),
+            "iscrowd": int(crowd)}
 
 
 def _sorted_by_id(images: list[dict], annotations: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -393,8 +395,10 @@ def _coco_box(key: str, ann_file: Path, bbox: object, aid: object
 
 
 def _kitti_labels(key: str, path: Path, width: int, height: int,
-                  ) -> list[tuple[int, list[float]]]:
-    objects = []
+                  ) -> list[tuple[int | None, list[float]]]:
+    """(category id, [x, y, w, h]) of each object of a label file; category None: a DontCare
+    region (clipped to the image; an empty one is left out)."""
+    objects: list[tuple[int | None, list[float]]] = []
     for n, line in enumerate(formats.read_text(key, path, DETECTION_LAYOUT).splitlines(),
                              start=1):
         if not line.strip():
@@ -412,6 +416,11 @@ def _kitti_labels(key: str, path: Path, width: int, height: int,
             raise _error(key, where, f"malformed label line: non-numeric field in {line!r}"
                          ) from None
         if name == KITTI_IGNORED:
+            try:
+                objects.append((None, _fit_box(key, where, (x1, y1, x2 - x1, y2 - y1), width,
+                                               height, clip_any=True)))
+            except formats.DatasetLayoutError:
+                pass  # an empty region ignores nothing
             continue
         if name not in KITTI_CLASSES:
             raise _error(key, where,
@@ -427,8 +436,10 @@ def read_kitti(root: Path, split: str, val_fraction: float = 0.25,
     """KITTI 2D object `training/` split into train | val (the test set has no labels).
 
     Categories 1..8 = Car, Van, Truck, Pedestrian, Person_sitting, Cyclist, Tram, Misc.
-    DontCare boxes are dropped: they mark unlabelled regions, not a class (the original renamed
-    Misc to DontCare and trained it as class 8, method spec Q29). Boxes: x = x1, y = y1,
+    DontCare boxes are no class (the original renamed Misc to DontCare and trained it as class 8,
+    method spec Q29): they mark unlabelled regions, kept as one iscrowd annotation per category,
+    so that training leaves them out and the evaluation ignores detections of any class there,
+    as KITTI's benchmark does. Boxes: x = x1, y = y1,
     w = x2 - x1, h = y2 - y1 (KITTI's 0-based float coordinates). Split: sorted image ids,
     permuted with numpy default_rng(seed); the first round(val_fraction * N) are val, the rest
     train (the paper's 75/25; the original drew 1000 val indices with replacement, ~88/12).
@@ -452,7 +463,9 @@ def read_kitti(root: Path, split: str, val_fraction: float = 0.25,
         label_file = _require_file(key, label_dir / f"{png.stem}.txt")
         images.append({"id": image_id, "file_name": png.name, "width": width, "height": height})
         for category_id, bbox in _kitti_labels(key, label_file, width, height):
-            annotations.append(_box_annotation(len(annotations) + 1, image_id, category_id, bbox))
+            for category in [category_id] if category_id else range(1, len(KITTI_CLASSES) + 1):
+                annotations.append(_box_annotation(len(annotations) + 1, image_id, category,
+                                                   bbox, crowd=category_id is None))
     ds = CocoDataset(images, annotations, _categories(KITTI_CLASSES), image_dir)
     check(ds, where=base)
     return ds
