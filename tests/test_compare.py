@@ -160,6 +160,24 @@ def test_detection_verdicts(tmp_path):
     assert {c.verdict for c in cells} == {STAND_IN, NOT_RUN} and not any(c.failed for c in cells)
 
 
+def test_a_failed_detection_run_is_counted_failed_not_averaged(tmp_path):
+    """compare averaged a failed run's last_map (had its record one) into the row's mean, where
+    the tables leave it out."""
+    plan = detection_results(tmp_path, False, (20.0, 35.0, 20.0))
+    rows = json.loads(plan.read_text())
+    supervised = next(r for r in rows if r["variant"] == "supervised")
+    failed = tmp_path / "runs" / supervised["run_id"].replace("seed0", "seed1") / "metrics.json"
+    failed.parent.mkdir(parents=True)
+    failed.write_text(json.dumps({"mode": "detect", "seed": 1, "status": "failed",
+                                  "last_map": {"bbox": {"mAP": 0.0, "mAP50": 0.0,
+                                                        "mAP75": 0.0}}}))
+    plan.write_text(json.dumps(rows + [{**supervised, "seed": 1, "metrics": str(failed),
+                                        "run_id": supervised["run_id"].replace("seed0",
+                                                                               "seed1")}]))
+    cell = cells_by_key(compare([], plan, PAPER))[(3, "COCO mini-val", "Supervised", "mAP")]
+    assert (cell.ours.mean, cell.ours.n, cell.ours.failed) == (20.0, 1, 1)
+
+
 def test_improv_flags_are_the_papers_known_slips():
     """/work/shared/paper/README.md: CIFAR-100 +5.85 (5.80), KITTI mAP50 +7.99 (7.79), Table 2 ViT
     mAP75 and Table 3 SVHN mAP / mAP75 from the last RelViT row instead of the best."""

@@ -124,6 +124,16 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     assert main(["regress", str(tmp_path / "empty"), "--expected", str(bad)]) == 1
 
 
+def test_refresh_refuses_a_non_finite_number(tmp_path):
+    """--refresh crashed in statistics.stdev ("'float' object has no attribute 'numerator'")."""
+    from relvit.report.expected import ExpectedError, expected_cells
+
+    runs = {"digits/vit_small/supervised": {0: {"best_top1": 90.0}, 1: {"best_top1": math.nan}}}
+    with pytest.raises(ExpectedError, match="digits/vit_small/supervised seed 1: best_top1 is "
+                                            "nan, not a number to expect"):
+        expected_cells(runs)
+
+
 def test_run_directories_moved_aside_are_not_counted(tmp_path):
     runs = tier(tmp_path / "runs")
     aside = runs / "digits/vit/relvit/seed0.replaced-20261127-010203/metrics.json"

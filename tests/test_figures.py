@@ -118,3 +118,18 @@ def test_a_chart_names_its_tier_and_marks_stale_and_missing_cells(tmp_path, monk
     planned = [dataclasses.replace(cells[1], verdict=NOT_RUN, ours=NO_CELL), *cells[2:]]
     bar_chart(planned, 1, tmp_path / "fig", tier="ci")
     assert "no bar: not run" in drawn["title"]
+    # not comparable for a resized model, or run on a resized copy: marked, not drawn plain
+    from relvit.report.compare import OTHER_MODEL
+
+    def hatches(fig, path, **kwargs):
+        drawn["hatches"] = [patch.get_hatch() for patch in fig.axes[0].patches]
+        drawn["title"] = fig._suptitle.get_text()
+
+    monkeypatch.setattr(Figure, "savefig", hatches)
+    marked = [dataclasses.replace(cells[0], verdict=OTHER_MODEL),
+              dataclasses.replace(cells[1], provenance={**cells[1].provenance, "resized": "256"}),
+              *cells[2:]]
+    bar_chart(marked, 1, tmp_path / "fig", tier="ci")
+    assert drawn["hatches"][0] == "xx" and drawn["hatches"][1] is None
+    assert "hatched xx: a resized model" in drawn["title"]
+    assert "dashed edge: run on a resized copy" in drawn["title"]

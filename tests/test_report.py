@@ -1,6 +1,7 @@
 """The Table 1 renderer on a fixed set of run directories: exact expected output."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -81,6 +82,40 @@ def test_markdown_is_exactly_as_expected(tmp_path):
     ci = render_markdown(Table1(gather_runs([tmp_path])), "ci")
     assert "they are not comparable to the paper's" in ci
     assert "not comparable to the paper's" in render_latex(Table1(gather_runs([tmp_path])), "ci")
+
+
+def test_two_runs_of_one_seed_in_a_cell_are_refused(tmp_path):
+    """A folder given twice over (a copy, or runs of another config) pooled its runs into the
+    cell's mean: "82.17 ± 8.12" over seeds 0, 0, 1, 2."""
+    from relvit.report.compare import compare
+
+    write_runs(tmp_path / "a")
+    copy = tmp_path / "b" / "digits" / "vit_small" / "supervised" / "seed0"
+    copy.mkdir(parents=True)
+    copy.joinpath("metrics.json").write_bytes(
+        (tmp_path / "a" / "digits" / "vit_small" / "supervised" / "seed0" / "metrics.json"
+         ).read_bytes())
+    message = "Digits (sklearn) / ViT/4 (D=72, depth 4) / supervised: seed 0 has several runs"
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        render_markdown(Table1(gather_runs([tmp_path])), "smoke")
+    assert str(copy) in str(err.value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compare([tmp_path])
+    render_markdown(Table1(gather_runs([tmp_path / "a"])), "smoke")  # one run per seed
+
+
+def test_every_note_is_plain_ascii_latex():
+    """pdflatex: the notes' `code`, "quotes", § and dashes had reached the captions raw."""
+    from relvit.report import detection_tables, provenance, table1
+
+    notes = [*table1.NOTES.values(), table1.FAILED_NOTE, table1.RESIZED_NOTE,
+             table1.EMBEDDED_NOTE, provenance.STALE_NOTE,
+             detection_tables.notes([{"dataset": "coco2017", "run_dataset": "digit_scenes",
+                                      "metrics": "/nowhere/metrics.json"}])]
+    for note in notes:
+        latex = table1.latex_escape(note)
+        assert latex.isascii() and "`" not in latex.replace("``", "") and '"' not in latex, latex
+    assert table1.latex_escape('`a_b` "x" § — –') == r"\texttt{a\_b} ``x'' \S{} --- --"
 
 
 def test_a_cell_with_failed_seeds_says_how_many():

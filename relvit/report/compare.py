@@ -142,13 +142,14 @@ def detection_cells(rows: list[dict], paper: pd.DataFrame,
     for (table, dataset, backbone, _), group in groups.items():
         first = group[0]
         here = runs[runs["run"].isin([str(Path(r["metrics"]).parent) for r in group])]
-        resized = any(str(label).endswith(")") for label in here["backbone_label"].dropna())
+        resized = any(map(det.is_resized_model, here["backbone_label"].dropna().astype(str)))
         reason = (STAND_IN if first["run_dataset"] != dataset
                   else OTHER_MODEL if resized else None)
         for metric, paper_metric in zip(det.METRICS, det.PAPER_METRICS[table]):
             value = det.paper_value(paper, first, paper_metric)
             theirs = Cell(value, None, 0) if value is not None else NO_CELL
-            ours = seed_cell(pd.Series([det.scores(r)[metric] for r in group], dtype=float),
+            ours = seed_cell(pd.Series([det.scores(r)[metric] for r in group
+                                        if not det.row_failed(r)], dtype=float),
                              bool(here["stale"].fillna(False).astype(bool).any()),
                              sum(map(det.row_failed, group)))
             verdict, bound, rule = judge(theirs, ours, criterion,

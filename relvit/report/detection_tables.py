@@ -74,6 +74,12 @@ def _backbone_label(group: list[dict]) -> str:
     return next((label for label in labels if label), get_backbone_spec(group[0]["backbone"]).label)
 
 
+def is_resized_model(label: str) -> bool:
+    """Whether a backbone label (relvit.geometry.backbone_label) names a resized model, e.g.
+    "ViT/8 (D=36, depth 1)", rather than the paper's ("ViT-S/16")."""
+    return label.endswith(")")
+
+
 def _text(value: float | None) -> str:
     return EMPTY if value is None else f"{value:.2f}"
 
@@ -99,8 +105,8 @@ def _variants(group: list[dict]) -> list[list[dict]]:
 
 def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
     """Mean scores over the seeds that ran (not failed), and the cells: mean, ± std over several
-    seeds, "(n=k of m)" while some have not run, "[k failed]" when some failed, "failed" when all
-    did."""
+    seeds, "(n=1)" for one, "(n=k of m)" while some have not run, "[k failed]" when some failed,
+    "failed" when all did."""
     failed = sum(map(row_failed, seeds))
     ran = [s for s in (scores(row) for row in seeds if not row_failed(row))
            if s["mAP"] is not None]
@@ -115,6 +121,8 @@ def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
         text = _text(means[m]) + (f" ± {values.std():.2f}" if len(values) > 1 else "")
         if len(values) + failed < len(seeds):
             text += f" (n={len(values)} of {len(seeds)})"
+        elif len(values) == 1:
+            text += " (n=1)"  # no spread to show, as Table 1 says
         cells.append(text + (f" [{failed} {FAILED}]" if failed else ""))
     return means, cells
 
@@ -132,6 +140,8 @@ def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[
         first = _backbone_label(group) if table == 2 else DATASETS[dataset].title
         if group[0]["run_dataset"] != dataset:
             first += f" [{DATASETS[group[0]['run_dataset']].title}]"
+        if table != 2 and is_resized_model(_backbone_label(group)):
+            first += f", {_backbone_label(group)}"  # not the paper's model: say which
         ours_rel, theirs_rel, ours_sup, theirs_sup = [], [], None, None
         for i, seeds in enumerate(_variants(group)):
             row = seeds[0]

@@ -90,6 +90,11 @@ def expected_cells(runs: dict[str, dict[int, dict[str, float]]],
     cells = {}
     for cell, by_seed in sorted(runs.items()):
         all_seeds = {**(spread or {}).get(cell, {}), **by_seed}
+        for seed, values in sorted(all_seeds.items()):
+            for name, value in values.items():
+                if not math.isfinite(value):
+                    raise ExpectedError(f"{cell} seed {seed}: {name} is {value}, not a number "
+                                        f"to expect; rerun that run or leave it out")
         entry: dict[str, Any] = {"seeds": sorted(by_seed), "spread_seeds": sorted(all_seeds)}
         for name in sorted({n for values in by_seed.values() for n in values}):
             ours = [v[name] for v in by_seed.values() if name in v]

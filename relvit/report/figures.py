@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from relvit.report.compare import NOT_RUN, RUN_FAILED, STAND_IN, Comparison
+from relvit.report.compare import NOT_RUN, OTHER_MODEL, RUN_FAILED, STAND_IN, Comparison
 from relvit.report.provenance import run_id
 from relvit.report.table1 import Cell
 
@@ -67,6 +67,11 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
         for bar, cell in zip(ours, here):
             if cell.verdict == STAND_IN:
                 bar.set_hatch("//")
+            elif cell.verdict == OTHER_MODEL:
+                bar.set_hatch("xx")
+            if cell.provenance.get("resized"):
+                bar.set_linestyle("--")
+                bar.set_edgecolor("black")
             if cell.failed:
                 bar.set(edgecolor="red", linewidth=2)
             if cell.provenance.get("stale"):
@@ -76,8 +81,12 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
         ax.legend(handles=[Patch(color="tab:blue", label="reproduced"),
                            Patch(color="tab:gray", label="paper")], fontsize=7)
     notes = [text for flag, text in (
-        (any(c.verdict == STAND_IN for c in cells), "hatched: run on a stand-in dataset, not "
-                                                     "comparable"),
+        (any(c.verdict == STAND_IN for c in cells), "hatched //: run on a stand-in dataset, "
+                                                     "not comparable"),
+        (any(c.verdict == OTHER_MODEL for c in cells), "hatched xx: a resized model, not "
+                                                        "comparable"),
+        (any(c.provenance.get("resized") for c in cells), "dashed edge: run on a resized copy "
+                                                           "of the dataset (data.resized)"),
         (any(c.failed for c in cells), "red edge: out of tolerance"),
         (any(c.provenance.get("stale") for c in cells), "faded: stale (its run config changed "
                                                           "after it ran)"),

@@ -11,6 +11,7 @@ cell that is planned but has not run yet shows "—".
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,21 @@ def seed_cell(values: pd.Series, stale: bool = False, failed: int = 0,
     return Cell(float(values.mean()), std, len(values), stale, failed, planned, resized)
 
 
+def one_run_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of one cell (rows of gather_runs), refused (ValueError naming them) when two
+    share a seed: a cell's mean is over seeds, and runs of other configs or of a copied results
+    folder would be pooled into it unseen."""
+    twice = runs[runs["seed"].duplicated(keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        raise ValueError(
+            f"{first['dataset_title']} / {first['backbone_label']} / {first['mode']}"
+            f"{' ' + first['label'] if first['label'] else ''}: seed {first['seed']} has several "
+            f"runs ({', '.join(twice[twice['seed'] == first['seed']]['run'])}): pass one run "
+            f"per seed")
+    return runs
+
+
 def failed_runs(runs: pd.DataFrame) -> int:
     """How many of these runs (rows of gather_runs) failed."""
     return int((runs["status"] == FAILED).sum()) if "status" in runs else 0
@@ -161,7 +177,7 @@ class Table1:
 
     def ours(self, dataset: str, backbone: str, mode: str, label: str, metric: str) -> Cell:
         """Mean ± std over the seeds of one cell; stale when one of its runs is."""
-        here = self.runs_of(dataset, backbone, mode, label)
+        here = one_run_per_seed(self.runs_of(dataset, backbone, mode, label))
         planned = self.runs_of(dataset, backbone, mode, label, planned=True)["seed"].nunique()
         return seed_cell(here[metric], bool(here["stale"].fillna(False).astype(bool).any()),
                          failed_runs(here), planned, resized_sides(here))
@@ -180,6 +196,7 @@ class Table1:
 
     @staticmethod
     def pretext_cell(runs: pd.DataFrame, metric: str) -> Cell:
+        runs = one_run_per_seed(runs)
         return seed_cell(runs[metric], failed=failed_runs(runs), resized=resized_sides(runs))
 
     def beside_paper(self, metric: str) -> bool:
@@ -279,14 +296,16 @@ def render_markdown(table: Table1, tier: str) -> str:
 
 def latex_escape(text: str) -> str:
     """`text` as pdflatex (with booktabs and amssymb) takes it: special and non-ASCII
-    characters of the tables' Markdown replaced (Tables 1-3)."""
+    characters of the tables' Markdown replaced, `code` set in \\texttt and "quotes" as
+    LaTeX's (Tables 1-3)."""
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
                        ("#", r"\#"), ("†", r"$^\dagger$"), ("‡", r"$^\ddagger$"),
-                       ("Δ", r"$\Delta$"), ("—", "--"), ("−", "$-$"), ("±", r"$\pm$"),
+                       ("Δ", r"$\Delta$"), ("—", "---"), ("−", "$-$"), ("±", r"$\pm$"),
                        ("✓", r"\checkmark"), ("✗", r"$\times$"), ("<", r"\textless{}"),
-                       (">", r"\textgreater{}")):
+                       (">", r"\textgreater{}"), ("§", r"\S{}"), ("–", "--")):
         text = text.replace(char, repl)
-    return text
+    text = re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
+    return re.sub(r'"([^"]*)"', r"``\1''", text)
 
 
 def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
