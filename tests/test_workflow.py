@@ -445,7 +445,9 @@ def test_detection_table_end_to_end(tmp_path):
     snakemake("--cores", "2", "--configfile", "det.yaml", cwd=tmp_path)
     table = (tmp_path / "results" / "tables" / "table3.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
-    assert rows[0].startswith("| COCO mini-val [Digit scenes] | Supervised |")
+    # the stand-in dataset and the resized model, named
+    assert rows[0].startswith("| COCO mini-val [Digit scenes], ViT/8 (D=36, depth 1, 3 heads) |"
+                              " Supervised |"), rows[0]
     assert len(rows) == 4 and "—" not in "".join(rows[:3])  # every row ran
     assert (tmp_path / "results" / "tables" / "table3.tex").is_file()
     assert not (tmp_path / "results" / "tables" / "table2.md").exists()
