@@ -197,7 +197,7 @@ def _execution_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--execution", metavar="FILE",
                    help="a YAML file of execution keys (device, compile, data.workers, ...: "
                         "relvit.config.EXECUTION_KEYS) over the run config's, before --set; "
-                        "the workflow's results/<tier>/execution/<run>.yaml")
+                        "the workflow's <results>/execution/<run>.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download: verify the files already in place")
     p.add_argument("--execution", metavar="FILE",
                    help="a YAML file whose `data.offline: true` means --offline (the "
-                        "workflow's results/<tier>/execution/prepare_data.yaml)")
+                        "workflow's <results>/execution/prepare_data.yaml)")
     p.set_defaults(func=_prepare)
     p = sub.add_parser("resize-images", help="a copy of an image-file dataset with every "
                        "image's shorter side at most S (faster decoding; resumable)")

@@ -150,7 +150,7 @@ def nested(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_settings_file(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The settings a file of dotted keys holds (the workflow's results/<tier>/execution/*.yaml:
+    """The settings a file of dotted keys holds (the workflow's <results>/execution/*.yaml:
     how a job runs, read when it starts, so that Snakemake reruns nothing when they change);
     ConfigError naming the file and every key that is not one of `keys`."""
     if not Path(path).exists():

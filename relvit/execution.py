@@ -1,13 +1,13 @@
 """The workflow's execution files: how its jobs run (relvit.config.EXECUTION_KEYS per run, and
 prepare_data's `data.offline`), kept out of what Snakemake tracks.
 
-A run config under results/<tier>/configs/ holds what a run computes; a change to it reruns the
-run. Its execution keys (device, compile, data.workers, ...) go to results/<tier>/execution/
-<run>.yaml instead, written when snakemake starts executing (the Snakefile's `onstart`, never in a
-dry run), only for the jobs that snakemake runs, and read by the job when it starts
-(`--execution`). Snakemake tracks neither the file nor its content, so changing an execution key
-reruns no job: the runs not yet finished use the new settings, the finished ones stay as they
-are (a run resumes across execution keys anyway).
+A run config under <results>/configs/ (<results>: the workflow config's `results` folder) holds
+what a run computes; a change to it reruns the run. Its execution keys (device, compile,
+data.workers, ...) go to <results>/execution/<run>.yaml instead, written when snakemake starts
+executing (the Snakefile's `onstart`, never in a dry run), only for the jobs that snakemake runs,
+and read by the job when it starts (`--execution`). Snakemake tracks neither the file nor its
+content, so changing an execution key reruns no job: the runs not yet finished use the new
+settings, the finished ones stay as they are (a run resumes across execution keys anyway).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ PREPARE_DATA = "prepare_data.yaml"  # beside the runs' files (run ids hold 3 sla
 
 
 def computation(config: dict[str, Any]) -> dict[str, Any]:
-    """A planned run's config without its execution keys: results/<tier>/configs/<run>.yaml."""
+    """A planned run's config without its execution keys: <results>/configs/<run>.yaml."""
     return without_keys(config, EXECUTION_KEYS)
 
 
