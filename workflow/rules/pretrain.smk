@@ -18,6 +18,9 @@ rule pretrain:
     log:
         f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: config["threads_per_run"]
+    # first among the ready jobs: the finetune and upstream detection runs wait on them, and the
+    # smoke run's last job had been a detection whose pretraining started late (docs/performance.md)
+    priority: 1
     resources:
         **stage_resources("pretrain"),
     conda:
