@@ -6,7 +6,8 @@ Reads each run's history.csv (`relvit <mode> --out RUNS_DIR/NAME`) and prints, p
 epoch, the training loss of both runs and their relative difference, the validation loss and
 accuracies, the epoch's wall time and training images/s; then per pair the largest loss
 difference and the median epoch time without the first epoch (which holds the compiles), and
-the peak memory of both runs from their metrics.json (a run cut by a time cap has none). Used
+the peak memory of both runs from their metrics.json (allocated, and on a GPU reserved, which
+counts CUDA graphs' private pools; a run cut by a time cap has none). Used
 by bench/gpu_run_check.sh. Exit status 1 when a run has no history (it failed or was cut before
 its first epoch ended).
 """
@@ -32,21 +33,21 @@ def read_history(run: Path) -> list[dict[str, float]]:
                 for row in csv.DictReader(f)]
 
 
-def read_peak_memory(run: Path) -> float | None:
-    """The run's `peak_memory_mb` (metrics.json, written when it finished), else None."""
+def read_peak_memory(run: Path, key: str = "peak_memory_mb") -> float | None:
+    """The run's peak memory `key` (metrics.json, written when it finished), else None."""
     path = run / "metrics.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("peak_memory_mb")
+    return json.loads(path.read_text()).get(key)
 
 
 def peak_memory_line(base_name: str, base: float | None, other_name: str,
-                     other: float | None) -> str:
-    """Both runs' peak memory, and their ratio when both finished."""
+                     other: float | None, what: str = "peak memory") -> str:
+    """Both runs' peak memory, and other / base when both finished."""
     shown = [f"{peak:,.0f} MB" if peak is not None else "— (unfinished)"
              for peak in (base, other)]
-    ratio = f" ({other / base:.2f}x)" if base and other is not None else ""
-    return f"peak memory {base_name} / {other_name}: {shown[0]} / {shown[1]}{ratio}"
+    ratio = f" (other/base {other / base:.2f}x)" if base and other is not None else ""
+    return f"{what} {base_name} / {other_name}: {shown[0]} / {shown[1]}{ratio}"
 
 
 def _relative(a: float, b: float) -> float:
@@ -78,8 +79,8 @@ def compare(base_name: str, base: list[dict[str, float]], other_name: str,
         t_base = statistics.median(a["epoch_time_s"] for a, _ in pairs[1:])
         t_other = statistics.median(b["epoch_time_s"] for _, b in pairs[1:])
         summary += (f"; median epoch after the first {t_base:.2f} s vs {t_other:.2f} s "
-                    f"({t_base / t_other:.2f}x); first epoch {pairs[0][0]['epoch_time_s']:.1f} "
-                    f"vs {pairs[0][1]['epoch_time_s']:.1f} s")
+                    f"(speed-up base/other {t_base / t_other:.2f}x); first epoch "
+                    f"{pairs[0][0]['epoch_time_s']:.1f} vs {pairs[0][1]['epoch_time_s']:.1f} s")
     return [*lines, summary, ""]
 
 
@@ -105,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         lines = compare(base_name, base, other_name, other)
         lines.insert(-1, peak_memory_line(base_name, read_peak_memory(args.runs / base_name),
                                           other_name, read_peak_memory(args.runs / other_name)))
+        reserved = [read_peak_memory(args.runs / n, "peak_memory_reserved_mb")
+                    for n in (base_name, other_name)]
+        if any(r is not None for r in reserved):  # a GPU's
+            lines.insert(-1, peak_memory_line(base_name, reserved[0], other_name, reserved[1],
+                                              "peak memory reserved"))
         print("\n".join(lines))
     return 1 if failed else 0
 

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Whole training runs with CUDA graphs (issue 6), within 5.5 (32 px) or 7.5 (224 px) minutes of
-# caps on an H100 (with --step 9 or 11; --mode halves them about): does `compile: true` with `compile_mode: reduce-overhead` train as the run
-# without them does, through the evaluation and checkpoints of every epoch and each epoch's last,
-# shorter batch, and how long does an epoch take then?
+# Whole training runs with CUDA graphs (issue 6), within 5 (32 px) or 7.3 (224 px) minutes of
+# caps on a GPU (with --step 8.5 or 11; --mode halves them about): does `compile: true` with
+# `compile_mode: reduce-overhead` train as the run without them does, through the evaluation and
+# checkpoints of every epoch and each epoch's last, shorter batch, and how long does an epoch
+# take then?
 #
 # ViT-S, batch 256, fused AdamW, bf16 autocast, on a CIFAR-10 in the official pickle format
 # written here with random pixels (the machine has no datasets; tests/fixtures/formats.py).
 # Pretrain and supervised each run twice from the same seed, so with the same initial weights and
 # batches: their per-epoch training losses must agree to bf16 rounding, not just land near each
-# other. torch's recompile log goes to the compiled runs' logs.
+# other. torch's logs of recompiles, graph breaks and skipped CUDA graphs (`cudagraphs`,
+# `perf_hints`) go to the compiled runs' logs.
 #   --size 32 (default): ViT-S/4, a Table 1 CIFAR-size run; 10,000 training images (39 full
 #     batches and one of 16 per epoch), 1,000 test images, 4 epochs; eager against CUDA graphs.
 #   --size 224: ViT-S/16 on those images upscaled to 224 px; 5,000 training images (19 full
@@ -17,26 +19,32 @@
 #   --step: a third run of each mode, CUDA graphs with `compile_step: true` (the step from its
 #     draws to its loss, the batch's jitter, permutation and normalisation, the model and the
 #     losses, compiled as one region, so that the graphs cover all of it), against the same
-#     baseline (caps as the CUDA-graph runs': 550 s in all at 32 px, up to 4 more minutes at
-#     224 px).
+#     baseline (caps as the CUDA-graph runs': 510 s in all at 32 px; 660 s at 224 px, over a
+#     device call's limit, so there --mode is needed).
 #   --mode pretrain|supervised: that mode's runs only (default both): 224 px with --step takes
 #     caps of 390 s (pretrain) and 270 s (supervised), each within a device call's 600 s.
+#   --budget S: on the GPU, refuse to start when the caps (plus 6 s a run for the kill grace
+#     and start-up) exceed S seconds (default 570, inside a device call's 600 s): pass the
+#     device time left, less the start-up, so that the call is never cut by the session's end.
 # Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table),
-# runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json). The data and the runs'
-# checkpoints stay in a scratch folder, so that a call cut at its time limit leaves only the
-# summary and the config in $OUT. The exit status is 0 however the runs end: read summary.txt.
+# runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json). Both comparison.txt
+# (the pairs finished so far) and runs.tar.gz are rewritten after every run, so that a call
+# cut at its time limit still returns what had finished. The data and the runs' checkpoints
+# stay in a scratch folder. The exit status is 0 however the runs end: read summary.txt.
 #
-#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step] [--mode M]   # on the GPU
+#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step] [--mode M] [--budget S]
 #   bash bench/gpu_run_check.sh --device cpu [--size 224] [--step]   # dry run: tiny, no compile
 set -uo pipefail
 
 DEVICE=cuda
 SIZE=32
 STEP=0
+BUDGET=570
 MODES=(pretrain supervised)
 while (( $# )); do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
+    --budget) BUDGET="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --step) STEP=1; shift ;;
     --mode) MODES=("$2"); shift 2
@@ -44,7 +52,7 @@ while (( $# )); do
         echo "--mode: pretrain or supervised, not ${MODES[0]}" >&2; exit 2
       fi ;;
     *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step," \
-         "--mode pretrain|supervised)" >&2; exit 2 ;;
+         "--mode pretrain|supervised, --budget S)" >&2; exit 2 ;;
   esac
 done
 if [[ "$SIZE" != 32 && "$SIZE" != 224 ]]; then echo "--size: 32 or 224, not $SIZE" >&2; exit 2; fi
@@ -54,10 +62,10 @@ DEFAULT_OUT=gpu-run-check-out EXTRA_PYTHONPATH=tests source "$(dirname "$0")/gpu
 # takes 10-30 s to compile on the lent H100's CPU; a run compiles the model, the jitter and the
 # loss chunks for both batch shapes: 76 s for a 32-px pretrain run)
 if [[ "$SIZE" == 32 ]]; then
-  BASE=(); BASE_NAME=eager; BASE_LOGS=""; T_BASE=(45 45); T_GRAPHS=(130 100)
+  BASE=(); BASE_NAME=eager; BASE_LOGS=""; T_BASE=(45 45); T_GRAPHS=(120 90)
   N_TRAIN=10000; N_TEST=1000; EPOCHS=4; PATCH=4
 else
-  BASE=(--set compile=true); BASE_NAME=compiled; BASE_LOGS=recompiles
+  BASE=(--set compile=true); BASE_NAME=compiled; BASE_LOGS=recompiles,graph_breaks
   T_BASE=(130 90); T_GRAPHS=(130 90)
   N_TRAIN=5000; N_TEST=500; EPOCHS=3; PATCH=16
 fi
@@ -65,6 +73,17 @@ MODEL=()
 if [[ "$DEVICE" != cuda ]]; then
   T_BASE=(120 120); T_GRAPHS=(120 120); N_TRAIN=300; N_TEST=40; EPOCHS=2
   MODEL=(--set model.embed_dim=36 --set model.depth=1 --set model.num_heads=3)
+else  # the runs' caps, each with 6 s for its kill grace (timeout -k 5) and start-up
+  TOTAL=0
+  for mode in "${MODES[@]}"; do
+    i=0; [[ "$mode" == supervised ]] && i=1
+    TOTAL=$(( TOTAL + T_BASE[i] + T_GRAPHS[i] * (1 + STEP) + 6 * (2 + STEP) ))
+  done
+  if (( TOTAL > BUDGET )); then
+    echo "the runs' caps come to $TOTAL s, over the budget of $BUDGET s (--budget): run" \
+      "fewer (--mode pretrain|supervised) or pass the device time left" >&2
+    exit 2
+  fi
 fi
 
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu-run-check.XXXXXX")"
@@ -85,6 +104,15 @@ EOF
 RUNS="$SCRATCH/runs"
 mkdir -p "$RUNS"
 GRAPHS=(--set compile=true --set compile_mode=reduce-overhead)
+COMPILED_LOGS=recompiles,graph_breaks,cudagraphs,perf_hints
+PAIRS=()
+# snapshot: the comparison of the pairs finished so far and the runs' files, in $OUT
+snapshot() {
+  if (( ${#PAIRS[@]} )); then
+    "$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" > "$OUT/comparison.txt" 2>&1
+  fi
+  tar -czf "$OUT/runs.tar.gz" -C "$RUNS" --exclude='*.pt' .
+}
 # run MODE NAME CAP [ARGS...]: one training run into $RUNS/NAME, its log beside it
 run() {
   local mode=$1 name=$2 cap=$3; shift 3
@@ -92,22 +120,22 @@ run() {
     --config "$CONFIG" --out "$RUNS/$name" --no-progress "${MODEL[@]}" "$@" \
     > "$RUNS/$name.log" 2>&1
   summary "$mode $name: exit $? (124: cut at its $cap s cap)"
+  snapshot
 }
-PAIRS=()
 for mode in "${MODES[@]}"; do
   i=0; [[ "$mode" == supervised ]] && i=1  # its caps' index
   TORCH_LOGS_RUN=$BASE_LOGS run "$mode" "$mode-$BASE_NAME" "${T_BASE[$i]}" "${BASE[@]}"
-  TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
   PAIRS+=("$mode-$BASE_NAME" "$mode-graphs")
+  TORCH_LOGS_RUN=$COMPILED_LOGS run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
   if (( STEP )); then
-    TORCH_LOGS_RUN=recompiles run "$mode" "$mode-graphs-step" "${T_GRAPHS[$i]}" \
-      "${GRAPHS[@]}" --set compile_step=true
     # and the decision's pair: the step region against the graphs of the model alone
     PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step" "$mode-graphs" "$mode-graphs-step")
+    TORCH_LOGS_RUN=$COMPILED_LOGS run "$mode" "$mode-graphs-step" "${T_GRAPHS[$i]}" \
+      "${GRAPHS[@]}" --set compile_step=true
   fi
 done
 
 "$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" >> "$OUT/summary.txt" 2>&1
 summary "comparison: exit $?"
-tar -czf "$OUT/runs.tar.gz" -C "$RUNS" --exclude='*.pt' .
+rm -f "$OUT/comparison.txt"  # in summary.txt now
 summary "done"

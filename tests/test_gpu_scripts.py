@@ -42,3 +42,46 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
     # data and checkpoints in a scratch folder, removed: a call cut at its limit returns $OUT
     assert {p.name for p in out.iterdir()} == {"summary.txt", "run.yaml", "runs.tar.gz"}
     assert not list(scratch.glob("gpu-run-check.*"))
+
+
+def test_a_cut_call_returns_the_runs_that_finished(tmp_path):
+    """The comparison and the runs' archive were only written at the end: a call cut by the
+    device's limit returned the exit codes alone. Both are now rewritten after every run."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        ["bash", "bench/gpu_run_check.sh", "--device", "cpu", "--step", "--mode", "pretrain"],
+        cwd=ROOT, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+                       "TMPDIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "comparison.txt").is_file():  # after the second run
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the cut
+        process.wait()
+    comparison = (out / "comparison.txt").read_text()
+    assert "pretrain-eager vs pretrain-graphs" in comparison
+    assert ": 2 of 2 epochs; largest train_loss rel. diff" in comparison
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"./pretrain-eager/history.csv", "./pretrain-graphs/history.csv"} <= names
+
+
+def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
+    """A call whose caps exceed the device's 600 s, or the session's time left, would be cut
+    mid-run: 224 px with --step and both modes is 660 s of caps."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+           "TMPDIR": str(tmp_path)}
+    refused = subprocess.run(["bash", "bench/gpu_run_check.sh", "--size", "224", "--step"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "the runs' caps come to 696 s, over the budget of 570 s" in refused.stderr
+    less = subprocess.run(["bash", "bench/gpu_run_check.sh", "--step", "--budget", "500"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert less.returncode == 2 and "caps come to 546 s, over the budget of 500 s" in less.stderr
+    assert not list(tmp_path.glob("gpu-run-check.*"))  # no data written

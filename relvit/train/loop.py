@@ -528,6 +528,7 @@ class Run:
             **self.task_metrics(),
             "wall_time_s": self.elapsed,
             "peak_memory_mb": provenance.peak_memory_mb(self.device),
+            "peak_memory_reserved_mb": provenance.peak_memory_reserved_mb(self.device),
             "device": provenance.device_name(self.device), "world_size": self.world,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "init_checkpoint": cfg.init_checkpoint, "init_sha256": self.init_digest,

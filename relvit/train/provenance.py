@@ -61,6 +61,14 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def peak_memory_reserved_mb(device: torch.device) -> float | None:
+    """Peak GPU memory held by the caching allocator (the blocks of CUDA graphs' private pools
+    included, which `max_memory_allocated` may leave out); None on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_reserved(device) / 2**20
+    return None
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated by tensors, or the process's peak resident memory on CPU."""
     if device.type == "cuda":
