@@ -102,6 +102,12 @@ def test_two_runs_of_one_seed_in_a_cell_are_refused(tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):
         compare([tmp_path])
     render_markdown(Table1(gather_runs([tmp_path / "a"])), "smoke")  # one run per seed
+    # a record without a label (None in the frame) is named as well
+    for path in (copy, tmp_path / "a" / "digits" / "vit_small" / "supervised" / "seed0"):
+        metrics = json.loads((path / "metrics.json").read_text())
+        (path / "metrics.json").write_text(json.dumps({**metrics, "label": None}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        render_markdown(Table1(gather_runs([tmp_path])), "smoke")
 
 
 def test_every_note_is_plain_ascii_latex():

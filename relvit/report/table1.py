@@ -104,11 +104,11 @@ def one_run_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
     twice = runs[runs["seed"].duplicated(keep=False)]
     if not twice.empty:
         first = twice.iloc[0]
+        label = first["label"] if isinstance(first["label"], str) and first["label"] else ""
         raise ValueError(
             f"{first['dataset_title']} / {first['backbone_label']} / {first['mode']}"
-            f"{' ' + first['label'] if first['label'] else ''}: seed {first['seed']} has several "
-            f"runs ({', '.join(twice[twice['seed'] == first['seed']]['run'])}): pass one run "
-            f"per seed")
+            f"{' ' + label if label else ''}: seed {first['seed']} has several runs "
+            f"({', '.join(twice[twice['seed'] == first['seed']]['run'])}): pass one run per seed")
     return runs
 
 
