@@ -137,11 +137,12 @@ def table_cells(table: int, rows: list[dict], paper: pd.DataFrame) -> list[list[
             groups.setdefault((row["dataset"], row["backbone"]), []).append(row)
     for (dataset, backbone), group in groups.items():
         family = get_backbone_spec(backbone).family
-        first = _backbone_label(group) if table == 2 else DATASETS[dataset].title
+        model = _backbone_label(group)
+        first = model if table == 2 else DATASETS[dataset].title
         if group[0]["run_dataset"] != dataset:
             first += f" [{DATASETS[group[0]['run_dataset']].title}]"
-        if table != 2 and is_resized_model(_backbone_label(group)):
-            first += f", {_backbone_label(group)}"  # not the paper's model: say which
+        if table != 2 and is_resized_model(model):
+            first += f", {model}"  # not the paper's model: say which
         ours_rel, theirs_rel, ours_sup, theirs_sup = [], [], None, None
         for i, seeds in enumerate(_variants(group)):
             row = seeds[0]
