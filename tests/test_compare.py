@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from relvit.cli import main
-from relvit.report.compare import (CSV_COLUMNS, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN, WITHIN,
-                                   Criterion, compare, improvement_checks, out_of_tolerance,
+from relvit.report.compare import (CSV_COLUMNS, NO_VALUE, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN,
+                                   WITHIN, Criterion, compare, improvement_checks, out_of_tolerance,
                                    to_markdown)
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import file_config_hash, is_stale, planned_config
@@ -176,6 +176,28 @@ def test_a_failed_detection_run_is_counted_failed_not_averaged(tmp_path):
                                                                                "seed1")}]))
     cell = cells_by_key(compare([], plan, PAPER))[(3, "COCO mini-val", "Supervised", "mAP")]
     assert (cell.ours.mean, cell.ours.n, cell.ours.failed) == (20.0, 1, 1)
+
+
+def test_runs_without_a_value_are_no_value_not_not_run(tmp_path):
+    """A cell whose runs finished without a finite value had the verdict "not run"."""
+    write_results(tmp_path)
+    for seed in (0, 1, 2):
+        path = tmp_path / "runs" / f"cifar10/vit_small/relvit/seed{seed}" / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "best_top1": None}))
+    cells = cells_by_key(compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER))
+    cell = cells[(1, "CIFAR-10", "RelViT", "top1")]
+    assert (cell.verdict, cell.ours.unscored, cell.failed) == (NO_VALUE, 3, False)
+    # detection: a finished run whose evaluation gave no box mAP
+    plan = detection_results(tmp_path / "det", False, (20.0, 35.0, 20.0))
+    path = next((tmp_path / "det" / "runs").rglob("metrics.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "last_map": {"bbox": {"mAP": None, "mAP50": 35.0}}}))
+    cells = cells_by_key(compare([], plan, PAPER))
+    assert cells[(3, "COCO mini-val", "Supervised", "mAP")].verdict == NO_VALUE
+    assert cells[(3, "COCO mini-val", "Supervised", "mAP50")].verdict == WITHIN
+    assert cells[(3, "COCO mini-val", "Supervised", "mAP75")].verdict == NO_VALUE
+    assert cells[(3, "COCO mini-val", "RelViT (upstream ✓, perm ✗, mega ✗)", "mAP")].verdict \
+        == NOT_RUN
 
 
 def test_improv_flags_are_the_papers_known_slips():

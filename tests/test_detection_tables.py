@@ -100,5 +100,13 @@ def test_seeds_of_a_row_are_averaged(tmp_path):
     caption = latex.split("\\caption{")[1]
     assert "mean $\\pm$ sample std over the seeds that ran" in caption
     assert "failed" in caption and "±" not in latex and "−" not in latex
+    # a finished run without a box mAP is counted, not left as a seed still to run
+    path = tmp_path / "runs" / next(r["run_id"] for r in rows if r["variant"] == "upstream"
+                                     and r["seed"] == 2) / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"last_map": {"bbox": {"mAP": None}}}))
+    cells = table_cells(3, rows, pd.read_csv(PAPER))
+    assert cells[1][5] == "30.00 (n=1) [1 failed] [1 no value]"
+    assert "no finite value" in render_markdown(3, rows, pd.read_csv(PAPER), "ci")
     stand_in = [{**row, "run_dataset": "digit_scenes"} for row in rows]
     assert "not comparable" in render_latex(3, stand_in, pd.read_csv(PAPER), "ci")

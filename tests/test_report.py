@@ -141,6 +141,34 @@ def test_a_cell_short_of_its_planned_seeds_says_so():
     assert seed_cell(pd.Series([90.0]), planned=3).text() == "90.00 (n=1 of 3)"
 
 
+def test_a_finished_run_without_a_value_is_marked_not_counted_as_still_to_run(tmp_path):
+    """A finished run whose metrics.json has no finite value (none, NaN, infinite) had been
+    dropped from its cell as a seed still to run ("(n=2 of 3)"); an infinite one had made the
+    mean infinite."""
+    from relvit.report.table1 import NO_VALUE_NOTE, seed_cell
+
+    assert seed_cell(pd.Series([90.0, 92.0, float("nan")]), planned=3, unscored=1).text() \
+        == "91.00 ± 1.41 [1 no value]"
+    assert seed_cell(pd.Series([90.0, float("inf")]), planned=2, unscored=1).text() \
+        == "90.00 (n=1) [1 no value]"
+    assert seed_cell(pd.Series([None], dtype=object), unscored=1).text() == "no value"
+    write_runs(tmp_path)
+    relvit = tmp_path / "digits" / "vit_small" / "relvit"
+    for seed, value in ((1, float("nan")), (2, float("inf"))):
+        metrics = json.loads((relvit / f"seed{seed}" / "metrics.json").read_text())
+        (relvit / f"seed{seed}" / "metrics.json").write_text(json.dumps(
+            {**metrics, "best_top1": value, "last_top1": None}))
+    pretrain = tmp_path / "digits" / "vit_small" / "pretrain" / "seed1" / "metrics.json"
+    metrics = json.loads(pretrain.read_text())
+    pretrain.write_text(json.dumps({**metrics, "last": {"val_acc_pos": 0.6}}))
+    table = Table1(gather_runs([tmp_path]))
+    text = render_markdown(table, "smoke")
+    assert "| 91.00 ± 1.00 | 95.00 (n=1) [2 no value] | +4.00 |" in text
+    assert "| 90.00 ± 1.00 | 94.50 (n=1) [2 no value] | +4.50 |" in text
+    assert "| pretrain | 80.00 (n=1) [1 no value] | 60.00 ± 0.00 |" in text
+    assert NO_VALUE_NOTE in text and "no value" in render_latex(table, "smoke")
+
+
 def test_latex_table(tmp_path):
     write_runs(tmp_path)
     tex = render_latex(Table1(gather_runs([tmp_path])), "smoke")

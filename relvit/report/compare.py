@@ -10,7 +10,8 @@ detection_tables.scores). Verdicts:
   below half the smallest gain the paper claims for those cells, +1.81 box mAP on SVHN: two
   cells within it cannot turn a claimed gain into a loss);
 - not run: planned, no metrics.json yet; run failed: every seed's run failed (non-finite loss,
-  or a failed pretrain run to start from: relvit.train.failure); not a failure of the check;
+  or a failed pretrain run to start from: relvit.train.failure); no value: the runs that
+  finished hold no finite value of the metric; none of these is a failure of the check;
 - not comparable (stand-in): run on another dataset than the paper's (the smoke tier's digits
   and digit scenes); not comparable (other model): a resized backbone; not in the paper: the
   columns Table 1 adds (†, ‡). None of these fail.
@@ -26,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from relvit.report import detection_tables as det
@@ -38,6 +40,7 @@ from relvit.atomic import atomic_write_text
 from relvit.config import HASH_EXCLUDES
 
 WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
+NO_VALUE = "no value"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",
                                        "not in the paper")
 PAPER_CSV = "results/paper/tables.csv"
@@ -77,7 +80,7 @@ def judge(paper: Cell, ours: Cell, criterion: Criterion,
           not_comparable: str | None = None) -> tuple[str, float | None, str]:
     """(verdict, bound, rule) of one cell."""
     if ours.mean is None:
-        return (RUN_FAILED if ours.failed else NOT_RUN), None, ""
+        return (RUN_FAILED if ours.failed else NO_VALUE if ours.unscored else NOT_RUN), None, ""
     if not_comparable:
         return not_comparable, None, ""
     bound, rule = criterion.bound(paper, ours)
@@ -146,12 +149,14 @@ def detection_cells(rows: list[dict], paper: pd.DataFrame,
         reason = (STAND_IN if first["run_dataset"] != dataset
                   else OTHER_MODEL if resized else None)
         failed = [det.row_failed(r) for r in group]
-        scores = [det.scores(r) for r, fail in zip(group, failed) if not fail]
+        scores = [det.scores(r) for r, fail in zip(group, failed)
+                  if not fail and Path(r["metrics"]).is_file()]
         for metric, paper_metric in zip(det.METRICS, det.PAPER_METRICS[table]):
             value = det.paper_value(paper, first, paper_metric)
             theirs = Cell(value, None, 0) if value is not None else NO_CELL
-            ours = seed_cell(pd.Series([s[metric] for s in scores], dtype=float),
-                             bool(here["stale"].fillna(False).astype(bool).any()), sum(failed))
+            values = pd.Series([s[metric] for s in scores], dtype=float)
+            ours = seed_cell(values, bool(here["stale"].fillna(False).astype(bool).any()),
+                             sum(failed), unscored=int((~np.isfinite(values)).sum()))
             verdict, bound, rule = judge(theirs, ours, criterion,
                                          reason or (NOT_IN_PAPER if value is None else None))
             out.append(Comparison(

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from relvit.data.registry import DATASETS
 from relvit.detection.plan import PAPER_BACKBONES
 from relvit.models.specs import get_backbone_spec
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
-from relvit.report.table1 import EMPTY, FAILED, FAILED_NOTE, latex_escape, signed
+from relvit.report.table1 import (EMPTY, FAILED, FAILED_NOTE, NO_VALUE, NO_VALUE_NOTE,
+                                  latex_escape, signed)
 from relvit.atomic import atomic_write_text
 
 METRICS = ("mAP", "mAP50", "mAP75")
@@ -60,6 +62,14 @@ def scores(row: dict) -> dict[str, float | None]:
 def row_failed(row: dict) -> bool:
     """Whether the run of a plan row failed (metrics.json "status": "failed")."""
     return _metrics(row).get("status") == FAILED
+
+
+def row_unscored(row: dict) -> bool:
+    """Whether the run of a plan row finished without a finite score of some metric."""
+    path = Path(row["metrics"])
+    return (path.is_file() and not row_failed(row)
+            and not all(isinstance(v, (int, float)) and np.isfinite(v)
+                        for v in scores(row).values()))
 
 
 def row_stale(row: dict) -> bool:
@@ -106,24 +116,29 @@ def _variants(group: list[dict]) -> list[list[dict]]:
 def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
     """Mean scores over the seeds that ran (not failed), and the cells: mean, ± std over several
     seeds, "(n=1)" for one, "(n=k of m)" while some have not run, "[k failed]" when some failed,
-    "failed" when all did."""
+    "[k no value]" when some finished without a finite score, "failed" or "no value" when all
+    did."""
     failed = sum(map(row_failed, seeds))
-    ran = [s for s in (scores(row) for row in seeds if not row_failed(row))
-           if s["mAP"] is not None]
+    finished = [scores(row) for row in seeds if Path(row["metrics"]).is_file()
+                and not row_failed(row)]
     means: dict[str, float | None] = {m: None for m in METRICS}
     cells = []
     for m in METRICS:
-        values = pd.Series([s[m] for s in ran], dtype=float)
+        values = pd.Series([s[m] for s in finished], dtype=float)
+        unscored = int((~np.isfinite(values)).sum())
+        values = values[np.isfinite(values)]
+        marks = (f" [{failed} {FAILED}]" if failed else "") + (
+            f" [{unscored} {NO_VALUE}]" if unscored else "")
         if values.empty:
-            cells.append(FAILED if failed else EMPTY)
+            cells.append(FAILED if failed else NO_VALUE if unscored else EMPTY)
             continue
         means[m] = float(values.mean())
         text = _text(means[m]) + (f" ± {values.std():.2f}" if len(values) > 1 else "")
-        if len(values) + failed < len(seeds):
+        if len(values) + failed + unscored < len(seeds):
             text += f" (n={len(values)} of {len(seeds)})"
         elif len(values) == 1:
             text += " (n=1)"  # no spread to show, as Table 1 says
-        cells.append(text + (f" [{failed} {FAILED}]" if failed else ""))
+        cells.append(text + marks)
     return means, cells
 
 
@@ -188,7 +203,8 @@ def notes(rows: list[dict]) -> str:
             + (" A dataset in [brackets] is the stand-in the rows were run on (not comparable "
                "to the paper)." if any(r["run_dataset"] != r["dataset"] for r in rows) else "")
             + (f" {STALE_NOTE}" if any(map(row_stale, rows)) else "")
-            + (f" {FAILED_NOTE}" if any(map(row_failed, rows)) else ""))
+            + (f" {FAILED_NOTE}" if any(map(row_failed, rows)) else "")
+            + (f" {NO_VALUE_NOTE}" if any(map(row_unscored, rows)) else ""))
 
 
 def render_markdown(table: int, rows: list[dict], paper: pd.DataFrame, tier: str) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from relvit.report.compare import NOT_RUN, OTHER_MODEL, RUN_FAILED, STAND_IN, Comparison
+from relvit.report.compare import (NO_VALUE, NOT_RUN, OTHER_MODEL, RUN_FAILED, STAND_IN,
+                                   Comparison)
 from relvit.report.provenance import run_id
 from relvit.report.table1 import Cell
 
@@ -90,8 +91,8 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
         (any(c.failed for c in cells), "red edge: out of tolerance"),
         (any(c.provenance.get("stale") for c in cells), "faded: stale (its run config changed "
                                                           "after it ran)"),
-        (any(c.verdict in (NOT_RUN, RUN_FAILED) for c in cells),
-         "no bar: not run, or its run failed (compare.md)")) if flag]
+        (any(c.verdict in (NOT_RUN, RUN_FAILED, NO_VALUE) for c in cells),
+         "no bar: not run, its run failed or gave no value (compare.md)")) if flag]
     fig.suptitle("\n".join([f"Table {table}, {tier} tier: reproduced (mean ± std over seeds) "
                             "vs paper", *notes]), fontsize=9)
     fig.tight_layout()

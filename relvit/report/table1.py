@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from relvit.data.registry import DATASETS, get_dataset
@@ -46,12 +47,17 @@ METRICS = {
 }
 EMBEDDED_NOTE = ("embedded data, tiny models: these numbers check the pipeline, they are not "
                  "comparable to the paper's")
+PRETEXT_METRICS = ("pretext_rel_acc", "pretext_pos_acc")  # the pretrain runs' table
 PAPER_METRIC = "best_top1"  # what the paper reports: only its table has the paper's columns
 EMPTY = "—"
 FAILED = "failed"
 FAILED_NOTE = ("failed: a run of this cell stopped without a result (a non-finite loss, or the "
                "pretrain run it starts from failed); its metrics.json names the error, epoch and "
                "step. \"[k failed]\": k of the cell's seeds failed, the number is over the others.")
+NO_VALUE = "no value"
+NO_VALUE_NOTE = ("no value: a run of this cell finished, but its metrics.json holds no finite "
+                 "value of the metric (none, NaN or infinite): see the run's log. \"[k no "
+                 "value]\": k of the cell's seeds have none, the number is over the others.")
 RESIZED_NOTE = ("[resized S]: the cell's runs read a copy of the dataset whose images have a "
                 "shorter side of at most S px (workflow key `data.resized`, `relvit "
                 "resize-images`), not its own files: the crops hold other pixels than the "
@@ -68,14 +74,16 @@ class Cell:
     failed: int = 0  # seeds whose run failed (metrics.json "status": "failed")
     planned: int = 0  # seeds planned for it (0: not known)
     resized: str = ""  # the shorter sides of the resized copies its runs read ("": none)
+    unscored: int = 0  # seeds whose run finished without a finite value of the metric
 
     def text(self, pm: str = "±") -> str:
         if self.mean is None:
-            return FAILED if self.failed else EMPTY
+            return FAILED if self.failed else NO_VALUE if self.unscored else EMPTY
         mark = (f" {STALE}" if self.stale else "") + (
             f" [{self.failed} {FAILED}]" if self.failed else "") + (
+            f" [{self.unscored} {NO_VALUE}]" if self.unscored else "") + (
             f" [resized {self.resized}]" if self.resized else "")
-        missing = self.planned > self.n + self.failed  # seeds still to run
+        missing = self.planned > self.n + self.failed + self.unscored  # seeds still to run
         seeds = (f" (n={self.n} of {self.planned})" if missing
                  else " (n=1)" if self.n == 1 else "")
         if self.std is None:
@@ -87,14 +95,18 @@ NO_CELL = Cell(None, None, 0)
 
 
 def seed_cell(values: pd.Series, stale: bool = False, failed: int = 0,
-              planned: int = 0, resized: str = "") -> Cell:
-    """Mean and sample std (ddof = 1) of one cell's values over seeds (NaN: not run, or one of
-    the `failed` runs); `planned`: how many seeds the cell should have."""
-    values = values.dropna()
+              planned: int = 0, resized: str = "", unscored: int = 0) -> Cell:
+    """Mean and sample std (ddof = 1) of one cell's finite values over seeds (the others: one
+    of the `failed` runs, or of the `unscored` ones); `planned`: how many seeds the cell
+    should have."""
+    values = pd.to_numeric(values, errors="coerce").astype(float)
+    values = values[np.isfinite(values)]
     if values.empty:
-        return Cell(None, None, 0, stale, failed, planned) if failed else NO_CELL
+        return (Cell(None, None, 0, stale, failed, planned, unscored=unscored)
+                if failed or unscored else NO_CELL)
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Cell(float(values.mean()), std, len(values), stale, failed, planned, resized)
+    return Cell(float(values.mean()), std, len(values), stale, failed, planned, resized,
+                unscored)
 
 
 def one_run_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -115,6 +127,14 @@ def one_run_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
 def failed_runs(runs: pd.DataFrame) -> int:
     """How many of these runs (rows of gather_runs) failed."""
     return int((runs["status"] == FAILED).sum()) if "status" in runs else 0
+
+
+def unscored_runs(runs: pd.DataFrame, metric: str) -> int:
+    """How many of these runs (rows of gather_runs) finished without a finite `metric`: a
+    table would otherwise show them as seeds still to run."""
+    finished = runs["status"] != FAILED if "status" in runs else True
+    finite = np.isfinite(pd.to_numeric(runs[metric], errors="coerce").astype(float))
+    return int((finished & ~finite).sum())
 
 
 def _difference(a: Cell, b: Cell) -> float | None:
@@ -180,11 +200,18 @@ class Table1:
         here = one_run_per_seed(self.runs_of(dataset, backbone, mode, label))
         planned = self.runs_of(dataset, backbone, mode, label, planned=True)["seed"].nunique()
         return seed_cell(here[metric], bool(here["stale"].fillna(False).astype(bool).any()),
-                         failed_runs(here), planned, resized_sides(here))
+                         failed_runs(here), planned, resized_sides(here),
+                         unscored_runs(here, metric))
 
     @property
     def any_failed(self) -> bool:
         return failed_runs(self.runs) + failed_runs(self.pretrain) > 0
+
+    @property
+    def any_unscored(self) -> bool:
+        """Whether a cell shows runs that finished without a finite value (NO_VALUE_NOTE)."""
+        return any(unscored_runs(self.runs, m) for m in METRICS) or any(
+            unscored_runs(self.pretrain, m) for m in PRETEXT_METRICS)
 
     @property
     def any_stale(self) -> bool:
@@ -197,7 +224,8 @@ class Table1:
     @staticmethod
     def pretext_cell(runs: pd.DataFrame, metric: str) -> Cell:
         runs = one_run_per_seed(runs)
-        return seed_cell(runs[metric], failed=failed_runs(runs), resized=resized_sides(runs))
+        return seed_cell(runs[metric], failed=failed_runs(runs), resized=resized_sides(runs),
+                         unscored=unscored_runs(runs, metric))
 
     def beside_paper(self, metric: str) -> bool:
         """Whether `metric`'s table has the paper's columns: the paper reports the best epoch."""
@@ -251,9 +279,9 @@ class Table1:
                 chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
                 lines.append(
                     f"| {dataset} | {backbone} | {label or 'pretrain'} | "
-                    f"{self.pretext_cell(group, 'pretext_rel_acc').text()} | "
-                    f"{self.pretext_cell(group, 'pretext_pos_acc').text()} | "
-                    f"{chance} |")
+                    + "".join(f"{self.pretext_cell(group, m).text()} | "
+                              for m in PRETEXT_METRICS)
+                    + f"{chance} |")
         return lines
 
 
@@ -284,6 +312,7 @@ def render_markdown(table: Table1, tier: str) -> str:
     lines += [f"\n{STALE_NOTE}"] if table.any_stale else []
     lines += [f"\n{RESIZED_NOTE}"] if table.any_resized else []
     lines += [f"\n{FAILED_NOTE}"] if table.any_failed else []
+    lines += [f"\n{NO_VALUE_NOTE}"] if table.any_unscored else []
     for metric, description in METRICS.items():
         header = table.header(metric)
         lines += ["", f"## {description[0].upper()}{description[1:]}", ""]
@@ -324,7 +353,8 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
         lines.append(" & ".join(c if "$" in c else latex_escape(c) for c in row) + r" \\")
     notes = " ".join([NOTES[c] for c in table.extras] + ([STALE_NOTE] if table.any_stale else [])
                      + ([RESIZED_NOTE] if table.any_resized else [])
-                     + ([FAILED_NOTE] if table.any_failed else []))
+                     + ([FAILED_NOTE] if table.any_failed else [])
+                     + ([NO_VALUE_NOTE] if table.any_unscored else []))
     caption = (f"Table 1 reproduced ({tier} tier"
                + (f"; {EMBEDDED_NOTE}" if table.on_embedded_data else "")
                + f"): {METRICS[metric]}, mean ± std over seeds."
