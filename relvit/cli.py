@@ -77,6 +77,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from relvit.execution import execution_file_of
+
+    written = None if args.execution else execution_file_of(args.config)
+    if written:
+        log.warning("%s: its execution keys (device, compile, ...) are shown as it gives them, "
+                    "defaults where it does not; the workflow's job reads them from %s (pass "
+                    "--execution %s to see those)", args.config, written, written)
     cfg = _load_run_config(args, args.mode)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0

@@ -46,6 +46,18 @@ def run_file(results: str, run_id: str) -> str:
     return f"{results}/{FOLDER}/{run_id}.yaml"
 
 
+def execution_file_of(config_path: str | Path) -> Path | None:
+    """The execution file the workflow wrote for a run config <results>/configs/<run>.yaml,
+    if there is one: <results>/execution/<run>.yaml."""
+    path = Path(config_path)
+    parts = path.parts
+    if "configs" not in parts[:-1]:
+        return None
+    at = len(parts) - 1 - parts[:-1][::-1].index("configs") - 1  # the last "configs" folder
+    candidate = Path(*parts[:at], FOLDER, *parts[at + 1:])
+    return candidate if candidate.is_file() else None
+
+
 def prepare_data_file(results: str) -> str:
     return f"{results}/{FOLDER}/{PREPARE_DATA}"
 

@@ -68,6 +68,26 @@ def test_check_applies_the_execution_file(tmp_path, capsys):
     assert yaml.safe_load(capsys.readouterr().out)["precision"] == "fp32"
 
 
+def test_check_of_a_workflow_run_config_names_its_execution_file(tmp_path, capsys, caplog):
+    """`relvit check --config <results>/configs/<run>.yaml` showed the default execution keys
+    without a word that the workflow's job reads others."""
+    config = tmp_path / "results" / "configs" / "digits" / "vit_small" / "supervised" / "seed0.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("seed: 0\n")
+    assert main(["check", "--config", str(config)]) == 0
+    assert not caplog.records  # no execution file written yet
+    execution = tmp_path / "results" / "execution" / "digits" / "vit_small" / "supervised"
+    execution.mkdir(parents=True)
+    (execution / "seed0.yaml").write_text("precision: fp32\n")
+    assert main(["check", "--config", str(config)]) == 0
+    assert f"reads them from {execution / 'seed0.yaml'}" in caplog.text
+    assert yaml.safe_load(capsys.readouterr().out)["precision"] == "bf16"  # stdout stays YAML
+    caplog.clear()
+    assert main(["check", "--config", str(config), "--execution",
+                 str(execution / "seed0.yaml")]) == 0
+    assert not caplog.records and yaml.safe_load(capsys.readouterr().out)["precision"] == "fp32"
+
+
 @pytest.mark.parametrize("text, flag, offline", [
     ("data.offline: true\n", [], True), ("data.offline: false\n", [], False),
     ("data.offline: false\n", ["--offline"], True), ("{}\n", [], False)])
