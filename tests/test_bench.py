@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import warnings
@@ -12,6 +13,12 @@ import pytest
 import torch
 
 from fixtures.bench import bench_script
+
+# bench/ is put on sys.path by fixtures.bench
+from benchlib import inputs, measure
+from benchlib import table as bench_table
+from benchlib import loop as loop_stage
+from benchlib import steps as step_stage
 
 TINY = ["--batch", "4", "--embed-dim", "36", "--depth", "1", "--num-heads", "3", "--steps", "1",
         "--warmup", "0", "--loop-batches", "2", "--sizes", "32", "--threads", "1"]
@@ -39,17 +46,17 @@ def report(bench, tmp_path_factory):
 
 def test_op_counter_counts_non_view_ops(bench):
     x = torch.ones(3)
-    with bench.OpCounter() as ops:
+    with measure.OpCounter() as ops:
         y = x + 1
         y.view(-1)
         y.t()
         torch.empty(3)
     assert ops.count == 1
     assert dict(ops.names) == {"add": 1}
-    with bench.OpCounter() as ops:
+    with measure.OpCounter() as ops:
         (x * 2).sum().neg_()
     assert ops.count == 3
-    assert bench.count_ops(lambda: [x + i for i in range(4)], steps=2)["ops"] == 2
+    assert measure.count_ops(lambda: [x + i for i in range(4)], steps=2)["ops"] == 2
 
 
 def test_train_loop_rows(report):
@@ -106,8 +113,8 @@ def test_sync_counter_counts_sync_warnings(bench, monkeypatch):
     modes = []
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
-    assert bench.SyncCounter(torch.device("cpu"), True).enabled is False
-    counter = bench.SyncCounter(torch.device("cuda"), True)
+    assert measure.SyncCounter(torch.device("cpu"), True).enabled is False
+    counter = measure.SyncCounter(torch.device("cuda"), True)
     with pytest.warns(UserWarning, match="unrelated"):
         with counter:
             for _ in range(4):
@@ -127,30 +134,30 @@ def test_photo_like_jpegs_weigh_what_imagenet_jpegs_do(bench, tmp_path):
     noise would weigh 3x as much, a flat image a twentieth)."""
     from PIL import Image
 
-    image = bench.photo_like(*bench.PHOTO_SIZE, torch.Generator().manual_seed(0))
+    image = inputs.photo_like(*inputs.PHOTO_SIZE, torch.Generator().manual_seed(0))
     assert image.shape == (3, 375, 500) and image.dtype == torch.uint8
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "a.jpg", quality=90)
     assert 80e3 < (tmp_path / "a.jpg").stat().st_size < 160e3
 
 
 def test_workers_to_feed_the_224_px_steps(bench):
-    rows = [bench.Row("decode: JPEG", "", 1600.0, extra={"per_worker": 400.0, "files": "JPEG"}),
-            bench.Row("train step: supervised + batch", "224", 5000.0,
+    rows = [bench_table.Row("decode: JPEG", "", 1600.0, extra={"per_worker": 400.0, "files": "JPEG"}),
+            bench_table.Row("train step: supervised + batch", "224", 5000.0,
                       extra={"size": 224, "with_batch": True}),
-            bench.Row("train step: supervised", "224", 9000.0, extra={"size": 224}),
-            bench.Row("train step: supervised + batch", "32", 9000.0,
+            bench_table.Row("train step: supervised", "224", 9000.0, extra={"size": 224}),
+            bench_table.Row("train step: supervised + batch", "32", 9000.0,
                       extra={"size": 32, "with_batch": True})]
-    lines = bench.workers_to_feed(rows)
+    lines = bench_table.workers_to_feed(rows)
     assert len(lines) == 1 and lines[0].endswith(": 13 at 400 images/s each")
-    assert bench.workers_to_feed(rows[1:]) == []
-    resized = bench.Row("decode: JPEG resized to shorter side 256 (~51 KB), 4 workers", "", 3200.0,
+    assert bench_table.workers_to_feed(rows[1:]) == []
+    resized = bench_table.Row("decode: JPEG resized to shorter side 256 (~51 KB), 4 workers", "", 3200.0,
                         extra={"per_worker": 800.0,
                                "files": "JPEG resized to shorter side 256"})
-    lines = bench.workers_to_feed([rows[0], resized, *rows[1:]])
+    lines = bench_table.workers_to_feed([rows[0], resized, *rows[1:]])
     assert lines[0].endswith(": 13 at 400 images/s each (JPEG), 7 at 800 images/s each "
                              "(JPEG resized to shorter side 256)")
-    on_device = bench.Row("decode on the cuda: nvjpeg", "", 9000.0, extra={"jpeg_kb": 120.0})
-    assert bench.workers_to_feed([on_device, *rows[1:]]) == []  # not a rate per worker
+    on_device = bench_table.Row("decode on the cuda: nvjpeg", "", 9000.0, extra={"jpeg_kb": 120.0})
+    assert bench_table.workers_to_feed([on_device, *rows[1:]]) == []  # not a rate per worker
 
 
 def test_decode_rows_of_the_original_and_the_resized_jpegs(bench, tmp_path):
@@ -178,8 +185,8 @@ def test_decode_times_whole_rounds_of_full_batches(bench, tmp_path):
 
 def test_device_decode_stage_on_the_cpu(bench):
     """The GPU-decode alternative's code path, run with torchvision's CPU decoder."""
-    args = bench.argparse.Namespace(pipeline_batch=3, repeats=1)
-    (row,) = bench.bench_device_decode(args, torch.device("cpu"))
+    args = argparse.Namespace(pipeline_batch=3, repeats=1)
+    (row,) = inputs.bench_device_decode(args, torch.device("cpu"))
     assert row.stage.startswith("decode on the cpu: libjpeg-turbo, batch 3")
     assert row.images_per_s > 0 and row.extra["host_ms_per_batch"] > 0
     assert row.extra["max_abs_diff_vs_pil"] <= 2  # both libjpeg-turbo here
@@ -192,8 +199,8 @@ def test_device_decode_reports_a_decoder_that_fails(bench, monkeypatch):
         raise RuntimeError("decode_jpeg: this torchvision was built without nvjpeg\nmore")
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", no_decoder)
-    args = bench.argparse.Namespace(pipeline_batch=2, repeats=1)
-    (row,) = bench.bench_device_decode(args, torch.device("cpu"))
+    args = argparse.Namespace(pipeline_batch=2, repeats=1)
+    (row,) = inputs.bench_device_decode(args, torch.device("cpu"))
     assert row.images_per_s is None
     assert row.ratio == "failed: decode_jpeg: this torchvision was built without nvjpeg"
 
@@ -214,7 +221,7 @@ def test_markdown_from_json_renders_the_saved_rows(bench, report, tmp_path, caps
     assert table[1].startswith("| --- | --- | ---: |")
     assert len(table) == 2 + len(rows)
     assert all(line.count(" | ") == table[0].count(" | ") for line in table)
-    first = bench.Row(**rows[0])
+    first = bench_table.Row(**rows[0])
     assert table[2] == "| " + " | ".join(first.cells(True)) + " |"
     broken = tmp_path / "broken.json"
     broken.write_text("{}")
@@ -245,16 +252,16 @@ def test_op_counter_counts_the_bytes_ops_read_and_write(bench):
     """The traffic proxy: inputs and outputs once each, an out= tensor as written only, in-place
     ops as read and written, broadcast inputs and views left out."""
     x, y, one = torch.ones(256), torch.ones(256, dtype=torch.float64), torch.ones(1)
-    with bench.OpCounter() as ops:
+    with measure.OpCounter() as ops:
         x + 1  # reads 1 KiB, writes 1 KiB
     assert ops.bytes == 2048
-    with bench.OpCounter() as ops:
+    with measure.OpCounter() as ops:
         torch.mul(x, 2, out=y)  # reads 1 KiB, writes 2 KiB
         x.mul_(2)  # reads and writes 1 KiB
         x.view(16, 16)
         x + one.expand(256)  # the broadcast input is not read 256 times
     assert ops.bytes == 1024 + 2048 + 2048 + 2048
-    assert bench.count_ops(lambda: [x + i for i in range(4)], steps=2)["mib"] == 2 * 2048 / 2**20
+    assert measure.count_ops(lambda: [x + i for i in range(4)], steps=2)["mib"] == 2 * 2048 / 2**20
 
 
 def test_step_rows_compare_the_bytes_moved(report):
@@ -271,10 +278,10 @@ def test_op_counter_leaves_out_an_input_that_beta_zero_ignores(bench):
     """baddbmm_ with beta=0 writes its `self` without reading it (the fused loss's products)."""
     a, b = torch.ones(2, 4, 4), torch.ones(2, 4, 4)
     out = torch.empty(2, 4, 4)
-    with bench.OpCounter() as ops:
+    with measure.OpCounter() as ops:
         out.baddbmm_(a, b, beta=0)
     assert ops.bytes == 3 * 128
-    with bench.OpCounter() as ops:
+    with measure.OpCounter() as ops:
         out.baddbmm_(a, b)
     assert ops.bytes == 4 * 128
 
@@ -285,12 +292,12 @@ def test_dense_jitter_option_counts_cudas_jitter_path(bench):
     images = torch.rand(2, 3, 32, 32)
 
     def ops() -> float:
-        return bench.count_ops(lambda: bench.batched_pipeline(
+        return measure.count_ops(lambda: inputs.batched_pipeline(
             images, 4, torch.Generator().manual_seed(0)))["ops"]
 
     ops()  # fills the caches (crop matrices, target tables)
     sorted_ops = ops()
-    with bench.dense_jitter(True):
+    with step_stage.dense_jitter(True):
         dense_ops = ops()
     assert dense_ops < sorted_ops / 2
     assert ops() == sorted_ops
@@ -320,8 +327,8 @@ def test_counting_flops_and_ops_leaves_compiled_functions_compiled(bench):
 
     loss_fn().backward()
     assert len(graph_calls) == 1
-    assert bench.model_flops(loss_fn) == 0  # no matmuls; counted eagerly
-    assert bench.count_ops(lambda: loss_fn().backward())["ops"] > 0  # the ops were seen
+    assert step_stage.model_flops(loss_fn) == 0  # no matmuls; counted eagerly
+    assert measure.count_ops(lambda: loss_fn().backward())["ops"] > 0  # the ops were seen
     assert len(graph_calls) == 1  # neither count ran the graph
     loss_fn().backward()
     torch._dynamo.reset()
@@ -338,8 +345,8 @@ def test_compiled_steps_as_one_region(bench, monkeypatch, tmp_path):
         graphs.append(gm)
         return gm.forward
 
-    monkeypatch.setattr(bench, "compile_static",
-                        functools.partial(bench.compile_static, backend=counting_backend))
+    monkeypatch.setattr(step_stage, "compile_static",
+                        functools.partial(step_stage.compile_static, backend=counting_backend))
     threads = torch.get_num_threads()
     try:
         bench.main(["--only", "steps", *TINY, "--compile", "--compile-step",
@@ -353,7 +360,7 @@ def test_compiled_steps_as_one_region(bench, monkeypatch, tmp_path):
     # here every backward op: the counting backend compiles no backward)
     eager_ops = [r["extra"]["eager_ops"] for r in rows if r["stage"].startswith("train step")]
     assert all(n > 0 for n in eager_ops) and eager_ops[2] > eager_ops[0]
-    row = bench.Row(steps[0], "", extra={"eager_ops": 1234})
+    row = bench_table.Row(steps[0], "", extra={"eager_ops": 1234})
     assert row.ops_cell() == "(1,234)"
     # one graph per step case, each with the patch embedding and the losses; the "+ batch"
     # ones with the normalisation's constants made in the graph (`torch.full`) and (pretrain)
@@ -372,7 +379,7 @@ def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
     stayed allocated through the pretrain run's peak-memory measurement until gc collected it
     (reset_peak now does)."""
     built, alive_when_timed, alive_before = [], [], []
-    build, timed, allocated = bench.build_model, bench.timed, bench.allocated_mb
+    build, timed, allocated = step_stage.build_model, measure.timed, measure.allocated_mb
 
     def alive() -> int:
         return sum(ref() is not None for ref in built)
@@ -391,9 +398,10 @@ def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
         alive_before.append(alive())
         return mb
 
-    monkeypatch.setattr(bench, "build_model", recorded_build)
-    monkeypatch.setattr(bench, "timed", counting_timed)
-    monkeypatch.setattr(bench, "allocated_mb", counting_allocated)
+    for stage in (step_stage, loop_stage):  # each stage module calls these by its own name
+        monkeypatch.setattr(stage, "build_model", recorded_build)
+        monkeypatch.setattr(stage, "timed", counting_timed)
+    monkeypatch.setattr(step_stage, "allocated_mb", counting_allocated)
     threads = torch.get_num_threads()
     try:
         bench.main(["--only", "steps", "loop", *TINY])
@@ -412,7 +420,7 @@ def test_rounds_interleave_the_step_cases_and_report_medians(bench, monkeypatch,
           "pretrain, fused relation loss": [1, 3, 2], "supervised + batch": [4, 4, 4],
           "pretrain, fused + batch (jitter)": [5, 6, 4]}
     order, built, alive_before = [], [], []
-    make_step, build, allocated = bench.make_step, bench.build_model, bench.allocated_mb
+    make_step, build, allocated = step_stage.make_step, step_stage.build_model, measure.allocated_mb
 
     def labelled_step(case, *args, **kwargs):
         fns = make_step(case, *args, **kwargs)
@@ -437,10 +445,10 @@ def test_rounds_interleave_the_step_cases_and_report_medians(bench, monkeypatch,
         alive_before.append(sum(ref() is not None for ref in built))
         return mb
 
-    monkeypatch.setattr(bench, "make_step", labelled_step)
-    monkeypatch.setattr(bench, "timed", fake_timed)
-    monkeypatch.setattr(bench, "build_model", recorded_build)
-    monkeypatch.setattr(bench, "allocated_mb", counting_allocated)
+    monkeypatch.setattr(step_stage, "make_step", labelled_step)
+    monkeypatch.setattr(step_stage, "timed", fake_timed)
+    monkeypatch.setattr(step_stage, "build_model", recorded_build)
+    monkeypatch.setattr(step_stage, "allocated_mb", counting_allocated)
     threads = torch.get_num_threads()
     try:
         bench.main(["--only", "steps", *TINY, "--rounds", "3", "--json",
@@ -477,10 +485,10 @@ def test_rounds_must_be_positive(bench):
 def test_the_projected_row_is_the_paper_tier_s_three_runs(bench):
     """Pretrain, finetune and supervised, 100 epochs of 50k images each; the † same-epochs run
     (not in the paper tier) is reported apart and left out of a seed's hours."""
-    rows = [bench.Row("train step + batch", "32 px", images_per_s=rate,
+    rows = [bench_table.Row("train step + batch", "32 px", images_per_s=rate,
                       extra={"size": 32, "mode": mode, "with_batch": True})
             for mode, rate in (("pretrain", 5_000_000 / 3600), ("supervised", 10_000_000 / 3600))]
-    hours = bench.projection(rows)
+    hours = bench_table.projection(rows)
     assert hours["pretrain"] == pytest.approx(1.0) and hours["finetune"] == pytest.approx(0.5)
     assert hours["one_seed"] == pytest.approx(2.0) and hours["3_seeds"] == pytest.approx(6.0)
     assert hours["same_epochs_extra"] == pytest.approx(1.0)
