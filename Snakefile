@@ -20,11 +20,12 @@ if not workflow.overwrite_configfiles:
 
 # every problem of the workflow config and of its run configs at once, with key paths and
 # the files the config came from
+from relvit.layout import PAPER_TABLES
 from relvit.workflow import check_workflow_config
 
 CONFIG_SOURCE = "workflow config " + ", ".join(map(str, workflow.configfiles))
 check_workflow_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"),
-                      os.path.join(workflow.basedir, "results", "paper", "tables.csv"),
+                      os.path.join(workflow.basedir, PAPER_TABLES),
                       CONFIG_SOURCE)
 validate(config, "config/schema.yaml")
 

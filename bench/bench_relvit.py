@@ -55,7 +55,7 @@ from relvit.config import CompileMode
 # benchlib/ beside this script (on sys.path when it runs)
 from benchlib.inputs import bench_augment, bench_decode, bench_device_decode, bench_ssl_inputs
 from benchlib.loop import bench_loop, compare_loop
-from benchlib.presets import PRESETS
+from benchlib.presets import CONFIGS, PRESETS
 from benchlib.relation_memory import bench_relation_memory, probe_memory
 from benchlib.steps import bench_steps, dense_jitter
 from benchlib.table import (Row, device_name, markdown_from_json, print_table, projection,
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=["decode", "device-decode", "augment",
                                                       "ssl", "steps", "loop", "memory"],
                         help="stages to run (default: all)")
-    parser.add_argument("--sizes", nargs="+", type=int, choices=[32, 224])
+    parser.add_argument("--sizes", nargs="+", type=int, choices=[size for _, size, _ in CONFIGS])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (decode)")
     parser.add_argument("--decode-resized", type=int, metavar="S",

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from relvit.config import MODES, ConfigError, load_config, read_config_file, read_settings_file
+from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
 
 log = logging.getLogger("relvit")
 
@@ -155,7 +156,7 @@ def _compare(args: argparse.Namespace) -> int:
     from relvit.report.compare import improvement_checks, write_compare
 
     cells, criterion = _cells(args)
-    improvements = args.improvements or args.paper.with_name("printed-improvements.csv")
+    improvements = args.improvements or args.paper.with_name(Path(PRINTED_IMPROVEMENTS).name)
     write_compare(cells, improvement_checks(args.paper, improvements), args.out, args.tier,
                   criterion)
     failed = [c for c in cells if c.failed]
@@ -191,7 +192,7 @@ def _cell_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
                    help="Tables 2-3: the workflow's detection-plan.json")
     p.add_argument("--out", required=True, type=Path, help=out_help)
     p.add_argument("--tier", default="custom", help="label printed with the output")
-    p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
+    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
                    help="the paper's numbers (tables.csv)")
     p.add_argument("--sigmas", type=float, default=Criterion.sigmas,
                    help="k of |Δ| <= k·sqrt(σ_paper² + σ²) where the paper prints ± "
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "searched for both")
     p.add_argument("--table1", required=True, type=Path, help="output path without suffix")
     p.add_argument("--tier", default="custom", help="label printed with the table, e.g. smoke")
-    p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
+    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
                    help="the paper's numbers (tables.csv)")
     p.set_defaults(func=_report)
     p = sub.add_parser("report-detection", help="render Tables 2-3 from a detection plan file")
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows and their metrics files (the workflow's detection-plan.json)")
     p.add_argument("--out", required=True, type=Path, help="folder for table<N>.md / .tex")
     p.add_argument("--tier", default="custom", help="label printed with the tables")
-    p.add_argument("--paper", type=Path, default=Path("results/paper/tables.csv"),
+    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
                    help="the paper's numbers (tables.csv)")
     p.set_defaults(func=_report_detection)
     p = sub.add_parser("regress", help="check a tier's runs against its expected metrics "

@@ -20,8 +20,8 @@ import yaml
 
 from relvit.atomic import atomic_write_text
 from relvit.config import EXECUTION_KEYS, execution_settings, without_keys
+from relvit.layout import CONFIGS, EXECUTION
 
-FOLDER = "execution"  # under the tier's results folder
 PREPARE_DATA = "prepare_data.yaml"  # beside the runs' files (run ids hold 3 slashes)
 
 
@@ -43,7 +43,7 @@ def execution_files(results: str, configs: Mapping[str, dict[str, Any]], offline
 
 
 def run_file(results: str, run_id: str) -> str:
-    return f"{results}/{FOLDER}/{run_id}.yaml"
+    return f"{results}/{EXECUTION}/{run_id}.yaml"
 
 
 def execution_file_of(config_path: str | Path) -> Path | None:
@@ -51,15 +51,15 @@ def execution_file_of(config_path: str | Path) -> Path | None:
     if there is one: <results>/execution/<run>.yaml."""
     path = Path(config_path)
     parts = path.parts
-    if "configs" not in parts[:-1]:
+    if CONFIGS not in parts[:-1]:
         return None
-    at = len(parts) - 1 - parts[:-1][::-1].index("configs") - 1  # the last "configs" folder
-    candidate = Path(*parts[:at], FOLDER, *parts[at + 1:])
+    at = len(parts) - 1 - parts[:-1][::-1].index(CONFIGS) - 1  # the last configs folder
+    candidate = Path(*parts[:at], EXECUTION, *parts[at + 1:])
     return candidate if candidate.is_file() else None
 
 
 def prepare_data_file(results: str) -> str:
-    return f"{results}/{FOLDER}/{PREPARE_DATA}"
+    return f"{results}/{EXECUTION}/{PREPARE_DATA}"
 
 
 def write_execution_files(files: Mapping[str, dict[str, Any]]) -> list[str]:

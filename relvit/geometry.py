@@ -22,11 +22,6 @@ class Geometry:
     megapatch_side: int  # 0: off
 
     @property
-    def ssl_input_size(self) -> int:
-        """Side of the image the model sees in pretraining (S * cell with mega-patches)."""
-        return self.megapatch_side * self.cell if self.megapatch_side else self.image_size
-
-    @property
     def num_positions(self) -> int:
         side = self.megapatch_side or self.ssl_grid
         return side * side
@@ -39,7 +34,7 @@ def run_geometry(cfg: RunConfig) -> Geometry:
     image = cfg.data.image_size or dataset.image_size
     patch = cfg.model.patch_size or (dataset.patch_size if spec.family == "vit" else spec.patch_size)
     stride = token_stride(spec, patch, cfg.model.depth)
-    pool = 2 if spec.family == "t2t" else 1  # RelViT pools T2T's tokens (Backbone.ssl_pool)
+    pool = spec.ssl_pool  # as the backbone module's Backbone.ssl_pool
     if spec.family == "t2t":
         patch = None
     if image % stride:

@@ -17,9 +17,9 @@ from relvit.config import ConfigError, OptimConfig, config_from_dict, merge
 from relvit.data.registry import DATASETS
 from relvit.data.resize import resized_folder
 from relvit.detection.plan import TableRow, table_rows
+from relvit.layout import PAPER_TABLES, best_checkpoint, metrics_file
 from relvit.report.table1 import MEGAPATCHES, SAME_EPOCHS
 
-PAPER_CSV = "results/paper/tables.csv"  # relative to the repository (the Snakefile's folder)
 
 METHOD_MODES = {"pretrain": "pretrain", "relvit": "finetune", "supervised": "supervised",
                 "supervised_same_epochs": "supervised", "pretrain_mega": "pretrain",
@@ -76,7 +76,7 @@ def _add(runs: dict[str, PlannedRun], problems: list[str], run_id: str, dataset:
     runs[run_id] = PlannedRun(run_id, dataset, raw["mode"], cfg, pretrain)
 
 
-def plan(workflow: dict, paper_csv: str = PAPER_CSV, source: str = "workflow config"
+def plan(workflow: dict, paper_csv: str = PAPER_TABLES, source: str = "workflow config"
          ) -> dict[str, PlannedRun]:
     """Every run of the workflow config: Table 1 and, when configured, Tables 2-3; the invalid
     run configs of both are reported together (ConfigError naming `source`, e.g. the file)."""
@@ -140,7 +140,7 @@ def schema_problems(workflow: dict, schema: dict) -> list[str]:
     return problems
 
 
-def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_CSV,
+def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_TABLES,
                           source: str = "workflow config") -> None:
     """Report every problem of a workflow config at once, before any job starts: the schema's
     and, as far as the config can be planned, those of every run config (ConfigError naming
@@ -163,12 +163,14 @@ def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAP
     raise ConfigError(problems, source)
 
 
-def detection_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[TableRow]:
+def detection_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[TableRow]:
+    """The rows of Tables 2-3 the workflow config's `detection` block plans (none without
+    one)."""
     detection = workflow.get("detection")
     return table_rows(detection, paper_csv) if detection else []
 
 
-def plan_detection(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, PlannedRun]:
+def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, PlannedRun]:
     """The detection runs of Tables 2-3 and the SSL pretrain runs they start from."""
     detection = workflow["detection"]
     root = (workflow.get("data", {}) or {}).get("root", "data")
@@ -202,7 +204,7 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_CSV) -> dict[str, Plan
                 "mode": "detect", "label": variant.name,
                 "detection": {"ssl_joint": variant.upstream is False}})
             if pretrain:  # upstream: start from the pretrain run's best.pt
-                raw["init_checkpoint"] = f"{results}/runs/{pretrain}/best.pt"
+                raw["init_checkpoint"] = best_checkpoint(results, pretrain)
             _add(runs, problems, f"{prefix}/{variant.method}/seed{seed}", dataset, raw, pretrain)
     if problems:
         raise ConfigError(sorted(set(problems)), "workflow config")
@@ -234,7 +236,6 @@ def resized_problems(data: dict) -> list[str]:
     return problems
 
 
-# run keys the Table 1 planner sets itself (seeds: `table1.seeds`; the mode: the method)
 # run keys the planner sets, and where a workflow config chooses them instead
 PLANNED_KEYS = {
     ("seed",): "seeds: `seeds`, table1.seeds, detection.seeds",
@@ -321,7 +322,7 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     return runs
 
 
-def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[dict]:
+def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[dict]:
     """The rows of Tables 2-3 with the metrics file of the run that fills each (per seed)."""
     results = workflow.get("results", "results")
     seeds = (workflow.get("detection") or {}).get("seeds", workflow["seeds"])
@@ -333,7 +334,7 @@ def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_CSV) -> list[dict
                          "run_dataset": row.run_dataset, "variant": row.variant.name,
                          "upstream": row.variant.upstream, "perm": row.variant.perm,
                          "mega": row.variant.mega, "seed": seed, "run_id": run_id,
-                         "metrics": f"{results}/runs/{run_id}/metrics.json"})
+                         "metrics": metrics_file(results, run_id)})
     return rows
 
 

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+
+import relvit
 from test_workflow import ROOT, TINY, job_counts, snakemake
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -138,8 +140,8 @@ def test_conda_env_matches_pyproject():
 def test_default_image_is_this_version():
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     image = schema["properties"]["container"]["default"]
-    assert image.endswith(":" + PYPROJECT["project"]["version"])
-    for name in ("config.yaml", "paper.yaml"):
+    assert image.endswith(":" + relvit.__version__)
+    for name in ("config.yaml", "paper.yaml", "ci.yaml"):
         assert yaml.safe_load((ROOT / "config" / name).read_text())["container"] == image
 
 

@@ -29,6 +29,17 @@ def test_token_grid(name, size, patch, grid, cls):
         assert tokens.cls.shape == (2, backbone.embed_dim)
 
 
+@pytest.mark.parametrize("name", ["vit_small", "swin_tiny", "t2t_vit_14"])
+def test_each_backbone_pools_its_ssl_grid_as_its_spec_says(name):
+    """The run geometry (SSL grid, position classes) reads the spec's pool, RelViT the module's:
+    one T2T pooling, not two that could drift."""
+    from relvit.models.specs import get_backbone_spec
+
+    backbone = build_backbone(name, img_size=64, patch_size=8, **TINY)
+    assert backbone.ssl_pool == get_backbone_spec(name).ssl_pool == (2 if name == "t2t_vit_14"
+                                                                     else 1)
+
+
 def test_swin_token_grid_is_the_last_stage():
     # patch 2, 3 stages: 64 / 2 = 32 -> 16 -> 8 tokens a side, width 36 * 2^2
     backbone = build_backbone("swin_tiny", img_size=64, patch_size=2, embed_dim=36, depth=3,

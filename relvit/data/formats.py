@@ -107,6 +107,7 @@ def layout_error(key: str, path: Path | str, problem: str,
 
 def check_split(key: str, split: str, allowed: tuple[str, ...],
                 layouts: dict[str, str] = EXPECTED_LAYOUT) -> None:
+    """DatasetLayoutError unless `split` is one of dataset `key`'s `allowed` splits."""
     if split not in allowed:
         raise DatasetLayoutError(f"split {split!r} is not allowed for {key}; allowed: "
                                  f"{', '.join(allowed)}\nexpected layout for {key}:\n"

@@ -21,13 +21,13 @@ from relvit.data.formats import DatasetLayoutError
 from relvit.data.loading import dataset_folder, load_splits
 from relvit.data.registry import get_dataset
 from relvit.atomic import atomic_write_text
+from relvit.layout import READY
 
 log = logging.getLogger("relvit")
-MARKER = ".relvit-ready.json"
 
 
 def ready_marker(root: str | Path, name: str) -> Path:
-    return Path(root) / name / MARKER
+    return Path(root) / name / READY
 
 
 def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = None,

@@ -79,6 +79,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from relvit.config import DetectionConfig
 from relvit.data.registry import IMAGENET_STATS
 from relvit.detection.precision import Float32Anchors, Float32BoxPredictor, Float32RPNHead
 from relvit.models.backbones import SwinBackbone, ViTBackbone
@@ -88,6 +89,8 @@ from relvit.models.relvit import RelViT, SSLTasks
 from relvit.models.specs import pooled_side
 from relvit.models.t2t import TOTAL_STRIDE, T2TViT
 from relvit.ssl.targets import position_targets, relation_targets
+
+DEFAULTS = DetectionConfig()  # a run config's defaults: those of the sizes below
 
 LEVELS = ("0", "1", "2", "3")
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -104,7 +107,7 @@ class PyramidBackbone(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, in_channels: list[int], strides: list[int],
-                 fpn_channels: int = 256):
+                 fpn_channels: int = DEFAULTS.fpn_channels):
         super().__init__()
         self.backbone = backbone
         self.in_channels = list(in_channels)
@@ -126,7 +129,7 @@ class PyramidBackbone(nn.Module):
 class SwinPyramid(PyramidBackbone):
     """Swin's four pre-merging stage outputs, each with a new LayerNorm, as NCHW maps."""
 
-    def __init__(self, backbone: SwinBackbone, fpn_channels: int = 256):
+    def __init__(self, backbone: SwinBackbone, fpn_channels: int = DEFAULTS.fpn_channels):
         info = backbone.swin.feature_info
         if len(info) != len(LEVELS):
             raise ValueError(f"a Swin pyramid needs 4 stages, this backbone has {len(info)}")
@@ -150,7 +153,7 @@ class SwinPyramid(PyramidBackbone):
 class SimpleFeaturePyramid(PyramidBackbone):
     """ViTDet's simple pyramid from the last token map (stride s): strides s/4, s/2, s, 2s."""
 
-    def __init__(self, backbone: Backbone, stride: int, fpn_channels: int = 256):
+    def __init__(self, backbone: Backbone, stride: int, fpn_channels: int = DEFAULTS.fpn_channels):
         dim = backbone.embed_dim
         if dim % 4:
             raise ValueError(f"the simple feature pyramid needs a width divisible by 4, got {dim}")
@@ -174,7 +177,8 @@ class SimpleFeaturePyramid(PyramidBackbone):
         return [self.up4(x), self.up2(x), x, self.down2(x)], tokens
 
 
-def build_pyramid_backbone(backbone: Backbone, fpn_channels: int = 256) -> PyramidBackbone:
+def build_pyramid_backbone(backbone: Backbone, fpn_channels: int = DEFAULTS.fpn_channels
+                           ) -> PyramidBackbone:
     """The feature pyramid + FPN for a ViT, Swin or T2T-ViT backbone (see the module docstring)."""
     if isinstance(backbone, SwinBackbone):
         return SwinPyramid(backbone, fpn_channels)
@@ -207,17 +211,21 @@ def _roi_pool(output_size: int, strides: list[int], canonical_scale: int,
 
 @dataclass(frozen=True)
 class HeadSizes:
-    """R-CNN head sizes and sampling; the defaults are torchvision's (and the original's)."""
+    """R-CNN head sizes and sampling; the defaults (the run config's) are torchvision's and the
+    original's."""
 
-    box_representation: int = 1024  # TwoMLPHead width
-    mask_head_width: int = 256  # the four mask-head convolutions
-    roi_batch_size: int = 512  # RoIs sampled per image for the box (and mask) losses
-    rpn_train_proposals: int = 2000  # RPN proposals kept per image in training
+    box_representation: int = DEFAULTS.box_representation  # TwoMLPHead width
+    mask_head_width: int = DEFAULTS.mask_head_width  # the four mask-head convolutions
+    # RoIs sampled per image for the box (and mask) losses; RPN proposals kept per image in
+    # training
+    roi_batch_size: int = DEFAULTS.roi_batch_size
+    rpn_train_proposals: int = DEFAULTS.rpn_train_proposals
 
 
 def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks: bool,
-                   fpn_channels: int = 256, anchor_sizes: tuple[int, ...] | None = None,
-                   heads: HeadSizes = HeadSizes(), keep_aspect: bool = False) -> GeneralizedRCNN:
+                   fpn_channels: int = DEFAULTS.fpn_channels,
+                   anchor_sizes: tuple[int, ...] | None = None, heads: HeadSizes = HeadSizes(),
+                   keep_aspect: bool = False) -> GeneralizedRCNN:
     """Mask R-CNN (`masks`) or Faster R-CNN on `backbone`'s pyramid; `num_classes` excludes the
     background. Images are stretched to `image_size` a side, or with `keep_aspect` resized so
     their longer side is `image_size` and padded to that square (module docstring)."""
@@ -300,7 +308,10 @@ class JointSSLDetector(nn.Module):
         pos = token_classification_loss(out["positions"], position_targets(h * w).to(device))
         return {"loss_rel": rel, "loss_pos": pos}
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+                ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: the detector's losses and the SSL losses of the same forward pass, by
+        name; evaluation: the detector's detections, one dict per image."""
         out = self.detector(images, targets)
         pyramid = self.detector.backbone
         tokens, pyramid.last_tokens = pyramid.last_tokens, None  # do not hold the graph

@@ -20,6 +20,9 @@ from relvit.config import ConfigError
 from relvit.models.specs import BACKBONES, get_backbone_spec
 
 PAPER_BACKBONES = {"vit": ("ViT", "ViT-S"), "swin": ("Swin",), "t2t": ("T2T-ViT",)}
+# the COCO AP numbers of Tables 2-3: what a detection run records per epoch (metrics.json
+# `last_map`, `best_map`) and the tables read
+METRICS = ("mAP", "mAP50", "mAP75")
 
 
 @dataclass(frozen=True)

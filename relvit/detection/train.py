@@ -19,17 +19,18 @@ from relvit.detection.data import read_detection
 from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
 from relvit.detection.loader import DetectionImages, collate, ground_truth
 from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, build_detector
+from relvit.detection.plan import METRICS
 from relvit.models.backbones import build_backbone
 from relvit.train import distributed
 from relvit.train.loop import Run, _epoch_seed
-
-METRICS = ("mAP", "mAP50", "mAP75")
 
 
 class DetectionRun(Run):
     """A Run whose model is a (Mask/Faster) R-CNN and whose metric is COCO mAP."""
 
     def setup(self) -> nn.Module:
+        """The detection splits, the evaluation's ground truth and the detector (with the SSL
+        heads for a joint run)."""
         cfg, spec = self.cfg, self.dataset
         folder = dataset_folder(spec, cfg.data)
         self.train_set = read_detection(spec, folder, spec.train_split)
@@ -46,8 +47,9 @@ class DetectionRun(Run):
             window_size=m.window_size, pos_embed=cfg.pos_embed, drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate)
         d = cfg.detection
-        heads = HeadSizes(d.box_representation, d.mask_head_width, d.roi_batch_size,
-                          d.rpn_train_proposals)
+        heads = HeadSizes(box_representation=d.box_representation,
+                          mask_head_width=d.mask_head_width, roi_batch_size=d.roi_batch_size,
+                          rpn_train_proposals=d.rpn_train_proposals)
         detector = build_detector(backbone, len(self.train_set.categories), self.geo.image_size,
                                   self.masks, d.fpn_channels, heads=heads,
                                   keep_aspect=d.keep_aspect)
@@ -110,6 +112,8 @@ class DetectionRun(Run):
 
     def train_loss(self, data: Any, generator: torch.Generator) -> tuple[torch.Tensor,
                                                                       dict[str, torch.Tensor], int]:
+        """The summed R-CNN (and joint SSL) losses of one batch, each loss by name, and the
+        batch's image count."""
         images, targets = self._to_device(*data)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.cfg.autocast_on(self.device.type)):

@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
+from relvit.models.specs import T2T_SSL_POOL
 
 __all__ = ["T2TViT", "T2TModule", "TokenPerformer", "sinusoid_table", "t2t_vit_14"]
 
@@ -112,7 +113,7 @@ class T2TModule(nn.Module):
 class T2TViT(Backbone):
     """T2T-ViT with Performer T2T module, CLS token and fixed sinusoidal positional embedding."""
 
-    ssl_pool = 2
+    ssl_pool = T2T_SSL_POOL
 
     def __init__(
         self,

@@ -34,18 +34,17 @@ from relvit.report import detection_tables as det
 from relvit.report.criterion import Criterion
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import summarize
-from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, Cell, Table1,
-                                  seed_cell, signed)
+from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, PAPER_METRIC, Cell,
+                                  Table1, seed_cell, signed)
 from relvit.atomic import atomic_write_text
 from relvit.config import HASH_EXCLUDES
+from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
 
 WITHIN, OUT, NOT_RUN, RUN_FAILED = "within", "OUT", "not run", "run failed"
 NO_VALUE = "no value"
 STAND_IN, OTHER_MODEL, NOT_IN_PAPER = ("not comparable (stand-in)", "not comparable (other model)",
                                        "not in the paper")
-PAPER_CSV = "results/paper/tables.csv"
 BOUND_SLACK = 1e-9  # points: far below the 0.01 the tables print
-IMPROVEMENTS_CSV = "results/paper/printed-improvements.csv"
 
 
 @dataclass
@@ -109,7 +108,7 @@ def table1_cells(table: Table1, criterion: Criterion) -> list[Comparison]:
             reason = (NOT_IN_PAPER if method is None
                       else STAND_IN if dataset not in paper_datasets
                       else OTHER_MODEL if paper.mean is None else None)
-            ours = table.ours(dataset, backbone, mode, label, "best_top1")
+            ours = table.ours(dataset, backbone, mode, label, PAPER_METRIC)
             verdict, bound, rule = judge(paper, ours, criterion, reason)
             out.append(Comparison(1, dataset, backbone, column.rstrip(" †‡"), "top1", paper,
                                   ours, verdict, bound, rule, _seeds(planned),
@@ -191,8 +190,8 @@ def _row_name(row: pd.Series) -> str:
     return f"{row['method']} (" + ", ".join(f"{n} {str(v).strip()}" for n, v in flags) + ")"
 
 
-def improvement_checks(paper_csv: str | Path = PAPER_CSV,
-                       printed_csv: str | Path = IMPROVEMENTS_CSV) -> list[ImprovementCheck]:
+def improvement_checks(paper_csv: str | Path = PAPER_TABLES,
+                       printed_csv: str | Path = PRINTED_IMPROVEMENTS) -> list[ImprovementCheck]:
     """Each printed Improv. beside the best non-supervised row minus Supervised (per metric)
     from the paper's tables; an inconsistent one says which row, if any, it was taken from."""
     paper, printed = pd.read_csv(paper_csv), pd.read_csv(printed_csv)
@@ -219,7 +218,7 @@ def improvement_checks(paper_csv: str | Path = PAPER_CSV,
 
 
 def compare(sources: list[str | Path], plan: str | Path | None = None,
-            paper_csv: str | Path = PAPER_CSV,
+            paper_csv: str | Path = PAPER_TABLES,
             criterion: Criterion = Criterion()) -> list[Comparison]:
     """Every cell: Table 1 from run configs and metrics files (`sources`, as `relvit report`
     takes them), Tables 2-3 from the workflow's detection plan file."""

@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 
 from relvit.data.registry import DATASETS
-from relvit.detection.plan import PAPER_BACKBONES
+from relvit.detection.plan import METRICS, PAPER_BACKBONES
 from relvit.models.specs import get_backbone_spec
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
 from relvit.report.table1 import (EMPTY, FAILED, FAILED_NOTE, NO_VALUE, NO_VALUE_NOTE,
                                   latex_escape, signed)
 from relvit.atomic import atomic_write_text
+from relvit.layout import PAPER_TABLES
+from relvit.train.failure import is_failed
 
-METRICS = ("mAP", "mAP50", "mAP75")
 PAPER_METRICS = {2: ("mAP", "mAP50", "mAP75"), 3: ("mAP_box", "mAP_box50", "mAP_box75")}
 RELVIT_NAMES = {"vit": "RelViT", "swin": "RelSwin", "t2t": "RelT2T-ViT"}
 
@@ -61,7 +62,7 @@ def scores(row: dict) -> dict[str, float | None]:
 
 def row_failed(row: dict) -> bool:
     """Whether the run of a plan row failed (metrics.json "status": "failed")."""
-    return _metrics(row).get("status") == FAILED
+    return is_failed(_metrics(row))
 
 
 def row_unscored(row: dict) -> bool:
@@ -236,7 +237,7 @@ def render_latex(table: int, rows: list[dict], paper: pd.DataFrame, tier: str) -
 
 
 def write_detection_tables(plan_path: str | Path, out_dir: str | Path, tier: str,
-                           paper_csv: str | Path = "results/paper/tables.csv") -> list[Path]:
+                           paper_csv: str | Path = PAPER_TABLES) -> list[Path]:
     """Render every table of the plan file into `out_dir/table<N>.{md,tex}`."""
     rows = json.loads(Path(plan_path).read_text())
     paper = pd.read_csv(paper_csv)

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from relvit.layout import METRICS
 from relvit.report.gather import find_files
 
 K = 3.0
@@ -68,7 +69,7 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
     """cell -> seed -> checked values, from every metrics.json under `runs_root`."""
     root = Path(runs_root)
     cells: dict[str, dict[int, dict[str, float]]] = {}
-    for path in find_files([root], "metrics.json"):
+    for path in find_files([root], METRICS):
         try:
             metrics = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -81,6 +82,8 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
 
 
 def tolerance(seed_std: float, n: int) -> float:
+    """How far the mean of `n` seeds may move: K seed standard deviations of a difference of
+    two such means, at least FLOOR points."""
     return max(FLOOR, K * seed_std * math.sqrt(2 / n))
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from relvit.report.compare import (NO_VALUE, NOT_RUN, OTHER_MODEL, RUN_FAILED, STAND_IN,
                                    Comparison)
+from relvit.layout import HISTORY
 from relvit.report.provenance import run_id
 from relvit.report.table1 import Cell
 
@@ -112,7 +113,7 @@ def curve_group(metrics_path: str | Path) -> str:
 
 
 def _history(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / "history.csv"
+    path = run_dir / HISTORY
     try:
         return pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

@@ -8,15 +8,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from relvit.execution import FOLDER as EXECUTION_FOLDER
+from relvit.layout import EXECUTION, METRICS, REPLACED
 from relvit.report.provenance import is_stale, read_metrics, recorded_hash
 
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
 COLUMNS = ["run", *KEYS, "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
            "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha", "device", "image",
            "config_hash", "stale", "status", "error", "resized"]
-
-REPLACED = ".replaced-"  # a run directory moved aside by relvit.train.loop.Run.prepare
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -46,7 +44,7 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
     """One row per metrics.json, with its provenance (relvit.report.provenance: the config hash
     and whether the run is stale); a malformed file is an error naming it."""
     rows = []
-    for path in find_files(sources, "metrics.json"):
+    for path in find_files(sources, METRICS):
         metrics = read_metrics(path)
         try:
             last = metrics.get("last", {})
@@ -71,7 +69,7 @@ def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
 
     rows = []
     # the workflow's execution files (relvit.execution) are not run configs
-    for path in find_files(sources, "*.yaml", skip=(EXECUTION_FOLDER,)):
+    for path in find_files(sources, "*.yaml", skip=(EXECUTION,)):
         try:
             cfg = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
         except (ConfigError, yaml.YAMLError) as err:

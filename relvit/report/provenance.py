@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-RUNS, CONFIGS = "runs", "configs"
+from relvit.layout import CONFIGS, RUNS
+
 STALE = "[stale]"
 STALE_NOTE = (f"{STALE}: a run of this cell was made with another run config than the one the "
               "workflow now plans (results/configs/<run>.yaml changed after it ran): rerun the "

@@ -22,6 +22,8 @@ from relvit.data.registry import DATASETS, get_dataset
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.provenance import STALE, STALE_NOTE, resized_sides
 from relvit.atomic import atomic_write_text
+from relvit.layout import PAPER_TABLES
+from relvit.train.failure import FAILED as FAILED_STATUS
 
 log = logging.getLogger("relvit")
 
@@ -50,7 +52,7 @@ EMBEDDED_NOTE = ("embedded data, tiny models: these numbers check the pipeline, 
 PRETEXT_METRICS = ("pretext_rel_acc", "pretext_pos_acc")  # the pretrain runs' table
 PAPER_METRIC = "best_top1"  # what the paper reports: only its table has the paper's columns
 EMPTY = "—"
-FAILED = "failed"
+FAILED = "failed"  # a failed cell's text
 FAILED_NOTE = ("failed: a run of this cell stopped without a result (a non-finite loss, or the "
                "pretrain run it starts from failed); its metrics.json names the error, epoch and "
                "step. \"[k failed]\": k of the cell's seeds failed, the number is over the others.")
@@ -62,7 +64,6 @@ RESIZED_NOTE = ("[resized S]: the cell's runs read a copy of the dataset whose i
                 "shorter side of at most S px (workflow key `data.resized`, `relvit "
                 "resize-images`), not its own files: the crops hold other pixels than the "
                 "paper's.")
-PAPER_CSV = Path("results/paper/tables.csv")
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,13 @@ def one_run_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
 
 def failed_runs(runs: pd.DataFrame) -> int:
     """How many of these runs (rows of gather_runs) failed."""
-    return int((runs["status"] == FAILED).sum()) if "status" in runs else 0
+    return int((runs["status"] == FAILED_STATUS).sum()) if "status" in runs else 0
 
 
 def unscored_runs(runs: pd.DataFrame, metric: str) -> int:
     """How many of these runs (rows of gather_runs) finished without a finite `metric`: a
     table would otherwise show them as seeds still to run."""
-    finished = runs["status"] != FAILED if "status" in runs else True
+    finished = runs["status"] != FAILED_STATUS if "status" in runs else True
     finite = np.isfinite(pd.to_numeric(runs[metric], errors="coerce").astype(float))
     return int((finished & ~finite).sum())
 
@@ -240,6 +241,9 @@ class Table1:
         return cols + self.extras
 
     def rows(self, metric: str, pm: str = "±") -> list[list[str]]:
+        """The body of `metric`'s table: one row of cells per dataset and backbone, each method
+        beside the paper's number and Δ where `beside_paper`, then Improv. and the extra
+        columns; `pm` is the ± written."""
         out = []
         with_paper = self.beside_paper(metric)
         for dataset, backbone in self.keys:
@@ -371,7 +375,7 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
 
 
 def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
-                 paper_csv: str | Path | None = PAPER_CSV) -> Table1:
+                 paper_csv: str | Path | None = PAPER_TABLES) -> Table1:
     """Gather runs and run configs from `sources`; write `<out_stem>.md` and `.tex`."""
     paper = load_paper_table1(paper_csv) if paper_csv and Path(paper_csv).is_file() else None
     if paper_csv and paper is None:

@@ -14,7 +14,8 @@ from torchvision.ops import roi_align
 
 
 def sample_cuts(
-    batch: int, grid: int, side: int, generator: torch.Generator | None = None, device=None
+    batch: int, grid: int, side: int, generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Segment boundaries [B, S+1] in base-patch units: 0, S-1 distinct sorted cuts in 1..g-1, g."""
     if not 1 <= side <= grid:

@@ -16,6 +16,8 @@ from torch import nn
 
 from relvit.atomic import atomic_write, previous_path, remove_stale_temps
 from relvit.train.errors import CheckpointError, UpstreamFailedError
+from relvit.layout import LAST, METRICS
+from relvit.train.failure import is_failed
 
 __all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "load_checkpoint",
            "load_resume_state", "load_backbone"]
@@ -89,7 +91,7 @@ def load_resume_state(out_dir: Path, move_aside: bool = True) -> dict[str, Any] 
     out_dir = Path(out_dir)
     if move_aside:
         remove_stale_temps(out_dir)
-    last = out_dir / "last.pt"
+    last = out_dir / LAST
     candidates = [last, previous_path(last)]
     for i, path in enumerate(candidates):
         if not path.exists():
@@ -119,7 +121,7 @@ def load_resume_state(out_dir: Path, move_aside: bool = True) -> dict[str, Any] 
 def check_upstream(path: Path) -> None:
     """UpstreamFailedError when the run directory of checkpoint `path` records a failed run
     (metrics.json with "status": "failed", see relvit.train.failure)."""
-    metrics = Path(path).parent / "metrics.json"
+    metrics = Path(path).parent / METRICS
     try:
         record = json.loads(metrics.read_text())
     except FileNotFoundError:
@@ -128,7 +130,7 @@ def check_upstream(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path}: its run's {metrics} cannot be read ({err}), "
                               "so whether that run finished or failed is unknown; rerun it "
                               "(it resumes) to write the record again") from None
-    if isinstance(record, dict) and record.get("status") == "failed":
+    if isinstance(record, dict) and is_failed(record):
         raise UpstreamFailedError(f"checkpoint {path}: its run failed ({record.get('error')}), "
                                   "so its weights are half-trained; fix and rerun that run first")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from relvit.atomic import atomic_write_text
 from relvit.config import RunConfig
+from relvit.layout import HISTORY, METRICS
 
 FAILED = "failed"
 
@@ -32,7 +33,7 @@ def failed_metrics(cfg: RunConfig, out_dir: Path, error: BaseException) -> dict[
     from relvit.train import provenance
 
     failed_epoch = getattr(error, "epoch", None)
-    history = Path(out_dir) / "history.csv"
+    history = Path(out_dir) / HISTORY
     if failed_epoch is not None:  # every epoch before it is in last.pt (history.csv may lag)
         epochs_done = failed_epoch - 1
     else:
@@ -54,6 +55,6 @@ def record_failure(cfg: RunConfig, out_dir: Path, error: BaseException) -> Path 
     """Write the failed run's metrics.json (rank 0 only, under torchrun); returns its path."""
     if os.environ.get("RANK", "0") != "0":
         return None
-    path = Path(out_dir) / "metrics.json"
+    path = Path(out_dir) / METRICS
     atomic_write_text(json.dumps(failed_metrics(cfg, out_dir, error), indent=2) + "\n", path)
     return path

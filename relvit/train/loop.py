@@ -33,6 +33,7 @@ from relvit.data.loading import (
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, backbone_label, run_geometry
+from relvit.layout import BEST, HISTORY, LAST, METRICS, replaced_name
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
@@ -51,11 +52,14 @@ from relvit.train.objective import DrawnBatch, Objective
 from relvit.train.runlock import run_lock
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
+from relvit.validate import SEED_LIMIT
 
 log = logging.getLogger("relvit")
 
 
 def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
+    """The run's backbone (its preset, sized by the run config) with RelViT's classifier and
+    SSL heads for `geo`'s grid: the heads the run's mode trains."""
     m = cfg.model
     backbone = build_backbone(
         m.backbone, img_size=geo.image_size, patch_size=geo.patch_size, embed_dim=m.embed_dim,
@@ -87,7 +91,7 @@ def parameter_groups(model: nn.Module, decay_all: bool, weight_decay: float) -> 
 
 def _epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     """Seed of one random stream of an epoch; rank 0's streams are those of a single process."""
-    return (seed * 1_000_003 + epoch * 7_919 + stream + rank * 104_729) % 2**63
+    return (seed * 1_000_003 + epoch * 7_919 + stream + rank * 104_729) % SEED_LIMIT
 
 
 class Run:
@@ -244,7 +248,7 @@ class Run:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
                 stamp = time.strftime("%Y%m%d-%H%M%S")
-                aside = self.out_dir.with_name(f"{self.out_dir.name}.replaced-{stamp}")
+                aside = self.out_dir.with_name(replaced_name(self.out_dir.name, stamp))
                 log.warning("%s was made with another config or start (%s); moved to %s",
                             self.out_dir, "; ".join(diffs[:3]), aside)
                 self.out_dir.rename(aside)
@@ -363,7 +367,7 @@ class Run:
             if self._is_best(row):
                 self.best = row
                 if distributed.is_main():
-                    atomic_save(self._weights(epoch + 1), self.out_dir / "best.pt")
+                    atomic_save(self._weights(epoch + 1), self.out_dir / BEST)
             self._save_last(epoch + 1)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
@@ -483,8 +487,8 @@ class Run:
                      "history": self.history, "best": self.best, "elapsed": self.elapsed,
                      "fresh_keys": self.fresh_keys, "world_size": self.world,
                      "threads": torch.get_num_threads(), "init_sha256": self.init_digest}
-            atomic_save(state, self.out_dir / "last.pt", keep_previous=True)
-            atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
+            atomic_save(state, self.out_dir / LAST, keep_previous=True)
+            atomic_write_text(_history_csv(self.history), self.out_dir / HISTORY)
         distributed.barrier()
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
@@ -503,11 +507,11 @@ class Run:
         """A run finished already: metrics.json from its record (finished.json), which keeps
         the provenance of the process that trained it; CheckpointError if its best.pt, the
         weights a later run starts from, is damaged."""
-        best = self.out_dir / "best.pt"
+        best = self.out_dir / BEST
         load_checkpoint(best)  # the CRC of every record: raises, naming the damage
         if distributed.is_main():
             atomic_write_text(json.dumps(self.finished, indent=2) + "\n",
-                              self.out_dir / "metrics.json")
+                              self.out_dir / METRICS)
             log.info("%s finished already: metrics.json restored from its %s", self.out_dir,
                      FINISHED)
         distributed.barrier()
@@ -541,10 +545,10 @@ class Run:
         if distributed.is_main():
             # history.csv again: a run killed between last.pt and history.csv at its last epoch
             # resumes straight into finish()
-            atomic_write_text(_history_csv(self.history), self.out_dir / "history.csv")
+            atomic_write_text(_history_csv(self.history), self.out_dir / HISTORY)
             text = json.dumps(metrics, indent=2) + "\n"
             atomic_write_text(text, self.out_dir / FINISHED)
-            atomic_write_text(text, self.out_dir / "metrics.json")
+            atomic_write_text(text, self.out_dir / METRICS)
         distributed.barrier()
         return metrics
 

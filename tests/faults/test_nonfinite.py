@@ -89,10 +89,10 @@ def test_failed_detection_row_renders_as_failed(tmp_path):
     error = NonFiniteLossError("non-finite loss nan at epoch 3, step 7", 3, 7)
     path = record_failure(cfg, tmp_path / "runs" / supervised["run_id"], error)
     assert path is not None and _metrics(path.parent)["failed_step"] == 7
-    text = detection_markdown(3, rows, pd.read_csv(compare.PAPER_CSV), "test")
+    text = detection_markdown(3, rows, pd.read_csv(compare.PAPER_TABLES), "test")
     line = next(line for line in text.splitlines() if "| Supervised |" in line)
     assert line.count("| failed |") == 3, line  # mAP, mAP50, mAP75
-    cells = compare.detection_cells(rows, pd.read_csv(compare.PAPER_CSV), compare.Criterion())
+    cells = compare.detection_cells(rows, pd.read_csv(compare.PAPER_TABLES), compare.Criterion())
     assert {c.verdict for c in cells if c.method == "Supervised"} == {compare.RUN_FAILED}
 
 

@@ -1,6 +1,7 @@
 # Shared by every rule: the plan of runs (relvit.workflow) and the paths of their files.
 import os
 
+from relvit import layout
 from relvit.data.resize import MARKER as RESIZED_MARKER, resized_folder
 from relvit.execution import computation, prepare_data_file, run_file as execution_file
 from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_table1
@@ -9,7 +10,7 @@ RESULTS = config["results"]
 DATA = config.get("data") or {}
 DATA_ROOT = DATA.get("root", "data")
 # relative to the working directory, as the rules' params: a moved checkout reruns no job
-PAPER_CSV = os.path.relpath(os.path.join(workflow.basedir, "results", "paper", "tables.csv"))
+PAPER_CSV = os.path.relpath(os.path.join(workflow.basedir, layout.PAPER_TABLES))
 RUNS = plan(config, PAPER_CSV, CONFIG_SOURCE)
 DETECTION_ROWS = detection_rows(config, PAPER_CSV)
 TABLE1_RUNS = list(plan_table1(config)) if config.get("table1") else []
@@ -25,20 +26,20 @@ wildcard_constraints:
 
 
 def run_dir(run_id):
-    return f"{RESULTS}/runs/{run_id}"
+    return layout.run_dir(RESULTS, run_id)
 
 
 def run_config_file(run_id):
-    return f"{RESULTS}/configs/{run_id}.yaml"
+    return layout.run_config_file(RESULTS, run_id)
 
 
 def metrics_file(run_id):
-    return f"{run_dir(run_id)}/metrics.json"
+    return layout.metrics_file(RESULTS, run_id)
 
 
 def ready_marker(dataset):
     """Written by prepare_data once a dataset is downloaded, verified and readable."""
-    return f"{DATA_ROOT}/{dataset}/.relvit-ready.json"
+    return f"{DATA_ROOT}/{dataset}/{layout.READY}"
 
 
 def resized_marker(dataset, side):
@@ -80,7 +81,7 @@ def pretrain_metrics(wildcards):
 
 def pretrain_checkpoint(wildcards):
     """The best.pt a finetune starts from (not a declared output, see pretrain.smk)."""
-    return os.path.join(run_dir(planned(wildcards).pretrain), "best.pt")
+    return layout.best_checkpoint(RESULTS, planned(wildcards).pretrain)
 
 
 # Containers, GPUs and cluster resources (README: "GPU boxes and SLURM clusters").

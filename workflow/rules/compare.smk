@@ -8,7 +8,7 @@
 import shlex
 
 COMPARE = config.get("compare") or {}
-IMPROVEMENTS_CSV = os.path.join(os.path.dirname(PAPER_CSV), "printed-improvements.csv")
+IMPROVEMENTS_CSV = os.path.relpath(os.path.join(workflow.basedir, layout.PRINTED_IMPROVEMENTS))
 FIGURE_TABLES = ([1] if TABLE1_RUNS else []) + [int(table) for table in DETECTION_TABLES]
 CURVE_GROUPS = sorted({run_id.rsplit("/", 1)[0] for run_id in RUNS})
 CELL_INPUTS = {

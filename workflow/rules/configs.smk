@@ -9,7 +9,7 @@ localrules:
 
 rule run_config:
     output:
-        f"{RESULTS}/configs/{{run}}.yaml",
+        run_config_file("{run}"),
     params:
         config=planned_config,
     log:

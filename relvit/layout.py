@@ -1,0 +1,46 @@
+"""Where a run's files live: the one place the training loop, the reports and the workflow's
+rules (workflow/rules/common.smk) take these names from. No heavy imports: the Snakefile reads it.
+
+A dataset under the data root is ready once `relvit prepare-data` wrote <root>/<name>/
+.relvit-ready.json (relvit.data.prepare). A tier's results folder (the workflow config's `results`) holds, for run
+<run> = <dataset>/<backbone>/<method>/seed<N>:
+- <results>/configs/<run>.yaml: what the run computes (Snakemake tracks it);
+- <results>/execution/<run>.yaml: how it executes (relvit.execution; not tracked);
+- <results>/runs/<run>/: what it writes (metrics.json, best.pt, last.pt, history.csv, and
+  finished.json, relvit.train.finished); a run folder made with another config is moved aside
+  to <run folder>.replaced-<time> (`--replace-changed`).
+"""
+
+from __future__ import annotations
+
+READY = ".relvit-ready.json"  # in a dataset's folder: downloaded, verified and readable
+# the paper's numbers as data (committed), relative to the repository's root
+PAPER_TABLES = "results/paper/tables.csv"
+PRINTED_IMPROVEMENTS = "results/paper/printed-improvements.csv"  # its printed "Improv." values
+RUNS, CONFIGS, EXECUTION = "runs", "configs", "execution"  # folders under <results>
+METRICS = "metrics.json"  # a run's record: a finished run's numbers, or its failure
+BEST = "best.pt"  # the weights of the best epoch: what a finetune or detection starts from
+LAST = "last.pt"  # the state a run resumes from
+HISTORY = "history.csv"  # one row per epoch
+REPLACED = ".replaced-"  # <run folder>.replaced-<time>: moved aside, never deleted
+
+
+def run_dir(results: str, run_id: str) -> str:
+    return f"{results}/{RUNS}/{run_id}"
+
+
+def run_config_file(results: str, run_id: str) -> str:
+    return f"{results}/{CONFIGS}/{run_id}.yaml"
+
+
+def metrics_file(results: str, run_id: str) -> str:
+    return f"{run_dir(results, run_id)}/{METRICS}"
+
+
+def best_checkpoint(results: str, run_id: str) -> str:
+    return f"{run_dir(results, run_id)}/{BEST}"
+
+
+def replaced_name(name: str, stamp: str) -> str:
+    """The name a run folder `name` is moved aside to."""
+    return f"{name}{REPLACED}{stamp}"
