@@ -2,6 +2,9 @@
 file Snakemake does not track, so that changing them reruns no job (tests/test_workflow.py runs
 the workflow)."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -135,3 +138,17 @@ def test_a_missing_execution_file_says_who_writes_it(tmp_path, capsys):
     assert main(["check", "--config", str(config), "--execution", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"{missing}: file not found (the workflow's execution files are written" in err
+
+
+def test_the_generated_results_folders_are_git_ignored():
+    """results/execution/ showed in `git status` after the README's first command."""
+    from relvit import layout
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    folders = [layout.RUNS, layout.CONFIGS, layout.EXECUTION, "logs", "tables", "figures"]
+    paths = [f"results/{folder}/digits/run.yaml" for folder in folders]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == paths
