@@ -19,11 +19,20 @@ if not workflow.overwrite_configfiles:
 
 
 # every problem of the workflow config and of its run configs at once, with key paths and
-# the files the config came from
-from relvit.layout import PAPER_TABLES
-from relvit.workflow import check_workflow_config
+# the files the config came from (a key given twice in one is refused, as in a run config)
+from snakemake.utils import update_config
 
-CONFIG_SOURCE = "workflow config " + ", ".join(map(str, workflow.configfiles))
+from relvit.config import read_config_file
+from relvit.layout import PAPER_TABLES
+from relvit.workflow import check_workflow_config, typed_config_values
+
+for _file in workflow.configfiles:
+    read_config_file(_file, "workflow config")
+# the values inside a nested --config value typed as a top-level one is (not all strings)
+_given = workflow.config_settings.config  # --config KEY=VALUE alone
+update_config(config, typed_config_values(_given))
+CONFIG_SOURCE = "workflow config " + ", ".join(map(str, workflow.configfiles)) + (
+    f" with --config {', '.join(_given)}" if _given else "")
 check_workflow_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"),
                       os.path.join(workflow.basedir, PAPER_TABLES),
                       CONFIG_SOURCE)

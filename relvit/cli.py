@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 2
     except (CheckpointError, TrainingError, DownloadError, KeyError, ValueError, OSError) as err:
-        print(f"relvit: error: {err}", file=sys.stderr)
+        # a KeyError's str() is the repr of its message, quotes and all
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"relvit: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what was finished is kept (atomic writes); the log says what
         print("relvit: interrupted", file=sys.stderr)

@@ -395,27 +395,27 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
     return cfg
 
 
-def read_config_file(path: str | Path) -> dict:
-    """The mapping a YAML run config holds ({} for an empty file); ConfigError naming the file
-    when it is missing, unreadable, not UTF-8, not valid YAML (duplicate keys included) or not
-    a mapping."""
+def read_config_file(path: str | Path, kind: str = "config") -> dict:
+    """The mapping a YAML config file holds ({} for an empty file); ConfigError (an invalid
+    `kind`) naming the file when it is missing, unreadable, not UTF-8, not valid YAML
+    (duplicate keys included) or not a mapping."""
     path = Path(path)
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found"], "config") from None
+        raise ConfigError([f"{path}: file not found"], kind) from None
     except UnicodeDecodeError as err:
         raise ConfigError([f"{path}: not UTF-8 text (byte offset {err.start}: {err.reason})"],
-                          "config") from None
+                          kind) from None
     except OSError as err:
-        raise ConfigError([f"{path}: cannot be read ({err.strerror or err})"], "config") from None
+        raise ConfigError([f"{path}: cannot be read ({err.strerror or err})"], kind) from None
     except yaml.YAMLError as err:
-        raise ConfigError([f"{path}: not valid YAML ({_yaml_message(err)})"], "config") from None
+        raise ConfigError([f"{path}: not valid YAML ({_yaml_message(err)})"], kind) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping of config keys, got "
-                           f"{type(raw).__name__}"], "config")
+                           f"{type(raw).__name__}"], kind)
     return raw
 
 

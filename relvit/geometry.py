@@ -64,8 +64,9 @@ def backbone_label(cfg: RunConfig, geo: Geometry) -> str:
     """How tables name the backbone, e.g. "ViT-S/4", or "ViT/4 (D=72, depth 4)" when resized."""
     spec = get_backbone_spec(cfg.model.backbone)
     patch = f"/{geo.patch_size}" if spec.family == "vit" else ""
+    heads = "{} head" if cfg.model.num_heads == 1 else "{} heads"
     resized = [(cfg.model.embed_dim, spec.embed_dim, "D={}"), (cfg.model.depth, spec.depth,
-               "depth {}"), (cfg.model.num_heads, spec.num_heads, "{} heads")]
+               "depth {}"), (cfg.model.num_heads, spec.num_heads, heads)]
     changes = [fmt.format(v) for v, preset, fmt in resized if v is not None and v != preset]
     if not changes:
         return spec.label + patch

@@ -75,6 +75,9 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
     if cfg.optim.schedule != "step" and cfg.optim.min_lr > cfg.optim.lr:  # "step" ignores it
         problems.append(f"optim.min_lr: must not exceed optim.lr {cfg.optim.lr} (schedule "
                         f"{cfg.optim.schedule!r} decays from lr to min_lr), got {cfg.optim.min_lr}")
+    if cfg.init_checkpoint and cfg.mode not in ("finetune", "detect"):
+        problems.append(f"init_checkpoint: mode {cfg.mode!r} trains from scratch; only finetune "
+                        "and detect start from a pretrain run's weights (--init)")
     if cfg.compile_step and cfg.mode == "detect":
         problems.append("compile_step: not for mode 'detect' (the detector's step is its "
                         "own)")

@@ -9,7 +9,7 @@ pretrain_det* runs their upstream variants start from (relvit.detection.plan).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +41,12 @@ def _stage(workflow: dict, stage: str, overrides: dict) -> dict:
     return merge(raw, overrides)
 
 
-def _epochs(raw: dict) -> int:
-    return raw.get("optim", {}).get("epochs", OptimConfig.epochs)
+def _epochs(raw: dict) -> int | None:
+    """The epochs of a raw run config, None where they are not a whole number (its validation
+    names the key)."""
+    optim = raw.get("optim")
+    epochs = optim.get("epochs", OptimConfig.epochs) if isinstance(optim, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def _methods(workflow: dict, dataset: str, base: dict) -> dict[str, dict]:
@@ -51,8 +55,9 @@ def _methods(workflow: dict, dataset: str, base: dict) -> dict[str, dict]:
     raw = {"pretrain": _stage(workflow, "pretrain", base),
            "relvit": _stage(workflow, "finetune", base),
            "supervised": _stage(workflow, "supervised", base)}
-    if table.get("same_epochs_baseline", False):
-        epochs = _epochs(raw["pretrain"]) + _epochs(raw["relvit"])
+    pretrain_epochs, finetune_epochs = _epochs(raw["pretrain"]), _epochs(raw["relvit"])
+    if table.get("same_epochs_baseline", False) and pretrain_epochs and finetune_epochs:
+        epochs = pretrain_epochs + finetune_epochs
         raw["supervised_same_epochs"] = merge(
             raw["supervised"], {"label": SAME_EPOCHS, "optim": {"epochs": epochs}})
     mega = table.get("megapatch") or {}
@@ -138,6 +143,34 @@ def schema_problems(workflow: dict, schema: dict) -> list[str]:
         else:
             problems.append(f"{path or '<top>'}: {err.message}")
     return problems
+
+
+SCALARS = {**dict.fromkeys(("true", "True", "TRUE"), True),
+           **dict.fromkeys(("false", "False", "FALSE"), False),
+           **dict.fromkeys(("null", "Null", "NULL", "~"), None)}
+
+
+def typed_config_values(given: Mapping[str, Any]) -> dict[str, Any]:
+    """`snakemake --config` values with the strings inside a nested value typed: numbers as
+    Snakemake types a top-level value (int, then float), and YAML's true, false and null.
+    Snakemake reads a nested value with YAML's base loader, all strings, so `--config
+    "data={'offline': true}"` had given the string 'true'. Other strings stay strings."""
+    def typed(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if not isinstance(value, str):
+            return value
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                pass
+        return SCALARS.get(value, value)
+
+    return {key: typed(value) if isinstance(value, (Mapping, list)) else value
+            for key, value in given.items()}
 
 
 def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_TABLES,

@@ -76,6 +76,18 @@ def test_the_largest_seed_is_accepted_and_the_next_refused():
         "seed: must be in [0, 2**63 - 1], got 9223372036854775808"]
 
 
+@pytest.mark.parametrize("mode", ["pretrain", "supervised", "joint"])
+def test_only_finetune_and_detect_start_from_a_checkpoint(mode):
+    """`relvit supervised --init best.pt` loaded the backbone silently: the supervised baseline
+    became a finetune."""
+    assert problems_of({"mode": mode, "init_checkpoint": "runs/pre/best.pt"}) == [
+        f"init_checkpoint: mode {mode!r} trains from scratch; only finetune and detect start "
+        "from a pretrain run's weights (--init)"]
+    assert config_from_dict({"mode": "finetune", "init_checkpoint": "a.pt"}).init_checkpoint
+    assert config_from_dict({"mode": "detect", "data": {"name": "digit_scenes"},
+                             "init_checkpoint": "a.pt"}).init_checkpoint
+
+
 def test_min_lr_must_not_exceed_lr_where_the_schedule_decays_to_it():
     """"relvit" and "cosine" decay from lr to min_lr (a min_lr above lr would raise the LR over
     training); "step" never reads min_lr."""

@@ -219,3 +219,10 @@ def test_prepare_a_detection_dataset_in_its_split_folders(tmp_path, monkeypatch)
     record = prepare_dataset("voc2007", tmp_path / "data")
     assert record["splits"] == {split: len(ids) for split, ids in info["splits"].items()}
     assert record["classes"] == 20
+
+
+def test_prepare_data_names_an_unknown_dataset_plainly(tmp_path, capsys):
+    """The message came as a KeyError's repr, in quotes."""
+    assert main(["prepare-data", "cifar11", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("relvit: error: unknown dataset 'cifar11'; known: digits, ")

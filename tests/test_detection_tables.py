@@ -34,6 +34,19 @@ def test_stand_in_keeps_the_rows():
     assert len(rows) == 23 and {r.run_dataset for r in rows} == {"digit_scenes"}
 
 
+def test_rows_that_share_a_stand_in_run_say_so(tmp_path):
+    """The smoke tier's COCO, SVHN and KITTI rows of Table 3 showed the same numbers, with
+    nothing saying they are one run on the stand-in."""
+    from relvit.report.detection_tables import notes
+
+    workflow = {"results": str(tmp_path), "seeds": [0],
+                "detection": {"tables": TABLES, "stand_in": "digit_scenes"}}
+    note = "Rows of several datasets on one stand-in are the same runs"
+    assert note in notes(detection_plan_rows(workflow, PAPER))
+    del workflow["detection"]["stand_in"]
+    assert note not in notes(detection_plan_rows(workflow, PAPER))
+
+
 def test_table3_renders_beside_the_paper(tmp_path):
     workflow = {"results": str(tmp_path), "seeds": [0],
                 "detection": {"tables": {"3": {"datasets": ["coco2017"],

@@ -212,3 +212,17 @@ def test_relation_loss_with_and_without_the_diagonal():
     without = losses.relation_loss(centre_only, targets, include_diagonal=False)
     torch.testing.assert_close(without, wrong)
     torch.testing.assert_close(with_diag, (72 * wrong + 9 * (wrong - 1)) / 81)
+
+
+@pytest.mark.parametrize("model, label", [
+    ({"backbone": "swin_tiny", "embed_dim": 24, "num_heads": 1}, "Swin-T (D=24, 1 head)"),
+    ({"backbone": "vit_small", "patch_size": 4, "embed_dim": 36, "depth": 1, "num_heads": 3},
+     "ViT/4 (D=36, depth 1, 3 heads)"),
+    ({"backbone": "vit_small", "patch_size": 4}, "ViT-S/4")])
+def test_tables_name_a_resized_backbone_by_what_changed(model, label):
+    """Table 2 had named the smoke tier's Swin "Swin-T (D=24, 1 heads)"."""
+    from relvit.config import config_from_dict
+    from relvit.geometry import backbone_label, run_geometry
+
+    cfg = config_from_dict({"data": {"name": "cifar10"}, "model": model})
+    assert backbone_label(cfg, run_geometry(cfg)) == label

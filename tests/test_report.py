@@ -84,6 +84,17 @@ def test_markdown_is_exactly_as_expected(tmp_path):
     assert "not comparable to the paper's" in render_latex(Table1(gather_runs([tmp_path])), "ci")
 
 
+def test_one_seed_is_not_called_a_mean_and_std(tmp_path):
+    """"Mean ± sample std over seeds 0." for the one seed of a run by hand."""
+    write_runs(tmp_path)
+    for run in tmp_path.rglob("seed[12]"):
+        for path in run.iterdir():
+            path.unlink()
+        run.rmdir()
+    text = render_markdown(Table1(gather_runs([tmp_path])), "custom")
+    assert ". One seed (0): no spread to show." in text and "sample std over" not in text
+
+
 def test_two_runs_of_one_seed_in_a_cell_are_refused(tmp_path):
     """A folder given twice over (a copy, or runs of another config) pooled its runs into the
     cell's mean: "82.17 ± 8.12" over seeds 0, 0, 1, 2."""

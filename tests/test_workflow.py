@@ -301,6 +301,51 @@ def test_bad_run_config_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("epochs", ["30", 2.5, None])
+def test_epochs_that_are_not_a_number_are_named_not_a_crash(epochs):
+    """The same-epochs baseline added pretrain + finetune epochs before they were validated: a
+    quoted number gave a bare TypeError from the planner."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    config = {**TINY, "stages": {"finetune": {"optim": {"epochs": epochs}}}}
+    with pytest.raises(ConfigError) as err:
+        plan(config, str(ROOT / "results" / "paper" / "tables.csv"))
+    assert any("optim.epochs" in problem for problem in err.value.problems), err.value.problems
+
+
+def test_values_inside_a_nested_config_value_are_typed():
+    from relvit.workflow import typed_config_values
+
+    given = {"seeds": ["0", "1"], "tier": "7", "data": {"offline": "true", "root": "d/x"},
+             "run": {"optim": {"lr": "2e-3", "epochs": "5", "schedule": "null"},
+                     "label": "a: b"}}
+    assert typed_config_values(given) == {
+        "seeds": [0, 1], "tier": "7", "data": {"offline": True, "root": "d/x"},
+        "run": {"optim": {"lr": 2e-3, "epochs": 5, "schedule": None}, "label": "a: b"}}
+
+
+def test_config_on_the_command_line_and_keys_given_twice(tmp_path):
+    """Nested --config values arrived as strings ('false' refused as not a boolean); an error
+    of a --config key blamed the file; a key given twice in a workflow config file was taken
+    silently, the last one winning."""
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = snakemake("-n", "--cores", "1", "--configfile", "tiny.yaml", "--config",
+                       "compare={'fail': false}", "seeds=[0]", cwd=tmp_path)
+    counts = job_counts(result.stdout)
+    assert "compare_verdict" not in counts and counts["pretrain"] == 1
+    result = snakemake("-n", "--cores", "1", "--configfile", "tiny.yaml", "--config",
+                       "seedz=[0]", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert (f"invalid workflow config {tmp_path / 'tiny.yaml'} with --config seedz:"
+            in result.stdout + result.stderr)
+    (tmp_path / "twice.yaml").write_text("seeds: [0, 1]\n" + yaml.safe_dump(TINY))
+    result = snakemake("-n", "--cores", "1", "--configfile", "twice.yaml", cwd=tmp_path,
+                       check=False)
+    assert result.returncode != 0
+    assert "twice.yaml: not valid YAML (duplicate key 'seeds'" in result.stdout + result.stderr
+
+
 def test_a_problem_of_many_runs_is_said_once():
     from relvit.workflow import collapse_run_problems
 

@@ -195,6 +195,14 @@ def header(table: int) -> list[str]:
     return cols
 
 
+def _shared_runs(rows: list[dict]) -> bool:
+    """Whether a run fills the rows of more than one dataset (a stand-in for several)."""
+    datasets: dict[str, set[str]] = {}
+    for row in rows:
+        datasets.setdefault(row["metrics"], set()).add(row["dataset"])
+    return any(len(names) > 1 for names in datasets.values())
+
+
 def notes(rows: list[dict]) -> str:
     """What the numbers are, as the Markdown's intro and the LaTeX caption say it."""
     return ("Box AP (%) of the last epoch on the whole evaluation split (pycocotools), mean ± "
@@ -203,6 +211,8 @@ def notes(rows: list[dict]) -> str:
             "the paper prints another value, compare.md names it)."
             + (" A dataset in [brackets] is the stand-in the rows were run on (not comparable "
                "to the paper)." if any(r["run_dataset"] != r["dataset"] for r in rows) else "")
+            + (" Rows of several datasets on one stand-in are the same runs (the same backbone "
+               "and variant), so they show the same numbers." if _shared_runs(rows) else "")
             + (f" {STALE_NOTE}" if any(map(row_stale, rows)) else "")
             + (f" {FAILED_NOTE}" if any(map(row_failed, rows)) else "")
             + (f" {NO_VALUE_NOTE}" if any(map(row_unscored, rows)) else ""))

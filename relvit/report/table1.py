@@ -305,7 +305,8 @@ def render_markdown(table: Table1, tier: str) -> str:
         "",
         f"Reproduced with relvit-repro, tier **{tier}**"
         + (f" ({EMBEDDED_NOTE})" if table.on_embedded_data else "")
-        + f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}.",
+        + (f". One seed ({seeds[0]}): no spread to show." if len(seeds) == 1
+           else f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}."),
     ]
     if table.with_paper:
         lines += ["", "paper: the paper's number (best epoch, so beside the best-epoch table "

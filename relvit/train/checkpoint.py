@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -49,6 +50,18 @@ def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:
                  keep_previous=keep_previous)
 
 
+def _load_failure(err: Exception) -> str:
+    """What torch.load found wrong with a file, without its weights_only refusal's advice to
+    load the file unsafely."""
+    text = str(err)
+    refused = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", text,
+                        re.S)
+    if refused:
+        return ("not a checkpoint of plain tensors and data, so not loaded (torch.load: "
+                f"{' '.join(refused.group(1).split())})")
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by this package (tensors and plain data only, never code).
 
@@ -75,7 +88,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except Exception as err:  # truncated, corrupt or foreign files; pickled code is refused
-        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_load_failure(err)}") from err
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a relvit checkpoint (no 'model' entry)")
     return state
