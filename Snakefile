@@ -28,8 +28,9 @@ from relvit.workflow import check_workflow_config, typed_config_values
 
 for _file in workflow.configfiles:
     read_config_file(_file, "workflow config")
-# the values inside a nested --config value typed as a top-level one is (not all strings)
-_given = workflow.config_settings.config  # --config KEY=VALUE alone
+# --config KEY=VALUE alone: the values inside a nested one typed as Snakemake types a top-level
+# one (it leaves them strings)
+_given = workflow.config_settings.config
 update_config(config, typed_config_values(_given))
 CONFIG_SOURCE = "workflow config " + ", ".join(map(str, workflow.configfiles)) + (
     f" with --config {', '.join(_given)}" if _given else "")

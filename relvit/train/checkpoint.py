@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from relvit.atomic import atomic_write, previous_path, remove_stale_temps
-from relvit.train.errors import CheckpointError, UpstreamFailedError
 from relvit.layout import LAST, METRICS
+from relvit.train.errors import CheckpointError, UpstreamFailedError
 from relvit.train.failure import is_failed
 
 __all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "load_checkpoint",
