@@ -106,12 +106,16 @@ mkdir -p "$RUNS"
 GRAPHS=(--set compile=true --set compile_mode=reduce-overhead)
 COMPILED_LOGS=recompiles,graph_breaks,cudagraphs,perf_hints
 PAIRS=()
-# snapshot: the comparison of the pairs finished so far and the runs' files, in $OUT
+# snapshot: the runs' files and the comparison of the pairs finished so far, in $OUT; each
+# written beside and renamed, so that a call cut mid-write keeps the last whole one, and the
+# archive first, so that a comparison comes with its runs' files
 snapshot() {
+  tar -czf "$OUT/.runs.tar.gz.part" -C "$RUNS" --exclude='*.pt' . \
+    && mv "$OUT/.runs.tar.gz.part" "$OUT/runs.tar.gz"
   if (( ${#PAIRS[@]} )); then
-    "$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" > "$OUT/comparison.txt" 2>&1
+    "$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" > "$OUT/.comparison.txt.part" 2>&1
+    mv "$OUT/.comparison.txt.part" "$OUT/comparison.txt"
   fi
-  tar -czf "$OUT/runs.tar.gz" -C "$RUNS" --exclude='*.pt' .
 }
 # run MODE NAME CAP [ARGS...]: one training run into $RUNS/NAME, its log beside it
 run() {
