@@ -258,3 +258,30 @@ def test_paper_columns_and_planned_cells(tmp_path):
     assert "−" not in latex and "reproduced $-$ paper" in latex  # pdflatex has no U+2212
     assert "Digit scenes" not in render_markdown(table, "paper")
     assert "not comparable" not in render_markdown(table, "paper")
+
+
+def test_the_papers_printed_slips_come_from_its_data(tmp_path):
+    """The note beside the paper's columns named CIFAR-100's +5.85 (its numbers give +5.80) as
+    fixed text, whatever paper file was given."""
+    import shutil
+
+    from test_compare import write_results
+
+    from relvit.report.table1 import write_table1
+
+    write_results(tmp_path)
+    note = "(the paper prints +5.85 for CIFAR-100, where its own numbers give +5.80)."
+    write_table1([tmp_path / "runs"], tmp_path / "t1", "test", "results/paper/tables.csv")
+    assert note in (tmp_path / "t1.md").read_text()
+    paper = tmp_path / "paper" / "tables.csv"  # without printed-improvements.csv beside it
+    paper.parent.mkdir()
+    shutil.copy("results/paper/tables.csv", paper)
+    write_table1([tmp_path / "runs"], tmp_path / "t2", "test", paper)
+    text = (tmp_path / "t2.md").read_text()
+    assert "computed from the numbers." in text and "prints" not in text
+    printed = paper.with_name("printed-improvements.csv")
+    printed.write_text("table,dataset,backbone,metric,printed_improvement\n"
+                       "1,CIFAR-10,ViT-S/4,top1,4.00\n")
+    write_table1([tmp_path / "runs"], tmp_path / "t3", "test", paper)
+    assert "(the paper prints +4.00 for CIFAR-10, where its own numbers give +4.14)." in (
+        tmp_path / "t3.md").read_text()

@@ -22,7 +22,7 @@ from relvit.data.registry import DATASETS, get_dataset
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.provenance import STALE, STALE_NOTE, resized_sides
 from relvit.atomic import atomic_write_text
-from relvit.layout import PAPER_TABLES
+from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
 from relvit.train.failure import FAILED as FAILED_STATUS
 
 log = logging.getLogger("relvit")
@@ -159,7 +159,10 @@ class Table1:
     """Table 1 from finished runs, planned runs (for empty cells) and the paper's numbers."""
 
     def __init__(self, runs: pd.DataFrame, planned: pd.DataFrame | None = None,
-                 paper: pd.DataFrame | None = None):
+                 paper: pd.DataFrame | None = None, slips: tuple[str, ...] = ()):
+        """`slips`: the paper's printed Improv. values of Table 1 that its own numbers do not
+        give (`printed_slips`), said beside the paper's columns."""
+        self.slips = slips
         runs = _classification(runs)
         planned = None if planned is None else _classification(planned)
         self.runs = runs[runs["mode"] != "pretrain"]
@@ -309,10 +312,10 @@ def render_markdown(table: Table1, tier: str) -> str:
            else f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}."),
     ]
     if table.with_paper:
+        slips = f" (the paper prints {'; '.join(table.slips)})" if table.slips else ""
         lines += ["", "paper: the paper's number (best epoch, so beside the best-epoch table "
                       "only); Δ: reproduced − paper; Improv. and its paper column: RelViT − "
-                      "Supervised, computed from the numbers (the paper prints +5.85 for "
-                      "CIFAR-100, where its own numbers give +5.80)."]
+                      f"Supervised, computed from the numbers{slips}."]
     lines += [f"\n{NOTES[c]}" for c in table.extras]
     lines += [f"\n{STALE_NOTE}"] if table.any_stale else []
     lines += [f"\n{RESIZED_NOTE}"] if table.any_resized else []
@@ -375,6 +378,20 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
     return "\n".join(lines) + "\n"
 
 
+def printed_slips(paper_csv: str | Path) -> tuple[str, ...]:
+    """The paper's printed Table 1 Improv. values (printed-improvements.csv beside `paper_csv`)
+    that its own numbers do not give, e.g. "+5.85 for CIFAR-100, where its own numbers give
+    +5.80"; none without that file."""
+    from relvit.report.compare import improvement_checks  # it imports this module
+
+    printed = Path(paper_csv).with_name(Path(PRINTED_IMPROVEMENTS).name)
+    if not printed.is_file():
+        return ()
+    return tuple(f"{k.printed:+.2f} for {k.dataset}, where its own numbers give "
+                 f"{k.computed:+.2f}" for k in improvement_checks(paper_csv, printed)
+                 if k.table == 1 and not k.consistent)
+
+
 def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
                  paper_csv: str | Path | None = PAPER_TABLES) -> Table1:
     """Gather runs and run configs from `sources`; write `<out_stem>.md` and `.tex`."""
@@ -382,7 +399,8 @@ def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
     if paper_csv and paper is None:
         log.warning("%s: not found, so Table 1 has no paper columns (pass --paper, or run from "
                     "the repository's root)", paper_csv)
-    table = Table1(gather_runs(sources), gather_planned(sources), paper)
+    slips = printed_slips(paper_csv) if paper is not None else ()
+    table = Table1(gather_runs(sources), gather_planned(sources), paper, slips)
     out_stem = Path(out_stem)
     atomic_write_text(render_markdown(table, tier), out_stem.with_suffix(".md"))
     atomic_write_text(render_latex(table, tier), out_stem.with_suffix(".tex"))
