@@ -95,8 +95,49 @@ def plan(workflow: dict, paper_csv: str = PAPER_TABLES, source: str = "workflow 
         except ConfigError as err:
             problems += err.problems
     if problems:
+        problems = [_with_blocks(problem, workflow) for problem in problems]
         raise ConfigError(collapse_run_problems(problems), source)
     return runs
+
+
+def _run_key_blocks(workflow: dict, run_id: str) -> list[tuple[str, Any]]:
+    """The workflow config's blocks of run keys that reach run `run_id`, by name, in the order
+    they are merged (the last wins), each as a run config's keys: `run`, `stages.<stage>`, then
+    `table1.run.<dataset>`, or for detection runs `detection.models.<backbone>` (model keys)."""
+    dataset, backbone, method = run_id.split("/")[:3]
+    detection = method.startswith(("pretrain_det", "det_"))
+    stage = ("pretrain_detection" if method.startswith("pretrain_det") else
+             "detect" if detection else METHOD_MODES.get(method, method))
+    blocks = [("run", workflow.get("run")),
+              (f"stages.{stage}", (workflow.get("stages") or {}).get(stage))]
+    if detection:
+        models = (workflow.get("detection") or {}).get("models") or {}
+        blocks.append((f"detection.models.{backbone}", {"model": models.get(backbone)}))
+    else:
+        by_dataset = (workflow.get("table1") or {}).get("run") or {}
+        blocks.append((f"table1.run.{dataset}", by_dataset.get(dataset)))
+    return blocks
+
+
+def _with_blocks(problem: str, workflow: dict) -> str:
+    """A run's problem ("run ID: key.path: message") with the block of the workflow config
+    whose value of that key reached the run, e.g. "(from stages.finetune)": the run ID alone
+    does not say where to look."""
+    run_id, sep, message = problem.removeprefix("run ").partition(": ")
+    if not (problem.startswith("run ") and sep) or run_id.count("/") != 3:
+        return problem
+    path = message.partition(": ")[0].split(".")
+    given = None
+    for name, keys in _run_key_blocks(workflow, run_id):
+        node: Any = keys
+        for key in path:
+            node = node.get(key, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            given = name
+    return f"{problem} (from {given})" if given else problem
+
+
+_ABSENT = object()
 
 
 def collapse_run_problems(problems: list[str]) -> list[str]:

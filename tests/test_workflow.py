@@ -314,6 +314,26 @@ def test_epochs_that_are_not_a_number_are_named_not_a_crash(epochs):
     assert any("optim.epochs" in problem for problem in err.value.problems), err.value.problems
 
 
+def test_a_run_problem_names_the_block_its_value_came_from():
+    """A typo in `run:`, `stages.<stage>` or `table1.run.<dataset>` was reported by key alone
+    ("optim.batch_sise: unknown key"), though the key may be in any of them."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    config = {**TINY, "run": {**TINY.get("run", {}), "optim": {"batch_sise": 3}},
+              "stages": {"finetune": {"optim": {"lr": "fast"}}},
+              "table1": {**TINY["table1"], "run": {"digits": {"optim": {"epochs": "x"}}}}}
+    with pytest.raises(ConfigError) as err:
+        plan(config, str(ROOT / "results" / "paper" / "tables.csv"))
+    problems = err.value.problems
+    assert any("optim.batch_sise: unknown key" in p and p.endswith("(from run)")
+               for p in problems), problems
+    assert any("optim.lr: expected float" in p and p.endswith("(from stages.finetune)")
+               and "relvit/seed0" in p for p in problems), problems
+    assert any("optim.epochs: expected int" in p and p.endswith("(from table1.run.digits)")
+               for p in problems), problems
+
+
 def test_values_inside_a_nested_config_value_are_typed():
     from relvit.workflow import typed_config_values
 
