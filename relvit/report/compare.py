@@ -147,15 +147,14 @@ def detection_cells(rows: list[dict], paper: pd.DataFrame,
         resized = any(map(det.is_resized_model, here["backbone_label"].dropna().astype(str)))
         reason = (STAND_IN if first["run_dataset"] != dataset
                   else OTHER_MODEL if resized else None)
-        failed = [det.row_failed(r) for r in group]
-        scores = [det.scores(r) for r, fail in zip(group, failed)
-                  if not fail and Path(r["metrics"]).is_file()]
+        failed = sum(map(det.row_failed, group))
+        scores = [s for s in map(det.finished_scores, group) if s is not None]
         for metric, paper_metric in zip(det.METRICS, det.PAPER_METRICS[table]):
             value = det.paper_value(paper, first, paper_metric)
             theirs = Cell(value, None, 0) if value is not None else NO_CELL
             values = pd.Series([s[metric] for s in scores], dtype=float)
             ours = seed_cell(values, bool(here["stale"].fillna(False).astype(bool).any()),
-                             sum(failed), unscored=int((~np.isfinite(values)).sum()))
+                             failed, unscored=int((~np.isfinite(values)).sum()))
             verdict, bound, rule = judge(theirs, ours, criterion,
                                          reason or (NOT_IN_PAPER if value is None else None))
             out.append(Comparison(

@@ -54,9 +54,13 @@ def _metrics(row: dict) -> dict:
     return read_metrics(path) if path.is_file() else {}
 
 
-def scores(row: dict) -> dict[str, float | None]:
-    """The last epoch's box mAP, mAP50, mAP75 of a plan row's run (None: not run)."""
-    box = _metrics(row).get("last_map", {}).get("bbox", {})
+def finished_scores(row: dict) -> dict[str, float | None] | None:
+    """The last epoch's box mAP, mAP50, mAP75 of a plan row's finished run (a score None where
+    its record has none), or None when the run has not finished or failed."""
+    metrics = _metrics(row)
+    if not metrics or is_failed(metrics):
+        return None
+    box = metrics.get("last_map", {}).get("bbox", {})
     return {m: box.get(m) for m in METRICS}
 
 
@@ -67,10 +71,9 @@ def row_failed(row: dict) -> bool:
 
 def row_unscored(row: dict) -> bool:
     """Whether the run of a plan row finished without a finite score of some metric."""
-    path = Path(row["metrics"])
-    return (path.is_file() and not row_failed(row)
-            and not all(isinstance(v, (int, float)) and np.isfinite(v)
-                        for v in scores(row).values()))
+    scores = finished_scores(row)
+    return scores is not None and not all(isinstance(v, (int, float)) and np.isfinite(v)
+                                          for v in scores.values())
 
 
 def row_stale(row: dict) -> bool:
@@ -120,8 +123,7 @@ def _seed_cells(seeds: list[dict]) -> tuple[dict[str, float | None], list[str]]:
     "[k no value]" when some finished without a finite score, "failed" or "no value" when all
     did."""
     failed = sum(map(row_failed, seeds))
-    finished = [scores(row) for row in seeds if Path(row["metrics"]).is_file()
-                and not row_failed(row)]
+    finished = [s for s in map(finished_scores, seeds) if s is not None]
     means: dict[str, float | None] = {m: None for m in METRICS}
     cells = []
     for m in METRICS:
