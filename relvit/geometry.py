@@ -8,6 +8,10 @@ from relvit.config import RunConfig
 from relvit.data.registry import get_dataset
 from relvit.models.specs import get_backbone_spec, pooled_side, token_stride
 
+# a patch's relation to another (method spec §1.2): Left/Centre/Right x Up/Centre/Down of it
+RELATION_NAMES = ("LU", "CU", "RU", "LC", "CC", "RC", "LD", "CD", "RD")
+NUM_RELATIONS = len(RELATION_NAMES)  # the relation head's classes
+
 
 @dataclass(frozen=True)
 class Geometry:

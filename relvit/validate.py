@@ -100,11 +100,13 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
     heads = cfg.model.num_heads or spec.num_heads
     if spec.family != "swin" and dim % heads:
         problems.append(f"model.embed_dim: {dim} is not divisible by model.num_heads {heads}")
-    if cfg.uses_ssl and ssl.relations and dim < 9:
-        problems.append(f"model.embed_dim: {dim} is too narrow for the 9 relation heads (>= 9)")
+    from relvit.geometry import NUM_RELATIONS, run_geometry  # geometry imports the config
+
+    if cfg.uses_ssl and ssl.relations and dim < NUM_RELATIONS:
+        problems.append(f"model.embed_dim: {dim} is too narrow for the {NUM_RELATIONS} relation "
+                        f"heads (>= {NUM_RELATIONS})")
     if spec.family == "t2t" and cfg.model.patch_size is not None:
         problems.append("model.patch_size: T2T-ViT has a fixed token stride of 16; leave it unset")
-    from relvit.geometry import run_geometry
 
     try:
         run_geometry(cfg)

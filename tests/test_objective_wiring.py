@@ -9,12 +9,12 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from relvit.data.augment import normalize
 from relvit.data.registry import get_dataset
-from relvit.geometry import run_geometry
+from relvit.geometry import NUM_RELATIONS, run_geometry
 from relvit.models import losses
 from relvit.models.heads import PairProjections
 from relvit.ssl.patches import patchify
 from relvit.ssl.pipeline import apply_ssl_inputs
-from relvit.ssl.targets import NUM_RELATIONS, position_targets, relation_targets
+from relvit.ssl.targets import position_targets, relation_targets
 from relvit.train import objective as objective_module
 from relvit.train.loop import train
 from relvit.train.objective import JITTER, Batch, Objective

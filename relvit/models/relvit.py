@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
 from relvit.models.heads import PairProjections, PairwiseScoreHead, PositionHead, joint_maps
-from relvit.ssl.targets import NUM_RELATIONS
+from relvit.geometry import NUM_RELATIONS
 
 
 @dataclass(frozen=True)

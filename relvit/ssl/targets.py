@@ -13,9 +13,7 @@ import torch
 from torch import Tensor
 
 from relvit.compiled import device_constant
-
-RELATION_NAMES = ("LU", "CU", "RU", "LC", "CC", "RC", "LD", "CD", "RD")
-NUM_RELATIONS = len(RELATION_NAMES)
+from relvit.geometry import RELATION_NAMES
 CENTRE = RELATION_NAMES.index("CC")
 
 
