@@ -96,6 +96,8 @@ def test_finetune_refuses_missing_or_mismatched_checkpoints(tmp_path, tiny_confi
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt cannot be read"):
         Run(tiny_config("finetune", init_checkpoint=str(junk)), tmp_path / "d").prepare()
+    for refused in "abcd":  # a refused start leaves no empty run folder behind
+        assert not (tmp_path / refused).exists()
 
 
 def test_finetune_refuses_a_checkpoint_of_other_attention_heads(tmp_path, tiny_config):

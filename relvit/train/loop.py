@@ -233,8 +233,10 @@ class Run:
 
     # ----------------------------------------------------------------- set-up and resume
     def prepare(self) -> None:
-        """Resume from last.pt if present, else initialise (loading the pretrain backbone)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Resume from last.pt if present, else initialise (loading the pretrain backbone).
+
+        The run directory is made only once the start is settled: a refused --init or config
+        leaves no empty folder behind."""
         # last.pt, else last.prev.pt; a damaged one is moved aside, never loaded
         state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
         record = read_finished(self.out_dir)
@@ -252,7 +254,6 @@ class Run:
                 log.warning("%s was made with another config or start (%s); moved to %s",
                             self.out_dir, "; ".join(diffs[:3]), aside)
                 self.out_dir.rename(aside)
-                self.out_dir.mkdir(parents=True)
             state, record, diffs = None, None, []
         if diffs:
             raise TrainingError(
@@ -274,6 +275,7 @@ class Run:
                                             model.backbone, heads)
             self.init_digest = file_digest(self.cfg.init_checkpoint)
         if distributed.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.cfg, self.out_dir / "config.yaml")
         distributed.barrier()  # the run directory is settled before any rank goes on
         if self.world > 1:
