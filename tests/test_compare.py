@@ -241,6 +241,37 @@ def test_editing_a_run_config_after_the_run_makes_it_stale(tmp_path):
     assert is_stale(metrics, run / "metrics.json") is True
 
 
+def test_the_pretext_table_marks_stale_runs_and_seeds_still_to_run(tmp_path):
+    """The pretrain runs' table had neither mark: an edited config showed "25.33 (n=1)"."""
+    from relvit.report.gather import gather_planned
+
+    for seed in (0, 1):
+        config = tmp_path / "configs" / f"digits/vit_small/pretrain/seed{seed}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(run_config("digits", "pretrain", "", seed)))
+    run = tmp_path / "runs" / "digits/vit_small/pretrain/seed0"
+    run.mkdir(parents=True)
+    config = tmp_path / "configs" / "digits/vit_small/pretrain/seed0.yaml"
+    run.joinpath("metrics.json").write_text(json.dumps({
+        "mode": "pretrain", "label": "", "seed": 0, "dataset": "digits",
+        "dataset_title": TITLES["digits"], "backbone_label": "ViT/4 (D=36, depth 1, 3 heads)",
+        "pretext_positions": 16, "last": {"val_acc_rel": 0.2533, "val_acc_pos": 0.5},
+        "config_hash": file_config_hash(config)}))
+
+    def pretext_row():
+        table = Table1(gather_runs([tmp_path / "runs"]), gather_planned([tmp_path / "configs"]))
+        text = render_markdown(table, "test")
+        return next(line for line in text.splitlines() if "| pretrain |" in line), text
+
+    row, text = pretext_row()
+    assert "| 25.33 (n=1 of 2) | 50.00 (n=1 of 2) |" in row and "[stale]" not in text
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "optim": {"epochs": 40}}))
+    row, text = pretext_row()
+    assert "| 25.33 (n=1 of 2) [stale] | 50.00 (n=1 of 2) [stale] |" in row
+    assert "[stale]: a run of this cell" in text
+
+
 def test_container_image_and_config_hash(monkeypatch, tiny_config):
     for name in provenance.IMAGE_VARIABLES:
         monkeypatch.delenv(name, raising=False)

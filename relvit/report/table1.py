@@ -194,8 +194,9 @@ class Table1:
 
     def runs_of(self, dataset: str, backbone: str, mode: str, label: str,
                 planned: bool = False) -> pd.DataFrame:
-        """The finished runs of one cell (or, with `planned`, its planned run configs)."""
-        r = self.planned if planned else self.runs
+        """The finished runs of one cell (or, with `planned`, its planned run configs); mode
+        "pretrain": the runs of a pretext cell."""
+        r = self.planned if planned else self.pretrain if mode == "pretrain" else self.runs
         return r[(r.dataset_title == dataset) & (r.backbone_label == backbone)
                  & (r["mode"] == mode) & (r["label"].fillna("") == label)]
 
@@ -219,17 +220,12 @@ class Table1:
 
     @property
     def any_stale(self) -> bool:
-        return bool(self.runs["stale"].fillna(False).astype(bool).any())
+        both = pd.concat([self.runs["stale"], self.pretrain["stale"]])
+        return bool(both.fillna(False).astype(bool).any())
 
     @property
     def any_resized(self) -> bool:
         return bool(resized_sides(self.runs) or resized_sides(self.pretrain))
-
-    @staticmethod
-    def pretext_cell(runs: pd.DataFrame, metric: str) -> Cell:
-        runs = one_run_per_seed(runs)
-        return seed_cell(runs[metric], failed=failed_runs(runs), resized=resized_sides(runs),
-                         unscored=unscored_runs(runs, metric))
 
     def beside_paper(self, metric: str) -> bool:
         """Whether `metric`'s table has the paper's columns: the paper reports the best epoch."""
@@ -286,7 +282,7 @@ class Table1:
                 chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
                 lines.append(
                     f"| {dataset} | {backbone} | {label or 'pretrain'} | "
-                    + "".join(f"{self.pretext_cell(group, m).text()} | "
+                    + "".join(f"{self.ours(dataset, backbone, 'pretrain', label, m).text()} | "
                               for m in PRETEXT_METRICS)
                     + f"{chance} |")
         return lines
