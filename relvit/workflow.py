@@ -316,6 +316,8 @@ PLANNED_KEYS = {
     ("mode",): "the stage: pretrain, finetune, supervised, detect",
     ("data", "name"): "datasets: table1.datasets, detection.tables",
     ("model", "backbone"): "backbones: table1.backbone, detection.tables",
+    ("label",): "the table column of each method and row",
+    ("init_checkpoint",): "the pretrain run's best.pt, for finetune and upstream detect runs",
 }
 
 

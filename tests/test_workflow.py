@@ -234,12 +234,16 @@ def test_table1_run_keys_the_planner_sets_are_an_error():
 
 
 def test_shared_run_keys_the_planner_sets_are_an_error():
-    """`run:` and `stages:` blocks: a seed or backbone there was overridden without a word."""
+    """`run:` and `stages:` blocks: a seed, backbone or label there was overridden without a
+    word (a label also moved a run out of its Table 1 column); an init checkpoint would start
+    a joint detection run from it."""
     from relvit.config import ConfigError
     from relvit.workflow import plan
 
-    clash = {**TINY, "run": {**TINY["run"], "seed": 7, "model": {"backbone": "swin_tiny"}},
-             "stages": {**TINY["stages"], "finetune": {"mode": "supervised"}},
+    clash = {**TINY, "run": {**TINY["run"], "seed": 7, "model": {"backbone": "swin_tiny"},
+                             "label": "mine"},
+             "stages": {**TINY["stages"], "finetune": {"mode": "supervised"},
+                        "detect": {"init_checkpoint": "elsewhere/best.pt"}},
              "detection": {"tables": {"2": {"datasets": ["voc2007"], "backbones": ["vit_small"]}},
                            "stand_in": "digit_scenes", "megapatch_side": {"vit_small": 2},
                            "models": {"vit_small": {"backbone": "swin_tiny"}}}}
@@ -249,7 +253,10 @@ def test_shared_run_keys_the_planner_sets_are_an_error():
     assert err.value.problems == [
         "run.seed: " + said("seeds: `seeds`, table1.seeds, detection.seeds"),
         "run.model.backbone: " + said("backbones: table1.backbone, detection.tables"),
+        "run.label: " + said("the table column of each method and row"),
         "stages.finetune.mode: " + said("the stage: pretrain, finetune, supervised, detect"),
+        "stages.detect.init_checkpoint: "
+        + said("the pretrain run's best.pt, for finetune and upstream detect runs"),
         "detection.models.vit_small.backbone: set by the planner (the key above it), not here"]
 
 
