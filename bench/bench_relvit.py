@@ -55,7 +55,7 @@ from relvit.config import CompileMode
 # benchlib/ beside this script (on sys.path when it runs)
 from benchlib.inputs import bench_augment, bench_decode, bench_device_decode, bench_ssl_inputs
 from benchlib.loop import bench_loop, compare_loop
-from benchlib.presets import CONFIGS, PRESETS
+from benchlib.presets import CONFIGS, PRESET_HELP, PRESETS
 from benchlib.relation_memory import bench_relation_memory, probe_memory
 from benchlib.steps import bench_steps, dense_jitter
 from benchlib.table import (Row, device_name, markdown_from_json, print_table, projection,
@@ -64,13 +64,13 @@ from benchlib.table import (Row, device_name, markdown_from_json, print_table, p
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu on CUDA, else cpu")
     parser.add_argument("--only", nargs="+", choices=["decode", "device-decode", "augment",
                                                       "ssl", "steps", "loop", "memory"],
                         help="stages to run (default: all)")
     parser.add_argument("--sizes", nargs="+", type=int, choices=[size for _, size, _ in CONFIGS])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (decode)")
     parser.add_argument("--decode-resized", type=int, metavar="S",
                         help="decode: also the copies resized to shorter side S "
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps and loop with --compile: the step from its draws to its "
                              "loss (batch build, model, losses) compiled as one region (run "
                              "config key `compile_step`)")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train steps and loop: model and images in channels-last memory")
     parser.add_argument("--cpu-autocast", action="store_true",
                         help="train steps on the CPU under bf16 autocast, as on CUDA: their ops "
                              "and MiB as a GPU step's (slow; for counting, not timing)")
@@ -92,15 +93,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="the SSL inputs and '+ batch' steps with the dense jitter (CUDA's "
                              "path) on any device: their ops and MiB as a GPU's")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="decode, augmentation and SSL inputs: timed calls per case")
     parser.add_argument("--rounds", type=int, default=1,
                         help="steps: time each case in this many windows, the cases interleaved "
                              "(A B C, A B C, ...): its ms/step the median of its rounds, its "
                              "ratio the median (min-max) of the rounds' paired ratios; the "
                              "cases stay built between rounds, each case's peak memory measured "
                              "above what was allocated before it was built")
-    parser.add_argument("--memory-batch", type=int, default=256)
-    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--memory-batch", type=int, default=256,
+                        help="memory stage: the batch (N = 196)")
+    parser.add_argument("--json", type=Path, help="also write the rows here (see --markdown-from)")
     parser.add_argument("--chunk-mb", nargs="+", type=int, default=[64, 1024],
                         help="memory stage on CUDA: also the fused relation loss with chunks of "
                              "these many MiB of float32 scores (1024: batch 256 at N = 196 in "
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(chrome trace); 3 calls per memory stage case: "
                              "DIR/relation-<case>.*")
     for key, value in PRESETS["cpu"].items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value))
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value),
+                            help=f"{PRESET_HELP[key]} (preset cpu {value}, gpu "
+                                 f"{PRESETS['gpu'][key]})")
     parser.add_argument("--markdown-from", nargs="+", type=Path, metavar="JSON",
                         help="print the rows of these --json files as Markdown tables and exit")
     parser.add_argument("--probe-memory", metavar="JSON", help=argparse.SUPPRESS)

@@ -66,9 +66,9 @@ class ModelConfig:
 class SSLConfig:
     """The self-supervised tasks and their input construction (method spec §1-2)."""
 
-    relations: bool = True
-    positions: bool = True
-    distances: bool = False
+    relations: bool = True  # the relation task (§1.2); false switches it off
+    positions: bool = True  # the absolute-position task (§1.3)
+    distances: bool = False  # the scripts' unused distance and angle tasks (§1.4-1.5, Q14)
     angles: bool = False
     relation_diagonal: bool = True  # include the N trivial CC entries in the loss (faithful)
     jitter: bool = True  # per-patch jitter on the pretraining split (§2.1)
@@ -88,7 +88,7 @@ class OptimConfig:
     min_lr: float = 1.25e-6
     weight_decay: float = 0.1
     decay_norm_and_bias: bool = True  # the original decays every parameter (Q9)
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = 0.1  # linear warm-up from 0 over this share of the steps
     schedule: Literal["relvit", "cosine", "step"] = "relvit"
     step_epochs: int = 30  # schedule "step": LR x step_gamma every step_epochs (detection, §6.5)
     step_gamma: float = 0.1
@@ -195,7 +195,9 @@ class RunConfig:
 
     mode: Mode = "supervised"
     seed: int = 0
-    label: str = ""  # free-form tag the report uses, e.g. "same-epochs" for the longer baseline
+    # free-form tag the report uses, e.g. "same-epochs" for the longer baseline (the workflow
+    # sets it: Table 1's columns)
+    label: str = ""
     init_checkpoint: str | None = None  # finetune: the pretrain run's best.pt
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # CUDA: torch.compile the model, the dense jitter and the fused relation loss's chunks

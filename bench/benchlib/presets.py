@@ -15,3 +15,16 @@ PRESETS = {  # CPU: sized for 2 cores; GPU: the paper's ViT-S and batch
                 loop_batches=4),
 }
 
+PRESET_HELP = {  # what each preset key sizes (its option --KEY overrides the preset)
+    "batch": "train steps and loop: the batch",
+    "embed_dim": "train steps and loop: the ViT's width",
+    "depth": "train steps and loop: the ViT's blocks",
+    "num_heads": "train steps and loop: the ViT's attention heads",
+    "steps": "train steps: timed steps per case",
+    "warmup": "train steps: untimed steps before them",
+    "pipeline_batch": "decode, augmentation and SSL inputs: images per batch",
+    "decode_images": "decode: images decoded",
+    "reference_images": "SSL inputs: images through the per-sample torchvision reference",
+    "memory_dim": "memory stage: the relation head's input width (batch: --memory-batch)",
+    "loop_batches": "train loop: batches in its epoch",
+}
