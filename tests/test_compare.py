@@ -53,7 +53,7 @@ def write_results(root, runs=TABLE1_RUNS, planned_only=(("svhn", "relvit", "fine
             metrics.write_text(json.dumps({
                 "mode": mode, "label": label, "seed": seed, "dataset": dataset,
                 "dataset_title": TITLES[dataset], "backbone_label": backbone,
-                "best_top1": top1, "last_top1": top1, "wall_time_s": 10.0 + seed,
+                "best_top1": top1, "last_top1": top1 - 0.5, "wall_time_s": 10.0 + seed,
                 "peak_memory_mb": 100.0 * (seed + 1), "device": "cpu (test)",
                 "git_sha": "abc123", "image": "none", "config_hash": file_config_hash(config)}))
     for dataset, method, mode in planned_only:

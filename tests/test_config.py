@@ -134,3 +134,22 @@ def test_precision_is_cuda_autocast_or_float32():
     bf16, fp32 = config_from_dict({}), config_from_dict({"precision": "fp32"})
     assert bf16.autocast_on("cuda") and not bf16.autocast_on("cpu")
     assert not fp32.autocast_on("cuda") and not fp32.autocast_on("cpu")
+
+
+# The method's decided quirks (docs/deviations.md) are these keys' defaults: the tiers leave all
+# but optim.schedule out, so a changed default would change their runs without a config saying so.
+DECIDED_DEFAULTS = {
+    "ssl.shuffle": False,  # Q4: the scripts never shuffle
+    "model.pos_embed": None,  # Q4: off for pretrain, on for every other mode
+    "ssl.jitter_after_normalize": False,  # Q5: jitter on [0, 1] images, then normalise
+    "ssl.megapatch_symmetric": False,  # Q7: independent row and column cuts
+    "optim.schedule": "relvit",  # Q8: the original's quarter-cosine
+    "optim.decay_norm_and_bias": True,  # Q9: decay on every parameter, as the original
+    "ssl.relation_diagonal": True,  # Q12: the diagonal in the relation loss (faithful)
+}
+
+
+@pytest.mark.parametrize("key, decided", DECIDED_DEFAULTS.items())
+def test_the_defaults_are_the_documented_decisions(key, decided):
+    section, name = key.split(".")
+    assert config_from_dict({}).to_dict()[section][name] == decided

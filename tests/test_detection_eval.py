@@ -66,6 +66,15 @@ def test_perfect_detections_give_100():
     assert m["bbox"]["mAP_small"] is None and m["bbox"]["mAP_large"] is None
 
 
+def test_ar100_counts_more_than_ten_detections_per_image():
+    """AR100 is recall at 100 detections per image: with 12 objects found on one image, AR@10
+    would be 10/12."""
+    boxes = [[(1, [15 * k, 15 * k, 10, 10]) for k in range(12)]]
+    preds = [det(1, 1, box, 0.99 - 0.01 * k) for k, (_, box) in enumerate(boxes[0])]
+    m = coco_evaluate(gt_dict(boxes, categories=(1,)), preds)
+    assert m["bbox"]["AR100"] == pytest.approx(100.0)
+
+
 def test_iou_exactly_0_6_passes_thresholds_up_to_0_6():
     # a 100×100 box shifted right by 25: IoU = 75·100 / (2·100² − 75·100) = 75/125 = 0.6.
     # pycocotools matches when IoU >= threshold (it skips a pair only if `iou < t`), and both

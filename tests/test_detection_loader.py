@@ -240,6 +240,7 @@ def test_boxes_only_dataset_float_boxes_and_clamping(tmp_path):
     images = [{"id": 1, "file_name": "img1.png", "width": 40, "height": 30}]
     annotations = [annotation(1, 1, 1, [2.25, 3.5, 10.125, 7.75], masks=False),
                    annotation(2, 1, 1, [-0.5, 20.0, 10.0, 10.75], masks=False)]  # sticks out
+    del annotations[0]["area"]  # no area and no mask: the box's
     dataset = CocoDataset(images=images, annotations=annotations,
                           categories=[{"id": 1, "name": "one"}], image_root=tmp_path)
     _, target = DetectionImages(dataset, train=False)[0]
@@ -248,6 +249,7 @@ def test_boxes_only_dataset_float_boxes_and_clamping(tmp_path):
     gt = ground_truth(dataset)
     assert [a["bbox"] for a in gt["annotations"]] == [[2.25, 3.5, 10.125, 7.75],
                                                       [0.0, 20.0, 9.5, 10.0]]
+    assert [a["area"] for a in gt["annotations"]] == [10.125 * 7.75, 10.0 * 10.75]
     assert "segmentation" not in gt["annotations"][0]
     _, target = DetectionImages(dataset, train=True, iou_crop=True)[0]
     assert "masks" not in target and target["boxes"].shape[0] == target["labels"].shape[0]

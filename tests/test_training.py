@@ -96,8 +96,30 @@ def test_finetune_refuses_missing_or_mismatched_checkpoints(tmp_path, tiny_confi
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt cannot be read"):
         Run(tiny_config("finetune", init_checkpoint=str(junk)), tmp_path / "d").prepare()
-    for refused in "abcd":  # a refused start leaves no empty run folder behind
+    deeper = tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt"),
+                         model={"depth": 2})  # block 1 would have stayed at random init
+    with pytest.raises(CheckpointError, match=r"missing tensor vit\.blocks\.1\."):
+        Run(deeper, tmp_path / "e").prepare()
+    for refused in "abcde":  # a refused start leaves no empty run folder behind
         assert not (tmp_path / refused).exists()
+
+
+@pytest.mark.parametrize("mode, key, scripted", [
+    ("supervised", "val_acc_clf", [0.5, 0.75, 0.625]),  # the highest top-1 (Q17)
+    ("pretrain", "val_loss", [3.0, 2.0, 2.5]),  # the lowest validation loss (Q20)
+])
+def test_the_best_epoch_is_the_selected_one_not_the_last(tmp_path, tiny_config, monkeypatch,
+                                                          mode, key, scripted):
+    """best.pt, best_epoch and best_top1 come from the epoch the selection picks: epoch 2 of
+    3 here, whose number is not the last epoch's."""
+    evaluation = Run.evaluation
+    monkeypatch.setattr(Run, "evaluation",
+                        lambda self, epoch: {**evaluation(self, epoch), key: scripted[epoch]})
+    metrics = train(tiny_config(mode, optim={"epochs": 3}), tmp_path / "run", progress=False)
+    assert metrics["best_epoch"] == 2 and metrics["best"][key] == scripted[1]
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 2
+    if mode == "supervised":
+        assert (metrics["best_top1"], metrics["last_top1"]) == (75.0, 62.5)
 
 
 def test_finetune_refuses_a_checkpoint_of_other_attention_heads(tmp_path, tiny_config):
