@@ -173,7 +173,7 @@ def test_detection_evaluates_shards_as_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("n,batch,world", [(1437, 75, 2), (1437, 128, 3), (100, 10, 4),
-                                           (23, 8, 1), (9, 4, 4)])
+                                           (23, 8, 1), (9, 4, 4), (10, 4, 2)])
 def test_each_sample_of_an_epoch_goes_to_one_rank(n, batch, world):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
     per_rank = [distributed.shard_batches(order, batch, rank, world) for rank in range(world)]

@@ -157,6 +157,25 @@ def test_relation_diagonal_reaches_the_relation_loss(tiny_config, diagonal, fuse
     torch.testing.assert_close(stats["loss_rel"], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_loss_is_the_unweighted_sum_of_the_tasks(tiny_config):
+    """Method spec §1.8: joint training adds the classification, relation and position losses,
+    unweighted (a mean would weigh each by 1/3)."""
+    cfg = tiny_config("joint")
+    h = w = run_geometry(cfg).ssl_grid
+    n, b = h * w, 3
+    gen = torch.Generator().manual_seed(7)
+    batch = Batch(torch.zeros(b, 3, 4, 4), torch.tensor([0, 4, 9]), (h, w),
+                  torch.arange(n).expand(b, n))
+    out = {"logits": torch.randn(b, 10, generator=gen),
+           "relations": torch.randn(b, NUM_RELATIONS, n, n, generator=gen),
+           "positions": torch.randn(b, n, n, generator=gen)}
+    total, stats = make_objective(cfg).losses(out, batch)
+    terms = ("loss_clf", "loss_rel", "loss_pos")
+    assert set(terms) <= set(stats) and all(stats[k] > 0 for k in terms)
+    torch.testing.assert_close(total, sum(stats[k] for k in terms))
+    assert stats["loss"] == total
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_megapatch_symmetric_reaches_the_megapatch_cuts(tiny_config, monkeypatch, symmetric):
     """Q7: `ssl.megapatch_symmetric` is `megapatch_images`' symmetric argument: true, the rows

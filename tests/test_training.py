@@ -1,13 +1,15 @@
 """Training: each mode lowers its loss, resume gives the same result, run files are complete."""
 
 import json
+import math
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from relvit.train.checkpoint import CheckpointError
-from relvit.train.loop import Run, StatSums, TrainingError, parameter_groups, train
+from relvit.train.loop import (Run, StatSums, TrainingError, _epoch_seed, _means,
+                               parameter_groups, train)
 from relvit.train.schedule import learning_rate
 
 
@@ -205,22 +207,71 @@ def test_step_schedule(tiny_config):
     optim = tiny_config("supervised", optim={"lr": 1.0, "schedule": "step", "epochs": 10,
                                              "step_epochs": 4, "step_gamma": 0.1,
                                              "warmup_fraction": 0.0}).optim
-    per_epoch = [learning_rate(10 * e, 100, optim) for e in range(10)]
-    assert per_epoch == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 2)
+    for first_or_last in (0, 9):  # every step of an epoch has its epoch's LR
+        per_epoch = [learning_rate(10 * e + first_or_last, 100, optim) for e in range(10)]
+        assert per_epoch == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 2)
+    warm = tiny_config("supervised", optim={"lr": 1.0, "schedule": "step", "epochs": 10,
+                                            "warmup_fraction": 0.1}).optim
+    assert [learning_rate(t, 100, warm) for t in (0, 5, 10)] == pytest.approx([0.0, 0.5, 1.0])
 
 
 @pytest.mark.parametrize("schedule", ["relvit", "cosine"])
 def test_schedules(tiny_config, schedule):
     optim = tiny_config("supervised", optim={"lr": 1.0, "min_lr": 0.0,
                                              "schedule": schedule}).optim
-    lrs = [learning_rate(t, 100, optim) for t in range(100)]
+    lrs = [learning_rate(t, 100, optim) for t in range(101)]
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5)  # linear warm-up over 10 steps
-    assert max(lrs) <= 1.0 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert max(lrs) <= 1.0 and all(a > b for a, b in zip(lrs[10:], lrs[11:]))
     if schedule == "relvit":  # quarter cosine measured from step 0 (spec §5.1)
         assert lrs[10] == pytest.approx(torch.cos(torch.tensor(torch.pi / 20)).item())
         assert lrs[50] == pytest.approx(2 ** -0.5)
+        assert lrs[99] == pytest.approx(math.cos(math.pi / 2 * 0.99))
     else:
         assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5)
+    assert lrs[100] == pytest.approx(0.0, abs=1e-12)  # the end: min_lr
+    floor = tiny_config("supervised", optim={"lr": 1.0, "min_lr": 0.1,
+                                             "schedule": schedule}).optim
+    assert learning_rate(100, 100, floor) == pytest.approx(0.1)
+    middle = 0.1 + 0.9 * (2 ** -0.5 if schedule == "relvit" else 0.5)
+    assert learning_rate(50 if schedule == "relvit" else 55, 100, floor) == pytest.approx(middle)
+
+
+def test_the_schedule_runs_over_the_steps_of_all_epochs(tmp_path, tiny_config):
+    """Each epoch's last learning rate is the schedule's at that epoch's last step of the run's
+    total: counted per epoch, the warm-up would restart every epoch and the LR never decay."""
+    cfg = tiny_config("supervised", optim={"epochs": 3})
+    train(cfg, tmp_path / "run", progress=False)
+    steps = Run(cfg, tmp_path / "unused").steps_per_epoch()
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    column = rows[0].split(",").index("lr")
+    lrs = [float(row.split(",")[column]) for row in rows[1:]]
+    expected = [learning_rate((e + 1) * steps - 1, 3 * steps, cfg.optim) for e in range(3)]
+    assert steps > 1 and lrs == pytest.approx(expected)
+    assert lrs[0] > lrs[1] > lrs[2]
+
+
+def test_each_epoch_stream_and_rank_draws_from_its_own_seed():
+    """An epoch's order, augmentation, dropout and jitter come from `_epoch_seed`: the same seed
+    for two epochs would repeat them, for two ranks would give every rank the same draws."""
+    seeds = [_epoch_seed(3, e, k, r) for e in range(50) for k in range(4) for r in range(8)]
+    assert len(set(seeds)) == len(seeds)
+    assert _epoch_seed(3, 7, 2) == _epoch_seed(3, 7, 2, rank=0)  # one process is rank 0
+
+
+def test_epoch_means_are_sums_over_samples():
+    assert _means({"loss": 6.0, "acc": 1.5}, 3) == {"loss": 2.0, "acc": 0.5}
+
+
+def test_evaluation_draws_are_the_same_every_epoch(tmp_path, tiny_config):
+    """The validation split's random draws (here mega-patch cuts) are fixed, so the epochs'
+    validation losses, which pick best.pt, differ by the weights only."""
+    cfg = tiny_config("pretrain", data={"image_size": 32}, ssl={"megapatch_side": 5})
+    run = Run(cfg, tmp_path / "run")
+    run.prepare()
+    split = next(iter(run.splits.evals.values()))
+    first = run.evaluate(split)
+    run.history.append({"epoch": 1})
+    assert run.evaluate(split) == first
 
 
 def test_a_changed_config_replaces_the_run_only_when_asked(tmp_path, tiny_config):
