@@ -87,6 +87,17 @@ def test_wrong_number_of_classes_is_refused(tmp_path):
         prepare_dataset("imagenet", tmp_path / "data")
 
 
+def test_a_label_past_the_last_class_is_refused():
+    """A label equal to the class count would index past the classifier (a device assert on
+    CUDA, mid-run)."""
+    from relvit.data.loading import TensorSplit, _check
+
+    spec = registry.DATASETS["cifar10"]
+    split = TensorSplit(torch.zeros(3, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 9, 10]))
+    with pytest.raises(DatasetLayoutError, match=r"labels span \[0, 10\], expected 0..9"):
+        _check(spec, "train", split, [str(i) for i in range(10)], "data/cifar10")
+
+
 def test_cifar_pretrain_then_finetune_through_the_cli(tmp_path):
     write_cifar(tmp_path / "cifar", 10, n_train=64, n_test=32)
     config = tmp_path / "run.yaml"

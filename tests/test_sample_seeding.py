@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from relvit.data import registry
-from relvit.data.loading import FileSplit, batches, file_transform
+from relvit.data.loading import FileSplit, batches, file_transform, sample_seed
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,30 @@ def test_the_global_generator_is_left_alone(photos):
     torch.manual_seed(3)
     images_by_index(photos, torch.arange(10), 4, workers=0, seed=7)
     assert torch.equal(torch.rand(5), expected)
+
+
+def test_every_sample_of_a_stream_has_its_own_seed():
+    """Two samples with one seed would draw the same crop and flip; torch's CPU generator keeps a
+    seed's low 32 bits, so those must differ too."""
+    for stream in (0, 12_345, 2**40 + 3):
+        seeds = [sample_seed(stream, index) for index in range(2_000)]
+        assert len({seed % 2**32 for seed in seeds}) == len(seeds)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_file_transforms_are_torchvisions_at_224(train):
+    """ImageNet-style datasets (method spec §5.2): RandomResizedCrop(224) + horizontal flip for
+    training, Resize(256) + CenterCrop(224) for evaluation, draw for draw."""
+    import torchvision.transforms as T
+
+    image = Image.frombytes("RGB", (300, 200), bytes(range(256)) * (300 * 200 * 3 // 256)
+                            + bytes(300 * 200 * 3 % 256))
+    ours = file_transform(registry.DATASETS["imagenet100"], 224, train=train)
+    steps = ([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if train
+             else [T.Resize(256), T.CenterCrop(224)])
+    reference = T.Compose([*steps, T.PILToTensor()])
+    for seed in range(8):  # both flips among them
+        torch.manual_seed(seed)
+        expected = reference(image)
+        torch.manual_seed(seed)
+        assert torch.equal(ours(image), expected), seed
