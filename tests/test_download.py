@@ -74,6 +74,17 @@ def test_file_digest_and_verify_file(tmp_path):
         verify_file(path, wrong)
 
 
+def test_verify_file_checks_every_checksum_not_only_the_strongest(tmp_path):
+    """Checking only the sha256 would accept a file whose (also given) md5 is wrong."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(PAYLOAD)
+    sha256 = hashlib.sha256(PAYLOAD).hexdigest()
+    verify_file(path, Resource("http://x/f", "f.bin", sha256=sha256))
+    both = Resource("http://x/f", "f.bin", sha256=sha256, md5="0" * 32)
+    with pytest.raises(ChecksumError, match=f"md5 mismatch: expected {'0' * 32}"):
+        verify_file(path, both)
+
+
 # ----------------------------------------------------------------------------- download
 
 
@@ -168,6 +179,42 @@ def test_416_with_bad_part_restarts_from_zero(server, dest):
     (dest / "data.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 5))
     assert download(resource, dest).read_bytes() == PAYLOAD
     assert [r["range"] for r in server.hits("data.bin")] == [f"bytes={len(PAYLOAD) + 5}-", None]
+
+
+def test_body_one_byte_short_is_resumed_not_taken_as_complete(server, dest, sleeps):
+    """A body one byte short of Content-Length taken as complete would fail its checksum."""
+    resource = server.publish("data.bin", PAYLOAD)
+    server.drop_after, server.drops_left = len(PAYLOAD) - 1, 1
+    assert download(resource, dest, retries=2).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.hits("data.bin")] == [None, f"bytes={len(PAYLOAD) - 1}-"]
+    assert sleeps == [dl.RETRY_BACKOFF_S]
+    assert _listing(dest) == ["data.bin"]
+
+
+def test_206_at_the_wrong_offset_restarts_from_zero(server, dest, sleeps):
+    """A 206 starting at byte 5 for a request from byte 10, if appended, would repeat bytes 5-9
+    (and fail the checksum); the `.part` must be dropped and the file fetched from byte 0."""
+    resource = server.publish("data.bin", PAYLOAD)
+    dest.mkdir()
+    (dest / "data.bin.part").write_bytes(PAYLOAD[:10])
+
+    class WrongOffset(server.RequestHandlerClass):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.server.requests:  # only the first request misbehaves
+                return super().do_GET()
+            self.server.requests.append({"path": "data.bin", "range": self.headers.get("Range")})
+            body = PAYLOAD[5:]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 5-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server.RequestHandlerClass = WrongOffset
+    assert download(resource, dest, retries=2).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.hits("data.bin")] == ["bytes=10-", None]
+    assert sleeps == [dl.RETRY_BACKOFF_S]
+    assert _listing(dest) == ["data.bin"]
 
 
 def test_checksum_mismatch_leaves_nothing(server, dest):
@@ -268,6 +315,24 @@ def test_fetch_extracts_into_the_download_folder_by_default(server, dest):
     assert not [p for p in dest.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
+def test_fetch_reextracts_when_the_archive_changed(server, tmp_path, dest):
+    """A marker trusted without comparing its digest would keep the old archive's extraction
+    after a new archive (other content, other digest) is downloaded under the same name."""
+    old = server.publish("set.tgz", _tar_bytes({"set/a.txt": b"old a\n", "set/gone.txt": b"x",
+                                                "top.txt": b"old top\n"}), extract=True)
+    out = tmp_path / "extracted"
+    fetch(old, dest, out)
+    new = server.publish("set.tgz", _tar_bytes({"set/a.txt": b"new a\n", "set/b.txt": b"b\n"}),
+                         extract=True)
+    assert new.md5 != old.md5
+    assert fetch(new, dest, out) == out
+    assert (out / "set" / "a.txt").read_bytes() == b"new a\n"
+    # each top-level entry of the archive replaces its namesake; other entries are kept
+    assert sorted(p.name for p in (out / "set").iterdir()) == ["a.txt", "b.txt"]
+    assert (out / "top.txt").read_bytes() == b"old top\n"
+    assert (out / ".extracted-set.tgz").read_text().strip() == new.md5
+
+
 def test_fetch_without_extract_returns_the_file(server, dest):
     resource = server.publish("labels.mat", b"MATLAB 5.0")
     assert fetch(resource, dest) == dest / "labels.mat"
@@ -364,6 +429,8 @@ def _hostile_cases(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "symlink-chain": ("evil.tar", _symlinks_tar([("f", "."), ("e", "f"), ("b", "e/..")])),
         # a harmless-looking inner link, then a file written through it
         "through-symlink": ("evil.tar", _symlinks_tar([("d", ".")], ("d/x.txt", b"x"))),
+        # a file at exactly a symlink member's path would be written through the link
+        "at-symlink": ("evil.tar", _symlinks_tar([("a", "b")], ("a", b"x"))),
         "hardlink": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE, "../outside.txt"))),
         "hardlink-abs": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE, "/etc/passwd"))),
         "device": ("evil.tar.gz", _hostile_tar(_member("dev", tarfile.CHRTYPE))),
@@ -374,7 +441,7 @@ def _hostile_cases(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
 
 
 HOSTILE = ["dotdot", "absolute", "symlink", "symlink-up", "symlink-chain", "through-symlink",
-           "hardlink", "hardlink-abs", "device", "fifo", "zip-dotdot", "zip-absolute"]
+           "at-symlink", "hardlink", "hardlink-abs", "device", "fifo", "zip-dotdot", "zip-absolute"]
 
 
 @pytest.mark.parametrize("data_filter", [True, False], ids=["with-filter", "own-checks-only"])
