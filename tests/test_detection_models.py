@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from timm.layers import LayerNorm2d
+from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -13,7 +15,9 @@ from relvit.detection.models import (
     build_pyramid_backbone,
 )
 from relvit.models.backbones import build_backbone
+from relvit.models.losses import relation_loss
 from relvit.models.relvit import RelViT, SSLTasks
+from relvit.ssl.targets import relation_targets
 from relvit.train.checkpoint import CheckpointError, load_backbone
 
 SIZE = 64
@@ -154,6 +158,48 @@ def test_detector_resize_and_normalisation(keep_aspect):
     # one anchor size per level, 3 aspect ratios
     assert detector.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert detector.rpn.head.cls_logits.out_channels == 3
+
+
+@pytest.mark.parametrize("family", ["vit", "t2t"])
+def test_simple_pyramid_branches_are_vitdet(family):
+    """ViTDet's simple feature pyramid (module docstring): x4 = deconv, LayerNorm2d, GELU,
+    deconv; x2 = deconv; x1 = identity; x1/2 = max-pool. Without the LayerNorm2d every shape
+    still fit, and no test saw it gone."""
+    pyramid = build_pyramid_backbone(tiny_backbone(family), FPN)
+    dim = pyramid.backbone.embed_dim
+    assert [type(m) for m in pyramid.up4] == [nn.ConvTranspose2d, LayerNorm2d, nn.GELU,
+                                              nn.ConvTranspose2d]
+    first, norm, _, last = pyramid.up4
+    assert (first.in_channels, first.out_channels, last.out_channels) == (dim, dim // 2, dim // 4)
+    assert first.stride == last.stride == first.kernel_size == last.kernel_size == (2, 2)
+    assert norm.normalized_shape == (dim // 2,)
+    assert type(pyramid.up2) is nn.ConvTranspose2d and pyramid.up2.stride == (2, 2)
+    assert (pyramid.up2.in_channels, pyramid.up2.out_channels) == (dim, dim // 2)
+    assert type(pyramid.down2) is nn.MaxPool2d and pyramid.down2.ceil_mode
+    assert pyramid.down2.kernel_size == pyramid.down2.stride == 2
+    images = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        maps, tokens = pyramid.levels(images)
+        x = tokens.patches.transpose(1, 2).reshape(1, dim, *tokens.grid)
+        torch.testing.assert_close(maps[0], pyramid.up4(x))
+        torch.testing.assert_close(maps[2], x)  # x1: the token map itself
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_anchors_have_three_aspect_ratios_on_every_level(family):
+    """One anchor size per level x ratios (0.5, 1, 2) (Q26, method spec §6): with (0.5, 1, 1)
+    the RPN head still had 3 anchors a location, so the anchor count alone did not tell."""
+    detector = build_detector(tiny_backbone(family), CLASSES, SIZE, masks=False,
+                              fpn_channels=FPN)
+    generator = detector.rpn.anchor_generator
+    assert generator.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
+    assert generator.num_anchors_per_location() == [3] * 5
+    for size, cell in zip(generator.sizes, generator.cell_anchors):
+        # torchvision rounds the corners to whole pixels: a 16-px anchor of ratio 0.5 is 22 x 12
+        h, w = cell[:, 3] - cell[:, 1], cell[:, 2] - cell[:, 0]
+        torch.testing.assert_close(h / w, torch.tensor([0.5, 1.0, 2.0]), rtol=0.1, atol=0)
+        torch.testing.assert_close((h * w).sqrt(), torch.full((3,), float(size[0])),
+                                   rtol=0.1, atol=0)
 
 
 @pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
@@ -343,3 +389,25 @@ def test_load_pretrain_checkpoint(tmp_path):
                       "vit_small")
     with pytest.raises(CheckpointError, match="holds backbone"):
         load_backbone(backbone_of(detector), path, "t2t_vit_14")
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_joint_ssl_relation_loss_follows_include_diagonal(family):
+    """`ssl.relation_diagonal: false` reaches JointSSLDetector as include_diagonal=False; a
+    relation loss that ignored it (always the diagonal) trained a joint run on the N trivial
+    pairs it was told to leave out."""
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone(family), CLASSES, SIZE, masks=False, fpn_channels=FPN)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    losses = {}
+    for diagonal in (False, True):
+        joint = JointSSLDetector(detector, SIZE, include_diagonal=diagonal).eval()
+        with torch.no_grad():
+            tokens = backbone_of(joint).tokens(images)
+            losses[diagonal] = joint.ssl_losses(tokens)["loss_rel"]
+            z, (h, w) = joint.ssl.ssl_tokens(tokens)
+            scores = joint.ssl.ssl_outputs(z)["relations"].scores()
+            expected = relation_loss(scores, relation_targets(h, w), diagonal)
+            other = relation_loss(scores, relation_targets(h, w), not diagonal)
+        torch.testing.assert_close(losses[diagonal], expected)
+        assert not torch.allclose(losses[diagonal], other), diagonal
