@@ -157,6 +157,22 @@ def test_relation_diagonal_reaches_the_relation_loss(tiny_config, diagonal, fuse
     torch.testing.assert_close(stats["loss_rel"], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dataset, padding, flip", [("digits", 2, False), ("cifar10", 4, True)])
+def test_the_training_augmentation_is_the_datasets(tiny_config, dataset, padding, flip):
+    """Each dataset's own crop padding and flip: digits are not mirror-symmetric (a flipped 2
+    is no digit), so they are never flipped; CIFAR's are. `data.augment: false` does neither."""
+    from relvit.data.augment import random_crop, random_hflip
+
+    images = torch.rand(64, 3, 8, 8)
+    cfg = tiny_config("supervised", data={"name": dataset})
+    got = make_objective(cfg).augment(images, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    expected = random_crop(images, padding, gen)
+    assert torch.equal(got, random_hflip(expected, gen) if flip else expected)
+    plain = tiny_config("supervised", data={"name": dataset, "augment": False})
+    assert torch.equal(make_objective(plain).augment(images, gen), images)
+
+
 def test_the_loss_is_the_unweighted_sum_of_the_tasks(tiny_config):
     """Method spec §1.8: joint training adds the classification, relation and position losses,
     unweighted (a mean would weigh each by 1/3)."""

@@ -217,6 +217,26 @@ def test_table1_run_keys_apply_to_their_dataset_only():
     assert {r.config["optim"]["batch_size"] for r in runs.values()} == {256}  # merged, not replaced
 
 
+def test_seeds_per_dataset_and_for_the_detection_rows():
+    """`table1.seeds` replaces the global seeds for its datasets only, `detection.seeds` for the
+    detection rows and their pretraining; each run's config carries its seed."""
+    from relvit.workflow import plan
+
+    config = {**TINY, "seeds": [0, 1],
+              "table1": {**TINY["table1"], "datasets": ["digits", "cifar10"],
+                         "seeds": {"cifar10": [4]}},
+              "detection": {"tables": {"2": {"datasets": ["voc2007"],
+                                             "backbones": ["vit_small"]}},
+                            "stand_in": "digit_scenes", "megapatch_side": 2, "seeds": [7]}}
+    seeds: dict[tuple[str, str], set[int]] = {}
+    for run_id, run in plan(config).items():
+        assert run_id.endswith(f"/seed{run.config['seed']}")
+        seeds.setdefault((run.dataset, run.mode), set()).add(run.config["seed"])
+    assert seeds[("digits", "finetune")] == seeds[("digits", "pretrain")] == {0, 1}
+    assert seeds[("cifar10", "supervised")] == seeds[("cifar10", "pretrain")] == {4}
+    assert seeds[("digit_scenes", "detect")] == seeds[("digit_scenes", "pretrain")] == {7}
+
+
 def test_table1_run_keys_the_planner_sets_are_an_error():
     """A seed or dataset name per dataset would be overridden by the planner: said, not lost."""
     from relvit.config import ConfigError

@@ -1,0 +1,45 @@
+"""Run geometry against method spec §4's table and §2.3 (mega-patches): image side, patch,
+token stride, SSL grid and the number of position classes of each dataset and backbone."""
+
+from __future__ import annotations
+
+import pytest
+
+from relvit.config import ConfigError, config_from_dict
+from relvit.geometry import run_geometry
+
+
+@pytest.mark.parametrize("dataset, backbone, patch, stride, grid", [
+    ("cifar10", "vit_small", 4, 4, 8),  # ViT-S/4 on 32 px: 8x8
+    ("cifar100", "vit_small", 4, 4, 8),
+    ("svhn", "vit_small", 4, 4, 8),  # Q1: as CIFAR
+    ("tiny_imagenet", "vit_small", 8, 8, 8),  # ViT-S/8 on 64 px
+    ("imagenet100", "vit_small", 32, 32, 7),  # ViT-S/32 at 224 px: 7x7
+    ("imagenet100", "swin_tiny", 4, 32, 7),  # Swin's native 7x7 last stage
+    ("imagenet100", "t2t_vit_14", None, 16, 7),  # T2T's 14x14 tokens pooled 2x2
+])
+def test_each_dataset_and_backbone_has_the_papers_grid(dataset, backbone, patch, stride, grid):
+    cfg = config_from_dict({"mode": "pretrain", "data": {"name": dataset},
+                            "model": {"backbone": backbone}})
+    geo = run_geometry(cfg)
+    assert (geo.patch_size, geo.token_stride, geo.ssl_grid) == (patch, stride, grid)
+    assert geo.cell == geo.image_size // grid and geo.num_positions == grid * grid
+    assert geo.ssl_pool == (2 if backbone == "t2t_vit_14" else 1)
+
+
+@pytest.mark.parametrize("mode, side, positions", [("pretrain", 6, 36), ("pretrain", 5, 25),
+                                                   ("finetune", 0, 49), ("joint", 0, 49)])
+def test_megapatches_set_the_position_classes_of_pretraining_only(mode, side, positions):
+    """§2.3: S x S mega-patches (S = 6 on ImageNet-100) give S² position classes; fine-tuning
+    afterwards uses the normal grid."""
+    ssl = {"megapatch_side": 6 if mode == "finetune" else side}
+    cfg = config_from_dict({"mode": mode, "data": {"name": "imagenet100"}, "ssl": ssl})
+    geo = run_geometry(cfg)
+    assert (geo.megapatch_side, geo.num_positions, geo.ssl_grid) == (side, positions, 7)
+
+
+def test_a_megapatch_side_above_the_grid_is_refused():
+    """§2.3: S ≤ g; the config names the sizes (its validation derives the geometry)."""
+    with pytest.raises(ConfigError, match="megapatch_side 8 is larger than the base grid side 7"):
+        config_from_dict({"mode": "pretrain", "data": {"name": "imagenet100"},
+                          "ssl": {"megapatch_side": 8}})
