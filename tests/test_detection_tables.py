@@ -47,21 +47,33 @@ def test_rows_that_share_a_stand_in_run_say_so(tmp_path):
     assert note not in notes(detection_plan_rows(workflow, PAPER))
 
 
-def test_table3_renders_beside_the_paper(tmp_path):
+def vit_rows(tmp_path, table="2", dataset="voc2007"):
+    """The planned rows of one table's block of `dataset` with ViT-S, one seed, results in
+    tmp_path."""
     workflow = {"results": str(tmp_path), "seeds": [0],
-                "detection": {"tables": {"3": {"datasets": ["coco2017"],
-                                               "backbones": ["vit_small"]}}}}
-    rows = detection_plan_rows(workflow, PAPER)
-    # the mega-patch row is below the other RelViT row in mAP but above it in mAP50
-    scores = {"det_supervised": (20.0, 35.0, 19.0), "det_upstream": (22.5, 37.0, 22.0),
-              "det_upstream_mega": (22.0, 38.0, 21.0)}
+                "detection": {"tables": {table: {"datasets": [dataset],
+                                                 "backbones": ["vit_small"]}}}}
+    return detection_plan_rows(workflow, PAPER)
+
+
+def write_scores(tmp_path, rows, scores, extra=lambda m: {}):
+    """metrics.json of each row whose method (det_...) has scores: last-epoch box mAP, mAP50,
+    mAP75, plus `extra(scores)` keys."""
     for row in rows:
         method = row["run_id"].split("/")[2]
         if method in scores:
             path = tmp_path / "runs" / row["run_id"] / "metrics.json"
             path.parent.mkdir(parents=True)
             m = dict(zip(("mAP", "mAP50", "mAP75"), scores[method]))
-            path.write_text(json.dumps({"last_map": {"bbox": m}}))
+            path.write_text(json.dumps({"last_map": {"bbox": m}, **extra(m)}))
+
+
+def test_table3_renders_beside_the_paper(tmp_path):
+    rows = vit_rows(tmp_path, "3", "coco2017")
+    # the mega-patch row is below the other RelViT row in mAP but above it in mAP50
+    scores = {"det_supervised": (20.0, 35.0, 19.0), "det_upstream": (22.5, 37.0, 22.0),
+              "det_upstream_mega": (22.0, 38.0, 21.0)}
+    write_scores(tmp_path, rows, scores)
     cells = table_cells(3, rows, pd.read_csv(PAPER))
     assert cells == [  # one seed: "(n=1)", no spread to show
         ["COCO mini-val", "Supervised", "-", "-", "-",
@@ -125,34 +137,14 @@ def test_seeds_of_a_row_are_averaged(tmp_path):
     assert "not comparable" in render_latex(3, stand_in, pd.read_csv(PAPER), "ci")
 
 
-def voc_vit_rows(tmp_path):
-    """The planned rows of Table 2's VOC-2007 / ViT-S block, one seed, results in tmp_path."""
-    workflow = {"results": str(tmp_path), "seeds": [0],
-                "detection": {"tables": {"2": {"datasets": ["voc2007"],
-                                               "backbones": ["vit_small"]}}}}
-    return detection_plan_rows(workflow, PAPER)
-
-
-def _write_scores(tmp_path, rows, scores, extra=lambda m: {}):
-    """metrics.json of each row whose method (det_...) has scores: last-epoch box mAP, mAP50,
-    mAP75, plus `extra(scores)` keys."""
-    for row in rows:
-        method = row["run_id"].split("/")[2]
-        if method in scores:
-            path = tmp_path / "runs" / row["run_id"] / "metrics.json"
-            path.parent.mkdir(parents=True)
-            m = dict(zip(("mAP", "mAP50", "mAP75"), scores[method]))
-            path.write_text(json.dumps({"last_map": {"bbox": m}, **extra(m)}))
-
-
 def test_table2_renders_beside_the_paper(tmp_path):
     """Table 2's paper columns: with its metric names out of order (mAP50 and mAP75 swapped) a
     row showed the paper's mAP75 under mAP50; no test rendered Table 2. Numbers of
     results/paper/tables.csv, VOC-2007 / ViT."""
-    rows = voc_vit_rows(tmp_path)
+    rows = vit_rows(tmp_path)
     scores = {"det_supervised": (10.0, 25.0, 8.0), "det_joint": (11.0, 26.0, 9.0),
               "det_upstream": (12.0, 27.0, 10.0), "det_upstream_mega": (13.0, 28.0, 11.0)}
-    _write_scores(tmp_path, rows, scores)
+    write_scores(tmp_path, rows, scores)
     cells = table_cells(2, rows, pd.read_csv(PAPER))
     assert cells == [
         ["ViT-S", "Supervised", "-", "-", "-",
@@ -173,7 +165,7 @@ def test_tables_show_the_last_epochs_box_map(tmp_path):
     """Tables 2-3 show the last epoch's box AP (docs/deviations.md Q31): read from best_map, or
     from the masks' segm AP, the cells showed another number, as long as the fixtures held only
     last_map.bbox."""
-    rows = voc_vit_rows(tmp_path)
+    rows = vit_rows(tmp_path)
 
     def others(m):  # the best epoch's box and segm AP, and the last epoch's segm AP
         best = {k: v + 5.0 for k, v in m.items()}
@@ -181,7 +173,7 @@ def test_tables_show_the_last_epochs_box_map(tmp_path):
                 "last_map": {"bbox": m, "segm": {k: v - 3.0 for k, v in m.items()}}}
 
     scores = {"det_supervised": (10.0, 25.0, 8.0), "det_upstream": (12.0, 27.0, 10.0)}
-    _write_scores(tmp_path, rows, scores, others)
+    write_scores(tmp_path, rows, scores, others)
     cells = table_cells(2, rows, pd.read_csv(PAPER))
     assert [cells[i][5:11:2] for i in (0, 2)] == [["10.00 (n=1)", "25.00 (n=1)", "8.00 (n=1)"],
                                                   ["12.00 (n=1)", "27.00 (n=1)", "10.00 (n=1)"]]
