@@ -83,6 +83,24 @@ def test_joint_ssl_and_box_only(tmp_path, detect_config):
     assert metrics["ssl_joint"] and not metrics["masks"]
     assert {"train_loss_rel", "train_loss_pos"} <= set(metrics["last"])
     assert "train_loss_mask" not in metrics["last"] and "segm" not in metrics["last_map"]
+    # the loss trained on is the unweighted sum of the R-CNN's and the SSL heads' losses
+    terms = [v for k, v in metrics["last"].items() if k.startswith("train_loss_")]
+    assert len(terms) == 6 and metrics["last"]["train_loss"] == pytest.approx(sum(terms))
+
+
+def test_the_best_epoch_has_the_highest_box_map(tmp_path, detect_config, monkeypatch):
+    """best.pt and best_map come from the epoch of the highest validation box mAP: epoch 2 of
+    3 here, whose mAP is neither the first's nor the last's."""
+    from relvit.detection.train import DetectionRun
+
+    scripted = [10.0, 30.0, 20.0]
+    evaluation = DetectionRun.evaluation
+    monkeypatch.setattr(DetectionRun, "evaluation", lambda self, epoch: {
+        **evaluation(self, epoch), "val_bbox_mAP": scripted[epoch]})
+    metrics = train(detect_config(detection={"masks": False}, optim={"epochs": 3}),
+                    tmp_path / "run", progress=False)
+    assert metrics["best_epoch"] == 2 and metrics["best_map"]["bbox"]["mAP"] == 30.0
+    assert metrics["last_map"]["bbox"]["mAP"] == 20.0
 
 
 def test_upstream_pretrain_on_the_detection_images(tmp_path, tiny_config, detect_config,

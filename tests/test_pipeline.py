@@ -35,7 +35,29 @@ def test_chunked_jitter_stays_in_range_and_is_reproducible(monkeypatch):
     assert 0.0 <= a.min() and a.max() <= 1.0 and not torch.equal(a, images)
 
 
+def test_each_chunk_applies_its_own_draws(monkeypatch):
+    """The CPU applies a batch's jitter in chunks: each chunk must take its own images' draws,
+    so the result is the one-chunk result (a chunk reusing the first chunk's draws would jitter
+    every chunk alike)."""
+    images = torch.rand(5, 3, 16, 16)
+    draws = pipeline.draw_ssl_inputs(images, 4, JitterConfig(), True,
+                                     torch.Generator().manual_seed(4))
+    whole = pipeline.apply_ssl_inputs(images, 4, draws, JitterConfig())
+    monkeypatch.setattr(pipeline, "CPU_CHUNK_BYTES", 2 * 3 * 16 * 16 * 4)  # 2-image chunks
+    assert torch.equal(pipeline.apply_ssl_inputs(images, 4, draws, JitterConfig()), whole)
+
+
 def test_nothing_to_do_returns_the_input():
     images = torch.rand(2, 3, 8, 8)
     out, perm = jitter_and_shuffle(images, 4, None, False)
     assert out is images and perm is None
+
+
+@pytest.mark.parametrize("height, width, patch", [(16, 18, 4), (18, 16, 4), (16, 16, 0)])
+def test_a_patch_size_that_does_not_divide_the_image_is_named(height, width, patch):
+    from relvit.ssl.patches import grid_shape
+
+    with pytest.raises(ValueError, match=f"patch size {patch} does not divide the image size "
+                                         f"{height}x{width}"):
+        grid_shape(height, width, patch)
+    assert grid_shape(16, 12, 4) == (4, 3)  # rows, cols
