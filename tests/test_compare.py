@@ -9,11 +9,13 @@ import pytest
 import yaml
 
 from relvit.cli import main
+from relvit.config import HASH_EXCLUDES
 from relvit.report.compare import (CSV_COLUMNS, NO_VALUE, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN,
                                    WITHIN, Criterion, compare, improvement_checks, out_of_tolerance,
                                    to_markdown)
 from relvit.report.gather import gather_runs
-from relvit.report.provenance import file_config_hash, is_stale, planned_config
+from relvit.report.provenance import (file_config_hash, is_stale, planned_config, run_id,
+                                     summarize)
 from relvit.report.table1 import Table1, render_markdown
 from relvit.train import provenance
 from relvit.workflow import detection_plan_rows
@@ -287,6 +289,14 @@ def test_container_image_and_config_hash(monkeypatch, tiny_config):
     assert len(provenance.config_hash(a)) == 16
 
 
+def test_config_hash_leaves_out_the_init_checkpoint(tiny_config):
+    """Hashing init_checkpoint would make a finetune stale whenever its pretrain path moves."""
+    a = tiny_config("finetune").to_dict()
+    assert provenance.config_hash(a) == provenance.config_hash(
+        {**a, "init_checkpoint": "/elsewhere/runs/digits/vit/pretrain/seed0/best.pt"})
+    assert "init_checkpoint" in HASH_EXCLUDES
+
+
 def test_a_tiny_run_records_its_provenance(tmp_path, monkeypatch, tiny_config):
     from relvit.train.loop import train
 
@@ -365,3 +375,17 @@ def test_detection_rows_are_named_as_the_tables_name_them(tmp_path):
     methods = {(c.backbone, c.method) for c in cells}
     assert ("Swin-T", "RelSwin (upstream ✓, perm ✓, mega ✗)") in methods
     assert ("T2T-ViT-14", "RelT2T-ViT (upstream ✗, perm ✗, mega ✗)") in methods
+
+
+def test_run_id_is_the_part_after_the_last_runs_folder():
+    """The first `runs` folder of a results tree under a folder named runs would give p/... ."""
+    assert run_id("/x/runs/p/results/runs/a/b/metrics.json") == "a/b"
+    assert run_id("/x/elsewhere/metrics.json") is None
+
+
+def test_summarize_takes_an_unknown_stale_for_not_stale():
+    """Runs without a planned config (stale None) would be flagged stale in every table."""
+    runs = pd.DataFrame([{"run": "digits/vit/relvit/seed0", "seed": 0, "config_hash": "h",
+                          "git_sha": "g", "image": None, "device": "cpu", "wall_time_s": 1.0,
+                          "peak_memory_mb": 2.0, "stale": None, "resized": None}])
+    assert summarize(runs)["stale"] == ""

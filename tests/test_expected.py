@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import pytest
 import yaml
@@ -140,3 +141,16 @@ def test_run_directories_moved_aside_are_not_counted(tmp_path):
     aside.parent.mkdir()
     aside.write_text(json.dumps({"seed": 0, **finetune(10.0)}))  # an older config's result
     assert expected.collect(runs)["digits/vit/relvit"][0]["best_top1"] == 90.0
+
+
+def test_tolerance_counts_the_tiers_seeds_not_the_spread_seeds(tmp_path):
+    """n = all seeds seen would shrink the tolerance the CI guard applies to a 2-seed mean."""
+    runs = expected.collect(tier(tmp_path / "runs", top1s=(90.0, 92.0)))
+    spread_root = tmp_path / "spread"
+    for seed, top1 in [(2, 85.0), (3, 95.0), (4, 100.0)]:
+        write_run(spread_root, "digits/vit/relvit", seed, **finetune(top1))
+    top1 = expected.expected_cells(runs, expected.collect(spread_root))["digits/vit/relvit"]
+    std = statistics.stdev([90.0, 92.0, 85.0, 95.0, 100.0])
+    assert top1["best_top1"]["seed_std"] == pytest.approx(std, abs=1e-4)
+    assert top1["best_top1"]["tolerance"] == pytest.approx(max(0.5, 3 * std * math.sqrt(2 / 2)),
+                                                           abs=1e-4)

@@ -1,0 +1,48 @@
+"""A failed run's metrics.json (relvit/train/failure.py) and a finished run's record
+(relvit/train/finished.py)."""
+
+import json
+
+from relvit.layout import HISTORY, METRICS
+from relvit.train import failure, finished
+from relvit.train.errors import NonFiniteLossError, TrainingError
+
+
+def test_a_non_finite_loss_counts_the_epochs_before_it(tmp_path, tiny_config):
+    """Counting the failed epoch itself would claim one epoch more than last.pt holds."""
+    error = NonFiniteLossError("loss is nan", epoch=3, step=5)
+    metrics = failure.failed_metrics(tiny_config("supervised"), tmp_path, error)
+    assert metrics["failed_epoch"] == 3 and metrics["failed_step"] == 5
+    assert metrics["epochs_completed"] == 2
+
+
+def test_epochs_completed_from_history_leaves_out_the_header(tmp_path, tiny_config):
+    """Counting history.csv's header line would make two epochs three."""
+    (tmp_path / HISTORY).write_text("epoch,loss\n1,0.9\n2,0.8\n")
+    metrics = failure.failed_metrics(tiny_config("supervised"), tmp_path, TrainingError("x"))
+    assert metrics["failed_epoch"] is None
+    assert metrics["epochs_completed"] == 2
+
+
+def test_only_rank_zero_records_a_failure(tmp_path, monkeypatch, tiny_config):
+    """A rank other than 0 (here 2) writing metrics.json would race rank 0 for the file."""
+    monkeypatch.setenv("RANK", "2")
+    error = NonFiniteLossError("loss is nan", epoch=1, step=1)
+    assert failure.record_failure(tiny_config("supervised"), tmp_path, error) is None
+    assert not (tmp_path / METRICS).exists()
+
+
+def test_record_changes_names_a_changed_hash_and_init_file():
+    """Missing either change would restore a finished run made from another config or init."""
+    record = {"config_hash": "a" * 16, "init_sha256": "d1"}
+    assert finished.record_changes(record, "a" * 16, "d1") == []
+    hash_changes = finished.record_changes(record, "b" * 16, "d1")
+    assert len(hash_changes) == 1 and "config hash" in hash_changes[0]
+    init_changes = finished.record_changes(record, "a" * 16, "d2")
+    assert len(init_changes) == 1 and "init_checkpoint" in init_changes[0]
+
+
+def test_a_record_without_a_config_hash_is_not_a_finished_run(tmp_path):
+    """Taking {} for a record would fail later on record["config_hash"] instead of rerunning."""
+    (tmp_path / finished.FINISHED).write_text(json.dumps({}))
+    assert finished.read_finished(tmp_path) is None
