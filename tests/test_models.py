@@ -226,3 +226,83 @@ def test_tables_name_a_resized_backbone_by_what_changed(model, label):
 
     cfg = config_from_dict({"data": {"name": "cifar10"}, "model": model})
     assert backbone_label(cfg, run_geometry(cfg)) == label
+
+
+def test_position_head_applies_its_linear_per_token():
+    """out[:, :, n] is linear(z[:, n]): a reshape in place of the transpose keeps the [B, P, N]
+    shape (P == N) but scrambles which token's logits are which."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 9, 36)
+    head = PositionHead(36, 9)
+    expected = torch.stack([head.linear(z[:, n]) for n in range(9)], dim=2)
+    torch.testing.assert_close(head(z), expected)
+    backbone = build_backbone("vit_small", img_size=12, patch_size=4, **TINY)
+    model = RelViT(backbone, None, SSLTasks(positions=True), num_positions=9)
+    model.position_head.load_state_dict(head.state_dict())
+    torch.testing.assert_close(model.ssl_outputs(z)["positions"], expected)
+
+
+def _t2t_relvit(num_classes=None):
+    torch.manual_seed(0)
+    backbone = build_backbone("t2t_vit_14", img_size=64, **TINY)
+    return RelViT(backbone, num_classes, SSLTasks(positions=True), num_positions=4).eval()
+
+
+def test_t2t_ssl_pooling_excludes_the_padding():
+    """Spec §1.1: T2T's 14 -> 7 pooling is AvgPool2d(3, 2, 1, count_include_pad=False): a constant
+    token map stays constant, where counting the zero padding would darken the borders."""
+    from relvit.models.contract import Tokens
+
+    patches = torch.full((2, 16, 36), 1.5)
+    z, grid = _t2t_relvit().ssl_tokens(Tokens(None, patches, (4, 4)))
+    assert grid == (2, 2)
+    torch.testing.assert_close(z, torch.full((2, 4, 36), 1.5))
+
+
+def test_t2t_ssl_pooling_pools_each_channel_over_the_token_grid():
+    """The [B, N, D] tokens are a [B, D, h, w] map only after a transpose; a bare reshape mixes
+    channels and tokens (caught by random tokens on a non-square grid)."""
+    from relvit.models.contract import Tokens
+
+    torch.manual_seed(0)
+    patches = torch.randn(2, 4 * 6, 36)
+    z, grid = _t2t_relvit().ssl_tokens(Tokens(None, patches, (4, 6)))
+    pool = torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+    expected = pool(patches.transpose(1, 2).reshape(2, 36, 4, 6))
+    assert grid == (2, 3)
+    torch.testing.assert_close(z, expected.flatten(2).transpose(1, 2))
+
+
+@pytest.mark.parametrize("name,size,patch", [("vit_small", 16, 4), ("t2t_vit_14", 32, None)])
+def test_classifier_reads_the_cls_token(name, size, patch):
+    """ViT and T2T classify their CLS output (spec §1.7), not the mean of the patch tokens."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, img_size=size, patch_size=patch, **TINY)
+    model = RelViT(backbone, 5, SSLTasks()).eval()
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        tokens = backbone.tokens(x)
+        torch.testing.assert_close(model(x)["logits"], model.classifier(tokens.cls))
+        assert not torch.allclose(model(x)["logits"], model.classifier(tokens.patches.mean(1)))
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("vit_small", {**TINY, "depth": 2}), ("t2t_vit_14", {**TINY, "depth": 2}),
+    ("swin_tiny", dict(embed_dim=12, depth=2, num_heads=3, window_size=4)),
+])
+def test_build_backbone_passes_the_drop_path_rate(name, extra):
+    """`model.drop_path_rate` reaches every backbone's blocks: the last block's DropPath has the
+    full rate (0.2, not Swin's own default 0.1, nor 0)."""
+    backbone = build_backbone(name, img_size=32, patch_size=4 if name == "vit_small" else 2,
+                              drop_path_rate=0.2, **extra)
+    blocks = {"vit_small": lambda: backbone.vit.blocks, "t2t_vit_14": lambda: backbone.blocks,
+              "swin_tiny": lambda: backbone.swin.layers[-1].blocks}[name]()
+    assert blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("num_heads,expected", [(None, (3, 6, 12, 24)), (2, (2, 4, 8, 16))])
+def test_swin_heads_double_each_stage(num_heads, expected):
+    """Swin-T has (3, 6, 12, 24) heads (spec §4): the heads double with the width every stage."""
+    backbone = build_backbone("swin_tiny", img_size=64, patch_size=2, embed_dim=48 if num_heads
+                              else 12, num_heads=num_heads, window_size=4)
+    assert tuple(stage.blocks[0].attn.num_heads for stage in backbone.swin.layers) == expected

@@ -156,3 +156,50 @@ def test_kernel_attention_is_float32_under_autocast() -> None:
         mixed = performer.kernel_attention(k, q, v)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
+
+
+def test_tokens_split_the_final_normed_sequence_at_the_cls_token() -> None:
+    """`cls` is the normed sequence's first token and `patches` the rest: slicing off the last
+    token instead would feed the CLS output to the SSL heads."""
+    model = tiny(img_size=32).eval()
+    seen = []
+    model.norm.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        tokens = model.tokens(torch.randn(2, 3, 32, 32))
+    (normed,) = seen
+    assert normed.shape[1] == 1 + 4
+    torch.testing.assert_close(tokens.cls, normed[:, 0])
+    torch.testing.assert_close(tokens.patches, normed[:, 1:])
+
+
+def test_soft_splits_are_the_originals() -> None:
+    """The three soft splits are (kernel, stride, padding) (7, 4, 2), (3, 2, 1), (3, 2, 1), as
+    [R]'s T2T module: another padding shifts every token's receptive field (and its grid)."""
+    t2t = tiny().tokens_to_token
+    splits = (t2t.soft_split0, t2t.soft_split1, t2t.soft_split2)
+    assert [(s.kernel_size, s.stride, s.padding) for s in splits] == [(7, 4, 2), (3, 2, 1),
+                                                                      (3, 2, 1)]
+
+
+def test_performer_kernel_attention_approximates_softmax_attention() -> None:
+    """With many random features exp(w.x - |x|^2/2) / sqrt(m), the kernel product is close to
+    softmax(q k^T) v; another norm term reweights the keys by their lengths."""
+    torch.manual_seed(0)
+    performer = TokenPerformer(dim=8, emb=8, kernel_ratio=16384 / 8)
+    k = torch.randn(1, 6, 8) * torch.linspace(0.05, 0.5, 6)[None, :, None]  # keys' norms differ
+    q = torch.randn(1, 5, 8) * 0.3
+    v = torch.randn(1, 6, 8)
+    exact = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+    torch.testing.assert_close(performer.kernel_attention(k, q, v), exact, atol=0.1, rtol=0)
+
+
+def test_performer_attention_adds_its_values_as_residual() -> None:
+    """The Performer's attention output is v + proj(kernel attention): its input and output
+    widths differ, so the residual is the value projection (as [R])."""
+    torch.manual_seed(0)
+    layer = TokenPerformer(dim=12, emb=8).eval()
+    x = torch.randn(2, 10, 12)
+    with torch.no_grad():
+        k, q, v = layer.kqv(x).split(8, dim=-1)
+        expected = v + layer.proj(layer.kernel_attention(k, q, v))
+        torch.testing.assert_close(layer.attention(x), expected)
