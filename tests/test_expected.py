@@ -154,3 +154,23 @@ def test_tolerance_counts_the_tiers_seeds_not_the_spread_seeds(tmp_path):
     assert top1["best_top1"]["seed_std"] == pytest.approx(std, abs=1e-4)
     assert top1["best_top1"]["tolerance"] == pytest.approx(max(0.5, 3 * std * math.sqrt(2 / 2)),
                                                            abs=1e-4)
+
+
+def test_a_seed_in_both_runs_counts_the_tiers_value(tmp_path):
+    """A spread folder holding one of the tier's seeds (another run of it) does not replace the
+    tier's number in the spread."""
+    runs = expected.collect(tier(tmp_path / "runs", top1s=(90.0, 90.0, 90.0)))
+    spread_root = tmp_path / "spread"
+    for seed, top1 in [(1, 50.0), (3, 100.0)]:
+        write_run(spread_root, "digits/vit/relvit", seed, **finetune(top1))
+    cell = expected.expected_cells(runs, expected.collect(spread_root))["digits/vit/relvit"]
+    assert cell["spread_seeds"] == [0, 1, 2, 3]
+    assert cell["best_top1"]["seed_std"] == pytest.approx(statistics.stdev([90.0] * 3 + [100.0]),
+                                                          abs=1e-4)
+
+
+def test_a_mean_exactly_at_the_tolerance_passes():
+    """The tolerance is the largest move allowed, not the first one refused."""
+    spec = {"cells": {"c": {"seeds": [0], "m": {"expected": 1.0, "tolerance": 0.5}}}}
+    assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": 1.5}}})] == ["ok"]
+    assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": 1.5625}}})] == ["FAIL"]
