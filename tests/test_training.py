@@ -1,5 +1,6 @@
 """Training: each mode lowers its loss, resume gives the same result, run files are complete."""
 
+import csv
 import json
 import math
 
@@ -242,9 +243,8 @@ def test_the_schedule_runs_over_the_steps_of_all_epochs(tmp_path, tiny_config):
     cfg = tiny_config("supervised", optim={"epochs": 3})
     train(cfg, tmp_path / "run", progress=False)
     steps = Run(cfg, tmp_path / "unused").steps_per_epoch()
-    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
-    column = rows[0].split(",").index("lr")
-    lrs = [float(row.split(",")[column]) for row in rows[1:]]
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
     expected = [learning_rate((e + 1) * steps - 1, 3 * steps, cfg.optim) for e in range(3)]
     assert steps > 1 and lrs == pytest.approx(expected)
     assert lrs[0] > lrs[1] > lrs[2]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from relvit.geometry import NUM_RELATIONS
 from relvit.models.contract import Backbone, Tokens
 from relvit.models.heads import PairProjections, PairwiseScoreHead, PositionHead, joint_maps
-from relvit.geometry import NUM_RELATIONS
 
 
 @dataclass(frozen=True)
