@@ -107,8 +107,9 @@ def _prepare(args: argparse.Namespace) -> int:
 def _resize(args: argparse.Namespace) -> int:
     from relvit.data.resize import ResizeSettings, resize_tree
 
-    resize_tree(args.src, args.dst, ResizeSettings(args.shorter_side, args.quality),
-                workers=args.workers)
+    settings = (ResizeSettings(args.shorter_side) if args.quality is None
+                else ResizeSettings(args.shorter_side, args.quality))
+    resize_tree(args.src, args.dst, settings, workers=args.workers)
     return 0
 
 
@@ -255,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", type=Path, help="the copy's folder; point data.folder at it")
     p.add_argument("--shorter-side", type=int, required=True, metavar="S",
                    help="pixels, e.g. 256 for 224-px training crops")
-    p.add_argument("--quality", type=int, default=90,
-                   help="JPEG quality of resized JPEGs, 1..95 (default %(default)s)")
+    p.add_argument("--quality", type=int,
+                   help="JPEG quality of resized JPEGs, 1..95 (default 90, ResizeSettings')")
     p.add_argument("--workers", type=int, help="processes (default: every core; 0: none)")
     p.set_defaults(func=_resize)
     p = sub.add_parser("report", help="gather run directories into Table 1 (Markdown + LaTeX)")

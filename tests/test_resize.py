@@ -157,6 +157,10 @@ def test_command_line(tree, tmp_path, capsys):
     assert main(["resize-images", str(tree), str(dst), "--shorter-side", "16",
                  "--workers", "0"]) == 0
     assert Image.open(dst / "a" / "wide.jpg").size == (21, 16)
+    assert resized_copy(dst) == ResizeSettings(16)  # the quality default is the dataclass's
+    with pytest.raises(SystemExit):
+        main(["resize-images", "--help"])
+    assert f"(default {ResizeSettings.quality}," in " ".join(capsys.readouterr().out.split())
     assert main(["resize-images", str(tree), str(tmp_path / "q"), "--shorter-side", "16",
                  "--quality", "100"]) == 1
     assert "--quality must be in 1..95" in capsys.readouterr().err
