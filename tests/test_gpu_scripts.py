@@ -4,6 +4,7 @@ that a broken script is found here rather than in a lent GPU's few minutes."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -85,3 +86,18 @@ def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert less.returncode == 2 and "caps come to 546 s, over the budget of 500 s" in less.stderr
     assert not list(tmp_path.glob("gpu-run-check.*"))  # no data written
+
+
+def test_the_one_shot_check_fits_a_device_call():
+    """bench/gpu_check.sh's GPU caps, each part's 5 s kill grace and the start-up stay inside a
+    device call's 600 s (the compile part runs once per size), so a slow machine cuts a part,
+    not the call and its files (the caps once came to 605 s)."""
+    script = (ROOT / "bench/gpu_check.sh").read_text()
+    caps_line = next(line for line in script.splitlines() if line.strip().startswith("T_CTESTS="))
+    caps = {name: int(value) for name, value in re.findall(r"(T_\w+)=(\d+)", caps_line)}
+    sizes = len(re.search(r"for size in ([\d ]+); do", script).group(1).split())
+    parts = re.findall(r'timeout -k (\d+) "\$(T_\w+)"', script)
+    assert {cap for _, cap in parts} == set(caps)  # every cap bounds a part
+    worst = sum((caps[cap] + int(grace)) * (sizes if cap == "T_COMPILE" else 1)
+                for grace, cap in parts)
+    assert worst <= 585, worst  # 15 s for the versions line and the archives
