@@ -21,10 +21,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from relvit.layout import HISTORY, METRICS
+
 
 def read_history(run: Path) -> list[dict[str, float]]:
     """history.csv rows as floats (empty cells dropped)."""
-    path = run / "history.csv"
+    path = run / HISTORY
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no history (the run failed or was cut short; see "
                                 f"{run}.log)")
@@ -35,7 +37,7 @@ def read_history(run: Path) -> list[dict[str, float]]:
 
 def read_peak_memory(run: Path, key: str = "peak_memory_mb") -> float | None:
     """The run's peak memory `key` (metrics.json, written when it finished), else None."""
-    path = run / "metrics.json"
+    path = run / METRICS
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get(key)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from relvit.layout import METRICS
+
 TIMESTAMP = re.compile(r"\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 HEADER_DATE = re.compile(r"\s*Date: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 WORKDIR = re.compile(r"\s*Working directory: (.+)")
@@ -107,7 +109,7 @@ def parse_log(path: Path) -> PipelineLog:
 def run_seconds(job: Job, workdir: Path) -> float | None:
     """The training run's own time (`wall_time_s` of the metrics.json the job wrote), if any."""
     for output in job.outputs:
-        if output.endswith("metrics.json"):
+        if output.endswith(METRICS):
             path = workdir / output
             try:
                 return float(json.loads(path.read_text())["wall_time_s"])

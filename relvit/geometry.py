@@ -76,3 +76,11 @@ def backbone_label(cfg: RunConfig, geo: Geometry) -> str:
         return spec.label + patch
     family = spec.label.split("-")[0] if spec.family == "vit" else spec.label
     return f"{family}{patch} ({', '.join(changes)})"
+
+
+def run_identity(cfg: RunConfig) -> dict[str, object]:
+    """What names a run's table cell and column, as its metrics.json records it (a finished or
+    a failed run's, and a planned config's cell: relvit.report.gather.KEYS)."""
+    return {"mode": cfg.mode, "label": cfg.label, "seed": cfg.seed, "dataset": cfg.data.name,
+            "dataset_title": get_dataset(cfg.data.name).title, "backbone": cfg.model.backbone,
+            "backbone_label": backbone_label(cfg, run_geometry(cfg)), "epochs": cfg.optim.epochs}

@@ -22,6 +22,8 @@ METRICS = "metrics.json"  # a run's record: a finished run's numbers, or its fai
 BEST = "best.pt"  # the weights of the best epoch: what a finetune or detection starts from
 LAST = "last.pt"  # the state a run resumes from
 HISTORY = "history.csv"  # one row per epoch
+RUN_CONFIG = "config.yaml"  # the resolved config the run was started with
+FINISHED = "finished.json"  # metrics.json's copy, written first (relvit.train.finished)
 REPLACED = ".replaced-"  # <run folder>.replaced-<time>: moved aside, never deleted
 
 

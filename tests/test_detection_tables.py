@@ -6,6 +6,7 @@ import pandas as pd
 
 from relvit.detection.plan import Variant, table_rows
 from relvit.report.detection_tables import render_latex, render_markdown, table_cells
+from relvit.report.table1 import EMPTY
 from relvit.workflow import detection_plan_rows
 
 PAPER = "results/paper/tables.csv"
@@ -178,3 +179,18 @@ def test_tables_show_the_last_epochs_box_map(tmp_path):
     assert [cells[i][5:11:2] for i in (0, 2)] == [["10.00 (n=1)", "25.00 (n=1)", "8.00 (n=1)"],
                                                   ["12.00 (n=1)", "27.00 (n=1)", "10.00 (n=1)"]]
     assert cells[-1][5:11:2] == ["+2.00", "+2.00", "+2.00"]
+
+
+def test_the_papers_flags_are_read_one_way_for_rows_and_numbers(tmp_path):
+    """A "Yes" or " no" in tables.csv: the rows were planned from it (case and spaces ignored)
+    while their paper numbers were looked up by "yes"/"no" exactly, so every RelViT row showed
+    no paper number, which never fails a comparison. Both now read relvit.detection.plan's
+    paper_row_variant."""
+    rows = vit_rows(tmp_path)
+    paper = pd.read_csv(PAPER)
+    respelled = paper.copy()
+    for column in ("upstream", "permutation", "megapatch"):
+        respelled[column] = respelled[column].map(
+            {"yes": "Yes", "no": " no"}, na_action="ignore")
+    assert table_cells(2, rows, respelled) == table_cells(2, rows, paper)
+    assert EMPTY not in [row[6] for row in table_cells(2, rows, paper)]  # a paper mAP per row

@@ -24,6 +24,25 @@ def test_epochs_completed_from_history_leaves_out_the_header(tmp_path, tiny_conf
     assert metrics["epochs_completed"] == 2
 
 
+def test_a_failed_run_names_its_cell_and_resized_copy_as_a_finished_one(tmp_path, tiny_config):
+    """The failed record's identity is the finished record's (relvit.geometry.run_identity), and
+    a run on a resized copy says so: the cell keeps its "resized" note when every seed failed."""
+    from PIL import Image
+
+    from relvit.data.resize import ResizeSettings, resize_tree
+    from relvit.geometry import run_identity
+
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    Image.new("RGB", (12, 8)).save(tmp_path / "images" / "a" / "x.png")
+    resize_tree(tmp_path / "images", tmp_path / "copy", ResizeSettings(6), workers=0)
+    cfg = tiny_config("supervised", data={"folder": str(tmp_path / "copy")})
+    metrics = failure.failed_metrics(cfg, tmp_path, TrainingError("x"))
+    assert run_identity(cfg).items() <= metrics.items()
+    assert metrics["data_copy"] == {"shorter_side": 6, "quality": 90}
+    plain = failure.failed_metrics(tiny_config("supervised"), tmp_path, TrainingError("x"))
+    assert plain["data_copy"] is None
+
+
 def test_only_rank_zero_records_a_failure(tmp_path, monkeypatch, tiny_config):
     """A rank other than 0 (here 2) writing metrics.json would race rank 0 for the file."""
     monkeypatch.setenv("RANK", "2")

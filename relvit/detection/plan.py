@@ -69,6 +69,14 @@ def _flag(value: object) -> bool:
     return str(value).strip().lower() == "yes"
 
 
+def paper_row_variant(row: pd.Series) -> Variant:
+    """The variant of a row of the paper's Table 2 or 3 (tables.csv): "Supervised", else its
+    upstream / permutation / megapatch flags ("yes" or "no")."""
+    if row["method"] == "Supervised":
+        return Variant(None)
+    return Variant(_flag(row["upstream"]), _flag(row["permutation"]), _flag(row["megapatch"]))
+
+
 def paper_variants(paper: pd.DataFrame, table: int, dataset: str, backbone: str) -> list[Variant]:
     """The variants the paper reports for one dataset and backbone, in the paper's row order."""
     title = DATASETS[dataset].title
@@ -77,11 +85,7 @@ def paper_variants(paper: pd.DataFrame, table: int, dataset: str, backbone: str)
                  & (paper["backbone"].isin(names))]
     variants: list[Variant] = []
     for _, row in rows.iterrows():
-        if row["method"] == "Supervised":
-            variant = Variant(None)
-        else:
-            variant = Variant(_flag(row["upstream"]), _flag(row["permutation"]),
-                              _flag(row["megapatch"]))
+        variant = paper_row_variant(row)
         if variant not in variants:
             variants.append(variant)
     return variants

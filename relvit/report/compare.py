@@ -33,7 +33,7 @@ import pandas as pd
 from relvit.report import detection_tables as det
 from relvit.report.criterion import Criterion
 from relvit.report.gather import gather_runs
-from relvit.report.provenance import summarize
+from relvit.report.provenance import PROVENANCE_KEYS, summarize
 from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, PAPER_METRIC, Cell,
                                   Table1, seed_cell, signed)
 from relvit.atomic import atomic_write_text
@@ -237,9 +237,7 @@ def compare(sources: list[str | Path], plan: str | Path | None = None,
 
 
 CSV_COLUMNS = ["table", "dataset", "backbone", "method", "metric", "paper", "paper_std", "mean",
-               "std", "n", "delta", "bound", "rule", "verdict", "planned_seeds", "seeds",
-               "config_hash", "git_sha", "image", "device", "wall_time_s", "peak_memory_mb",
-               "stale", "resized"]
+               "std", "n", "delta", "bound", "rule", "verdict", "planned_seeds", *PROVENANCE_KEYS]
 
 
 def out_of_tolerance(csv_path: str | Path) -> list[str]:
@@ -280,7 +278,7 @@ def to_csv(cells: list[Comparison]) -> str:
                          _number(c.paper.std), _number(c.ours.mean), _number(c.ours.std),
                          c.ours.n, _number(c.delta), _number(c.bound), c.rule, c.verdict,
                          " ".join(map(str, c.planned_seeds)),
-                         *(p.get(k, "").replace("—", "") for k in CSV_COLUMNS[15:])])
+                         *(p.get(k, "").replace("—", "") for k in PROVENANCE_KEYS)])
     return buffer.getvalue()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from relvit.data.registry import DATASETS
-from relvit.detection.plan import METRICS, PAPER_BACKBONES
+from relvit.detection.plan import METRICS, PAPER_BACKBONES, Variant, paper_row_variant
 from relvit.models.specs import get_backbone_spec
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
 from relvit.report.table1 import (EMPTY, FAILED, FAILED_NOTE, NO_VALUE, NO_VALUE_NOTE,
@@ -36,17 +36,12 @@ def paper_value(paper: pd.DataFrame, row: dict, metric: str) -> float | None:
     """The paper's number of one plan row (Table 2 or 3) and metric, or None."""
     family = get_backbone_spec(row["backbone"]).family
     title = DATASETS[row["dataset"]].title
-    method = "Supervised" if row["upstream"] is None else None
     hits = paper[(paper["table"] == row["table"]) & (paper["dataset"] == title)
                  & (paper["backbone"].isin(PAPER_BACKBONES[family])) & (paper["metric"] == metric)]
-    if method:
-        hits = hits[hits["method"] == method]
-    else:
-        flags = {"upstream": row["upstream"], "permutation": row["perm"], "megapatch": row["mega"]}
-        hits = hits[hits["method"] != "Supervised"]
-        for column, flag in flags.items():
-            hits = hits[hits[column].astype(str).str.strip() == ("yes" if flag else "no")]
-    return float(hits["value"].iloc[0]) if len(hits) else None
+    variant = (Variant(None) if row["upstream"] is None
+               else Variant(row["upstream"], row["perm"], row["mega"]))
+    values = [hit["value"] for _, hit in hits.iterrows() if paper_row_variant(hit) == variant]
+    return float(values[0]) if values else None
 
 
 def _metrics(row: dict) -> dict:

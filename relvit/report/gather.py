@@ -64,8 +64,7 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
 def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
     """One row per run config (*.yaml) found: what a table should have a cell for."""
     from relvit.config import ConfigError, config_from_dict
-    from relvit.data.registry import get_dataset
-    from relvit.geometry import backbone_label, run_geometry
+    from relvit.geometry import run_identity
 
     rows = []
     # the workflow's execution files (relvit.execution) are not run configs
@@ -74,9 +73,8 @@ def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
             cfg = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
         except (ConfigError, yaml.YAMLError) as err:
             raise ValueError(f"{path}: not a run config ({err})") from err
-        rows.append({"dataset": cfg.data.name, "dataset_title": get_dataset(cfg.data.name).title,
-                     "backbone_label": backbone_label(cfg, run_geometry(cfg)), "mode": cfg.mode,
-                     "label": cfg.label, "seed": cfg.seed})
+        identity = run_identity(cfg)
+        rows.append({key: identity[key] for key in KEYS})
     return pd.DataFrame(rows, columns=KEYS).drop_duplicates()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from relvit.layout import CONFIGS, RUNS
+from relvit.layout import CONFIGS, RUN_CONFIG, RUNS
 
 STALE = "[stale]"
 STALE_NOTE = (f"{STALE}: a run of this cell was made with another run config than the one the "
@@ -58,7 +58,7 @@ def recorded_hash(metrics: dict, metrics_path: str | Path) -> str | None:
     the resolved config.yaml the run wrote beside it."""
     if metrics.get("config_hash"):
         return str(metrics["config_hash"])
-    written = Path(metrics_path).parent / "config.yaml"
+    written = Path(metrics_path).parent / RUN_CONFIG
     return file_config_hash(written) if written.is_file() else None
 
 
@@ -94,13 +94,17 @@ def resized_sides(runs: pd.DataFrame) -> str:
     return "/".join(str(int(side)) for side in sorted(runs["resized"].dropna().unique()))
 
 
+# what summarize() says of a cell, in compare.csv's order
+PROVENANCE_KEYS = ("seeds", "config_hash", "git_sha", "image", "device", "wall_time_s",
+                   "peak_memory_mb", "stale", "resized")
+
+
 def summarize(runs: pd.DataFrame) -> dict[str, str]:
     """One cell's provenance over its seeds (rows of gather_runs): the distinct config hashes,
     commits, images and devices, the seeds, the total wall time, the largest peak memory, the
     stale runs and the resized copies read."""
     if runs.empty:
-        return {"seeds": "—", "config_hash": "—", "git_sha": "—", "image": "—", "device": "—",
-                "wall_time_s": "—", "peak_memory_mb": "—", "stale": "", "resized": ""}
+        return {key: "" if key in ("stale", "resized") else "—" for key in PROVENANCE_KEYS}
     wall, peak = runs["wall_time_s"].dropna(), runs["peak_memory_mb"].dropna()
     stale_runs = runs[runs["stale"].fillna(False).astype(bool)]
     return {

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from relvit.data.registry import DATASETS, get_dataset
+from relvit.geometry import NUM_RELATIONS
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.provenance import STALE, STALE_NOTE, resized_sides
 from relvit.atomic import atomic_write_text
@@ -51,6 +52,7 @@ EMBEDDED_NOTE = ("embedded data, tiny models: these numbers check the pipeline, 
                  "comparable to the paper's")
 PRETEXT_METRICS = ("pretext_rel_acc", "pretext_pos_acc")  # the pretrain runs' table
 PAPER_METRIC = "best_top1"  # what the paper reports: only its table has the paper's columns
+OFF_DIAGONAL = NUM_RELATIONS - 1  # the relation classes of another patch (CC: itself)
 EMPTY = "—"
 FAILED = "failed"  # a failed cell's text
 FAILED_NOTE = ("failed: a run of this cell stopped without a result (a non-finite loss, or the "
@@ -270,8 +272,9 @@ class Table1:
         if pretrain.empty:
             return []
         lines = ["", "## Pretext task: held-out accuracy of the pretrain runs (%), last epoch", "",
-                 "Relation accuracy leaves out the trivial diagonal; chance is 1/8 for relations "
-                 "(8 off-diagonal classes, uniform guess) and 1/N for N positions.", "",
+                 "Relation accuracy leaves out the trivial diagonal; chance is "
+                 f"1/{OFF_DIAGONAL} for relations ({OFF_DIAGONAL} off-diagonal classes, uniform "
+                 "guess) and 1/N for N positions.", "",
                  "| Dataset | Backbone | Run | Relations | Positions | Chance (relations / positions) |",
                  "|---|---|---|---:|---:|---:|"]
         for dataset, backbone in _row_keys(pretrain):
@@ -279,7 +282,8 @@ class Table1:
                             & (pretrain.backbone_label == backbone)]
             for label, group in here.groupby(here["label"].fillna(""), sort=True):
                 positions = group["pretext_positions"].dropna()
-                chance = f"12.50 / {100 / positions.iloc[0]:.2f}" if len(positions) else EMPTY
+                chance = (f"{100 / OFF_DIAGONAL:.2f} / {100 / positions.iloc[0]:.2f}"
+                          if len(positions) else EMPTY)
                 lines.append(
                     f"| {dataset} | {backbone} | {label or 'pretrain'} | "
                     + "".join(f"{self.ours(dataset, backbone, 'pretrain', label, m).text()} | "

@@ -28,8 +28,9 @@ def is_failed(metrics: dict[str, Any]) -> bool:
 
 def failed_metrics(cfg: RunConfig, out_dir: Path, error: BaseException) -> dict[str, Any]:
     """The metrics.json of a failed run: what identifies its table cell, the error and where."""
+    from relvit.data.loading import dataset_folder
     from relvit.data.registry import get_dataset
-    from relvit.geometry import backbone_label, run_geometry
+    from relvit.geometry import run_identity
     from relvit.train import provenance
 
     failed_epoch = getattr(error, "epoch", None)
@@ -42,10 +43,8 @@ def failed_metrics(cfg: RunConfig, out_dir: Path, error: BaseException) -> dict[
         "status": FAILED, "error": str(error), "error_type": type(error).__name__,
         "failed_epoch": failed_epoch, "failed_step": getattr(error, "step", None),
         "epochs_completed": epochs_done,
-        "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
-        "dataset": cfg.data.name, "dataset_title": get_dataset(cfg.data.name).title,
-        "backbone": cfg.model.backbone, "backbone_label": backbone_label(cfg, run_geometry(cfg)),
-        "epochs": cfg.optim.epochs, "init_checkpoint": cfg.init_checkpoint,
+        **run_identity(cfg), "init_checkpoint": cfg.init_checkpoint,
+        "data_copy": provenance.data_copy(dataset_folder(get_dataset(cfg.data.name), cfg.data)),
         "versions": provenance.versions(), "git_sha": provenance.git_sha(),
         **provenance.run_provenance(cfg.to_dict()),
     }

@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("relvit")
+from relvit.layout import FINISHED
 
-FINISHED = "finished.json"
+log = logging.getLogger("relvit")
 
 
 def read_finished(out_dir: Path) -> dict[str, Any] | None:

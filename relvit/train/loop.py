@@ -32,8 +32,8 @@ from relvit.data.loading import (
     Split, batches, dataset_folder, file_transform, load_splits, on_device, to_float_images,
 )
 from relvit.data.registry import get_dataset
-from relvit.geometry import Geometry, backbone_label, run_geometry
-from relvit.layout import BEST, HISTORY, LAST, METRICS, replaced_name
+from relvit.geometry import Geometry, run_geometry, run_identity
+from relvit.layout import BEST, FINISHED, HISTORY, LAST, METRICS, RUN_CONFIG, replaced_name
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
@@ -46,7 +46,7 @@ from relvit.train.checkpoint import (
     load_resume_state,
 )
 from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
-from relvit.train.finished import FINISHED, read_finished, record_changes
+from relvit.train.finished import read_finished, record_changes
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
 from relvit.train.runlock import run_lock
@@ -276,7 +276,7 @@ class Run:
             self.init_digest = file_digest(self.cfg.init_checkpoint)
         if distributed.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(self.cfg, self.out_dir / "config.yaml")
+            dump_config(self.cfg, self.out_dir / RUN_CONFIG)
         distributed.barrier()  # the run directory is settled before any rank goes on
         if self.world > 1:
             self.train_model = DistributedDataParallel(
@@ -525,10 +525,7 @@ class Run:
         cfg, last, best = self.cfg, self.history[-1], self.best
         skip = ("epoch", "lr", *TIMING_KEYS)
         metrics: dict[str, Any] = {
-            "mode": cfg.mode, "label": cfg.label, "seed": cfg.seed,
-            "dataset": cfg.data.name, "dataset_title": self.dataset.title,
-            "backbone": cfg.model.backbone, "backbone_label": backbone_label(cfg, self.geo),
-            "epochs": cfg.optim.epochs, "best_epoch": best.get("epoch"),
+            **run_identity(cfg), "best_epoch": best.get("epoch"),
             "best": {k: v for k, v in best.items() if k not in skip},
             "last": {k: v for k, v in last.items() if k not in skip},
             **self.task_metrics(),
