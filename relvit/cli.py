@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from relvit.config import MODES, ConfigError, load_config, read_config_file, read_settings_file
+from relvit.config import (MODES, ConfigError, DataConfig, load_config, read_config_file,
+                           read_settings_file)
 from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
 
 log = logging.getLogger("relvit")
@@ -242,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check)
     p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
     p.add_argument("name", help="dataset name (see relvit/data/registry.py)")
-    p.add_argument("--root", default="data", help="datasets live in ROOT/NAME")
+    p.add_argument("--root", default=DataConfig.root,
+                   help="datasets live in ROOT/NAME (default %(default)s)")
     p.add_argument("--folder", help="the dataset's own folder instead (e.g. an imagefolder)")
     p.add_argument("--offline", action="store_true",
                    help="never download: verify the files already in place")

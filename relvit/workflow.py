@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relvit.config import ConfigError, OptimConfig, config_from_dict, merge
+from relvit.config import ConfigError, DataConfig, OptimConfig, config_from_dict, merge
 from relvit.data.registry import DATASETS
 from relvit.data.resize import resized_folder
 from relvit.detection.plan import TableRow, table_rows
@@ -247,7 +247,7 @@ def detection_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[TableR
 def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, PlannedRun]:
     """The detection runs of Tables 2-3 and the SSL pretrain runs they start from."""
     detection = workflow["detection"]
-    root = (workflow.get("data", {}) or {}).get("root", "data")
+    root = (workflow.get("data", {}) or {}).get("root", DataConfig.root)
     results = workflow.get("results", "results")
     runs: dict[str, PlannedRun] = {}
     rows = detection_rows(workflow, paper_csv)
@@ -288,7 +288,7 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, P
 def _data_config(data: dict, dataset: str) -> dict:
     """The `data` block of a Table 1 run: its dataset, and the resized copy when `data.resized`
     names the dataset."""
-    root = data.get("root", "data")
+    root = data.get("root", DataConfig.root)
     side = (data.get("resized") or {}).get(dataset)
     return {"name": dataset, "root": root,
             **({"folder": str(resized_folder(root, dataset, side))} if side else {})}

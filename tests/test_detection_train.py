@@ -77,6 +77,22 @@ def test_keep_aspect_reaches_the_detector(tmp_path, detect_config, keep_aspect):
     assert fixed == (None if keep_aspect else (64, 64))
 
 
+def test_the_detector_normalises_with_its_datasets_statistics(tmp_path, detect_config,
+                                                                 monkeypatch):
+    """The registry's statistics, as the dataset's pretraining normalises: a detector fixed on
+    ImageNet's would see other inputs than its pretrained backbone did, were they to differ."""
+    import dataclasses
+
+    from relvit.data import registry
+    from relvit.detection.train import DetectionRun
+
+    stats = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    spec = dataclasses.replace(registry.DATASETS["digit_scenes"], stats=stats)
+    monkeypatch.setitem(registry.DATASETS, "digit_scenes", spec)
+    run = DetectionRun(detect_config(), tmp_path / "run")
+    assert (tuple(run.model.transform.image_mean), tuple(run.model.transform.image_std)) == stats
+
+
 def test_joint_ssl_and_box_only(tmp_path, detect_config):
     metrics = train(detect_config(detection={"ssl_joint": True, "masks": False}),
                     tmp_path / "run", progress=False)

@@ -591,3 +591,13 @@ def test_a_moved_checkout_reruns_nothing(tmp_path):
     commands = result.stdout + result.stderr
     assert commands.count(" --paper results/paper/tables.csv ") == 4  # tables 1-3, compare
     assert " --paper /" not in commands
+
+
+def test_the_schemas_data_root_is_the_run_configs():
+    """The workflow's data root (config/schema.yaml's default) and a run config's (DataConfig)
+    are one folder: with two defaults, `relvit prepare-data` by hand and the workflow's runs
+    would look for the datasets in different places after an edit of one."""
+    from relvit.config import DataConfig
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    assert schema["properties"]["data"]["properties"]["root"]["default"] == DataConfig.root

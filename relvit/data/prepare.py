@@ -30,7 +30,7 @@ def ready_marker(root: str | Path, name: str) -> Path:
     return Path(root) / name / READY
 
 
-def prepare_dataset(name: str, root: str | Path = "data", folder: str | None = None,
+def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str | None = None,
                     offline: bool = False) -> dict[str, Any]:
     """Make dataset `name` ready under `root` (or `folder`); returns what the marker records."""
     spec = get_dataset(name)

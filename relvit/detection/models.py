@@ -225,7 +225,9 @@ class HeadSizes:
 def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks: bool,
                    fpn_channels: int = DEFAULTS.fpn_channels,
                    anchor_sizes: tuple[int, ...] | None = None, heads: HeadSizes = HeadSizes(),
-                   keep_aspect: bool = False) -> GeneralizedRCNN:
+                   keep_aspect: bool = False,
+                   stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
+                   ) -> GeneralizedRCNN:
     """Mask R-CNN (`masks`) or Faster R-CNN on `backbone`'s pyramid; `num_classes` excludes the
     background. Images are stretched to `image_size` a side, or with `keep_aspect` resized so
     their longer side is `image_size` and padded to that square (module docstring)."""
@@ -243,7 +245,7 @@ def build_detector(backbone: Backbone, num_classes: int, image_size: int, masks:
                              (ASPECT_RATIOS,) * len(anchor_sizes))
     # RoIs the size of level "3"'s anchors are pooled from level "3" (module docstring, Q25).
     scale, level = int(anchor_sizes[len(LEVELS) - 1]), round(math.log2(pyramid.strides[-2]))
-    mean, std = IMAGENET_STATS
+    mean, std = stats  # the dataset's, as its pretraining normalises (relvit.data.registry)
     classes = num_classes + 1  # + background
     common = {
         "min_size": image_size, "max_size": image_size,

@@ -52,7 +52,7 @@ class DetectionRun(Run):
                           rpn_train_proposals=d.rpn_train_proposals)
         detector = build_detector(backbone, len(self.train_set.categories), self.geo.image_size,
                                   self.masks, d.fpn_channels, heads=heads,
-                                  keep_aspect=d.keep_aspect)
+                                  keep_aspect=d.keep_aspect, stats=self.dataset.stats)
         if cfg.detection.ssl_joint:
             return JointSSLDetector(detector, self.geo.image_size, cfg.ssl.relation_diagonal)
         return detector

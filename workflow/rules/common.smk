@@ -2,13 +2,14 @@
 import os
 
 from relvit import layout
+from relvit.config import DataConfig
 from relvit.data.resize import MARKER as RESIZED_MARKER, resized_folder
 from relvit.execution import computation, prepare_data_file, run_file as execution_file
 from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_table1
 
 RESULTS = config["results"]
 DATA = config.get("data") or {}
-DATA_ROOT = DATA.get("root", "data")
+DATA_ROOT = DATA.get("root", DataConfig.root)
 # relative to the working directory, as the rules' params: a moved checkout reruns no job
 PAPER_CSV = os.path.relpath(os.path.join(workflow.basedir, layout.PAPER_TABLES))
 RUNS = plan(config, PAPER_CSV, CONFIG_SOURCE)
