@@ -15,27 +15,30 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from relvit.layout import FINISHED
+from relvit.layout import FINISHED, METRICS
+from relvit.train.failure import FAILED
 
 log = logging.getLogger("relvit")
 
 
 def read_finished(out_dir: Path) -> dict[str, Any] | None:
-    """The record of the run finished in `out_dir`, or None (none, or unreadable: logged)."""
-    path = Path(out_dir) / FINISHED
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        log.warning("%s cannot be read (%s): the run is finished again from its checkpoints",
-                    path, err)
-        return None
-    if not isinstance(record, dict) or "config_hash" not in record:
-        log.warning("%s is not a run's record: the run is finished again from its checkpoints",
-                    path)
-        return None
-    return record
+    """The record of the run finished in `out_dir`: finished.json, else a finished run's
+    metrics.json (a run from before finished.json, or one whose finished.json is damaged or
+    gone), or None (neither, or unreadable: logged)."""
+    for name in (FINISHED, METRICS):
+        path = Path(out_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("%s cannot be read (%s): not taken as the run's record", path, err)
+            continue
+        if not isinstance(record, dict) or "config_hash" not in record:
+            log.warning("%s is not a finished run's record: not taken as one", path)
+        elif record.get("status") != FAILED:  # a failed run's metrics.json is no result
+            return record
+    return None
 
 
 def record_changes(record: dict[str, Any], config_hash: str, init_digest: str | None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -244,8 +245,10 @@ class Run:
             diffs = self._config_changes(state) + self._init_changes(state)
             if record and record["config_hash"] != provenance.config_hash(self.cfg.to_dict()):
                 record = None  # hashed before HASH_EXCLUDES grew: finished again, re-recorded
-        else:  # a finished run whose resume states are damaged: its record says what it was
-            diffs = self._record_changes(record) if record else []
+        elif record:  # a finished run without resume states: its record says what it was
+            diffs = self._record_changes(record)
+        else:  # nothing to resume: an earlier start's config.yaml says whose folder it is
+            diffs = self._earlier_start_changes()
         if diffs and self.replace_changed:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
@@ -268,7 +271,10 @@ class Run:
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
             raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
                                   "the best.pt of a pretrain run")
-        elif self.cfg.init_checkpoint:
+        elif (self.out_dir / BEST).is_file():  # e.g. its last*.pt deleted to save space
+            log.warning("%s has neither a state to resume (%s, its .prev) nor a finished run's "
+                        "record: the run starts over, replacing its %s", self.out_dir, LAST, BEST)
+        if not state and self.cfg.init_checkpoint:
             model = self.cfg.model
             heads = attention_heads(vars(model), model.backbone)
             self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
@@ -322,6 +328,19 @@ class Run:
             return []
         return [f"init_checkpoint {path}: another file than the one it started from (the run "
                 "that writes it was redone)"]
+
+    def _earlier_start_changes(self) -> list[str]:
+        """A folder without resume state or record: how the config.yaml an earlier start wrote
+        differs from this run's (another run's folder is not trained over); none without one."""
+        path = self.out_dir / RUN_CONFIG
+        try:
+            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            log.warning("%s cannot be read (%s): not compared with this run's config", path, err)
+            return []
+        if not isinstance(saved, dict):
+            return []
+        return [f"{change} ({RUN_CONFIG})" for change in self._config_changes({"config": saved})]
 
     def _record_changes(self, record: dict[str, Any]) -> list[str]:
         """How a finished run's record differs from this run (`finished.record_changes`)."""
@@ -506,16 +525,17 @@ class Run:
             log.info(message)
 
     def restore_finished(self) -> dict[str, Any]:
-        """A run finished already: metrics.json from its record (finished.json), which keeps
-        the provenance of the process that trained it; CheckpointError if its best.pt, the
-        weights a later run starts from, is damaged."""
+        """A run finished already: metrics.json and finished.json from its record
+        (`read_finished`), which keeps the provenance of the process that trained it;
+        CheckpointError if its best.pt, the weights a later run starts from, is damaged."""
         best = self.out_dir / BEST
         load_checkpoint(best)  # the CRC of every record: raises, naming the damage
         if distributed.is_main():
-            atomic_write_text(json.dumps(self.finished, indent=2) + "\n",
-                              self.out_dir / METRICS)
-            log.info("%s finished already: metrics.json restored from its %s", self.out_dir,
-                     FINISHED)
+            text = json.dumps(self.finished, indent=2) + "\n"
+            atomic_write_text(text, self.out_dir / FINISHED)
+            atomic_write_text(text, self.out_dir / METRICS)
+            log.info("%s finished already: %s and %s kept from its record", self.out_dir,
+                     METRICS, FINISHED)
         distributed.barrier()
         return self.finished
 

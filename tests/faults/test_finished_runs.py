@@ -91,6 +91,52 @@ def test_a_finished_run_of_another_config_is_refused_even_without_resume_states(
     assert (run / "best.pt").read_bytes() == (config.parent / "run" / "best.pt").read_bytes()
 
 
+def _other_config(tmp_path: Path, config: Path) -> Path:
+    other = yaml.safe_load(config.read_text())
+    other["optim"]["lr"] = 0.5
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    return tmp_path / "other.yaml"
+
+
+def test_a_finished_runs_metrics_file_is_its_record_without_finished_json(tmp_path):
+    """A run from before finished.json, its last*.pt deleted to save space: it was trained
+    again from scratch over its best.pt, and under another config too, without a word."""
+    config, run = _finished_copy(tmp_path)
+    for name in ("last.pt", "last.prev.pt", "finished.json"):
+        (run / name).unlink()
+    finished = {name: (run / name).read_bytes() for name in ("best.pt", "history.csv")}
+    metrics = json.loads((run / "metrics.json").read_text())
+    with pytest.raises(TrainingError, match=r"holds a run with another config \(config hash"):
+        _train(_other_config(tmp_path, config), run)
+    assert _train(config, run) == metrics  # the same config: finished, nothing trained
+    assert {name: (run / name).read_bytes() for name in finished} == finished
+    assert json.loads((run / "finished.json").read_text()) == metrics  # the record kept
+
+
+def test_a_folder_with_nothing_to_resume_is_not_trained_over_by_another_config(tmp_path):
+    """Resume states, finished.json and metrics.json gone: the config.yaml an earlier start
+    wrote still says whose folder it is. The same config starts over, saying it replaces the
+    folder's best.pt."""
+    config, run = _finished_copy(tmp_path)
+    for name in ("last.pt", "last.prev.pt", "finished.json", "metrics.json"):
+        (run / name).unlink()
+    best = (run / "best.pt").read_bytes()
+    with pytest.raises(TrainingError, match=r"optim\.lr: .*\(config\.yaml\)"):
+        _train(_other_config(tmp_path, config), run)
+    assert (run / "best.pt").read_bytes() == best
+    _train(_other_config(tmp_path, config), run, replace_changed=True)
+    assert (next(tmp_path.glob("run.replaced-*")) / "best.pt").read_bytes() == best
+
+
+def test_a_restart_over_an_earlier_best_checkpoint_is_logged(tmp_path, caplog):
+    config, run = _finished_copy(tmp_path)
+    for name in ("last.pt", "last.prev.pt", "finished.json", "metrics.json"):
+        (run / name).unlink()
+    with caplog.at_level("WARNING", logger="relvit"):
+        _train(config, run)
+    assert "the run starts over, replacing its best.pt" in caplog.text
+
+
 def test_a_finished_run_whose_best_weights_are_damaged_says_so(tmp_path):
     """best.pt had no check: the rerun said "finished", the finetune failed with "[Errno 22]"."""
     config, run = _finished_copy(tmp_path)
