@@ -125,6 +125,40 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     assert main(["regress", str(tmp_path / "empty"), "--expected", str(bad)]) == 1
 
 
+@pytest.mark.parametrize("cell, message", [
+    ({"seeds": [0], "best_top1": 18.0}, "cells.c.best_top1: expected a mapping"),
+    ({"seeds": [0]}, "cells.c: no metric to check"),
+    ({"seeds": [0], "best_top1": {"expected": 1.0, "tolerance": "2.0"}},
+     "cells.c.best_top1.tolerance: expected a finite number, got '2.0'"),
+    ({"seeds": [0], "best_top1": {"expected": 1.0}},
+     "cells.c.best_top1.tolerance: expected a finite number, got None"),
+    ({"seeds": [0], "best_top1": {"expected": 1.0, "tolerance": -1}},
+     "cells.c.best_top1.tolerance: negative"),
+    ({"seeds": 0, "best_top1": {"expected": 1.0, "tolerance": 1.0}},
+     "cells.c.seeds: expected a non-empty list of seeds, got 0"),
+    ({"seeds": [], "best_top1": {"expected": 1.0, "tolerance": 1.0}}, "cells.c.seeds"),
+    ({"seeds": [0], "top1": {"expected": 1.0, "tolerance": 1.0}},
+     "cells.c.top1: not a checked metric (known: best_top1, box_mAP"),
+    ("90", "cells.c: expected a mapping of seeds and metrics"),
+])
+def test_a_hand_edited_expected_file_is_refused_naming_the_key(tmp_path, capsys, cell, message):
+    """A metric that was no mapping was skipped: "0 of 0 checks within tolerance", exit 0, the
+    guard off; a tolerance as a string or seeds as a number raised a bare TypeError."""
+    runs = tier(tmp_path / "runs")
+    path = tmp_path / "expected.yaml"
+    path.write_text(yaml.safe_dump({"cells": {"c": cell}}))
+    assert main(["regress", str(runs), "--expected", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: " in err and message in err
+
+
+def test_an_expected_file_without_cells_checks_nothing_and_fails(tmp_path, capsys):
+    path = tmp_path / "expected.yaml"
+    path.write_text(yaml.safe_dump({"cells": {}}))
+    assert main(["regress", str(tier(tmp_path / "runs")), "--expected", str(path)]) == 1
+    assert "cells: empty, nothing to check" in capsys.readouterr().err
+
+
 def test_refresh_refuses_a_non_finite_number(tmp_path):
     """--refresh crashed in statistics.stdev ("'float' object has no attribute 'numerator'")."""
     from relvit.report.expected import ExpectedError, expected_cells

@@ -137,7 +137,46 @@ def read_expected(path: str | Path) -> dict:
         raise ExpectedError(f"{path}: not YAML ({err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
         raise ExpectedError(f"{path}: no 'cells' mapping")
+    problems = _cell_problems(data["cells"])
+    if problems:
+        raise ExpectedError(f"{path}: " + "; ".join(problems))
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cell_problems(cells: dict) -> list[str]:
+    """What in an expected file's cells cannot be checked (a hand edit): every cell needs its
+    seeds and at least one metric with a numeric expected value and tolerance, so that the
+    guard never passes a cell it did not check."""
+    known = sorted({name for names in CHECKED.values() for name in names})
+    problems = [] if cells else ["cells: empty, nothing to check"]
+    for cell, entry in cells.items():
+        if not isinstance(entry, dict):
+            problems.append(f"cells.{cell}: expected a mapping of seeds and metrics")
+            continue
+        seeds = entry.get("seeds")
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            problems.append(f"cells.{cell}.seeds: expected a non-empty list of seeds, "
+                            f"got {seeds!r}")
+        metrics = {k: v for k, v in entry.items() if k not in ("seeds", "spread_seeds")}
+        if not metrics:
+            problems.append(f"cells.{cell}: no metric to check (known: {', '.join(known)})")
+        for metric, spec in metrics.items():
+            where = f"cells.{cell}.{metric}"
+            if metric not in known:
+                problems.append(f"{where}: not a checked metric (known: {', '.join(known)})")
+            elif not isinstance(spec, dict):
+                problems.append(f"{where}: expected a mapping with expected and tolerance")
+            else:
+                problems += [f"{where}.{key}: expected a finite number, got {spec.get(key)!r}"
+                             for key in ("expected", "tolerance") if not _is_number(spec.get(key))]
+                if _is_number(spec.get("tolerance")) and spec["tolerance"] < 0:
+                    problems.append(f"{where}.tolerance: negative ({spec['tolerance']})")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -160,7 +199,7 @@ def check(expected: dict, runs: dict[str, dict[int, dict[str, float]]]) -> list[
     for cell, entry in expected["cells"].items():
         seeds = entry.get("seeds", [])
         for metric, spec in entry.items():
-            if not isinstance(spec, dict):
+            if metric in ("seeds", "spread_seeds"):
                 continue
             got_seeds = [runs.get(cell, {}).get(s, {}).get(metric) for s in seeds]
             if any(v is None for v in got_seeds):
