@@ -315,6 +315,7 @@ PLANNED_KEYS = {
     ("seed",): "seeds: `seeds`, table1.seeds, detection.seeds",
     ("mode",): "the stage: pretrain, finetune, supervised, detect",
     ("data", "name"): "datasets: table1.datasets, detection.tables",
+    ("data", "root"): "the workflow config's data.root (where prepare_data puts them)",
     ("model", "backbone"): "backbones: table1.backbone, detection.tables",
     ("label",): "the table column of each method and row",
     ("init_checkpoint",): "the pretrain run's best.pt, for finetune and upstream detect runs",

@@ -254,14 +254,15 @@ def test_table1_run_keys_the_planner_sets_are_an_error():
 
 
 def test_shared_run_keys_the_planner_sets_are_an_error():
-    """`run:` and `stages:` blocks: a seed, backbone or label there was overridden without a
-    word (a label also moved a run out of its Table 1 column); an init checkpoint would start
-    a joint detection run from it."""
+    """`run:` and `stages:` blocks: a seed, backbone, label or data root there was overridden
+    without a word (a label also moved a run out of its Table 1 column; the data root left
+    prepare_data filling the workflow's own); an init checkpoint would start a joint detection
+    run from it."""
     from relvit.config import ConfigError
     from relvit.workflow import plan
 
     clash = {**TINY, "run": {**TINY["run"], "seed": 7, "model": {"backbone": "swin_tiny"},
-                             "label": "mine"},
+                             "label": "mine", "data": {"root": "/scratch/data"}},
              "stages": {**TINY["stages"], "finetune": {"mode": "supervised"},
                         "detect": {"init_checkpoint": "elsewhere/best.pt"}},
              "detection": {"tables": {"2": {"datasets": ["voc2007"], "backbones": ["vit_small"]}},
@@ -272,6 +273,8 @@ def test_shared_run_keys_the_planner_sets_are_an_error():
     said = "set by the planner ({}), not here".format
     assert err.value.problems == [
         "run.seed: " + said("seeds: `seeds`, table1.seeds, detection.seeds"),
+        "run.data.root: " + said("the workflow config's data.root (where prepare_data puts "
+                                 "them)"),
         "run.model.backbone: " + said("backbones: table1.backbone, detection.tables"),
         "run.label: " + said("the table column of each method and row"),
         "stages.finetune.mode: " + said("the stage: pretrain, finetune, supervised, detect"),
@@ -601,3 +604,20 @@ def test_the_schemas_data_root_is_the_run_configs():
 
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     assert schema["properties"]["data"]["properties"]["root"]["default"] == DataConfig.root
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"results": ""}, "results: '' should be non-empty"),
+    ({"tier": ""}, "tier: '' should be non-empty"),
+    ({"data": {"root": ""}}, "data.root: '' should be non-empty"),
+    ({"detection": {"seeds": [0, 0]}}, "detection.seeds: [0, 0] has non-unique elements"),
+    ({"table1": {**TINY["table1"], "seeds": {"digits": [1, 1]}}},
+     "table1.seeds.digits: [1, 1] has non-unique elements"),
+])
+def test_empty_folders_and_repeated_seeds_are_refused(change, problem):
+    """An empty `results` or data root put every output under / (prepare-data --root /); a
+    repeated detection or per-dataset seed showed one run as two agreeing seeds (± 0.00)."""
+    from relvit.workflow import schema_problems
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    assert problem in schema_problems({**TINY, **change}, schema)
