@@ -52,13 +52,15 @@ def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:
 
 def _load_failure(err: Exception) -> str:
     """What torch.load found wrong with a file, without its weights_only refusal's advice to
-    load the file unsafely."""
+    load the file unsafely (torch words the refusal in more than one way)."""
     text = str(err)
-    refused = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", text,
-                        re.S)
-    if refused:
-        return ("not a checkpoint of plain tensors and data, so not loaded (torch.load: "
-                f"{' '.join(refused.group(1).split())})")
+    if "Weights only load failed" in text or "WeightsUnpickler error" in text:
+        # the paragraphs that say what was refused: not the advice, not the documentation link
+        reasons = [" ".join(part.replace("WeightsUnpickler error:", "").split())
+                   for part in re.split(r"\n\s*\n", text)
+                   if not re.search(r"Weights only load failed|Check the documentation", part)]
+        reason = "; ".join(r for r in reasons if r) or "pickled objects other than tensors"
+        return f"not a checkpoint of plain tensors and data, so not loaded (torch.load: {reason})"
     return text.splitlines()[0] if text else type(err).__name__
 
 
@@ -69,21 +71,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     every record is checked first (torch.load alone reads a flipped byte in a tensor silently).
     """
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}")
+    if not zipfile.is_zipfile(path):  # torch.save's format since torch 1.6, and all we write
+        raise CheckpointError(f"checkpoint {path} cannot be read: not a torch checkpoint (no "
+                              "zip archive: truncated, empty, or another kind of file)")
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-                # a record marked as a folder (one flipped bit of its attributes, outside the
-                # CRC) is read by torch as empty: the tensor would hold uninitialised memory
-                folders = [info.filename for info in archive.infolist()
-                           if info.external_attr & MSDOS_FOLDER or info.filename.endswith("/")]
-            if bad is not None:
-                raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its "
-                                      "CRC-32 check")
-            if folders:
-                raise CheckpointError(f"checkpoint {path} is corrupt: record {folders[0]} is "
-                                      "marked as a folder")
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            # a record marked as a folder (one flipped bit of its attributes, outside the CRC)
+            # is read by torch as empty: the tensor would hold uninitialised memory
+            folders = [info.filename for info in archive.infolist()
+                       if info.external_attr & MSDOS_FOLDER or info.filename.endswith("/")]
+        if bad is not None:
+            raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its "
+                                  "CRC-32 check")
+        if folders:
+            raise CheckpointError(f"checkpoint {path} is corrupt: record {folders[0]} is "
+                                  "marked as a folder")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise

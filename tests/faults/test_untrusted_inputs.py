@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -44,6 +45,32 @@ def test_the_hostile_checkpoint_really_runs_code_when_unpickled(tmp_path):
     marker = tmp_path / "pwned"
     torch.load(_hostile_checkpoint(tmp_path / "evil.pt", marker), weights_only=False)
     assert marker.exists()  # what any loader without weights_only=True would let happen
+
+
+class _ShellPayload(_Payload):
+    """The usual payload: os.system("touch marker"), which torch words another way when it
+    refuses it (its advice to load the file unsafely had come through)."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_shell_payload_and_foreign_files_are_named_as_such(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _ShellPayload(marker)}, evil)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    config = write_config(tmp_path / "fine.yaml", mode="finetune", optim={"epochs": 1})
+    for init, said in ((evil, "not a checkpoint of plain tensors and data, so not loaded "
+                              "(torch.load: Trying to load unsupported GLOBAL posix.system"),
+                       (text, "not a torch checkpoint (no zip archive"),
+                       (tmp_path, "is a folder, not a file")):
+        assert train_here(config, tmp_path / "fine", "--init", init, mode="finetune") == 1
+        err = capsys.readouterr().err
+        assert f"checkpoint {init} " in err and said in err, err
+        assert "weights_only" not in err and "arbitrary code" not in err
+    assert not marker.exists()
 
 
 def test_hostile_checkpoints_are_refused_without_running_their_code(tmp_path, capsys, caplog):
