@@ -541,8 +541,11 @@ class Run:
 
     def finish(self) -> dict[str, Any]:
         """Write metrics.json (and its copy finished.json, first): best- and last-epoch numbers
-        plus provenance."""
+        plus provenance. CheckpointError, before any record, if best.pt (what a later run
+        starts from) is damaged, e.g. in a run resumed at its end."""
         cfg, last, best = self.cfg, self.history[-1], self.best
+        if distributed.is_main():
+            load_checkpoint(self.out_dir / BEST)  # the CRC of every record, as restore_finished
         skip = ("epoch", "lr", *TIMING_KEYS)
         metrics: dict[str, Any] = {
             **run_identity(cfg), "best_epoch": best.get("epoch"),

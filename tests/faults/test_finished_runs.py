@@ -137,6 +137,18 @@ def test_a_restart_over_an_earlier_best_checkpoint_is_logged(tmp_path, caplog):
     assert "the run starts over, replacing its best.pt" in caplog.text
 
 
+def test_a_run_resumed_at_its_end_checks_its_best_weights(tmp_path):
+    """Killed after its last epoch's last.pt, before its records: the rerun wrote them over a
+    damaged best.pt, and the damage showed only in the finetune that read it."""
+    config, run = _finished_copy(tmp_path)
+    for name in ("metrics.json", "finished.json"):
+        (run / name).unlink()
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match=f"checkpoint {run / 'best.pt'}"):
+        _train(config, run)
+    assert not (run / "metrics.json").exists() and not (run / "finished.json").exists()
+
+
 def test_a_finished_run_whose_best_weights_are_damaged_says_so(tmp_path):
     """best.pt had no check: the rerun said "finished", the finetune failed with "[Errno 22]"."""
     config, run = _finished_copy(tmp_path)
