@@ -391,6 +391,25 @@ def test_load_pretrain_checkpoint(tmp_path):
         load_backbone(backbone_of(detector), path, "t2t_vit_14")
 
 
+@pytest.mark.parametrize("mode, said", [("pretrain", None), ("supervised", "'supervised'"),
+                                        (None, "none recorded")])
+def test_an_init_checkpoint_not_of_a_pretrain_run_is_said(tmp_path, caplog, mode, said):
+    """A supervised run's best.pt as --init had been taken without a word: the run's numbers
+    then stand in a RelViT cell."""
+    geometry = {"embed_dim": 36, "depth": 1, "num_heads": 3, "patch_size": 8}
+    backbone = build_backbone("vit_small", SIZE, **geometry)
+    path = tmp_path / "best.pt"
+    config = {"mode": mode} if mode else {}
+    torch.save({"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+                "backbone_name": "vit_small", "config": config}, path)
+    with caplog.at_level("WARNING", logger="relvit"):
+        load_backbone(build_backbone("vit_small", SIZE, **geometry), path, "vit_small")
+    if said is None:
+        assert "not a pretrain run's" not in caplog.text
+    else:
+        assert f"not a pretrain run's best.pt (its run's mode: {said})" in caplog.text
+
+
 @pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
 def test_joint_ssl_relation_loss_follows_include_diagonal(family):
     """`ssl.relation_diagonal: false` reaches JointSSLDetector as include_diagonal=False; a

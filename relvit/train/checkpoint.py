@@ -176,6 +176,11 @@ def load_backbone(backbone: nn.Module, path: Path, expected_backbone: str,
         raise CheckpointError(
             f"checkpoint {path} holds backbone {source!r}, this run builds {expected_backbone!r}"
         )
+    source_mode = ckpt.get("mode") or (ckpt.get("config") or {}).get("mode")
+    if source_mode != "pretrain":  # allowed (e.g. a transfer from a supervised run), but said
+        log.warning("checkpoint %s is not a pretrain run's best.pt (its run's mode: %s): this "
+                    "run starts from its weights, but is not RelViT's finetune of them", path,
+                    repr(source_mode) if source_mode else "none recorded")
     model = (ckpt.get("config") or {}).get("model") or {}
     heads = attention_heads(model, source) if model else None
     if num_heads is not None and heads is not None and heads != num_heads:
