@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from relvit.detection.plan import Variant, table_rows
 from relvit.report.detection_tables import render_latex, render_markdown, table_cells
@@ -194,3 +195,29 @@ def test_the_papers_flags_are_read_one_way_for_rows_and_numbers(tmp_path):
             {"yes": "Yes", "no": " no"}, na_action="ignore")
     assert table_cells(2, rows, respelled) == table_cells(2, rows, paper)
     assert EMPTY not in [row[6] for row in table_cells(2, rows, paper)]  # a paper mAP per row
+
+
+def test_the_plan_rows_hold_the_keys_the_reports_read(tmp_path):
+    from relvit.report.detection_tables import PLAN_KEYS
+
+    assert all(tuple(row) == PLAN_KEYS for row in vit_rows(tmp_path))
+
+
+@pytest.mark.parametrize("content, said", [
+    ('{"mode": "supervised", "seed": 0}', "expected a list of rows"),
+    ('[{"table": 2', "not a detection plan file (Expecting"),
+    ('[{"table": 2}]', "row 1 lacks dataset, backbone, run_dataset"),
+    (b"\xff\xfe", "not a detection plan file ('utf-8' codec"),
+])
+@pytest.mark.parametrize("command", ["report-detection", "compare"])
+def test_a_file_that_is_no_plan_is_named(tmp_path, capsys, content, said, command):
+    """A metrics.json given as --plan raised a bare TypeError (string indices must be
+    integers); a row without a key said only the key ("relvit: error: run_dataset")."""
+    from relvit.cli import main
+
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = {"report-detection": ["--out", str(tmp_path / "tables")],
+            "compare": ["--out", str(tmp_path / "compare")]}[command]
+    assert main([command, "--plan", str(plan), *args]) == 1
+    assert f"{plan}: " in (err := capsys.readouterr().err) and said in err, err

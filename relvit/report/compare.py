@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,11 +227,7 @@ def compare(sources: list[str | Path], plan: str | Path | None = None,
         table = Table1(gather_runs(sources), gather_planned(sources), load_paper_table1(paper_csv))
         cells += table1_cells(table, criterion)
     if plan is not None:
-        try:
-            rows = json.loads(Path(plan).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{plan}: not a detection plan file ({err})") from err
-        cells += detection_cells(rows, pd.read_csv(paper_csv), criterion)
+        cells += detection_cells(det.read_plan(plan), pd.read_csv(paper_csv), criterion)
     return cells
 
 

@@ -243,10 +243,33 @@ def render_latex(table: int, rows: list[dict], paper: pd.DataFrame, tier: str) -
     return "\n".join(lines) + "\n"
 
 
+# a detection plan row's keys (relvit.workflow.detection_plan_rows writes them)
+PLAN_KEYS = ("table", "dataset", "backbone", "run_dataset", "variant", "upstream", "perm",
+             "mega", "seed", "run_id", "metrics")
+
+
+def read_plan(path: str | Path) -> list[dict]:
+    """The rows of a detection plan file (the workflow's detection-plan.json); ValueError naming
+    the file and what is wrong with it (a metrics.json given instead, a row without a key)."""
+    what = f"{path}: not a detection plan file"
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:  # JSON or UTF-8
+        raise ValueError(f"{what} ({err})") from err
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{what} (expected a list of rows, as the workflow's "
+                         "detection-plan.json holds)")
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in PLAN_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"{what} (row {number} lacks {', '.join(missing)})")
+    return rows
+
+
 def write_detection_tables(plan_path: str | Path, out_dir: str | Path, tier: str,
                            paper_csv: str | Path = PAPER_TABLES) -> list[Path]:
     """Render every table of the plan file into `out_dir/table<N>.{md,tex}`."""
-    rows = json.loads(Path(plan_path).read_text())
+    rows = read_plan(plan_path)
     paper = pd.read_csv(paper_csv)
     written = []
     for table in sorted({row["table"] for row in rows}):
