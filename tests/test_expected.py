@@ -159,6 +159,15 @@ def test_an_expected_file_without_cells_checks_nothing_and_fails(tmp_path, capsy
     assert "cells: empty, nothing to check" in capsys.readouterr().err
 
 
+def test_a_run_whose_seed_is_no_number_is_named(tmp_path, capsys):
+    runs = tier(tmp_path / "runs")
+    path = runs / "digits/vit/relvit/seed1/metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": "one"}))
+    assert main(["regress", str(runs), "--refresh", "--expected", str(tmp_path / "e.yaml")]) == 1
+    assert f"{path}: not a metrics file (seed: expected a whole number, got 'one')" in \
+        capsys.readouterr().err
+
+
 def test_refresh_refuses_a_non_finite_number(tmp_path):
     """--refresh crashed in statistics.stdev ("'float' object has no attribute 'numerator'")."""
     from relvit.report.expected import ExpectedError, expected_cells

@@ -78,6 +78,9 @@ def test_curves_need_a_history(tmp_path):
     assert curve_group(metrics) == "cifar10/vit_small/supervised"
     with pytest.raises(ValueError, match="history.csv: cannot read the run's history"):
         training_curves([metrics], tmp_path / "figures")
+    (metrics.parent / "history.csv").write_bytes(b"epoch,train_loss\n1,\xff\n")
+    with pytest.raises(ValueError, match="history.csv: cannot read the run's history .*utf-8"):
+        training_curves([metrics], tmp_path / "figures")  # was a bare UnicodeDecodeError
 
 
 def test_cli_figures(tmp_path):

@@ -208,6 +208,37 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
     assert "absent: no such metrics file, run config or directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("change, said", [
+    ({"seed": "zero"}, "not a run's metrics file (seed: expected a whole number, got 'zero')"),
+    ({"dataset": None}, "not a run's metrics file (dataset: expected a name, got None)"),
+    ({"mode": 3}, "not a run's metrics file (mode: expected a name, got 3)"),
+    (b"\xff{}", "not a metrics file ('utf-8' codec can't decode"),
+])
+def test_a_metrics_file_that_cannot_place_its_run_is_named(tmp_path, capsys, change, said):
+    """Hand-edited or damaged records: the errors had named no file ("invalid literal for
+    int() with base 10: 'zero'", "unknown dataset None", a bare UTF-8 codec error)."""
+    write_runs(tmp_path / "runs")
+    path = next((tmp_path / "runs").rglob("metrics.json"))
+    if isinstance(change, bytes):
+        path.write_bytes(change)
+    else:
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    assert main(["report", "--table1", str(tmp_path / "t"), str(tmp_path / "runs")]) == 1
+    assert f"{path}: {said}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["report", "--table1", "t"], ["compare", "--out", "c"]])
+def test_another_csv_as_the_paper_is_named(tmp_path, capsys, command):
+    """--paper given another CSV: "relvit: error: table", naming neither file nor column."""
+    write_runs(tmp_path / "runs")
+    other = tmp_path / "compare.csv"
+    other.write_text("cell,verdict\na,ok\n")
+    assert main([*command[:2], str(tmp_path / command[2]), "--paper", str(other),
+                 str(tmp_path / "runs")]) == 1
+    assert f"{other}: not the paper's tables (no column table, dataset" in \
+        capsys.readouterr().err
+
+
 # the finetune run 0.004 below the paper's 90.23: its Δ rounds to +0.00, not -0.00
 PAPER_RUNS = [("supervised", 0, 86.0), ("supervised", 1, 87.0), ("finetune", 0, 90.226)]
 

@@ -18,6 +18,7 @@ import pandas as pd
 from relvit.data.registry import DATASETS
 from relvit.config import ConfigError
 from relvit.models.specs import BACKBONES, get_backbone_spec
+from relvit.report.gather import read_paper
 
 PAPER_BACKBONES = {"vit": ("ViT", "ViT-S"), "swin": ("Swin",), "t2t": ("T2T-ViT",)}
 # the COCO AP numbers of Tables 2-3: what a detection run records per epoch (metrics.json
@@ -94,7 +95,7 @@ def paper_variants(paper: pd.DataFrame, table: int, dataset: str, backbone: str)
 def table_rows(detection: dict, paper_csv: str | Path) -> list[TableRow]:
     """Every row of the configured tables (`detection.tables`), from the paper's own rows;
     ConfigError naming the key for a dataset or backbone that is unknown or has no row there."""
-    paper = pd.read_csv(paper_csv)
+    paper = read_paper(paper_csv)
     stand_in = detection.get("stand_in")
     rows, problems = [], []
     for table, spec in sorted((int(t), s) for t, s in detection["tables"].items()):

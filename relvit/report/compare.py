@@ -31,7 +31,7 @@ import pandas as pd
 
 from relvit.report import detection_tables as det
 from relvit.report.criterion import Criterion
-from relvit.report.gather import gather_runs
+from relvit.report.gather import gather_runs, read_paper
 from relvit.report.provenance import PROVENANCE_KEYS, summarize
 from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, PAPER_METRIC, Cell,
                                   Table1, seed_cell, signed)
@@ -192,7 +192,7 @@ def improvement_checks(paper_csv: str | Path = PAPER_TABLES,
                        printed_csv: str | Path = PRINTED_IMPROVEMENTS) -> list[ImprovementCheck]:
     """Each printed Improv. beside the best non-supervised row minus Supervised (per metric)
     from the paper's tables; an inconsistent one says which row, if any, it was taken from."""
-    paper, printed = pd.read_csv(paper_csv), pd.read_csv(printed_csv)
+    paper, printed = read_paper(paper_csv), pd.read_csv(printed_csv)
     checks = []
     for item in printed.itertuples(index=False):
         rows = paper[(paper["table"] == item.table) & (paper["dataset"] == item.dataset)
@@ -227,7 +227,7 @@ def compare(sources: list[str | Path], plan: str | Path | None = None,
         table = Table1(gather_runs(sources), gather_planned(sources), load_paper_table1(paper_csv))
         cells += table1_cells(table, criterion)
     if plan is not None:
-        cells += detection_cells(det.read_plan(plan), pd.read_csv(paper_csv), criterion)
+        cells += detection_cells(det.read_plan(plan), read_paper(paper_csv), criterion)
     return cells
 
 

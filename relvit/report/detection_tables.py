@@ -17,6 +17,7 @@ import pandas as pd
 from relvit.data.registry import DATASETS
 from relvit.detection.plan import METRICS, PAPER_BACKBONES, Variant, paper_row_variant
 from relvit.models.specs import get_backbone_spec
+from relvit.report.gather import read_paper
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
 from relvit.report.table1 import (EMPTY, FAILED, FAILED_NOTE, NO_VALUE, NO_VALUE_NOTE,
                                   latex_escape, signed)
@@ -270,7 +271,7 @@ def write_detection_tables(plan_path: str | Path, out_dir: str | Path, tier: str
                            paper_csv: str | Path = PAPER_TABLES) -> list[Path]:
     """Render every table of the plan file into `out_dir/table<N>.{md,tex}`."""
     rows = read_plan(plan_path)
-    paper = pd.read_csv(paper_csv)
+    paper = read_paper(paper_csv)
     written = []
     for table in sorted({row["table"] for row in rows}):
         stem = Path(out_dir) / f"table{table}"

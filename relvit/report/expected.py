@@ -15,7 +15,6 @@ and versions the runs are deterministic and the difference is 0.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import yaml
 
 from relvit.layout import METRICS
 from relvit.report.gather import find_files
+from relvit.report.provenance import read_metrics
 
 K = 3.0
 FLOOR = 0.5  # points (%, AP): below this a difference is not worth a failed CI run
@@ -71,11 +71,15 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
     cells: dict[str, dict[int, dict[str, float]]] = {}
     for path in find_files([root], METRICS):
         try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ExpectedError(f"{path}: not a metrics file ({err})") from err
+            metrics = read_metrics(path)
+        except ValueError as err:
+            raise ExpectedError(str(err)) from err
+        seed = metrics.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ExpectedError(f"{path}: not a metrics file (seed: expected a whole number, "
+                                f"got {seed!r})")
         cell = path.parent.parent.relative_to(root).as_posix()
-        cells.setdefault(cell, {})[int(metrics["seed"])] = checked_values(metrics, path)
+        cells.setdefault(cell, {})[seed] = checked_values(metrics, path)
     if not cells:
         raise ExpectedError(f"{root}: no metrics.json found (has the tier run?)")
     return cells

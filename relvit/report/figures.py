@@ -116,7 +116,7 @@ def _history(run_dir: Path) -> pd.DataFrame:
     path = run_dir / HISTORY
     try:
         return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ValueError(f"{path}: cannot read the run's history ({err})") from err
 
 

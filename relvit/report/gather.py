@@ -40,12 +40,29 @@ def find_files(sources: list[str | Path], pattern: str, skip: tuple[str, ...] = 
     return files
 
 
+def _identity_problems(metrics: dict) -> list[str]:
+    """What is mistyped among the keys that place a run in Table 1, or missing in the record of
+    a run of one of its modes (a detection run's are read from the detection plan)."""
+    required = metrics.get("mode") not in (None, "detect")
+    problems = []
+    for key, kind, fits in (("seed", "a whole number",
+                             lambda v: isinstance(v, int) and not isinstance(v, bool)),
+                            ("dataset", "a name", lambda v: isinstance(v, str)),
+                            ("mode", "a name", lambda v: isinstance(v, str))):
+        if (key in metrics or required) and not fits(metrics.get(key)):
+            problems.append(f"{key}: expected {kind}, got {metrics.get(key)!r}")
+    return problems
+
+
 def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
     """One row per metrics.json, with its provenance (relvit.report.provenance: the config hash
     and whether the run is stale); a malformed file is an error naming it."""
     rows = []
     for path in find_files(sources, METRICS):
         metrics = read_metrics(path)
+        problems = _identity_problems(metrics)
+        if problems:
+            raise ValueError(f"{path}: not a run's metrics file ({'; '.join(problems)})")
         try:
             last = metrics.get("last", {})
             rows.append({"run": str(path.parent),
@@ -71,14 +88,32 @@ def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
     for path in find_files(sources, "*.yaml", skip=(EXECUTION,)):
         try:
             cfg = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
-        except (ConfigError, yaml.YAMLError) as err:
+        except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: not a run config ({err})") from err
         identity = run_identity(cfg)
         rows.append({key: identity[key] for key in KEYS})
     return pd.DataFrame(rows, columns=KEYS).drop_duplicates()
 
 
+PAPER_COLUMNS = ("table", "dataset", "backbone", "method", "upstream", "permutation",
+                 "megapatch", "metric", "value", "std")
+
+
+def read_paper(path: str | Path) -> pd.DataFrame:
+    """The paper's Tables 1-3 as data (results/paper/tables.csv); ValueError naming the file
+    when it lacks a column (another CSV given as --paper)."""
+    try:
+        paper = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: not the paper's tables ({err})") from err
+    missing = [column for column in PAPER_COLUMNS if column not in paper.columns]
+    if missing:
+        raise ValueError(f"{path}: not the paper's tables (no column {', '.join(missing)}; "
+                         f"expected {', '.join(PAPER_COLUMNS)})")
+    return paper
+
+
 def load_paper_table1(path: str | Path) -> pd.DataFrame:
     """The paper's Table 1 (results/paper/tables.csv): dataset, backbone, method, value, std."""
-    paper = pd.read_csv(path)
+    paper = read_paper(path)
     return paper[(paper["table"] == 1) & (paper["metric"] == "top1")]

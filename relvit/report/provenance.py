@@ -75,8 +75,8 @@ def is_stale(metrics: dict, metrics_path: str | Path) -> bool | None:
 def read_metrics(path: str | Path) -> dict:
     """A metrics.json as a dict; a malformed file is an error naming it."""
     try:
-        metrics = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:  # JSON, or bytes that are no UTF-8
         raise ValueError(f"{path}: not a metrics file ({err})") from err
     if not isinstance(metrics, dict):
         raise ValueError(f"{path}: not a metrics file (a JSON object expected)")
