@@ -105,6 +105,22 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(minimum: int):
+    """An argparse type: a whole number of at least `minimum` (a clear usage error, not a
+    traceback from deep inside torch or a process pool)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
+
+
 def _resize(args: argparse.Namespace) -> int:
     from relvit.data.resize import ResizeSettings, resize_tree
 
@@ -193,9 +209,10 @@ def _cell_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--plan", type=Path,
                    help="Tables 2-3: the workflow's detection-plan.json")
     p.add_argument("--out", required=True, type=Path, help=out_help)
-    p.add_argument("--tier", default="custom", help="label printed with the output")
+    p.add_argument("--tier", default="custom",
+                   help="label printed with the output (default %(default)s)")
     p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (tables.csv)")
+                   help="the paper's numbers (default %(default)s, from the repository's root)")
     p.add_argument("--sigmas", type=float, default=Criterion.sigmas,
                    help="k of |Δ| <= k·sqrt(σ_paper² + σ²) where the paper prints ± "
                         "(default %(default)s)")
@@ -223,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
         _execution_argument(p)
         p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-        p.add_argument("--threads", type=int, help="CPU threads for torch")
+        p.add_argument("--threads", type=_at_least(1), help="CPU threads for torch")
         p.add_argument("--no-progress", action="store_true", help="plain log lines only")
         p.add_argument("--replace-changed", action="store_true",
                        help="a run directory made with another config is moved aside "
@@ -260,24 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels, e.g. 256 for 224-px training crops")
     p.add_argument("--quality", type=int,
                    help="JPEG quality of resized JPEGs, 1..95 (default 90, ResizeSettings')")
-    p.add_argument("--workers", type=int, help="processes (default: every core; 0: none)")
+    p.add_argument("--workers", type=_at_least(0),
+                   help="processes (default: every core; 0: none)")
     p.set_defaults(func=_resize)
     p = sub.add_parser("report", help="gather run directories into Table 1 (Markdown + LaTeX)")
     p.add_argument("runs", nargs="+", type=Path,
                    help="metrics.json files and run configs (*.yaml: planned cells), or folders "
                         "searched for both")
     p.add_argument("--table1", required=True, type=Path, help="output path without suffix")
-    p.add_argument("--tier", default="custom", help="label printed with the table, e.g. smoke")
+    p.add_argument("--tier", default="custom",
+                   help="label printed with the table, e.g. smoke (default %(default)s)")
     p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (tables.csv)")
+                   help="the paper's numbers (default %(default)s, from the repository's root)")
     p.set_defaults(func=_report)
     p = sub.add_parser("report-detection", help="render Tables 2-3 from a detection plan file")
     p.add_argument("--plan", required=True, type=Path,
                    help="rows and their metrics files (the workflow's detection-plan.json)")
     p.add_argument("--out", required=True, type=Path, help="folder for table<N>.md / .tex")
-    p.add_argument("--tier", default="custom", help="label printed with the tables")
+    p.add_argument("--tier", default="custom",
+                   help="label printed with the tables (default %(default)s)")
     p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (tables.csv)")
+                   help="the paper's numbers (default %(default)s, from the repository's root)")
     p.set_defaults(func=_report_detection)
     p = sub.add_parser("regress", help="check a tier's runs against its expected metrics "
                                        "(the CI regression guard), or --refresh them")
@@ -289,9 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the expected file from these runs instead of checking")
     p.add_argument("--spread", type=Path,
                    help="with --refresh: runs of extra seeds, pooled for the seed spread")
-    p.add_argument("--tier", default="ci", help="with --refresh: the tier's name")
+    p.add_argument("--tier", default="ci",
+                   help="with --refresh: the tier's name (default %(default)s)")
     p.add_argument("--tier-config", default="config/ci.yaml",
-                   help="with --refresh: the workflow config the runs came from")
+                   help="with --refresh: the workflow config the runs came from (default "
+                        "%(default)s)")
     p.set_defaults(func=_regress)
     p = sub.add_parser("compare", help="every planned cell of Tables 1-3 beside the paper's "
                                        "number: verdict and provenance (Markdown + CSV)")

@@ -58,9 +58,8 @@ def run_geometry(cfg: RunConfig) -> Geometry:
         )
     side = cfg.ssl.megapatch_side if cfg.mode == "pretrain" else 0
     if side and side > ssl_grid:
-        raise ValueError(
-            f"ssl.megapatch_side {side} is larger than the base grid side {ssl_grid}"
-        )
+        raise ValueError(f"ssl.megapatch_side: {side} is larger than the base grid side "
+                         f"{ssl_grid}")
     return Geometry(image, patch, stride, pool, ssl_grid, image // ssl_grid, side)
 
 

@@ -110,6 +110,7 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
 
     try:
         run_geometry(cfg)
-    except ValueError as err:
-        problems.append(f"data.image_size / model.patch_size: {err}")
+    except ValueError as err:  # a message that starts with its key names it already
+        named = str(err).startswith("ssl.megapatch_side:")
+        problems.append(str(err) if named else f"data.image_size / model.patch_size: {err}")
     return problems

@@ -224,10 +224,14 @@ def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAP
 
     import yaml
 
+    from jsonschema import Draft202012Validator
+
     schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
     problems = schema_problems(workflow, schema)
     if not problems:
         return  # the Snakefile validates (setting defaults) and plans, naming run problems
+    if any(err.validator == "type" for err in Draft202012Validator(schema).iter_errors(workflow)):
+        raise ConfigError(problems, source)  # a plan of mistyped blocks says only noise
     try:
         plan(copy.deepcopy(workflow), paper_csv)
     except ConfigError as err:
@@ -378,6 +382,8 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
     problems: list[str] = []
     backbone = table["backbone"]
     problems += resized_problems(data)
+    problems += _unplanned(data.get("resized") or {}, table["datasets"], "data.resized",
+                           "table1.datasets")
     by_dataset = table.get("run") or {}
     problems += _dataset_run_problems(table)
     for dataset in table["datasets"]:

@@ -46,7 +46,7 @@ def test_unknown_dataset_and_backbone():
      "token stride of 16 px, which does not divide the image size 40"),
     ({"model": {"backbone": "t2t_vit_14"}, "data": {"image_size": 112}},
      "7x7 tokens of 16 px pool to a 4x4 SSL grid whose 28-px cells cut across its tokens"),
-    ({"mode": "pretrain", "ssl": {"megapatch_side": 5}}, "megapatch_side 5 is larger than"),
+    ({"mode": "pretrain", "ssl": {"megapatch_side": 5}}, "megapatch_side: 5 is larger than"),
     ({"model": {"embed_dim": 40, "num_heads": 3}}, "40 is not divisible by model.num_heads 3"),
     ({"mode": "pretrain", "model": {"embed_dim": 6, "num_heads": 3}}, "too narrow"),
     ({"optim": {"warmup_fraction": 1.5}}, "warmup_fraction: must be in [0, 1)"),

@@ -209,3 +209,17 @@ def test_init_and_device_options_are_taken_as_given(tmp_path):
         args = argparse.Namespace(config=config, set=[], init=init, device="cpu")
         cfg = _load_run_config(args, "finetune")
         assert (cfg.init_checkpoint, cfg.device, cfg.mode) == (init, "cpu", "finetune")
+
+
+@pytest.mark.parametrize("args, said", [
+    (["supervised", "--config", "c.yaml", "--out", "o", "--threads", "-2"],
+     "argument --threads: expected a whole number of at least 1, got '-2'"),
+    (["resize-images", "a", "b", "--shorter-side", "4", "--workers", "-3"],
+     "argument --workers: expected a whole number of at least 0, got '-3'"),
+])
+def test_counts_below_their_minimum_are_usage_errors(capsys, args, said):
+    """--threads -2 had ended in torch's RuntimeError traceback; --workers -3 in the process
+    pool's "max_workers must be greater than 0", naming no option."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and said in capsys.readouterr().err

@@ -39,7 +39,9 @@ def test_megapatches_set_the_position_classes_of_pretraining_only(mode, side, po
 
 
 def test_a_megapatch_side_above_the_grid_is_refused():
-    """§2.3: S ≤ g; the config names the sizes (its validation derives the geometry)."""
-    with pytest.raises(ConfigError, match="megapatch_side 8 is larger than the base grid side 7"):
+    """§2.3: S ≤ g; the config names the key and sizes (its validation derives the geometry;
+    the problem had been filed under data.image_size / model.patch_size)."""
+    with pytest.raises(ConfigError) as err:
         config_from_dict({"mode": "pretrain", "data": {"name": "imagenet100"},
                           "ssl": {"megapatch_side": 8}})
+    assert err.value.problems == ["ssl.megapatch_side: 8 is larger than the base grid side 7"]

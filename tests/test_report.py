@@ -316,3 +316,13 @@ def test_the_papers_printed_slips_come_from_its_data(tmp_path):
     write_table1([tmp_path / "runs"], tmp_path / "t3", "test", paper)
     assert "(the paper prints +4.00 for CIFAR-10, where its own numbers give +4.14)." in (
         tmp_path / "t3.md").read_text()
+
+
+def test_compare_without_the_papers_tables_says_where_they_are_looked_for(tmp_path, capsys):
+    """Run outside the repository's root: a bare "No such file or directory" had been all."""
+    write_runs(tmp_path / "runs")
+    missing = tmp_path / "results" / "paper" / "tables.csv"
+    assert main(["compare", "--out", str(tmp_path / "c"), "--paper", str(missing),
+                 str(tmp_path / "runs")]) == 1
+    assert f"{missing}: the paper's tables not found (a path from the repository's root" in \
+        capsys.readouterr().err

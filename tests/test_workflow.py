@@ -611,13 +611,45 @@ def test_the_schemas_data_root_is_the_run_configs():
     ({"tier": ""}, "tier: '' should be non-empty"),
     ({"data": {"root": ""}}, "data.root: '' should be non-empty"),
     ({"detection": {"seeds": [0, 0]}}, "detection.seeds: [0, 0] has non-unique elements"),
+    ({"detection": {"tables": {}}}, "detection.tables: {} should be non-empty"),
     ({"table1": {**TINY["table1"], "seeds": {"digits": [1, 1]}}},
      "table1.seeds.digits: [1, 1] has non-unique elements"),
 ])
-def test_empty_folders_and_repeated_seeds_are_refused(change, problem):
+def test_empty_values_and_repeated_seeds_are_refused(change, problem):
     """An empty `results` or data root put every output under / (prepare-data --root /); a
-    repeated detection or per-dataset seed showed one run as two agreeing seeds (± 0.00)."""
+    repeated detection or per-dataset seed showed one run as two agreeing seeds (± 0.00); empty
+    detection tables were blamed on detection.megapatch_side."""
     from relvit.workflow import schema_problems
 
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     assert problem in schema_problems({**TINY, **change}, schema)
+
+
+def test_a_mistyped_block_is_reported_without_the_plans_noise():
+    """`table1.datasets: digits` (a string) was followed by the planner's complaints about
+    datasets 'd', 'i', 'g', ...; other schema problems still come with the plan's."""
+    from relvit.config import ConfigError
+    from relvit.workflow import check_workflow_config
+
+    schema = str(ROOT / "config" / "schema.yaml")
+    mistyped = {**TINY, "table1": {**TINY["table1"], "datasets": "digits"}}
+    with pytest.raises(ConfigError) as err:
+        check_workflow_config(mistyped, schema)
+    assert err.value.problems == ["table1.datasets: 'digits' is not of type 'array'"]
+    both = {**TINY, "tier": "", "run": {**TINY["run"], "seed": 3}}
+    with pytest.raises(ConfigError) as err:
+        check_workflow_config(both, schema)
+    assert err.value.problems[0] == "tier: '' should be non-empty"
+    assert any(p.startswith("run.seed: set by the planner") for p in err.value.problems)
+
+
+def test_a_resized_copy_of_a_dataset_not_planned_is_an_error():
+    """`data.resized` naming a dataset Table 1 does not run was ignored without a word, as a
+    mistyped name would be; table1.run and table1.seeds already refused theirs."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    with pytest.raises(ConfigError) as err:
+        plan({**TINY, "data": {"resized": {"imagenet100": 256}}})
+    assert err.value.problems == [
+        "data.resized.imagenet100: not one of table1.datasets (digits)"]

@@ -101,7 +101,10 @@ PAPER_COLUMNS = ("table", "dataset", "backbone", "method", "upstream", "permutat
 
 def read_paper(path: str | Path) -> pd.DataFrame:
     """The paper's Tables 1-3 as data (results/paper/tables.csv); ValueError naming the file
-    when it lacks a column (another CSV given as --paper)."""
+    when it is missing or lacks a column (another CSV given as --paper)."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: the paper's tables not found (a path from the repository's "
+                         "root: run from there, or pass --paper)")
     try:
         paper = pd.read_csv(path)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
