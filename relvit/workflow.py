@@ -230,8 +230,12 @@ def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAP
     problems = schema_problems(workflow, schema)
     if not problems:
         return  # the Snakefile validates (setting defaults) and plans, naming run problems
-    if any(err.validator == "type" for err in Draft202012Validator(schema).iter_errors(workflow)):
-        raise ConfigError(problems, source)  # a plan of mistyped blocks says only noise
+    # a plan of the blocks it walks, mistyped (a string for a list), says only noise
+    mistyped = {str(err.absolute_path[0]) if err.absolute_path else ""
+                for err in Draft202012Validator(schema).iter_errors(workflow)
+                if err.validator == "type"}
+    if mistyped & {"", "seeds", "table1", "detection", "data"}:
+        raise ConfigError(problems, source)
     try:
         plan(copy.deepcopy(workflow), paper_csv)
     except ConfigError as err:

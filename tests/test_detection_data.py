@@ -108,6 +108,17 @@ def test_coco_categories_remapped_with_original_id(coco):
     assert ds.image_root == coco["root"] / "val2017"
 
 
+def test_a_dataset_of_other_categories_than_the_registrys_is_refused(coco):
+    """COCO's categories come from its annotation file: one of another category set (here the
+    fixture's 4) would have trained a detector of 4 classes for Table 3's 80, unseen."""
+    from relvit.data.registry import DATASETS
+    from relvit.detection.data import read_detection
+
+    with pytest.raises(DatasetLayoutError, match=rf"{coco['root']} \(val split\): 4 object "
+                                                 r"categories, where COCO mini-val has 80"):
+        read_detection(DATASETS["coco2017"], coco["root"], "val")
+
+
 def test_coco_train_drops_empty_and_thin_boxes(coco):
     ds = D.read_coco2017(coco["root"], "train")
     assert [img["id"] for img in ds.images] == [9, 42]  # 25 (empty) and 30 (crowd only) dropped

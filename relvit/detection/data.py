@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from relvit.data.formats import DatasetLayoutError
 from relvit.data.registry import DatasetSpec
 from relvit.detection import datasets
 from relvit.detection.coco import CocoDataset
@@ -21,8 +22,14 @@ READERS = {
 
 
 def read_detection(spec: DatasetSpec, folder: Path, split: str) -> CocoDataset:
-    """One split of a detection dataset in the common COCO-format representation."""
-    return READERS[spec.name](Path(folder), split)
+    """One split of a detection dataset in the common COCO-format representation;
+    DatasetLayoutError when its categories are not the registry's count (a COCO annotation
+    file of another category set would train a detector of another width, unseen)."""
+    data = READERS[spec.name](Path(folder), split)
+    if spec.num_classes is not None and data.num_classes != spec.num_classes:
+        raise DatasetLayoutError(f"{folder} ({split} split): {data.num_classes} object "
+                                 f"categories, where {spec.title} has {spec.num_classes}")
+    return data
 
 
 def write_scenes(folder: Path, canvas: int) -> None:

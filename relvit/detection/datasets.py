@@ -357,8 +357,11 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
 # --- KITTI 2D object -------------------------------------------------------------------------
 
 
-def kitti_split_ids(image_ids: list[int], split: str, val_fraction: float = 0.25,
-                    seed: int = 12345) -> list[int]:
+KITTI_VAL_FRACTION, KITTI_SPLIT_SEED = 0.25, 12345  # the paper's 75/25 train/val split
+
+
+def kitti_split_ids(image_ids: list[int], split: str, val_fraction: float = KITTI_VAL_FRACTION,
+                    seed: int = KITTI_SPLIT_SEED) -> list[int]:
     """Sorted ids of one split: a seeded permutation of the sorted ids; the first
     round(val_fraction * N) are val, the rest train (disjoint, duplicate-free)."""
     ids = np.asarray(sorted(image_ids), dtype=np.int64)
@@ -431,8 +434,8 @@ def _kitti_labels(key: str, path: Path, width: int, height: int,
     return objects
 
 
-def read_kitti(root: Path, split: str, val_fraction: float = 0.25,
-               seed: int = 12345) -> CocoDataset:
+def read_kitti(root: Path, split: str, val_fraction: float = KITTI_VAL_FRACTION,
+               seed: int = KITTI_SPLIT_SEED) -> CocoDataset:
     """KITTI 2D object `training/` split into train | val (the test set has no labels).
 
     Categories 1..8 = Car, Van, Truck, Pedestrian, Person_sitting, Cyclist, Tram, Misc.
