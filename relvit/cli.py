@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shorter-side", type=int, required=True, metavar="S",
                    help="pixels, e.g. 256 for 224-px training crops")
     p.add_argument("--quality", type=int,
-                   help="JPEG quality of resized JPEGs, 1..95 (default 90, ResizeSettings')")
+                   help="JPEG quality of resized JPEGs, 1..95 (default 90, as the resize module sets)")
     p.add_argument("--workers", type=_at_least(0),
                    help="processes (default: every core; 0: none)")
     p.set_defaults(func=_resize)

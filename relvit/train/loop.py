@@ -272,8 +272,8 @@ class Run:
             raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
                                   "the best.pt of a pretrain run")
         elif (self.out_dir / BEST).is_file():  # e.g. its last*.pt deleted to save space
-            log.warning("%s has neither a state to resume (%s, its .prev) nor a finished run's "
-                        "record: the run starts over, replacing its %s", self.out_dir, LAST, BEST)
+            log.warning("%s has neither a state to resume (last.pt, last.prev.pt) nor a finished "
+                        "run's record: the run starts over, replacing its %s", self.out_dir, BEST)
         if not state and self.cfg.init_checkpoint:
             model = self.cfg.model
             heads = attention_heads(vars(model), model.backbone)
