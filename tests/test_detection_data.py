@@ -17,6 +17,7 @@ from relvit.data.formats import DatasetLayoutError
 from relvit.detection import datasets as D
 from relvit.detection.coco import CocoDataset, check
 from relvit.detection.scenes import write_digit_scenes
+from relvit.layout import READY
 
 
 def _objects(ds: CocoDataset, image_id: int) -> list[tuple[str, list[float]]]:
@@ -477,13 +478,16 @@ def test_prepare_data_writes_digit_scenes_anew_after_an_interrupted_run(tmp_path
 
     monkeypatch.setitem(detection_data.SCENES, "n_train", 6)
     monkeypatch.setitem(detection_data.SCENES, "n_val", 4)
+    def files(folder: Path) -> dict[Path, bytes]:  # the ready marker's time stamp aside
+        return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != READY}
+
     record = prepare_dataset("digit_scenes", tmp_path)
     folder = Path(record["folder"])
-    complete = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    complete = files(folder)
     (folder / "val.json").unlink()  # killed before val.json
     (folder / "train.json").write_text('{"images": [')  # and, say, this one rewritten halfway
     assert prepare_dataset("digit_scenes", tmp_path)["splits"] == record["splits"]
-    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == complete
+    assert files(folder) == complete
 
 
 def test_coco_json_entries_without_their_keys_are_named(tmp_path):
