@@ -51,8 +51,9 @@ The decisions (method spec §6.2 and Q23-Q26) are:
   code in each batch shape; T2T's 1-D sinusoid index and Swin's padded windows changed with it.
   Stretching keeps more of a wide image's detail: a KITTI image (1242 x 375) keeps 60 % of its
   rows stretched and 18 % with `keep_aspect`: a pedestrian 25 px high becomes 15 px high, or 4.5.
-* Normalisation: ImageNet mean/std via `image_mean` / `image_std` (the original misspelled them,
-  harmlessly, Q23); `box_detections_per_img=100`; every other RPN / RoI setting is torchvision's
+* Normalisation: the dataset's registry statistics (ImageNet's mean/std for every detection
+  dataset, as its pretraining normalises) via `image_mean` / `image_std` (the original
+  misspelled them, harmlessly, Q23); `box_detections_per_img=100`; every other RPN / RoI setting is torchvision's
   default.
 * Precision: anchors, box offsets and scores in float32 under bf16 autocast too
   (`relvit.detection.precision`).
