@@ -3,6 +3,7 @@
     relvit MODE --config RUN.yaml --out RUN_DIR [--init best.pt] [--execution E.yaml]
                  MODE: pretrain, finetune, supervised, joint or detect
     relvit check --config RUN.yaml [--mode MODE]   validate a run config, print it resolved
+    relvit check-workflow config/ci.yaml [config/ci-spread.yaml]   validate workflow configs
     relvit prepare-data NAME [--root data] [--offline]   download, verify, extract, check
     relvit resize-images data/imagenet100 data/imagenet100-s256 --shorter-side 256
     relvit report --table1 results/tables/table1 [--tier smoke] RUN_DIR_OR_METRICS...
@@ -88,6 +89,18 @@ def _check(args: argparse.Namespace) -> int:
                     "--execution %s to see those)", args.config, written, written)
     cfg = _load_run_config(args, args.mode)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _check_workflow(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from relvit.workflow import check_workflow_files
+
+    runs = check_workflow_files(args.configfiles, str(args.schema), str(args.paper))
+    modes = Counter(run.mode for run in runs.values())
+    print(f"{', '.join(args.configfiles)}: valid; {len(runs)} runs planned ("
+          + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items())) + ")")
     return 0
 
 
@@ -258,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
     _execution_argument(p)
     p.set_defaults(func=_check)
+    p = sub.add_parser("check-workflow", help="validate workflow config files (what "
+                       "`snakemake --configfile FILE...` would plan), naming file and line")
+    p.add_argument("configfiles", nargs="+", metavar="FILE",
+                   help="workflow config YAML files, merged in order as Snakemake merges them")
+    p.add_argument("--schema", type=Path, default=Path("config/schema.yaml"),
+                   help="the workflow config's schema (default %(default)s, from the "
+                        "repository's root)")
+    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
+                   help="the paper's numbers (default %(default)s, from the repository's root)")
+    p.set_defaults(func=_check_workflow)
     p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
     p.add_argument("name", help="dataset name (see relvit/data/registry.py)")
     p.add_argument("--root", default=DataConfig.root,

@@ -245,6 +245,25 @@ def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAP
     raise ConfigError(problems, source)
 
 
+def check_workflow_files(paths: list[str], schema_path: str, paper_csv: str = PAPER_TABLES
+                         ) -> dict[str, PlannedRun]:
+    """What `snakemake --configfile PATH...` would plan, checked before Snakemake reads the
+    files (it names neither file nor line for a YAML error): each file read as a workflow config
+    (duplicate keys refused, with line and column), merged in order, checked against the schema
+    and planned; ConfigError naming the files and every problem."""
+    from snakemake.utils import validate
+
+    from relvit.config import read_config_file
+
+    workflow: dict = {}
+    for path in paths:
+        workflow = merge(workflow, read_config_file(path, "workflow config"))
+    source = "workflow config " + ", ".join(map(str, paths))
+    check_workflow_config(workflow, schema_path, paper_csv, source)
+    validate(workflow, schema_path)  # the schema's defaults, as the Snakefile sets them
+    return plan(workflow, paper_csv, source)
+
+
 def detection_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[TableRow]:
     """The rows of Tables 2-3 the workflow config's `detection` block plans (none without
     one)."""

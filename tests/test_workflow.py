@@ -653,3 +653,24 @@ def test_a_resized_copy_of_a_dataset_not_planned_is_an_error():
         plan({**TINY, "data": {"resized": {"imagenet100": 256}}})
     assert err.value.problems == [
         "data.resized.imagenet100: not one of table1.datasets (digits)"]
+
+
+def test_check_workflow_validates_and_plans_the_configfiles(tmp_path, capsys):
+    """`relvit check-workflow`: what Snakemake would plan from the same --configfile files,
+    before Snakemake reads them (its own YAML errors name neither file nor line)."""
+    from relvit.cli import main
+
+    assert main(["check-workflow", "config/paper.yaml"]) == 0
+    assert capsys.readouterr().out.startswith("config/paper.yaml: valid; 98 runs planned (")
+    assert main(["check-workflow", "config/ci.yaml", "config/ci-spread.yaml"]) == 0
+    assert "config/ci.yaml, config/ci-spread.yaml: valid;" in capsys.readouterr().out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tier: x\nseeds: [0\n")
+    assert main(["check-workflow", "config/ci.yaml", str(broken)]) == 2
+    assert f"{broken}: not valid YAML (while parsing a flow sequence" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "tier": "", "run": {"optim": {"lrr": 1}}}))
+    assert main(["check-workflow", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid workflow config {bad}:" in err and "tier: '' should be non-empty" in err
+    assert "optim.lrr: unknown key (did you mean 'lr'?)" in err
