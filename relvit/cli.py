@@ -24,7 +24,8 @@ import yaml
 
 from relvit.config import (MODES, ConfigError, DataConfig, load_config, read_config_file,
                            read_settings_file)
-from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
+from relvit.interrupts import Terminated, sigterm_as_interrupt
+from relvit.layout import HISTORY, PAPER_TABLES, PRINTED_IMPROVEMENTS
 
 log = logging.getLogger("relvit")
 
@@ -364,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     from relvit.train.errors import CheckpointError, TrainingError
 
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
     except ConfigError as err:
         print(f"relvit: error: {err}", file=sys.stderr)
         return 2
@@ -373,9 +375,27 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"relvit: error: {message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # what was finished is kept (atomic writes); the log says what
-        print("relvit: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # what was finished is kept (atomic writes)
+        terminated = isinstance(err, Terminated)
+        print(f"relvit: {'terminated (SIGTERM)' if terminated else 'interrupted'}; "
+              f"{_what_is_kept(args)}", file=sys.stderr)
+        return 143 if terminated else 130
+
+
+def _what_is_kept(args: argparse.Namespace) -> str:
+    """The interrupt message's second half: for a training run, the epochs it resumes after."""
+    out = getattr(args, "out", None)
+    if args.func is not _train or out is None:
+        return "what was finished is kept: the same command goes on from there"
+    history = Path(out) / HISTORY
+    try:
+        epochs = max(len(history.read_text(encoding="utf-8").splitlines()) - 1, 0)
+    except (OSError, UnicodeDecodeError):
+        epochs = 0
+    if not epochs:
+        return f"{out} has no finished epoch yet: the same command starts the run again"
+    return (f"{out} keeps its {epochs} finished epoch{'s' if epochs > 1 else ''} (last.pt): the "
+            "same command resumes after them")
 
 
 if __name__ == "__main__":

@@ -237,3 +237,26 @@ def test_prepare_data_names_an_unknown_dataset_plainly(tmp_path, capsys):
     assert main(["prepare-data", "cifar11", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("relvit: error: unknown dataset 'cifar11'; known: digits, ")
+
+
+def _interrupt_in_a_worker(image):
+    """A transform that sends Ctrl-C's SIGINT to the worker process it runs in (the terminal
+    sends it to the whole process group)."""
+    import os
+    import signal
+
+    if torch.utils.data.get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGINT)
+    return torch.zeros(3, 4, 4, dtype=torch.uint8)
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process(tmp_path):
+    """A worker that took Ctrl-C died (KeyboardInterrupt), and the main process, in the middle
+    of handling its own, ended with "DataLoader worker exited unexpectedly", exit 1."""
+    from relvit.data.loading import FileSplit
+
+    write_imagefolder(tmp_path / "images")
+    paths = [tmp_path / "images" / "train" / "cat" / name for name in ("c1.jpg", "c2.png")] * 2
+    split = FileSplit(paths, torch.zeros(len(paths), dtype=torch.long))
+    got = list(batches(split, torch.arange(len(paths)), 2, _interrupt_in_a_worker, workers=1))
+    assert sum(len(labels) for _, labels in got) == len(paths)

@@ -4,6 +4,7 @@ evaluates with pycocotools, resumes exactly, and loads a pretrain run's backbone
 import csv
 
 import pytest
+import torch
 
 from fixtures.runs import TINY_DETECTOR
 from relvit.detection.scenes import write_digit_scenes
@@ -91,6 +92,16 @@ def test_the_detector_normalises_with_its_datasets_statistics(tmp_path, detect_c
     monkeypatch.setitem(registry.DATASETS, "digit_scenes", spec)
     run = DetectionRun(detect_config(), tmp_path / "run")
     assert (tuple(run.model.transform.image_mean), tuple(run.model.transform.image_std)) == stats
+
+
+def test_detection_loader_workers_leave_ctrl_c_to_the_main_process(tmp_path, detect_config):
+    """As the classification loaders' (tests/test_datasets.py): a worker that took Ctrl-C died
+    under the main process, which then failed with "worker exited unexpectedly"."""
+    from relvit.detection.train import DetectionRun
+    from relvit.interrupts import ignore_interrupt
+
+    run = DetectionRun(detect_config(), tmp_path / "run")
+    assert run._loader(True, torch.Generator()).worker_init_fn is ignore_interrupt
 
 
 def test_joint_ssl_and_box_only(tmp_path, detect_config):

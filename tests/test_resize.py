@@ -184,7 +184,8 @@ def test_an_interrupted_copy_keeps_its_files_and_says_so(tree, tmp_path, monkeyp
     dst = tmp_path / "dst"
     argv = ["resize-images", str(tree), str(dst), "--shorter-side", "16", "--workers", "0"]
     assert main(argv) == 130
-    assert capsys.readouterr().err.strip().endswith("relvit: interrupted")
+    assert capsys.readouterr().err.strip().endswith(
+        "relvit: interrupted; what was finished is kept: the same command goes on from there")
     assert "interrupted; the files already in" in caplog.text and "(2 of 7)" in caplog.text
     assert len(_relative_files(dst)) == 2 and not (dst / MARKER).exists()
     monkeypatch.setattr(resize, "resize_file", original)

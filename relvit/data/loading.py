@@ -24,6 +24,7 @@ from relvit.data import formats
 from relvit.data.formats import DatasetLayoutError, decode_image
 from relvit.data.registry import DatasetSpec
 from relvit.data.resize import resized_copy
+from relvit.interrupts import ignore_interrupt
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,8 @@ def batches(split: Split, order: Tensor, batch_size: int | list[int],
         dataset = SeededSamples(dataset, seed)
     index_batches = [idx.tolist() for idx in order.split(batch_size)]
     loader = DataLoader(dataset, batch_sampler=index_batches, num_workers=workers,
-                        generator=generator, pin_memory=pin_memory)
+                        generator=generator, pin_memory=pin_memory,
+                        worker_init_fn=ignore_interrupt)
     try:
         yield from loader
     except DatasetLayoutError as err:  # from a worker: its message carries the worker's traceback

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from relvit.atomic import TEMP_SUFFIX, atomic_write, atomic_write_text, remove_stale_temps
+from relvit.interrupts import ignore_interrupt
 from relvit.data.formats import decode_image, is_image_file
 
 log = logging.getLogger("relvit")
@@ -227,11 +227,6 @@ def _in_copy(files: list[Path], dst: Path) -> str:
     return f"{sum((dst / rel).is_file() for rel in files):,} of {len(files):,}"
 
 
-def _ignore_interrupt() -> None:
-    """In the worker processes: Ctrl-C is the main process's to handle (no traceback per worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _run(jobs: list[tuple[Path, Path, ResizeSettings]],
          workers: int | None) -> Iterator[tuple[str, int, int]]:
     """The jobs' results, in order; in `workers` processes (0: here)."""
@@ -239,7 +234,7 @@ def _run(jobs: list[tuple[Path, Path, ResizeSettings]],
     if workers == 0 or len(jobs) < 2:
         yield from map(_resize_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_interrupt) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupt) as pool:
         try:
             yield from pool.map(_resize_one, jobs, chunksize=max(1, min(64, len(jobs) // (
                 4 * workers))))

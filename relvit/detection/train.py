@@ -19,6 +19,7 @@ from relvit.detection.data import read_detection
 from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
 from relvit.detection.loader import DetectionImages, collate, ground_truth
 from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, build_detector
+from relvit.interrupts import ignore_interrupt
 from relvit.detection.plan import METRICS
 from relvit.models.backbones import build_backbone
 from relvit.train import distributed
@@ -91,7 +92,7 @@ class DetectionRun(Run):
         if seed is not None:
             dataset = SeededSamples(dataset, seed)
         return DataLoader(dataset, generator=generator, collate_fn=collate,
-                          num_workers=self.cfg.data.workers,
+                          num_workers=self.cfg.data.workers, worker_init_fn=ignore_interrupt,
                           pin_memory=self.device.type == "cuda", **sampling)
 
     def train_batches(self, epoch: int) -> Iterator[Any]:

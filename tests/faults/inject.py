@@ -2,6 +2,8 @@
 injected, chosen by the environment variable RELVIT_FAULT:
 
     kill-at-step:N       SIGKILL this process at its N-th training step (mid-epoch)
+    int-at-step:N        SIGINT (Ctrl-C) this process at its N-th training step
+    term-at-step:N       SIGTERM (a scheduler's time limit) this process at its N-th step
     kill-in-save:K       at the K-th write of last.pt (a resume state): write half of its bytes,
                          flush them to disk, then SIGKILL this process (mid-checkpoint-write)
     fsize:BYTES          no file this process writes may grow past BYTES (RLIMIT_FSIZE: such a
@@ -28,13 +30,13 @@ import relvit.train.loop as loop  # noqa: E402
 from relvit import cli  # noqa: E402
 
 
-def _kill_at_step(n: int) -> None:
+def _signal_at_step(signum: int, n: int) -> None:
     original, calls = loop.Run.train_loss, [0]
 
     def train_loss(self: loop.Run, data: Any, generator: Any) -> Any:
         calls[0] += 1
         if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signum)
         return original(self, data, generator)
 
     loop.Run.train_loss = train_loss
@@ -64,7 +66,10 @@ def _file_size_limit(size: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
 
 
-FAULTS = {"kill-at-step": _kill_at_step, "kill-in-save": _kill_in_save, "fsize": _file_size_limit}
+FAULTS = {"kill-at-step": lambda n: _signal_at_step(signal.SIGKILL, n),
+          "int-at-step": lambda n: _signal_at_step(signal.SIGINT, n),
+          "term-at-step": lambda n: _signal_at_step(signal.SIGTERM, n),
+          "kill-in-save": _kill_in_save, "fsize": _file_size_limit}
 
 if __name__ == "__main__":
     fault = os.environ.get("RELVIT_FAULT")

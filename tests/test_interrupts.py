@@ -1,0 +1,31 @@
+"""relvit.interrupts: SIGTERM stops a command as Ctrl-C does, in the block only; worker
+processes ignore Ctrl-C (the end-to-end cases: tests/faults/test_kill_resume.py, the loaders'
+in tests/test_datasets.py and tests/test_detection_train.py)."""
+
+import os
+import signal
+
+import pytest
+
+from relvit.interrupts import Terminated, ignore_interrupt, sigterm_as_interrupt
+
+
+def test_sigterm_raises_terminated_in_the_block_only():
+    """The handler goes back after the block: the CLI's main() runs inside test processes too."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated, match="SIGTERM"):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()  # not reached: the handler raises first
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert issubclass(Terminated, KeyboardInterrupt)  # every interrupt path takes it
+
+
+def test_a_worker_ignores_ctrl_c():
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        ignore_interrupt(0)  # as a DataLoader's worker_init_fn calls it, with the worker id
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # nothing happens
+    finally:
+        signal.signal(signal.SIGINT, before)
