@@ -18,8 +18,11 @@ class Terminated(KeyboardInterrupt):
 def ignore_interrupt(*_: Any) -> None:
     """In a worker process (a DataLoader's `worker_init_fn`, a pool's `initializer`): Ctrl-C
     reaches the whole process group, and is the main process's to handle (no traceback per
-    worker, no worker dying under the main process's feet)."""
+    worker, no worker dying under the main process's feet). SIGTERM, with which a loader ends a
+    worker that does not stop, kills it at once again (a forked worker inherits the main
+    process's `sigterm_as_interrupt`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -21,11 +21,14 @@ def test_sigterm_raises_terminated_in_the_block_only():
     assert issubclass(Terminated, KeyboardInterrupt)  # every interrupt path takes it
 
 
-def test_a_worker_ignores_ctrl_c():
-    before = signal.getsignal(signal.SIGINT)
+def test_a_worker_ignores_ctrl_c_and_dies_of_sigterm():
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        ignore_interrupt(0)  # as a DataLoader's worker_init_fn calls it, with the worker id
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        os.kill(os.getpid(), signal.SIGINT)  # nothing happens
+        with sigterm_as_interrupt():  # as in a worker forked inside the CLI's block
+            ignore_interrupt(0)  # as a DataLoader's worker_init_fn calls it, with the worker id
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGINT)  # nothing happens
     finally:
-        signal.signal(signal.SIGINT, before)
+        for number, handler in before.items():
+            signal.signal(number, handler)
