@@ -25,7 +25,7 @@ import yaml
 from relvit.config import (MODES, ConfigError, DataConfig, load_config, read_config_file,
                            read_settings_file)
 from relvit.interrupts import Terminated, sigterm_as_interrupt
-from relvit.layout import HISTORY, PAPER_TABLES, PRINTED_IMPROVEMENTS
+from relvit.layout import HISTORY, METRICS, PAPER_TABLES, PRINTED_IMPROVEMENTS
 
 log = logging.getLogger("relvit")
 
@@ -69,15 +69,24 @@ def _train(args: argparse.Namespace) -> int:
                   args.out)
         return 0
     if metrics is not None:
-        best = metrics["best"]
-        if "best_top1" in metrics:
-            summary = f"best top-1 {metrics['best_top1']:.2f} %"
-        elif "val_bbox_mAP" in best:
-            summary = f"best box mAP {best['val_bbox_mAP']:.2f}"
-        else:
-            summary = f"best val loss {best['val_loss']:.4f}"
-        log.info("finished %s: %s (%.0f s)", args.out, summary, metrics["wall_time_s"])
+        log.info("finished %s in %.0f s: %s; every number in %s", args.out,
+                 metrics["wall_time_s"], _summary(metrics), Path(args.out) / METRICS)
     return 0
+
+
+def _summary(metrics: dict) -> str:
+    """A finished run's headline numbers: what its table reports, at the best and last epoch."""
+    best, last, epoch = metrics["best"], metrics["last"], metrics.get("best_epoch")
+    if "best_top1" in metrics:
+        return (f"top-1 {metrics['best_top1']:.2f} % at its best epoch ({epoch}), "
+                f"{metrics['last_top1']:.2f} % at the last")
+    if "val_bbox_mAP" in best:
+        return (f"box mAP {best['val_bbox_mAP']:.2f} AP points at its best epoch ({epoch}), "
+                f"{last.get('val_bbox_mAP', float('nan')):.2f} at the last")
+    pretext = [f"{name} {100 * last[key]:.2f} %" for name, key in
+               (("relations", "val_acc_rel"), ("positions", "val_acc_pos")) if key in last]
+    return (f"validation loss {best['val_loss']:.4f} at its best epoch ({epoch}); held-out "
+            f"pretext accuracy at the last: {', '.join(pretext) or 'none'}")
 
 
 def _check(args: argparse.Namespace) -> int:

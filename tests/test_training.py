@@ -402,3 +402,31 @@ def test_resuming_on_other_cpu_threads_is_said(tmp_path, tiny_config, caplog):
     finally:
         torch.set_num_threads(threads)
     assert "ran on 1 CPU threads so far, now 2" in caplog.text
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_run_says_what_it_trains_how_far_it_is_and_what_it_got(tmp_path, tiny_config, caplog,
+                                                                  monkeypatch, progress):
+    """Log files (no progress bar) had no line before the first epoch's end and none within an
+    epoch; with the bar, epoch lines lost their time stamp (written past logging)."""
+    import yaml
+
+    import relvit.train.loop as loop
+    from relvit.cli import main
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # a line after every step
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("pretrain").to_dict()))
+    run = tmp_path / "run"
+    argv = ["pretrain", "--config", str(config), "--out", str(run), "--threads", "1"]
+    monkeypatch.setattr(loop.sys.stderr, "isatty", lambda: progress)
+    with caplog.at_level("INFO", logger="relvit"):
+        assert main(argv + ([] if progress else ["--no-progress"])) == 0
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].startswith(f"training {run}: pretrain, epochs 1-2 of 2, ")
+    assert ("epoch 1/2: step 1/" in caplog.text) is not progress  # the bar shows it instead
+    assert any(line.startswith("epoch 1/2 lr=") and line.endswith(" s)") for line in lines)
+    finished = lines[-1]
+    assert finished.startswith(f"finished {run} in ") and finished.endswith(
+        f"every number in {run / 'metrics.json'}")
+    assert "held-out pretext accuracy at the last: relations " in finished

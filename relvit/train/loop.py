@@ -25,6 +25,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from relvit.atomic import atomic_write_text
 from relvit.compiled import compile_static, uses_cuda_graphs
@@ -56,6 +57,7 @@ from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
 from relvit.validate import SEED_LIMIT
 
 log = logging.getLogger("relvit")
+PROGRESS_EVERY_S = 60.0  # without the progress bar: a line a minute within an epoch
 
 
 def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
@@ -374,7 +376,19 @@ class Run:
             return self.restore_finished()
         cfg = self.cfg
         steps = self.steps_per_epoch()
-        done = 0
+        if distributed.is_main():
+            processes = f" ({self.world} processes)" if self.world > 1 else ""
+            log.info("training %s: %s, epochs %d-%d of %d, %d steps of batch %d each, on %s%s, "
+                     "%s parameters", self.out_dir, cfg.mode, self.start_epoch + 1,
+                     cfg.optim.epochs, cfg.optim.epochs, steps, cfg.optim.batch_size,
+                     provenance.device_name(self.device), processes,
+                     f"{sum(p.numel() for p in self.model.parameters()):,}")
+        # with the progress bar, log lines go through tqdm (above the bar, with their time)
+        with logging_redirect_tqdm() if self.progress else nullcontext():
+            return self._fit_epochs(steps, stop_after)
+
+    def _fit_epochs(self, steps: int, stop_after: int | None) -> dict[str, Any] | None:
+        cfg, done, started_at = self.cfg, 0, self.start_epoch
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             started = time.perf_counter()
             train_stats, lr, timing = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
@@ -384,7 +398,7 @@ class Run:
             row.update(timing)
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
-            self._log_epoch(row)
+            self._log_epoch(row, started_at)
             if self._is_best(row):
                 self.best = row
                 if distributed.is_main():
@@ -416,6 +430,7 @@ class Run:
                    disable=not self.progress, file=sys.stderr)
         lagged = LaggedLosses(self.device)  # the finiteness check reads step i - 1's loss
         wait, started = InputWait(), time.perf_counter()
+        reported = started
         for i, data in enumerate(wait.iterate(self.train_batches(epoch))):
             step = epoch * steps + i
             lr = learning_rate(step, total_steps, cfg.optim)
@@ -440,11 +455,27 @@ class Run:
             bar.update(1)
             if self.progress and previous is not None:
                 bar.set_postfix(loss=f"{previous.values[0]:.3f}")
+            elif not self.progress and distributed.is_main():
+                reported = self._report_steps(epoch, i + 1, steps, seen, started, reported)
         self._check_finite(lagged.flush(), epoch)
         bar.close()
         totals, seen = distributed.reduce_sums(sums.by_key(), seen)  # waits for the GPU
         timing = epoch_timing(seen, time.perf_counter() - started, wait.seconds)
         return _means(totals, seen), lr, timing
+
+    def _report_steps(self, epoch: int, done: int, steps: int, seen: int, started: float,
+                      reported: float) -> float:
+        """Without the progress bar (log files, Snakemake's job logs): a line every
+        PROGRESS_EVERY_S seconds within an epoch, with its step, rate and time left (no loss:
+        reading it would wait for the GPU); returns when the last line was written."""
+        now = time.perf_counter()
+        if now - reported < PROGRESS_EVERY_S or done == steps:
+            return reported
+        left = (now - started) * (steps - done) / done
+        log.info("epoch %d/%d: step %d/%d, %s images/s, epoch done in %s", epoch + 1,
+                 self.cfg.optim.epochs, done, steps, f"{seen * self.world / (now - started):,.0f}",
+                 _duration(left))
+        return now
 
     def _check_finite(self, losses: StepLosses | None, epoch: int) -> None:
         """Stop, every rank at the same step, when any rank's loss of that step is not finite.
@@ -512,17 +543,19 @@ class Run:
             atomic_write_text(_history_csv(self.history), self.out_dir / HISTORY)
         distributed.barrier()
 
-    def _log_epoch(self, row: dict[str, Any]) -> None:
+    def _log_epoch(self, row: dict[str, Any], started_at: int) -> None:
+        """The epoch's line: its numbers, time and rate, and when the run should end (the mean
+        epoch of this process's so far, times the epochs left)."""
         keys = ["train_loss", "val_loss", "val_acc_clf", "val_acc_rel", "val_acc_pos",
                 "val_bbox_mAP", "val_segm_mAP"]
         parts = [f"{k}={row[k]:.4f}" for k in keys if row.get(k) is not None]
-        message = f"epoch {row['epoch']}/{self.cfg.optim.epochs} lr={row['lr']:.2e} " + " ".join(
-            parts) + (f" ({row['epoch_time_s']:.1f}s; training {row['train_images_per_s']:,.0f}"
-                      f" images/s, {100 * row['input_wait_share']:.0f} % waiting for batches)")
-        if self.progress:
-            tqdm.write(message, file=sys.stderr)
-        else:
-            log.info(message)
+        epochs_here = [r["epoch_time_s"] for r in self.history[started_at:]]
+        left = (self.cfg.optim.epochs - row["epoch"]) * sum(epochs_here) / len(epochs_here)
+        log.info(f"epoch {row['epoch']}/{self.cfg.optim.epochs} lr={row['lr']:.2e} "
+                 + " ".join(parts)
+                 + f" ({row['epoch_time_s']:.1f}s; training {row['train_images_per_s']:,.0f}"
+                 f" images/s, {100 * row['input_wait_share']:.0f} % waiting for batches"
+                 + (f"; run done in {_duration(left)})" if left else ")"))
 
     def restore_finished(self) -> dict[str, Any]:
         """A run finished already: metrics.json and finished.json from its record
@@ -573,6 +606,13 @@ class Run:
             atomic_write_text(text, self.out_dir / METRICS)
         distributed.barrier()
         return metrics
+
+
+def _duration(seconds: float) -> str:
+    """A time to go, as a person reads it: 45 s, 12 min, 3.4 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class StatSums:
