@@ -95,3 +95,18 @@ rule all:
         rules.compare_verdict.output if RUNS and COMPARE.get("fail", True) else [],
         rules.figures.output if RUNS else [],
     default_target: True
+
+
+onsuccess:
+    # where to look, once every requested target is there (not after a dry run)
+    if workflow.is_main_process:
+        print(f"relvit: every requested target is done; the pipeline's tables are in "
+              f"{RESULTS}/tables/ (Markdown and LaTeX; compare.md puts every cell beside the "
+              f"paper's number), its figures in {RESULTS}/figures/", file=sys.stderr)
+
+
+onerror:
+    if workflow.is_main_process:
+        print("relvit: a job failed or was stopped (Snakemake names its log above). Finished "
+              "runs are kept: once the cause is fixed, the same command resumes every unfinished "
+              "run from its last finished epoch", file=sys.stderr)

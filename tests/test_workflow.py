@@ -674,3 +674,23 @@ def test_check_workflow_validates_and_plans_the_configfiles(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"invalid workflow config {bad}:" in err and "tier: '' should be non-empty" in err
     assert "optim.lrr: unknown key (did you mean 'lr'?)" in err
+
+
+def test_snakemake_ends_by_saying_where_the_results_are_or_how_to_go_on(tmp_path):
+    """A finished run had ended with "N of N steps (100%) done", naming no table; a failed one
+    with "At least one job did not complete successfully", not saying that a rerun resumes."""
+    from fixtures.formats import write_imagefolder
+
+    config = {**TINY, "data": {"offline": True},
+              "table1": {"datasets": ["imagefolder"], "backbone": "vit_small"}}
+    (tmp_path / "images.yaml").write_text(yaml.safe_dump(config))
+    marker = "data/imagefolder/.relvit-ready.json"
+    args = (marker, "--cores", "1", "--configfile", "images.yaml")
+    failed = snakemake(*args, cwd=tmp_path, check=False)  # no images there: prepare_data fails
+    assert failed.returncode != 0
+    assert "relvit: a job failed or was stopped (Snakemake names its log above). Finished runs " \
+        "are kept: once the cause is fixed, the same command resumes" in failed.stderr
+    write_imagefolder(tmp_path / "data" / "imagefolder")
+    done = snakemake(*args, cwd=tmp_path)
+    assert "relvit: every requested target is done; the pipeline's tables are in " \
+        "results/tables/" in done.stderr
