@@ -68,5 +68,7 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
     }
     marker = ready_marker(root, name)
     atomic_write_text(json.dumps(record, indent=2) + "\n", marker)
-    log.info("%s ready: %s", name, record["splits"])
+    log.info("%s ready in %s: %s, %d classes (recorded in %s)", name, target,
+             ", ".join(f"{split} {n:,} samples" for split, n in record["splits"].items()),
+             record["classes"], marker)
     return record
