@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def test_a_dataset_of_other_categories_than_the_registrys_is_refused(coco):
     with pytest.raises(DatasetLayoutError, match=rf"{coco['root']} \(val split\): 4 object "
                                                  r"categories, where COCO mini-val has 80"):
         read_detection(DATASETS["coco2017"], coco["root"], "val")
+    fewer = dataclasses.replace(DATASETS["coco2017"], num_classes=3)  # more than it expects too
+    with pytest.raises(DatasetLayoutError, match="4 object categories, where COCO mini-val has 3"):
+        read_detection(fewer, coco["root"], "val")
 
 
 def test_coco_train_drops_empty_and_thin_boxes(coco):

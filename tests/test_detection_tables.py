@@ -31,6 +31,14 @@ def test_rows_follow_the_paper():
     assert Variant(False).method == "det_joint" and Variant(False).pretrain_method is None
 
 
+def test_the_planner_reads_the_papers_tables_checked(tmp_path):
+    """Another CSV as the paper's tables: the planner named neither file nor column (KeyError)."""
+    other = tmp_path / "other.csv"
+    other.write_text("cell,verdict\na,ok\n")
+    with pytest.raises(ValueError, match=f"{other}: not the paper's tables \\(no column table"):
+        table_rows({"tables": TABLES}, other)
+
+
 def test_stand_in_keeps_the_rows():
     rows = table_rows({"tables": TABLES, "stand_in": "digit_scenes"}, PAPER)
     assert len(rows) == 23 and {r.run_dataset for r in rows} == {"digit_scenes"}

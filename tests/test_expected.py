@@ -132,6 +132,14 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
      "cells.c.best_top1.tolerance: expected a finite number, got '2.0'"),
     ({"seeds": [0], "best_top1": {"expected": 1.0}},
      "cells.c.best_top1.tolerance: expected a finite number, got None"),
+    ({"seeds": [0], "best_top1": {"expected": 1.0, "tolerance": float("inf")}},
+     "cells.c.best_top1.tolerance: expected a finite number, got inf"),
+    ({"seeds": [0], "best_top1": {"expected": 1.0, "tolerance": True}},
+     "cells.c.best_top1.tolerance: expected a finite number, got True"),
+    ({"seeds": [0], "best_top1": {"tolerance": 1.0}},
+     "cells.c.best_top1.expected: expected a finite number, got None"),
+    ({"seeds": ["0"], "best_top1": {"expected": 1.0, "tolerance": 1.0}},
+     "cells.c.seeds: expected a non-empty list of seeds, got ['0']"),
     ({"seeds": [0], "best_top1": {"expected": 1.0, "tolerance": -1}},
      "cells.c.best_top1.tolerance: negative"),
     ({"seeds": 0, "best_top1": {"expected": 1.0, "tolerance": 1.0}},
@@ -152,6 +160,14 @@ def test_a_hand_edited_expected_file_is_refused_naming_the_key(tmp_path, capsys,
     assert f"{path}: " in err and message in err
 
 
+def test_a_zero_tolerance_is_an_exact_check(tmp_path):
+    """Allowed: on the same machine and versions the runs are deterministic."""
+    path = tmp_path / "expected.yaml"
+    cell = {"seeds": [0], "best_top1": {"expected": 90.0, "tolerance": 0}}
+    path.write_text(yaml.safe_dump({"cells": {"digits/vit/relvit": cell}}))
+    assert expected.read_expected(path)["cells"]["digits/vit/relvit"] == cell
+
+
 def test_an_expected_file_without_cells_checks_nothing_and_fails(tmp_path, capsys):
     path = tmp_path / "expected.yaml"
     path.write_text(yaml.safe_dump({"cells": {}}))
@@ -159,12 +175,14 @@ def test_an_expected_file_without_cells_checks_nothing_and_fails(tmp_path, capsy
     assert "cells: empty, nothing to check" in capsys.readouterr().err
 
 
-def test_a_run_whose_seed_is_no_number_is_named(tmp_path, capsys):
+@pytest.mark.parametrize("seed", ["one", True])
+def test_a_run_whose_seed_is_no_number_is_named(tmp_path, capsys, seed):
+    """`true` is no seed either (Python would count it as seed 1)."""
     runs = tier(tmp_path / "runs")
     path = runs / "digits/vit/relvit/seed1/metrics.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": "one"}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": seed}))
     assert main(["regress", str(runs), "--refresh", "--expected", str(tmp_path / "e.yaml")]) == 1
-    assert f"{path}: not a metrics file (seed: expected a whole number, got 'one')" in \
+    assert f"{path}: not a metrics file (seed: expected a whole number, got {seed!r})" in \
         capsys.readouterr().err
 
 

@@ -212,6 +212,10 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
     ({"seed": "zero"}, "not a run's metrics file (seed: expected a whole number, got 'zero')"),
     ({"dataset": None}, "not a run's metrics file (dataset: expected a name, got None)"),
     ({"mode": 3}, "not a run's metrics file (mode: expected a name, got 3)"),
+    ({"seed": True}, "not a run's metrics file (seed: expected a whole number, got True)"),
+    ({"mode": "detect", "seed": "x"},
+     "not a run's metrics file (seed: expected a whole number, got 'x')"),
+    ({"seed": "drop"}, "not a run's metrics file (seed: expected a whole number, got None)"),
     (b"\xff{}", "not a metrics file ('utf-8' codec can't decode"),
 ])
 def test_a_metrics_file_that_cannot_place_its_run_is_named(tmp_path, capsys, change, said):
@@ -222,7 +226,8 @@ def test_a_metrics_file_that_cannot_place_its_run_is_named(tmp_path, capsys, cha
     if isinstance(change, bytes):
         path.write_bytes(change)
     else:
-        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        metrics = {**json.loads(path.read_text()), **change}
+        path.write_text(json.dumps({k: v for k, v in metrics.items() if v != "drop"}))
     assert main(["report", "--table1", str(tmp_path / "t"), str(tmp_path / "runs")]) == 1
     assert f"{path}: {said}" in capsys.readouterr().err
 

@@ -430,3 +430,18 @@ def test_a_run_says_what_it_trains_how_far_it_is_and_what_it_got(tmp_path, tiny_
     assert finished.startswith(f"finished {run} in ") and finished.endswith(
         f"every number in {run / 'metrics.json'}")
     assert "held-out pretext accuracy at the last: relations " in finished
+
+
+def test_a_finetune_started_over_still_loads_its_init_checkpoint(tmp_path, tiny_config):
+    """A finetune folder holding only best.pt and config.yaml (its last*.pt and records deleted)
+    starts over: from the pretrain weights again, not from random ones (a mutant that loaded
+    them only when no best.pt was there passed every test)."""
+    train(tiny_config("pretrain"), tmp_path / "pre", progress=False)
+    cfg = tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt"))
+    first = train(cfg, tmp_path / "fine", progress=False)
+    for name in ("last.pt", "last.prev.pt", "finished.json", "metrics.json"):
+        (tmp_path / "fine" / name).unlink()
+    again = train(cfg, tmp_path / "fine", progress=False)
+    assert again["init_sha256"] == first["init_sha256"] is not None
+    assert again["fresh_backbone_keys"] == ["vit.pos_embed"]
+    assert again["best_top1"] == first["best_top1"]  # the same start, the same run

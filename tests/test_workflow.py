@@ -632,14 +632,22 @@ def test_a_mistyped_block_is_reported_without_the_plans_noise():
     from relvit.workflow import check_workflow_config
 
     schema = str(ROOT / "config" / "schema.yaml")
-    mistyped = {**TINY, "table1": {**TINY["table1"], "datasets": "digits"}}
-    with pytest.raises(ConfigError) as err:
-        check_workflow_config(mistyped, schema)
-    assert err.value.problems == ["table1.datasets: 'digits' is not of type 'array'"]
-    both = {**TINY, "tier": "", "run": {**TINY["run"], "seed": 3}}
+    detection = {"tables": {"2": {"datasets": "voc2007", "backbones": ["vit_small"]}}}
+    for change, problem in (
+            ({"table1": {**TINY["table1"], "datasets": "digits"}},
+             "table1.datasets: 'digits' is not of type 'array'"),
+            ({"seeds": "01"}, "seeds: '01' is not of type 'array'"),
+            ({"detection": detection},
+             "detection.tables.2.datasets: 'voc2007' is not of type 'array'")):
+        with pytest.raises(ConfigError) as err:
+            check_workflow_config({**TINY, **change}, schema)
+        assert err.value.problems == [problem]
+    # other schema problems, even in the blocks the planner walks, come with the plan's
+    both = {**TINY, "tier": "", "seeds": [0, 0], "run": {**TINY["run"], "seed": 3}}
     with pytest.raises(ConfigError) as err:
         check_workflow_config(both, schema)
-    assert err.value.problems[0] == "tier: '' should be non-empty"
+    assert err.value.problems[:2] == ["seeds: [0, 0] has non-unique elements",
+                                      "tier: '' should be non-empty"]
     assert any(p.startswith("run.seed: set by the planner") for p in err.value.problems)
 
 

@@ -191,3 +191,31 @@ def test_an_unreadable_upstream_record_is_refused(tmp_path):
         check_upstream(upstream / "best.pt")
     (upstream / "metrics.json").unlink()
     check_upstream(upstream / "best.pt")  # no record: a run by hand, or unfinished
+
+
+def test_a_failed_runs_record_is_no_finished_run(tmp_path):
+    """A failed run's metrics.json holds a config hash too: taken as a finished record, the
+    rerun would "restore" the failure instead of training (its finished.json never written)."""
+    config, run = _finished_copy(tmp_path)
+    expected = json.loads((run / "metrics.json").read_text())
+    (run / "finished.json").unlink()
+    failed = {**expected, "status": "failed", "error": "loss is nan"}
+    (run / "metrics.json").write_text(json.dumps(failed))
+    for name in ("last.pt", "last.prev.pt"):
+        (run / name).unlink()
+    result = _train(config, run)
+    assert "status" not in result and result["best"] == expected["best"]  # trained again
+
+
+def test_a_damaged_finished_json_falls_back_to_metrics_json(tmp_path):
+    """The docstring's promise: a finished.json cut short does not end the search for the
+    run's record (with no resume state the run had been trained again over its best.pt)."""
+    config, run = _finished_copy(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "finished.json").write_text('{"config_hash": ')
+    for name in ("last.pt", "last.prev.pt"):
+        (run / name).unlink()
+    best = (run / "best.pt").read_bytes()
+    assert _train(config, run) == metrics
+    assert (run / "best.pt").read_bytes() == best
+    assert json.loads((run / "finished.json").read_text()) == metrics  # written anew
