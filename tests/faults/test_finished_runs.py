@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from faults_helpers import one_thread, reference, write_config
+from faults_helpers import one_thread, outcome, reference, train_here, write_config
 
 from relvit.config import load_config
 from relvit.train.checkpoint import check_upstream, load_checkpoint
@@ -219,3 +219,16 @@ def test_a_damaged_finished_json_falls_back_to_metrics_json(tmp_path):
     assert _train(config, run) == metrics
     assert (run / "best.pt").read_bytes() == best
     assert json.loads((run / "finished.json").read_text()) == metrics  # written anew
+
+
+def test_an_earlier_starts_unreadable_config_is_said_and_the_run_trains(tmp_path, caplog):
+    """Nothing to resume and a config.yaml that is no YAML: not compared (a warning says so),
+    rather than a YAML traceback; the run then trains as an uninterrupted one."""
+    config, expected = reference()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("optim: {lr: [\n")
+    with caplog.at_level("WARNING", logger="relvit"):
+        assert train_here(config, run) == 0
+    assert "config.yaml cannot be read" in caplog.text and "not compared" in caplog.text
+    assert outcome(run) == expected
