@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from relvit.atomic import TEMP_SUFFIX, atomic_write, atomic_write_text, remove_stale_temps
-from relvit.interrupts import ignore_interrupt
 from relvit.data.formats import decode_image, is_image_file
+from relvit.interrupts import ignore_interrupt
 
 log = logging.getLogger("relvit")
 MARKER = ".relvit-resized.json"  # written when the copy is complete

@@ -19,8 +19,8 @@ from relvit.detection.data import read_detection
 from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
 from relvit.detection.loader import DetectionImages, collate, ground_truth
 from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, build_detector
-from relvit.interrupts import ignore_interrupt
 from relvit.detection.plan import METRICS
+from relvit.interrupts import ignore_interrupt
 from relvit.models.backbones import build_backbone
 from relvit.train import distributed
 from relvit.train.loop import Run, _epoch_seed
