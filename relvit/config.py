@@ -278,7 +278,7 @@ def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if tp is float and isinstance(value, float) and not math.isfinite(value):
         problems.append(f"{path}: must be a finite number, got {value}")  # .nan, .inf
         return _INVALID
-    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ok = is_whole_number(value) if tp is int else isinstance(value, tp)
     if not ok:
         problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         return _INVALID
@@ -308,6 +308,11 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         return cls(**kwargs)
     except TypeError:
         return cls()
+
+
+def is_whole_number(value: Any) -> bool:
+    """An int, and not a bool (Python counts True as 1; YAML's `true` is no seed or size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relvit.config import ConfigError, DataConfig, OptimConfig, config_from_dict, merge
+from relvit.config import (ConfigError, DataConfig, OptimConfig, config_from_dict,
+                           is_whole_number, merge)
 from relvit.data.registry import DATASETS
 from relvit.data.resize import resized_folder
 from relvit.detection.plan import TableRow, table_rows
@@ -46,7 +47,7 @@ def _epochs(raw: dict) -> int | None:
     names the key)."""
     optim = raw.get("optim")
     epochs = optim.get("epochs", OptimConfig.epochs) if isinstance(optim, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    return epochs if is_whole_number(epochs) else None
 
 
 def _methods(workflow: dict, dataset: str, base: dict) -> dict[str, dict]:
@@ -330,7 +331,7 @@ def resized_problems(data: dict) -> list[str]:
             usable = ", ".join(n for n, s in DATASETS.items() if s.resizable)
             problems.append(f"data.resized.{dataset}: only image-file datasets cropped by "
                             f"RandomResizedCrop have resized copies ({usable})")
-        elif not isinstance(side, int) or isinstance(side, bool) or side < spec.image_size:
+        elif not is_whole_number(side) or side < spec.image_size:
             problems.append(f"data.resized.{dataset}: the shorter side must be a whole number "
                             f"of pixels of at least the input size {spec.image_size}, got "
                             f"{side!r}")

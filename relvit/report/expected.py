@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from relvit.config import is_whole_number
 from relvit.layout import METRICS
 from relvit.report.gather import find_files
 from relvit.report.provenance import read_metrics
@@ -75,7 +76,7 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
         except ValueError as err:
             raise ExpectedError(str(err)) from err
         seed = metrics.get("seed")
-        if not isinstance(seed, int) or isinstance(seed, bool):
+        if not is_whole_number(seed):
             raise ExpectedError(f"{path}: not a metrics file (seed: expected a whole number, "
                                 f"got {seed!r})")
         cell = path.parent.parent.relative_to(root).as_posix()
@@ -148,7 +149,7 @@ def read_expected(path: str | Path) -> dict:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (is_whole_number(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def _cell_problems(cells: dict) -> list[str]:
@@ -163,7 +164,7 @@ def _cell_problems(cells: dict) -> list[str]:
             continue
         seeds = entry.get("seeds")
         if (not isinstance(seeds, list) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+                or not all(is_whole_number(s) for s in seeds)):
             problems.append(f"cells.{cell}.seeds: expected a non-empty list of seeds, "
                             f"got {seeds!r}")
         metrics = {k: v for k, v in entry.items() if k not in ("seeds", "spread_seeds")}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from relvit.config import is_whole_number
 from relvit.layout import EXECUTION, METRICS, REPLACED
 from relvit.report.provenance import is_stale, read_metrics, recorded_hash
 
@@ -45,8 +46,7 @@ def _identity_problems(metrics: dict) -> list[str]:
     a run of one of its modes (a detection run's are read from the detection plan)."""
     required = metrics.get("mode") not in (None, "detect")
     problems = []
-    for key, kind, fits in (("seed", "a whole number",
-                             lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    for key, kind, fits in (("seed", "a whole number", is_whole_number),
                             ("dataset", "a name", lambda v: isinstance(v, str)),
                             ("mode", "a name", lambda v: isinstance(v, str))):
         if (key in metrics or required) and not fits(metrics.get(key)):
