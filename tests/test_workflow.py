@@ -140,6 +140,8 @@ def test_paper_tier_compiles_the_classification_runs_only():
               if r.config["compile_mode"] == "reduce-overhead"}
     assert graphs == {(d, m) for d in ("cifar10", "svhn", "cifar100")
                       for m in ("pretrain", "finetune", "supervised")}
+    # and the step as one compiled region for those runs, measured with the graphs (H200)
+    assert {(r.dataset, r.mode) for r in runs.values() if r.config["compile_step"]} == graphs
 
 
 def test_paper_tier_drop_path_per_backbone():
