@@ -59,7 +59,7 @@ from benchlib.presets import CONFIGS, PRESET_HELP, PRESETS
 from benchlib.relation_memory import bench_relation_memory, probe_memory
 from benchlib.steps import bench_steps, dense_jitter
 from benchlib.table import (Row, device_name, markdown_from_json, print_table, projection,
-                            workers_to_feed)
+                            projection_line, workers_to_feed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in workers_to_feed(rows):
         print(line)
     if hours:
-        print("Projected Table 1 CIFAR-10 row (50k images, 100 epochs each; training steps only, "
-              "no evaluation): " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items()))
+        print(projection_line(hours, "the 32 px \"+ batch\" steps"))
     dump(hours)
 
 

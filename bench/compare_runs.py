@@ -1,15 +1,21 @@
 """Side by side, epoch by epoch: training runs of the same config and seed, eager and otherwise.
 
     python bench/compare_runs.py RUNS_DIR BASELINE OTHER [BASELINE OTHER ...]
+        [--across PRETRAIN SUPERVISED ...] [--project]
 
 Reads each run's history.csv (`relvit <mode> --out RUNS_DIR/NAME`) and prints, per pair and
 epoch, the training loss of both runs and their relative difference, the validation loss and
 accuracies, the epoch's wall time and training images/s; then per pair the largest loss
 difference and the median epoch time without the first epoch (which holds the compiles), and
 the peak memory of both runs from their metrics.json (allocated, and on a GPU reserved, which
-counts CUDA graphs' private pools; a run cut by a time cap has none). Used
-by bench/gpu_run_check.sh. Exit status 1 when a run has no history (it failed or was cut before
-its first epoch ended).
+counts CUDA graphs' private pools; a run cut by a time cap has none).
+
+`--across PRETRAIN SUPERVISED` compares a pretrain run with the supervised run of the same kind
+(the issue's target: the pretrain step at most 1.10x the supervised one): their training
+images/s (the median of the epochs after the first), the ratio of their step times and of
+their peak memory. `--project` adds, per such pair, the projected wall time of a Table 1
+CIFAR-10 row at those rates (for 32 px runs). Used by bench/gpu_run_check.sh. Exit status 1
+when a run has no history (it failed or was cut before its first epoch ended).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from benchlib.table import projection_line, row_hours
 from relvit.layout import HISTORY, METRICS
 
 
@@ -86,11 +93,48 @@ def compare(base_name: str, base: list[dict[str, float]], other_name: str,
     return [*lines, summary, ""]
 
 
+def training_rate(history: list[dict[str, float]]) -> float | None:
+    """Training images/s: the median of the epochs after the first (which holds the compiles);
+    None with fewer than two epochs."""
+    rates = [row["train_images_per_s"] for row in history[1:] if row.get("train_images_per_s")]
+    return statistics.median(rates) if rates else None
+
+
+def across(runs: Path, pretrain_name: str, supervised_name: str,
+           project: bool) -> list[str]:
+    """Lines comparing a pretrain run with the supervised run of the same kind: the step-time
+    ratio from their training rates, their peak memory, and with `project` a Table 1 row's
+    hours at those rates."""
+    pre, sup = (training_rate(read_history(runs / n)) for n in (pretrain_name, supervised_name))
+    title = f"{pretrain_name} vs {supervised_name}"
+    if pre is None or sup is None:
+        return [f"{title}: no training rate after the first epoch", ""]
+    lines = [f"{title}: training {pre:,.0f} vs {sup:,.0f} images/s (median of the epochs after "
+             f"the first); pretrain step / supervised step {sup / pre:.2f}x"]
+    for key, what in (("peak_memory_mb", "peak memory"),
+                      ("peak_memory_reserved_mb", "peak memory reserved")):
+        peaks = [read_peak_memory(runs / n, key) for n in (supervised_name, pretrain_name)]
+        if any(p is not None for p in peaks):
+            lines.append(peak_memory_line(supervised_name, peaks[0], pretrain_name, peaks[1],
+                                          what))
+    if project:
+        lines.append(projection_line(row_hours(pre, sup), f"at the training rates of {title}"))
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, help="folder holding the run directories")
     parser.add_argument("names", nargs="+", help="BASELINE OTHER pairs of run directory names")
+    parser.add_argument("--across", nargs=2, action="append", default=[],
+                        metavar=("PRETRAIN", "SUPERVISED"),
+                        help="a pretrain run and the supervised run of the same kind: their "
+                             "step-time and peak-memory ratios (repeatable)")
+    parser.add_argument("--project", action="store_true",
+                        help="with --across: a Table 1 CIFAR-10 row's hours at their rates")
     args = parser.parse_args(argv)
+    if args.project and not args.across:
+        parser.error("--project needs --across PRETRAIN SUPERVISED")
     if len(args.names) % 2:
         parser.error(f"names come in BASELINE OTHER pairs; got {len(args.names)} names")
     failed = False
@@ -114,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             lines.insert(-1, peak_memory_line(base_name, reserved[0], other_name, reserved[1],
                                               "peak memory reserved"))
         print("\n".join(lines))
+    for pretrain_name, supervised_name in args.across:
+        try:
+            print("\n".join(across(args.runs, pretrain_name, supervised_name, args.project)))
+        except FileNotFoundError as e:
+            print(e)
+            failed = True
     return 1 if failed else 0
 
 

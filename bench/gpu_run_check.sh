@@ -26,7 +26,9 @@
 #   --budget S: on the GPU, refuse to start when the caps (plus 6 s a run for the kill grace
 #     and start-up) exceed S seconds (default 570, inside a device call's 600 s): pass the
 #     device time left, less the start-up, so that the call is never cut by the session's end.
-# Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table),
+# Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table;
+# with both modes also each pretrain run against the supervised run of its kind, their step-time
+# and peak-memory ratios, and at 32 px a Table 1 CIFAR-10 row's hours at their training rates),
 # runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json). Both comparison.txt
 # (the pairs finished so far) and runs.tar.gz are rewritten after every run, so that a call
 # cut at its time limit still returns what had finished. The data and the runs' checkpoints
@@ -139,7 +141,15 @@ for mode in "${MODES[@]}"; do
   fi
 done
 
-"$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" >> "$OUT/summary.txt" 2>&1
+# with both modes: each pretrain run against the supervised run of its kind (the 1.10x target)
+ACROSS=()
+if (( ${#MODES[@]} == 2 )); then
+  for kind in "$BASE_NAME" graphs $( (( STEP )) && echo graphs-step); do
+    ACROSS+=(--across "pretrain-$kind" "supervised-$kind")
+  done
+  [[ "$SIZE" == 32 ]] && ACROSS+=(--project)  # a CIFAR-10 row's hours at those rates
+fi
+"$PY" bench/compare_runs.py "$RUNS" "${PAIRS[@]}" "${ACROSS[@]}" >> "$OUT/summary.txt" 2>&1
 summary "comparison: exit $?"
 rm -f "$OUT/comparison.txt"  # in summary.txt now
 summary "done"

@@ -66,3 +66,43 @@ def test_pairs_print_both_runs_peak_memory_when_they_finished(tmp_path, capsys, 
     assert "peak memory eager / cut: 3,000 MB / — (unfinished)\n" in out
     # on a GPU also what the allocator held: CUDA graphs' pools may not count as allocated
     assert "peak memory reserved eager / graphs: 4,000 MB / 4,300 MB (other/base 1.07x)" in out
+
+
+def test_across_gives_the_pretrain_step_over_the_supervised_step(tmp_path, capsys, compare_runs):
+    """A pretrain run against the supervised run of its kind: the medians of their training
+    rates after the first epoch (1000/t images/s here), their ratio as step times, the peak
+    memory as pretrain/supervised, and with --project a CIFAR-10 row's hours at those rates."""
+    _run(tmp_path, "pretrain", [6.0, 5.5, 5.4, 5.3], [40.0, 0.5, 0.4, 0.6])  # median 2000
+    _run(tmp_path, "supervised", [2.3, 2.2, 2.1, 2.0], [30.0, 0.4, 0.5, 0.3])  # median 2500
+    for name, peak in (("pretrain", 3300.0), ("supervised", 3000.0)):
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"peak_memory_mb": peak}))
+    assert compare_runs.main([str(tmp_path), "pretrain", "pretrain", "--across", "pretrain",
+                              "supervised", "--project"]) == 0
+    out = capsys.readouterr().out
+    assert ("pretrain vs supervised: training 2,000 vs 2,500 images/s (median of the epochs "
+            "after the first); pretrain step / supervised step 1.25x") in out
+    assert "peak memory supervised / pretrain: 3,000 MB / 3,300 MB (other/base 1.10x)" in out
+    assert "peak memory reserved" not in out  # no GPU's
+    # 100 epochs of 50k images: 5e6 / 2000 s pretrain, 5e6 / 2500 s finetune and supervised
+    hours = [5e6 / 2000 / 3600, 5e6 / 2500 / 3600, 5e6 / 2500 / 3600]
+    assert (f"pretrain {hours[0]:.2f} h, finetune {hours[1]:.2f} h, supervised "
+            f"{hours[2]:.2f} h, one_seed {sum(hours):.2f} h") in out
+
+
+def test_across_needs_an_epoch_after_the_first_and_names_a_missing_history(
+        tmp_path, capsys, compare_runs):
+    _run(tmp_path, "pretrain", [6.0], [40.0])  # the first epoch holds the compiles only
+    _run(tmp_path, "supervised", [2.3, 2.2], [30.0, 0.4])
+    assert compare_runs.main([str(tmp_path), "supervised", "supervised",
+                              "--across", "pretrain", "supervised"]) == 0
+    assert ("pretrain vs supervised: no training rate after the first epoch"
+            in capsys.readouterr().out)
+    assert compare_runs.main([str(tmp_path), "supervised", "supervised",
+                              "--across", "cut", "supervised"]) == 1
+    assert f"{tmp_path / 'cut' / 'history.csv'}: no history" in capsys.readouterr().out
+
+
+def test_project_needs_across(tmp_path, compare_runs):
+    with pytest.raises(SystemExit) as exit_:
+        compare_runs.main([str(tmp_path), "eager", "graphs", "--project"])
+    assert exit_.value.code == 2

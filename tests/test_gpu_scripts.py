@@ -45,6 +45,24 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
     assert not list(scratch.glob("gpu-run-check.*"))
 
 
+def test_run_check_sets_each_pretrain_run_against_its_supervised_run(tmp_path):
+    """With both modes (no --step: the eager and graphs runs), the summary gives each pretrain
+    run against the supervised run of its kind and, at 32 px, a CIFAR-10 row's hours."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["bash", "bench/gpu_run_check.sh", "--device", "cpu"], cwd=ROOT,
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    assert "comparison: exit 0" in summary, summary  # no run of the step region asked for
+    for kind in ("eager", "graphs"):
+        assert re.search(rf"pretrain-{kind} vs supervised-{kind}: training [\d,]+ vs [\d,]+ "
+                         r"images/s .*; pretrain step / supervised step \d+\.\d\dx", summary)
+        assert f"peak memory supervised-{kind} / pretrain-{kind}: " in summary
+    assert summary.count("Projected Table 1 CIFAR-10 row") == 2, summary
+
+
 def test_a_cut_call_returns_the_runs_that_finished(tmp_path):
     """The comparison and the runs' archive were only written at the end: a call cut by the
     device's limit returned the exit codes alone. Both are now rewritten after every run."""

@@ -62,20 +62,13 @@ def workers_to_feed(rows: list[Row]) -> list[str]:
             and r.extra.get("size") == 224 and r.images_per_s]
 
 
-def projection(rows: list[Row], images: int = 50_000, epochs: int = 100,
-               seeds: int = 3) -> dict[str, float] | None:
-    """Hours of one Table 1 CIFAR-10 row from the 32 px step rows (training steps only): the
-    paper tier's pretrain, finetune and supervised runs; the † same-epochs supervised run (200
-    epochs, not in the paper tier) apart, outside `one_seed`."""
-    def speed(mode: str) -> float | None:
-        best = [r.images_per_s for r in rows if r.stage.startswith("train step")
-                and r.extra.get("size") == 32 and r.extra.get("mode") == mode
-                and r.extra.get("with_batch") and r.images_per_s]
-        return max(best) if best else None
-
-    pre, sup = speed("pretrain"), speed("supervised")
-    if not pre or not sup:
-        return None
+def row_hours(pretrain_images_per_s: float, supervised_images_per_s: float,
+              images: int = 50_000, epochs: int = 100, seeds: int = 3) -> dict[str, float]:
+    """Hours of one Table 1 CIFAR-10 row at these training rates (training steps only): the
+    paper tier's pretrain, finetune (at the supervised rate: the same classifier's step) and
+    supervised runs; the † same-epochs supervised run (200 epochs, not in the paper tier)
+    apart, outside `one_seed`."""
+    pre, sup = pretrain_images_per_s, supervised_images_per_s
     hours = {"pretrain": epochs * images / pre / 3600,
              "finetune": epochs * images / sup / 3600,
              "supervised": epochs * images / sup / 3600}
@@ -83,6 +76,24 @@ def projection(rows: list[Row], images: int = 50_000, epochs: int = 100,
     hours[f"{seeds}_seeds"] = seeds * hours["one_seed"]
     hours["same_epochs_extra"] = 2 * epochs * images / sup / 3600  # †, where a tier runs it
     return hours
+
+
+def projection_line(hours: dict[str, float], rates: str) -> str:
+    """`row_hours` as the benchmark prints it, `rates` saying where its images/s came from."""
+    return (f"Projected Table 1 CIFAR-10 row (50k images, 100 epochs each, {rates}; training "
+            "steps only, no evaluation): " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items()))
+
+
+def projection(rows: list[Row]) -> dict[str, float] | None:
+    """`row_hours` at the fastest 32 px "+ batch" step rows of each mode, if both ran."""
+    def speed(mode: str) -> float | None:
+        best = [r.images_per_s for r in rows if r.stage.startswith("train step")
+                and r.extra.get("size") == 32 and r.extra.get("mode") == mode
+                and r.extra.get("with_batch") and r.images_per_s]
+        return max(best) if best else None
+
+    pre, sup = speed("pretrain"), speed("supervised")
+    return row_hours(pre, sup) if pre and sup else None
 
 
 def device_name(device: torch.device) -> str:
