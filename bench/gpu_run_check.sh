@@ -23,6 +23,9 @@
 #     device call's limit, so there --mode is needed).
 #   --mode pretrain|supervised: that mode's runs only (default both): 224 px with --step takes
 #     caps of 390 s (pretrain) and 270 s (supervised), each within a device call's 600 s.
+#   --skip-graphs: with --step, leave out the runs with CUDA graphs of the model alone: the
+#     baseline against the step region only, so that 224 px fits both modes in one call (caps of
+#     464 s with the grace), and their pretrain / supervised ratios come from one call.
 #   --budget S: on the GPU, refuse to start when the caps (plus 6 s a run for the kill grace
 #     and start-up) exceed S seconds (default 570, inside a device call's 600 s): pass the
 #     device time left, less the start-up, so that the call is never cut by the session's end.
@@ -34,13 +37,15 @@
 # cut at its time limit still returns what had finished. The data and the runs' checkpoints
 # stay in a scratch folder. The exit status is 0 however the runs end: read summary.txt.
 #
-#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step] [--mode M] [--budget S]
+#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step [--skip-graphs]] [--mode M]
+#                                            [--budget S]
 #   bash bench/gpu_run_check.sh --device cpu [--size 224] [--step]   # dry run: tiny, no compile
 set -uo pipefail
 
 DEVICE=cuda
 SIZE=32
 STEP=0
+GRAPHS_ALONE=1
 BUDGET=570
 MODES=(pretrain supervised)
 while (( $# )); do
@@ -49,14 +54,19 @@ while (( $# )); do
     --budget) BUDGET="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --step) STEP=1; shift ;;
+    --skip-graphs) GRAPHS_ALONE=0; shift ;;
     --mode) MODES=("$2"); shift 2
       if [[ "${MODES[0]}" != pretrain && "${MODES[0]}" != supervised ]]; then
         echo "--mode: pretrain or supervised, not ${MODES[0]}" >&2; exit 2
       fi ;;
-    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step," \
+    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step, --skip-graphs," \
          "--mode pretrain|supervised, --budget S)" >&2; exit 2 ;;
   esac
 done
+if (( ! GRAPHS_ALONE && ! STEP )); then
+  echo "--skip-graphs needs --step: without both kinds of CUDA-graph run only the baseline" \
+    "would run" >&2; exit 2
+fi
 if [[ "$SIZE" != 32 && "$SIZE" != 224 ]]; then echo "--size: 32 or 224, not $SIZE" >&2; exit 2; fi
 DEFAULT_OUT=gpu-run-check-out EXTRA_PYTHONPATH=tests source "$(dirname "$0")/gpu_common.sh"
 
@@ -79,7 +89,8 @@ else  # the runs' caps, each with 6 s for its kill grace (timeout -k 5) and star
   TOTAL=0
   for mode in "${MODES[@]}"; do
     i=0; [[ "$mode" == supervised ]] && i=1
-    TOTAL=$(( TOTAL + T_BASE[i] + T_GRAPHS[i] * (1 + STEP) + 6 * (2 + STEP) ))
+    TOTAL=$(( TOTAL + T_BASE[i] + T_GRAPHS[i] * (GRAPHS_ALONE + STEP)
+              + 6 * (1 + GRAPHS_ALONE + STEP) ))
   done
   if (( TOTAL > BUDGET )); then
     echo "the runs' caps come to $TOTAL s, over the budget of $BUDGET s (--budget): run" \
@@ -131,11 +142,14 @@ run() {
 for mode in "${MODES[@]}"; do
   i=0; [[ "$mode" == supervised ]] && i=1  # its caps' index
   TORCH_LOGS_RUN=$BASE_LOGS run "$mode" "$mode-$BASE_NAME" "${T_BASE[$i]}" "${BASE[@]}"
-  PAIRS+=("$mode-$BASE_NAME" "$mode-graphs")
-  TORCH_LOGS_RUN=$COMPILED_LOGS run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
+  if (( GRAPHS_ALONE )); then
+    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs")
+    TORCH_LOGS_RUN=$COMPILED_LOGS run "$mode" "$mode-graphs" "${T_GRAPHS[$i]}" "${GRAPHS[@]}"
+  fi
   if (( STEP )); then
+    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step")
     # and the decision's pair: the step region against the graphs of the model alone
-    PAIRS+=("$mode-$BASE_NAME" "$mode-graphs-step" "$mode-graphs" "$mode-graphs-step")
+    (( GRAPHS_ALONE )) && PAIRS+=("$mode-graphs" "$mode-graphs-step")
     TORCH_LOGS_RUN=$COMPILED_LOGS run "$mode" "$mode-graphs-step" "${T_GRAPHS[$i]}" \
       "${GRAPHS[@]}" --set compile_step=true
   fi
@@ -144,7 +158,8 @@ done
 # with both modes: each pretrain run against the supervised run of its kind (the 1.10x target)
 ACROSS=()
 if (( ${#MODES[@]} == 2 )); then
-  for kind in "$BASE_NAME" graphs $( (( STEP )) && echo graphs-step); do
+  for kind in "$BASE_NAME" $( (( GRAPHS_ALONE )) && echo graphs) \
+              $( (( STEP )) && echo graphs-step); do
     ACROSS+=(--across "pretrain-$kind" "supervised-$kind")
   done
   [[ "$SIZE" == 32 ]] && ACROSS+=(--project)  # a CIFAR-10 row's hours at those rates

@@ -46,17 +46,25 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
 
 
 def test_run_check_sets_each_pretrain_run_against_its_supervised_run(tmp_path):
-    """With both modes (no --step: the eager and graphs runs), the summary gives each pretrain
-    run against the supervised run of its kind and, at 32 px, a CIFAR-10 row's hours."""
+    """Both modes with --step --skip-graphs (224 px's one-call form, here at 32 px): the eager
+    and step-region runs only, each pretrain run against the supervised run of its kind, and at
+    32 px a CIFAR-10 row's hours."""
     out = tmp_path / "out"
     result = subprocess.run(
-        ["bash", "bench/gpu_run_check.sh", "--device", "cpu"], cwd=ROOT,
-        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+        ["bash", "bench/gpu_run_check.sh", "--device", "cpu", "--step", "--skip-graphs"],
+        cwd=ROOT, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+                       "TMPDIR": str(tmp_path)},
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
-    assert "comparison: exit 0" in summary, summary  # no run of the step region asked for
-    for kind in ("eager", "graphs"):
+    assert "comparison: exit 0" in summary, summary  # no run asked for that did not run
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        runs = {name.split("/")[1] for name in tar.getnames() if name.count("/") == 2}
+    assert runs == {f"{mode}-{kind}" for mode in ("pretrain", "supervised")
+                    for kind in ("eager", "graphs-step")}
+    for mode in ("pretrain", "supervised"):
+        assert f"{mode}-eager vs {mode}-graphs-step\n" in summary, summary
+    for kind in ("eager", "graphs-step"):
         assert re.search(rf"pretrain-{kind} vs supervised-{kind}: training [\d,]+ vs [\d,]+ "
                          r"images/s .*; pretrain step / supervised step \d+\.\d\dx", summary)
         assert f"peak memory supervised-{kind} / pretrain-{kind}: " in summary
@@ -103,6 +111,14 @@ def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
     less = subprocess.run(["bash", "bench/gpu_run_check.sh", "--step", "--budget", "500"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert less.returncode == 2 and "caps come to 546 s, over the budget of 500 s" in less.stderr
+    # both modes at 224 px in one call: the step region against the compiled runs only
+    both = subprocess.run(["bash", "bench/gpu_run_check.sh", "--size", "224", "--step",
+                           "--skip-graphs", "--budget", "400"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "caps come to 464 s, over the budget of 400 s" in both.stderr
+    alone = subprocess.run(["bash", "bench/gpu_run_check.sh", "--skip-graphs"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "--skip-graphs needs --step" in alone.stderr
     assert not list(tmp_path.glob("gpu-run-check.*"))  # no data written
 
 
