@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Whole training runs with CUDA graphs (issue 6), within 5 (32 px) or 7.3 (224 px) minutes of
-# caps on a GPU (with --step 8.5 or 11; --mode halves them about): does `compile: true` with
-# `compile_mode: reduce-overhead` train as the run without them does, through the evaluation and
-# checkpoints of every epoch and each epoch's last, shorter batch, and how long does an epoch
-# take then?
+# Whole training runs with CUDA graphs (issue 6), within 5.2 (32 px), 5.8 (64 px) or 7.3 (224 px)
+# minutes of caps on a GPU (with --step 8.8, 9.7 or 11; --mode halves them about; the grace adds
+# 6 s a run): does `compile: true` with `compile_mode: reduce-overhead` train as the run without
+# them does, through the evaluation and checkpoints of every epoch and each epoch's last, shorter
+# batch, and how long does an epoch take then?
 #
 # ViT-S, batch 256, fused AdamW, bf16 autocast, on a CIFAR-10 in the official pickle format
 # written here with random pixels (the machine has no datasets; tests/fixtures/formats.py).
@@ -13,19 +13,24 @@
 # `perf_hints`) go to the compiled runs' logs.
 #   --size 32 (default): ViT-S/4, a Table 1 CIFAR-size run; 10,000 training images (39 full
 #     batches and one of 16 per epoch), 1,000 test images, 4 epochs; eager against CUDA graphs.
+#   --size 64: ViT-S/8 on those images upscaled to 64 px (Tiny-ImageNet's run, N = 64 as at
+#     32 px), otherwise as 32 px.
 #   --size 224: ViT-S/16 on those images upscaled to 224 px; 5,000 training images (19 full
 #     batches and one of 136), 500 test images, 3 epochs; compiled (torch.compile's default mode,
 #     as the paper tier runs 224 px) against CUDA graphs.
+#   --patch P: another ViT patch (dividing the size), e.g. 32 at 224 px: Table 1's
+#     Flowers-102 and ImageNet runs (N = 49); ViT-S/16 at 224 px is the detection backbones'.
 #   --step: a third run of each mode, CUDA graphs with `compile_step: true` (the step from its
 #     draws to its loss, the batch's jitter, permutation and normalisation, the model and the
 #     losses, compiled as one region, so that the graphs cover all of it), against the same
-#     baseline (caps as the CUDA-graph runs': 510 s in all at 32 px; 660 s at 224 px, over a
-#     device call's limit, so there --mode is needed).
+#     baseline (caps as the CUDA-graph runs': 530 s in all at 32 px; 580 s at 64 px and 660 s
+#     at 224 px, with the grace over --budget's default, so there --mode or --skip-graphs).
 #   --mode pretrain|supervised: that mode's runs only (default both): 224 px with --step takes
 #     caps of 390 s (pretrain) and 270 s (supervised), each within a device call's 600 s.
 #   --skip-graphs: with --step, leave out the runs with CUDA graphs of the model alone: the
-#     baseline against the step region only, so that 224 px fits both modes in one call (caps of
-#     464 s with the grace), and their pretrain / supervised ratios come from one call.
+#     baseline against the step region only, so that 64 and 224 px fit both modes in one call
+#     (caps of 374 and 464 s with the grace), and their pretrain / supervised ratios come from
+#     one call.
 #   --budget S: on the GPU, refuse to start when the caps (plus 6 s a run for the kill grace
 #     and start-up) exceed S seconds (default 570, inside a device call's 600 s): pass the
 #     device time left, less the start-up, so that the call is never cut by the session's end.
@@ -37,13 +42,14 @@
 # cut at its time limit still returns what had finished. The data and the runs' checkpoints
 # stay in a scratch folder. The exit status is 0 however the runs end: read summary.txt.
 #
-#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 224] [--step [--skip-graphs]] [--mode M]
-#                                            [--budget S]
+#   PYTHONPATH=. bash bench/gpu_run_check.sh [--size 32|64|224] [--patch P]
+#                                            [--step [--skip-graphs]] [--mode M] [--budget S]
 #   bash bench/gpu_run_check.sh --device cpu [--size 224] [--step]   # dry run: tiny, no compile
 set -uo pipefail
 
 DEVICE=cuda
 SIZE=32
+PATCH=""
 STEP=0
 GRAPHS_ALONE=1
 BUDGET=570
@@ -53,33 +59,46 @@ while (( $# )); do
     --device) DEVICE="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
+    --patch) PATCH="$2"; shift 2 ;;
     --step) STEP=1; shift ;;
     --skip-graphs) GRAPHS_ALONE=0; shift ;;
     --mode) MODES=("$2"); shift 2
       if [[ "${MODES[0]}" != pretrain && "${MODES[0]}" != supervised ]]; then
         echo "--mode: pretrain or supervised, not ${MODES[0]}" >&2; exit 2
       fi ;;
-    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|224, --step, --skip-graphs," \
-         "--mode pretrain|supervised, --budget S)" >&2; exit 2 ;;
+    *) echo "unknown argument: $1 (--device cuda|cpu, --size 32|64|224, --patch P, --step," \
+         "--skip-graphs, --mode pretrain|supervised, --budget S)" >&2; exit 2 ;;
   esac
 done
 if (( ! GRAPHS_ALONE && ! STEP )); then
   echo "--skip-graphs needs --step: without both kinds of CUDA-graph run only the baseline" \
     "would run" >&2; exit 2
 fi
-if [[ "$SIZE" != 32 && "$SIZE" != 224 ]]; then echo "--size: 32 or 224, not $SIZE" >&2; exit 2; fi
+case "$SIZE" in
+  32|64|224) ;;
+  *) echo "--size: 32, 64 or 224, not $SIZE" >&2; exit 2 ;;
+esac
+# ViT-S/4 and /8 as the registry's 32- and 64-px datasets; /16 at 224 px, the detection backbones'
+PATCH="${PATCH:-$(( SIZE == 224 ? 16 : SIZE / 8 ))}"
+if ! [[ "$PATCH" =~ ^[1-9][0-9]*$ ]] || (( SIZE % PATCH )); then
+  echo "--patch: a whole number dividing the size ($SIZE px), not $PATCH" >&2; exit 2
+fi
 DEFAULT_OUT=gpu-run-check-out EXTRA_PYTHONPATH=tests source "$(dirname "$0")/gpu_common.sh"
 
 # caps in seconds of the baseline and the CUDA-graph runs, pretrain and supervised (a graph
 # takes 10-30 s to compile on the lent H100's CPU; a run compiles the model, the jitter and the
-# loss chunks for both batch shapes: 76 s for a 32-px pretrain run)
+# loss chunks for both batch shapes: a 32-px pretrain run's first epoch took 76 s on the H100,
+# 90 s on the H200, where the whole run took 116 s)
 if [[ "$SIZE" == 32 ]]; then
-  BASE=(); BASE_NAME=eager; BASE_LOGS=""; T_BASE=(45 45); T_GRAPHS=(120 90)
-  N_TRAIN=10000; N_TEST=1000; EPOCHS=4; PATCH=4
+  BASE=(); BASE_NAME=eager; BASE_LOGS=""; T_BASE=(45 45); T_GRAPHS=(130 90)
+  N_TRAIN=10000; N_TEST=1000; EPOCHS=4
+elif [[ "$SIZE" == 64 ]]; then
+  BASE=(); BASE_NAME=eager; BASE_LOGS=""; T_BASE=(60 60); T_GRAPHS=(130 100)
+  N_TRAIN=10000; N_TEST=1000; EPOCHS=4
 else
   BASE=(--set compile=true); BASE_NAME=compiled; BASE_LOGS=recompiles,graph_breaks
   T_BASE=(130 90); T_GRAPHS=(130 90)
-  N_TRAIN=5000; N_TEST=500; EPOCHS=3; PATCH=16
+  N_TRAIN=5000; N_TEST=500; EPOCHS=3
 fi
 MODEL=()
 if [[ "$DEVICE" != cuda ]]; then
@@ -94,7 +113,8 @@ else  # the runs' caps, each with 6 s for its kill grace (timeout -k 5) and star
   done
   if (( TOTAL > BUDGET )); then
     echo "the runs' caps come to $TOTAL s, over the budget of $BUDGET s (--budget): run" \
-      "fewer (--mode pretrain|supervised) or pass the device time left" >&2
+      "fewer (--mode pretrain|supervised; with --step, --skip-graphs) or pass the device" \
+      "time left" >&2
     exit 2
   fi
 fi

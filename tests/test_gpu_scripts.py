@@ -16,15 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_check_trains_and_compares_every_run(tmp_path):
+    """One mode with --step, at Tiny-ImageNet's 64 px (ViT-S/8; the next test runs 32 px)."""
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     scratch.mkdir()
     result = subprocess.run(
-        ["bash", "bench/gpu_run_check.sh", "--device", "cpu", "--step", "--mode", "pretrain"],
+        ["bash", "bench/gpu_run_check.sh", "--device", "cpu", "--size", "64", "--step",
+         "--mode", "pretrain"],
         cwd=ROOT, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable,
                        "TMPDIR": str(scratch)},
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
+    assert "ViT-S/8 at 64 px" in summary, summary
     runs = ("pretrain-eager", "pretrain-graphs", "pretrain-graphs-step")
     for run in runs:
         assert f"pretrain {run}: exit 0 " in summary, summary
@@ -40,6 +43,8 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
     assert [(c["compile"], c["compile_mode"], c["compile_step"]) for c in configs.values()] == [
         (False, "default", False), (True, "reduce-overhead", False),
         (True, "reduce-overhead", True)]
+    assert {(c["data"]["image_size"], c["model"]["patch_size"]) for c in configs.values()} == {
+        (64, 8)}
     # data and checkpoints in a scratch folder, removed: a call cut at its limit returns $OUT
     assert {p.name for p in out.iterdir()} == {"summary.txt", "run.yaml", "runs.tar.gz"}
     assert not list(scratch.glob("gpu-run-check.*"))
@@ -110,7 +115,7 @@ def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
     assert "the runs' caps come to 696 s, over the budget of 570 s" in refused.stderr
     less = subprocess.run(["bash", "bench/gpu_run_check.sh", "--step", "--budget", "500"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert less.returncode == 2 and "caps come to 546 s, over the budget of 500 s" in less.stderr
+    assert less.returncode == 2 and "caps come to 566 s, over the budget of 500 s" in less.stderr
     # both modes at 224 px in one call: the step region against the compiled runs only
     both = subprocess.run(["bash", "bench/gpu_run_check.sh", "--size", "224", "--step",
                            "--skip-graphs", "--budget", "400"],
@@ -119,6 +124,16 @@ def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
     alone = subprocess.run(["bash", "bench/gpu_run_check.sh", "--skip-graphs"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert alone.returncode == 2 and "--skip-graphs needs --step" in alone.stderr
+    # Tiny-ImageNet's 64 px (ViT-S/8): both modes in one call with --skip-graphs only
+    small = subprocess.run(["bash", "bench/gpu_run_check.sh", "--size", "64", "--step"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert small.returncode == 2 and "caps come to 616 s, over the budget of 570 s" in small.stderr
+    for args, problem in ((["--size", "48"], "--size: 32, 64 or 224, not 48"),
+                          (["--size", "224", "--patch", "24"],
+                           "--patch: a whole number dividing the size (224 px), not 24")):
+        bad = subprocess.run(["bash", "bench/gpu_run_check.sh", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and problem in bad.stderr, bad.stderr
     assert not list(tmp_path.glob("gpu-run-check.*"))  # no data written
 
 
