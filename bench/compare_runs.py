@@ -1,7 +1,7 @@
 """Side by side, epoch by epoch: training runs of the same config and seed, eager and otherwise.
 
-    python bench/compare_runs.py RUNS_DIR BASELINE OTHER [BASELINE OTHER ...]
-        [--across PRETRAIN SUPERVISED ...] [--project]
+    python bench/compare_runs.py RUNS_DIR [BASELINE OTHER ...] [--across PRETRAIN SUPERVISED ...]
+        [--project]
 
 Reads each run's history.csv (`relvit <mode> --out RUNS_DIR/NAME`) and prints, per pair and
 epoch, the training loss of both runs and their relative difference, the validation loss and
@@ -59,6 +59,17 @@ def peak_memory_line(base_name: str, base: float | None, other_name: str,
     return f"{what} {base_name} / {other_name}: {shown[0]} / {shown[1]}{ratio}"
 
 
+def peak_memory_lines(runs: Path, base_name: str, other_name: str) -> list[str]:
+    """Both runs' allocated peak memory, and on a GPU (where metrics.json has it) reserved."""
+    lines = []
+    for key, what in (("peak_memory_mb", "peak memory"),
+                      ("peak_memory_reserved_mb", "peak memory reserved")):
+        peaks = [read_peak_memory(runs / name, key) for name in (base_name, other_name)]
+        if key == "peak_memory_mb" or any(peak is not None for peak in peaks):
+            lines.append(peak_memory_line(base_name, peaks[0], other_name, peaks[1], what))
+    return lines
+
+
 def _relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), 1e-12)
 
@@ -110,13 +121,8 @@ def across(runs: Path, pretrain_name: str, supervised_name: str,
     if pre is None or sup is None:
         return [f"{title}: no training rate after the first epoch", ""]
     lines = [f"{title}: training {pre:,.0f} vs {sup:,.0f} images/s (median of the epochs after "
-             f"the first); pretrain step / supervised step {sup / pre:.2f}x"]
-    for key, what in (("peak_memory_mb", "peak memory"),
-                      ("peak_memory_reserved_mb", "peak memory reserved")):
-        peaks = [read_peak_memory(runs / n, key) for n in (supervised_name, pretrain_name)]
-        if any(p is not None for p in peaks):
-            lines.append(peak_memory_line(supervised_name, peaks[0], pretrain_name, peaks[1],
-                                          what))
+             f"the first); pretrain step / supervised step {sup / pre:.2f}x",
+             *peak_memory_lines(runs, supervised_name, pretrain_name)]
     if project:
         lines.append(projection_line(row_hours(pre, sup), f"at the training rates of {title}"))
     return [*lines, ""]
@@ -125,7 +131,7 @@ def across(runs: Path, pretrain_name: str, supervised_name: str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, help="folder holding the run directories")
-    parser.add_argument("names", nargs="+", help="BASELINE OTHER pairs of run directory names")
+    parser.add_argument("names", nargs="*", help="BASELINE OTHER pairs of run directory names")
     parser.add_argument("--across", nargs=2, action="append", default=[],
                         metavar=("PRETRAIN", "SUPERVISED"),
                         help="a pretrain run and the supervised run of the same kind: their "
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.project and not args.across:
         parser.error("--project needs --across PRETRAIN SUPERVISED")
+    if not args.names and not args.across:
+        parser.error("nothing to compare: give BASELINE OTHER pairs or --across")
     if len(args.names) % 2:
         parser.error(f"names come in BASELINE OTHER pairs; got {len(args.names)} names")
     failed = False
@@ -150,13 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         lines = compare(base_name, base, other_name, other)
-        lines.insert(-1, peak_memory_line(base_name, read_peak_memory(args.runs / base_name),
-                                          other_name, read_peak_memory(args.runs / other_name)))
-        reserved = [read_peak_memory(args.runs / n, "peak_memory_reserved_mb")
-                    for n in (base_name, other_name)]
-        if any(r is not None for r in reserved):  # a GPU's
-            lines.insert(-1, peak_memory_line(base_name, reserved[0], other_name, reserved[1],
-                                              "peak memory reserved"))
+        lines[-1:-1] = peak_memory_lines(args.runs, base_name, other_name)
         print("\n".join(lines))
     for pretrain_name, supervised_name in args.across:
         try:

@@ -76,8 +76,8 @@ def test_across_gives_the_pretrain_step_over_the_supervised_step(tmp_path, capsy
     _run(tmp_path, "supervised", [2.3, 2.2, 2.1, 2.0], [30.0, 0.4, 0.5, 0.3])  # median 2500
     for name, peak in (("pretrain", 3300.0), ("supervised", 3000.0)):
         (tmp_path / name / "metrics.json").write_text(json.dumps({"peak_memory_mb": peak}))
-    assert compare_runs.main([str(tmp_path), "pretrain", "pretrain", "--across", "pretrain",
-                              "supervised", "--project"]) == 0
+    assert compare_runs.main([str(tmp_path), "--across", "pretrain", "supervised",
+                              "--project"]) == 0
     out = capsys.readouterr().out
     assert ("pretrain vs supervised: training 2,000 vs 2,500 images/s (median of the epochs "
             "after the first); pretrain step / supervised step 1.25x") in out
@@ -102,7 +102,8 @@ def test_across_needs_an_epoch_after_the_first_and_names_a_missing_history(
     assert f"{tmp_path / 'cut' / 'history.csv'}: no history" in capsys.readouterr().out
 
 
-def test_project_needs_across(tmp_path, compare_runs):
+@pytest.mark.parametrize("argv", [["eager", "graphs", "--project"], []])
+def test_project_needs_across_and_something_is_compared(tmp_path, compare_runs, argv):
     with pytest.raises(SystemExit) as exit_:
-        compare_runs.main([str(tmp_path), "eager", "graphs", "--project"])
+        compare_runs.main([str(tmp_path), *argv])
     assert exit_.value.code == 2

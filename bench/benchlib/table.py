@@ -62,8 +62,12 @@ def workers_to_feed(rows: list[Row]) -> list[str]:
             and r.extra.get("size") == 224 and r.images_per_s]
 
 
+ROW_IMAGES, ROW_EPOCHS = 50_000, 100  # CIFAR-10's training split; the paper's epochs per run
+
+
 def row_hours(pretrain_images_per_s: float, supervised_images_per_s: float,
-              images: int = 50_000, epochs: int = 100, seeds: int = 3) -> dict[str, float]:
+              images: int = ROW_IMAGES, epochs: int = ROW_EPOCHS,
+              seeds: int = 3) -> dict[str, float]:
     """Hours of one Table 1 CIFAR-10 row at these training rates (training steps only): the
     paper tier's pretrain, finetune (at the supervised rate: the same classifier's step) and
     supervised runs; the † same-epochs supervised run (200 epochs, not in the paper tier)
@@ -80,8 +84,9 @@ def row_hours(pretrain_images_per_s: float, supervised_images_per_s: float,
 
 def projection_line(hours: dict[str, float], rates: str) -> str:
     """`row_hours` as the benchmark prints it, `rates` saying where its images/s came from."""
-    return (f"Projected Table 1 CIFAR-10 row (50k images, 100 epochs each, {rates}; training "
-            "steps only, no evaluation): " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items()))
+    return (f"Projected Table 1 CIFAR-10 row ({ROW_IMAGES // 1000}k images, {ROW_EPOCHS} epochs "
+            f"each, {rates}; training steps only, no evaluation): "
+            + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items()))
 
 
 def projection(rows: list[Row]) -> dict[str, float] | None:
