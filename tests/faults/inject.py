@@ -31,6 +31,10 @@ from relvit import cli  # noqa: E402
 
 
 def _signal_at_step(signum: int, n: int) -> None:
+    if signum == signal.SIGINT:
+        # as in a foreground process: a shell starts a background job (`pytest &`) with SIGINT
+        # ignored, Python keeps it so, and the Ctrl-C sent here would then change nothing
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     original, calls = loop.Run.train_loss, [0]
 
     def train_loss(self: loop.Run, data: Any, generator: Any) -> Any:
