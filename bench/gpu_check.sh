@@ -83,7 +83,7 @@ summary "other tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 
 timeout -k 5 "$T_BENCH" "$PY" bench/bench_relvit.py "${BENCH[@]}" --json "$OUT/bench.json" \
   > "$OUT/bench.txt" 2>&1
-summary "bench (eager, all stages): exit $? (124: cut at its ${T_BENCH} s cap)"
+ended "$T_BENCH" "bench (eager, all stages)"
 
 # Decoding on every core but the training process's: does the rate per worker hold at scale?
 timeout -k 5 "$T_DECODE" "$PY" bench/bench_relvit.py "${DECODE[@]}" >> "$OUT/bench.txt" 2>&1
@@ -93,7 +93,7 @@ DIAG="$OUT/diagnostics"
 rm -rf "$DIAG" && mkdir -p "$DIAG"
 timeout -k 5 "$T_DIAG" "$PY" bench/bench_relvit.py "${DIAGNOSE[@]}" --profile "$DIAG/profile" \
   --json "$DIAG/diagnostics.json" > "$DIAG/diagnostics.txt" 2>&1
-summary "diagnostics (steps + loop + relation head, sync debug, profiles): exit $? (124: cut at its ${T_DIAG} s cap)"
+ended "$T_DIAG" "diagnostics (steps + loop + relation head, sync debug, profiles)"
 archive "$DIAG" diagnostics
 
 CDIR="$OUT/compile"
@@ -105,7 +105,7 @@ for size in 32 224; do
   TORCH_LOGS="recompiles,graph_breaks" timeout -k 5 "$T_COMPILE" "$PY" bench/bench_relvit.py \
     "${COMPILE[@]}" "${MODE[@]}" --sizes "$size" --profile "$CDIR/profile" \
     --json "$CDIR/compile$size.json" >> "$OUT/compile.txt" 2>&1
-  summary "bench (torch.compile, ${size} px): exit $? (124: cut at its ${T_COMPILE} s cap)"
+  ended "$T_COMPILE" "bench (torch.compile, ${size} px)"
 done
 archive "$CDIR" compile
 summary "done"

@@ -19,11 +19,11 @@ timeout -k 5 50 "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
 summary "tests: exit $? ($(tail -n 1 "$OUT/tests.txt"))"
 timeout -k 5 60 "$PY" bench/bench_relvit.py --device cuda --only steps memory --steps 15 \
   --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
-summary "eager steps + relation head: exit $? (124: cut at its 60 s cap)"
+ended 60 "eager steps + relation head"
 TORCH_LOGS=recompiles timeout -k 5 120 "$PY" bench/bench_relvit.py --device cuda --only steps \
   --compile --sizes 224 --steps 20 --json "$OUT/compile224.json" > "$OUT/compile224.txt" 2>&1
-summary "compiled steps, 224 px: exit $? (124: cut at its 120 s cap)"
+ended 120 "compiled steps, 224 px"
 TORCH_LOGS=recompiles timeout -k 5 110 "$PY" bench/bench_relvit.py --device cuda --only steps \
   --compile --compile-mode reduce-overhead --sizes 32 --steps 20 \
   --json "$OUT/compile32.json" > "$OUT/compile32.txt" 2>&1
-summary "compiled steps (CUDA graphs), 32 px: exit $? (124: cut at its 110 s cap)"
+ended 110 "compiled steps (CUDA graphs), 32 px"

@@ -156,7 +156,7 @@ run() {
   env ${TORCH_LOGS_RUN:+TORCH_LOGS=$TORCH_LOGS_RUN} timeout -k 5 "$cap" "$PY" -m relvit.cli "$mode" \
     --config "$CONFIG" --out "$RUNS/$name" --no-progress "${MODEL[@]}" "$@" \
     > "$RUNS/$name.log" 2>&1
-  summary "$mode $name: exit $? (124: cut at its $cap s cap)"
+  ended "$cap" "$mode $name"
   snapshot
 }
 for mode in "${MODES[@]}"; do

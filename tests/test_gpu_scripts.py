@@ -30,7 +30,7 @@ def test_run_check_trains_and_compares_every_run(tmp_path):
     assert "ViT-S/8 at 64 px" in summary, summary
     runs = ("pretrain-eager", "pretrain-graphs", "pretrain-graphs-step")
     for run in runs:
-        assert f"pretrain {run}: exit 0 " in summary, summary
+        assert f"pretrain {run}: exit 0\n" in summary, summary
     assert "comparison: exit 0" in summary, summary
     # the three pairs (eager against each graphs run, graphs against the step region) compared
     # on every epoch
@@ -150,3 +150,17 @@ def test_the_one_shot_check_fits_a_device_call():
     worst = sum((caps[cap] + int(grace)) * (sizes if cap == "T_COMPILE" else 1)
                 for grace, cap in parts)
     assert worst <= 585, worst  # 15 s for the versions line and the archives
+
+
+def test_a_part_cut_at_its_cap_says_so_and_a_finished_one_does_not(tmp_path):
+    """gpu_common.sh's `ended`: the summary lines had said "exit 0 (124: cut at its 45 s cap)"
+    after every part, a legend that read like a cut."""
+    script = ('source bench/gpu_common.sh; timeout 1 sleep 5; ended 1 "slow part"; '
+              'true; ended 9 "quick part"')
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert lines[-2].endswith("] slow part: exit 124 (cut at its 1 s cap)"), lines
+    assert lines[-1].endswith("] quick part: exit 0"), lines
