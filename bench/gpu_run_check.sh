@@ -83,7 +83,6 @@ PATCH="${PATCH:-$(( SIZE == 224 ? 16 : SIZE / 8 ))}"
 if ! [[ "$PATCH" =~ ^[1-9][0-9]*$ ]] || (( SIZE % PATCH )); then
   echo "--patch: a whole number dividing the size ($SIZE px), not $PATCH" >&2; exit 2
 fi
-DEFAULT_OUT=gpu-run-check-out EXTRA_PYTHONPATH=tests source "$(dirname "$0")/gpu_common.sh"
 
 # caps in seconds of the baseline and the CUDA-graph runs, pretrain and supervised (a graph
 # takes 10-30 s to compile on the lent H100's CPU; a run compiles the model, the jitter and the
@@ -118,6 +117,9 @@ else  # the runs' caps, each with 6 s for its kill grace (timeout -k 5) and star
     exit 2
   fi
 fi
+
+# after the checks above, so that a refusal costs no Python start-up
+DEFAULT_OUT=gpu-run-check-out EXTRA_PYTHONPATH=tests source "$(dirname "$0")/gpu_common.sh"
 
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu-run-check.XXXXXX")"
 trap 'rm -rf "$SCRATCH"' EXIT

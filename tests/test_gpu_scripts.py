@@ -135,6 +135,7 @@ def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and problem in bad.stderr, bad.stderr
     assert not list(tmp_path.glob("gpu-run-check.*"))  # no data written
+    assert not (tmp_path / "out").exists()  # nor a summary: refused before Python starts
 
 
 def test_the_one_shot_check_fits_a_device_call():
