@@ -36,7 +36,7 @@
 #     device time left, less the start-up, so that the call is never cut by the session's end.
 # Everything lands in $OUT (default ./gpu-run-check-out): summary.txt (the comparison table;
 # with both modes also each pretrain run against the supervised run of its kind, their step-time
-# and peak-memory ratios, and at 32 px a Table 1 CIFAR-10 row's hours at their training rates),
+# and peak-memory ratios, and for ViT-S/4 at 32 px a CIFAR-10 row's hours at their rates),
 # runs.tar.gz (each run's log, config.yaml, history.csv, metrics.json). Both comparison.txt
 # (the pairs finished so far) and runs.tar.gz are rewritten after every run, so that a call
 # cut at its time limit still returns what had finished. The data and the runs' checkpoints
