@@ -21,8 +21,9 @@ def uses_cuda_graphs(mode: str | None) -> bool:
 
 def compile_static(fn: Compilable, backend: str | Callable = "inductor",
                    mode: str | None = None) -> Compilable:
-    """`fn` torch.compile-d with static shapes: one graph per input shape (a training epoch has
-    two batch shapes, the full batches and its last, shorter one). `mode`: torch.compile's (e.g.
+    """`fn` torch.compile-d with static shapes: one graph per input shape (evaluation's loss
+    chunks see two, the full batches and the last, shorter one; training runs its epochs' last
+    batches eagerly: `Run.eager_step_losses`). `mode`: torch.compile's (e.g.
     "reduce-overhead", CUDA graphs; the benchmark's `--compile-mode`), default its default.
 
     By default torch.compile recompiles a function with dynamic shapes once it sees a second

@@ -136,23 +136,19 @@ def test_a_compiled_variant_is_its_plain_function_inside_a_traced_region():
 
 
 def _tiny_run(tiny_config, tmp_path, mode: str, **overrides):
-    """A prepared Run of the tiny config with `compile_step` (nothing compiled on the CPU)."""
+    """A prepared Run of the tiny config with `compile_step` unless `overrides` say otherwise
+    (nothing compiled on the CPU)."""
     from relvit.train.loop import Run
 
-    run = Run(tiny_config(mode, compile=True, compile_step=True, **overrides),
+    run = Run(tiny_config(mode, **{"compile": True, "compile_step": True, **overrides}),
               tmp_path / mode, progress=False)
     run.prepare()
     return run
 
 
-@pytest.mark.parametrize("mode", ["supervised", "pretrain"])
-def test_compile_step_traces_build_model_and_losses_as_one_graph(tmp_path, tiny_config,
-                                                                 monkeypatch, mode):
-    """`compile_step`: the batch's build (pretrain: the dense jitter and the permutation; the
-    normalisation), the model and the losses (targets, the fused relation loss's autograd
-    Function with its backward, the position loss) are one graph per batch shape, with no graph
-    break, through two training epochs (full batches and each epoch's shorter last one); the
-    model is not compiled on its own besides."""
+def _graph_calls_in_two_epochs(run, monkeypatch) -> list[int]:
+    """Calls of each graph that `run.compile_training()` compiles (a counting backend for
+    inductor) in two training epochs, whose last batches are shorter than the others."""
     from relvit.train import loop
 
     graphs: list[list[int]] = []
@@ -169,15 +165,64 @@ def test_compile_step_traces_build_model_and_losses_as_one_graph(tmp_path, tiny_
     monkeypatch.setattr(loop, "compile_static",
                         functools.partial(compile_static, backend=counting_backend))
     torch._dynamo.reset()
-    run = _tiny_run(tiny_config, tmp_path, mode)
     run.compile_training()
-    assert run.train_model is run.model
     steps = run.steps_per_epoch()
     assert run.train_size() % run.cfg.optim.batch_size  # an epoch has a shorter last batch
     for epoch in range(2):
         run._train_epoch(epoch, steps, 2 * steps)
     torch._dynamo.reset()
-    assert [calls for calls, in graphs] == [2 * (steps - 1), 2]
+    return [calls for calls, in graphs]
+
+
+@pytest.mark.parametrize("mode", ["supervised", "pretrain"])
+def test_compile_step_traces_build_model_and_losses_as_one_graph(tmp_path, tiny_config,
+                                                                 monkeypatch, mode):
+    """`compile_step`: the batch's build (pretrain: the dense jitter and the permutation; the
+    normalisation), the model and the losses (targets, the fused relation loss's autograd
+    Function with its backward, the position loss) are one graph, with no graph break, that
+    serves every full batch of two training epochs; each epoch's last, shorter batch runs
+    eagerly instead of compiling a graph of its own. The model is not compiled on its own
+    besides."""
+    run = _tiny_run(tiny_config, tmp_path, mode)
+    steps = run.steps_per_epoch()
+    assert _graph_calls_in_two_epochs(run, monkeypatch) == [2 * (steps - 1)]
+    assert run.train_model is run.model
+
+
+@pytest.mark.parametrize("mode", ["supervised", "pretrain"])
+def test_a_compiled_model_serves_the_full_batches_only(tmp_path, tiny_config, monkeypatch,
+                                                       mode):
+    """`compile: true` without `compile_step`: the compiled model's one graph serves every
+    full batch of two epochs, and each epoch's last, shorter batch takes the model uncompiled
+    and the plain jitter and loss chunks (on CUDA the full batches take their compiled twins)."""
+    run = _tiny_run(tiny_config, tmp_path, mode, compile_step=False)
+    twins, step_losses = [], run.objective.step_losses
+
+    def spy(*args, **kwargs):
+        twins.append(run.objective._compiled_on(torch.device("cuda")))
+        return step_losses(*args, **kwargs)
+
+    monkeypatch.setattr(run.objective, "step_losses", spy)
+    steps = run.steps_per_epoch()
+    assert _graph_calls_in_two_epochs(run, monkeypatch) == [2 * (steps - 1)]
+    assert twins == 2 * ([True] * (steps - 1) + [False])
+    assert run.train_model is not run.model and run.eager_train_model is run.model
+
+
+def test_a_plain_objective_takes_no_compiled_twin(tiny_config):
+    """Within `Objective.plain()` (an epoch's last batch) the jitter and the loss chunks take
+    their plain versions, which `compile: true` otherwise swaps for compiled twins on CUDA."""
+    from relvit.data.registry import get_dataset
+    from relvit.geometry import run_geometry
+    from relvit.train.objective import Objective
+
+    cfg = tiny_config("pretrain", compile=True)
+    objective = Objective(cfg, get_dataset(cfg.data.name), run_geometry(cfg), (0.5,), (0.5,))
+    cuda = torch.device("cuda")
+    assert objective._compiled_on(cuda) and not objective._compiled_on(torch.device("cpu"))
+    with objective.plain():
+        assert not objective._compiled_on(cuda)
+    assert objective._compiled_on(cuda)
 
 
 def assert_region_matches_eager(step_losses, model: torch.nn.Module, drawn) -> None:

@@ -4,11 +4,13 @@ resume, a consistent stop on a non-finite loss, and the split of each global bat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,6 +191,21 @@ def test_each_sample_of_an_epoch_goes_to_one_rank(n, batch, world):
     dropped = tail if 0 < tail < world else 0  # too short to give every rank a sample
     assert len(seen) == len(set(seen.tolist())) == n - dropped
     assert set(order[n - dropped:].tolist()).isdisjoint(seen.tolist())
+
+
+@pytest.mark.parametrize("n,batch,world", [(1437, 75, 2), (1437, 128, 3), (100, 10, 4),
+                                           (23, 8, 1), (9, 4, 4), (5, 8, 2)])
+def test_compiled_training_code_serves_every_batch_of_a_rank_but_a_shorter_last(n, batch,
+                                                                                 world):
+    """`Run.full_batch_share`, the one batch size that compiled training code serves on a rank,
+    is that of each of the rank's batches in an epoch, but a shorter last one."""
+    for rank in range(world):
+        run = SimpleNamespace(cfg=SimpleNamespace(optim=SimpleNamespace(batch_size=batch)),
+                              train_size=lambda: n, rank=rank, world=world)
+        run.shards = functools.partial(Run.shards, run)
+        share = Run.full_batch_share.func(run)
+        sizes = [len(s) for s in distributed.shard_batches(torch.arange(n), batch, rank, world)]
+        assert sizes[:-1] == [share] * (len(sizes) - 1) and 0 < sizes[-1] <= share
 
 
 def test_a_global_batch_smaller_than_the_world_is_refused():

@@ -122,6 +122,7 @@ class Run:
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         self.model = self.setup().to(self.device)
         self.train_model: nn.Module = self.model  # what training batches go through (DDP)
+        self.eager_train_model: nn.Module = self.model  # train_model, never compiled
         self.step_losses = self._step_losses  # compiled as one region: compile_step
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
@@ -197,13 +198,34 @@ class Run:
         images, labels = data
         labels = labels.to(self.device, non_blocking=True)
         drawn = self.objective.draw(self._images(images), labels, train=True, generator=generator)
-        loss, stats = self.step_losses(drawn)
+        if len(labels) == self.full_batch_share:
+            loss, stats = self.step_losses(drawn)
+        else:  # the epoch's last, shorter batch
+            loss, stats = self.eager_step_losses(drawn)
         return loss, stats, len(labels)
 
-    def _step_losses(self, drawn: DrawnBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`Objective.step_losses` of the training model (bf16 autocast on CUDA by default)."""
-        return self.objective.step_losses(self.train_model, drawn,
+    def _step_losses(self, drawn: DrawnBatch, model: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`Objective.step_losses` of `model`, by default the training model (bf16 autocast
+        on CUDA by default)."""
+        return self.objective.step_losses(self.train_model if model is None else model, drawn,
                                           autocast=self.cfg.autocast_on(self.device.type))
+
+    def eager_step_losses(self, drawn: DrawnBatch) -> tuple[torch.Tensor,
+                                                            dict[str, torch.Tensor]]:
+        """`_step_losses` with nothing compiled (`compile: true` or not): the training model as
+        it was before `compile_training`, the plain jitter and loss chunks. The epoch's last,
+        shorter batch takes it: compiling the step for its shape too had cost 23-39 s per run
+        on an H200, for one step an epoch (docs/performance.md)."""
+        with self.objective.plain():
+            return self._step_losses(drawn, self.eager_train_model)
+
+    @functools.cached_property
+    def full_batch_share(self) -> int:
+        """This rank's share of an epoch's first, full batch: the batch shape that compiled
+        training code serves (`train_loss`)."""
+        shares = self.shards(torch.arange(min(self.cfg.optim.batch_size, self.train_size())))
+        return len(shares[0]) if shares else 0
 
     def evaluation(self, epoch: int) -> dict[str, float]:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
@@ -287,7 +309,7 @@ class Run:
             dump_config(self.cfg, self.out_dir / RUN_CONFIG)
         distributed.barrier()  # the run directory is settled before any rank goes on
         if self.world > 1:
-            self.train_model = DistributedDataParallel(
+            self.train_model = self.eager_train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.cfg.compile and self.device.type == "cuda":
             if self.world > 1 and uses_cuda_graphs(self.cfg.compile_mode):

@@ -9,6 +9,7 @@ model and the losses as one region (`Objective.step_losses`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,7 @@ class Objective:
                  mean: tuple[float, ...], std: tuple[float, ...]):
         self.cfg, self.dataset, self.geo = cfg, dataset, geo
         self.mean, self.std = mean, std
+        self._plain = False  # within `plain()`
 
     def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The dataset's standard training augmentation (on un-normalised images)."""
@@ -70,8 +72,18 @@ class Objective:
 
     def _compiled_on(self, device: torch.device) -> bool:
         """Whether the jitter and the loss chunks take their compiled twins: `compile: true`
-        compiles them on CUDA only, as it does the model."""
-        return self.cfg.compile and device.type == "cuda"
+        compiles them on CUDA only, as it does the model; never within `plain()`."""
+        return self.cfg.compile and device.type == "cuda" and not self._plain
+
+    @contextlib.contextmanager
+    def plain(self) -> Iterator[None]:
+        """Within it the jitter and the loss chunks take their plain versions: for a batch of a
+        shape that no compiled code was made for (an epoch's last, shorter batch)."""
+        self._plain = True
+        try:
+            yield
+        finally:
+            self._plain = False
 
     def batch(self, images: Tensor, labels: Tensor, train: bool,
               generator: torch.Generator) -> Batch:
