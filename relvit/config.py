@@ -205,7 +205,7 @@ class RunConfig:
     compile_mode: CompileMode = "default"  # the model's torch.compile mode, with compile: true
     # with compile: true, the training step from its random draws to its loss (the batch's
     # jitter, permutation and normalisation, the model, the targets and losses) compiled as one
-    # region, so that compile_mode's CUDA graphs cover all of it
+    # region, so that compile_mode's CUDA graphs cover all of it; evaluation's step likewise
     compile_step: bool = False
     precision: Precision = "bf16"  # CUDA's autocast; the CPU always computes in float32
     data: DataConfig = field(default_factory=DataConfig)

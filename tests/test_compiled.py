@@ -146,9 +146,9 @@ def _tiny_run(tiny_config, tmp_path, mode: str, **overrides):
     return run
 
 
-def _graph_calls_in_two_epochs(run, monkeypatch) -> list[int]:
-    """Calls of each graph that `run.compile_training()` compiles (a counting backend for
-    inductor) in two training epochs, whose last batches are shorter than the others."""
+def _compile_counting_graph_calls(run, monkeypatch) -> list[list[int]]:
+    """`run.compile_training()` with a counting backend for inductor: the calls of each graph
+    it compiles, as they happen."""
     from relvit.train import loop
 
     graphs: list[list[int]] = []
@@ -166,6 +166,13 @@ def _graph_calls_in_two_epochs(run, monkeypatch) -> list[int]:
                         functools.partial(compile_static, backend=counting_backend))
     torch._dynamo.reset()
     run.compile_training()
+    return graphs
+
+
+def _graph_calls_in_two_epochs(run, monkeypatch) -> list[int]:
+    """Calls of each graph that `run.compile_training()` compiles in two training epochs, whose
+    last batches are shorter than the others."""
+    graphs = _compile_counting_graph_calls(run, monkeypatch)
     steps = run.steps_per_epoch()
     assert run.train_size() % run.cfg.optim.batch_size  # an epoch has a shorter last batch
     for epoch in range(2):
@@ -207,6 +214,39 @@ def test_a_compiled_model_serves_the_full_batches_only(tmp_path, tiny_config, mo
     assert _graph_calls_in_two_epochs(run, monkeypatch) == [2 * (steps - 1)]
     assert twins == 2 * ([True] * (steps - 1) + [False])
     assert run.train_model is not run.model and run.eager_train_model is run.model
+
+
+@pytest.mark.parametrize("mode", ["supervised", "pretrain"])
+def test_compile_step_evaluates_the_full_batches_as_one_graph(tmp_path, tiny_config,
+                                                              monkeypatch, mode):
+    """With `compile_step` evaluation is a region too (the model in eval mode, no gradients):
+    one graph serves every full evaluation batch of two evaluations, and the split's last,
+    shorter batch runs eagerly; the training step's region is not called."""
+    run = _tiny_run(tiny_config, tmp_path, mode)
+    graphs = _compile_counting_graph_calls(run, monkeypatch)
+    size, batch = len(next(iter(run.splits.evals.values())).labels), run.eval_batch_size()
+    assert len(run.splits.evals) == 1 and size % batch  # a shorter last batch
+    rows = [run.evaluation(epoch) for epoch in range(2)]
+    torch._dynamo.reset()
+    assert [calls for calls, in graphs] == [2 * (size // batch)]
+    assert rows[0] == rows[1] and rows[0]["val_loss"] > 0
+
+
+def test_the_evaluation_region_gives_the_eager_losses(tmp_path, tiny_config):
+    """The evaluation region compiled by inductor gives the eager call's losses and accuracies,
+    to float rounding, for a pretrain evaluation batch."""
+    run = _tiny_run(tiny_config, tmp_path, "pretrain")
+    split = next(iter(run.splits.evals.values()))
+    images, labels = split.images[:32], split.labels[:32]
+    drawn = run.objective.draw(run._images(images), labels, False, run.generator(0, 3))
+    run.model.eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = run._eval_losses(drawn)[1]
+        compiled = compile_static(run._eval_losses)(drawn)[1]
+    torch._dynamo.reset()
+    assert {"loss_rel", "acc_rel", "loss_pos", "acc_pos"} <= eager.keys() == compiled.keys()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
 def test_a_plain_objective_takes_no_compiled_twin(tiny_config):
@@ -268,10 +308,11 @@ def test_compile_step_under_ddp_compiles_the_model_only(tmp_path, tiny_config, m
     with caplog.at_level("WARNING", logger="relvit"):
         run.compile_training()
     assert compiled == [run.model] and run.step_losses == run._step_losses
+    assert run.eval_losses == run._eval_losses
     assert "only the model is compiled" in caplog.text
     run.world = 1
     run.compile_training()
-    assert compiled[-1] == run._step_losses
+    assert compiled[-2:] == [run._step_losses, run._eval_losses]
 
 
 def _cifar_pretrain_step():

@@ -124,6 +124,7 @@ class Run:
         self.train_model: nn.Module = self.model  # what training batches go through (DDP)
         self.eager_train_model: nn.Module = self.model  # train_model, never compiled
         self.step_losses = self._step_losses  # compiled as one region: compile_step
+        self.eval_losses = self._eval_losses  # the same
         groups = parameter_groups(self.model, cfg.optim.decay_norm_and_bias,
                                   cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -219,6 +220,10 @@ class Run:
         on an H200, for one step an epoch (docs/performance.md)."""
         with self.objective.plain():
             return self._step_losses(drawn, self.eager_train_model)
+
+    def _eval_losses(self, drawn: DrawnBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`Objective.step_losses` of the model, for evaluation (under `torch.no_grad`)."""
+        return self._step_losses(drawn, self.model)
 
     @functools.cached_property
     def full_batch_share(self) -> int:
@@ -322,9 +327,10 @@ class Run:
     def compile_training(self) -> None:
         """`compile: true`: torch.compile the training model (`compile_model`), or with
         `compile_step` the batch's build, the model and the losses as one region
-        (`step_losses`)."""
+        (`step_losses`), and the same for evaluation (`eval_losses`)."""
         if self.cfg.compile_step and self.world == 1:
             self.step_losses = compile_static(self._step_losses, mode=self.cfg.compile_mode)
+            self.eval_losses = compile_static(self._eval_losses, mode=self.cfg.compile_mode)
             return
         if self.cfg.compile_step:  # a compiled region around DDP's forward was never tried
             log.warning("compile_step: under DistributedDataParallel (%d processes) only the "
@@ -524,10 +530,12 @@ class Run:
                                       self.cfg.data.workers,
                                       pin_memory=self.device.type == "cuda"):
             labels = labels.to(self.device, non_blocking=True)
-            batch = self.objective.batch(self._images(images), labels, train=False,
-                                         generator=gen)
-            _, stats = self.objective.forward_losses(
-                self.model, batch, autocast=self.cfg.autocast_on(self.device.type))
+            drawn = self.objective.draw(self._images(images), labels, train=False, generator=gen)
+            if len(labels) == self.eval_batch_size():
+                _, stats = self.eval_losses(drawn)
+            else:  # the split's last, shorter batch, as in training (`eager_step_losses`)
+                with self.objective.plain():
+                    _, stats = self._eval_losses(drawn)
             sums.add(stats, len(labels))
         totals, n = distributed.reduce_sums(sums.by_key(), len(part))
         return _means(totals, n)
