@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -133,6 +134,28 @@ def test_finetune_refuses_a_checkpoint_of_other_attention_heads(tmp_path, tiny_c
     with pytest.raises(CheckpointError, match="trained with 3 attention heads, this run "
                                               "builds 6"):
         Run(cfg, tmp_path / "fine").prepare()
+
+
+def test_a_finetune_from_an_unfinished_pretraining_says_so(tmp_path, tiny_config, caplog):
+    """A best.pt whose run has not finished (last.pt beside it, no metrics.json) is loaded, but
+    the finetune warns that it starts from that run's best epoch so far; once the run has
+    finished, or for a checkpoint outside a run directory, nothing is said."""
+    pretrain = tiny_config("pretrain", optim={"epochs": 2})
+    assert train(pretrain, tmp_path / "pre", stop_after=1, progress=False) is None
+    loose = tmp_path / "loose" / "best.pt"
+    loose.parent.mkdir()
+    shutil.copy(tmp_path / "pre" / "best.pt", loose)
+    said = []
+    for init in (tmp_path / "pre" / "best.pt", loose, None):
+        if init is None:  # the pretraining finished
+            train(pretrain, tmp_path / "pre", progress=False)
+            init = tmp_path / "pre" / "best.pt"
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="relvit"):
+            Run(tiny_config("finetune", init_checkpoint=str(init)), tmp_path / "fine").prepare()
+        said.append("its run has not finished" in caplog.text)
+        shutil.rmtree(tmp_path / "fine")
+    assert said == [True, False, False]
 
 
 @pytest.mark.parametrize("mode", ["pretrain", "supervised"])

@@ -138,12 +138,17 @@ def load_resume_state(out_dir: Path, move_aside: bool = True) -> dict[str, Any] 
 
 def check_upstream(path: Path) -> None:
     """UpstreamFailedError when the run directory of checkpoint `path` records a failed run
-    (metrics.json with "status": "failed", see relvit.train.failure)."""
+    (metrics.json with "status": "failed", see relvit.train.failure); a warning when it holds a
+    run that has not finished."""
     metrics = Path(path).parent / METRICS
     try:
         record = json.loads(metrics.read_text())
-    except FileNotFoundError:
-        return  # no record: a run by hand, or unfinished; the weights decide
+    except FileNotFoundError:  # no record: a checkpoint by hand, or a run before its end
+        if (Path(path).parent / LAST).is_file():
+            log.warning("checkpoint %s: its run has not finished (%s beside it, no %s: still "
+                        "training, or stopped); this run starts from that run's best epoch so "
+                        "far", path, LAST, METRICS)
+        return
     except (OSError, ValueError) as err:  # a damaged record may be a failure's
         raise CheckpointError(f"checkpoint {path}: its run's {metrics} cannot be read ({err}), "
                               "so whether that run finished or failed is unknown; rerun it "
