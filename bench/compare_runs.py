@@ -7,8 +7,9 @@ Reads each run's history.csv (`relvit <mode> --out RUNS_DIR/NAME`) and prints, p
 epoch, the training loss of both runs and their relative difference, the validation loss and
 accuracies, the epoch's wall time and training images/s; then per pair the largest loss
 difference and the median epoch time without the first epoch (which holds the compiles), and
-the peak memory of both runs from their metrics.json (allocated, and on a GPU reserved, which
-counts CUDA graphs' private pools; a run cut by a time cap has none).
+of its evaluation where history.csv has it (eval_time_s), and the peak memory of both runs
+from their metrics.json (allocated, and on a GPU reserved, which counts CUDA graphs' private
+pools; a run cut by a time cap has none).
 
 `--across PRETRAIN SUPERVISED` compares a pretrain run with the supervised run of the same kind
 (the issue's target: the pretrain step at most 1.10x the supervised one): their training
@@ -101,6 +102,10 @@ def compare(base_name: str, base: list[dict[str, float]], other_name: str,
         summary += (f"; median epoch after the first {t_base:.2f} s vs {t_other:.2f} s "
                     f"(speed-up base/other {t_base / t_other:.2f}x); first epoch "
                     f"{pairs[0][0]['epoch_time_s']:.1f} vs {pairs[0][1]['epoch_time_s']:.1f} s")
+        if all("eval_time_s" in row for pair in pairs for row in pair):  # runs since 2026-11-28
+            e_base = statistics.median(a["eval_time_s"] for a, _ in pairs[1:])
+            e_other = statistics.median(b["eval_time_s"] for _, b in pairs[1:])
+            summary += f"; evaluation, median after the first {e_base:.2f} s vs {e_other:.2f} s"
     return [*lines, summary, ""]
 
 

@@ -17,11 +17,15 @@ def compare_runs():
         yield module
 
 
-def _run(root: Path, name: str, losses: list[float], seconds: list[float]) -> None:
-    """A run directory with the training loop's own history.csv."""
+def _run(root: Path, name: str, losses: list[float], seconds: list[float],
+         evaluation: list[float] | None = None) -> None:
+    """A run directory with the training loop's own history.csv (`evaluation`: its
+    eval_time_s, a column of the runs since 2026-11-28)."""
     rows = [{"epoch": i + 1, "lr": 1e-3, "train_loss": loss, "val_loss": loss + 0.5,
              "val_acc_clf": 0.25, "val_acc_rel_all": 0.5, "epoch_time_s": t,
              "train_images_per_s": 1000 / t} for i, (loss, t) in enumerate(zip(losses, seconds))]
+    for row, seconds_evaluating in zip(rows, evaluation or []):
+        row["eval_time_s"] = seconds_evaluating
     (root / name).mkdir()
     (root / name / "history.csv").write_text(_history_csv(rows))
 
@@ -37,6 +41,17 @@ def test_pairs_print_the_loss_difference_and_the_epoch_speed_up(tmp_path, capsys
     assert ("graphs: 3 of 3 epochs; largest train_loss rel. diff 1.00e-03; median epoch after "
             "the first 2.00 s vs 0.75 s (speed-up base/other 2.67x); first epoch 3.0 vs "
             "40.0 s") in out
+
+
+def test_pairs_print_the_evaluation_time_when_both_histories_have_it(tmp_path, capsys,
+                                                                     compare_runs):
+    _run(tmp_path, "eager", [2.0, 1.5, 1.25], [3.0, 2.0, 2.0], [0.5, 0.4, 0.6])
+    _run(tmp_path, "graphs", [2.0, 1.5, 1.25], [40.0, 1.0, 0.5], [9.0, 0.2, 0.1])
+    _run(tmp_path, "older", [2.0, 1.5, 1.25], [40.0, 1.0, 0.5])
+    assert compare_runs.main([str(tmp_path), "eager", "graphs", "eager", "older"]) == 0
+    out = capsys.readouterr().out
+    assert "first epoch 3.0 vs 40.0 s; evaluation, median after the first 0.50 s vs 0.15 s\n" in out
+    assert out.count("; evaluation, median") == 1  # not for a run without the column
 
 
 def test_a_run_without_history_fails_and_names_its_log(tmp_path, capsys, compare_runs):

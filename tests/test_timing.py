@@ -44,10 +44,11 @@ def test_runs_record_timing_in_the_history_not_in_the_metrics(tmp_path, tiny_con
     for row in rows:
         assert float(row["train_images_per_s"]) > 0
         assert 0 <= float(row["input_wait_share"]) <= 1
+        assert 0 < float(row["eval_time_s"]) < float(row["epoch_time_s"])
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in TIMING_KEYS:
         assert key not in saved["best"] and key not in saved["last"] and key not in metrics["last"]
-    assert "images/s" in caplog.text and "% waiting for batches" in caplog.text
+    assert "images/s" in caplog.text and "% waiting for batches; evaluation " in caplog.text
 
 
 def test_history_of_a_run_resumed_across_the_new_columns():

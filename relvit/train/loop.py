@@ -421,9 +421,12 @@ class Run:
             started = time.perf_counter()
             train_stats, lr, timing = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
             row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+            evaluating = time.perf_counter()
             row.update(self.evaluation(epoch))
-            row["epoch_time_s"] = time.perf_counter() - started
+            ended = time.perf_counter()
+            row["epoch_time_s"] = ended - started
             row.update(timing)
+            row["eval_time_s"] = ended - evaluating
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
             self._log_epoch(row, started_at)
@@ -584,7 +587,8 @@ class Run:
         log.info(f"epoch {row['epoch']}/{self.cfg.optim.epochs} lr={row['lr']:.2e} "
                  + " ".join(parts)
                  + f" ({row['epoch_time_s']:.1f}s; training {row['train_images_per_s']:,.0f}"
-                 f" images/s, {100 * row['input_wait_share']:.0f} % waiting for batches"
+                 f" images/s, {100 * row['input_wait_share']:.0f} % waiting for batches; "
+                 f"evaluation {row['eval_time_s']:.1f}s"
                  + (f"; run done in {_duration(left)})" if left else ")"))
 
     def restore_finished(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ Item = TypeVar("Item")
 
 # Per-epoch keys of history.csv that describe the machine, not the run: left out of metrics.json's
 # best/last rows and of the comparisons of an interrupted run with an uninterrupted one.
-TIMING_KEYS = ("epoch_time_s", "train_images_per_s", "input_wait_share")
+TIMING_KEYS = ("epoch_time_s", "train_images_per_s", "input_wait_share", "eval_time_s")
 
 
 class InputWait:
