@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from relvit.models.contract import Backbone
+from relvit.models.specs import T2T_STRIDE
 from relvit.models.t2t import T2TViT, TokenPerformer, sinusoid_table, t2t_vit_14
 
 TINY = dict(embed_dim=48, depth=2, num_heads=2, token_dim=16)
@@ -179,6 +180,7 @@ def test_soft_splits_are_the_originals() -> None:
     splits = (t2t.soft_split0, t2t.soft_split1, t2t.soft_split2)
     assert [(s.kernel_size, s.stride, s.padding) for s in splits] == [(7, 4, 2), (3, 2, 1),
                                                                       (3, 2, 1)]
+    assert math.prod(s.stride for s in splits) == T2T_STRIDE  # the backbone spec's patch
 
 
 def test_performer_kernel_attention_approximates_softmax_attention() -> None:

@@ -87,8 +87,8 @@ from relvit.models.backbones import SwinBackbone, ViTBackbone
 from relvit.models.contract import Backbone, Tokens
 from relvit.models.losses import relation_loss, token_classification_loss
 from relvit.models.relvit import RelViT, SSLTasks
-from relvit.models.specs import pooled_side
-from relvit.models.t2t import TOTAL_STRIDE, T2TViT
+from relvit.models.specs import T2T_STRIDE, pooled_side
+from relvit.models.t2t import T2TViT
 from relvit.ssl.targets import position_targets, relation_targets
 
 DEFAULTS = DetectionConfig()  # a run config's defaults: those of the sizes below
@@ -189,7 +189,7 @@ def build_pyramid_backbone(backbone: Backbone, fpn_channels: int = DEFAULTS.fpn_
                              "pos_embed=True (a pretrain checkpoint without them still loads)")
         return SimpleFeaturePyramid(backbone, backbone.patch_size, fpn_channels)
     if isinstance(backbone, T2TViT):
-        return SimpleFeaturePyramid(backbone, TOTAL_STRIDE, fpn_channels)
+        return SimpleFeaturePyramid(backbone, T2T_STRIDE, fpn_channels)
     raise TypeError(f"no feature pyramid for backbone {type(backbone).__name__}")
 
 

@@ -22,13 +22,14 @@ class BackboneSpec:
 
 
 T2T_SSL_POOL = 2  # T2T-ViT's 14x14 tokens pooled to a 7x7 SSL grid (method spec, backbones)
+T2T_STRIDE = 16  # pixels per T2T-ViT token: its three soft splits have strides 4, 2 and 2
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vit_tiny": BackboneSpec("vit", "ViT-Ti", 192, 12, 3, 4.0),
     "vit_small": BackboneSpec("vit", "ViT-S", 384, 12, 6, 4.0),
     "vit_base": BackboneSpec("vit", "ViT-B", 768, 12, 12, 4.0),
     "swin_tiny": BackboneSpec("swin", "Swin-T", 96, 4, 3, 4.0, patch_size=4, window_size=7),
-    "t2t_vit_14": BackboneSpec("t2t", "T2T-ViT-14", 384, 14, 6, 3.0, patch_size=16,
+    "t2t_vit_14": BackboneSpec("t2t", "T2T-ViT-14", 384, 14, 6, 3.0, patch_size=T2T_STRIDE,
                                ssl_pool=T2T_SSL_POOL),
 }
 

@@ -16,11 +16,9 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from relvit.models.contract import Backbone, Tokens
-from relvit.models.specs import T2T_SSL_POOL
+from relvit.models.specs import T2T_SSL_POOL, T2T_STRIDE
 
 __all__ = ["T2TViT", "T2TModule", "TokenPerformer", "sinusoid_table", "t2t_vit_14"]
-
-TOTAL_STRIDE = 16  # the three soft splits have strides 4, 2 and 2
 
 
 def sinusoid_table(n_position: int, dim: int) -> Tensor:
@@ -161,11 +159,11 @@ class T2TViT(Backbone):
 
     @staticmethod
     def _grid(height: int, width: int) -> tuple[int, int]:
-        if height % TOTAL_STRIDE or width % TOTAL_STRIDE:
+        if height % T2T_STRIDE or width % T2T_STRIDE:
             raise ValueError(
-                f"T2T-ViT needs image sides divisible by {TOTAL_STRIDE}, got {height}x{width}"
+                f"T2T-ViT needs image sides divisible by {T2T_STRIDE}, got {height}x{width}"
             )
-        return height // TOTAL_STRIDE, width // TOTAL_STRIDE
+        return height // T2T_STRIDE, width // T2T_STRIDE
 
     def token_grid(self, image_size: int) -> tuple[int, int]:
         """(rows, cols) = (image_size // 16,) * 2; ValueError if `image_size` is not a multiple of 16."""
