@@ -6,11 +6,13 @@ LOG is the log Snakemake writes for every invocation (default: the newest
 `.snakemake/log/*.snakemake.log` under the current directory that ran jobs). Each job's start and
 end are the log's timestamps (1-s resolution). A training job's own time is its run's
 `wall_time_s` in the metrics.json it outputs: the run's epochs, training and evaluation, without
-the process's start-up (imports, data loading, model building). Prints, in Markdown, per rule:
-jobs, job-seconds, the runs' own seconds and the rest; then the core-seconds (cores × wall time)
-split into the runs' own time, the jobs' time outside it and the time no job held a core
-(Snakemake building its DAG and between jobs, or too few jobs ready). Issue 6 asks for this
-split of the smoke pipeline (docs/performance.md, "The smoke pipeline on 2 CPU cores").
+the process's start-up (imports, data loading, model building); the evaluation's part is the sum
+of `eval_time_s` in the run's history.csv (runs since 2026-11-28). Prints, in Markdown, per rule:
+jobs, job-seconds, the runs' own seconds, their evaluation's, and the rest; then the core-seconds
+(cores × wall time) split into the runs' own time (and their evaluation's), the jobs' time
+outside it and the time no job held a core (Snakemake building its DAG and between jobs, or too
+few jobs ready). Issue 6 asks for this split of the smoke pipeline, evaluation counted outside
+training (docs/performance.md, "The smoke pipeline on 2 CPU cores").
 
 A run resumed from an earlier invocation counts its earlier epochs too: measure from a clean
 start. Exit status 1 for a log with no finished job, 2 for a file that is no Snakemake log or a
@@ -20,6 +22,7 @@ training job whose metrics.json has no `wall_time_s` (the message names the file
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import sys
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from relvit.layout import METRICS
+from relvit.layout import HISTORY, METRICS
 
 TIMESTAMP = re.compile(r"\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 HEADER_DATE = re.compile(r"\s*Date: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
@@ -106,16 +109,35 @@ def parse_log(path: Path) -> PipelineLog:
     return PipelineLog(path, start, cores, workdir or project, list(jobs.values()))
 
 
+def _run_metrics(job: Job, workdir: Path) -> Path | None:
+    """The metrics.json of the training run the job wrote, if it is one."""
+    return next((workdir / output for output in job.outputs if output.endswith(METRICS)), None)
+
+
 def run_seconds(job: Job, workdir: Path) -> float | None:
     """The training run's own time (`wall_time_s` of the metrics.json the job wrote), if any."""
-    for output in job.outputs:
-        if output.endswith(METRICS):
-            path = workdir / output
-            try:
-                return float(json.loads(path.read_text())["wall_time_s"])
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}: no wall_time_s to read ({error})") from error
-    return None
+    path = _run_metrics(job, workdir)
+    if path is None:
+        return None
+    try:
+        return float(json.loads(path.read_text())["wall_time_s"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: no wall_time_s to read ({error})") from error
+
+
+def evaluation_seconds(job: Job, workdir: Path) -> float | None:
+    """The training run's evaluation time: `eval_time_s` summed over its history.csv (beside
+    its metrics.json); None for no training job, or a run recorded before the column."""
+    path = _run_metrics(job, workdir)
+    if path is None:
+        return None
+    history = path.with_name(HISTORY)
+    try:
+        with history.open(newline="") as handle:
+            cells = [row.get("eval_time_s") for row in csv.DictReader(handle)]
+        return sum(float(cell) for cell in cells) if cells and all(cells) else None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{history}: no eval_time_s to read ({error})") from error
 
 
 def idle_core_seconds(jobs: list[Job], start: datetime, end: datetime, cores: int) -> int:
@@ -140,10 +162,21 @@ class RuleTotals:
     seconds: float = 0.0
     runs: int = 0
     own: float = 0.0
+    evaluation: float | None = 0.0  # None once a run has no eval_time_s
+
+    def add(self, job: Job, own: float | None, evaluation: float | None) -> None:
+        self.jobs += 1
+        self.seconds += job.seconds
+        if own is not None:
+            self.runs += 1
+            self.own += own
+            self.evaluation = (None if self.evaluation is None or evaluation is None
+                               else self.evaluation + evaluation)
 
     def row(self, name: str) -> str:
         per_run = f"{(self.seconds - self.own) / self.runs:.1f}" if self.runs else ""
-        return (f"| {name} | {self.jobs} | {self.seconds:.0f} | {self.own:.0f} | "
+        evaluation = "" if self.evaluation is None else f"{self.evaluation:.0f}"
+        return (f"| {name} | {self.jobs} | {self.seconds:.0f} | {self.own:.0f} | {evaluation} | "
                 f"{self.seconds - self.own:.0f} | {per_run} |")
 
 
@@ -155,35 +188,44 @@ def report(log: PipelineLog, cores: int) -> str:
     rules: dict[str, RuleTotals] = {}
     total = RuleTotals()
     job_core_s = own_core_s = 0.0  # a job holds `threads` cores for its seconds
+    eval_core_s: float | None = 0.0
     for job in finished:
         own = run_seconds(job, log.workdir)
+        evaluation = evaluation_seconds(job, log.workdir)
         job_core_s += job.threads * job.seconds
         own_core_s += job.threads * (own or 0.0)
+        if own is not None:
+            eval_core_s = (None if eval_core_s is None or evaluation is None
+                           else eval_core_s + job.threads * evaluation)
         for totals in (rules.setdefault(job.rule, RuleTotals()), total):
-            totals.jobs += 1
-            totals.seconds += job.seconds
-            if own is not None:
-                totals.runs += 1
-                totals.own += own
+            totals.add(job, own, evaluation)
     lines = [f"{log.path}: {len(finished)} jobs finished on {cores} cores in {wall:.0f} s "
              "(from Snakemake's start to its last job's end)", "",
-             "| rule | jobs | job s | runs' own s | outside the runs s | outside, per run s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| rule | jobs | job s | runs' own s | of which evaluation s | outside the runs s "
+             "| outside, per run s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [totals.row(rule) for rule, totals in
               sorted(rules.items(), key=lambda item: -item[1].seconds)]
-    lines.append(f"| total | {total.jobs} | {total.seconds:.0f} | {total.own:.0f} | "
-                 f"{total.seconds - total.own:.0f} | |")
+    lines.append(total.row("total"))
     core_s = cores * wall
     outside_s = job_core_s - own_core_s
     idle = idle_core_seconds(finished, log.start, end, cores)
     lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",
               f"- the training runs' own time (their epochs): {own_core_s:.0f} "
-              f"({own_core_s / core_s:.1%})",
-              f"- the jobs' time outside it (start-up, imports, the report jobs): "
+              f"({own_core_s / core_s:.1%})"]
+    if eval_core_s is not None:
+        lines.append(f"  - of which evaluation: {eval_core_s:.0f} ({eval_core_s / core_s:.1%})")
+    lines += [f"- the jobs' time outside it (start-up, imports, the report jobs): "
               f"{outside_s:.0f} ({outside_s / core_s:.1%})",
               f"- no job on the core (Snakemake's DAG, between jobs, waiting on inputs): "
               f"{idle} ({idle / core_s:.1%})",
               f"- **outside training: {1 - own_core_s / core_s:.1%}**"]
+    if eval_core_s is not None:
+        lines.append(f"- **outside the training steps (evaluation too): "
+                     f"{1 - (own_core_s - eval_core_s) / core_s:.1%}**")
+    else:
+        lines.append("- evaluation not split out: a run's history.csv has no eval_time_s "
+                     "(recorded before 2026-11-28)")
     unfinished = [f"{job.rule} (job {job.jobid})" for job in log.jobs if job.end is None]
     if unfinished:
         lines += ["", f"Not finished in this log (failed, or still running): "

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.bench import bench_script
+from relvit.train.loop import _history_csv
 
 START = datetime(2026, 11, 8, 10, 0, 0)  # a one-digit day: Snakemake pads it with a space
 
@@ -53,17 +54,24 @@ def _write_log(root: Path, body: list[str], cores: int = 2) -> Path:
     return path
 
 
-def _metrics(root: Path, run: str, wall_time_s: float) -> str:
+def _metrics(root: Path, run: str, wall_time_s: float,
+             evaluation: list[float] | None = None) -> str:
+    """A run's metrics.json and, with `evaluation` (each epoch's eval_time_s), its history.csv
+    (without: a run recorded before that column)."""
     path = root / "results" / "runs" / run / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"mode": "pretrain", "wall_time_s": wall_time_s}))
+    rows = [{"epoch": i + 1, "epoch_time_s": wall_time_s / len(evaluation or [1]),
+             **({} if evaluation is None else {"eval_time_s": seconds})}
+            for i, seconds in enumerate(evaluation or [0.0])]
+    path.with_name("history.csv").write_text(_history_csv(rows))
     return path.relative_to(root).as_posix()
 
 
 def test_core_seconds_split_into_runs_jobs_and_idle_cores(tmp_path, pipeline_times, capsys,
                                                           monkeypatch):
-    pretrain = _metrics(tmp_path, "pretrain", 30.5)
-    supervised = _metrics(tmp_path, "supervised", 44.5)
+    pretrain = _metrics(tmp_path, "pretrain", 30.5, [1.5, 2.5])
+    supervised = _metrics(tmp_path, "supervised", 44.5, [3.0, 3.0, 2.0])
     body = (_job(1, "run_config", 3, "results/configs/a.yaml", local=True)
             + _finished(1, 3, "run_config")
             + _job(1, "pretrain", 1, pretrain)
@@ -83,17 +91,20 @@ def test_core_seconds_split_into_runs_jobs_and_idle_cores(tmp_path, pipeline_tim
     assert pipeline_times.main([]) == 0  # the newest log under .snakemake/log that ran jobs
     out = capsys.readouterr().out
     assert "4 jobs finished on 2 cores in 55 s" in out
-    assert "| supervised | 1 | 50 | 44 | 6 | 5.5 |" in out  # 44.5 s of a 50-s job
-    assert "| pretrain | 1 | 40 | 30 | 10 | 9.5 |" in out
-    assert "| table1 | 1 | 2 | 0 | 2 |  |" in out and "| run_config | 1 | 0 | 0 | 0 |  |" in out
-    assert "| total | 4 | 92 | 75 | 17 | |" in out
-    # 110 core-seconds: 75 in the runs, 17 in the jobs outside them, and 18 with no job on
-    # the core: 2 (second 0), 1 (second 1), 11 (41-51), 2 (52), 2 (53-54, table1 alone)
+    assert "| supervised | 1 | 50 | 44 | 8 | 6 | 5.5 |" in out  # 44.5 s of a 50-s job
+    assert "| pretrain | 1 | 40 | 30 | 4 | 10 | 9.5 |" in out
+    assert "| table1 | 1 | 2 | 0 | 0 | 2 |  |" in out
+    assert "| run_config | 1 | 0 | 0 | 0 | 0 |  |" in out
+    assert "| total | 4 | 92 | 75 | 12 | 17 | 8.5 |" in out
+    # 110 core-seconds: 75 in the runs (12 of them evaluating), 17 in the jobs outside them,
+    # and 18 with no job on the core: 2 (second 0), 1 (second 1), 11 (41-51), 2 (52), 2 (53-54,
+    # table1 alone)
     assert "Core-seconds (2 cores × 55 s): 110" in out
-    assert "own time (their epochs): 75 (68.2%)" in out
+    assert "own time (their epochs): 75 (68.2%)\n  - of which evaluation: 12 (10.9%)" in out
     assert "the report jobs): 17 (15.5%)" in out
     assert "waiting on inputs): 18 (16.4%)" in out
     assert "**outside training: 31.8%**" in out
+    assert "**outside the training steps (evaluation too): 42.7%**" in out
     assert "Not finished in this log (failed, or still running): finetune (job 4)" in out
 
 
@@ -105,6 +116,9 @@ def test_a_job_of_two_threads_holds_both_cores(tmp_path, pipeline_times, capsys)
     assert "waiting on inputs): 0 (0.0%)" in out
     # its 9 s of training held both cores: 18 of the 20 core-seconds
     assert "own time (their epochs): 18 (90.0%)" in out and "outside training: 10.0%" in out
+    # a run recorded before eval_time_s: its evaluation is not split out, and said so
+    assert "| pretrain | 1 | 10 | 9 |  | 1 | 1.0 |" in out and "- of which evaluation" not in out
+    assert "evaluation not split out: a run's history.csv has no eval_time_s" in out
     # --cores overrides the log's: on 4 cores the job leaves 2 idle for 10 s
     assert pipeline_times.main([str(log), "--cores", "4"]) == 0
     assert "waiting on inputs): 20 (50.0%)" in capsys.readouterr().out
@@ -140,3 +154,9 @@ def test_bad_input_is_named(tmp_path, pipeline_times, capsys):
                      + _finished(5, 1, "pretrain"))
     assert pipeline_times.main([str(log)]) == 2
     assert f"{metrics}: no wall_time_s to read" in capsys.readouterr().err
+
+    metrics.write_text('{"mode": "pretrain", "wall_time_s": 4.0}')
+    history = metrics.with_name("history.csv")
+    history.write_text("epoch,eval_time_s\n1,n/a\n")  # a damaged history
+    assert pipeline_times.main([str(log)]) == 2
+    assert f"{history}: no eval_time_s to read" in capsys.readouterr().err

@@ -517,10 +517,12 @@ def _check_pipeline_times(project: Path, counts: dict[str, int]) -> None:
         assert len(rules) == sum(counts.values()) and all(job.end for job in log.jobs)
         for job in log.jobs:
             own = times.run_seconds(job, log.workdir)
+            evaluation = times.evaluation_seconds(job, log.workdir)
             if job.rule in ("pretrain", "finetune", "supervised", "detect"):
                 assert 0 < own <= job.seconds + 1, (job, own)  # the log's 1-s resolution
+                assert 0 < evaluation < own, (job, evaluation)
             else:
-                assert own is None, job
+                assert own is None and evaluation is None, job
 
 
 DETECTION = {
