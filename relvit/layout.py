@@ -6,9 +6,9 @@ A dataset under the data root is ready once `relvit prepare-data` wrote <root>/<
 <run> = <dataset>/<backbone>/<method>/seed<N>:
 - <results>/configs/<run>.yaml: what the run computes (Snakemake tracks it);
 - <results>/execution/<run>.yaml: how it executes (relvit.execution; not tracked);
-- <results>/runs/<run>/: what it writes (metrics.json, best.pt, last.pt, history.csv, and
-  finished.json, relvit.train.finished); a run folder made with another config is moved aside
-  to <run folder>.replaced-<time> (`--replace-changed`).
+- <results>/runs/<run>/: what it writes (metrics.json, best.pt, last.pt, history.csv,
+  train.log, and finished.json, relvit.train.finished); a run folder made with another config is
+  moved aside to <run folder>.replaced-<time> (`--replace-changed`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ BEST = "best.pt"  # the weights of the best epoch: what a finetune or detection 
 LAST = "last.pt"  # the state a run resumes from
 HISTORY = "history.csv"  # one row per epoch
 RUN_CONFIG = "config.yaml"  # the resolved config the run was started with
+RUN_LOG = "train.log"  # every training process's log lines, appended (relvit.train.runlog)
 FINISHED = "finished.json"  # metrics.json's copy, written first (relvit.train.finished)
 REPLACED = ".replaced-"  # <run folder>.replaced-<time>: moved aside, never deleted
 

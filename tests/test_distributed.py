@@ -121,6 +121,8 @@ def test_pretrain_two_processes_agree_and_rank_0_writes(tmp_path, pretrain_two):
     assert set(RUN_FILES) <= names, names
     assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")], names  # no temps
     assert result.stderr.count("epoch 2/2") == 1  # one log for the job (rank 0)
+    run_log = (out / "train.log").read_text()  # and one train.log, rank 0's
+    assert run_log.count("relvit pretrain started") == run_log.count("epoch 2/2") == 1
 
 
 def test_two_processes_resume_exactly(tmp_path, pretrain_two):

@@ -51,6 +51,7 @@ from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingErr
 from relvit.train.finished import read_finished, record_changes
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
+from relvit.train.runlog import run_log
 from relvit.train.runlock import run_lock
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
@@ -715,7 +716,10 @@ def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
     run_class = Run
     if cfg.mode == "detect":
         from relvit.detection.train import DetectionRun as run_class
-    # torchrun's rank 0 holds the lock (the others stop with it when it cannot)
-    with run_lock(out_dir) if distributed.launched_rank() == 0 else nullcontext():
-        with distributed.session(cfg.device):
-            return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)
+    # torchrun's rank 0 holds the lock (the others stop with it when it cannot) and writes the
+    # run's train.log
+    main = distributed.launched_rank() == 0
+    with run_lock(out_dir) if main else nullcontext():
+        with run_log(out_dir, cfg.mode) if main else nullcontext():
+            with distributed.session(cfg.device):
+                return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)

@@ -37,12 +37,15 @@ def test_kill_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert outcome(run) == expected
 
 
-@pytest.mark.parametrize("fault, code, said", [
-    ("int-at-step", 130, "relvit: interrupted;"),
-    ("term-at-step", 143, "relvit: terminated (SIGTERM);")])
-def test_ctrl_c_or_sigterm_mid_epoch_says_what_is_kept_and_resumes(tmp_path, fault, code, said):
+@pytest.mark.parametrize("fault, code, said, logged", [
+    ("int-at-step", 130, "relvit: interrupted;", "stopped by KeyboardInterrupt"),
+    ("term-at-step", 143, "relvit: terminated (SIGTERM);",
+     "stopped by Terminated: signal SIGTERM")])
+def test_ctrl_c_or_sigterm_mid_epoch_says_what_is_kept_and_resumes(tmp_path, fault, code, said,
+                                                                   logged):
     """SIGTERM (a SLURM time limit, Snakemake's shutdown) had ended a run without a word, exit
-    -15; Ctrl-C said only "interrupted". Both now say what the rerun resumes from."""
+    -15; Ctrl-C said only "interrupted". Both now say what the rerun resumes from, and the run's
+    train.log what stopped it."""
     config, expected = reference()
     run = tmp_path / "run"
     result = train_cli(config, run, fault=f"{fault}:{STEPS_PER_EPOCH + 5}")
@@ -51,6 +54,7 @@ def test_ctrl_c_or_sigterm_mid_epoch_says_what_is_kept_and_resumes(tmp_path, fau
         f"{said} {run} keeps its 1 finished epoch (last.pt): the same command resumes after "
         "them")
     assert "Traceback" not in result.stderr and _temps(run) == []
+    assert (run / "train.log").read_text().splitlines()[-1].endswith(logged)
     assert train_here(config, run) == 0
     assert outcome(run) == expected
 
