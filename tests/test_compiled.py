@@ -232,6 +232,7 @@ def test_compile_step_evaluates_the_full_batches_as_one_graph(tmp_path, tiny_con
     assert rows[0] == rows[1] and rows[0]["val_loss"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:.torch._prims_common.check. is deprecated:FutureWarning")
 def test_the_evaluation_region_gives_the_eager_losses(tmp_path, tiny_config):
     """The evaluation region compiled by inductor gives the eager call's losses and accuracies,
     to float rounding, for a pretrain evaluation batch."""
