@@ -16,7 +16,8 @@ training (docs/performance.md, "The smoke pipeline on 2 CPU cores").
 
 A run resumed from an earlier invocation counts its earlier epochs too: measure from a clean
 start. Exit status 1 for a log with no finished job, 2 for a file that is no Snakemake log or a
-training job whose metrics.json has no `wall_time_s` (the message names the file).
+training job whose metrics.json has no `wall_time_s` or whose history.csv cannot be read (the
+message names the file).
 """
 
 from __future__ import annotations
