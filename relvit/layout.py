@@ -28,6 +28,15 @@ FINISHED = "finished.json"  # metrics.json's copy, written first (relvit.train.f
 REPLACED = ".replaced-"  # <run folder>.replaced-<time>: moved aside, never deleted
 
 
+# a run's id: its folder under <results>/runs/, and the wildcards of the workflow's training rules
+RUN_ID = "{dataset}/{backbone}/{method}/seed{seed}"
+
+
+def run_id(dataset: str, backbone: str, method: str, seed: int | str) -> str:
+    """The id of a run (`RUN_ID`), e.g. digits/vit_small/pretrain/seed0."""
+    return RUN_ID.format(dataset=dataset, backbone=backbone, method=method, seed=seed)
+
+
 def run_dir(results: str, run_id: str) -> str:
     return f"{results}/{RUNS}/{run_id}"
 

@@ -18,7 +18,7 @@ from relvit.config import (ConfigError, DataConfig, OptimConfig, config_from_dic
 from relvit.data.registry import DATASETS
 from relvit.data.resize import resized_folder
 from relvit.detection.plan import TableRow, table_rows
-from relvit.layout import PAPER_TABLES, best_checkpoint, metrics_file
+from relvit.layout import PAPER_TABLES, best_checkpoint, metrics_file, run_id
 from relvit.report.table1 import MEGAPATCHES, SAME_EPOCHS
 
 
@@ -294,10 +294,9 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, P
         side = mega.get(backbone, 0) if isinstance(mega, dict) else mega
         for seed in detection.get("seeds", workflow["seeds"]):
             base = {"seed": seed, "data": {"name": dataset, "root": root}, "model": model}
-            prefix = f"{dataset}/{backbone}"
             pretrain = None
             if variant.pretrain_method:
-                pretrain = f"{prefix}/{variant.pretrain_method}/seed{seed}"
+                pretrain = run_id(dataset, backbone, variant.pretrain_method, seed)
                 raw = merge(_stage(workflow, "pretrain_detection", base), {
                     "mode": "pretrain", "label": variant.pretrain_method,
                     "ssl": {"shuffle": variant.perm, "megapatch_side": side if variant.mega else 0}})
@@ -307,7 +306,8 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, P
                 "detection": {"ssl_joint": variant.upstream is False}})
             if pretrain:  # upstream: start from the pretrain run's best.pt
                 raw["init_checkpoint"] = best_checkpoint(results, pretrain)
-            _add(runs, problems, f"{prefix}/{variant.method}/seed{seed}", dataset, raw, pretrain)
+            _add(runs, problems, run_id(dataset, backbone, variant.method, seed), dataset, raw,
+                 pretrain)
     if problems:
         raise ConfigError(sorted(set(problems)), "workflow config")
     return runs
@@ -418,11 +418,10 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
             base = merge(by_dataset.get(dataset) or {},
                          {"seed": seed, "data": _data_config(data, dataset),
                           "model": {"backbone": backbone}})
-            prefix = f"{dataset}/{backbone}"
             for method, raw in _methods(workflow, dataset, base).items():
-                pretrain = f"{prefix}/{PRETRAIN_OF[method]}/seed{seed}" \
+                pretrain = run_id(dataset, backbone, PRETRAIN_OF[method], seed) \
                     if method in PRETRAIN_OF else None
-                _add(runs, problems, f"{prefix}/{method}/seed{seed}", dataset,
+                _add(runs, problems, run_id(dataset, backbone, method, seed), dataset,
                      merge(raw, {"mode": METHOD_MODES[method]}), pretrain)
     if problems:
         raise ConfigError(sorted(set(problems)), "workflow config")
@@ -436,12 +435,12 @@ def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[d
     rows = []
     for row in detection_rows(workflow, paper_csv):
         for seed in seeds:
-            run_id = f"{row.run_dataset}/{row.backbone}/{row.variant.method}/seed{seed}"
+            run = run_id(row.run_dataset, row.backbone, row.variant.method, seed)
             rows.append({"table": row.table, "dataset": row.dataset, "backbone": row.backbone,
                          "run_dataset": row.run_dataset, "variant": row.variant.name,
                          "upstream": row.variant.upstream, "perm": row.variant.perm,
-                         "mega": row.variant.mega, "seed": seed, "run_id": run_id,
-                         "metrics": metrics_file(results, run_id)})
+                         "mega": row.variant.mega, "seed": seed, "run_id": run,
+                         "metrics": metrics_file(results, run)})
     return rows
 
 

@@ -3,11 +3,11 @@
 
 rule finetune:
     input:
-        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        config=run_config_file(RUN),
         data=data_marker,
         pretrain=pretrain_metrics,
     output:
-        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        metrics=metrics_file(RUN),
     wildcard_constraints:
         method="relvit|relvit_mega",
     params:
@@ -16,7 +16,7 @@ rule finetune:
         execution=run_execution_file,
         init=pretrain_checkpoint,
     log:
-        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
+        job_log(RUN),
     threads: config["threads_per_run"]
     resources:
         **stage_resources("finetune"),
@@ -32,10 +32,10 @@ rule finetune:
 
 rule supervised:
     input:
-        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        config=run_config_file(RUN),
         data=data_marker,
     output:
-        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        metrics=metrics_file(RUN),
     wildcard_constraints:
         method="supervised|supervised_same_epochs",
     params:
@@ -43,7 +43,7 @@ rule supervised:
         out=lambda wc: run_dir(planned(wc).run_id),
         execution=run_execution_file,
     log:
-        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
+        job_log(RUN),
     threads: config["threads_per_run"]
     resources:
         **stage_resources("supervised"),

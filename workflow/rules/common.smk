@@ -26,6 +26,9 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+RUN = layout.RUN_ID  # the training rules' wildcards
+
+
 def run_dir(run_id):
     return layout.run_dir(RESULTS, run_id)
 
@@ -36,6 +39,12 @@ def run_config_file(run_id):
 
 def metrics_file(run_id):
     return layout.metrics_file(RESULTS, run_id)
+
+
+def job_log(run_id):
+    """A training job's log (Snakemake deletes it before it runs the job again; the run's own
+    train.log keeps every attempt's lines)."""
+    return f"{RESULTS}/logs/{run_id}.log"
 
 
 def ready_marker(dataset):
@@ -55,7 +64,8 @@ def data_marker(wildcards):
 
 
 def planned(wildcards):
-    run_id = f"{wildcards.dataset}/{wildcards.backbone}/{wildcards.method}/seed{wildcards.seed}"
+    run_id = layout.run_id(wildcards.dataset, wildcards.backbone, wildcards.method,
+                           wildcards.seed)
     if run_id not in RUNS:
         raise ValueError(f"{run_id} is not a run of this workflow config")
     return RUNS[run_id]

@@ -4,11 +4,11 @@
 
 rule detect:
     input:
-        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        config=run_config_file(RUN),
         data=ready_marker("{dataset}"),
         pretrain=pretrain_metrics,
     output:
-        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        metrics=metrics_file(RUN),
     wildcard_constraints:
         method="det_[a-z_]+",
     params:
@@ -16,7 +16,7 @@ rule detect:
         out=lambda wc: run_dir(planned(wc).run_id),
         execution=run_execution_file,
     log:
-        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
+        job_log(RUN),
     threads: config["threads_per_run"]
     resources:
         **stage_resources("detect"),

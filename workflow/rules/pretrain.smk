@@ -5,10 +5,10 @@
 
 rule pretrain:
     input:
-        config=run_config_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        config=run_config_file(RUN),
         data=data_marker,
     output:
-        metrics=metrics_file("{dataset}/{backbone}/{method}/seed{seed}"),
+        metrics=metrics_file(RUN),
     wildcard_constraints:
         method="pretrain(_mega|_det(_perm)?(_mega)?)?",
     params:
@@ -16,7 +16,7 @@ rule pretrain:
         out=lambda wc: run_dir(planned(wc).run_id),
         execution=run_execution_file,
     log:
-        f"{RESULTS}/logs/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}.log",
+        job_log(RUN),
     threads: config["threads_per_run"]
     # first among the ready jobs: the finetune and upstream detection runs wait on them, and the
     # smoke run's last job had been a detection whose pretraining started late (docs/performance.md)
