@@ -189,17 +189,18 @@ def report(log: PipelineLog, cores: int) -> str:
     rules: dict[str, RuleTotals] = {}
     total = RuleTotals()
     job_core_s = own_core_s = 0.0  # a job holds `threads` cores for its seconds
-    eval_core_s: float | None = 0.0
+    run_evaluations = []  # (threads, evaluation seconds or None) of each training run
     for job in finished:
         own = run_seconds(job, log.workdir)
         evaluation = evaluation_seconds(job, log.workdir)
         job_core_s += job.threads * job.seconds
         own_core_s += job.threads * (own or 0.0)
         if own is not None:
-            eval_core_s = (None if eval_core_s is None or evaluation is None
-                           else eval_core_s + job.threads * evaluation)
+            run_evaluations.append((job.threads, evaluation))
         for totals in (rules.setdefault(job.rule, RuleTotals()), total):
             totals.add(job, own, evaluation)
+    eval_core_s = None if any(e is None for _, e in run_evaluations) else \
+        sum(threads * e for threads, e in run_evaluations)
     lines = [f"{log.path}: {len(finished)} jobs finished on {cores} cores in {wall:.0f} s "
              "(from Snakemake's start to its last job's end)", "",
              "| rule | jobs | job s | runs' own s | of which evaluation s | outside the runs s "
