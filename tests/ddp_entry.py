@@ -59,8 +59,8 @@ def _instrument() -> None:
         nan_rank, original = int(os.environ["RELVIT_TEST_NAN_RANK"]), loop.Run.train_loss
         steps = [0]
 
-        def train_loss(self: loop.Run, data: Any, generator: Any) -> Any:
-            loss, stats, size = original(self, data, generator)
+        def train_loss(self: loop.Run, *args: Any) -> Any:
+            loss, stats, size = original(self, *args)
             steps[0] += 1
             if steps[0] == 2 and self.rank == nan_rank:
                 loss = loss * float("nan")

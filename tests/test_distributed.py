@@ -4,13 +4,11 @@ resume, a consistent stop on a non-finite loss, and the split of each global bat
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -177,37 +175,23 @@ def test_detection_evaluates_shards_as_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("n,batch,world", [(1437, 75, 2), (1437, 128, 3), (100, 10, 4),
-                                           (23, 8, 1), (9, 4, 4), (10, 4, 2)])
-def test_each_sample_of_an_epoch_goes_to_one_rank(n, batch, world):
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
-    per_rank = [distributed.shard_batches(order, batch, rank, world) for rank in range(world)]
-    steps = distributed.global_batch_sizes(n, batch, world)
-    assert all(len(shards) == len(steps) for shards in per_rank)
-    for step, size in enumerate(steps):
-        shards = [per_rank[rank][step] for rank in range(world)]
-        assert [len(s) for s in shards] == [len(s) for s in torch.arange(size).tensor_split(world)]
-        # rank r holds shard r of global batch `step`: the single-process batch, in order
-        assert torch.equal(torch.cat(shards), order[step * batch:step * batch + size])
-    seen = torch.cat([s for shards in per_rank for s in shards])
-    tail = n % batch
-    dropped = tail if 0 < tail < world else 0  # too short to give every rank a sample
-    assert len(seen) == len(set(seen.tolist())) == n - dropped
-    assert set(order[n - dropped:].tolist()).isdisjoint(seen.tolist())
-
-
-@pytest.mark.parametrize("n,batch,world", [(1437, 75, 2), (1437, 128, 3), (100, 10, 4),
-                                           (23, 8, 1), (9, 4, 4), (5, 8, 2)])
-def test_compiled_training_code_serves_every_batch_of_a_rank_but_a_shorter_last(n, batch,
-                                                                                 world):
-    """`Run.full_batch_share`, the one batch size that compiled training code serves on a rank,
-    is that of each of the rank's batches in an epoch, but a shorter last one."""
+                                           (23, 8, 1), (9, 4, 4), (5, 8, 2), (509, 255, 2)])
+def test_compiled_training_code_serves_one_share_size_per_rank_on_every_rank_at_once(n, batch,
+                                                                                      world):
+    """`distributed.full_steps`, the steps that compiled training code serves: every step but
+    a shorter last one, on every rank at once, and on each rank one size of share. With 509
+    samples, batches of 255 on 2 ranks, rank 1's share of the last batch is its full share
+    (127), which a rank-local test of the share's size took for a full step."""
+    sizes = distributed.global_batch_sizes(n, batch, world)
+    full = distributed.full_steps(sizes)
+    assert full == [True] * (len(sizes) - 1) + [sizes[-1] == sizes[0]]
     for rank in range(world):
-        run = SimpleNamespace(cfg=SimpleNamespace(optim=SimpleNamespace(batch_size=batch)),
-                              train_size=lambda: n, rank=rank, world=world)
-        run.shards = functools.partial(Run.shards, run)
-        share = Run.full_batch_share.func(run)
-        sizes = [len(s) for s in distributed.shard_batches(torch.arange(n), batch, rank, world)]
-        assert sizes[:-1] == [share] * (len(sizes) - 1) and 0 < sizes[-1] <= share
+        shares = [len(s) for s in distributed.shard_batches(torch.arange(n), batch, rank, world)]
+        assert len({share for share, f in zip(shares, full) if f}) == 1
+    if (n, batch, world) == (509, 255, 2):
+        last_shares = [len(distributed.shard_batches(torch.arange(n), batch, r, world)[-1])
+                       for r in range(world)]
+        assert last_shares == [127, 127] and not full[-1]
 
 
 def test_a_global_batch_smaller_than_the_world_is_refused():

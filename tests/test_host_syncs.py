@@ -47,11 +47,11 @@ def test_an_error_after_a_non_finite_step_reports_that_step(tmp_path, tiny_confi
     error names the non-finite step, not whatever failed after it."""
     original, calls = loop.Run.train_loss, [0]
 
-    def train_loss(self, data, generator):
+    def train_loss(self, *args):
         calls[0] += 1
         if calls[0] == 3:
             raise RuntimeError("a later step failed")
-        loss, stats, size = original(self, data, generator)
+        loss, stats, size = original(self, *args)
         return (loss * float("nan") if calls[0] == 2 else loss), stats, size
 
     monkeypatch.setattr(loop.Run, "train_loss", train_loss)

@@ -111,10 +111,11 @@ class DetectionRun(Run):
                        for t in targets]
         return images, targets
 
-    def train_loss(self, data: Any, generator: torch.Generator) -> tuple[torch.Tensor,
-                                                                      dict[str, torch.Tensor], int]:
+    def train_loss(self, data: Any, generator: torch.Generator, full: bool = True
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """The summed R-CNN (and joint SSL) losses of one batch, each loss by name, and the
-        batch's image count."""
+        batch's image count. Every batch takes the training model, `full` or not: its compiled
+        graphs take dynamic shapes (`compile_model`)."""
         images, targets = self._to_device(*data)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.cfg.autocast_on(self.device.type)):

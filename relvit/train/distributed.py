@@ -173,6 +173,18 @@ def global_batch_sizes(n: int, batch_size: int, world: int) -> list[int]:
     return sizes[:-1] if sizes and sizes[-1] < world else sizes
 
 
+def full_steps(global_sizes: list[int]) -> list[bool]:
+    """Which of an epoch's steps have a full global batch, the size of the first: compiled
+    training code serves those steps, and the last, shorter one runs eagerly (`Run.train_loss`).
+
+    The same on every rank, from the global sizes rather than a rank's own share: with 255
+    samples a batch on 2 ranks, a last global batch of 254 gives rank 1 a share of the full
+    size (127, 127 against 128, 127), and a rank-local test would have sent one rank through the
+    compiled model and the other through the eager one, in one DDP step.
+    """
+    return [size == global_sizes[0] for size in global_sizes]
+
+
 def shard_batches(order: torch.Tensor, batch_size: int, rank: int,
                   world: int) -> list[torch.Tensor]:
     """This rank's share of each global batch of the epoch order `order`, one tensor per step.

@@ -194,15 +194,17 @@ class Run:
         seed = _epoch_seed(self.cfg.seed, epoch, stream, self.rank)
         return torch.Generator(device=device or "cpu").manual_seed(seed)
 
-    def train_loss(self, data: Any, generator: torch.Generator) -> tuple[torch.Tensor,
-                                                                      dict[str, torch.Tensor], int]:
-        """Loss of one training batch, its statistics and its size."""
+    def train_loss(self, data: Any, generator: torch.Generator, full: bool = True
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """Loss of one training batch, its statistics and its size. `full`: the step's global
+        batch has the size of the epoch's first (`distributed.full_steps`, the same on every
+        rank); compiled code serves those, and the epoch's last, shorter one runs eagerly."""
         images, labels = data
         labels = labels.to(self.device, non_blocking=True)
         drawn = self.objective.draw(self._images(images), labels, train=True, generator=generator)
-        if len(labels) == self.full_batch_share:
+        if full:
             loss, stats = self.step_losses(drawn)
-        else:  # the epoch's last, shorter batch
+        else:
             loss, stats = self.eager_step_losses(drawn)
         return loss, stats, len(labels)
 
@@ -225,13 +227,6 @@ class Run:
     def _eval_losses(self, drawn: DrawnBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`Objective.step_losses` of the model, for evaluation (under `torch.no_grad`)."""
         return self._step_losses(drawn, self.model)
-
-    @functools.cached_property
-    def full_batch_share(self) -> int:
-        """This rank's share of an epoch's first, full batch: the batch shape that compiled
-        training code serves (`train_loss`)."""
-        shares = self.shards(torch.arange(min(self.cfg.optim.batch_size, self.train_size())))
-        return len(shares[0]) if shares else 0
 
     def evaluation(self, epoch: int) -> dict[str, float]:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
@@ -455,6 +450,7 @@ class Run:
         aug_gen = self.generator(epoch, 2, self.device)
         global_sizes = distributed.global_batch_sizes(self.train_size(), cfg.optim.batch_size,
                                                       self.world)
+        full = distributed.full_steps(global_sizes)
         self.train_model.train()
         sums = StatSums()
         seen, lr = 0, cfg.optim.lr
@@ -469,7 +465,7 @@ class Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             try:
-                loss, stats, size = self.train_loss(data, aug_gen)
+                loss, stats, size = self.train_loss(data, aug_gen, full[i])
             except Exception:  # weights a non-finite step broke: report that step instead
                 self._check_finite(lagged.flush(), epoch)
                 raise

@@ -37,11 +37,11 @@ def _signal_at_step(signum: int, n: int) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     original, calls = loop.Run.train_loss, [0]
 
-    def train_loss(self: loop.Run, data: Any, generator: Any) -> Any:
+    def train_loss(self: loop.Run, *args: Any) -> Any:
         calls[0] += 1
         if calls[0] == n:
             os.kill(os.getpid(), signum)
-        return original(self, data, generator)
+        return original(self, *args)
 
     loop.Run.train_loss = train_loss
 
