@@ -43,8 +43,14 @@ def test_what_stopped_a_run_is_its_last_line(tmp_path, tiny_config, monkeypatch)
     monkeypatch.setattr(loop.Run, "train_loss", train_loss)
     with pytest.raises(RuntimeError):
         train(tiny_config("supervised", optim={"epochs": 2}), tmp_path / "run", progress=False)
-    last = (tmp_path / "run" / "train.log").read_text().splitlines()[-1]
-    assert re.fullmatch(r"== [\d-]+ [\d:]+ stopped by RuntimeError: the device fell over", last)
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert re.fullmatch(r"== [\d-]+ [\d:]+ stopped by RuntimeError: the device fell over",
+                        lines[-1])
+    # not one of relvit's own errors: its traceback, down to where it was raised, comes first
+    start = lines.index("Traceback (most recent call last):")
+    assert lines[start - 1].endswith("relvit: the traceback of what stopped the run:")
+    assert 'raise RuntimeError("the device fell over")' in lines[start:-1][-2]
+    assert lines[-2] == "RuntimeError: the device fell over"
 
 
 def test_a_start_refused_before_its_folder_exists_writes_nothing(tmp_path, tiny_config):
@@ -62,6 +68,7 @@ def test_a_replaced_run_folder_keeps_its_log_and_the_new_one_starts_its_own(tmp_
         train(new, tmp_path / "run", progress=False)
     refused = (tmp_path / "run" / "train.log").read_text()
     assert refused.splitlines()[-1].split(": ")[0].endswith("stopped by TrainingError")
+    assert "Traceback" not in refused  # relvit's own error: its message says it all
     train(new, tmp_path / "run", progress=False, replace_changed=True)
     aside = next(tmp_path.glob("run.replaced-*"))
     moved = (aside / "train.log").read_text()

@@ -4,7 +4,9 @@ Snakemake deletes a job's log before it runs the job again, so the job log of a 
 interrupted and resumed, or restarted by the scheduler, kept its last attempt only. The run
 directory's train.log keeps them all: each process that trains the run appends a dated line
 naming its start, then its relvit log lines, and a line naming what stopped it when an exception
-did. Lines logged before the run directory exists (it is made once the start is settled) are
+did, after its traceback when the error is not one of relvit's own (those name the file, key or
+value in their message; any other is a bug or a library's error, and the CLI prints only its
+message). Lines logged before the run directory exists (it is made once the start is settled) are
 held and written first; a start refused before that writes nothing.
 """
 
@@ -14,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -86,9 +89,20 @@ def run_log(out_dir: str | Path, mode: str) -> Iterator[None]:
         handler.write_held()  # the start's line, now if the folder exists (a resumed run)
         yield
     except BaseException as error:
+        if _needs_traceback(error):
+            trace = "".join(traceback.format_exception(error)).rstrip("\n")
+            handler.write(f"{_now()} relvit: the traceback of what stopped the run:\n{trace}")
         said = f": {error}" if str(error) else ""  # Ctrl-C's KeyboardInterrupt says nothing
         handler.write(f"== {_now()} stopped by {type(error).__name__}{said}")
         raise
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def _needs_traceback(error: BaseException) -> bool:
+    """Whether train.log gets the traceback of `error`: not for an interrupt (Ctrl-C, SIGTERM)
+    nor for relvit's own errors, whose messages say what to fix."""
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return False
+    return not type(error).__module__.startswith("relvit.")
