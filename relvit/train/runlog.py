@@ -5,8 +5,8 @@ interrupted and resumed, or restarted by the scheduler, kept its last attempt on
 directory's train.log keeps them all: each process that trains the run appends a dated line
 naming its start, then its relvit log lines, and a line naming what stopped it when an exception
 did, after its traceback when the error is not one of relvit's own (those name the file, key or
-value in their message; any other is a bug or a library's error, and the CLI prints only its
-message). Lines logged before the run directory exists (it is made once the start is settled) are
+value in their message; any other is a bug or a library's error, and the CLI prints only the
+message of a ValueError, KeyError or OSError). Lines logged before the run directory exists (it is made once the start is settled) are
 held and written first; a start refused before that writes nothing.
 """
 
