@@ -13,6 +13,8 @@ A dataset under the data root is ready once `relvit prepare-data` wrote <root>/<
 
 from __future__ import annotations
 
+import re
+
 READY = ".relvit-ready.json"  # in a dataset's folder: downloaded, verified and readable
 # the paper's numbers as data (committed), relative to the repository's root
 PAPER_TABLES = "results/paper/tables.csv"
@@ -35,6 +37,17 @@ RUN_ID = "{dataset}/{backbone}/{method}/seed{seed}"
 def run_id(dataset: str, backbone: str, method: str, seed: int | str) -> str:
     """The id of a run (`RUN_ID`), e.g. digits/vit_small/pretrain/seed0."""
     return RUN_ID.format(dataset=dataset, backbone=backbone, method=method, seed=seed)
+
+
+# RUN_ID with each field a named group (a field is one folder name)
+_RUN_ID_FIELDS = re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(RUN_ID)))
+
+
+def run_id_fields(run: str) -> dict[str, str] | None:
+    """The fields of run id `run` (`RUN_ID`: dataset, backbone, method, seed), or None for a
+    string of another form."""
+    match = _RUN_ID_FIELDS.fullmatch(run)
+    return match.groupdict() if match else None
 
 
 def run_dir(results: str, run_id: str) -> str:

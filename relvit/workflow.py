@@ -18,7 +18,7 @@ from relvit.config import (ConfigError, DataConfig, OptimConfig, config_from_dic
 from relvit.data.registry import DATASETS
 from relvit.data.resize import resized_folder
 from relvit.detection.plan import TableRow, table_rows
-from relvit.layout import PAPER_TABLES, best_checkpoint, metrics_file, run_id
+from relvit.layout import PAPER_TABLES, best_checkpoint, metrics_file, run_id, run_id_fields
 from relvit.report.table1 import MEGAPATCHES, SAME_EPOCHS
 
 
@@ -101,11 +101,12 @@ def plan(workflow: dict, paper_csv: str = PAPER_TABLES, source: str = "workflow 
     return runs
 
 
-def _run_key_blocks(workflow: dict, run_id: str) -> list[tuple[str, Any]]:
-    """The workflow config's blocks of run keys that reach run `run_id`, by name, in the order
-    they are merged (the last wins), each as a run config's keys: `run`, `stages.<stage>`, then
-    `table1.run.<dataset>`, or for detection runs `detection.models.<backbone>` (model keys)."""
-    dataset, backbone, method = run_id.split("/")[:3]
+def _run_key_blocks(workflow: dict, run: dict[str, str]) -> list[tuple[str, Any]]:
+    """The workflow config's blocks of run keys that reach the run of id fields `run`
+    (`run_id_fields`), by name, in the order they are merged (the last wins), each as a run
+    config's keys: `run`, `stages.<stage>`, then `table1.run.<dataset>`, or for detection runs
+    `detection.models.<backbone>` (model keys)."""
+    dataset, backbone, method = run["dataset"], run["backbone"], run["method"]
     detection = method.startswith(("pretrain_det", "det_"))
     stage = ("pretrain_detection" if method.startswith("pretrain_det") else
              "detect" if detection else METHOD_MODES.get(method, method))
@@ -124,12 +125,13 @@ def _with_blocks(problem: str, workflow: dict) -> str:
     """A run's problem ("run ID: key.path: message") with the block of the workflow config
     whose value of that key reached the run, e.g. "(from stages.finetune)": the run ID alone
     does not say where to look."""
-    run_id, sep, message = problem.removeprefix("run ").partition(": ")
-    if not (problem.startswith("run ") and sep) or run_id.count("/") != 3:
+    run, sep, message = problem.removeprefix("run ").partition(": ")
+    fields = run_id_fields(run)
+    if not (problem.startswith("run ") and sep) or fields is None:
         return problem
     path = message.partition(": ")[0].split(".")
     given = None
-    for name, keys in _run_key_blocks(workflow, run_id):
+    for name, keys in _run_key_blocks(workflow, fields):
         node: Any = keys
         for key in path:
             node = node.get(key, _ABSENT) if isinstance(node, dict) else _ABSENT

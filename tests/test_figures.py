@@ -72,6 +72,14 @@ def test_curves_join_the_epochs_that_were_evaluated(tmp_path, monkeypatch):
     assert_file(tmp_path / "figures" / "curves" / "digit_scenes/vit_small/det_supervised.png", PNG)
 
 
+@pytest.mark.parametrize("path,group", [
+    ("r/runs/cifar10/vit_small/supervised/seed12/metrics.json", "cifar10/vit_small/supervised"),
+    ("r/runs/a/b/metrics.json", "a/b"),  # under runs/, not a run id of the workflow's form
+    ("elsewhere/x/y/metrics.json", "x")])  # outside the layout: the folder's parent
+def test_a_runs_curves_go_in_the_figure_of_its_id_without_the_seed(path, group):
+    assert curve_group(path) == group
+
+
 def test_curves_need_a_history(tmp_path):
     write_results(tmp_path, planned_only=())
     metrics = tmp_path / "runs" / "cifar10/vit_small/supervised/seed1/metrics.json"

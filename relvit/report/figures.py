@@ -9,14 +9,13 @@ matplotlib (Agg backend) is imported on first use, about 0.7 s.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from relvit.report.compare import (NO_VALUE, NOT_RUN, OTHER_MODEL, RUN_FAILED, STAND_IN,
                                    Comparison)
-from relvit.layout import HISTORY
+from relvit.layout import HISTORY, run_id_fields
 from relvit.report.provenance import run_id
 from relvit.report.table1 import Cell
 
@@ -108,8 +107,11 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
 def curve_group(metrics_path: str | Path) -> str:
     """The figure a run's curves go in: its run id without the seed (digits/vit_small/relvit),
     or its folder's parent's name outside the workflow's layout."""
-    run = run_id(metrics_path) or Path(metrics_path).parent.parent.name
-    return re.sub(r"/seed\d+$", "", run)
+    run = run_id(metrics_path)
+    fields = run_id_fields(run) if run else None
+    if fields is None:  # not a run id of the workflow's form (`layout.RUN_ID`)
+        return run or Path(metrics_path).parent.parent.name
+    return "/".join(fields[key] for key in ("dataset", "backbone", "method"))
 
 
 def _history(run_dir: Path) -> pd.DataFrame:
