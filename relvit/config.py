@@ -105,7 +105,7 @@ class DetectionConfig:
     box_representation: int = 1024  # R-CNN head sizes and sampling: torchvision's defaults,
     mask_head_width: int = 256  # smaller in the smoke tier
     roi_batch_size: int = 512
-    rpn_train_proposals: int = 2000
+    rpn_train_proposals: int = 2000  # per image; in testing half as many (HeadSizes)
     iou_crop: bool = False  # the original's "ssdlite" RandomIoUCrop (Q22)
     # False: every image stretched to image_size x image_size, as the original (Q23); True: its
     # longer side resized to image_size, aspect kept, on an image_size x image_size canvas

@@ -1,5 +1,7 @@
 """Backbone pyramids, the R-CNNs on them, joint SSL losses, pretrain checkpoints (CPU, tiny)."""
 
+import inspect
+
 import pytest
 import torch
 from timm.layers import LayerNorm2d
@@ -8,6 +10,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
 from relvit.detection.models import (
+    HeadSizes,
     JointSSLDetector,
     PyramidBackbone,
     backbone_of,
@@ -291,6 +294,25 @@ def test_boxes_and_scores_stay_float32_under_bf16_autocast(masks):
     # without autocast the float32 layers are torchvision's own: same weights, same keys
     assert "rpn.head.bbox_pred.weight" in detector.state_dict()
     assert "roi_heads.box_predictor.bbox_pred.weight" in detector.state_dict()
+
+
+def test_testing_keeps_half_the_training_proposals_as_torchvision_does():
+    """torchvision's defaults are the original's: 2000 RPN proposals per image in training,
+    1000 in testing. A smaller count in training (the smoke and CI tiers') halves testing's
+    with it."""
+    defaults = inspect.signature(MaskRCNN).parameters
+    paper = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=True, fpn_channels=FPN)
+    assert HeadSizes().rpn_train_proposals == defaults["rpn_pre_nms_top_n_train"].default
+    for key in ("pre_nms_top_n", "post_nms_top_n"):
+        assert getattr(paper.rpn, f"_{key}") == {
+            "training": defaults[f"rpn_{key}_train"].default,
+            "testing": defaults[f"rpn_{key}_test"].default}
+    smoke = build_detector(tiny_backbone("vit"), CLASSES, SIZE, masks=False, fpn_channels=FPN,
+                           heads=HeadSizes(rpn_train_proposals=200))
+    smoke.eval()
+    assert (smoke.rpn.pre_nms_top_n(), smoke.rpn.post_nms_top_n()) == (100, 100)
+    smoke.train()
+    assert (smoke.rpn.pre_nms_top_n(), smoke.rpn.post_nms_top_n()) == (200, 200)
 
 
 def test_build_refusals():
