@@ -3,12 +3,15 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
 
 from relvit.cli import main
 from relvit.report import expected
+from relvit.report.expected import checked_values
+from relvit.report.numbers import reported_numbers
 
 
 def write_run(root, run_id, seed, **metrics):
@@ -235,3 +238,16 @@ def test_a_mean_exactly_at_the_tolerance_passes():
     spec = {"cells": {"c": {"seeds": [0], "m": {"expected": 1.0, "tolerance": 0.5}}}}
     assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": 1.5}}})] == ["ok"]
     assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": 1.5625}}})] == ["FAIL"]
+
+
+def test_a_records_numbers_are_read_in_percent_and_ap_points():
+    """`reported_numbers`, the one reader of a record's numbers for the tables and the guard:
+    the pretext accuracies (fractions in the record) in percent, the rest as recorded."""
+    pretrain = {"mode": "pretrain", "last": {"val_acc_rel": 0.25, "val_acc_pos": 0.5}}
+    detect = {"mode": "detect", "last": {}, "last_map": {"bbox": {"mAP": 12.5}}}
+    assert reported_numbers(pretrain) == {
+        "best_top1": None, "last_top1": None, "pretext_rel_acc": 25.0, "pretext_pos_acc": 50.0,
+        "box_mAP": None, "mask_mAP": None}
+    assert checked_values(pretrain, Path("p")) == {"pretext_rel_acc": 25.0,
+                                                   "pretext_pos_acc": 50.0}
+    assert checked_values(detect, Path("d")) == {"box_mAP": 12.5}  # boxes only: no mask mAP

@@ -26,6 +26,7 @@ import yaml
 from relvit.config import is_whole_number
 from relvit.layout import METRICS
 from relvit.report.gather import find_files
+from relvit.report.numbers import reported_numbers
 from relvit.report.provenance import read_metrics
 
 K = 3.0
@@ -48,13 +49,7 @@ class ExpectedError(ValueError):
 def checked_values(metrics: dict[str, Any], source: Path) -> dict[str, float]:
     """The numbers of one run's metrics.json that the guard checks."""
     mode = metrics.get("mode")
-    last = metrics.get("last", {})
-    available = {
-        "pretext_rel_acc": last.get("val_acc_rel"), "pretext_pos_acc": last.get("val_acc_pos"),
-        "best_top1": metrics.get("best_top1"), "last_top1": metrics.get("last_top1"),
-        "box_mAP": metrics.get("last_map", {}).get("bbox", {}).get("mAP"),
-        "mask_mAP": metrics.get("last_map", {}).get("segm", {}).get("mAP"),
-    }
+    available = reported_numbers(metrics)
     if mode not in CHECKED:
         raise ExpectedError(f"{source}: unknown mode {mode!r} (known: {', '.join(CHECKED)})")
     values = {}
@@ -62,7 +57,7 @@ def checked_values(metrics: dict[str, Any], source: Path) -> dict[str, float]:
         value = available[name]
         if value is None:
             continue  # e.g. a detection run on boxes only has no mask mAP
-        values[name] = 100 * value if name.startswith("pretext") else float(value)
+        values[name] = float(value)
     return values
 
 

@@ -10,16 +10,13 @@ import yaml
 
 from relvit.config import is_whole_number
 from relvit.layout import EXECUTION, METRICS, REPLACED
+from relvit.report.numbers import reported_numbers
 from relvit.report.provenance import is_stale, read_metrics, recorded_hash
 
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
-COLUMNS = ["run", *KEYS, "best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc",
-           "pretext_positions", "wall_time_s", "peak_memory_mb", "git_sha", "device", "image",
-           "config_hash", "stale", "status", "error", "resized"]
-
-
-def _percent(fraction: float | None) -> float | None:
-    return None if fraction is None else 100 * fraction
+NUMBERS = ["best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc"]  # reported_numbers
+COLUMNS = ["run", *KEYS, *NUMBERS, "pretext_positions", "wall_time_s", "peak_memory_mb",
+           "git_sha", "device", "image", "config_hash", "stale", "status", "error", "resized"]
 
 
 def find_files(sources: list[str | Path], pattern: str, skip: tuple[str, ...] = ()
@@ -64,12 +61,10 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
         if problems:
             raise ValueError(f"{path}: not a run's metrics file ({'; '.join(problems)})")
         try:
-            last = metrics.get("last", {})
+            numbers = reported_numbers(metrics)
             rows.append({"run": str(path.parent),
                          **{key: metrics.get(key) for key in COLUMNS[1:]},
-                         # was the pretext task learned? held-out, last epoch, in %
-                         "pretext_rel_acc": _percent(last.get("val_acc_rel")),
-                         "pretext_pos_acc": _percent(last.get("val_acc_pos")),
+                         **{key: numbers[key] for key in NUMBERS},
                          "config_hash": recorded_hash(metrics, path),
                          "resized": (metrics.get("data_copy") or {}).get("shorter_side"),
                          "stale": is_stale(metrics, path)})
