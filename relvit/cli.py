@@ -11,12 +11,17 @@
     relvit regress results/ci/runs --expected results/expected/ci.yaml [--refresh]
     relvit compare --out results/tables/compare [--plan PLAN.json] RUN_CONFIGS_AND_METRICS...
     relvit figures --out results/figures [--plan PLAN.json] RUN_CONFIGS_AND_METRICS... --curves M...
+
+An error the command can name (a config, file, key or value) is printed as one line, "relvit:
+error: ...", exit status 1 (2 for a config); with RELVIT_TRACEBACK=1 in the environment it is
+raised instead, traceback and all (`TRACEBACK_VARIABLE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -366,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# set (non-empty) in the environment: the errors `main` prints as one line are raised instead
+TRACEBACK_VARIABLE = "RELVIT_TRACEBACK"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s relvit: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -377,9 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             return args.func(args)
     except ConfigError as err:
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
         print(f"relvit: error: {err}", file=sys.stderr)
         return 2
     except (CheckpointError, TrainingError, DownloadError, KeyError, ValueError, OSError) as err:
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
         # a KeyError's str() is the repr of its message, quotes and all
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"relvit: error: {message}", file=sys.stderr)

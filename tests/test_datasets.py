@@ -260,3 +260,11 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process(tmp_path):
     split = FileSplit(paths, torch.zeros(len(paths), dtype=torch.long))
     got = list(batches(split, torch.arange(len(paths)), 2, _interrupt_in_a_worker, workers=1))
     assert sum(len(labels) for _, labels in got) == len(paths)
+
+
+def test_relvit_traceback_raises_what_the_command_would_print(tmp_path, monkeypatch):
+    """RELVIT_TRACEBACK=1: the error the command prints as one line is raised, for its
+    traceback (a ValueError from deep inside a library said only its message)."""
+    monkeypatch.setenv("RELVIT_TRACEBACK", "1")
+    with pytest.raises(KeyError, match="unknown dataset 'cifar11'"):
+        main(["prepare-data", "cifar11", "--root", str(tmp_path)])
