@@ -465,13 +465,16 @@ def test_digit_scenes_accepted_by_pycocotools(scenes):
 
 
 def test_digit_scenes_use_the_classification_split():
-    from relvit.data import digits
+    """Val scenes hold the classification test split's digits, in its order: unseen in training."""
+    from relvit.data.digits import load_digits_splits
     from relvit.detection import scenes
 
-    assert (scenes.SPLIT_SEED, scenes.TEST_FRACTION) == (digits.SPLIT_SEED,
-                                                         digits.TEST_FRACTION)
     pools = scenes._digit_pools()
     assert len(pools["train"][0]) == 1437 and len(pools["val"][0]) == 360
+    splits = load_digits_splits(8)  # the 8x8 digits themselves
+    for pool, split in ((pools["train"], splits.train), (pools["val"], splits.evals["test"])):
+        assert np.array_equal(pool[1], split.labels.numpy())
+        assert np.allclose(pool[0], split.images[:, 0].numpy(), atol=1e-6)
 
 
 def test_prepare_data_writes_digit_scenes_anew_after_an_interrupted_run(tmp_path, monkeypatch):

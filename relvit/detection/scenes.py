@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relvit.data.digit_source import digit_images, digit_split
 from relvit.detection.coco import CocoDataset
 
 CLASSES = [str(d) for d in range(10)]  # category id d + 1 is digit d
@@ -34,21 +35,14 @@ MAX_IOU = 0.3
 MAX_COVER = 0.5
 PLACEMENT_TRIES = 50
 MIN_VISIBLE_PIXELS = 8
-# the split of relvit.data.digits (same values; not imported, which would import torch)
-SPLIT_SEED = 0
-TEST_FRACTION = 0.2
 
 
 def _digit_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images float [N, 8, 8] in [0, 1], digits [N]), "val": ...} (the fixed split)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = digits.images.astype(np.float64) / 16.0
-    labels = digits.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
-                                           random_state=SPLIT_SEED, stratify=labels)
+    """{"train": (images float [N, 8, 8] in [0, 1], digits [N]), "val": ...} (the fixed split
+    of relvit.data.digits)."""
+    pixels, labels = digit_images()
+    images = pixels / 16.0
+    train_idx, test_idx = digit_split()
     return {"train": (images[train_idx], labels[train_idx]),
             "val": (images[test_idx], labels[test_idx])}
 
