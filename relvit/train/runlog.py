@@ -6,8 +6,9 @@ directory's train.log keeps them all: each process that trains the run appends a
 naming its start, then its relvit log lines, and a line naming what stopped it when an exception
 did, after its traceback when the error is not one of relvit's own (those name the file, key or
 value in their message; any other is a bug or a library's error, and the CLI prints only the
-message of a ValueError, KeyError or OSError). Lines logged before the run directory exists (it is made once the start is settled) are
-held and written first; a start refused before that writes nothing.
+message of a ValueError, KeyError or OSError unless RELVIT_TRACEBACK is set). Lines logged before
+the run directory exists (it is made once the start is settled) are held and written first; a
+start refused before that writes nothing.
 """
 
 from __future__ import annotations
