@@ -106,7 +106,8 @@ def bar_chart(cells: list[Comparison], table: int, out_dir: str | Path,
 
 def curve_group(metrics_path: str | Path) -> str:
     """The figure a run's curves go in: its run id without the seed (digits/vit_small/relvit),
-    or its folder's parent's name outside the workflow's layout."""
+    an id of another form under runs/ as it is, or outside the workflow's layout its folder's
+    parent's name."""
     run = run_id(metrics_path)
     fields = run_id_fields(run) if run else None
     if fields is None:  # not a run id of the workflow's form (`layout.RUN_ID`)
