@@ -18,6 +18,7 @@ from relvit.data.registry import DATASETS
 from relvit.detection.plan import METRICS, PAPER_BACKBONES, Variant, paper_row_variant
 from relvit.models.specs import get_backbone_spec
 from relvit.report.gather import read_paper
+from relvit.report.numbers import last_map_scores
 from relvit.report.provenance import STALE, STALE_NOTE, is_stale, read_metrics
 from relvit.report.table1 import (EMPTY, FAILED, FAILED_NOTE, NO_VALUE, NO_VALUE_NOTE,
                                   latex_escape, signed)
@@ -56,7 +57,7 @@ def finished_scores(row: dict) -> dict[str, float | None] | None:
     metrics = _metrics(row)
     if not metrics or is_failed(metrics):
         return None
-    box = metrics.get("last_map", {}).get("bbox", {})
+    box = last_map_scores(metrics, "bbox")
     return {m: box.get(m) for m in METRICS}
 
 

@@ -10,11 +10,11 @@ import yaml
 
 from relvit.config import is_whole_number
 from relvit.layout import EXECUTION, METRICS, REPLACED
-from relvit.report.numbers import reported_numbers
+from relvit.report.numbers import PRETEXT_NUMBERS, TOP1_NUMBERS, reported_numbers
 from relvit.report.provenance import is_stale, read_metrics, recorded_hash
 
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
-NUMBERS = ["best_top1", "last_top1", "pretext_rel_acc", "pretext_pos_acc"]  # reported_numbers
+NUMBERS = [*TOP1_NUMBERS, *PRETEXT_NUMBERS]
 COLUMNS = ["run", *KEYS, *NUMBERS, "pretext_positions", "wall_time_s", "peak_memory_mb",
            "git_sha", "device", "image", "config_hash", "stale", "status", "error", "resized"]
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+TOP1_NUMBERS = ("best_top1", "last_top1")  # classification, in %
+PRETEXT_NUMBERS = ("pretext_rel_acc", "pretext_pos_acc")  # pretraining's held-out accuracies, %
+MAP_NUMBERS = ("box_mAP", "mask_mAP")  # detection, in AP points
+
 
 def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else 100 * fraction
@@ -16,9 +20,15 @@ def reported_numbers(metrics: dict[str, Any]) -> dict[str, float | None]:
     last epoch: was the pretext task learned?), box_mAP and mask_mAP (the last epoch's); None
     where the run has no such number."""
     last = metrics.get("last", {})
-    last_map = metrics.get("last_map", {})
-    return {"best_top1": metrics.get("best_top1"), "last_top1": metrics.get("last_top1"),
-            "pretext_rel_acc": _percent(last.get("val_acc_rel")),
-            "pretext_pos_acc": _percent(last.get("val_acc_pos")),
-            "box_mAP": last_map.get("bbox", {}).get("mAP"),
-            "mask_mAP": last_map.get("segm", {}).get("mAP")}
+    values = (metrics.get("best_top1"), metrics.get("last_top1"),
+              _percent(last.get("val_acc_rel")), _percent(last.get("val_acc_pos")),
+              last_map_scores(metrics, "bbox").get("mAP"),
+              last_map_scores(metrics, "segm").get("mAP"))
+    return dict(zip((*TOP1_NUMBERS, *PRETEXT_NUMBERS, *MAP_NUMBERS), values, strict=True))
+
+
+def last_map_scores(metrics: dict[str, Any], iou_type: str) -> dict[str, float]:
+    """A detection run's last evaluated epoch's COCO scores of one IoU type ("bbox" or "segm"):
+    {"mAP", "mAP50", "mAP75", ...} as `relvit.detection.evaluate` names them; {} where the
+    record has none."""
+    return metrics.get("last_map", {}).get(iou_type, {})

@@ -21,6 +21,7 @@ import pandas as pd
 from relvit.data.registry import DATASETS, get_dataset
 from relvit.geometry import NUM_RELATIONS
 from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
+from relvit.report.numbers import PRETEXT_NUMBERS
 from relvit.report.provenance import STALE, STALE_NOTE, resized_sides
 from relvit.atomic import atomic_write_text
 from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
@@ -50,7 +51,7 @@ METRICS = {
 }
 EMBEDDED_NOTE = ("embedded data, tiny models: these numbers check the pipeline, they are not "
                  "comparable to the paper's")
-PRETEXT_METRICS = ("pretext_rel_acc", "pretext_pos_acc")  # the pretrain runs' table
+PRETEXT_METRICS = PRETEXT_NUMBERS  # the pretrain runs' table
 PAPER_METRIC = "best_top1"  # what the paper reports: only its table has the paper's columns
 OFF_DIAGONAL = NUM_RELATIONS - 1  # the relation classes of another patch (CC: itself)
 EMPTY = "—"
