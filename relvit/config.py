@@ -39,7 +39,7 @@ class DataConfig:
     """Which dataset, at which size; `None` means the dataset registry's default."""
 
     name: str = "digits"
-    image_size: int | None = None
+    image_size: int | None = None  # the ViT patch stays the dataset's: set model.patch_size too
     root: str = "data"  # datasets live in <root>/<name>, as `relvit prepare-data` puts them
     folder: str | None = None  # this dataset's folder instead (e.g. your own imagefolder)
     workers: int = 4  # DataLoader workers decoding image files (array datasets need none)
