@@ -235,6 +235,31 @@ def test_voc_difficult_objects_are_trained_on_and_ignored_by_the_evaluation(tmp_
     assert metrics["bbox"]["mAP"] == pytest.approx(100.0)
 
 
+def test_voc_difficult_objects_ignore_detections_by_their_iou(tmp_path):
+    """A detection on a difficult object is ignored when its IoU with it reaches the threshold,
+    as in VOC's evaluation, however many there are; a small one inside its box (IoU 0.04) is a
+    false positive. pycocotools' crowd overlap, intersection over the detection's area (1.0
+    here), had ignored it too."""
+    write_images(tmp_path)
+    images = [{"id": 1, "file_name": "img1.png", "width": 40, "height": 30}]
+    easy, hard = (annotation(1, 1, 1, [2.0, 3.0, 10.0, 8.0], masks=False),
+                  {**annotation(2, 1, 1, [20.0, 10.0, 12.0, 12.0], masks=False), "difficult": 1})
+    gt = ground_truth(CocoDataset(images=images, annotations=[easy, hard],
+                                  categories=[{"id": 1, "name": "one"}], image_root=tmp_path))
+    assert [a.get("difficult", 0) for a in gt["annotations"]] == [0, 1]
+
+    def box_map50(boxes, scores):
+        outputs = [{"boxes": torch.tensor(boxes), "labels": torch.ones(len(boxes), dtype=int),
+                    "scores": torch.tensor(scores)}]
+        return coco_evaluate(gt, predictions_to_coco(outputs, [1]))["bbox"]["mAP50"]
+
+    easy_box = [2.0, 3.0, 12.0, 11.0]
+    inside_hard = [24.0, 14.0, 26.4, 16.4]  # 2.4 x 2.4 in the 12 x 12 object
+    on_hard, also_on_hard = [20.0, 10.0, 32.0, 21.0], [21.0, 10.0, 32.0, 22.0]
+    assert box_map50([inside_hard, easy_box], [0.9, 0.5]) == pytest.approx(50.0)
+    assert box_map50([on_hard, also_on_hard, easy_box], [0.9, 0.8, 0.5]) == pytest.approx(100.0)
+
+
 def test_boxes_only_dataset_float_boxes_and_clamping(tmp_path):
     write_images(tmp_path)
     images = [{"id": 1, "file_name": "img1.png", "width": 40, "height": 30}]

@@ -69,6 +69,24 @@ def _ground_truth_api(ground_truth: dict) -> COCO:
     return api
 
 
+class _Evaluator(COCOeval):
+    """COCOeval for ground truth that may hold VOC's `difficult` objects (iscrowd 1 and
+    "difficult": 1). They are ignore regions as crowd ones are: any number of detections may fall
+    on one, none counts, and a missed one is not counted either. But a detection falls on one by
+    its ordinary IoU, as VOC's evaluation decides. pycocotools' crowd overlap (the intersection
+    over the detection's own area) would also ignore a small false positive inside the object."""
+
+    def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
+        difficult = [g for g in self._gts[imgId, catId] if g.get("difficult")]
+        for g in difficult:  # pycocotools reads the IoU rule from iscrowd ...
+            g["iscrowd"] = 0
+        try:
+            return super().computeIoU(imgId, catId)
+        finally:  # ... and the matching's (several detections on one) from it too
+            for g in difficult:
+                g["iscrowd"] = 1
+
+
 def _results_api(gt: COCO, predictions: list[dict], iou_type: str) -> COCO:
     """The results object for one IoU type; also for no predictions at all (loadRes fails there)."""
     if iou_type == "segm":
@@ -108,7 +126,8 @@ def coco_evaluate(ground_truth: dict, predictions: list[dict],
     """COCOeval of `predictions` against `ground_truth` over all its images and categories.
 
     ground_truth: a COCO json dict (images, annotations, categories; crowd objects with
-    iscrowd=1 are ignore regions). predictions: COCO results [{"image_id", "category_id",
+    iscrowd=1 are ignore regions, VOC's difficult ones too with "difficult": 1, by ordinary IoU:
+    `_Evaluator`). predictions: COCO results [{"image_id", "category_id",
     "bbox": [x, y, w, h], "score", optional "segmentation": RLE}] (see `predictions_to_coco`).
     Returns {iou_type: {"mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
     "AR100"}} in percent (COCOeval.stats[0..5, 8] × 100); a number COCOeval reports as -1 (no
@@ -128,7 +147,7 @@ def coco_evaluate(ground_truth: dict, predictions: list[dict],
     metrics: dict[str, dict[str, float | None]] = {}
     for iou_type in iou_types:
         results = _results_api(gt, predictions, iou_type)
-        evaluator = COCOeval(gt, results, iou_type)
+        evaluator = _Evaluator(gt, results, iou_type)
         with _quiet():
             evaluator.evaluate()
             evaluator.accumulate()

@@ -204,9 +204,10 @@ def ground_truth(dataset: CocoDataset) -> dict:
 
     Every image of the dataset (the whole split), its categories unchanged, and per image the
     objects of `_image_objects`: boxes converted and clamped as for training (written back as
-    [x1, y1, x2 - x1, y2 - y1]), degenerate ones dropped, crowd ones and VOC's `difficult` ones
-    (trained on as ordinary objects, as the original) kept with iscrowd=1: COCOeval ignores
-    detections on them and does not count them as missed, as VOC's own evaluation does. "area"
+    [x1, y1, x2 - x1, y2 - y1]), degenerate ones dropped, crowd ones kept with iscrowd=1: COCOeval
+    ignores detections on them and does not count them as missed. VOC's `difficult` ones (trained
+    on as ordinary objects, as the original) are kept as iscrowd=1 and "difficult": 1, which
+    `coco_evaluate` measures by ordinary IoU, as VOC's own evaluation does. "area"
     (COCOeval's small/medium/large) is the annotation's own area, else its mask area, else the
     clamped box area; "id" is the annotation's own.
     """
@@ -218,6 +219,8 @@ def ground_truth(dataset: CocoDataset) -> dict:
             entry = {"id": ann["id"], "image_id": image["id"], "category_id": ann["category_id"],
                      "bbox": [x1, y1, x2 - x1, y2 - y1],
                      "iscrowd": 1 if ann.get("iscrowd", 0) or ann.get("difficult", 0) else 0}
+            if ann.get("difficult", 0) and not ann.get("iscrowd", 0):
+                entry["difficult"] = 1
             if "segmentation" in ann:
                 entry["segmentation"] = copy.deepcopy(ann["segmentation"])
             if "area" in ann:
