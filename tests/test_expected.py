@@ -113,6 +113,29 @@ def test_a_failed_run_is_a_missing_seed(tmp_path, capsys):
     assert "| digits/vit/relvit | best_top1 |" in out and "missing (seeds [2])" in out
 
 
+def test_refresh_refuses_a_failed_run(tmp_path):
+    """--refresh had written the other seeds' mean with the tolerance of their count, under all
+    three seeds: an expected file that the same runs then failed."""
+    runs = tier(tmp_path / "runs")
+    (runs / "digits/vit/relvit/seed2/metrics.json").write_text(json.dumps(
+        {"seed": 2, "mode": "finetune", "status": "failed", "error": "non-finite loss"}))
+    with pytest.raises(expected.ExpectedError, match=r"digits/vit/relvit: no best_top1 from "
+                                                     r"seed\(s\) \[2\] \(a failed run\?\)"):
+        expected.expected_cells(expected.collect(runs))
+
+
+def test_two_runs_of_one_seed_are_refused_naming_both(tmp_path):
+    """The guard had kept whichever of the two sorted last."""
+    runs = tier(tmp_path / "runs")
+    copy = runs / "digits/vit/relvit/seed0-copy/metrics.json"
+    copy.parent.mkdir()
+    copy.write_text(json.dumps({"seed": 0, **finetune(10.0)}))
+    with pytest.raises(expected.ExpectedError, match="seed0/metrics.json and .*seed0-copy/"
+                                                     "metrics.json: two runs of "
+                                                     "digits/vit/relvit with seed 0"):
+        expected.collect(runs)
+
+
 def test_bad_inputs_name_the_file(tmp_path, capsys):
     runs = tier(tmp_path / "runs")
     assert main(["regress", str(runs), "--expected", str(tmp_path / "none.yaml")]) == 1

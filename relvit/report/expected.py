@@ -60,6 +60,7 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
     """cell -> seed -> checked values, from every metrics.json under `runs_root`."""
     root = Path(runs_root)
     cells: dict[str, dict[int, dict[str, float]]] = {}
+    sources: dict[tuple[str, int], Path] = {}
     for path in find_files([root], METRICS):
         try:
             metrics = read_metrics(path)
@@ -70,6 +71,10 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
             raise ExpectedError(f"{path}: not a metrics file (seed: expected a whole number, "
                                 f"got {seed!r})")
         cell = path.parent.parent.relative_to(root).as_posix()
+        if (cell, seed) in sources:
+            raise ExpectedError(f"{sources[cell, seed]} and {path}: two runs of {cell} with seed "
+                                f"{seed}; keep one")
+        sources[cell, seed] = path
         cells.setdefault(cell, {})[seed] = checked_values(metrics, path)
     if not cells:
         raise ExpectedError(f"{root}: no metrics.json found (has the tier run?)")
@@ -96,6 +101,10 @@ def expected_cells(runs: dict[str, dict[int, dict[str, float]]],
         entry: dict[str, Any] = {"seeds": sorted(by_seed), "spread_seeds": sorted(all_seeds)}
         for name in sorted({n for values in by_seed.values() for n in values}):
             ours = [v[name] for v in by_seed.values() if name in v]
+            lacking = sorted(seed for seed, values in all_seeds.items() if name not in values)
+            if lacking:
+                raise ExpectedError(f"{cell}: no {name} from seed(s) {lacking} (a failed run?); "
+                                    f"rerun them or leave them out")
             seen = [v[name] for v in all_seeds.values() if name in v]
             std = statistics.stdev(seen) if len(seen) > 1 else 0.0
             entry[name] = {"expected": round(statistics.fmean(ours), 4),
