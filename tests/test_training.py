@@ -273,6 +273,31 @@ def test_the_schedule_runs_over_the_steps_of_all_epochs(tmp_path, tiny_config):
     assert lrs[0] > lrs[1] > lrs[2]
 
 
+def test_the_schedule_counts_the_global_batches_that_are_taken(tmp_path, tiny_config):
+    """1437 digits in batches of 2: 719 steps in one process; with 2 processes the last batch of
+    one sample is left out, and a schedule of 719 steps per epoch had skipped one step index
+    every epoch and ended short of its last learning rate."""
+    run = Run(tiny_config("supervised", optim={"batch_size": 2}), tmp_path / "unused")
+    assert run.train_size() == 1437 and run.steps_per_epoch() == 719
+    run.world = 2  # as under torchrun: the steps do not depend on the rank
+    assert run.steps_per_epoch() == 718
+
+
+@pytest.mark.parametrize("mode,values,best", [
+    ("pretrain", [math.nan, 2.0, 1.0, 0.5, math.inf], 3),
+    ("supervised", [math.nan, 0.2, 0.5, math.nan, 0.4], 2)])
+def test_a_non_finite_selection_value_is_never_best_over_a_finite_one(tmp_path, tiny_config,
+                                                                       mode, values, best):
+    """A NaN first epoch had kept best.pt: every comparison with NaN is false."""
+    run = Run(tiny_config(mode), tmp_path / "unused")
+    key, _ = run.selection()
+    run.best = {}
+    for epoch, value in enumerate(values):
+        if run._is_best({key: value}):
+            run.best = {key: value, "epoch": epoch}
+    assert run.best["epoch"] == best
+
+
 def test_each_epoch_stream_and_rank_draws_from_its_own_seed():
     """An epoch's order, augmentation, dropout and jitter come from `_epoch_seed`: the same seed
     for two epochs would repeat them, for two ranks would give every rank the same draws."""

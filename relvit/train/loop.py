@@ -161,7 +161,11 @@ class Run:
         return on_device(self.splits.train, self.device)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.train_size() / self.cfg.optim.batch_size)
+        """The epoch's global batches: with several processes a last batch with fewer samples
+        than processes is left out (`distributed.global_batch_sizes`), and the schedule's length
+        counts the steps taken."""
+        return len(distributed.global_batch_sizes(self.train_size(), self.cfg.optim.batch_size,
+                                                  self.world))
 
     def train_batches(self, epoch: int) -> Iterator[Any]:
         """This rank's share of the epoch's training batches, in a seeded order."""
@@ -554,7 +558,9 @@ class Run:
             return False
         if key not in self.best:
             return True
-        return row[key] > self.best[key] if higher else row[key] < self.best[key]
+        worst = -math.inf if higher else math.inf  # a NaN epoch never keeps best.pt from others
+        new, old = (v if math.isfinite(v) else worst for v in (row[key], self.best[key]))
+        return new > old if higher else new < old
 
     # ----------------------------------------------------------------- files
     def _weights(self, epoch: int) -> dict[str, Any]:
