@@ -91,6 +91,35 @@ def test_curves_need_a_history(tmp_path):
         training_curves([metrics], tmp_path / "figures")  # was a bare UnicodeDecodeError
 
 
+def test_a_run_that_failed_before_its_first_epoch_is_named_not_drawn(tmp_path, monkeypatch):
+    """A finetune of a failed pretrain run, or a non-finite loss in epoch 1, leaves a failed
+    metrics.json and no history.csv: the figures job had failed on it, and with it the DAG's
+    `all`. The group's figure is still written (a declared output), naming the seed."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    runs = tmp_path / "runs" / "digits" / "vit_small" / "relvit"
+    for seed in (0, 1):
+        (runs / f"seed{seed}").mkdir(parents=True)
+    (runs / "seed0" / "metrics.json").write_text(json.dumps(
+        {"seed": 0, "mode": "finetune", "status": "failed", "error": "its pretrain run failed"}))
+    (runs / "seed1" / "metrics.json").write_text(json.dumps({"seed": 1, "mode": "finetune"}))
+    (runs / "seed1" / "history.csv").write_text("epoch,train_loss,val_acc_clf\n1,2.0,0.5\n")
+    titles = []
+    suptitle = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle",
+                        lambda fig, text, **kw: titles.append(text) or suptitle(fig, text, **kw))
+    metrics = [runs / f"seed{seed}" / "metrics.json" for seed in (0, 1)]
+    assert training_curves(metrics, tmp_path / "figures") == [
+        tmp_path / "figures" / "curves" / "digits/vit_small/relvit.png"]
+    assert titles == ["digits/vit_small/relvit\nfailed before a first epoch: seed0"]
+    assert_file(tmp_path / "figures" / "curves" / "digits/vit_small/relvit.png", PNG)
+    (runs / "seed1" / "history.csv").unlink()  # a finished run without one is still an error
+    with pytest.raises(ValueError, match="seed1/history.csv: cannot read the run's history"):
+        training_curves(metrics, tmp_path / "figures")
+
+
 def test_cli_figures(tmp_path):
     write_results(tmp_path, planned_only=())
     add_histories(tmp_path / "runs")

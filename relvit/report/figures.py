@@ -15,9 +15,10 @@ import pandas as pd
 
 from relvit.report.compare import (NO_VALUE, NOT_RUN, OTHER_MODEL, RUN_FAILED, STAND_IN,
                                    Comparison)
-from relvit.layout import HISTORY, run_id_fields
-from relvit.report.provenance import run_id
+from relvit.layout import HISTORY, METRICS, run_id_fields
+from relvit.report.provenance import read_metrics, run_id
 from relvit.report.table1 import Cell
+from relvit.train.failure import is_failed
 
 # history.csv columns drawn in the metric panel: column -> (label, scale to %)
 VAL_METRICS = {"val_acc_clf": ("top-1 (%)", 100.0), "val_acc_rel": ("relations (%)", 100.0),
@@ -115,8 +116,13 @@ def curve_group(metrics_path: str | Path) -> str:
     return "/".join(fields[key] for key in ("dataset", "backbone", "method"))
 
 
-def _history(run_dir: Path) -> pd.DataFrame:
+def _history(run_dir: Path) -> pd.DataFrame | None:
+    """The run's history.csv; None for a run that failed before its first epoch ended (a failed
+    finetune's pretrain run, a non-finite loss in epoch 1), which has none."""
     path = run_dir / HISTORY
+    if not path.exists() and (run_dir / METRICS).is_file() and is_failed(
+            read_metrics(run_dir / METRICS)):
+        return None
     try:
         return pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -139,8 +145,12 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
     written = []
     for group, run_dirs in sorted(groups.items()):
         fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+        no_epoch = []
         for i, run_dir in enumerate(sorted(run_dirs)):  # one colour per seed
             history, seed = _history(run_dir), run_dir.name
+            if history is None:
+                no_epoch.append(seed)
+                continue
             for column, style in zip(LOSSES, STYLES):
                 if column in history:
                     rows = _recorded(history, column)
@@ -155,7 +165,8 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
         metric_ax.set(xlabel="epoch", title="validation metric")
         for ax in (loss_ax, metric_ax):
             ax.legend(fontsize=6)
-        fig.suptitle(group, fontsize=9)
+        failed = f"\nfailed before a first epoch: {', '.join(no_epoch)}" if no_epoch else ""
+        fig.suptitle(group + failed, fontsize=9)
         fig.tight_layout()
         path = Path(out_dir) / "curves" / f"{group}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
