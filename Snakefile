@@ -81,7 +81,7 @@ onstart:
     _offline = (DATA.get("offline", False) if any(job.rule.name == "prepare_data" for job in _jobs)
                 else None)
     _written = write_execution_files(execution_files(
-        RESULTS, {run_id: RUNS[run_id].config for run_id in sorted(_runs)}, _offline))
+        RESULTS, {run_id: RUNS[run_id].config for run_id in sorted(_runs)}, _offline, DATA_ROOT))
     if _written:
         print(f"relvit: wrote {len(_written)} execution settings files under {RESULTS}/execution",
               file=sys.stderr)

@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download: verify the files already in place")
     p.add_argument("--execution", metavar="FILE",
                    help="a YAML file whose `data.offline: true` means --offline (the "
-                        "workflow's <results>/execution/prepare_data.yaml)")
+                        "workflow's ROOT/.relvit-prepare-data.yaml)")
     p.set_defaults(func=_prepare)
     p = sub.add_parser("resize-images", help="a copy of an image-file dataset with every "
                        "image's shorter side at most S (faster decoding; resumable)")

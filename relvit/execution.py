@@ -22,7 +22,10 @@ from relvit.atomic import atomic_write_text
 from relvit.config import EXECUTION_KEYS, execution_settings, without_keys
 from relvit.layout import CONFIGS, EXECUTION
 
-PREPARE_DATA = "prepare_data.yaml"  # beside the runs' files (run ids hold 3 slashes)
+# prepare_data's file sits in the data root, not in a tier's results folder: tiers that share
+# the data root share its prepare_data jobs, and a path that changed with the tier reran them
+# (a changed param) and then every training job of the other tier (a newer ready marker)
+PREPARE_DATA = ".relvit-prepare-data.yaml"
 
 
 def computation(config: dict[str, Any]) -> dict[str, Any]:
@@ -30,15 +33,15 @@ def computation(config: dict[str, Any]) -> dict[str, Any]:
     return without_keys(config, EXECUTION_KEYS)
 
 
-def execution_files(results: str, configs: Mapping[str, dict[str, Any]], offline: bool | None
-                    ) -> dict[str, dict[str, Any]]:
+def execution_files(results: str, configs: Mapping[str, dict[str, Any]], offline: bool | None,
+                    data_root: str) -> dict[str, dict[str, Any]]:
     """The execution files of the jobs about to run (path -> settings by dotted key): one per
-    run (`configs`: run id -> its resolved config) and prepare_data's (`offline`; None: no
-    prepare_data job)."""
+    run (`configs`: run id -> its resolved config) and prepare_data's in `data_root`
+    (`offline`; None: no prepare_data job)."""
     files = {run_file(results, run_id): execution_settings(config)
              for run_id, config in configs.items()}
     if offline is not None:
-        files[prepare_data_file(results)] = {"data.offline": offline}
+        files[prepare_data_file(data_root)] = {"data.offline": offline}
     return files
 
 
@@ -58,8 +61,8 @@ def execution_file_of(config_path: str | Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def prepare_data_file(results: str) -> str:
-    return f"{results}/{EXECUTION}/{PREPARE_DATA}"
+def prepare_data_file(data_root: str) -> str:
+    return f"{data_root}/{PREPARE_DATA}"
 
 
 def write_execution_files(files: Mapping[str, dict[str, Any]]) -> list[str]:

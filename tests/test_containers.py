@@ -259,6 +259,19 @@ def test_slurm_profile_plans_the_paper_with_gpus(tmp_path):
     assert sum(job["rule"] in TRAINING_RULES for job in jobs) == 22 + 34 + 19 + 23
 
 
+def test_resize_data_asks_slurm_for_a_cpu_per_worker(tmp_path):
+    """resize_data starts threads_per_run worker processes; with prepare_data's cpus_per_task
+    (4 in the paper tier) SLURM had given 8 processes 4 CPUs."""
+    result = snakemake("--profile", str(ROOT / "profiles" / "slurm"), "--configfile",
+                       str(ROOT / "config" / "paper.yaml"), "--config",
+                       "data={'resized': {'imagenet100': 256}}", "-n", cwd=tmp_path)
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    resize = [job for job in planned_jobs(result.stdout) if job["rule"] == "resize_data"]
+    assert len(resize) == 1 and paper["resources"]["prepare_data"]["cpus_per_task"] == 4
+    assert resize[0]["resources"]["cpus_per_task"] == str(paper["threads_per_run"]) == "8"
+    assert resize[0]["resources"]["mem_mb"] == str(paper["resources"]["prepare_data"]["mem_mb"])
+
+
 # ---------------------------------------------------------------------- retry resumes
 KILLED_AFTER_ONE_EPOCH = """\
 import sys

@@ -19,9 +19,10 @@ def test_a_run_config_splits_into_what_it_computes_and_how_it_runs():
     kept = computation(config)
     assert "device" not in kept and "workers" not in kept["data"] and "compile" not in kept
     assert kept["optim"] == config["optim"] and config["device"] == "cpu"  # a copy
-    files = execution_files("results/t", {"d/b/pretrain/seed0": config}, offline=True)
+    files = execution_files("results/t", {"d/b/pretrain/seed0": config}, offline=True,
+                            data_root="data")
     assert files == {"results/t/execution/d/b/pretrain/seed0.yaml": execution_settings(config),
-                     "results/t/execution/prepare_data.yaml": {"data.offline": True}}
+                     "data/.relvit-prepare-data.yaml": {"data.offline": True}}
     assert list(files["results/t/execution/d/b/pretrain/seed0.yaml"]) == list(EXECUTION_KEYS)
 
 
@@ -126,7 +127,8 @@ def test_reports_given_the_whole_results_folder_skip_the_execution_files(tmp_pat
     config = RunConfig(device="cpu").to_dict()
     (tmp_path / "configs" / "digits").mkdir(parents=True)
     (tmp_path / "configs" / "digits" / "run.yaml").write_text(yaml.safe_dump(computation(config)))
-    write_execution_files(execution_files(str(tmp_path), {"digits/run": config}, offline=False))
+    write_execution_files(execution_files(str(tmp_path), {"digits/run": config}, offline=None,
+                                          data_root=str(tmp_path / "data")))
     planned = gather_planned([tmp_path])
     assert len(planned) == 1 and planned["dataset"].iloc[0] == "digits"
 

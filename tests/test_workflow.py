@@ -487,7 +487,14 @@ def test_tiny_workflow_end_to_end(tmp_path):
         planned = yaml.safe_load(
             (tmp_path / f"results/configs/digits/vit_small/{method}/seed0.yaml").read_text())
         assert "device" not in planned and "workers" not in planned["data"]
-    assert yaml.safe_load((execution / "prepare_data.yaml").read_text()) == {"data.offline": False}
+    prepare_data = tmp_path / "data" / ".relvit-prepare-data.yaml"
+    assert yaml.safe_load(prepare_data.read_text()) == {"data.offline": False}
+    # another tier on the same data root: its own runs, but the data are prepared (the tier's
+    # path to the execution file had been a param of prepare_data, which reran it)
+    other = snakemake("--cores", "2", "--configfile", "tiny.yaml", "--config",
+                      "results=results/other", "-n", cwd=tmp_path)
+    counts = job_counts(other.stdout + other.stderr)
+    assert counts.get("supervised") and "prepare_data" not in counts, counts
     # execution keys and data.offline changed: no job reruns (their run configs and commands
     # are the same); a job that runs reads the new settings, written for it alone
     changed = {**TINY, "run": {**TINY["run"], "compile": True, "precision": "fp32",
@@ -503,7 +510,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert (settings["data.workers"], settings["precision"]) == (0, "fp32")
     others = yaml.safe_load((execution / "digits/vit_small/relvit/seed0.yaml").read_text())
     assert (others["data.workers"], others["precision"]) == (4, "bf16")
-    assert yaml.safe_load((execution / "prepare_data.yaml").read_text()) == {"data.offline": False}
+    assert yaml.safe_load(prepare_data.read_text()) == {"data.offline": False}
 
 
 def _check_pipeline_times(project: Path, counts: dict[str, int]) -> None:

@@ -9,7 +9,7 @@ rule prepare_data:
         ready_marker("{dataset}"),
     params:
         root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
-        execution=prepare_data_file(RESULTS),  # data.offline, read by the job (relvit.execution)
+        execution=prepare_data_file(DATA_ROOT),  # data.offline, read by the job (relvit.execution)
     log:
         f"{RESULTS}/logs/data/{{dataset}}.log",
     resources:
@@ -37,8 +37,8 @@ rule resize_data:
     log:
         f"{RESULTS}/logs/data/{{dataset}}-s{{side}}.log",
     threads: config["threads_per_run"]
-    resources:
-        **stage_resources("prepare_data"),
+    resources:  # prepare_data's, with a CPU per worker process
+        **{**stage_resources("prepare_data"), "cpus_per_task": config["threads_per_run"]},
     conda:
         "../../envs/relvit.yaml"
     container:
