@@ -105,7 +105,8 @@ def compare(base_name: str, base: list[dict[str, float]], other_name: str,
         if all("eval_time_s" in row for pair in pairs for row in pair):  # runs since 2026-11-28
             e_base = statistics.median(a["eval_time_s"] for a, _ in pairs[1:])
             e_other = statistics.median(b["eval_time_s"] for _, b in pairs[1:])
-            summary += f"; evaluation, median after the first {e_base:.2f} s vs {e_other:.2f} s"
+            summary += (f"; evaluation, median after the first {1000 * e_base:.1f} ms vs "
+                        f"{1000 * e_other:.1f} ms")
     return [*lines, summary, ""]
 
 

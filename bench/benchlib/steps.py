@@ -189,6 +189,9 @@ def bench_steps(args, device: torch.device) -> list[Row]:
         for case in cases:
             before = allocated_mb(device)
             fns = make_step(case, dataset, size, patch, args, device)
+            # the FLOP count's eager pass before the peak's reset: CUDA graphs reset it before
+            # their first call records them, and it counted the eager pass in their peak
+            flops = model_flops(fns.loss)
             graphs = graphs_recorded_in_first_call(args, case.compile)
             if graphs:
                 reset_peak(device)
@@ -196,7 +199,6 @@ def bench_steps(args, device: torch.device) -> list[Row]:
             fns.step()  # compile / first-call warm-up, timed separately
             sync(device)
             first = time.perf_counter() - started
-            flops = model_flops(fns.loss)
             saved = None if device.type == "cuda" else saved_for_backward_mb(fns.loss)
             if not graphs:
                 reset_peak(device)
