@@ -50,7 +50,8 @@ def test_pairs_print_the_evaluation_time_when_both_histories_have_it(tmp_path, c
     _run(tmp_path, "older", [2.0, 1.5, 1.25], [40.0, 1.0, 0.5])
     assert compare_runs.main([str(tmp_path), "eager", "graphs", "eager", "older"]) == 0
     out = capsys.readouterr().out
-    assert "first epoch 3.0 vs 40.0 s; evaluation, median after the first 500.0 ms vs 150.0 ms\n" in out
+    assert ("first epoch 3.0 vs 40.0 s; evaluation, median after the first 500.0 ms vs "
+            "150.0 ms\n") in out
     assert out.count("; evaluation, median") == 1  # not for a run without the column
 
 
