@@ -14,7 +14,7 @@ from relvit.models import losses
 from relvit.models.heads import PairProjections
 from relvit.ssl.patches import patchify
 from relvit.ssl.pipeline import apply_ssl_inputs
-from relvit.ssl.targets import position_targets, relation_targets
+from relvit.ssl.targets import angle_targets, position_targets, relation_targets
 from relvit.train import objective as objective_module
 from relvit.train.loop import train
 from relvit.train.objective import JITTER, Batch, Objective
@@ -85,6 +85,35 @@ def test_shuffled_patches_and_their_targets_move_together(tiny_config):
     assert torch.equal(batch.perm, cells)
     assert torch.equal(position_targets(n, batch.perm), cells)
     assert torch.equal(relation_targets(h, w, batch.perm), compass_of(cells, w))
+
+
+def test_distance_and_angle_losses_are_the_mse_against_the_shuffled_cells(tiny_config):
+    """The unused distance and angle tasks (Q14): their targets follow the patches that were
+    shuffled (a distance from the closed form of the cells read back from the patches), and
+    each loss is the mean squared error against them. They had only been checked for
+    running."""
+    cfg = tiny_config("pretrain", data={"augment": False},
+                      ssl={"shuffle": True, "jitter": False, "distances": True, "angles": True})
+    objective, geo = make_objective(cfg), run_geometry(cfg)
+    h = w = geo.ssl_grid
+    n, b = h * w, 4
+    batch = objective.batch(cell_index_images(b, h, geo.cell), torch.zeros(b, dtype=torch.long),
+                            True, torch.Generator().manual_seed(5))
+    cells = cells_of(batch.images, geo.cell, n)
+    rows, cols = (cells // w).float(), (cells % w).float()
+    apart = torch.hypot(rows[:, :, None] - rows[:, None, :], cols[:, :, None] - cols[:, None, :])
+    distances = 2 * apart / ((h - 1) ** 2 + (w - 1) ** 2) ** 0.5 - 1
+    unshuffled = angle_targets(h, w)
+    angles = torch.stack([unshuffled[c][:, c] for c in cells])
+    assert not torch.equal(angles, unshuffled.expand(b, n, n))  # shuffled: the test can tell
+    gen = torch.Generator().manual_seed(6)
+    out = {"distances": torch.randn(b, 1, n, n, generator=gen),
+           "angles": torch.randn(b, 1, n, n, generator=gen)}
+    _, stats = objective.losses(out, batch)
+    for key, name, target in (("distances", "loss_dist", distances),
+                              ("angles", "loss_angle", angles)):
+        expected = ((out[key][:, 0] - target) ** 2).mean()
+        torch.testing.assert_close(stats[name], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_an_oracle_reading_the_patches_scores_perfectly(tiny_config):
