@@ -4,12 +4,14 @@ sync-debug mode; on the CPU the same code paths run and their results are checke
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from relvit.data.loading import Splits, TensorSplit, batches, on_device
 from relvit.train import loop
@@ -17,6 +19,34 @@ from relvit.train.lagged import LaggedLosses
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+# ops that read a tensor's values on the host, each a wait for the GPU on CUDA (`.item()`,
+# `bool()`, `float()` of a tensor; data-dependent output sizes)
+HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"}
+RELVIT = Path(loop.__file__).parents[1]
+OPTIM = Path(torch.optim.__file__).parent
+# reads of tensors that live on the host on every device: the lagged loss copy that
+# `_check_finite` reads, and the CPU-only AdamW's step counters (CUDA's fused AdamW has none)
+HOST_SIDE = {"_check_finite"}
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the HOST_READS ops that relvit's code dispatches in a block, by the function of
+    relvit that called them, leaving out torch.optim's and HOST_SIDE's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name() in HOST_READS:
+            frames = [f for f in traceback.extract_stack()
+                      if Path(f.filename).is_relative_to(RELVIT)
+                      or Path(f.filename).is_relative_to(OPTIM)]
+            caller = frames[-1] if frames else None
+            if caller and Path(caller.filename).is_relative_to(RELVIT) \
+                    and caller.name not in HOST_SIDE:
+                self.count[f"{Path(caller.filename).name}:{caller.lineno} {caller.name}"] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def _random_splits(spec, data, image_size: int) -> Splits:
@@ -77,6 +107,29 @@ def test_in_memory_splits_batch_alike_on_the_gpu(device):
     for (a, la), (b, lb) in zip(batches(split, order, [4, 4, 2], None),
                                 batches(placed, order, [4, 4, 2], None)):
         assert torch.equal(a, b.cpu()) and torch.equal(la, lb.cpu())
+
+
+@pytest.mark.parametrize("mode, fused", [("supervised", True), ("pretrain", True),
+                                         ("pretrain", False)])
+def test_host_reads_per_epoch_do_not_grow_with_its_steps(tmp_path, tiny_config, monkeypatch,
+                                                         mode, fused):
+    """The CPU's twin of the CUDA test below, which this machine cannot run: the reads of
+    values on the host (each a GPU wait on CUDA) that relvit's code makes in an epoch of 4x
+    the steps, by the function that makes them."""
+    monkeypatch.setattr(loop, "load_splits", _random_splits)
+    counts = []
+    for batch in (128, 32):
+        run = loop.Run(tiny_config(mode, optim={"batch_size": batch}), tmp_path / str(batch),
+                       progress=False)
+        run.prepare()
+        run.model.relation_projections = fused
+        steps = run.steps_per_epoch()
+        run._train_epoch(0, steps, 2 * steps)
+        with _HostReads() as reads:
+            run._train_epoch(1, steps, 2 * steps)
+        counts.append((steps, reads.count))
+    (few_steps, few_reads), (many_steps, many_reads) = counts
+    assert many_steps >= 4 * few_steps - 4 and many_reads == few_reads, counts
 
 
 @CUDA
