@@ -43,6 +43,18 @@ def test_pairs_print_the_loss_difference_and_the_epoch_speed_up(tmp_path, capsys
             "40.0 s") in out
 
 
+def test_runs_that_disagree_are_said_and_fail(tmp_path, capsys, compare_runs):
+    """The loss difference had only been printed: a compiled run that trains otherwise than
+    the eager one now fails the comparison (bf16 rounding: 6.7e-4 at most so far)."""
+    _run(tmp_path, "eager", [2.0, 1.5, 1.25], [3.0, 2.0, 2.0])
+    _run(tmp_path, "near", [2.0, 1.5029, 1.25], [3.0, 2.0, 2.0])  # 1.93e-3
+    _run(tmp_path, "apart", [2.0, 1.5031, 1.25], [3.0, 2.0, 2.0])  # 2.07e-3
+    assert compare_runs.main([str(tmp_path), "eager", "near"]) == 0
+    assert "diff 1.93e-03;" in capsys.readouterr().out
+    assert compare_runs.main([str(tmp_path), "eager", "near", "eager", "apart"]) == 1
+    assert "diff 2.07e-03 (OVER 2e-03: they disagree);" in capsys.readouterr().out
+
+
 def test_pairs_print_the_evaluation_time_when_both_histories_have_it(tmp_path, capsys,
                                                                      compare_runs):
     _run(tmp_path, "eager", [2.0, 1.5, 1.25], [3.0, 2.0, 2.0], [0.5, 0.4, 0.6])
