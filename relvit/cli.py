@@ -30,7 +30,7 @@ import yaml
 from relvit.config import (MODES, ConfigError, DataConfig, load_config, read_config_file,
                            read_settings_file)
 from relvit.interrupts import Terminated, sigterm_as_interrupt
-from relvit.layout import HISTORY, METRICS, PAPER_TABLES, PRINTED_IMPROVEMENTS
+from relvit.layout import HISTORY, PAPER_TABLES, PRINTED_IMPROVEMENTS
 
 log = logging.getLogger("relvit")
 
@@ -62,8 +62,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        metrics = train(cfg, args.out, progress=False if args.no_progress else None,
-                        replace_changed=args.replace_changed)
+        train(cfg, args.out, progress=False if args.no_progress else None,
+              replace_changed=args.replace_changed)
     except (NonFiniteLossError, UpstreamFailedError) as err:
         if not args.record_failure:
             raise
@@ -72,26 +72,7 @@ def _train(args: argparse.Namespace) -> int:
         record_failure(cfg, args.out, err)
         log.error("run %s failed: %s; recorded in %s/metrics.json as failed", args.out, err,
                   args.out)
-        return 0
-    if metrics is not None:
-        log.info("finished %s in %.0f s: %s; every number in %s", args.out,
-                 metrics["wall_time_s"], _summary(metrics), Path(args.out) / METRICS)
     return 0
-
-
-def _summary(metrics: dict) -> str:
-    """A finished run's headline numbers: what its table reports, at the best and last epoch."""
-    best, last, epoch = metrics["best"], metrics["last"], metrics.get("best_epoch")
-    if "best_top1" in metrics:
-        return (f"top-1 {metrics['best_top1']:.2f} % at its best epoch ({epoch}), "
-                f"{metrics['last_top1']:.2f} % at the last")
-    if "val_bbox_mAP" in best:
-        return (f"box mAP {best['val_bbox_mAP']:.2f} AP points at its best epoch ({epoch}), "
-                f"{last.get('val_bbox_mAP', float('nan')):.2f} at the last")
-    pretext = [f"{name} {100 * last[key]:.2f} %" for name, key in
-               (("relations", "val_acc_rel"), ("positions", "val_acc_pos")) if key in last]
-    return (f"validation loss {best['val_loss']:.4f} at its best epoch ({epoch}); held-out "
-            f"pretext accuracy at the last: {', '.join(pretext) or 'none'}")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingErr
 from relvit.train.finished import read_finished, record_changes
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
-from relvit.train.runlog import run_log
+from relvit.train.runlog import finished_line, run_log
 from relvit.train.runlock import run_lock
 from relvit.train.schedule import learning_rate
 from relvit.train.timing import TIMING_KEYS, InputWait, epoch_timing
@@ -724,4 +724,7 @@ def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
     with run_lock(out_dir) if main else nullcontext():
         with run_log(out_dir, cfg.mode) if main else nullcontext():
             with distributed.session(cfg.device):
-                return run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)
+                metrics = run_class(cfg, Path(out_dir), progress, replace_changed).fit(stop_after)
+            if main and metrics is not None:  # train.log's last line too
+                log.info(finished_line(out_dir, metrics))
+            return metrics

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from relvit.layout import RUN_LOG
+from relvit.layout import METRICS, RUN_LOG
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -107,3 +107,22 @@ def _needs_traceback(error: BaseException) -> bool:
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         return False
     return not type(error).__module__.startswith("relvit.")
+
+
+def finished_line(out_dir: str | Path, metrics: dict) -> str:
+    """A finished run's last log line: its time, what its table reports at the best and last
+    epoch, and where every number is."""
+    best, last, epoch = metrics["best"], metrics["last"], metrics.get("best_epoch")
+    if "best_top1" in metrics:
+        numbers = (f"top-1 {metrics['best_top1']:.2f} % at its best epoch ({epoch}), "
+                   f"{metrics['last_top1']:.2f} % at the last")
+    elif "val_bbox_mAP" in best:
+        numbers = (f"box mAP {best['val_bbox_mAP']:.2f} AP points at its best epoch ({epoch}), "
+                   f"{last.get('val_bbox_mAP', float('nan')):.2f} at the last")
+    else:
+        pretext = [f"{name} {100 * last[key]:.2f} %" for name, key in
+                   (("relations", "val_acc_rel"), ("positions", "val_acc_pos")) if key in last]
+        numbers = (f"validation loss {best['val_loss']:.4f} at its best epoch ({epoch}); "
+                   f"held-out pretext accuracy at the last: {', '.join(pretext) or 'none'}")
+    return (f"finished {out_dir} in {metrics['wall_time_s']:.0f} s: {numbers}; every number in "
+            f"{Path(out_dir) / METRICS}")
