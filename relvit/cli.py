@@ -83,7 +83,14 @@ def _check(args: argparse.Namespace) -> int:
         log.warning("%s: its execution keys (device, compile, ...) are shown as it gives them, "
                     "defaults where it does not; the workflow's job reads them from %s (pass "
                     "--execution %s to see those)", args.config, written, written)
+    from relvit.train.errors import FINETUNE_NEEDS_INIT
+
     cfg = _load_run_config(args, args.mode)
+    if cfg.mode == "finetune" and not cfg.init_checkpoint:  # as the run's start refuses it
+        raise ConfigError([FINETUNE_NEEDS_INIT], str(args.config))
+    if cfg.init_checkpoint and not Path(cfg.init_checkpoint).is_file():
+        log.warning("init_checkpoint: %s is not a file (yet): the run refuses to start until it "
+                    "is (a workflow's pretrain run writes it)", cfg.init_checkpoint)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     """A configuration problem; `problems` lists every "key.path: message" found."""
 
     def __init__(self, problems: list[str], source: str = "config"):
-        self.problems = problems
+        self.problems, self.source = problems, source
         super().__init__(f"invalid {source}:\n  " + "\n  ".join(problems))
 
 
@@ -437,7 +437,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
         raw = merge(raw, read_execution_file(execution))
     if overrides:
         raw = merge(raw, parse_overrides(overrides))
-    return config_from_dict({**raw, **(values or {})}, source=str(path))
+    try:
+        return config_from_dict({**raw, **(values or {})}, source=str(path))
+    except ConfigError as err:  # a key the command line gave is not the file's
+        given = {item.split("=", 1)[0]: f"--set {item}" for item in overrides or []}
+        given.update({key: "the command line" for key in values or {}})
+        raise ConfigError([_with_origin(problem, given) for problem in err.problems],
+                          err.source) from None
+
+
+def _with_origin(problem: str, given: dict[str, str]) -> str:
+    """A "key.path: message" problem, with "(from ...)" when the key came from `given`."""
+    key = problem.split(":", 1)[0]
+    return f"{problem} (from {given[key]})" if key in given else problem
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

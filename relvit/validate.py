@@ -93,8 +93,9 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
     task = DATASETS[cfg.data.name].task  # pretrain uses the images of either kind
     wanted = {"detect": "detection", "pretrain": task}.get(cfg.mode, "classification")
     if task != wanted:
+        hint = " (mode: detect, or relvit check --mode detect)" if task == "detection" else ""
         problems.append(f"data.name: mode {cfg.mode!r} needs a {wanted} dataset; "
-                        f"{cfg.data.name!r} is a {task} dataset")
+                        f"{cfg.data.name!r} is a {task} dataset{hint}")
     spec = get_backbone_spec(cfg.model.backbone)
     dim = cfg.model.embed_dim or spec.embed_dim
     heads = cfg.model.num_heads or spec.num_heads

@@ -96,12 +96,44 @@ def test_cli_check_checks_a_config_for_a_mode(tmp_path, capsys):
     path = tmp_path / "det.yaml"
     path.write_text("data: {name: digit_scenes}\n")
     assert main(["check", "--config", str(path)]) == 2
-    assert "'digit_scenes' is a detection dataset" in capsys.readouterr().err
+    assert ("'digit_scenes' is a detection dataset (mode: detect, or relvit check --mode "
+            "detect)") in capsys.readouterr().err
     assert main(["check", "--config", str(path), "--mode", "detect"]) == 0
     assert "mode: detect" in capsys.readouterr().out
     path.write_text("mode: pretrain\ndata: {name: digit_scenes}\n")
     assert main(["check", "--config", str(path), "--mode", "detect"]) == 2
     assert "says 'pretrain' but the command is 'detect'" in capsys.readouterr().err
+
+
+def test_cli_check_refuses_what_the_mode_refuses_at_its_start(tmp_path, capsys, caplog):
+    """`check --mode finetune` had passed a config without init_checkpoint, which `relvit
+    finetune` refuses; a checkpoint that is not there (yet) is said."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {embed_dim: 36, depth: 1, num_heads: 3}\n")
+    assert main(["check", "--config", str(path), "--mode", "finetune"]) == 2
+    assert "mode 'finetune' needs init_checkpoint (or --init PATH)" in capsys.readouterr().err
+    absent = tmp_path / "pre" / "best.pt"
+    with caplog.at_level("WARNING", logger="relvit"):
+        assert main(["check", "--config", str(path), "--mode", "finetune", "--set",
+                     f"init_checkpoint={absent}"]) == 0
+    assert f"init_checkpoint: {absent} is not a file (yet)" in caplog.text
+
+
+def test_a_problem_with_a_key_the_command_line_gave_says_so(tmp_path, capsys):
+    """Errors of a --set or --init value had read as the config file's."""
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {epochs: 2}\n")
+    assert main(["check", "--config", str(path), "--set", "optim.epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid {path}:" in err and "optim.epoch: unknown key" in err
+    assert err.rstrip().endswith("(from --set optim.epoch=1)")
+    assert main(["pretrain", "--config", str(path), "--out", str(tmp_path / "o"), "--init",
+                 str(tmp_path / "x.pt")]) == 2
+    assert "trains from scratch" in (err := capsys.readouterr().err) and err.rstrip().endswith(
+        "(from the command line)")
+    path.write_text("optim: {epoch: 2}\n")  # the file's own typo: no origin added
+    assert main(["check", "--config", str(path), "--set", "optim.lr=0.1"]) == 2
+    assert "(from" not in capsys.readouterr().err
 
 
 def test_cli_finetune_without_checkpoint_fails_clearly(tmp_path):
@@ -113,7 +145,7 @@ def test_cli_finetune_without_checkpoint_fails_clearly(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
-    assert "absent.pt does not exist" in result.stderr
+    assert f"init_checkpoint: checkpoint {tmp_path / 'absent.pt'} does not exist" in result.stderr
 
 
 def test_the_command_line_starts_without_the_heavy_libraries():

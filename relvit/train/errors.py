@@ -4,6 +4,10 @@ line can catch them without loading the training stack."""
 from __future__ import annotations
 
 
+FINETUNE_NEEDS_INIT = ("mode 'finetune' needs init_checkpoint (or --init PATH): the best.pt of a "
+                      "pretrain run")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 

@@ -47,7 +47,8 @@ from relvit.train.checkpoint import (
     load_checkpoint,
     load_resume_state,
 )
-from relvit.train.errors import CheckpointError, NonFiniteLossError, TrainingError
+from relvit.train.errors import (FINETUNE_NEEDS_INIT, CheckpointError, NonFiniteLossError,
+                                 TrainingError)
 from relvit.train.finished import read_finished, record_changes
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
@@ -298,16 +299,18 @@ class Run:
         if state:
             self._resume(state)
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
-            raise CheckpointError("mode 'finetune' needs init_checkpoint (or --init PATH): "
-                                  "the best.pt of a pretrain run")
+            raise CheckpointError(FINETUNE_NEEDS_INIT)
         elif (self.out_dir / BEST).is_file():  # e.g. its last*.pt deleted to save space
             log.warning("%s has neither a state to resume (last.pt, last.prev.pt) nor a finished "
                         "run's record: the run starts over, replacing its %s", self.out_dir, BEST)
         if not state and self.cfg.init_checkpoint:
             model = self.cfg.model
             heads = attention_heads(vars(model), model.backbone)
-            self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
-                                            model.backbone, heads)
+            try:
+                self.fresh_keys = load_backbone(self.backbone(), Path(self.cfg.init_checkpoint),
+                                                model.backbone, heads)
+            except CheckpointError as err:  # the key, for a path given in the config file
+                raise type(err)(f"init_checkpoint: {err}") from None
             self.init_digest = file_digest(self.cfg.init_checkpoint)
         if distributed.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
