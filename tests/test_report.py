@@ -208,6 +208,23 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
     assert "absent: no such metrics file, run config or directory" in capsys.readouterr().err
 
 
+def test_a_run_no_column_shows_is_named(tmp_path, caplog):
+    """A joint run given to `relvit report` had been left out without a word."""
+    write_runs(tmp_path / "runs")
+    joint = tmp_path / "runs" / "digits" / "vit_small" / "joint" / "seed0"
+    joint.mkdir(parents=True)
+    (joint / "metrics.json").write_text(json.dumps({
+        "mode": "joint", "label": "", "seed": 0, "dataset": "digits",
+        "dataset_title": "Digits (sklearn)", "backbone": "vit_small",
+        "backbone_label": "ViT/4 (D=72, depth 4)", "best_top1": 99.0, "last_top1": 98.0}))
+    with caplog.at_level("WARNING", logger="relvit"):
+        assert main(["report", "--table1", str(tmp_path / "t1"), "--tier", "smoke",
+                     str(tmp_path / "runs")]) == 0
+    assert f"Table 1 has no column for 1 run(s), left out (a joint run, or a label of no " \
+           f"column): {joint}" in caplog.text
+    assert (tmp_path / "t1.md").read_text() == EXPECTED_MD
+
+
 @pytest.mark.parametrize("change, said", [
     ({"seed": "zero"}, "not a run's metrics file (seed: expected a whole number, got 'zero')"),
     ({"dataset": None}, "not a run's metrics file (dataset: expected a name, got None)"),

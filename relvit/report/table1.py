@@ -179,6 +179,14 @@ class Table1:
         self.with_paper = any(self.paper_cell(d, b, m).mean is not None
                               for d, b in self.keys for _, _, m in METHODS.values())
 
+    def without_column(self) -> list[str]:
+        """The finished runs that no column shows (a joint run, a label of no column)."""
+        columns = [(mode, label) for mode, label, *_ in [*METHODS.values(),
+                                                         *EXTRA_METHODS.values()]]
+        shown = [(m, label) in columns
+                 for m, label in zip(self.runs["mode"], self.runs["label"].fillna(""))]
+        return sorted(self.runs.loc[[not s for s in shown], "run"])
+
     @property
     def on_embedded_data(self) -> bool:
         """Whether a row ran on embedded stand-in data (the smoke and CI tiers' digits)."""
@@ -402,6 +410,10 @@ def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
                     "the repository's root)", paper_csv)
     slips = printed_slips(paper_csv) if paper is not None else ()
     table = Table1(gather_runs(sources), gather_planned(sources), paper, slips)
+    left_out = table.without_column()
+    if left_out:
+        log.warning("Table 1 has no column for %d run(s), left out (a joint run, or a label of "
+                    "no column): %s", len(left_out), ", ".join(left_out))
     out_stem = Path(out_stem)
     atomic_write_text(render_markdown(table, tier), out_stem.with_suffix(".md"))
     atomic_write_text(render_latex(table, tier), out_stem.with_suffix(".tex"))
