@@ -92,7 +92,24 @@ def _check(args: argparse.Namespace) -> int:
         log.warning("init_checkpoint: %s is not a file (yet): the run refuses to start until it "
                     "is (a workflow's pretrain run writes it)", cfg.init_checkpoint)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(_derived(cfg))
     return 0
+
+
+def _derived(cfg) -> str:
+    """What the config's nulls and the mode come to: the backbone (its patch among them),
+    positional embeddings, and outside detection the image size and SSL grid."""
+    from relvit.geometry import backbone_label, run_geometry
+
+    geo = run_geometry(cfg)
+    facts = [f"backbone {backbone_label(cfg, geo)}",
+             f"positional embeddings {'on' if cfg.pos_embed else 'off'}"]
+    if cfg.mode != "detect":
+        facts.append(f"image_size {geo.image_size}")
+    if cfg.uses_ssl:
+        side = geo.megapatch_side or geo.ssl_grid
+        facts.append(f"SSL grid {side}x{side} ({geo.num_positions} positions)")
+    return "# derived (dataset registry, backbone preset, mode): " + ", ".join(facts)
 
 
 def _check_workflow(args: argparse.Namespace) -> int:

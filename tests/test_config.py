@@ -99,7 +99,14 @@ def test_cli_check_checks_a_config_for_a_mode(tmp_path, capsys):
     assert ("'digit_scenes' is a detection dataset (mode: detect, or relvit check --mode "
             "detect)") in capsys.readouterr().err
     assert main(["check", "--config", str(path), "--mode", "detect"]) == 0
-    assert "mode: detect" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mode: detect" in out and "model:\n  backbone: vit_small\n  patch_size: null" in out
+    assert out.endswith("# derived (dataset registry, backbone preset, mode): backbone "
+                        "ViT-S/8, positional embeddings on\n")  # the registry's patch
+    assert main(["check", "--config", str(path), "--mode", "pretrain"]) == 0
+    assert capsys.readouterr().out.endswith(
+        "backbone ViT-S/8, positional embeddings off, image_size 64, SSL grid 8x8 (64 "
+        "positions)\n")
     path.write_text("mode: pretrain\ndata: {name: digit_scenes}\n")
     assert main(["check", "--config", str(path), "--mode", "detect"]) == 2
     assert "says 'pretrain' but the command is 'detect'" in capsys.readouterr().err
