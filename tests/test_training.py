@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -473,6 +474,11 @@ def test_a_run_says_what_it_trains_how_far_it_is_and_what_it_got(tmp_path, tiny_
     lines = [record.getMessage() for record in caplog.records]
     assert lines[0].startswith(f"training {run}: pretrain, epochs 1-2 of 2, ")
     assert ("epoch 1/2: step 1/" in caplog.text) is not progress  # the bar shows it instead
+    if not progress:  # the time left counts the evaluation once an epoch has measured it
+        assert re.search(r"epoch 1/2: step 1/\d+, [\d,]+ images/s, training done in "
+                         r"\d[^,]*, then evaluation$", caplog.text, re.M)
+        assert re.search(r"epoch 2/2: step 1/\d+, [\d,]+ images/s, epoch done in \d.* "
+                         r"\(its evaluation as the last\)$", caplog.text, re.M)
     assert any(line.startswith("epoch 1/2 lr=") and line.endswith(" s)") for line in lines)
     finished = lines[-1]
     assert finished.startswith(f"finished {run} in ") and finished.endswith(
