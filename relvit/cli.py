@@ -77,14 +77,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from relvit.execution import execution_file_of
+    from relvit.train.errors import FINETUNE_NEEDS_INIT
 
     written = None if args.execution else execution_file_of(args.config)
     if written:
         log.warning("%s: its execution keys (device, compile, ...) are shown as it gives them, "
                     "defaults where it does not; the workflow's job reads them from %s (pass "
                     "--execution %s to see those)", args.config, written, written)
-    from relvit.train.errors import FINETUNE_NEEDS_INIT
-
     cfg = _load_run_config(args, args.mode)
     if cfg.mode == "finetune" and not cfg.init_checkpoint:  # as the run's start refuses it
         raise ConfigError([FINETUNE_NEEDS_INIT], str(args.config))

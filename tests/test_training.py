@@ -477,8 +477,8 @@ def test_a_run_says_what_it_trains_how_far_it_is_and_what_it_got(tmp_path, tiny_
     if not progress:  # the time left counts the evaluation once an epoch has measured it
         assert re.search(r"epoch 1/2: step 1/\d+, [\d,]+ images/s, training done in "
                          r"\d[^,]*, then evaluation$", caplog.text, re.M)
-        assert re.search(r"epoch 2/2: step 1/\d+, [\d,]+ images/s, epoch done in \d.* "
-                         r"\(its evaluation as the last\)$", caplog.text, re.M)
+        assert re.search(r"epoch 2/2: step 1/\d+, [\d,]+ images/s, training done in "
+                         r"\d[^,]*, then evaluation \(the last took \d.*\)$", caplog.text, re.M)
     assert any(line.startswith("epoch 1/2 lr=") and line.endswith(" s)") for line in lines)
     finished = lines[-1]
     assert finished.startswith(f"finished {run} in ") and finished.endswith(

@@ -117,8 +117,8 @@ def curve_group(metrics_path: str | Path) -> str:
 
 
 def _history(run_dir: Path) -> pd.DataFrame | None:
-    """The run's history.csv; None for a run that failed before its first epoch ended (a failed
-    finetune's pretrain run, a non-finite loss in epoch 1), which has none."""
+    """The run's history.csv; None for a run that failed before its first epoch ended (a
+    finetune whose pretrain run failed, a non-finite loss in epoch 1), which has none."""
     path = run_dir / HISTORY
     if not path.exists() and (run_dir / METRICS).is_file() and is_failed(
             read_metrics(run_dir / METRICS)):

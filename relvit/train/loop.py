@@ -507,11 +507,12 @@ class Run:
         if now - reported < PROGRESS_EVERY_S or done == steps:
             return reported
         left = (now - started) * (steps - done) / done
-        evaluated = [row["eval_time_s"] for row in self.history if "eval_time_s" in row]
-        done_in = (f"epoch done in {_duration(left + evaluated[-1])} (its evaluation as the last)"
-                   if evaluated else f"training done in {_duration(left)}, then evaluation")
-        log.info("epoch %d/%d: step %d/%d, %s images/s, %s", epoch + 1, self.cfg.optim.epochs,
-                 done, steps, f"{seen * self.world / (now - started):,.0f}", done_in)
+        evaluated = [row["eval_time_s"] for row in self.history  # detection: some epochs
+                     if any(key.startswith("val_") for key in row)]
+        last = f" (the last took {_duration(evaluated[-1])})" if evaluated else ""
+        log.info("epoch %d/%d: step %d/%d, %s images/s, training done in %s, then evaluation%s",
+                 epoch + 1, self.cfg.optim.epochs, done, steps,
+                 f"{seen * self.world / (now - started):,.0f}", _duration(left), last)
         return now
 
     def _check_finite(self, losses: StepLosses | None, epoch: int) -> None:
