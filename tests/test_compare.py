@@ -243,6 +243,35 @@ def test_editing_a_run_config_after_the_run_makes_it_stale(tmp_path):
     assert is_stale(metrics, run / "metrics.json") is True
 
 
+def test_a_finetune_of_a_stale_or_redone_pretrain_run_is_stale(tmp_path, monkeypatch):
+    """A RelViT cell had stayed unmarked while the pretrain run it started from was stale (its
+    config changed; only the pretext table said so) or had been redone since."""
+    import hashlib
+
+    monkeypatch.chdir(tmp_path)  # init_checkpoint: a path from the workflow's folder
+    runs = [("cifar10", "pretrain", "pretrain", "", "ViT-S/4", {0: 50.0}),
+            ("cifar10", "relvit", "finetune", "", "ViT-S/4", {0: 85.0})]
+    write_results(Path("results"), runs=runs, planned_only=())
+    best = Path("results/runs/cifar10/vit_small/pretrain/seed0/best.pt")
+    best.write_bytes(b"the pretrain weights")
+    finetune = Path("results/runs/cifar10/vit_small/relvit/seed0/metrics.json")
+    record = json.loads(finetune.read_text())
+    record.update(init_checkpoint=str(best),
+                  init_sha256=hashlib.sha256(best.read_bytes()).hexdigest())
+    finetune.write_text(json.dumps(record))
+    assert is_stale(record, finetune) is False
+    best.write_bytes(b"the weights of the pretrain run redone")
+    assert is_stale(record, finetune) is True
+    best.write_bytes(b"the pretrain weights")
+    assert is_stale(record, finetune) is False
+    planned = Path("results/configs/cifar10/vit_small/pretrain/seed0.yaml")
+    raw = yaml.safe_load(planned.read_text())
+    planned.write_text(yaml.safe_dump({**raw, "optim": {"epochs": 10}}))
+    assert is_stale(record, finetune) is True
+    cells = cells_by_key(compare([Path("results")], paper_csv=Path(__file__).parents[1] / PAPER))
+    assert cells[(1, "CIFAR-10", "RelViT", "top1")].provenance["stale"] == str(finetune.parent)
+
+
 def test_the_pretext_table_marks_stale_runs_and_seeds_still_to_run(tmp_path):
     """The pretrain runs' table had neither mark: an edited config showed "25.33 (n=1)"."""
     from relvit.report.gather import gather_planned

@@ -8,18 +8,21 @@ is planned from `<results>/configs/<id>.yaml`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from relvit.layout import CONFIGS, RUN_CONFIG, RUNS
+from relvit.layout import CONFIGS, METRICS, RUN_CONFIG, RUNS
 
 STALE = "[stale]"
 STALE_NOTE = (f"{STALE}: a run of this cell was made with another run config than the one the "
-              "workflow now plans (results/configs/<run>.yaml changed after it ran): rerun the "
-              "workflow; `relvit compare` names the runs.")
+              "workflow now plans (results/configs/<run>.yaml changed after it ran), or started "
+              "from a pretrain run that is stale or was redone since: rerun the workflow; "
+              "`relvit compare` names the runs.")
 
 
 def run_id(metrics_path: str | Path) -> str | None:
@@ -63,13 +66,40 @@ def recorded_hash(metrics: dict, metrics_path: str | Path) -> str | None:
 
 
 def is_stale(metrics: dict, metrics_path: str | Path) -> bool | None:
-    """True when the run's config hash differs from its planned run config's; None when there
-    is nothing to compare (no planned config, no recorded hash)."""
+    """True when the run's config hash differs from its planned run config's, or when the run
+    started from a checkpoint whose run is stale or was redone since (`_upstream_changed`);
+    None when there is nothing to compare (no planned config, no recorded hash)."""
     planned = planned_config(metrics_path)
     recorded = recorded_hash(metrics, metrics_path)
     if planned is None or recorded is None:
         return None
-    return recorded != file_config_hash(planned)
+    return recorded != file_config_hash(planned) or _upstream_changed(metrics)
+
+
+def _upstream_changed(metrics: dict) -> bool:
+    """Whether the checkpoint a finetune or detect run started from (`init_checkpoint`, a path
+    from the workflow's folder) belongs to a run that is stale now, or is no longer the file the
+    run started from (`init_sha256`: the pretrain run was redone). False where the checkpoint's
+    run is not there to ask."""
+    init = metrics.get("init_checkpoint")
+    upstream = Path(init).parent / METRICS if init else None
+    if upstream is None or not upstream.is_file():
+        return False
+    if is_stale(read_metrics(upstream), upstream):
+        return True
+    best, saved = Path(init), metrics.get("init_sha256")
+    if not saved or not best.is_file():
+        return False
+    stat = best.stat()
+    return _sha256(str(best.resolve()), stat.st_mtime_ns, stat.st_size) != saved
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, once per version of it (its time and size in the key): the reports ask
+    for each finetune's pretrain checkpoint several times."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_metrics(path: str | Path) -> dict:
