@@ -272,6 +272,21 @@ def test_a_finetune_of_a_stale_or_redone_pretrain_run_is_stale(tmp_path, monkeyp
     assert cells[(1, "CIFAR-10", "RelViT", "top1")].provenance["stale"] == str(finetune.parent)
 
 
+def test_another_tiers_results_inside_a_given_folder_are_left_out(tmp_path, caplog):
+    """results/ holds the CI tier's results/ci: `relvit compare results/` had averaged the
+    CI tier's runs into the smoke tier's cells without a word."""
+    write_results(tmp_path / "results")
+    ci_runs = [("cifar10", "supervised", "supervised", "", "ViT-S/4", {3: 10.0})]
+    write_results(tmp_path / "results" / "ci", runs=ci_runs, planned_only=())
+    with caplog.at_level("WARNING", logger="relvit"):
+        cells = cells_by_key(compare([tmp_path / "results"], paper_csv=PAPER))
+    assert cells[(1, "CIFAR-10", "Supervised", "top1")].provenance["seeds"] == "0, 1, 2"
+    assert (f"{tmp_path / 'results' / 'ci'}: another tier's results folder (it holds runs/) "
+            f"inside {tmp_path / 'results'}, left out: give it on its own") in caplog.text
+    alone = cells_by_key(compare([tmp_path / "results" / "ci"], paper_csv=PAPER))
+    assert alone[(1, "CIFAR-10", "Supervised", "top1")].provenance["seeds"] == "3"
+
+
 def test_the_pretext_table_marks_stale_runs_and_seeds_still_to_run(tmp_path):
     """The pretrain runs' table had neither mark: an edited config showed "25.33 (n=1)"."""
     from relvit.report.gather import gather_planned

@@ -3,15 +3,18 @@ runs (their run configs, so a table can show cells that have not run yet)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from relvit.config import is_whole_number
-from relvit.layout import EXECUTION, METRICS, REPLACED
+from relvit.layout import EXECUTION, METRICS, REPLACED, RUNS
 from relvit.report.numbers import PRETEXT_NUMBERS, TOP1_NUMBERS, reported_numbers
 from relvit.report.provenance import is_stale, read_metrics, recorded_hash
+
+log = logging.getLogger("relvit")
 
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
 NUMBERS = [*TOP1_NUMBERS, *PRETEXT_NUMBERS]
@@ -22,14 +25,21 @@ COLUMNS = ["run", *KEYS, *NUMBERS, "pretext_positions", "wall_time_s", "peak_mem
 def find_files(sources: list[str | Path], pattern: str, skip: tuple[str, ...] = ()
                ) -> list[Path]:
     """Files given directly that match `pattern`, or found under given directories (skipping
-    run directories moved aside by --replace-changed, `<dir>.replaced-<time>`, and folders named
-    in `skip`)."""
+    run directories moved aside by --replace-changed, `<dir>.replaced-<time>`, folders named
+    in `skip`, and, with a warning, another tier's results folder inside a given one: the CI
+    tier's results/ci in the smoke tier's results/, whose runs would join its cells)."""
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
+            tiers = sorted(runs.parent for runs in source.rglob(RUNS)
+                           if runs.is_dir() and runs.parent != source)
+            for tier in tiers:
+                log.warning("%s: another tier's results folder (it holds %s/) inside %s, left "
+                            "out: give it on its own", tier, RUNS, source)
             files += sorted(f for f in source.rglob(pattern)
                             if not any(REPLACED in part or part in skip
-                                       for part in f.relative_to(source).parent.parts))
+                                       for part in f.relative_to(source).parent.parts)
+                            and not any(f.is_relative_to(tier) for tier in tiers))
         elif source.is_file():
             if source.match(pattern):
                 files.append(source)
