@@ -1,5 +1,7 @@
 """relvit compare: verdicts on synthetic runs, the paper's Improv. slips, stale runs, provenance."""
 
+import csv
+import io
 import json
 import statistics
 from pathlib import Path
@@ -12,7 +14,7 @@ from relvit.cli import main
 from relvit.config import HASH_EXCLUDES
 from relvit.report.compare import (CSV_COLUMNS, NO_VALUE, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN,
                                    WITHIN, Criterion, compare, improvement_checks, out_of_tolerance,
-                                   to_markdown)
+                                   to_csv, to_markdown)
 from relvit.report.gather import gather_runs
 from relvit.report.provenance import (file_config_hash, is_stale, planned_config, run_id,
                                      summarize)
@@ -430,6 +432,30 @@ def test_run_id_is_the_part_after_the_last_runs_folder():
 def test_summarize_takes_an_unknown_stale_for_not_stale():
     """Runs without a planned config (stale None) would be flagged stale in every table."""
     runs = pd.DataFrame([{"run": "digits/vit/relvit/seed0", "seed": 0, "config_hash": "h",
-                          "git_sha": "g", "image": None, "device": "cpu", "wall_time_s": 1.0,
-                          "peak_memory_mb": 2.0, "stale": None, "resized": None}])
+                          "git_sha": "g", "image": None, "device": "cpu", "world_size": 1,
+                          "execution": None, "wall_time_s": 1.0, "peak_memory_mb": 2.0,
+                          "stale": None, "resized": None}])
     assert summarize(runs)["stale"] == ""
+
+
+def test_a_cell_says_its_runs_processes_and_execution_settings(tmp_path):
+    """The README promised compare shows metrics.json's world_size and execution per cell; it
+    showed neither, and precision or compile can move a number by rounding."""
+    write_results(tmp_path)
+    settings = {"device": "cuda", "compile": True, "compile_mode": "default",
+                "compile_step": False, "precision": "bf16", "data.workers": 8, "data.root": "d"}
+    for seed, world, precision in ((0, 1, "bf16"), (1, 4, "fp32"), (2, 1, "bf16")):
+        path = tmp_path / "runs" / f"cifar10/vit_small/supervised/seed{seed}/metrics.json"
+        record = json.loads(path.read_text())
+        record.update(world_size=world, execution={**settings, "precision": precision})
+        path.write_text(json.dumps(record))
+    cells = compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER)
+    sup = cells_by_key(cells)[(1, "CIFAR-10", "Supervised", "top1")]
+    assert sup.provenance["processes"] == "1; 4"
+    assert sup.provenance["execution"] == (
+        "precision=bf16 compile=True compile_mode=default compile_step=False; "
+        "precision=fp32 compile=True compile_mode=default compile_step=False")
+    row = next(r for r in csv.DictReader(io.StringIO(to_csv(cells)))
+               if r["method"] == "Supervised" and r["dataset"] == "CIFAR-10")
+    assert row["processes"] == "1; 4" and row["execution"].startswith("precision=bf16 ")
+    assert "| processes | execution |" in to_markdown(cells, [], "test", Criterion())

@@ -295,9 +295,10 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
              "fail.", "",
              "Verdicts: " + (", ".join(f"{n} {v}" for v, n in counts.items()) or "no cells") + ".",
              "", "Provenance per cell: config hash (of the resolved run config without "
-             f"{', '.join(HASH_EXCLUDES)}), git commit, container image and device of its runs "
-             "(distinct values), seeds, wall time (s, summed over seeds) and peak memory (MB, "
-             "the largest)."]
+             f"{', '.join(HASH_EXCLUDES)}), git commit, container image, device, processes and "
+             "the execution settings that can move its numbers by rounding (precision, compile) "
+             "of its runs (distinct values), seeds, wall time (s, summed over seeds) and peak "
+             "memory (MB, the largest)."]
     if stale:
         how_many = "1 cell is" if len(stale) == 1 else f"{len(stale)} cells are"
         lines += ["", f"**{how_many} stale** (a run config changed after the run; "
@@ -310,10 +311,10 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
                       "every image's shorter side at most S px, verdict marked \"(resized S)\"): "
                       "the crops hold other pixels than the paper's."]
     header = ["Table", "Dataset", "Backbone", "Method", "Metric", "paper", "ours", "Δ", "bound",
-              "verdict", "seeds", "config hash", "git sha", "image", "device", "wall time (s)",
-              "peak mem (MB)"]
+              "verdict", "seeds", "config hash", "git sha", "image", "device", "processes",
+              "execution", "wall time (s)", "peak mem (MB)"]
     lines += ["", "| " + " | ".join(header) + " |",
-              "|" + "|".join(["---"] * 5 + ["---:"] * 4 + ["---"] * 6 + ["---:"] * 2) + "|"]
+              "|" + "|".join(["---"] * 5 + ["---:"] * 4 + ["---"] * 8 + ["---:"] * 2) + "|"]
     for c in cells:
         p = c.provenance
         verdict = c.verdict + (" (stale)" if p.get("stale") else "") + (
@@ -325,8 +326,8 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
             c.ours.text().replace(" [stale]", "").replace(f" [resized {p.get('resized')}]", ""),
             signed(c.delta), bound,
             f"**{verdict}**" if c.failed else verdict, seeds, _short(p["config_hash"], 8),
-            _short(p["git_sha"], 10), p["image"], p["device"], p["wall_time_s"],
-            p["peak_memory_mb"]]) + " |")
+            _short(p["git_sha"], 10), p["image"], p["device"], p["processes"], p["execution"],
+            p["wall_time_s"], p["peak_memory_mb"]]) + " |")
     lines += ["", "## The paper's printed Improv. values", "",
               "Printed beside the best non-supervised row minus Supervised (per metric), from the "
               "paper's own numbers (results/paper/printed-improvements.csv, tables.csv).", "",

@@ -12,14 +12,15 @@ import yaml
 from relvit.config import is_whole_number
 from relvit.layout import EXECUTION, METRICS, REPLACED, RUNS
 from relvit.report.numbers import PRETEXT_NUMBERS, TOP1_NUMBERS, reported_numbers
-from relvit.report.provenance import is_stale, read_metrics, recorded_hash
+from relvit.report.provenance import execution_text, is_stale, read_metrics, recorded_hash
 
 log = logging.getLogger("relvit")
 
 KEYS = ["dataset", "dataset_title", "backbone_label", "mode", "label", "seed"]
 NUMBERS = [*TOP1_NUMBERS, *PRETEXT_NUMBERS]
 COLUMNS = ["run", *KEYS, *NUMBERS, "pretext_positions", "wall_time_s", "peak_memory_mb",
-           "git_sha", "device", "image", "config_hash", "stale", "status", "error", "resized"]
+           "git_sha", "device", "world_size", "execution", "image", "config_hash", "stale",
+           "status", "error", "resized"]
 
 
 def find_files(sources: list[str | Path], pattern: str, skip: tuple[str, ...] = ()
@@ -76,6 +77,7 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
                          **{key: metrics.get(key) for key in COLUMNS[1:]},
                          **{key: numbers[key] for key in NUMBERS},
                          "config_hash": recorded_hash(metrics, path),
+                         "execution": execution_text(metrics.get("execution")),
                          "resized": (metrics.get("data_copy") or {}).get("shorter_side"),
                          "stale": is_stale(metrics, path)})
         except AttributeError as err:

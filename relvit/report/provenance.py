@@ -125,14 +125,23 @@ def resized_sides(runs: pd.DataFrame) -> str:
 
 
 # what summarize() says of a cell, in compare.csv's order
-PROVENANCE_KEYS = ("seeds", "config_hash", "git_sha", "image", "device", "wall_time_s",
-                   "peak_memory_mb", "stale", "resized")
+PROVENANCE_KEYS = ("seeds", "config_hash", "git_sha", "image", "device", "processes",
+                   "execution", "wall_time_s", "peak_memory_mb", "stale", "resized")
+# the execution keys that can move a run's numbers (by rounding), outside its config hash
+NUMERIC_EXECUTION = ("precision", "compile", "compile_mode", "compile_step")
+
+
+def execution_text(execution: object) -> str | None:
+    """A run's recorded `execution` settings that can move its numbers, as one string."""
+    if not isinstance(execution, dict):
+        return None
+    return " ".join(f"{key}={execution[key]}" for key in NUMERIC_EXECUTION if key in execution)
 
 
 def summarize(runs: pd.DataFrame) -> dict[str, str]:
     """One cell's provenance over its seeds (rows of gather_runs): the distinct config hashes,
-    commits, images and devices, the seeds, the total wall time, the largest peak memory, the
-    stale runs and the resized copies read."""
+    commits, images, devices, process counts and execution settings, the seeds, the total wall
+    time, the largest peak memory, the stale runs and the resized copies read."""
     if runs.empty:
         return {key: "" if key in ("stale", "resized") else "—" for key in PROVENANCE_KEYS}
     wall, peak = runs["wall_time_s"].dropna(), runs["peak_memory_mb"].dropna()
@@ -143,6 +152,8 @@ def summarize(runs: pd.DataFrame) -> dict[str, str]:
         "git_sha": _distinct(runs["git_sha"]),
         "image": _distinct(runs["image"].fillna("none")),
         "device": _distinct(runs["device"]),
+        "processes": _distinct(runs["world_size"].dropna().astype(int)),
+        "execution": _distinct(runs["execution"]),
         "wall_time_s": f"{wall.sum():.0f}" if len(wall) else "—",
         "peak_memory_mb": f"{peak.max():.0f}" if len(peak) else "—",
         "stale": ", ".join(str(run) for run in stale_runs["run"]),
