@@ -245,6 +245,21 @@ def test_editing_a_run_config_after_the_run_makes_it_stale(tmp_path):
     assert is_stale(metrics, run / "metrics.json") is True
 
 
+def test_a_hash_recorded_before_hash_excludes_grew_does_not_make_a_run_stale(tmp_path):
+    """metrics.json's hash of a run made before data.root left the hash differs from any hash
+    taken now: the config.yaml the run wrote, hashed as now, decides (a damaged one falls back
+    to the recorded hash)."""
+    write_results(tmp_path)
+    run = tmp_path / "runs" / "cifar10/vit_small/relvit/seed1"
+    config = planned_config(run / "metrics.json")
+    metrics = {**json.loads((run / "metrics.json").read_text()), "config_hash": "0123abcd"}
+    assert is_stale(metrics, run / "metrics.json") is True  # no config.yaml: the record's
+    (run / "config.yaml").write_text(config.read_text())
+    assert is_stale(metrics, run / "metrics.json") is False
+    (run / "config.yaml").write_text("optim: [")
+    assert is_stale(metrics, run / "metrics.json") is True
+
+
 def test_a_finetune_of_a_stale_or_redone_pretrain_run_is_stale(tmp_path, monkeypatch):
     """A RelViT cell had stayed unmarked while the pretrain run it started from was stale (its
     config changed; only the pretext table said so) or had been redone since."""

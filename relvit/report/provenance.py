@@ -57,12 +57,18 @@ def file_config_hash(path: str | Path) -> str:
 
 
 def recorded_hash(metrics: dict, metrics_path: str | Path) -> str | None:
-    """The config hash a run recorded in metrics.json; for runs older than that key, the hash of
-    the resolved config.yaml the run wrote beside it."""
-    if metrics.get("config_hash"):
-        return str(metrics["config_hash"])
+    """A run's config hash: of the resolved config.yaml the run wrote beside it, hashed as now
+    (a key added to HASH_EXCLUDES since, such as data.root, does not make it stale), else the
+    hash metrics.json recorded."""
     written = Path(metrics_path).parent / RUN_CONFIG
-    return file_config_hash(written) if written.is_file() else None
+    recorded = str(metrics["config_hash"]) if metrics.get("config_hash") else None
+    if written.is_file():
+        try:
+            return file_config_hash(written)
+        except ValueError:  # a damaged config.yaml: the recorded hash, where there is one
+            if recorded is None:
+                raise
+    return recorded
 
 
 def is_stale(metrics: dict, metrics_path: str | Path) -> bool | None:

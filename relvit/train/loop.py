@@ -276,6 +276,7 @@ class Run:
             if record and record["config_hash"] != provenance.config_hash(self.cfg.to_dict()):
                 record = None  # hashed before HASH_EXCLUDES grew: finished again, re-recorded
         elif record:  # a finished run without resume states: its record says what it was
+            record = self._rehashed(record)
             diffs = self._record_changes(record)
         else:  # nothing to resume: an earlier start's config.yaml says whose folder it is
             diffs = self._earlier_start_changes()
@@ -374,6 +375,16 @@ class Run:
         if not isinstance(saved, dict):
             return []
         return [f"{change} ({RUN_CONFIG})" for change in self._config_changes({"config": saved})]
+
+    def _rehashed(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A finished run's record with this run's config hash when its own was taken before
+        HASH_EXCLUDES grew (data.workers, data.root) and the config.yaml the run wrote is this
+        run's config: the finished run is not another config's, to be trained again."""
+        current = provenance.config_hash(self.cfg.to_dict())
+        if (record["config_hash"] == current or not (self.out_dir / RUN_CONFIG).is_file()
+                or self._earlier_start_changes()):
+            return record
+        return {**record, "config_hash": current}
 
     def _record_changes(self, record: dict[str, Any]) -> list[str]:
         """How a finished run's record differs from this run (`finished.record_changes`)."""

@@ -113,6 +113,26 @@ def test_a_finished_runs_metrics_file_is_its_record_without_finished_json(tmp_pa
     assert json.loads((run / "finished.json").read_text()) == metrics  # the record kept
 
 
+def test_a_record_hashed_before_hash_excludes_grew_is_still_the_finished_run(tmp_path):
+    """A run recorded before data.root left the hash, its last*.pt deleted: its record's hash
+    differs from any hash taken now. The config.yaml it wrote says the config is the same: the
+    run is restored, with the hash taken now, not moved aside and trained again (the workflow
+    passes --replace-changed). Another config is still refused."""
+    config, run = _finished_copy(tmp_path)
+    for name in ("last.pt", "last.prev.pt"):
+        (run / name).unlink()
+    metrics = json.loads((run / "metrics.json").read_text())
+    old = {**metrics, "config_hash": "0123456789abcdef"}
+    for name in ("finished.json", "metrics.json"):
+        (run / name).write_text(json.dumps(old))
+    best = (run / "best.pt").read_bytes()
+    with pytest.raises(TrainingError, match=r"holds a run with another config \(config hash"):
+        _train(_other_config(tmp_path, config), run)
+    assert _train(config, run) == metrics  # restored, the hash as now
+    assert json.loads((run / "finished.json").read_text()) == metrics
+    assert (run / "best.pt").read_bytes() == best
+
+
 def test_a_folder_with_nothing_to_resume_is_not_trained_over_by_another_config(tmp_path):
     """Resume states, finished.json and metrics.json gone: the config.yaml an earlier start
     wrote still says whose folder it is. The same config starts over, saying it replaces the
