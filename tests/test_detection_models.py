@@ -59,6 +59,9 @@ def test_pyramid_levels_shapes_and_strides(family):
     assert list(out) == LEVELS
     for name, stride in zip(LEVELS, STRIDES[family]):
         assert out[name].shape == (2, FPN, SIZE // stride, SIZE // stride), name
+    assert pyramid.last_tokens is None  # kept for the joint SSL losses only
+    pyramid.keep_tokens()
+    pyramid(torch.rand(2, 3, SIZE, SIZE))
     tokens = pyramid.last_tokens  # the backbone's own tokens, for the SSL heads
     assert tokens is not None
     expected = pyramid.backbone.tokens(torch.rand(2, 3, SIZE, SIZE))
@@ -78,6 +81,9 @@ def test_swin_levels_are_the_pre_merging_stage_outputs():
     maps, tokens = pyramid.levels(images)
     for stage, norm, level in zip(stages, pyramid.norms, maps):
         torch.testing.assert_close(level, norm(stage).permute(0, 3, 1, 2))
+    assert tokens is None  # the final norm runs for the joint SSL losses only
+    pyramid.keep_tokens()
+    _, tokens = pyramid.levels(images)
     torch.testing.assert_close(tokens.patches, backbone.tokens(images).patches)
 
 
@@ -130,6 +136,24 @@ def test_training_step_and_eval(family, masks):
         assert pred["boxes"].shape == (n, 4) and pred["labels"].shape == (n,) and n <= 100
         if masks:
             assert pred["masks"].shape == (n, 1, *image.shape[1:])  # back at the input size
+
+
+@pytest.mark.parametrize("joint", [False, True], ids=["plain", "ssl_joint"])
+@pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
+def test_every_trainable_parameter_gets_a_gradient(family, joint):
+    """DistributedDataParallel refuses a step in which a trainable parameter got no gradient:
+    Swin's final norm, which serves the SSL tokens alone, had stopped every multi-GPU Swin
+    detection run without joint SSL at its second step."""
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone(family), CLASSES, SIZE, masks=True, fpn_channels=FPN)
+    model = JointSSLDetector(detector, SIZE) if joint else detector
+    model.train()
+    sum(model(*_batch(masks=True)).values()).backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == ([] if joint or family != "swin" else
+                      ["backbone.backbone.swin.norm.weight", "backbone.backbone.swin.norm.bias"])
 
 
 @pytest.mark.parametrize("keep_aspect", [False, True])

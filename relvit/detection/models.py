@@ -102,7 +102,8 @@ ANCHOR_STRIDE_MULTIPLE = 8  # default anchor size of a level = 8 x its stride
 class PyramidBackbone(nn.Module):
     """Wraps one of our Backbones; forward(images [B,3,H,W]) -> OrderedDict[str, Tensor] of FPN
     outputs ("0".."3", "pool"), out_channels attribute (torchvision's BackboneWithFPN contract).
-    Also keeps the last Tokens it computed in `self.last_tokens` (for the joint SSL losses).
+    Also keeps the last Tokens it computed in `self.last_tokens` once `keep_tokens()` was
+    called (by `JointSSLDetector`, for the joint SSL losses).
 
     Subclasses build the four input levels (`levels`), and give their channels and strides.
     `last_tokens` is overwritten by every forward; `JointSSLDetector` clears it once read.
@@ -118,13 +119,19 @@ class PyramidBackbone(nn.Module):
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
         self.last_tokens: Tokens | None = None
+        self.tokens_kept = False
+
+    def keep_tokens(self) -> None:
+        """Keep each forward's Tokens in `last_tokens`, for the joint SSL losses."""
+        self.tokens_kept = True
 
     def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens]:  # pragma: no cover
         """The four NCHW input maps (finest first) and the backbone's tokens."""
         raise NotImplementedError
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
-        maps, self.last_tokens = self.levels(images)
+        maps, tokens = self.levels(images)
+        self.last_tokens = tokens if self.tokens_kept else None
         return self.fpn(OrderedDict(zip(LEVELS, maps)))
 
 
@@ -139,14 +146,23 @@ class SwinPyramid(PyramidBackbone):
         strides = [level["reduction"] for level in info]
         super().__init__(backbone, channels, strides, fpn_channels)
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in channels)
+        # the final norm serves the SSL tokens alone: without them it would get no gradient,
+        # which DistributedDataParallel refuses at a run's second step
+        backbone.swin.norm.requires_grad_(False)
 
-    def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens]:
+    def keep_tokens(self) -> None:
+        super().keep_tokens()
+        self.backbone.swin.norm.requires_grad_(True)
+
+    def levels(self, images: Tensor) -> tuple[list[Tensor], Tokens | None]:
         swin = self.backbone.swin
         x = swin.patch_embed(images)  # NHWC
         maps = []
         for stage, norm in zip(swin.layers, self.norms):
             x = stage(x)  # this stage's blocks; its merging is the next stage's first step
             maps.append(norm(x).permute(0, 3, 1, 2).contiguous())
+        if not self.tokens_kept:
+            return maps, None
         last = swin.norm(x)  # exactly Backbone.tokens: the final stage after the final norm
         b, h, w, c = last.shape
         return maps, Tokens(None, last.reshape(b, h * w, c), (h, w))
@@ -304,6 +320,7 @@ class JointSSLDetector(nn.Module):
         self.include_diagonal = include_diagonal
         self.ssl = RelViT(backbone, None, SSLTasks(relations=True, positions=True),
                           self.num_positions)
+        detector.backbone.keep_tokens()
         # The detector owns the backbone: unregister it from the RelViT (no duplicate state-dict
         # keys) but keep it as a plain attribute, which `RelViT.ssl_tokens` reads.
         del self.ssl._modules["backbone"]
