@@ -9,13 +9,13 @@ is planned from `<results>/configs/<id>.yaml`.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from relvit.data.download import file_digest
 from relvit.layout import CONFIGS, METRICS, RUN_CONFIG, RUNS
 
 STALE = "[stale]"
@@ -104,8 +104,7 @@ def _upstream_changed(metrics: dict) -> bool:
 def _sha256(path: str, mtime_ns: int, size: int) -> str:
     """sha256 of a file, once per version of it (its time and size in the key): the reports ask
     for each finetune's pretrain checkpoint several times."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return file_digest(Path(path), "sha256")
 
 
 def read_metrics(path: str | Path) -> dict:

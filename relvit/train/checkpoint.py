@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from relvit.atomic import atomic_write, previous_path, remove_stale_temps
+from relvit.data.download import file_digest as checksum
 from relvit.layout import LAST, METRICS
 from relvit.train.errors import CheckpointError, UpstreamFailedError
 from relvit.train.failure import is_failed
@@ -36,8 +36,7 @@ MSDOS_FOLDER = 0x10  # the folder bit of a zip record's external attributes
 def file_digest(path: str | Path) -> str:
     """sha256 of a file (a checkpoint a run started from: which file it was, whatever its
     path)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return checksum(Path(path), "sha256")
 
 
 def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:
