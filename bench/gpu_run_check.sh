@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Whole training runs with CUDA graphs (issue 6), within 374 s (32 px), 524 s (64 px) or 504 s
 # (224 px) of caps on a GPU, each run's kill grace and 40 s of fixed work counted (with --step
-# 606, 766 or 736 s, so with --mode or --skip-graphs there): does `compile: true` with `compile_mode: reduce-overhead` train as the run without
-# them does, through the evaluation and checkpoints of every epoch and each epoch's last, shorter
-# batch, and how long does an epoch take then?
+# 606, 766 or 736 s, so with --mode or --skip-graphs there): does `compile: true` with
+# `compile_mode: reduce-overhead` train as the run without them does, through the evaluation
+# and checkpoints of every epoch and each epoch's last, shorter batch, and how long does an
+# epoch take then?
 #
 # ViT-S, batch 256, fused AdamW, bf16 autocast, on a CIFAR-10 in the official pickle format
 # written here with random pixels (the machine has no datasets; tests/fixtures/formats.py).
@@ -52,8 +53,8 @@ PATCH=""
 STEP=0
 GRAPHS_ALONE=1
 BUDGET=570
-CALL_LIMIT=570  # a device call's 600 s, less 30 s for the machine's own start-up of the call
-FIXED=40  # the versions line, the data, compare_runs.py's calls: about 25-35 s on the device
+CALL_LIMIT=570  # a device call's 600 s, less a margin (the default budget since it was added)
+FIXED=40  # the versions line, the data, compare_runs.py's calls: an estimate, not measured
 MODES=(pretrain supervised)
 while (( $# )); do
   case "$1" in
