@@ -70,6 +70,33 @@ def test_corrupted_download_is_rejected_and_nothing_extracted(tmp_path, monkeypa
     assert main(["prepare-data", "cifar10", "--root", str(tmp_path / "data")]) == 1
 
 
+def test_damaged_extracted_files_are_extracted_again(tmp_path, monkeypatch, cifar_archive,
+                                                      caplog):
+    """A file deleted or cut short after extraction: the kept archive is unpacked once more."""
+    _, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", resource)
+    prepare_dataset("cifar10", tmp_path / "data")
+    batch = tmp_path / "data" / "cifar10" / "cifar-10-batches-py" / "data_batch_3"
+    whole = batch.read_bytes()
+    batch.write_bytes(whole[: len(whole) // 2])
+    with caplog.at_level("WARNING", logger="relvit"):
+        assert prepare_dataset("cifar10", tmp_path / "data", offline=True)["splits"]["train"] == 60
+    assert "data_batch_3" in caplog.text and "extracting its archives again" in caplog.text
+    assert batch.read_bytes() == whole
+
+
+def test_a_failed_prepare_leaves_no_ready_marker(tmp_path, monkeypatch, cifar_archive):
+    """Preparing again un-marks the dataset first: a failure leaves it not ready."""
+    _, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", resource)
+    prepare_dataset("cifar10", tmp_path / "data")
+    assert ready_marker(tmp_path / "data", "cifar10").is_file()
+    use_resource(monkeypatch, "cifar10", dataclasses.replace(resource, md5="0" * 32))
+    with pytest.raises(ChecksumError):
+        prepare_dataset("cifar10", tmp_path / "data")
+    assert not ready_marker(tmp_path / "data", "cifar10").exists()
+
+
 @pytest.mark.parametrize("name, expected", [("imagenet", "LOC_val_solution.csv"),
                                              ("kitti", "label_2/<6-digit id>.txt")])
 def test_manual_datasets_say_what_to_put_where(tmp_path, capsys, name, expected):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -487,3 +488,18 @@ def test_truncated_archive_raises_and_creates_no_target(tmp_path, name, build):
     assert not isinstance(error.value, UnsafeArchiveError)
     assert str(archive) in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_full_disk_is_not_called_a_corrupt_archive(tmp_path, monkeypatch):
+    archive = tmp_path / "good.tar.gz"
+    archive.write_bytes(_tar_bytes({"a.bin": b"x" * 100}))
+
+    def full_disk(archive: Path, dest: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "_unpack_tar", full_disk)
+    with pytest.raises(DownloadError, match="cannot write .* No space left.*archive is kept") \
+            as error:
+        safe_extract(archive, tmp_path / "out")
+    assert "corrupt" not in str(error.value)
+    assert archive.is_file() and not (tmp_path / "out").exists()

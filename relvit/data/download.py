@@ -15,6 +15,7 @@ Standard library only (tqdm for the progress bar on a terminal); no shell comman
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import hashlib
@@ -50,6 +51,8 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.x
 _ZIP_SUFFIXES = (".zip",)
 _DIGEST_LENGTHS = {"sha256": 64, "md5": 32}  # also the order of preference: strongest first
 _FILTER_ERROR = getattr(tarfile, "FilterError", ())  # Python >= 3.10.12 / 3.11.4
+# a full disk, a file-size limit, a quota or a read-only disk: the archive may well be fine
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
 _CORRUPT_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError,
                    gzip.BadGzipFile, OSError)
 
@@ -376,6 +379,9 @@ def _unpack(kind: str, archive: Path, dest: Path) -> None:
         raise UnsafeArchiveError(f"{archive}: refusing member {error.tarinfo.name!r}: {error}") \
             from error
     except _CORRUPT_ERRORS as error:
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:  # the disk, not the file
+            raise DownloadError(f"{archive}: cannot write what it holds into {dest.parent}: "
+                                f"{error}; the archive is kept") from error
         raise DownloadError(f"{archive}: cannot extract (truncated or corrupt archive?): "
                             f"{error}") from error
 
@@ -506,20 +512,20 @@ def _remove(path: Path) -> None:
 
 
 def fetch(resource: Resource, folder: Path, extract_to: Path | None = None, *,
-          offline: bool = False) -> Path:
+          offline: bool = False, extract_again: bool = False) -> Path:
     """Download (or reuse) `resource` into `folder`; unpack it into `extract_to` if asked to.
 
     Returns the downloaded file, or the extraction folder (`extract_to`, default `folder`) when
     `resource.extract`. Extraction is skipped when `extract_to/.extracted-<filename>` holds the
     verified digest (sha256 if given, else md5); that marker is written last, so an interrupted
-    extraction is redone. Delete the marker to force a fresh extraction.
+    extraction is redone. `extract_again` (or deleting the marker) forces a fresh extraction.
     """
     path = download(resource, folder, offline=offline)
     if not resource.extract:
         return path
     target = Path(extract_to) if extract_to is not None else Path(folder)
     marker = target / f".extracted-{resource.filename}"
-    if marker.is_file() and marker.read_text().strip() == resource.digest:
+    if not extract_again and marker.is_file() and marker.read_text().strip() == resource.digest:
         log.debug("%s: already extracted into %s", path, target)
         return target
     safe_extract(path, target)

@@ -19,7 +19,7 @@ from relvit.config import DataConfig
 from relvit.data.download import fetch
 from relvit.data.formats import DatasetLayoutError
 from relvit.data.loading import dataset_folder, load_splits
-from relvit.data.registry import get_dataset
+from relvit.data.registry import DatasetSpec, get_dataset
 from relvit.atomic import atomic_write_text
 from relvit.layout import READY
 
@@ -36,14 +36,9 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
     spec = get_dataset(name)
     data = DataConfig(name=name, root=str(root), folder=folder)
     target = dataset_folder(spec, data)
-    archives = [r for r in spec.resources if r.extract]
-    subfolders = dict(spec.subfolders)
-    for resource in archives + [r for r in spec.resources if not r.extract]:
-        log.info("%s: %s", name, resource.filename)
-        downloads = Path(root) / ".downloads" / name if resource.extract else target
-        into = target / subfolders.get(resource.filename, "")
-        fetch(resource, downloads, extract_to=into if resource.extract else None,
-              offline=offline)
+    marker = ready_marker(root, name)
+    marker.unlink(missing_ok=True)  # ready again only once this run has checked everything
+    _fetch_all(spec, root, target, offline)
     # each split's json is written after its images, val's last: a killed run writes anew
     if name == "digit_scenes" and not (target / "val.json").is_file():
         from relvit.detection.data import write_scenes
@@ -57,7 +52,12 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
             raise DatasetLayoutError(
                 f"{err}\n{spec.title} cannot be downloaded automatically ({why}): put its files "
                 f"under {target} as laid out above.") from err
-        raise
+        if not any(r.extract for r in spec.resources):
+            raise
+        # extracted files damaged or deleted since: the checked archives are still there
+        log.warning("%s: %s\nextracting its archives again", name, err)
+        _fetch_all(spec, root, target, offline, extract_again=True)
+        splits = load_splits(spec, data, spec.image_size)
     record = {
         "dataset": name, "folder": str(target), "classes": len(splits.classes),
         "splits": {spec.train_split: len(splits.train.labels),
@@ -66,9 +66,22 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
                       for r in spec.resources],
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    marker = ready_marker(root, name)
     atomic_write_text(json.dumps(record, indent=2) + "\n", marker)
     log.info("%s ready in %s: %s, %d classes (recorded in %s)", name, target,
              ", ".join(f"{split} {n:,} samples" for split, n in record["splits"].items()),
              record["classes"], marker)
     return record
+
+
+def _fetch_all(spec: DatasetSpec, root: str | Path, target: Path, offline: bool,
+               extract_again: bool = False) -> None:
+    """Download and check `spec`'s files, archives first, unpacking them into `target`."""
+    subfolders = dict(spec.subfolders)
+    archives = [r for r in spec.resources if r.extract]
+    for resource in archives + ([] if extract_again else
+                                [r for r in spec.resources if not r.extract]):
+        log.info("%s: %s", spec.name, resource.filename)
+        downloads = Path(root) / ".downloads" / spec.name if resource.extract else target
+        into = target / subfolders.get(resource.filename, "")
+        fetch(resource, downloads, extract_to=into if resource.extract else None,
+              offline=offline or extract_again, extract_again=extract_again)
