@@ -133,6 +133,9 @@ def test_every_note_is_plain_ascii_latex():
         latex = table1.latex_escape(note)
         assert latex.isascii() and "`" not in latex.replace("``", "") and '"' not in latex, latex
     assert table1.latex_escape('`a_b` "x" § — –') == r"\texttt{a\_b} ``x'' \S{} --- --"
+    # a tier name is any string: each special character once, none of the escapes' own again
+    assert table1.latex_escape(r"v2$ {a}~^\ ±") == \
+        r"v2\$ \{a\}\textasciitilde{}\textasciicircum{}\textbackslash{} $\pm$"
 
 
 def test_a_cell_with_failed_seeds_says_how_many():
@@ -326,6 +329,8 @@ def test_the_papers_printed_slips_come_from_its_data(tmp_path):
     note = "(the paper prints +5.85 for CIFAR-100, where its own numbers give +5.80)."
     write_table1([tmp_path / "runs"], tmp_path / "t1", "test", "results/paper/tables.csv")
     assert note in (tmp_path / "t1.md").read_text()
+    assert "computed from the numbers (the paper prints +5.85 for CIFAR-100" in (
+        tmp_path / "t1.tex").read_text()  # the caption had called the column the paper's
     paper = tmp_path / "paper" / "tables.csv"  # without printed-improvements.csv beside it
     paper.parent.mkdir()
     shutil.copy("results/paper/tables.csv", paper)

@@ -310,6 +310,14 @@ def _row_keys(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return list(keys[["dataset_title", "backbone_label"]].itertuples(index=False, name=None))
 
 
+def _paper_note(table: Table1) -> str:
+    """What the paper, Δ and Improv. columns hold, and the paper's own slips in Improv."""
+    slips = f" (the paper prints {'; '.join(table.slips)})" if table.slips else ""
+    return ("paper: the paper's number (best epoch, so beside the best-epoch table only); Δ: "
+            "reproduced − paper; Improv. and its paper column: RelViT − Supervised, computed "
+            f"from the numbers{slips}.")
+
+
 def render_markdown(table: Table1, tier: str) -> str:
     seeds = sorted(int(s) for s in pd.concat([table.runs, table.pretrain])["seed"].dropna().unique())
     lines = [
@@ -321,10 +329,7 @@ def render_markdown(table: Table1, tier: str) -> str:
            else f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}."),
     ]
     if table.with_paper:
-        slips = f" (the paper prints {'; '.join(table.slips)})" if table.slips else ""
-        lines += ["", "paper: the paper's number (best epoch, so beside the best-epoch table "
-                      "only); Δ: reproduced − paper; Improv. and its paper column: RelViT − "
-                      f"Supervised, computed from the numbers{slips}."]
+        lines += ["", _paper_note(table)]
     lines += [f"\n{NOTES[c]}" for c in table.extras]
     lines += [f"\n{STALE_NOTE}"] if table.any_stale else []
     lines += [f"\n{RESIZED_NOTE}"] if table.any_resized else []
@@ -340,16 +345,21 @@ def render_markdown(table: Table1, tier: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# one pass, so that no replacement's own \, $, { or } is escaped again
+_LATEX_REPLACEMENTS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "†": r"$^\dagger$", "‡": r"$^\ddagger$", "Δ": r"$\Delta$", "—": "---", "−": "$-$",
+    "±": r"$\pm$", "✓": r"\checkmark", "✗": r"$\times$", "<": r"\textless{}",
+    ">": r"\textgreater{}", "§": r"\S{}", "–": "--"}
+_LATEX_SPECIAL = re.compile("|".join(map(re.escape, _LATEX_REPLACEMENTS)))
+
+
 def latex_escape(text: str) -> str:
     """`text` as pdflatex (with booktabs and amssymb) takes it: special and non-ASCII
     characters of the tables' Markdown replaced, `code` set in \\texttt and "quotes" as
     LaTeX's (Tables 1-3)."""
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                       ("#", r"\#"), ("†", r"$^\dagger$"), ("‡", r"$^\ddagger$"),
-                       ("Δ", r"$\Delta$"), ("—", "---"), ("−", "$-$"), ("±", r"$\pm$"),
-                       ("✓", r"\checkmark"), ("✗", r"$\times$"), ("<", r"\textless{}"),
-                       (">", r"\textgreater{}"), ("§", r"\S{}"), ("–", "--")):
-        text = text.replace(char, repl)
+    text = _LATEX_SPECIAL.sub(lambda match: _LATEX_REPLACEMENTS[match.group()], text)
     text = re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
     return re.sub(r'"([^"]*)"', r"``\1''", text)
 
@@ -375,8 +385,7 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
     caption = (f"Table 1 reproduced ({tier} tier"
                + (f"; {EMBEDDED_NOTE}" if table.on_embedded_data else "")
                + f"): {METRICS[metric]}, mean ± std over seeds."
-               + (" paper: the paper's number; Δ: reproduced − paper."
-                  if table.beside_paper(metric) else "")
+               + (f" {_paper_note(table)}" if table.beside_paper(metric) else "")
                + (f" {notes}" if notes else ""))
     lines += [
         r"\bottomrule",
