@@ -110,8 +110,18 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
         problems.append("model.patch_size: T2T-ViT has a fixed token stride of 16; leave it unset")
 
     try:
-        run_geometry(cfg)
+        geo = run_geometry(cfg)
     except ValueError as err:  # a message that starts with its key names it already
         named = str(err).startswith("ssl.megapatch_side:")
         problems.append(str(err) if named else f"data.image_size / model.patch_size: {err}")
+        return problems
+    with_ssl = cfg.uses_ssl or (cfg.mode == "detect" and cfg.detection.ssl_joint)
+    if with_ssl and geo.num_positions < 4:  # one cell: no pair to relate, one position class
+        if geo.megapatch_side:
+            problems.append("ssl.megapatch_side: the SSL grid would be 1x1 (one mega-patch): "
+                            "the SSL tasks need at least 2x2 cells (0 switches mega-patches off)")
+        else:
+            problems.append(f"data.image_size / model.patch_size: the SSL grid would be 1x1 "
+                            f"({spec.label}'s tokens of {geo.token_stride} px on "
+                            f"{geo.image_size}-px images): the SSL tasks need at least 2x2 cells")
     return problems

@@ -45,3 +45,33 @@ def test_a_megapatch_side_above_the_grid_is_refused():
         config_from_dict({"mode": "pretrain", "data": {"name": "imagenet100"},
                           "ssl": {"megapatch_side": 8}})
     assert err.value.problems == ["ssl.megapatch_side: 8 is larger than the base grid side 7"]
+
+
+@pytest.mark.parametrize("raw, key, ok", [
+    ({"mode": "pretrain", "ssl": {"megapatch_side": 1}}, "ssl.megapatch_side", False),
+    ({"mode": "pretrain", "model": {"backbone": "swin_tiny"}},  # 32 px / stride 32: one token
+     "data.image_size / model.patch_size", False),
+    ({"mode": "joint", "model": {"backbone": "swin_tiny"}}, "data.image_size / model.patch_size",
+     False),
+    ({"mode": "supervised", "model": {"backbone": "swin_tiny"}}, None, True),  # no SSL task
+    ({"mode": "pretrain", "ssl": {"megapatch_side": 2}}, None, True),
+])
+def test_a_one_cell_ssl_grid_is_refused(raw, key, ok):
+    """One cell leaves no pair to relate and one position class: the relation accuracy had been
+    0/0 (NaN) and the pretext task trivial, without a word."""
+    raw = {"data": {"name": "cifar10"}, **raw}
+    if ok:
+        config_from_dict(raw)
+        return
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    [problem] = err.value.problems
+    assert problem.startswith(f"{key}: the SSL grid would be 1x1") and "at least 2x2" in problem
+
+
+def test_detection_with_joint_ssl_needs_two_cells_too():
+    raw = {"mode": "detect", "data": {"name": "digit_scenes", "image_size": 32},
+           "model": {"backbone": "swin_tiny"}}
+    config_from_dict(raw)
+    with pytest.raises(ConfigError, match="SSL grid would be 1x1"):
+        config_from_dict({**raw, "detection": {"ssl_joint": True}})
