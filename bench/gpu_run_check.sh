@@ -75,6 +75,7 @@ done
 if ! [[ "$BUDGET" =~ ^[0-9]+$ ]]; then
   echo "--budget: whole seconds, not $BUDGET" >&2; exit 2
 fi
+BUDGET=$(( 10#$BUDGET ))  # 0380 is 380 (bash reads a leading 0 as octal)
 if (( BUDGET > CALL_LIMIT )); then
   echo "--budget: $BUDGET s is over a device call's $CALL_LIMIT s: using $CALL_LIMIT" >&2
   BUDGET=$CALL_LIMIT

@@ -140,6 +140,9 @@ def test_caps_over_the_budget_are_refused_before_anything_runs(tmp_path):
         bad = subprocess.run(["bash", "bench/gpu_run_check.sh", "--budget", budget], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and problem in bad.stderr
+    octal = subprocess.run(["bash", "bench/gpu_run_check.sh", "--step", "--budget", "0500"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert octal.returncode == 2 and "over the budget of 500 s" in octal.stderr  # not octal
     over = subprocess.run(["bash", "bench/gpu_run_check.sh", "--step", "--budget", "780"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert over.returncode == 2 and "780 s is over a device call's 570 s: using 570" in \
