@@ -370,6 +370,57 @@ def test_a_run_killed_before_its_last_history_row_completes_it(tmp_path, tiny_co
     assert history.read_text() == whole
 
 
+def test_a_kill_before_best_pt_is_mended_on_resuming(tmp_path, tiny_config, monkeypatch):
+    """best.pt had been written before last.pt: a kill between them, then a resume that did
+    not pick the same epoch as best again, left best.pt holding an epoch that metrics.json did
+    not call best. last.pt now comes first, and the resume writes best.pt from it."""
+    from relvit.train import loop
+
+    cfg = tiny_config("pretrain", optim={"epochs": 3})
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    save = loop.atomic_save
+
+    def killed_at_best(state, path, **kwargs):
+        if path.name == "best.pt" and state["epoch"] > 1:
+            raise KeyboardInterrupt
+        return save(state, path, **kwargs)
+
+    monkeypatch.setattr(loop, "atomic_save", killed_at_best)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "split", progress=False)
+    killed = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert killed["best"]["epoch"] == killed["epoch"] > 1  # last.pt got there first
+    monkeypatch.setattr(loop, "atomic_save", save)
+    resumed = train(cfg, tmp_path / "split", progress=False)
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    a = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "best.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == whole["best_epoch"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_best_pt_of_another_epoch_than_the_resumed_record_is_refused(tmp_path, tiny_config):
+    """What the old order of writes could leave: best.pt ahead of last.pt's record of its
+    best epoch, whose weights are gone. Also a damaged best.pt that the resume cannot rewrite."""
+    from relvit.train.checkpoint import atomic_save
+
+    cfg = tiny_config("supervised", optim={"epochs": 3})
+    run = tmp_path / "run"
+    train(cfg, run, stop_after=2, progress=False)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["best"] = state["history"][0]  # the record's best: epoch 1; best.pt holds another
+    atomic_save(state, run / "last.pt")
+    best = torch.load(run / "best.pt", weights_only=True)
+    best["epoch"] = 2
+    atomic_save(best, run / "best.pt")
+    with pytest.raises(CheckpointError, match=r"best.pt holds epoch 2: epoch 1's weights, the "
+                       r"best of the run resumed after epoch 2, are gone: move .* aside"):
+        train(cfg, run, progress=False)
+    (run / "best.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match=r"best.pt cannot be read.*; epoch 1's weights"):
+        train(cfg, run, progress=False)
+
+
 class _OpCount(TorchDispatchMode):
     """Non-view ATen ops dispatched in a block (about the kernel launches on a GPU)."""
 

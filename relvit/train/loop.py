@@ -400,6 +400,7 @@ class Run:
         self.fresh_keys = state.get("fresh_keys", [])
         self.init_digest = state.get("init_sha256")
         log.info("resuming %s after epoch %d", self.out_dir, self.start_epoch)
+        self._settle_best()
         if state.get("world_size", 1) != self.world:
             log.warning("%s ran on %d process(es) so far, now %d: the random streams change, so "
                         "the numbers will not match an uninterrupted run exactly", self.out_dir,
@@ -409,6 +410,27 @@ class Run:
             log.warning("%s ran on %d CPU threads so far, now %d: the sums' order changes, so "
                         "the numbers will not match an uninterrupted run bit for bit",
                         self.out_dir, threads, torch.get_num_threads())
+
+    def _settle_best(self) -> None:
+        """On resuming, make sure best.pt holds the epoch that the resumed record calls best:
+        if that is the epoch resumed after, write it from last.pt's weights (a kill may have
+        come before best.pt); otherwise CheckpointError if best.pt holds another epoch (a run
+        killed between the two writes before their order changed, or last.pt lost)."""
+        recorded = self.best.get("epoch")
+        if recorded is None or not distributed.is_main():
+            return
+        path = self.out_dir / BEST
+        if recorded == self.start_epoch:
+            atomic_save(self._weights(recorded), path)
+            return
+        gone = (f"epoch {recorded}'s weights, the best of the run resumed after epoch "
+                f"{self.start_epoch}, are gone: move {self.out_dir} aside to train it again")
+        try:
+            held = load_checkpoint(path).get("epoch")
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; {gone}") from None
+        if held != recorded:
+            raise CheckpointError(f"{path} holds epoch {held}: {gone}")
 
     # ----------------------------------------------------------------- the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any] | None:
@@ -444,11 +466,14 @@ class Run:
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
             self._log_epoch(row, started_at)
-            if self._is_best(row):
+            best = self._is_best(row)
+            if best:
                 self.best = row
-                if distributed.is_main():
-                    atomic_save(self._weights(epoch + 1), self.out_dir / BEST)
+            # last.pt first: a kill before best.pt leaves the best epoch's weights in last.pt,
+            # and the resume writes best.pt from them (_settle_best)
             self._save_last(epoch + 1)
+            if best and distributed.is_main():
+                atomic_save(self._weights(epoch + 1), self.out_dir / BEST)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
                 return None
