@@ -11,11 +11,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from faults_helpers import one_thread, outcome, reference, train_here, write_config
 
 from relvit.config import load_config
-from relvit.train.checkpoint import check_upstream, load_checkpoint
+from relvit.train.checkpoint import atomic_save, check_upstream, load_checkpoint
 from relvit.train.errors import CheckpointError, TrainingError
 from relvit.train.loop import train
 
@@ -159,10 +160,21 @@ def test_a_restart_over_an_earlier_best_checkpoint_is_logged(tmp_path, caplog):
 
 def test_a_run_resumed_at_its_end_checks_its_best_weights(tmp_path):
     """Killed after its last epoch's last.pt, before its records: the rerun wrote them over a
-    damaged best.pt, and the damage showed only in the finetune that read it."""
+    damaged best.pt, and the damage showed only in the finetune that read it. Its best epoch the
+    last, best.pt is written again from last.pt; an earlier one's damage stops the run."""
     config, run = _finished_copy(tmp_path)
+    whole = load_checkpoint(run / "best.pt")
     for name in ("metrics.json", "finished.json"):
         (run / name).unlink()
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:3000])
+    assert whole["epoch"] == _train(config, run)["best_epoch"]  # the last: mended
+    mended = load_checkpoint(run / "best.pt")
+    assert all(torch.equal(whole["model"][k], mended["model"][k]) for k in whole["model"])
+    for name in ("metrics.json", "finished.json"):
+        (run / name).unlink()
+    state = load_checkpoint(run / "last.pt")
+    state["best"] = state["history"][0]  # as if epoch 1 had been the best
+    atomic_save(state, run / "last.pt")
     (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:3000])
     with pytest.raises(CheckpointError, match=f"checkpoint {run / 'best.pt'}"):
         _train(config, run)
