@@ -26,7 +26,9 @@ class RunLockedError(TrainingError):
 
 
 def lock_path(out_dir: Path) -> Path:
-    """`.<name>.lock` beside the run directory (which may be moved aside while locked)."""
+    """`.<name>.lock` beside the run directory (which may be moved aside while locked), its
+    links resolved: one lock however the folder is reached."""
+    out_dir = out_dir.resolve()
     return out_dir.parent / f".{out_dir.name}.lock"
 
 

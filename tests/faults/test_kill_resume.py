@@ -184,6 +184,11 @@ def test_the_run_lock_names_its_holder(tmp_path):
                 pass
     with run_lock(run):  # released
         pass
+    run.mkdir()
+    (tmp_path / "alias").symlink_to(run)  # another path to the folder had taken its own lock
+    with run_lock(run), pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        with run_lock(tmp_path / "alias"):
+            pass
 
 
 def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
