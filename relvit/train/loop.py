@@ -139,6 +139,7 @@ class Run:
         self.fresh_keys: list[str] = []
         self.init_digest: str | None = None  # sha256 of init_checkpoint when the run started
         self.finished: dict[str, Any] | None = None  # the record of a run finished already
+        self.finished_history: list[dict[str, Any]] | None = None  # its last.pt's, if any
 
     # ----------------------------------------------------------------- what a task defines
     def setup(self) -> nn.Module:
@@ -296,6 +297,7 @@ class Run:
             )
         if record:
             self.finished = record
+            self.finished_history = state["history"] if state else None
             return
         if state:
             self._resume(state)
@@ -643,6 +645,7 @@ class Run:
         best = self.out_dir / BEST
         load_checkpoint(best)  # the CRC of every record: raises, naming the damage
         if distributed.is_main():
+            self._mend_finished_files()
             text = json.dumps(self.finished, indent=2) + "\n"
             atomic_write_text(text, self.out_dir / FINISHED)
             atomic_write_text(text, self.out_dir / METRICS)
@@ -650,6 +653,32 @@ class Run:
                      METRICS, FINISHED)
         distributed.barrier()
         return self.finished
+
+    def _mend_finished_files(self) -> None:
+        """A finished run's config.yaml and history.csv, which the reports read, written again
+        when damaged, cut short or missing: from this run's config (its record's, as checked)
+        and from last.pt's history."""
+        from relvit.report.provenance import file_config_hash
+
+        config = self.out_dir / RUN_CONFIG
+        try:
+            same = file_config_hash(config) == provenance.config_hash(self.cfg.to_dict())
+        except (OSError, ValueError):  # missing, unreadable, not a run config
+            same = False
+        if not same:
+            log.warning("%s is not the run's config (damaged or missing): written again", config)
+            dump_config(self.cfg, config)
+        if self.finished_history is None:
+            return
+        history, text = self.out_dir / HISTORY, _history_csv(self.finished_history)
+        try:
+            whole = history.read_bytes() == text.encode("utf-8")  # csv's \r\n line ends
+        except OSError:
+            whole = False
+        if not whole:
+            log.warning("%s is not the run's history (damaged or missing): written again from "
+                        "%s", history, LAST)
+            atomic_write_text(text, history)
 
     def finish(self) -> dict[str, Any]:
         """Write metrics.json (and its copy finished.json, first): best- and last-epoch numbers

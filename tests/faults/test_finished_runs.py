@@ -181,6 +181,27 @@ def test_a_run_resumed_at_its_end_checks_its_best_weights(tmp_path):
     assert not (run / "metrics.json").exists() and not (run / "finished.json").exists()
 
 
+def test_a_finished_runs_damaged_config_and_history_are_written_again(tmp_path, caplog):
+    """The rerun of a finished run had rewritten its records only: a config.yaml cut short (it
+    still parses) made its cell stale for good, a history.csv cut short drew a shorter curve."""
+    config, run = _finished_copy(tmp_path)
+    written = {name: (run / name).read_bytes() for name in ("config.yaml", "history.csv")}
+    for name, data in written.items():
+        (run / name).write_bytes(b"\n".join(data.splitlines()[:3]) + b"\n")
+    with caplog.at_level("WARNING", logger="relvit"):
+        _train(config, run)
+    assert {name: (run / name).read_bytes() for name in written} == written
+    assert "config.yaml is not the run's config" in caplog.text
+    assert "history.csv is not the run's history" in caplog.text
+    (run / "config.yaml").unlink()
+    _train(config, run)
+    assert (run / "config.yaml").read_bytes() == written["config.yaml"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="relvit"):
+        _train(config, run)  # whole: nothing said
+    assert "written again" not in caplog.text
+
+
 def test_a_finished_run_whose_best_weights_are_damaged_says_so(tmp_path):
     """best.pt had no check: the rerun said "finished", the finetune failed with "[Errno 22]"."""
     config, run = _finished_copy(tmp_path)
