@@ -174,6 +174,30 @@ def test_detection_evaluates_shards_as_one_process(tmp_path):
     assert two["last_map"]["bbox"]["mAP50"] > 0  # something was detected and matched
 
 
+def test_an_evaluation_split_smaller_than_the_process_count(tmp_path):
+    """One evaluation sample (image) for two processes: the rank with no share had evaluated an
+    empty batch and crashed ("cannot reshape tensor of 0 elements", an IndexError in
+    detection)."""
+    from fixtures.formats import write_cifar
+
+    from relvit.detection.scenes import write_digit_scenes
+
+    write_cifar(tmp_path / "cifar", 10, n_train=8, n_test=1)
+    config = config_file(tmp_path, "supervised", {
+        "data": {"name": "cifar10", "folder": str(tmp_path / "cifar")},
+        "optim": {"epochs": 1, "batch_size": 4}})
+    two = finished(torchrun("supervised", config, tmp_path / "two"), tmp_path / "two")
+    assert two["best"]["val_acc_clf"] in (0.0, 1.0)  # the one sample, counted once
+    write_digit_scenes(tmp_path / "scenes", n_train=4, n_val=1, canvas=64, seed=0)
+    config = config_file(tmp_path, "detect", {
+        "data": {"name": "digit_scenes", "folder": str(tmp_path / "scenes"), "workers": 0},
+        "model": {"patch_size": 8}, "optim": {"epochs": 1, "batch_size": 2, "lr": 1e-12,
+                                              "schedule": "step", "clip_grad": 0.0},
+        "detection": TINY_DETECTOR})
+    two = finished(torchrun("detect", config, tmp_path / "det"), tmp_path / "det")
+    assert two["last_map"] == single(tmp_path, config, "detect")["last_map"]
+
+
 @pytest.mark.parametrize("n,batch,world", [(1437, 75, 2), (1437, 128, 3), (100, 10, 4),
                                            (23, 8, 1), (9, 4, 4), (5, 8, 2), (509, 255, 2)])
 def test_compiled_training_code_serves_one_share_size_per_rank_on_every_rank_at_once(n, batch,

@@ -225,8 +225,11 @@ def batches(split: Split, order: Tensor, batch_size: int | list[int],
 
     `batch_size` is one size, or the size of each batch in turn (summing to `len(order)`). With
     `seed`, the random transform of a file sample is seeded by (`seed`, its index): see
-    `SeededSamples`.
+    `SeededSamples`. No batch for an empty `order` (a process's share of a split smaller
+    than the process count).
     """
+    if not len(order):  # Tensor.split gives one empty chunk
+        return
     if isinstance(split, TensorSplit):
         for idx in order.to(split.images.device).split(batch_size):
             images, labels = split.images[idx], split.labels[idx]

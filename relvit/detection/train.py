@@ -140,7 +140,8 @@ class DetectionRun(Run):
         index_batches = None
         if self.world > 1:
             part = self.eval_part(len(self._images_dataset(False)))
-            index_batches = [chunk.tolist() for chunk in part.split(self.eval_batch_size())]
+            index_batches = [chunk.tolist() for chunk in part.split(self.eval_batch_size())
+                             if len(chunk)]  # a share of no image: no batch
         for images, targets in self._loader(False, index_batches=index_batches):
             images, _ = self._to_device(images)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
