@@ -403,6 +403,8 @@ class Run:
         self.init_digest = state.get("init_sha256")
         log.info("resuming %s after epoch %d", self.out_dir, self.start_epoch)
         self._settle_best()
+        if not distributed.is_main():  # the warnings below, once
+            return
         if state.get("world_size", 1) != self.world:
             log.warning("%s ran on %d process(es) so far, now %d: the random streams change, so "
                         "the numbers will not match an uninterrupted run exactly", self.out_dir,
