@@ -274,3 +274,21 @@ def test_a_records_numbers_are_read_in_percent_and_ap_points():
     assert checked_values(pretrain, Path("p")) == {"pretext_rel_acc": 25.0,
                                                    "pretext_pos_acc": 50.0}
     assert checked_values(detect, Path("d")) == {"box_mAP": 12.5}  # boxes only: no mask mAP
+
+
+def test_refresh_never_replaces_another_kind_of_file(tmp_path, capsys):
+    """`--expected config/ci.yaml` (the --tier-config default's neighbour) had been overwritten
+    with expected metrics; a file that is not UTF-8 had given an error without its name."""
+    runs = tier(tmp_path / "runs")
+    config = tmp_path / "ci.yaml"
+    config.write_text("tier: ci\nseeds: [0, 1, 2]\n")
+    assert main(["regress", str(runs), "--expected", str(config), "--refresh"]) == 1
+    assert "no 'cells' mapping: not an expected-metrics file, so not replaced" in \
+        capsys.readouterr().err
+    assert config.read_text() == "tier: ci\nseeds: [0, 1, 2]\n"
+    exp = refresh(tmp_path, runs)  # an expected file is refreshed
+    assert main(["regress", str(runs), "--expected", str(exp), "--refresh"]) == 0
+    binary = tmp_path / "garbage.bin"
+    binary.write_bytes(b"\xd0\xff\x00")
+    assert main(["regress", str(runs), "--expected", str(binary)]) == 1
+    assert f"{binary}: not YAML" in capsys.readouterr().err

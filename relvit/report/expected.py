@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from relvit.atomic import atomic_write_text
 from relvit.config import is_whole_number
 from relvit.layout import METRICS
 from relvit.report.gather import find_files
@@ -125,22 +126,36 @@ HEADER = """\
 
 
 def write_expected(path: str | Path, cells: dict, tier: str, config: str) -> None:
+    """Write the expected file; ExpectedError, writing nothing, if `path` holds another kind of
+    file (a run config or metrics.json given by mistake had been overwritten)."""
+    path = Path(path)
+    if path.exists():
+        try:
+            _load_expected(path)
+        except ExpectedError as err:
+            raise ExpectedError(f"{err}: not an expected-metrics file, so not replaced") from None
     text = HEADER.format(tier=tier, config=config, floor=FLOOR, k=K)
     text += yaml.safe_dump({"tier": tier, "config": config, "cells": cells}, sort_keys=False)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(text, path)
+
+
+def _load_expected(path: Path) -> dict:
+    """The YAML of an expected file with a `cells` mapping (its cells unchecked)."""
+    if not path.is_file():
+        raise ExpectedError(f"{path}: no expected file (write one with relvit regress --refresh)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ExpectedError(f"{path}: not YAML ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
+        raise ExpectedError(f"{path}: no 'cells' mapping")
+    return data
 
 
 def read_expected(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ExpectedError(f"{path}: no expected file (write one with relvit regress --refresh)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ExpectedError(f"{path}: not YAML ({err})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
-        raise ExpectedError(f"{path}: no 'cells' mapping")
+    data = _load_expected(path)
     problems = _cell_problems(data["cells"])
     if problems:
         raise ExpectedError(f"{path}: " + "; ".join(problems))
