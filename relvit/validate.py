@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from relvit.config import RunConfig
 from relvit.data.registry import DATASETS
 from relvit.models.specs import BACKBONES, get_backbone_spec
@@ -66,7 +68,7 @@ def name_problems(cfg: RunConfig) -> list[str]:
 def semantic_problems(cfg: RunConfig) -> list[str]:
     """Every problem found, as "key.path: message" lines (empty when the config is usable)."""
     problems = name_problems(cfg) + range_problems(cfg)
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+    if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         problems.append(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.compile_mode != "default" and not cfg.compile:
         problems.append(f"compile_mode: {cfg.compile_mode!r} needs compile: true")

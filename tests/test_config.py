@@ -52,6 +52,8 @@ def test_unknown_dataset_and_backbone():
     ({"optim": {"warmup_fraction": 1.5}}, "warmup_fraction: must be in [0, 1)"),
     ({"optim": {"epochs": 0}}, "optim.epochs: must be positive"),
     ({"device": "tpu"}, "device: 'tpu' is not auto, cpu, cuda or cuda:N"),
+    ({"device": "cuda:x"}, "device: 'cuda:x' is not auto, cpu, cuda or cuda:N"),  # torch's
+    ({"device": "cuda:-1"}, "device: 'cuda:-1' is not auto, cpu, cuda or cuda:N"),  # traceback
     ({"compile_mode": "reduce-overhead"}, "compile_mode: 'reduce-overhead' needs compile: true"),
     ({"compile": True, "compile_mode": "graphs"}, "compile_mode: 'graphs' is not one of 'default'"),
     ({"compile_step": True}, "compile_step: needs compile: true"),
