@@ -122,6 +122,19 @@ def test_a_copy_made_with_other_settings_is_refused(tree, tmp_path):
         resize_tree(tree, dst, ResizeSettings(20), workers=0)
 
 
+def test_a_copy_of_another_folder_is_refused_and_a_moved_source_is_its_own(tree, tmp_path):
+    """A copy of folder A, refreshed from folder B with the same settings, had been marked
+    complete holding A's pixels."""
+    dst = tmp_path / "dst"
+    resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    other = tmp_path / "other"
+    _image(other / "a" / "wide.jpg", 40, 30, seed=9)
+    with pytest.raises(ResizeError, match=f"holds copies of {tree}, not of {other}"):
+        resize_tree(other, dst, ResizeSettings(16), workers=0)
+    moved = tree.rename(tmp_path / "moved")  # data moved: the same files elsewhere
+    resize_tree(moved, dst, ResizeSettings(16), workers=0)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_unreadable_image_is_named_and_finished_files_are_kept(tree, tmp_path, workers):
     (tree / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")

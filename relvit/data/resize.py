@@ -167,6 +167,11 @@ def _claim(dst: Path, src: Path, settings: ResizeSettings) -> None:
                 f"{marker}: {dst} holds copies made with shorter side {previous.shorter_side}, "
                 f"quality {previous.quality}, not {settings.shorter_side}, {settings.quality}: "
                 f"use another destination or delete {dst}")
+        source = recorded.get("source")
+        # another folder's copies (a source moved since, gone from where it was, is this one)
+        if source and source != str(src.resolve()) and Path(source).is_dir():
+            raise ResizeError(f"{marker}: {dst} holds copies of {source}, not of {src}: use "
+                              f"another destination or delete {dst}")
     dst.mkdir(parents=True, exist_ok=True)
     (dst / MARKER).unlink(missing_ok=True)  # complete again only once this run is
     atomic_write_text(json.dumps({"source": str(src.resolve()), **asdict(settings)}, indent=2)
