@@ -209,6 +209,16 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
         gather_runs([tmp_path / "runs"])
     assert main(["report", "--table1", str(tmp_path / "t2"), str(tmp_path / "absent")]) == 1
     assert "absent: no such metrics file, run config or directory" in capsys.readouterr().err
+    # a file of another kind given directly had been left out without a word
+    (tmp_path / "best.pt").write_bytes(b"PK")
+    assert main(["report", "--table1", str(tmp_path / "t3"), str(tmp_path / "best.pt")]) == 1
+    assert "best.pt: neither a run's metrics.json nor a run config (*.yaml)" in \
+        capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    caplog.clear()
+    assert main(["report", "--table1", str(tmp_path / "t4"), str(tmp_path / "empty")]) == 0
+    assert "no metrics.json and no run config in" in caplog.text and "Table 1 is empty" in \
+        caplog.text
 
 
 def test_a_run_no_column_shows_is_named(tmp_path, caplog):

@@ -65,6 +65,9 @@ def _identity_problems(metrics: dict) -> list[str]:
 def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
     """One row per metrics.json, with its provenance (relvit.report.provenance: the config hash
     and whether the run is stale); a malformed file is an error naming it."""
+    for source in map(Path, sources):  # another file (best.pt, finished.json) had been left out
+        if source.is_file() and not (source.match(METRICS) or source.match("*.yaml")):
+            raise ValueError(f"{source}: neither a run's {METRICS} nor a run config (*.yaml)")
     rows = []
     for path in find_files(sources, METRICS):
         metrics = read_metrics(path)

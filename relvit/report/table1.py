@@ -24,6 +24,7 @@ from relvit.report.gather import gather_planned, gather_runs, load_paper_table1
 from relvit.report.numbers import PRETEXT_NUMBERS
 from relvit.report.provenance import STALE, STALE_NOTE, resized_sides
 from relvit.atomic import atomic_write_text
+from relvit.layout import METRICS as METRICS_FILE
 from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
 from relvit.train.failure import FAILED as FAILED_STATUS
 
@@ -419,6 +420,9 @@ def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
                     "the repository's root)", paper_csv)
     slips = printed_slips(paper_csv) if paper is not None else ()
     table = Table1(gather_runs(sources), gather_planned(sources), paper, slips)
+    if table.runs.empty and table.pretrain.empty and table.planned.empty:
+        log.warning("no %s and no run config in %s: Table 1 is empty", METRICS_FILE,
+                    ", ".join(map(str, sources)))
     left_out = table.without_column()
     if left_out:
         log.warning("Table 1 has no column for %d run(s), left out (a joint run, or a label of "
