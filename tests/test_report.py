@@ -246,6 +246,9 @@ def test_a_run_no_column_shows_is_named(tmp_path, caplog):
     ({"mode": "detect", "seed": "x"},
      "not a run's metrics file (seed: expected a whole number, got 'x')"),
     ({"seed": "drop"}, "not a run's metrics file (seed: expected a whole number, got None)"),
+    ({"backbone_label": "drop"},  # a TypeError's traceback
+     "not a run's metrics file (backbone_label: expected a name, got None)"),
+    ({"dataset_title": 7}, "not a run's metrics file (dataset_title: expected a name, got 7)"),
     (b"\xff{}", "not a metrics file ('utf-8' codec can't decode"),
 ])
 def test_a_metrics_file_that_cannot_place_its_run_is_named(tmp_path, capsys, change, said):

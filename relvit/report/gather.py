@@ -54,9 +54,10 @@ def _identity_problems(metrics: dict) -> list[str]:
     a run of one of its modes (a detection run's are read from the detection plan)."""
     required = metrics.get("mode") not in (None, "detect")
     problems = []
+    name = ("a name", lambda v: isinstance(v, str))
     for key, kind, fits in (("seed", "a whole number", is_whole_number),
-                            ("dataset", "a name", lambda v: isinstance(v, str)),
-                            ("mode", "a name", lambda v: isinstance(v, str))):
+                            ("dataset", *name), ("mode", *name), ("dataset_title", *name),
+                            ("backbone_label", *name)):
         if (key in metrics or required) and not fits(metrics.get(key)):
             problems.append(f"{key}: expected {kind}, got {metrics.get(key)!r}")
     return problems
