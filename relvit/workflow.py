@@ -217,19 +217,38 @@ def typed_config_values(given: Mapping[str, Any]) -> dict[str, Any]:
             for key, value in given.items()}
 
 
+def read_schema(path: str) -> dict:
+    """The workflow config's JSON schema; ValueError naming the file when it is missing,
+    unreadable or no JSON schema (another file given as --schema had ended in a traceback)."""
+    from pathlib import Path
+
+    import yaml
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        schema = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(schema, dict):
+            raise ValueError(f"a {type(schema).__name__}, not a mapping")
+        if "$schema" not in schema:  # snakemake.utils.validate needs it
+            raise ValueError("no $schema key")
+        Draft202012Validator.check_schema(schema)
+    except (OSError, ValueError, yaml.YAMLError, SchemaError) as err:
+        reason = err.strerror if isinstance(err, OSError) else str(err).splitlines()[0]
+        raise ValueError(f"{path}: not a workflow config schema ({reason})") from None
+    return schema
+
+
 def check_workflow_config(workflow: dict, schema_path: str, paper_csv: str = PAPER_TABLES,
                           source: str = "workflow config") -> None:
     """Report every problem of a workflow config at once, before any job starts: the schema's
     and, as far as the config can be planned, those of every run config (ConfigError naming
     `source`)."""
     import copy
-    from pathlib import Path
-
-    import yaml
 
     from jsonschema import Draft202012Validator
 
-    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    schema = read_schema(schema_path)
     problems = schema_problems(workflow, schema)
     if not problems:
         return  # the Snakefile validates (setting defaults) and plans, naming run problems

@@ -693,6 +693,12 @@ def test_check_workflow_validates_and_plans_the_configfiles(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"invalid workflow config {bad}:" in err and "tier: '' should be non-empty" in err
     assert "optim.lrr: unknown key (did you mean 'lr'?)" in err
+    # another file given as --schema had ended in a traceback
+    for schema, reason in (("results/expected/ci.yaml", "no $schema key"),
+                           (str(broken), "while parsing a flow sequence"),
+                           (str(tmp_path / "none.yaml"), "No such file or directory")):
+        assert main(["check-workflow", "config/ci.yaml", "--schema", schema]) == 1
+        assert f"{schema}: not a workflow config schema ({reason}" in capsys.readouterr().err
 
 
 def test_snakemake_ends_by_saying_where_the_results_are_or_how_to_go_on(tmp_path):
