@@ -216,6 +216,16 @@ def test_the_plan_rows_hold_the_keys_the_reports_read(tmp_path):
     ('[{"table": 2', "not a detection plan file (Expecting"),
     ('[{"table": 2}]', "row 1 lacks dataset, backbone, run_dataset"),
     (b"\xff\xfe", "not a detection plan file ('utf-8' codec"),
+    # a TypeError's traceback, a bare "relvit: error: 9" or "nope" (KeyError)
+    ('[{"table": "x", "dataset": "voc2007", "backbone": "vit_small", "run_dataset": "voc2007", '
+     '"variant": "supervised", "upstream": null, "perm": false, "mega": false, "seed": 0, '
+     '"run_id": "r", "metrics": "m.json"}]', "row 1: table 'x'"),
+    ('[{"table": 9, "dataset": "voc2007", "backbone": "vit_small", "run_dataset": "voc2007", '
+     '"variant": "supervised", "upstream": null, "perm": false, "mega": false, "seed": 0, '
+     '"run_id": "r", "metrics": "m.json"}]', "row 1: table 9"),
+    ('[{"table": 2, "dataset": "nope", "backbone": "vit_small", "run_dataset": "voc2007", '
+     '"variant": "supervised", "upstream": null, "perm": false, "mega": false, "seed": 0, '
+     '"run_id": "r", "metrics": null}]', "row 1: dataset 'nope'"),
 ])
 @pytest.mark.parametrize("command", ["report-detection", "compare"])
 def test_a_file_that_is_no_plan_is_named(tmp_path, capsys, content, said, command):

@@ -261,10 +261,21 @@ def read_plan(path: str | Path) -> list[dict]:
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{what} (expected a list of rows, as the workflow's "
                          "detection-plan.json holds)")
+    from relvit.data.registry import DATASETS
+    from relvit.models.specs import BACKBONES
+
     for number, row in enumerate(rows, 1):
         missing = [key for key in PLAN_KEYS if key not in row]
         if missing:
             raise ValueError(f"{what} (row {number} lacks {', '.join(missing)})")
+        # what the tables index by (a TypeError or a bare KeyError had been all)
+        for key, fits in (("table", lambda v: v in (2, 3) and not isinstance(v, bool)),
+                          ("dataset", lambda v: v in DATASETS),
+                          ("run_dataset", lambda v: v in DATASETS),
+                          ("backbone", lambda v: v in BACKBONES),
+                          ("metrics", lambda v: isinstance(v, str))):
+            if not fits(row[key]):
+                raise ValueError(f"{what} (row {number}: {key} {row[key]!r})")
     return rows
 
 
