@@ -135,6 +135,19 @@ def test_cli_outside_the_checkout_finds_the_printed_values_beside_the_paper(tmp_
     assert "**inconsistent**" in out.with_suffix(".md").read_text()
 
 
+def test_an_improvements_file_of_another_kind_is_named(tmp_path, capsys):
+    """The paper's tables given as --improvements had raised an AttributeError; a binary file a
+    bare UTF-8 codec error."""
+    write_results(tmp_path)
+    binary = tmp_path / "garbage.bin"
+    binary.write_bytes(b"\xd0\xff\x00")
+    for given, said in ((PAPER, "no column printed_improvement"), (binary, "utf-8")):
+        assert main(["compare", "--out", str(tmp_path / "c"), "--improvements", str(given),
+                     str(tmp_path / "runs")]) == 1
+        err = capsys.readouterr().err
+        assert f"{given}: not the paper's printed improvements (" in err and said in err, err
+
+
 def detection_results(tmp_path, stand_in: bool, box: tuple[float, float, float]):
     tables = {"3": {"datasets": ["coco2017"], "backbones": ["vit_small"]}}
     workflow = {"results": str(tmp_path), "seeds": [0],

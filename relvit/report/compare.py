@@ -188,11 +188,22 @@ def _row_name(row: pd.Series) -> str:
     return f"{row['method']} (" + ", ".join(f"{n} {str(v).strip()}" for n, v in flags) + ")"
 
 
+PRINTED_COLUMNS = ("table", "dataset", "backbone", "metric", "printed_improvement")
+
+
 def improvement_checks(paper_csv: str | Path = PAPER_TABLES,
                        printed_csv: str | Path = PRINTED_IMPROVEMENTS) -> list[ImprovementCheck]:
     """Each printed Improv. beside the best non-supervised row minus Supervised (per metric)
     from the paper's tables; an inconsistent one says which row, if any, it was taken from."""
-    paper, printed = read_paper(paper_csv), pd.read_csv(printed_csv)
+    paper = read_paper(paper_csv)
+    try:
+        printed = pd.read_csv(printed_csv)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{printed_csv}: not the paper's printed improvements ({err})") from err
+    missing = [c for c in PRINTED_COLUMNS if c not in printed.columns]
+    if missing:
+        raise ValueError(f"{printed_csv}: not the paper's printed improvements (no column "
+                         f"{', '.join(missing)})")
     checks = []
     for item in printed.itertuples(index=False):
         rows = paper[(paper["table"] == item.table) & (paper["dataset"] == item.dataset)
