@@ -120,6 +120,8 @@ def test_cli_exit_codes_and_files(tmp_path, capsys):
     assert main(["compare", "--out", str(out), str(stand_in)]) == 0
     assert main(["compare", "--out", str(out), "--tolerance", "-1", str(stand_in)]) == 1
     assert "tolerance >= 0" in capsys.readouterr().err
+    assert main(["compare", "--out", str(out), "--tolerance", "inf", str(stand_in)]) == 1
+    assert "finite, got sigmas=2.0, tolerance=inf" in capsys.readouterr().err  # all had passed
 
 
 def test_cli_outside_the_checkout_finds_the_printed_values_beside_the_paper(tmp_path,

@@ -22,8 +22,9 @@ class Criterion:
     tolerance: float = 0.9
 
     def __post_init__(self) -> None:
-        if not (self.sigmas > 0 and self.tolerance >= 0):
-            raise ValueError(f"compare: sigmas must be > 0 and tolerance >= 0, got "
+        finite = math.isfinite(self.sigmas) and math.isfinite(self.tolerance)  # inf: all pass
+        if not (finite and self.sigmas > 0 and self.tolerance >= 0):
+            raise ValueError(f"compare: sigmas must be > 0 and tolerance >= 0, finite, got "
                              f"sigmas={self.sigmas!r}, tolerance={self.tolerance!r}")
 
     def bound(self, paper: Cell, ours: Cell) -> tuple[float, str]:
