@@ -89,6 +89,9 @@ def test_curves_need_a_history(tmp_path):
     (metrics.parent / "history.csv").write_bytes(b"epoch,train_loss\n1,\xff\n")
     with pytest.raises(ValueError, match="history.csv: cannot read the run's history .*utf-8"):
         training_curves([metrics], tmp_path / "figures")  # was a bare UnicodeDecodeError
+    for given in (metrics.parent, metrics.with_name("nope.json")):  # had named ../history.csv
+        with pytest.raises(ValueError, match=f"{given}: not a run's metrics.json"):
+            training_curves([given], tmp_path / "figures")
 
 
 def test_a_run_that_failed_before_its_first_epoch_is_named_not_drawn(tmp_path, monkeypatch):

@@ -141,6 +141,8 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
     plt = _pyplot()
     groups: dict[str, list[Path]] = {}
     for path in map(Path, metrics_files):
+        if path.name != METRICS or not path.is_file():  # its folder's history.csv had been named
+            raise ValueError(f"{path}: not a run's {METRICS} (--curves takes those files)")
         groups.setdefault(curve_group(path), []).append(path.parent)
     written = []
     for group, run_dirs in sorted(groups.items()):
