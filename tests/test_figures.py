@@ -58,6 +58,7 @@ def test_curves_join_the_epochs_that_were_evaluated(tmp_path, monkeypatch):
     run.mkdir(parents=True)
     (run / "history.csv").write_text("epoch,lr,train_loss,val_bbox_mAP\n1,0.001,2.9,\n"
                                      "2,0.001,2.2,2.77\n3,0.001,1.9,\n4,0.001,1.7,11.29\n")
+    (run / "metrics.json").write_text('{"mode": "detect", "seed": 0}')
     drawn = {}
     plot = Axes.plot
 
