@@ -137,6 +137,15 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder(text: str) -> Path:
+    """An argparse type: a folder to write in, which may not exist yet but is no file (a file
+    had given "[Errno 17] File exists" after a complaint about its train.log)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
+    return path
+
+
 def _at_least(minimum: int):
     """An argparse type: a whole number of at least `minimum` (a clear usage error, not a
     traceback from deep inside torch or a process pool)."""
@@ -266,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     for mode in MODES:
         p = sub.add_parser(mode, help=f"train in mode {mode!r} (method spec §3)")
         p.add_argument("--config", required=True, help="run config YAML")
-        p.add_argument("--out", required=True, type=Path, help="run directory (resumed if present)")
+        p.add_argument("--out", required=True, type=_folder,
+                       help="run directory (resumed if present)")
         p.add_argument("--init", help="a pretrain run's best.pt to start from (finetune, detect)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
@@ -302,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check_workflow)
     p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
     p.add_argument("name", help="dataset name (see relvit/data/registry.py)")
-    p.add_argument("--root", default=DataConfig.root,
+    p.add_argument("--root", default=DataConfig.root, type=_folder,
                    help="datasets live in ROOT/NAME (default %(default)s)")
     p.add_argument("--folder", help="the dataset's own folder instead (e.g. an imagefolder)")
     p.add_argument("--offline", action="store_true",
@@ -314,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resize-images", help="a copy of an image-file dataset with every "
                        "image's shorter side at most S (faster decoding; resumable)")
     p.add_argument("src", type=Path, help="the dataset's folder (e.g. data/imagenet100)")
-    p.add_argument("dst", type=Path, help="the copy's folder; point data.folder at it")
+    p.add_argument("dst", type=_folder, help="the copy's folder; point data.folder at it")
     p.add_argument("--shorter-side", type=int, required=True, metavar="S",
                    help="pixels, e.g. 256 for 224-px training crops")
     p.add_argument("--quality", type=int,
@@ -335,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report-detection", help="render Tables 2-3 from a detection plan file")
     p.add_argument("--plan", required=True, type=Path,
                    help="rows and their metrics files (the workflow's detection-plan.json)")
-    p.add_argument("--out", required=True, type=Path, help="folder for table<N>.md / .tex")
+    p.add_argument("--out", required=True, type=_folder,
+                   help="folder for table<N>.md / .tex")
     p.add_argument("--tier", default="custom",
                    help="label printed with the tables (default %(default)s)")
     p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),

@@ -223,3 +223,20 @@ def test_counts_below_their_minimum_are_usage_errors(capsys, args, said):
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    ["supervised", "--config", "c.yaml", "--out", "{file}"],
+    ["resize-images", "a", "{file}", "--shorter-side", "4"],
+    ["prepare-data", "digits", "--root", "{file}"],
+    ["report-detection", "--plan", "p.json", "--out", "{file}"],
+])
+def test_a_file_where_a_folder_is_written_is_a_usage_error(tmp_path, capsys, args):
+    """A file given as the run folder had said "[Errno 17] File exists", after a complaint about
+    its train.log."""
+    file = tmp_path / "afile"
+    file.write_text("kept")
+    with pytest.raises(SystemExit) as exit_:
+        main([arg.format(file=file) for arg in args])
+    assert exit_.value.code == 2 and f"{file}: a file, not a folder" in capsys.readouterr().err
+    assert file.read_text() == "kept"
