@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -219,6 +220,15 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
     assert main(["report", "--table1", str(tmp_path / "t4"), str(tmp_path / "empty")]) == 0
     assert "no metrics.json and no run config in" in caplog.text and "Table 1 is empty" in \
         caplog.text
+
+
+def test_an_output_stem_with_a_dot_keeps_it():
+    """"out/table1.ci" had written out/table1.md, over another table."""
+    from relvit.report.table1 import output_file
+
+    assert output_file("out/table1.ci", ".md") == Path("out/table1.ci.md")
+    assert output_file("out/table1", ".tex") == Path("out/table1.tex")
+    assert output_file("out/table1.md", ".tex") == Path("out/table1.tex")
 
 
 def test_a_run_no_column_shows_is_named(tmp_path, caplog):

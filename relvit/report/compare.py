@@ -34,7 +34,7 @@ from relvit.report.criterion import Criterion
 from relvit.report.gather import gather_runs, read_paper
 from relvit.report.provenance import PROVENANCE_KEYS, summarize
 from relvit.report.table1 import (EMPTY, EXTRA_METHODS, METHODS, NO_CELL, PAPER_METRIC, Cell,
-                                  Table1, seed_cell, signed)
+                                  Table1, output_file, seed_cell, signed)
 from relvit.atomic import atomic_write_text
 from relvit.config import HASH_EXCLUDES
 from relvit.layout import PAPER_TABLES, PRINTED_IMPROVEMENTS
@@ -354,6 +354,5 @@ def to_markdown(cells: list[Comparison], checks: list[ImprovementCheck], tier: s
 def write_compare(cells: list[Comparison], checks: list[ImprovementCheck], out_stem: str | Path,
                   tier: str, criterion: Criterion) -> None:
     """`<out_stem>.md` and `<out_stem>.csv`."""
-    out_stem = Path(out_stem)
-    atomic_write_text(to_markdown(cells, checks, tier, criterion), out_stem.with_suffix(".md"))
-    atomic_write_text(to_csv(cells), out_stem.with_suffix(".csv"))
+    atomic_write_text(to_markdown(cells, checks, tier, criterion), output_file(out_stem, ".md"))
+    atomic_write_text(to_csv(cells), output_file(out_stem, ".csv"))

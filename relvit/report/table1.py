@@ -427,7 +427,19 @@ def write_table1(sources: list[str | Path], out_stem: str | Path, tier: str,
     if left_out:
         log.warning("Table 1 has no column for %d run(s), left out (a joint run, or a label of "
                     "no column): %s", len(left_out), ", ".join(left_out))
-    out_stem = Path(out_stem)
-    atomic_write_text(render_markdown(table, tier), out_stem.with_suffix(".md"))
-    atomic_write_text(render_latex(table, tier), out_stem.with_suffix(".tex"))
+    atomic_write_text(render_markdown(table, tier), output_file(out_stem, ".md"))
+    atomic_write_text(render_latex(table, tier), output_file(out_stem, ".tex"))
     return table
+
+
+OUTPUT_SUFFIXES = (".md", ".tex", ".csv")
+
+
+def output_file(stem: str | Path, suffix: str) -> Path:
+    """`stem` + `suffix`: "out/table1.ci" gives "out/table1.ci.md" (Path.with_suffix had replaced
+    ".ci", writing over out/table1.md); a stem ending in an output's suffix ("out/t.md") has it
+    replaced."""
+    stem = Path(stem)
+    if stem.suffix in OUTPUT_SUFFIXES:
+        return stem.with_suffix(suffix)
+    return stem.with_name(stem.name + suffix)
