@@ -188,11 +188,16 @@ def _report_detection(args: argparse.Namespace) -> int:
 def _regress(args: argparse.Namespace) -> int:
     from relvit.report import expected
 
+    for_refresh = {"--spread": args.spread, "--tier": args.tier, "--tier-config": args.tier_config}
+    given = [option for option, value in for_refresh.items() if value is not None]
+    if given and not args.refresh:  # had been ignored without a word
+        raise ValueError(f"{', '.join(given)}: only with --refresh")
     runs = expected.collect(args.runs)
     if args.refresh:
         spread = expected.collect(args.spread) if args.spread else None
         cells = expected.expected_cells(runs, spread)
-        expected.write_expected(args.expected, cells, args.tier, args.tier_config)
+        expected.write_expected(args.expected, cells, args.tier or "ci",
+                                args.tier_config or "config/ci.yaml")
         log.info("wrote %s (%d cells)", args.expected, len(cells))
         return 0
     results = expected.check(expected.read_expected(args.expected), runs)
@@ -362,11 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the expected file from these runs instead of checking")
     p.add_argument("--spread", type=Path,
                    help="with --refresh: runs of extra seeds, pooled for the seed spread")
-    p.add_argument("--tier", default="ci",
-                   help="with --refresh: the tier's name (default %(default)s)")
-    p.add_argument("--tier-config", default="config/ci.yaml",
+    p.add_argument("--tier", help="with --refresh: the tier's name (default ci)")
+    p.add_argument("--tier-config",
                    help="with --refresh: the workflow config the runs came from (default "
-                        "%(default)s)")
+                        "config/ci.yaml)")
     p.set_defaults(func=_regress)
     p = sub.add_parser("compare", help="every planned cell of Tables 1-3 beside the paper's "
                                        "number: verdict and provenance (Markdown + CSV)")

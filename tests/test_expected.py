@@ -292,3 +292,24 @@ def test_refresh_never_replaces_another_kind_of_file(tmp_path, capsys):
     binary.write_bytes(b"\xd0\xff\x00")
     assert main(["regress", str(runs), "--expected", str(binary)]) == 1
     assert f"{binary}: not YAML" in capsys.readouterr().err
+
+
+def test_a_run_or_cell_folder_given_as_the_runs_is_named(tmp_path, capsys):
+    """A cell folder had been refreshed as one cell named "."; a run folder had given "... is not
+    in the subpath of ..."."""
+    runs = tier(tmp_path / "runs")
+    for given in (runs / "digits/vit/relvit", runs / "digits/vit/relvit/seed0"):
+        assert main(["regress", str(given), "--expected", str(tmp_path / "e.yaml"),
+                     "--refresh"]) == 1
+        assert f"give the tier's runs folder (RUNS in RUNS/<cell>/<seed>/metrics.json), not " \
+               f"{given}" in capsys.readouterr().err
+    assert not (tmp_path / "e.yaml").exists()
+
+
+def test_refresh_options_without_refresh_are_refused(tmp_path, capsys):
+    """--spread, --tier and --tier-config had been ignored without a word in a check."""
+    runs = tier(tmp_path / "runs")
+    exp = refresh(tmp_path, runs)
+    assert main(["regress", str(runs), "--expected", str(exp), "--spread", str(runs),
+                 "--tier", "zzz"]) == 1
+    assert "--spread, --tier: only with --refresh" in capsys.readouterr().err

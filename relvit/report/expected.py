@@ -71,7 +71,11 @@ def collect(runs_root: str | Path) -> dict[str, dict[int, dict[str, float]]]:
         if not is_whole_number(seed):
             raise ExpectedError(f"{path}: not a metrics file (seed: expected a whole number, "
                                 f"got {seed!r})")
-        cell = path.parent.parent.relative_to(root).as_posix()
+        run = path.parent.relative_to(root)  # <cell>/<seed folder>
+        if len(run.parts) < 2:  # a run or cell folder given: the cell had been "." or an error
+            raise ExpectedError(f"{path}: give the tier's runs folder (RUNS in "
+                                f"RUNS/<cell>/<seed>/{METRICS}), not {root}")
+        cell = run.parent.as_posix()
         if (cell, seed) in sources:
             raise ExpectedError(f"{sources[cell, seed]} and {path}: two runs of {cell} with seed "
                                 f"{seed}; keep one")
