@@ -250,7 +250,11 @@ def test_a_run_no_column_shows_is_named(tmp_path, caplog):
 
 @pytest.mark.parametrize("change, said", [
     ({"seed": "zero"}, "not a run's metrics file (seed: expected a whole number, got 'zero')"),
-    ({"dataset": None}, "not a run's metrics file (dataset: expected a name, got None)"),
+    ({"dataset": None},
+     "not a run's metrics file (dataset: expected a dataset of relvit/data/registry.py, got None)"),
+    ({"dataset": "cifar-10"},  # "unknown dataset 'cifar-10'", naming no file
+     "not a run's metrics file (dataset: expected a dataset of relvit/data/registry.py, "
+     "got 'cifar-10')"),
     ({"mode": 3}, "not a run's metrics file (mode: expected a name, got 3)"),
     ({"seed": True}, "not a run's metrics file (seed: expected a whole number, got True)"),
     ({"mode": "detect", "seed": "x"},

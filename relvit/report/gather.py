@@ -10,6 +10,7 @@ import pandas as pd
 import yaml
 
 from relvit.config import is_whole_number
+from relvit.data.registry import DATASETS
 from relvit.layout import EXECUTION, METRICS, REPLACED, RUNS
 from relvit.report.numbers import PRETEXT_NUMBERS, TOP1_NUMBERS, reported_numbers
 from relvit.report.provenance import execution_text, is_stale, read_metrics, recorded_hash
@@ -56,7 +57,9 @@ def _identity_problems(metrics: dict) -> list[str]:
     problems = []
     name = ("a name", lambda v: isinstance(v, str))
     for key, kind, fits in (("seed", "a whole number", is_whole_number),
-                            ("dataset", *name), ("mode", *name), ("dataset_title", *name),
+                            ("dataset", "a dataset of relvit/data/registry.py",
+                             lambda v: isinstance(v, str) and v in DATASETS),
+                            ("mode", *name), ("dataset_title", *name),
                             ("backbone_label", *name)):
         if (key in metrics or required) and not fits(metrics.get(key)):
             problems.append(f"{key}: expected {kind}, got {metrics.get(key)!r}")
