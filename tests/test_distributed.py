@@ -157,17 +157,23 @@ def test_a_non_finite_loss_on_one_rank_stops_both(tmp_path):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_detection_evaluates_shards_as_one_process(tmp_path):
-    """Each rank predicts its share of the evaluation images, rank 0 scores them all: with the
-    weights left as initialised (lr 1e-12) the mAPs equal those of one process."""
+def detect_config(folder: Path, n_train: int, n_val: int, batch: int) -> Path:
+    """A tiny detect run on digit scenes written into `folder`, its weights left as initialised
+    (lr 1e-12), so that its mAPs depend on the evaluation only."""
     from relvit.detection.scenes import write_digit_scenes
 
-    write_digit_scenes(tmp_path / "scenes", n_train=8, n_val=6, canvas=64, seed=0)
-    config = config_file(tmp_path, "detect", {
-        "data": {"name": "digit_scenes", "folder": str(tmp_path / "scenes"), "workers": 0},
-        "model": {"patch_size": 8}, "optim": {"epochs": 1, "batch_size": 4, "lr": 1e-12,
+    write_digit_scenes(folder / "scenes", n_train=n_train, n_val=n_val, canvas=64, seed=0)
+    return config_file(folder, "detect", {
+        "data": {"name": "digit_scenes", "folder": str(folder / "scenes"), "workers": 0},
+        "model": {"patch_size": 8}, "optim": {"epochs": 1, "batch_size": batch, "lr": 1e-12,
                                               "schedule": "step", "clip_grad": 0.0},
         "detection": TINY_DETECTOR})
+
+
+def test_detection_evaluates_shards_as_one_process(tmp_path):
+    """Each rank predicts its share of the evaluation images, rank 0 scores them all: with the
+    weights left as initialised the mAPs equal those of one process."""
+    config = detect_config(tmp_path, n_train=8, n_val=6, batch=4)
     two = finished(torchrun("detect", config, tmp_path / "two"), tmp_path / "two")
     one = single(tmp_path, config, "detect")
     assert two["world_size"] == 2 and two["last_map"] == one["last_map"]
@@ -180,20 +186,13 @@ def test_an_evaluation_split_smaller_than_the_process_count(tmp_path):
     detection)."""
     from fixtures.formats import write_cifar
 
-    from relvit.detection.scenes import write_digit_scenes
-
     write_cifar(tmp_path / "cifar", 10, n_train=8, n_test=1)
     config = config_file(tmp_path, "supervised", {
         "data": {"name": "cifar10", "folder": str(tmp_path / "cifar")},
         "optim": {"epochs": 1, "batch_size": 4}})
     two = finished(torchrun("supervised", config, tmp_path / "two"), tmp_path / "two")
     assert two["best"]["val_acc_clf"] in (0.0, 1.0)  # the one sample, counted once
-    write_digit_scenes(tmp_path / "scenes", n_train=4, n_val=1, canvas=64, seed=0)
-    config = config_file(tmp_path, "detect", {
-        "data": {"name": "digit_scenes", "folder": str(tmp_path / "scenes"), "workers": 0},
-        "model": {"patch_size": 8}, "optim": {"epochs": 1, "batch_size": 2, "lr": 1e-12,
-                                              "schedule": "step", "clip_grad": 0.0},
-        "detection": TINY_DETECTOR})
+    config = detect_config(tmp_path, n_train=4, n_val=1, batch=2)
     two = finished(torchrun("detect", config, tmp_path / "det"), tmp_path / "det")
     assert two["last_map"] == single(tmp_path, config, "detect")["last_map"]
 
