@@ -470,13 +470,13 @@ class Run:
             self.elapsed += row["epoch_time_s"]
             self.history.append(row)
             self._log_epoch(row, started_at)
-            best = self._is_best(row)
-            if best:
+            new_best = self._is_best(row)
+            if new_best:
                 self.best = row
             # last.pt first: a kill before best.pt leaves the best epoch's weights in last.pt,
             # and the resume writes best.pt from them (_settle_best)
             self._save_last(epoch + 1)
-            if best and distributed.is_main():
+            if new_best and distributed.is_main():
                 atomic_save(self._weights(epoch + 1), self.out_dir / BEST)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
