@@ -133,7 +133,8 @@ def _prepare(args: argparse.Namespace) -> int:
             raise ConfigError([f"{args.execution}: data.offline: expected true or false, got "
                                f"{setting!r}"], "settings file")
         offline = offline or bool(setting)
-    prepare_dataset(args.name, args.root, folder=args.folder, offline=offline)
+    prepare_dataset(args.name, args.root, folder=args.folder, offline=offline,
+                    extract_again=args.extract_again)
     return 0
 
 
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="the dataset's own folder instead (e.g. an imagefolder)")
     p.add_argument("--offline", action="store_true",
                    help="never download: verify the files already in place")
+    p.add_argument("--extract-again", action="store_true",
+                   help="unpack the checked archives anew (the layout check does not open every "
+                        "image: use this when an image was found damaged or deleted)")
     p.add_argument("--execution", metavar="FILE",
                    help="a YAML file whose `data.offline: true` means --offline (the "
                         "workflow's ROOT/.relvit-prepare-data.yaml)")

@@ -25,6 +25,7 @@ from relvit.data.loading import batches, file_transform, load_splits, to_float_i
 from relvit.data.download import ChecksumError, Resource
 from relvit.data.formats import DatasetLayoutError
 from relvit.data.prepare import prepare_dataset, ready_marker
+from relvit.layout import READY
 from relvit.train.loop import train
 
 TINY_MODEL = {"backbone": "vit_small", "embed_dim": 36, "depth": 1, "num_heads": 3,
@@ -83,6 +84,34 @@ def test_damaged_extracted_files_are_extracted_again(tmp_path, monkeypatch, cifa
         assert prepare_dataset("cifar10", tmp_path / "data", offline=True)["splits"]["train"] == 60
     assert "data_batch_3" in caplog.text and "extracting its archives again" in caplog.text
     assert batch.read_bytes() == whole
+
+
+def test_extract_again_unpacks_the_checked_archive_anew(tmp_path, monkeypatch, cifar_archive):
+    """The layout check reads what lists a dataset, not every image: a file changed but still
+    readable passes it, and `--extract-again` brings the archive's copy back."""
+    _, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", resource)
+    root = tmp_path / "data"
+    prepare_dataset("cifar10", root)
+    batches = root / "cifar10" / "cifar-10-batches-py"
+    whole = (batches / "data_batch_3").read_bytes()
+    (batches / "data_batch_3").write_bytes((batches / "data_batch_4").read_bytes())
+    assert main(["prepare-data", "cifar10", "--root", str(root), "--offline"]) == 0
+    assert (batches / "data_batch_3").read_bytes() != whole  # not noticed
+    assert main(["prepare-data", "cifar10", "--root", str(root), "--offline",
+                 "--extract-again"]) == 0
+    assert (batches / "data_batch_3").read_bytes() == whole
+    assert ready_marker(root, "cifar10").is_file()
+
+
+def test_prepare_with_a_folder_marks_that_folder_ready(tmp_path):
+    """The marker of `--folder F` is F's: under ROOT/NAME it would call an empty folder ready."""
+    write_imagefolder(tmp_path / "mine")
+    root = tmp_path / "data"
+    assert main(["prepare-data", "imagefolder", "--root", str(root), "--folder",
+                 str(tmp_path / "mine")]) == 0
+    assert json.loads((tmp_path / "mine" / READY).read_text())["classes"] == 3
+    assert not ready_marker(root, "imagefolder").exists()
 
 
 def test_a_failed_prepare_leaves_no_ready_marker(tmp_path, monkeypatch, cifar_archive):

@@ -165,6 +165,25 @@ def test_server_ignoring_range_restarts_from_zero(server, dest):
     assert server.hits("data.bin")[0]["range"] == "bytes=29-"
 
 
+def test_resumed_part_of_another_copy_is_fetched_again_from_zero(server, dest):
+    """A `.part` left by an older copy of the file resumes into one that cannot verify; the
+    same call fetches it once more from byte 0 rather than failing after the whole transfer."""
+    resource = server.publish("data.bin", PAYLOAD)
+    dest.mkdir()
+    (dest / "data.bin.part").write_bytes(b"y" * 500_000)
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.hits("data.bin")] == ["bytes=500000-", None]
+    assert _listing(dest) == ["data.bin"]
+
+
+def test_fresh_download_that_does_not_verify_is_not_fetched_twice(server, dest):
+    resource = server.publish("data.bin", PAYLOAD)
+    server.replacements["data.bin"] = b"z" * len(PAYLOAD)
+    with pytest.raises(ChecksumError):
+        download(resource, dest)
+    assert len(server.hits("data.bin")) == 1
+
+
 def test_416_with_complete_part_verifies_it(server, dest):
     resource = server.publish("data.bin", PAYLOAD)
     dest.mkdir()
@@ -373,6 +392,73 @@ def test_extraction_removes_what_a_killed_one_left(tmp_path, caplog):
     assert backup.is_dir() and other.is_dir()
     assert f"{backup}: entries of {target}" in caplog.text
     assert (target / "top.txt").read_bytes() == b"top\n"
+
+
+@pytest.mark.parametrize("failing", ["a", "b"])
+def test_a_failed_replacement_puts_back_exactly_what_it_moved(tmp_path, monkeypatch, failing):
+    """A move into the backup that fails must not count as moved: undoing it would delete the
+    entry it had failed to move, the only copy (entry "a": the first move; "b": the second)."""
+    archive = tmp_path / "set.tar.gz"
+    archive.write_bytes(_tar_bytes({"a/new.txt": b"new a", "b/new.txt": b"new b"}))
+    target = tmp_path / "out"
+    for name in ("a", "b"):
+        (target / name).mkdir(parents=True)
+        (target / name / "precious.txt").write_text(f"old {name}")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src) == target / failing:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(dl.os, "replace", replace)
+    with pytest.raises(OSError, match="busy"):
+        safe_extract(archive, target)
+    for name in ("a", "b"):
+        assert _listing(target / name) == ["precious.txt"]
+    assert _listing(tmp_path) == ["out", "set.tar.gz"]
+
+
+def test_extracting_into_a_link_works_beside_the_folder_it_names(tmp_path, monkeypatch):
+    """A dataset folder linked to another disk: the unpacked copy and the backup go beside the
+    real folder (on its disk), so the moves into it never cross file systems."""
+    archive = tmp_path / "set.tar.gz"
+    archive.write_bytes(_tar_bytes(ENTRIES))
+    real = tmp_path / "disk2" / "set"
+    (real / "set").mkdir(parents=True)
+    (real / "set" / "old.txt").write_text("old")
+    link = tmp_path / "data" / "set"
+    link.parent.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    made = []
+    real_mkdtemp = dl.tempfile.mkdtemp
+
+    def mkdtemp(prefix, dir):
+        made.append(Path(dir))
+        return real_mkdtemp(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(dl.tempfile, "mkdtemp", mkdtemp)
+    safe_extract(archive, link)
+    assert made == [real.parent, real.parent]  # the unpacked copy, then the backup
+    assert link.is_symlink() and (link / "set" / "a.txt").read_bytes() == b"alpha\n"
+    assert _listing(real / "set") == ["a.txt", "sub"]
+    assert _listing(tmp_path / "data") == ["set"] and _listing(real.parent) == ["set"]
+
+
+def test_extracting_again_removes_the_marker_first(server, tmp_path, dest, monkeypatch):
+    """An extraction that fails half way must not leave the marker saying it is done."""
+    resource = server.publish("set.tgz", _tar_bytes(ENTRIES), extract=True)
+    out = tmp_path / "extracted"
+    fetch(resource, dest, out)
+    assert (out / ".extracted-set.tgz").is_file()
+
+    def fails(archive: Path, target: Path) -> None:
+        raise DownloadError("cut short")
+
+    monkeypatch.setattr(dl, "safe_extract", fails)
+    with pytest.raises(DownloadError, match="cut short"):
+        fetch(resource, dest, out, extract_again=True)
+    assert not (out / ".extracted-set.tgz").exists()
 
 
 def test_symlink_inside_the_target_is_allowed(tmp_path):

@@ -148,7 +148,8 @@ def download(resource: Resource, folder: Path, *, offline: bool = False, retries
 
     `retries` is the total number of attempts (at least 1); network errors, HTTP 408/425/429/5xx
     and truncated bodies are retried with exponential backoff, resuming the `.part` file. Other
-    HTTP errors fail at once. `offline=True` raises DownloadError instead of downloading.
+    HTTP errors fail at once. A resumed download that does not verify is fetched once more
+    from byte 0. `offline=True` raises DownloadError instead of downloading.
     """
     final = Path(folder) / resource.filename
     if final.is_file():
@@ -164,8 +165,18 @@ def download(resource: Resource, folder: Path, *, offline: bool = False, retries
         raise DownloadError(_offline_message(final, resource, None))
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
+    resumed = part.is_file() and part.stat().st_size > 0
     _fetch_part(resource, part, attempts=max(1, retries), timeout=timeout)
-    _finalize(part, final, resource)
+    try:
+        _finalize(part, final, resource)
+    except ChecksumError as error:
+        if not resumed:
+            raise
+        # the .part kept may be of another copy of the file: once more, from byte 0
+        log.warning("%s; it was resumed from an earlier partial download, downloading it again "
+                    "from the start", error)
+        _fetch_part(resource, part, attempts=max(1, retries), timeout=timeout)
+        _finalize(part, final, resource)
     return final
 
 
@@ -327,7 +338,8 @@ def _archive_kind(name: str) -> str | None:
 def safe_extract(archive: Path, target: Path) -> None:
     """Unpack a tar(.gz/.tgz/.bz2/.xz) or zip `archive` into the folder `target`, safely.
 
-    Everything is unpacked into a fresh `target.parent/.{target.name}.tmp-XXXX` and checked first.
+    Everything is unpacked into a fresh `.{target.name}.tmp-XXXX` beside `target` (beside the
+    folder it links to, if it is a link) and checked first.
     If `target` does not exist, that folder becomes `target` in one os.replace. If it exists, each
     top-level entry of the archive replaces the same-named entry of `target` (other entries are
     kept); should a move fail, the entries already replaced are put back.
@@ -335,7 +347,8 @@ def safe_extract(archive: Path, target: Path) -> None:
     DownloadError for a truncated or corrupt archive. Either way nothing is left behind; what a
     killed extraction left, the next one removes (`_clear_leftovers`).
     """
-    archive, target = Path(archive), Path(target)
+    # a target that is a link to another disk: unpack and back up beside the folder it names
+    archive, target = Path(archive), Path(target).resolve()
     kind = _archive_kind(archive.name)
     if kind is None:
         raise ValueError(f"{archive}: not a .zip or .tar[.gz/.bz2/.xz] archive")
@@ -481,24 +494,30 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 
 def _replace_entries(source: Path, target: Path) -> None:
-    """Move each entry of `source` into `target`, replacing same-named ones; undo on failure."""
+    """Move each entry of `source` into `target`, replacing same-named ones; undo on failure.
+
+    Only what was moved is undone: a new entry is removed once it is in place, and an old one
+    put back once it is in the backup. Should putting back fail, the backup folder is kept (and
+    named by the next extraction's `_clear_leftovers`)."""
     backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    moved: list[str] = []
+    backed_up: list[str] = []
+    placed: list[str] = []
     try:
         for entry in sorted(source.iterdir()):
             old = target / entry.name
-            moved.append(entry.name)
             if old.exists() or old.is_symlink():
                 os.replace(old, backup / entry.name)
+                backed_up.append(entry.name)
             os.replace(entry, old)
+            placed.append(entry.name)
     except BaseException:
-        for name in reversed(moved):
+        for name in reversed(placed):
             _remove(target / name)
-            if (backup / name).exists() or (backup / name).is_symlink():
-                os.replace(backup / name, target / name)
+        for name in reversed(backed_up):
+            os.replace(backup / name, target / name)
+        backup.rmdir()
         raise
-    finally:
-        shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _remove(path: Path) -> None:
@@ -528,6 +547,7 @@ def fetch(resource: Resource, folder: Path, extract_to: Path | None = None, *,
     if not extract_again and marker.is_file() and marker.read_text().strip() == resource.digest:
         log.debug("%s: already extracted into %s", path, target)
         return target
+    marker.unlink(missing_ok=True)  # extracted again only once this extraction is whole
     safe_extract(path, target)
     atomic_write_text(resource.digest + "\n", marker)
     return target

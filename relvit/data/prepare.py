@@ -4,7 +4,8 @@ Downloadable datasets are fetched from their official sources with checksums; ar
 `<root>/.downloads/<name>/` and are extracted into `<root>/<name>/`. ImageNet-1K, ImageNet-100
 and KITTI need an account: their files are checked where the user put them, and a missing or
 wrong layout is reported with exactly what to put where. The marker `<root>/<name>/
-.relvit-ready.json` is written last, so its presence means the dataset is complete and readable.
+.relvit-ready.json` (in `--folder`'s folder, if given) is written last, so its presence means the
+dataset is complete and its layout readable.
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ def ready_marker(root: str | Path, name: str) -> Path:
 
 
 def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str | None = None,
-                    offline: bool = False) -> dict[str, Any]:
-    """Make dataset `name` ready under `root` (or `folder`); returns what the marker records."""
+                    offline: bool = False, extract_again: bool = False) -> dict[str, Any]:
+    """Make dataset `name` ready under `root` (or `folder`); returns what the marker records.
+
+    The layout check reads the files that list a dataset (archives' pickles, .mat files,
+    annotations, class folders), not every image: `extract_again` unpacks the checked archives
+    anew, for images found damaged or deleted later."""
     spec = get_dataset(name)
     data = DataConfig(name=name, root=str(root), folder=folder)
     target = dataset_folder(spec, data)
-    marker = ready_marker(root, name)
+    marker = Path(folder) / READY if folder else ready_marker(root, name)
     marker.unlink(missing_ok=True)  # ready again only once this run has checked everything
-    _fetch_all(spec, root, target, offline)
+    _fetch_all(spec, root, target, offline, extract_again)
     # each split's json is written after its images, val's last: a killed run writes anew
     if name == "digit_scenes" and not (target / "val.json").is_file():
         from relvit.detection.data import write_scenes
@@ -75,13 +80,12 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
 
 def _fetch_all(spec: DatasetSpec, root: str | Path, target: Path, offline: bool,
                extract_again: bool = False) -> None:
-    """Download and check `spec`'s files, archives first, unpacking them into `target`."""
+    """Download and check `spec`'s files, archives first, unpacking them into `target` (anew
+    if `extract_again`, else unless already unpacked from the same archive)."""
     subfolders = dict(spec.subfolders)
-    archives = [r for r in spec.resources if r.extract]
-    for resource in archives + ([] if extract_again else
-                                [r for r in spec.resources if not r.extract]):
+    for resource in sorted(spec.resources, key=lambda r: not r.extract):
         log.info("%s: %s", spec.name, resource.filename)
         downloads = Path(root) / ".downloads" / spec.name if resource.extract else target
         into = target / subfolders.get(resource.filename, "")
         fetch(resource, downloads, extract_to=into if resource.extract else None,
-              offline=offline or extract_again, extract_again=extract_again)
+              offline=offline, extract_again=extract_again)
