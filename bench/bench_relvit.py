@@ -69,9 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=["decode", "device-decode", "augment",
                                                       "ssl", "steps", "loop", "memory"],
                         help="stages to run (default: all)")
-    parser.add_argument("--sizes", nargs="+", type=int, choices=[size for _, size, _ in CONFIGS])
+    parser.add_argument("--sizes", nargs="+", type=int, choices=[size for _, size, _ in CONFIGS],
+                        help="train steps and loop: these image sizes (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (decode)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader workers (decode; 0 decodes in the main process), and "
+                             "the processes the SSL inputs' per-sample reference is credited "
+                             "with (at least 1)")
     parser.add_argument("--decode-resized", type=int, metavar="S",
                         help="decode: also the copies resized to shorter side S "
                              "(relvit resize-images)")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                              "path) on any device: their ops and MiB as a GPU's")
     parser.add_argument("--peak-tflops", type=float, help="MFU denominator (CUDA default: H100)")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="decode, augmentation and SSL inputs: timed calls per case")
+                        help="device decode, augmentation and SSL inputs: timed calls per "
+                             "case")
     parser.add_argument("--rounds", type=int, default=1,
                         help="steps: time each case in this many windows, the cases interleaved "
                              "(A B C, A B C, ...): its ms/step the median of its rounds, its "
@@ -129,8 +134,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the rows of these --json files as Markdown tables and exit")
     parser.add_argument("--probe-memory", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    least = {key: 1 for key in ("threads", "repeats", "rounds", "memory_batch", *PRESETS["cpu"])}
+    least.update(warmup=0, workers=0)  # a count of 0 would divide by zero, or time nothing
+    for key, minimum in least.items():
+        if getattr(args, key) is not None and getattr(args, key) < minimum:
+            parser.error(f"--{key.replace('_', '-')} must be at least {minimum}, not "
+                         f"{getattr(args, key)}")
     if args.markdown_from:
         print(markdown_from_json(args.markdown_from), end="")
         return

@@ -15,7 +15,7 @@ import torch
 from fixtures.bench import bench_script
 
 # bench/ is put on sys.path by fixtures.bench
-from benchlib import inputs, measure
+from benchlib import inputs, measure, relation_memory
 from benchlib import table as bench_table
 from benchlib import loop as loop_stage
 from benchlib import steps as step_stage
@@ -229,10 +229,14 @@ def test_markdown_from_json_renders_the_saved_rows(bench, report, tmp_path, caps
         bench.main(["--markdown-from", str(broken)])
 
 
-def test_relation_memory_stage_with_the_head_width_padded(bench, tmp_path):
+def test_relation_memory_stage_with_the_head_width_padded(bench, tmp_path, monkeypatch):
     """The memory stage on the CPU: plain, fused and the fused one with `--head-align` (each a
-    fresh process's peak RSS), and a profile of each case with --profile."""
+    fresh process's peak RSS, with the table's --threads), and a profile of each case."""
     out = tmp_path / "relation.json"
+    commands = []
+    run = relation_memory.subprocess.run
+    monkeypatch.setattr(relation_memory.subprocess, "run",
+                        lambda cmd, **kw: commands.append(cmd) or run(cmd, **kw))
     bench.main(["--only", "memory", "--memory-batch", "2", "--memory-dim", "45", "--threads",
                 "1", "--head-align", "1", "8", "--profile", str(tmp_path / "profile"),
                 "--json", str(out)])
@@ -246,6 +250,7 @@ def test_relation_memory_stage_with_the_head_width_padded(bench, tmp_path):
     assert rows[2]["ratio"].startswith(f"{rows[2]['ms_per_step'] / rows[0]['ms_per_step']:.2f}×")
     tables = sorted((tmp_path / "profile").glob("relation-*.txt"))
     assert len(tables) == 3 and all("aten::" in t.read_text() for t in tables)
+    assert len(commands) == 3 and all(c[-2:] == ["--threads", "1"] for c in commands)
 
 
 def test_op_counter_counts_the_bytes_ops_read_and_write(bench):
@@ -477,9 +482,23 @@ def test_rounds_interleave_the_step_cases_and_report_medians(bench, monkeypatch,
     assert built_rows["pretrain"]["ratio"] == "0.20× its step"
 
 
-def test_rounds_must_be_positive(bench):
+@pytest.mark.parametrize("option, value", [("--rounds", "0"), ("--repeats", "0"),
+                                           ("--steps", "0"), ("--workers", "-1")])
+def test_counts_must_be_positive(bench, capsys, option, value):
+    """A count of 0 had divided by zero at the end of a stage (--repeats, --steps)."""
     with pytest.raises(SystemExit):
-        bench.main(["--only", "steps", *TINY, "--rounds", "0"])
+        bench.main(["--only", "steps", *TINY, option, value])
+    assert f"{option} must be at least" in capsys.readouterr().err
+
+
+def test_ssl_inputs_with_no_workers_credit_the_reference_one_process(bench, tmp_path):
+    """--workers 0 (decoding in the main process) had divided by zero in the SSL stage."""
+    out = tmp_path / "ssl.json"
+    bench.main(["--only", "ssl", "--workers", "0", "--pipeline-batch", "2",
+                "--reference-images", "1", "--repeats", "1", "--threads", "1",
+                "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["stage"] for r in rows].count("SSL inputs: per-sample reference ×1 workers") == 2
 
 
 def test_the_projected_row_is_the_paper_tier_s_three_runs(bench):

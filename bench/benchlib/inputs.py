@@ -256,11 +256,12 @@ def bench_ssl_inputs(args, device: torch.device) -> list[Row]:
         cpu_images = images[:n_ref].cpu()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        slow = args.workers * n_ref / timed(lambda: reference_pipeline(cpu_images, patch), 1,
-                                            torch.device("cpu"), warmup=0)
+        workers = max(1, args.workers)  # --workers 0: one process, the main one
+        slow = workers * n_ref / timed(lambda: reference_pipeline(cpu_images, patch), 1,
+                                       torch.device("cpu"), warmup=0)
         torch.set_num_threads(threads)
         rows[-1].ratio = f"{fast / slow:,.1f}× ref"
-        rows.append(Row(f"SSL inputs: per-sample reference ×{args.workers} workers", config, slow))
+        rows.append(Row(f"SSL inputs: per-sample reference ×{workers} workers", config, slow))
         if args.compile:  # the dense jitter torch.compile-d (config key `compile`)
             started = time.perf_counter()
             batched_pipeline(images, patch, gen, compiled=True)

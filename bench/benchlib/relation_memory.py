@@ -131,7 +131,8 @@ def bench_relation_memory(args, device: torch.device) -> list[Row]:
             saved = saved_for_backward_mb(loss)
         else:
             probe = json.dumps({**case.__dict__, "batch": b, "n": n, "dim": dim})
-            cmd = [sys.executable, str(SCRIPT), "--probe-memory", probe]
+            cmd = [sys.executable, str(SCRIPT), "--probe-memory", probe,
+                   "--threads", str(args.threads)]
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                                text=True).stdout.strip().splitlines()[-1])
             peak, saved, seconds = result["peak_mb"], result["saved_mb"], result["seconds"]
