@@ -212,6 +212,8 @@ def report(log: PipelineLog, cores: int) -> str:
     core_s = cores * wall
     outside_s = job_core_s - own_core_s
     idle = idle_core_seconds(finished, log.start, end, cores)
+    unfinished = [f"{job.rule} (job {job.jobid})" for job in log.jobs if job.end is None]
+    also_unfinished = "; the jobs not finished in this log, too" if unfinished else ""
     lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",
               f"- the training runs' own time (their epochs): {own_core_s:.0f} "
               f"({own_core_s / core_s:.1%})"]
@@ -219,8 +221,8 @@ def report(log: PipelineLog, cores: int) -> str:
         lines.append(f"  - of which evaluation: {eval_core_s:.0f} ({eval_core_s / core_s:.1%})")
     lines += [f"- the jobs' time outside it (start-up, imports, the report jobs): "
               f"{outside_s:.0f} ({outside_s / core_s:.1%})",
-              f"- no job on the core (Snakemake's DAG, between jobs, waiting on inputs): "
-              f"{idle} ({idle / core_s:.1%})",
+              f"- no finished job on the core (Snakemake's DAG, between jobs, waiting on inputs"
+              f"{also_unfinished}): {idle} ({idle / core_s:.1%})",
               f"- **outside training: {1 - own_core_s / core_s:.1%}**"]
     if eval_core_s is not None:
         lines.append(f"- **outside the training steps (evaluation too): "
@@ -228,7 +230,6 @@ def report(log: PipelineLog, cores: int) -> str:
     else:
         lines.append("- evaluation not split out: a run's history.csv has no eval_time_s "
                      "(recorded before 2026-11-28)")
-    unfinished = [f"{job.rule} (job {job.jobid})" for job in log.jobs if job.end is None]
     if unfinished:
         lines += ["", f"Not finished in this log (failed, or still running): "
                       f"{', '.join(unfinished)}"]

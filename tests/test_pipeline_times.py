@@ -97,12 +97,12 @@ def test_core_seconds_split_into_runs_jobs_and_idle_cores(tmp_path, pipeline_tim
     assert "| run_config | 1 | 0 | 0 | 0 | 0 |  |" in out
     assert "| total | 4 | 92 | 75 | 12 | 17 | 8.5 |" in out
     # 110 core-seconds: 75 in the runs (12 of them evaluating), 17 in the jobs outside them,
-    # and 18 with no job on the core: 2 (second 0), 1 (second 1), 11 (41-51), 2 (52), 2 (53-54,
-    # table1 alone)
+    # and 18 with no finished job on the core: 2 (second 0), 1 (second 1), 11 (41-51), 2 (52),
+    # 2 (53-54, table1 alone; the failed finetune ran then, and the label says so)
     assert "Core-seconds (2 cores × 55 s): 110" in out
     assert "own time (their epochs): 75 (68.2%)\n  - of which evaluation: 12 (10.9%)" in out
     assert "the report jobs): 17 (15.5%)" in out
-    assert "waiting on inputs): 18 (16.4%)" in out
+    assert "waiting on inputs; the jobs not finished in this log, too): 18 (16.4%)" in out
     assert "**outside training: 31.8%**" in out
     assert "**outside the training steps (evaluation too): 42.7%**" in out
     assert "Not finished in this log (failed, or still running): finetune (job 4)" in out
