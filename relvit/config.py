@@ -304,10 +304,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         value = _check_value(value, hints[key], path, problems)
         if value is not _INVALID:
             kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError:
-        return cls()
+    return cls(**kwargs)  # every field has a default
 
 
 def is_whole_number(value: Any) -> bool:

@@ -6,7 +6,7 @@ import re
 
 from relvit.config import RunConfig
 from relvit.data.registry import DATASETS
-from relvit.models.specs import BACKBONES, get_backbone_spec
+from relvit.models.specs import BACKBONES, T2T_STRIDE, get_backbone_spec
 
 
 # torch.manual_seed takes [-2**63, 2**64); the run's streams (relvit.train.loop._epoch_seed) are
@@ -109,7 +109,8 @@ def semantic_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"model.embed_dim: {dim} is too narrow for the {NUM_RELATIONS} relation "
                         f"heads (>= {NUM_RELATIONS})")
     if spec.family == "t2t" and cfg.model.patch_size is not None:
-        problems.append("model.patch_size: T2T-ViT has a fixed token stride of 16; leave it unset")
+        problems.append(f"model.patch_size: T2T-ViT has a fixed token stride of {T2T_STRIDE}; "
+                        "leave it unset")
 
     try:
         geo = run_geometry(cfg)

@@ -489,3 +489,17 @@ def test_a_cell_says_its_runs_processes_and_execution_settings(tmp_path):
                if r["method"] == "Supervised" and r["dataset"] == "CIFAR-10")
     assert row["processes"] == "1; 4" and row["execution"].startswith("precision=bf16 ")
     assert "| processes | execution |" in to_markdown(cells, [], "test", Criterion())
+
+
+def test_a_planned_config_with_a_key_twice_is_named(tmp_path):
+    """Training refuses a run config that gives a key twice; the reports had read it, the
+    second value winning, for the cell and for the staleness hash."""
+    from relvit.report.gather import gather_planned
+
+    config = tmp_path / "configs" / "digits/vit_small/pretrain/seed0.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(yaml.safe_dump(run_config("digits", "pretrain", "", 0)) + "seed: 1\n")
+    with pytest.raises(ValueError, match=f"{config}: not a run config .*duplicate key 'seed'"):
+        gather_planned([tmp_path / "configs"])
+    with pytest.raises(ValueError, match=f"{config}: not a run config .*duplicate key 'seed'"):
+        file_config_hash(config)

@@ -313,3 +313,13 @@ def test_refresh_options_without_refresh_are_refused(tmp_path, capsys):
     assert main(["regress", str(runs), "--expected", str(exp), "--spread", str(runs),
                  "--tier", "zzz"]) == 1
     assert "--spread, --tier: only with --refresh" in capsys.readouterr().err
+
+
+
+def test_a_key_given_twice_in_an_expected_file_is_refused(tmp_path, capsys):
+    """YAML keeps the last of two equal keys: a cell given twice had silently lost the first."""
+    runs = tier(tmp_path / "runs")
+    exp = refresh(tmp_path, runs)
+    exp.write_text(exp.read_text().replace("cells:\n", "cells:\n  digits/vit/relvit: {}\n", 1))
+    assert main(["regress", str(runs), "--expected", str(exp)]) == 1
+    assert f"{exp}: not YAML" in capsys.readouterr().err

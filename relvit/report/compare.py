@@ -177,7 +177,7 @@ class ImprovementCheck:
 
     @property
     def consistent(self) -> bool:
-        return self.computed is not None and abs(self.printed - self.computed) < 0.005
+        return self.computed is not None and _same_printed(self.printed, self.computed)
 
 
 def _row_name(row: pd.Series) -> str:
@@ -189,6 +189,11 @@ def _row_name(row: pd.Series) -> str:
 
 
 PRINTED_COLUMNS = ("table", "dataset", "backbone", "metric", "printed_improvement")
+SAME_PRINTED = 0.005  # two values printed to 2 decimals are the same below half a last digit
+
+
+def _same_printed(a: float, b: float) -> bool:
+    return abs(a - b) < SAME_PRINTED
 
 
 def improvement_checks(paper_csv: str | Path = PAPER_TABLES,
@@ -216,9 +221,9 @@ def improvement_checks(paper_csv: str | Path = PAPER_TABLES,
         base = float(supervised.iloc[0])
         computed = round(float(others["value"].max()) - base, 2)
         note = ""
-        if abs(item.printed_improvement - computed) >= 0.005:
+        if not _same_printed(item.printed_improvement, computed):
             match = [_row_name(r) for _, r in others.iterrows()
-                     if abs(float(r["value"]) - base - item.printed_improvement) < 0.005]
+                     if _same_printed(float(r["value"]) - base, item.printed_improvement)]
             note = (f"is {match[0]} − Supervised, not the best row" if match
                     else "no row of the table gives it")
         checks.append(ImprovementCheck(int(item.table), item.dataset, item.backbone, item.metric,

@@ -2,7 +2,7 @@
 (Table 2) or dataset (Table 3), one row per variant (Method, Upstream, Perm., Mega-patch) with
 box mAP, mAP50, mAP75, each beside the paper's number, and an "(Improv.)" row: the best RelViT
 row minus the supervised one, from the numbers (the paper's own "Improv." values do not all follow
-one rule, ../shared/paper/README.md). Numbers are the last epoch's COCO box AP on the whole
+one rule, results/paper/README.md). Numbers are the last epoch's COCO box AP on the whole
 evaluation split (the follow-up evaluates its last weights, method spec Q31).
 """
 

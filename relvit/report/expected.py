@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from relvit.atomic import atomic_write_text
-from relvit.config import is_whole_number
+from relvit.config import is_whole_number, parse_yaml
 from relvit.layout import METRICS
 from relvit.report.gather import find_files
 from relvit.report.numbers import MAP_NUMBERS, PRETEXT_NUMBERS, TOP1_NUMBERS, reported_numbers
@@ -149,7 +149,7 @@ def _load_expected(path: Path) -> dict:
     if not path.is_file():
         raise ExpectedError(f"{path}: no expected file (write one with relvit regress --refresh)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))  # a key twice: an error
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ExpectedError(f"{path}: not YAML ({err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):

@@ -94,14 +94,14 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
 
 def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
     """One row per run config (*.yaml) found: what a table should have a cell for."""
-    from relvit.config import ConfigError, config_from_dict
+    from relvit.config import ConfigError, config_from_dict, parse_yaml
     from relvit.geometry import run_identity
 
     rows = []
     # the workflow's execution files (relvit.execution) are not run configs
     for path in find_files(sources, "*.yaml", skip=(EXECUTION,)):
         try:
-            cfg = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
+            cfg = config_from_dict(parse_yaml(path.read_text()) or {}, source=str(path))
         except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: not a run config ({err})") from err
         identity = run_identity(cfg)

@@ -46,11 +46,11 @@ def planned_config(metrics_path: str | Path) -> Path | None:
 
 def file_config_hash(path: str | Path) -> str:
     """The config hash (relvit.train.provenance.config_hash) of a run config file, resolved."""
-    from relvit.config import ConfigError, config_from_dict
+    from relvit.config import ConfigError, config_from_dict, parse_yaml
     from relvit.train.provenance import config_hash
 
     try:
-        cfg = config_from_dict(yaml.safe_load(Path(path).read_text()) or {}, source=str(path))
+        cfg = config_from_dict(parse_yaml(Path(path).read_text()) or {}, source=str(path))
     except (ConfigError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: not a run config ({err})") from err
     return config_hash(cfg.to_dict())
