@@ -62,12 +62,16 @@ from benchlib.table import (Row, device_name, markdown_from_json, print_table, p
                             projection_line, workers_to_feed)
 
 
+SECTIONS = {"decode": bench_decode, "device-decode": bench_device_decode, "augment": bench_augment,
+            "ssl": bench_ssl_inputs, "steps": bench_steps, "loop": bench_loop,
+            "memory": bench_relation_memory}  # the stages, in the order they run
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu on CUDA, else cpu")
-    parser.add_argument("--only", nargs="+", choices=["decode", "device-decode", "augment",
-                                                      "ssl", "steps", "loop", "memory"],
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS),
                         help="stages to run (default: all)")
     parser.add_argument("--sizes", nargs="+", type=int, choices=[size for _, size, _ in CONFIGS],
                         help="train steps and loop: these image sizes (default: all)")
@@ -153,9 +157,6 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     torch.set_num_threads(args.threads)  # TF32 left as training leaves it (off)
-    sections = {"decode": bench_decode, "device-decode": bench_device_decode,
-                "augment": bench_augment, "ssl": bench_ssl_inputs,
-                "steps": bench_steps, "loop": bench_loop, "memory": bench_relation_memory}
     rows: list[Row] = []
     timings = {}
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                 "projection_hours": hours, "rows": [r.__dict__ for r in rows],
             }, indent=2) + "\n")
 
-    for name, fn in sections.items():
+    for name, fn in SECTIONS.items():
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()

@@ -293,6 +293,11 @@ def detection_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[TableR
     return table_rows(detection, paper_csv) if detection else []
 
 
+def detection_seeds(workflow: dict) -> list[int]:
+    """The seeds of Tables 2-3's runs: the detection block's own, else the workflow's."""
+    return (workflow.get("detection") or {}).get("seeds", workflow["seeds"])
+
+
 def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, PlannedRun]:
     """The detection runs of Tables 2-3 and the SSL pretrain runs they start from."""
     detection = workflow["detection"]
@@ -313,7 +318,7 @@ def plan_detection(workflow: dict, paper_csv: str = PAPER_TABLES) -> dict[str, P
         variant, backbone, dataset = row.variant, row.backbone, row.run_dataset
         model = {"backbone": backbone, **models.get(backbone, {})}
         side = mega.get(backbone, 0) if isinstance(mega, dict) else mega
-        for seed in detection.get("seeds", workflow["seeds"]):
+        for seed in detection_seeds(workflow):
             base = {"seed": seed, "data": {"name": dataset, "root": root}, "model": model}
             pretrain = None
             if variant.pretrain_method:
@@ -452,7 +457,7 @@ def plan_table1(workflow: dict) -> dict[str, PlannedRun]:
 def detection_plan_rows(workflow: dict, paper_csv: str = PAPER_TABLES) -> list[dict]:
     """The rows of Tables 2-3 with the metrics file of the run that fills each (per seed)."""
     results = workflow.get("results", "results")
-    seeds = (workflow.get("detection") or {}).get("seeds", workflow["seeds"])
+    seeds = detection_seeds(workflow)
     rows = []
     for row in detection_rows(workflow, paper_csv):
         for seed in seeds:
