@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from relvit.ssl import pipeline
-from relvit.ssl.jitter import JitterConfig
+from relvit.ssl.jitter import JitterConfig, apply_jitter
 from relvit.ssl.patches import patchify, permute_patches, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import relation_targets
@@ -24,6 +24,24 @@ def test_shuffle_moves_patches_whatever_the_chunking(monkeypatch, chunk_images, 
     inverse = perm.argsort(dim=1)
     assert torch.equal(unpatchify(permute_patches(patchify(out, 4), inverse), (4, 4)), images)
     assert relation_targets(4, 4, perm).shape == (7, 16, 16)
+
+
+def test_each_patch_is_jittered_with_its_own_draw_before_it_moves():
+    """Spec §2: jitter (step 4), then permutation (step 5): draw k jitters the patch of cell k,
+    wherever the permutation puts it. Permuting first gives the same distribution but other
+    images for the same draws (a recorded run's numbers); with the identity jitter, as above,
+    the order cannot show."""
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cfg = JitterConfig()
+    draws = pipeline.draw_ssl_inputs(images, 4, cfg, True, torch.Generator().manual_seed(1))
+    patches = patchify(images, 4)
+    jittered = apply_jitter(patches.flatten(0, 1), draws.jitter, cfg).view(patches.shape)
+    expected = unpatchify(permute_patches(jittered, draws.perm), (4, 4))
+    out = pipeline.apply_ssl_inputs(images, 4, draws, cfg)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    moved_first = unpatchify(apply_jitter(permute_patches(patches, draws.perm).flatten(0, 1),
+                                          draws.jitter, cfg).view(patches.shape), (4, 4))
+    assert (out - moved_first).abs().max() > 0.1  # the test can tell the two orders apart
 
 
 def test_chunked_jitter_stays_in_range_and_is_reproducible(monkeypatch):
