@@ -256,15 +256,23 @@ def _cell_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--plan", type=Path,
                    help="Tables 2-3: the workflow's detection-plan.json")
     p.add_argument("--out", required=True, type=Path, help=out_help)
-    p.add_argument("--tier", default="custom",
-                   help="label printed with the output (default %(default)s)")
-    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (default %(default)s, from the repository's root)")
+    _tier_argument(p, "the output")
+    _paper_argument(p)
     p.add_argument("--sigmas", type=float, default=Criterion.sigmas,
                    help="k of |Δ| <= k·sqrt(σ_paper² + σ²) where the paper prints ± "
                         "(default %(default)s)")
     p.add_argument("--tolerance", type=float, default=Criterion.tolerance,
                    help="|Δ| in points allowed where the paper prints no ± (default %(default)s)")
+
+
+def _paper_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
+                   help="the paper's numbers (default %(default)s, from the repository's root)")
+
+
+def _tier_argument(p: argparse.ArgumentParser, printed_with: str) -> None:
+    p.add_argument("--tier", default="custom",
+                   help=f"label printed with {printed_with} (default %(default)s)")
 
 
 def _execution_argument(p: argparse.ArgumentParser) -> None:
@@ -313,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", type=Path, default=Path("config/schema.yaml"),
                    help="the workflow config's schema (default %(default)s, from the "
                         "repository's root)")
-    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (default %(default)s, from the repository's root)")
+    _paper_argument(p)
     p.set_defaults(func=_check_workflow)
     p = sub.add_parser("prepare-data", help="download, verify, extract and check a dataset")
     p.add_argument("name", help="dataset name (see relvit/data/registry.py)")
@@ -346,20 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics.json files and run configs (*.yaml: planned cells), or folders "
                         "searched for both")
     p.add_argument("--table1", required=True, type=Path, help="output path without suffix")
-    p.add_argument("--tier", default="custom",
-                   help="label printed with the table, e.g. smoke (default %(default)s)")
-    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (default %(default)s, from the repository's root)")
+    _tier_argument(p, "the table, e.g. smoke")
+    _paper_argument(p)
     p.set_defaults(func=_report)
     p = sub.add_parser("report-detection", help="render Tables 2-3 from a detection plan file")
     p.add_argument("--plan", required=True, type=Path,
                    help="rows and their metrics files (the workflow's detection-plan.json)")
     p.add_argument("--out", required=True, type=_folder,
                    help="folder for table<N>.md / .tex")
-    p.add_argument("--tier", default="custom",
-                   help="label printed with the tables (default %(default)s)")
-    p.add_argument("--paper", type=Path, default=Path(PAPER_TABLES),
-                   help="the paper's numbers (default %(default)s, from the repository's root)")
+    _tier_argument(p, "the tables")
+    _paper_argument(p)
     p.set_defaults(func=_report_detection)
     p = sub.add_parser("regress", help="check a tier's runs against its expected metrics "
                                        "(the CI regression guard), or --refresh them")
