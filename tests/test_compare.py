@@ -195,6 +195,9 @@ def test_a_failed_detection_run_is_counted_failed_not_averaged(tmp_path):
                                                                                "seed1")}]))
     cell = cells_by_key(compare([], plan, PAPER))[(3, "COCO mini-val", "Supervised", "mAP")]
     assert (cell.ours.mean, cell.ours.n, cell.ours.failed) == (20.0, 1, 1)
+    # compare.csv says why a seed is not in the mean (it had n 1 and seeds "0, 1" only)
+    row = next(csv.DictReader(io.StringIO(to_csv([cell]))))
+    assert (row["n"], row["failed_seeds"], row["no_value_seeds"]) == ("1", "1", "0")
 
 
 def test_runs_without_a_value_are_no_value_not_not_run(tmp_path):
@@ -415,10 +418,10 @@ def test_out_of_tolerance_reads_a_written_compare_csv(tmp_path):
     """What rule compare_verdict fails on: the OUT rows of compare.csv, named; another CSV is
     refused with its path."""
     header = ",".join(CSV_COLUMNS)
-    rows = ["1,CIFAR-10,ViT-S/4,RelViT,top1,90.23,0.09,84.0000,,1,-6.23,0.18,2 sigma,OUT",
-            "1,SVHN,ViT-S/4,RelViT,top1,97.14,0.03,97.1000,,1,-0.04,0.06,2 sigma,within"]
+    rows = ["1,CIFAR-10,ViT-S/4,RelViT,top1,90.23,0.09,84.0000,,1,0,0,-6.23,0.18,2 sigma,OUT",
+            "1,SVHN,ViT-S/4,RelViT,top1,97.14,0.03,97.1000,,1,0,0,-0.04,0.06,2 sigma,within"]
     path = tmp_path / "compare.csv"
-    path.write_text("\n".join([header] + [r + "," * (len(CSV_COLUMNS) - 14) for r in rows]))
+    path.write_text("\n".join([header] + [r + "," * (len(CSV_COLUMNS) - 16) for r in rows]))
     assert out_of_tolerance(path) == [
         "table 1 CIFAR-10 ViT-S/4 RelViT top1: 84.0000 vs paper 90.23 (|Δ| > 0.18)"]
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
@@ -438,6 +441,32 @@ def test_a_delta_at_the_bound_is_within():
     assert judge(paper, Cell(64.43, None, 1), Criterion())[0] != WITHIN
 
 
+
+
+def test_one_seed_takes_the_papers_spread_for_its_own():
+    """A single run has no sample std: the bound had fallen to 2·σ_paper (0.06 points on SVHN),
+    narrower than for three seeds of the same mean; the paper's per-run ± stands in for it."""
+    from relvit.report.compare import judge
+    from relvit.report.criterion import Criterion
+    from relvit.report.table1 import Cell
+
+    paper = Cell(97.07, 0.03, 3)
+    bound = Criterion().bound(paper, Cell(97.15, None, 1))[0]
+    assert bound == pytest.approx(2 * 2 ** 0.5 * 0.03)
+    assert judge(paper, Cell(97.15, None, 1), Criterion())[0] == WITHIN  # Δ 0.08 <= 0.085
+    assert judge(paper, Cell(97.15, 0.0, 3), Criterion())[0] == OUT  # three equal seeds: σ = 0
+
+
+def test_a_delta_within_the_papers_rounding_of_the_bound_is_within():
+    """The paper prints to 0.01, so its 68.28 is anything in [68.275, 68.285]: Δ +0.904 against
+    the 0.9 tolerance had been OUT, printed as "0.90 > 0.90"."""
+    from relvit.report.compare import judge
+    from relvit.report.criterion import Criterion
+    from relvit.report.table1 import Cell
+
+    paper = Cell(68.28, None, 1)
+    assert judge(paper, Cell(69.184, None, 1), Criterion())[0] == WITHIN
+    assert judge(paper, Cell(69.186, None, 1), Criterion())[0] == OUT
 
 def test_detection_rows_are_named_as_the_tables_name_them(tmp_path):
     from relvit.report.compare import detection_cells

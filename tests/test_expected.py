@@ -261,6 +261,10 @@ def test_a_mean_exactly_at_the_tolerance_passes():
     spec = {"cells": {"c": {"seeds": [0], "m": {"expected": 1.0, "tolerance": 0.5}}}}
     assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": 1.5}}})] == ["ok"]
     assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": 1.5625}}})] == ["FAIL"]
+    # at the tolerance on either side, whatever the float rounding (+ had failed, - passed)
+    spec = {"cells": {"c": {"seeds": [0], "m": {"expected": 90.1852, "tolerance": 5.1535}}}}
+    for got in (95.3387, 85.0317):
+        assert [c.verdict for c in expected.check(spec, {"c": {0: {"m": got}}})] == ["ok"]
 
 
 def test_a_records_numbers_are_read_in_percent_and_ap_points():

@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from relvit.report.table1 import Cell
 
+# The paper prints its numbers to 0.01: its value is anything within half a last digit of what
+# it prints, so a Δ that much past the bound may still be within it (and float rounding is too).
+PAPER_ROUNDING = 0.005
+FLOAT_SLACK = 1e-9  # a Δ at a bound is within it, whatever the float rounding
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -28,8 +33,14 @@ class Criterion:
                              f"sigmas={self.sigmas!r}, tolerance={self.tolerance!r}")
 
     def bound(self, paper: Cell, ours: Cell) -> tuple[float, str]:
-        """The largest |Δ| that agrees, and how it was derived."""
+        """The largest |Δ| that agrees, and how it was derived: with the paper's ±, our seeds'
+        sample std beside it (one seed has none: the paper's stands in for it)."""
         if paper.std is not None:
-            combined = math.hypot(paper.std, ours.std or 0.0)
-            return self.sigmas * combined, f"{self.sigmas:g}σ"
+            ours_std = ours.std if ours.std is not None else paper.std
+            return self.sigmas * math.hypot(paper.std, ours_std), f"{self.sigmas:g}σ"
         return self.tolerance, "tolerance"
+
+    @staticmethod
+    def agrees(delta: float, bound: float) -> bool:
+        """|Δ| within the bound, give or take the paper's rounding (`PAPER_ROUNDING`)."""
+        return abs(delta) <= bound + PAPER_ROUNDING

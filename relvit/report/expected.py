@@ -26,6 +26,7 @@ import yaml
 from relvit.atomic import atomic_write_text
 from relvit.config import is_whole_number, parse_yaml
 from relvit.layout import METRICS
+from relvit.report.criterion import FLOAT_SLACK
 from relvit.report.gather import find_files
 from relvit.report.numbers import MAP_NUMBERS, PRETEXT_NUMBERS, TOP1_NUMBERS, reported_numbers
 from relvit.report.provenance import read_metrics
@@ -231,7 +232,7 @@ def check(expected: dict, runs: dict[str, dict[int, dict[str, float]]]) -> list[
                                      f"missing (seeds {missing})"))
                 continue
             got = statistics.fmean(got_seeds)
-            ok = abs(got - spec["expected"]) <= spec["tolerance"]
+            ok = abs(got - spec["expected"]) <= spec["tolerance"] + FLOAT_SLACK  # + and - alike
             results.append(Check(cell, metric, spec["expected"], spec["tolerance"], got,
                                  "ok" if ok else "FAIL"))
     for cell in sorted(set(runs) - set(expected["cells"])):
