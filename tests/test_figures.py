@@ -108,16 +108,19 @@ def test_a_run_that_failed_before_its_first_epoch_is_named_not_drawn(tmp_path, m
         (runs / f"seed{seed}").mkdir(parents=True)
     (runs / "seed0" / "metrics.json").write_text(json.dumps(
         {"seed": 0, "mode": "finetune", "status": "failed", "error": "its pretrain run failed"}))
-    (runs / "seed1" / "metrics.json").write_text(json.dumps({"seed": 1, "mode": "finetune"}))
+    (runs / "seed1" / "metrics.json").write_text(json.dumps(
+        {"seed": 1, "mode": "finetune", "backbone_label": "ViT/4 (D=36, depth 1, 3 heads)"}))
     (runs / "seed1" / "history.csv").write_text("epoch,train_loss,val_acc_clf\n1,2.0,0.5\n")
     titles = []
     suptitle = Figure.suptitle
     monkeypatch.setattr(Figure, "suptitle",
                         lambda fig, text, **kw: titles.append(text) or suptitle(fig, text, **kw))
     metrics = [runs / f"seed{seed}" / "metrics.json" for seed in (0, 1)]
-    assert training_curves(metrics, tmp_path / "figures") == [
+    assert training_curves(metrics, tmp_path / "figures", "smoke") == [
         tmp_path / "figures" / "curves" / "digits/vit_small/relvit.png"]
-    assert titles == ["digits/vit_small/relvit\nfailed before a first epoch: seed0"]
+    # the model the runs record and the tier: the group's "vit_small" is a resized one here
+    assert titles == ["digits/vit_small/relvit — ViT/4 (D=36, depth 1, 3 heads), smoke tier\n"
+                      "failed before a first epoch: seed0"]
     assert_file(tmp_path / "figures" / "curves" / "digits/vit_small/relvit.png", PNG)
     (runs / "seed1" / "history.csv").unlink()  # a finished run without one is still an error
     with pytest.raises(ValueError, match="seed1/history.csv: cannot read the run's history"):

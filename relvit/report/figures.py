@@ -135,9 +135,11 @@ def _recorded(history: pd.DataFrame, column: str) -> pd.DataFrame:
     return history[["epoch", column]].dropna()
 
 
-def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> list[Path]:
+def training_curves(metrics_files: list[str | Path], out_dir: str | Path,
+                    tier: str = "custom") -> list[Path]:
     """`<out_dir>/curves/<group>.png` per group of runs (seeds overlaid): losses, and the
-    validation metrics of VAL_METRICS that the runs record."""
+    validation metrics of VAL_METRICS that the runs record; titled with the group, the model
+    the runs record (a tier's resized backbone is not the paper's) and the tier."""
     plt = _pyplot()
     groups: dict[str, list[Path]] = {}
     for path in map(Path, metrics_files):
@@ -168,7 +170,11 @@ def training_curves(metrics_files: list[str | Path], out_dir: str | Path) -> lis
         for ax in (loss_ax, metric_ax):
             ax.legend(fontsize=6)
         failed = f"\nfailed before a first epoch: {', '.join(no_epoch)}" if no_epoch else ""
-        fig.suptitle(group + failed, fontsize=9)
+        models = sorted({str(record["backbone_label"]) for record in
+                         (read_metrics(run_dir / METRICS) for run_dir in run_dirs)
+                         if record.get("backbone_label")})
+        model = f" — {', '.join(models)}" if models else ""
+        fig.suptitle(f"{group}{model}, {tier} tier{failed}", fontsize=9)
         fig.tight_layout()
         path = Path(out_dir) / "curves" / f"{group}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,4 +188,4 @@ def write_figures(cells: list[Comparison], tables: list[int], curves: list[str |
                   out_dir: str | Path, tier: str = "custom") -> list[Path]:
     """The bar chart of each of `tables` and the training curves of the runs of `curves`."""
     written = [p for table in tables for p in bar_chart(cells, table, out_dir, tier)]
-    return written + training_curves(curves, out_dir)
+    return written + training_curves(curves, out_dir, tier)
