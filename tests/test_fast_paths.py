@@ -311,6 +311,24 @@ def test_dense_jitter_equals_the_sorted_one(device, channels, crop, off):
     assert torch.equal(apply_jitter(x, prm, cfg), dense if device == "cuda" else sorted_)
 
 
+def test_the_cpus_small_batches_take_the_dense_path(monkeypatch):
+    """Up to CPU_DENSE_MAX_ELEMENTS the CPU's default is the dense path (the faster one there),
+    contiguous as the sorted path's output; above it, the sorted path."""
+    from relvit.ssl import jitter
+
+    taken = []
+    groups = jitter._groups
+    monkeypatch.setattr(jitter, "_groups", lambda *a: taken.append("sorted") or groups(*a))
+    monkeypatch.setattr(jitter, "CPU_DENSE_MAX_ELEMENTS", 3 * 8 * 8 * 100)
+    g = torch.Generator().manual_seed(0)
+    for m in (100, 101):
+        x = torch.rand(m, 3, 8, 8, generator=g)
+        prm = sample_jitter_params(m, 8, STRONG, g)
+        out = apply_jitter(x, prm, STRONG)
+        assert out.is_contiguous() and torch.equal(out, apply_jitter(x, prm, STRONG, dense=True))
+    assert taken == ["sorted"]  # the 101 patches only
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_dense_jitter_leaves_undrawn_patches_alone_outside_the_unit_range(device):
     """Normalised patches (`ssl.jitter_after_normalize`) lie outside [0, 1]: the dense path's
