@@ -187,11 +187,9 @@ def _row_name(row: pd.Series) -> str:
 
 
 PRINTED_COLUMNS = ("table", "dataset", "backbone", "metric", "printed_improvement")
-SAME_PRINTED = 0.005  # two values printed to 2 decimals are the same below half a last digit
-
-
 def _same_printed(a: float, b: float) -> bool:
-    return abs(a - b) < SAME_PRINTED
+    """Two values the paper prints to 0.01: the same below half a last digit apart."""
+    return abs(a - b) < PAPER_ROUNDING
 
 
 def improvement_checks(paper_csv: str | Path = PAPER_TABLES,

@@ -27,8 +27,8 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale
 # On the CPU the dense path is the faster one up to about this many patch elements (M * C * p * p):
 # its fixed op sequence beats the sorted path's loop over up to 25 groups on small batches (the
-# digits' 1,024 patches of 3 x 4 x 4: 0.37x the time; a digits pretrain run 5-8 % faster, the
-# same numbers), and loses from about 1.5x this size (measured on the 2-core development VM).
+# digits' 1,024 patches of 3 x 4 x 4: 0.29-0.37x the time; a digits pretrain run 5-8 % faster,
+# the same numbers), and breaks even at about 1.5x this size (the 2-core development VM).
 CPU_DENSE_MAX_ELEMENTS = 2**17
 
 
