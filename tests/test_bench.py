@@ -291,9 +291,13 @@ def test_op_counter_leaves_out_an_input_that_beta_zero_ignores(bench):
     assert ops.bytes == 4 * 128
 
 
-def test_dense_jitter_option_counts_cudas_jitter_path(bench):
-    """--dense-jitter: the SSL inputs take the dense path on the CPU too (the sorted path loops
-    over its groups of patches: many more ops), and only inside the option's block."""
+def test_dense_jitter_option_counts_cudas_jitter_path(bench, monkeypatch):
+    """--dense-jitter: the SSL inputs take the dense path on the CPU too (the sorted path, the
+    CPU's default above CPU_DENSE_MAX_ELEMENTS, loops over its groups of patches: many more
+    ops), and only inside the option's block."""
+    from relvit.ssl import jitter
+
+    monkeypatch.setattr(jitter, "CPU_DENSE_MAX_ELEMENTS", 0)  # a batch the size of a real one
     images = torch.rand(2, 3, 32, 32)
 
     def ops() -> float:
