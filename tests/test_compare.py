@@ -441,8 +441,6 @@ def test_a_delta_at_the_bound_is_within():
     assert judge(paper, Cell(64.43, None, 1), Criterion())[0] != WITHIN
 
 
-
-
 def test_one_seed_takes_the_papers_spread_for_its_own():
     """A single run has no sample std: the bound had fallen to 2·σ_paper (0.06 points on SVHN),
     narrower than for three seeds of the same mean; the paper's per-run ± stands in for it."""

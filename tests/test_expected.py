@@ -319,7 +319,6 @@ def test_refresh_options_without_refresh_are_refused(tmp_path, capsys):
     assert "--spread, --tier: only with --refresh" in capsys.readouterr().err
 
 
-
 def test_a_key_given_twice_in_an_expected_file_is_refused(tmp_path, capsys):
     """YAML keeps the last of two equal keys: a cell given twice had silently lost the first."""
     runs = tier(tmp_path / "runs")
