@@ -60,6 +60,7 @@ from relvit.validate import SEED_LIMIT
 
 log = logging.getLogger("relvit")
 PROGRESS_EVERY_S = 60.0  # without the progress bar: a line a minute within an epoch
+UNEVALUATED = "unevaluated"  # last.pt's key for an epoch trained whose evaluation failed
 
 
 def build_model(cfg: RunConfig, geo: Geometry, num_classes: int) -> RelViT:
@@ -138,6 +139,7 @@ class Run:
         self.start_epoch = 0
         self.fresh_keys: list[str] = []
         self.init_digest: str | None = None  # sha256 of init_checkpoint when the run started
+        self.unevaluated: dict[str, Any] | None = None  # last.pt's epoch trained, not evaluated
         self.finished: dict[str, Any] | None = None  # the record of a run finished already
         self.finished_history: list[dict[str, Any]] | None = None  # its last.pt's, if any
 
@@ -401,7 +403,9 @@ class Run:
         self.elapsed, self.start_epoch = state["elapsed"], state["epoch"]
         self.fresh_keys = state.get("fresh_keys", [])
         self.init_digest = state.get("init_sha256")
-        log.info("resuming %s after epoch %d", self.out_dir, self.start_epoch)
+        self.unevaluated = state.get(UNEVALUATED)
+        log.info("resuming %s after epoch %d%s", self.out_dir, self.start_epoch,
+                 ", whose evaluation comes first" if self.unevaluated else "")
         self._settle_best()
         if not distributed.is_main():  # the warnings below, once
             return
@@ -456,32 +460,65 @@ class Run:
             return self._fit_epochs(steps, stop_after)
 
     def _fit_epochs(self, steps: int, stop_after: int | None) -> dict[str, Any] | None:
-        cfg, done, started_at = self.cfg, 0, self.start_epoch
+        cfg, done, started_at = self.cfg, 0, len(self.history)
+        if self.unevaluated is not None:  # trained in an earlier call, whose evaluation failed
+            trained, self.unevaluated = self.unevaluated, None
+            self._end_epoch(self.start_epoch - 1, trained, started_at)
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             started = time.perf_counter()
             train_stats, lr, timing = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
             row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
-            evaluating = time.perf_counter()
-            row.update(self.evaluation(epoch))
-            ended = time.perf_counter()
-            row["epoch_time_s"] = ended - started
-            row.update(timing)
-            row["eval_time_s"] = ended - evaluating
-            self.elapsed += row["epoch_time_s"]
-            self.history.append(row)
-            self._log_epoch(row, started_at)
-            new_best = self._is_best(row)
-            if new_best:
-                self.best = row
-            # last.pt first: a kill before best.pt leaves the best epoch's weights in last.pt,
-            # and the resume writes best.pt from them (_settle_best)
-            self._save_last(epoch + 1)
-            if new_best and distributed.is_main():
-                atomic_save(self._weights(epoch + 1), self.out_dir / BEST)
+            trained = {"row": row, "timing": timing, "train_time_s": time.perf_counter() - started}
+            self._end_epoch(epoch, trained, started_at)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.optim.epochs:
                 return None
         return self.finish()
+
+    def _end_epoch(self, epoch: int, trained: dict[str, Any], started_at: int) -> None:
+        """Evaluate a trained epoch, record it and write last.pt (and best.pt if it is the best).
+
+        `trained` holds the epoch's history row so far, its `timing` and `train_time_s`. If the
+        evaluation fails (a damaged image of the split, say), last.pt keeps the epoch's
+        training with `trained` (`_keep_unevaluated`), and the resume evaluates it first: the
+        evaluation's draws are fixed, so its numbers are those of an uninterrupted run."""
+        evaluating = time.perf_counter()
+        try:
+            evaluated = self.evaluation(epoch)
+        except Exception:
+            self._keep_unevaluated(epoch + 1, trained)
+            raise
+        eval_time = time.perf_counter() - evaluating
+        row = {**trained["row"], **evaluated, "epoch_time_s": trained["train_time_s"] + eval_time,
+               **trained["timing"], "eval_time_s": eval_time}
+        self.elapsed += row["epoch_time_s"]
+        self.history.append(row)
+        self._log_epoch(row, started_at)
+        new_best = self._is_best(row)
+        if new_best:
+            self.best = row
+        # last.pt first: a kill before best.pt leaves the best epoch's weights in last.pt, and
+        # the resume writes best.pt from them (_settle_best)
+        self._save_last(epoch + 1)
+        if new_best and distributed.is_main():
+            atomic_save(self._weights(epoch + 1), self.out_dir / BEST)
+
+    def _keep_unevaluated(self, epoch: int, trained: dict[str, Any]) -> None:
+        """Rank 0 writes last.pt after epoch `epoch`'s training, with `trained` to evaluate it
+        on resuming; history.csv stays as it was. No barrier: the other ranks may be stopped
+        in the failed evaluation. A failure to write is logged, never raised over the
+        evaluation's own error."""
+        if not distributed.is_main():
+            return
+        try:
+            atomic_save({**self._resume_state(epoch), UNEVALUATED: trained},
+                        self.out_dir / LAST, keep_previous=True)
+        except Exception as err:  # a full disk, say: the evaluation's error is the one to see
+            log.warning("%s: epoch %d's evaluation failed, and its training could not be kept "
+                        "either (%s)", self.out_dir, epoch, err)
+            return
+        log.warning("%s: epoch %d's evaluation failed; %s keeps its training, and the same "
+                    "command evaluates it first", self.out_dir, epoch, LAST)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
@@ -614,14 +651,17 @@ class Run:
                 "backbone_name": self.cfg.model.backbone, "mode": self.cfg.mode,
                 "config": self.cfg.to_dict()}
 
+    def _resume_state(self, epoch: int) -> dict[str, Any]:
+        """What last.pt holds after epoch `epoch`: weights, optimizer and the run's record."""
+        return {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
+                "history": self.history, "best": self.best, "elapsed": self.elapsed,
+                "fresh_keys": self.fresh_keys, "world_size": self.world,
+                "threads": torch.get_num_threads(), "init_sha256": self.init_digest}
+
     def _save_last(self, epoch: int) -> None:
         """Rank 0 writes last.pt and history.csv; every rank waits until they are there."""
         if distributed.is_main():
-            state = {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
-                     "history": self.history, "best": self.best, "elapsed": self.elapsed,
-                     "fresh_keys": self.fresh_keys, "world_size": self.world,
-                     "threads": torch.get_num_threads(), "init_sha256": self.init_digest}
-            atomic_save(state, self.out_dir / LAST, keep_previous=True)
+            atomic_save(self._resume_state(epoch), self.out_dir / LAST, keep_previous=True)
             atomic_write_text(_history_csv(self.history), self.out_dir / HISTORY)
         distributed.barrier()
 

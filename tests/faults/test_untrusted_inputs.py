@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from faults_helpers import train_here, write_config
+from faults_helpers import outcome, train_epochs, train_here, write_config
 from fixtures.formats import write_imagefolder
 from fixtures.http_server import serving
 
 from relvit import cli
 from relvit.data.download import download
+from relvit.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,6 +108,39 @@ def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path, capsys, damage,
     assert train_here(config, tmp_path / "run", mode="supervised") == 1
     error = capsys.readouterr().err
     assert f"relvit: error: {bad}: not a readable image (" in error, error[-3000:]
+
+
+@pytest.mark.parametrize("epochs_before", [0, 1])
+def test_a_damaged_evaluation_image_keeps_the_epoch_trained(tmp_path, capsys, caplog,
+                                                            epochs_before):
+    """A damaged image of the evaluation split, met after an epoch's training, had lost that
+    epoch (on ImageNet, hours): last.pt held the epoch before. last.pt now keeps the epoch
+    trained, and once the image is mended the same command evaluates it first and ends as an
+    uninterrupted run. `epochs_before`: epochs finished before the image is damaged (1: the
+    run's last epoch is the one kept)."""
+    folder = tmp_path / "images"
+    write_imagefolder(folder)
+    config = write_config(tmp_path / "run.yaml", mode="supervised", optim={"epochs": 2},
+                          data={"name": "imagefolder", "folder": str(folder), "image_size": 16,
+                                "workers": 0},
+                          model={"patch_size": 4})
+    assert train_here(config, tmp_path / "reference", mode="supervised") == 0
+    run, bad = tmp_path / "run", folder / "val" / "cat" / "v1.jpg"
+    if epochs_before:
+        train_epochs(config, run, epochs_before)
+    image = bad.read_bytes()
+    bad.write_bytes(image[:40])
+    caplog.set_level(logging.WARNING, logger="relvit")
+    assert train_here(config, run, mode="supervised") == 1
+    assert f"relvit: error: {bad}: not a readable image (" in capsys.readouterr().err
+    trained = epochs_before + 1
+    assert f"epoch {trained}'s evaluation failed; last.pt keeps its training" in caplog.text
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == trained and len(state["history"]) == epochs_before
+    assert state["unevaluated"]["row"]["epoch"] == trained
+    bad.write_bytes(image)
+    assert train_here(config, run, mode="supervised") == 0
+    assert outcome(run) == outcome(tmp_path / "reference")
 
 
 def test_every_run_config_error_is_reported_at_once(tmp_path, capsys):
