@@ -268,6 +268,33 @@ def test_decode_image_values(tmp_path):
     assert pixels[0, 0].tolist() == [255, 0, 0] and pixels[1, 1].tolist() == [0, 255, 0]
 
 
+def test_decode_image_keeps_the_high_byte_of_16_bit_grey(tmp_path):
+    """PIL's own conversion clips 16-bit grey at 255: this gradient had come out 99.6 % white."""
+    grey = (np.arange(64 * 64).reshape(64, 64) * 15).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    pixels = np.asarray(decode_image(tmp_path / "grey16.png"))
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    assert (pixels == (grey >> 8)[..., None]).all()
+
+
+@pytest.mark.parametrize("mode,dtype", [("I", np.int32), ("F", np.float32)])
+def test_decode_image_refuses_pixels_of_unknown_range(tmp_path, mode, dtype):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.full((4, 4), 70000, dtype=dtype)).save(path)
+    assert Image.open(path).mode == mode
+    with pytest.raises(DatasetLayoutError, match=f"depth.tif: an image of {mode} pixels"):
+        decode_image(path)
+
+
+def test_decode_image_names_a_file_too_large_to_be_an_image(tmp_path, monkeypatch):
+    """PIL's DecompressionBombError is no OSError: it had ended a run with a bare traceback."""
+    path = write_image(tmp_path / "huge.png", np.random.default_rng(0), size=64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # an error above twice this
+    with pytest.raises(DatasetLayoutError, match="huge.png: not a readable image .*exceeds"):
+        decode_image(path)
+
+
 def test_decode_image_cmyk_jpeg(tmp_path):
     """Some ImageNet training JPEGs are CMYK."""
     Image.new("CMYK", (6, 5), (0, 255, 255, 0)).save(tmp_path / "cmyk.JPEG", format="JPEG")

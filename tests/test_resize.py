@@ -146,6 +146,15 @@ def test_an_unreadable_image_is_named_and_finished_files_are_kept(tree, tmp_path
     assert json.loads((dst / SETTINGS).read_text())["shorter_side"] == 16
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the tree's others
+def test_an_image_too_large_to_be_real_is_named(tree, tmp_path, monkeypatch):
+    """PIL's DecompressionBombError is no OSError: the copy had stopped with a bare traceback."""
+    _image(tree / "b" / "huge.png", 64, 64, fmt="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # an error above twice this
+    with pytest.raises(ResizeError, match=r"b/huge\.png: not a readable image .*exceeds"):
+        resize_tree(tree, tmp_path / "dst", ResizeSettings(16), workers=0)
+
+
 def test_worker_processes_write_the_same_bytes(tree, tmp_path):
     resize_tree(tree, tmp_path / "here", ResizeSettings(16), workers=0)
     resize_tree(tree, tmp_path / "pool", ResizeSettings(16), workers=2)

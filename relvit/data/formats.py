@@ -472,15 +472,37 @@ def read_imagefolder(root: Path, split: str) -> FileSplit:
     return FileSplit(paths=paths, labels=labels, classes=classes)
 
 
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's modes of 16-bit grey images
+
+
+def _as_rgb(image: "PIL.Image.Image", path: Path) -> "PIL.Image.Image":
+    """Grey, RGBA, palette -> RGB (alpha dropped, as torchvision). 16-bit grey keeps its high
+    byte (PIL's own conversion clips at 255: nearly all white); 32-bit integer or float pixels,
+    whose range the file does not say, are refused."""
+    from PIL import Image
+
+    if image.mode == "P":  # palette transparency goes through RGBA, without PIL's warning
+        return image.convert("RGBA").convert("RGB")
+    if image.mode in SIXTEEN_BIT_GREY:
+        high = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high).convert("RGB")
+    if image.mode in ("I", "F"):
+        raise DatasetLayoutError(f"{path}: an image of {image.mode} pixels (32-bit integer or "
+                                 "float), whose range is not known; save it with 8 or 16 bits")
+    return image.convert("RGB")
+
+
 def decode_image(path: Path) -> "PIL.Image.Image":
-    """Open an image with PIL as RGB (grey, RGBA, palette -> RGB; alpha dropped, as torchvision)."""
+    """Open an image with PIL as RGB (`_as_rgb`); DatasetLayoutError naming the file if it
+    cannot be read."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here
-            if image.mode == "P":  # palette transparency goes through RGBA, without PIL's warning
-                return image.convert("RGBA").convert("RGB")
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable files
+            return _as_rgb(image, path)
+    except DatasetLayoutError:
+        raise
+    # PIL's errors for unreadable files, and for one too large to be a real image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetLayoutError(f"{path}: not a readable image ({e})") from e

@@ -100,7 +100,7 @@ def resize_file(src: Path, dst: Path, settings: ResizeSettings) -> tuple[str, in
         try:
             with Image.open(src) as image:
                 fmt, size = image.format, resized_size(*image.size, settings.shorter_side)
-        except (OSError, SyntaxError, ValueError) as err:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ResizeError(f"{src}: not a readable image ({err})") from err
     if size is None:  # small enough, or not an image: as it is
         atomic_write(dst, lambda out: _copy_bytes(src, out), binary=True)
