@@ -374,6 +374,18 @@ def test_save_load_round_trip_and_subset(tmp_path):
     (lambda d: d.annotations[0].update(iscrowd=2), "iscrowd 2"),
     (lambda d: d.annotations[0].update(segmentation={"size": [20, 10], "counts": "0"}),
      r"RLE size \[20, 10\] differs"),
+    # json values of the wrong type: named, not a TypeError from a comparison
+    (lambda d: d.images[0].update(width="20"), "image 3's width is '20', not a number"),
+    (lambda d: d.images[1].update(id=[7]), r"image #1 has id \[7\], not an integer or string"),
+    (lambda d: d.annotations[0].update(image_id=[3]), r"unknown image \[3\]"),
+    (lambda d: d.annotations[0].update(area="big"), "annotation 1's area is 'big', not a number"),
+    (lambda d: d.annotations[0].update(bbox=["a", 2.0, 3.0, 4.0]),
+     r"annotation 1's bbox \['a', 2.0, 3.0, 4.0\]: a value is 'a', not a number"),
+    # masks are all or nothing (has_masks): one missing had made the run a Faster R-CNN's
+    (lambda d: d.annotations[1].update(
+        segmentation={"size": [10, 20], "counts": mask_utils.encode(
+            np.ones((10, 20), dtype=np.uint8, order="F"))["counts"].decode()}),
+     "annotation 1 has no segmentation, while 1 others have one"),
 ])
 def test_check_errors(tmp_path, edit, message):
     ds = _tiny(tmp_path)
@@ -507,7 +519,18 @@ def test_coco_json_entries_without_their_keys_are_named(tmp_path):
             ("images", "file_name", None, r'"images" entry 0 \(id \d+\) lacks file_name'),
             ("categories", "name", None, r'"categories" entry 0 \(id \d+\) lacks name'),
             ("annotations", "bbox", [1, 2, 3], r"bbox \[1, 2, 3\] is not 4 numbers"),
-            ("annotations", "bbox", ["a", 2, 3, 4], r"bbox \['a', 2, 3, 4\] is not 4 numbers")):
+            ("annotations", "bbox", ["a", 2, 3, 4], r"bbox \['a', 2, 3, 4\] is not 4 numbers"),
+            # values of the wrong type had raised a bare TypeError or ValueError
+            ("annotations", "id", None, r'"annotations" entry 0 lacks id'),
+            ("images", "width", "abc", r"\"images\" entry 0: width 'abc' is not an integer"),
+            ("categories", "id", "1", r"\"categories\" entry 0: id '1' is not an integer"),
+            ("annotations", "image_id", [139], r"points at unknown image \[139\]"),
+            ("annotations", "iscrowd", "yes", r"area .* and iscrowd 'yes' are not a number"),
+            ("annotations", "area", "big", r"area 'big' and iscrowd .* are not a number"),
+            ("annotations", "segmentation", [["a", 1, 2, 3, 4, 5]],
+             "a polygon holds a value that is not a number"),
+            ("annotations", "segmentation", [[1, 2, 3, 4, 5, None]],
+             "a polygon holds a value that is not a number")):
         broken = json.loads(json.dumps(data))
         if value is None:
             del broken[what][0][key]
@@ -516,6 +539,50 @@ def test_coco_json_entries_without_their_keys_are_named(tmp_path):
         ann_file.write_text(json.dumps(broken))
         with pytest.raises(DatasetLayoutError, match=f"{ann_file}: .*{message}"):
             D.read_coco2017(root, "val")
+
+
+def test_rle_counts_read_as_pycocotools_writes_them():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (7, 5), (40, 60), (3, 200)]:
+        mask = np.asfortranarray(rng.random(shape) < rng.random())
+        flat = mask.flatten(order="F")
+        edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        if flat[0]:  # RLE counts begin with a run of zeros
+            runs = [0] + runs
+        counts = mask_utils.encode(mask.astype(np.uint8))["counts"].decode()
+        assert D._rle_counts(counts) == runs
+        assert D._rle_fits(counts, *shape) and D._rle_fits(runs, *shape)
+    assert not D._rle_fits([3, -1, 4], 2, 3) and not D._rle_fits([True, 5], 2, 3)
+
+
+@pytest.mark.parametrize("counts", ["!!!zz", "", "0", "1a", [5, 7]])
+def test_rles_that_pycocotools_would_misread_are_named(tmp_path, counts):
+    """A compressed RLE pycocotools cannot read ("!!!zz") had passed the reader and failed
+    training without a name; one it misreads ("", "0") decoded garbage or aborted the process."""
+    root = tmp_path / "c"
+    F.write_coco2017(root)
+    ann_file = root / "annotations" / "instances_val2017.json"
+    data = json.loads(ann_file.read_text())
+    crowd = next(a for a in data["annotations"] if a["id"] == 900000100)
+    crowd["segmentation"] = {"size": crowd["segmentation"]["size"], "counts": counts}
+    ann_file.write_text(json.dumps(data))
+    h, w = crowd["segmentation"]["size"]
+    with pytest.raises(DatasetLayoutError, match=f"annotation 900000100: its RLE's counts do "
+                                                 f"not describe a {h}x{w} mask"):
+        D.read_coco2017(root, "val")
+
+
+def test_coco_objects_need_all_a_mask_or_none(tmp_path):
+    root = tmp_path / "c"
+    F.write_coco2017(root)
+    ann_file = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann_file.read_text())
+    del next(a for a in data["annotations"] if a["id"] == 501)["segmentation"]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(DatasetLayoutError, match="annotation 501 has no segmentation, while 2 "
+                                                 "others have one"):
+        D.read_coco2017(root, "train")
 
 
 def test_text_files_that_are_not_utf8_are_named(tmp_path):

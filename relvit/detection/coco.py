@@ -46,7 +46,7 @@ class CocoDataset:
     def has_masks(self) -> bool:
         """Every non-crowd annotation has a segmentation (False when there is none at all)."""
         plain = [a for a in self.annotations if not a.get("iscrowd", 0)]
-        return bool(plain) and all("segmentation" in a for a in plain)
+        return bool(plain) and all(a.get("segmentation") is not None for a in plain)
 
     @property
     def num_classes(self) -> int:
@@ -127,11 +127,28 @@ def _fail(where: str, problem: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"{where}: {problem}")
 
 
+def _number(where: str, what: str, value: object) -> float:
+    """A json number (not a bool, not a string), else an error naming `what` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(where, f"{what} is {value!r}, not a number")
+    return float(value)
+
+
+def is_one_of(value: object, ids: set | dict) -> bool:
+    """Whether `value` is one of `ids`; a value that cannot be one (a list) is not."""
+    try:
+        return value in ids
+    except TypeError:  # unhashable
+        return False
+
+
 def _unique_ids(where: str, rows: list[dict], what: str) -> set:
     seen: set = set()
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "id" not in row:
             raise _fail(where, f"{what} #{i} has no 'id'")
+        if isinstance(row["id"], bool) or not isinstance(row["id"], (int, str)):
+            raise _fail(where, f"{what} #{i} has id {row['id']!r}, not an integer or string")
         if row["id"] in seen:
             raise _fail(where, f"duplicate {what} id {row['id']!r}")
         seen.add(row["id"])
@@ -156,26 +173,32 @@ def check(ds: CocoDataset, where: Path | str | None = None) -> None:
         missing = [k for k in ("file_name", "width", "height") if k not in img]
         if missing:
             raise _fail(where, f"image {img['id']} lacks {missing}")
-        if img["width"] <= 0 or img["height"] <= 0:
+        width, height = (_number(where, f"image {img['id']}'s {k}", img[k])
+                         for k in ("width", "height"))
+        if width <= 0 or height <= 0:
             raise _fail(where, f"image {img['id']} has size {img['width']}x{img['height']}")
         sizes[img["id"]] = (img["width"], img["height"])
+    masked = [a for a in ds.annotations
+              if not a.get("iscrowd") and a.get("segmentation") is not None]
     for ann in ds.annotations:
         aid = ann["id"]
         missing = [k for k in ("image_id", "category_id", "bbox", "area", "iscrowd")
                    if k not in ann]
         if missing:
             raise _fail(where, f"annotation {aid} lacks {missing}")
-        if ann["image_id"] not in image_ids:
+        if not is_one_of(ann["image_id"], image_ids):
             raise _fail(where, f"annotation {aid} points at unknown image {ann['image_id']!r}")
-        if ann["category_id"] not in category_ids:
+        if not is_one_of(ann["category_id"], category_ids):
             raise _fail(where, f"annotation {aid} points at unknown category "
                                f"{ann['category_id']!r}")
         if ann["iscrowd"] not in (0, 1):
             raise _fail(where, f"annotation {aid} has iscrowd {ann['iscrowd']!r}, expected 0|1")
+        _number(where, f"annotation {aid}'s area", ann["area"])
         bbox = ann["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise _fail(where, f"annotation {aid} has bbox {bbox!r}, expected [x, y, w, h]")
-        x, y, w, h = (float(v) for v in bbox)
+        x, y, w, h = (_number(where, f"annotation {aid}'s bbox {list(bbox)}: a value", v)
+                      for v in bbox)
         if not (w > 0 and h > 0):
             raise _fail(where, f"annotation {aid} has an empty box {list(bbox)} (w or h <= 0)")
         width, height = sizes[ann["image_id"]]
@@ -191,3 +214,6 @@ def check(ds: CocoDataset, where: Path | str | None = None) -> None:
             if list(seg["size"]) != [height, width]:
                 raise _fail(where, f"annotation {aid} RLE size {list(seg['size'])} differs "
                                    f"from its image's [h, w] = {[height, width]}")
+        elif masked and not ann["iscrowd"]:  # has_masks: masks are all or nothing
+            raise _fail(where, f"annotation {aid} has no segmentation, while {len(masked)} "
+                               "others have one: every object needs its mask, or none")

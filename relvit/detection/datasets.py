@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from relvit.data import formats
-from relvit.detection.coco import BOX_TOLERANCE, CocoDataset, check
+from relvit.detection.coco import BOX_TOLERANCE, CocoDataset, check, is_one_of
 
 DETECTION_LAYOUT: dict[str, str] = {
     "voc2007": """\
@@ -75,6 +75,7 @@ SVHN_CLASSES = [str(d) for d in range(10)]  # category id d + 1 is digit d
 
 # The classification readers' error helpers, with the detection layouts.
 _error = partial(formats.layout_error, layouts=DETECTION_LAYOUT)
+NUMBER_TYPES = (int, float)  # json's numbers, as `json.loads` gives them (a bool is neither)
 _check_split = partial(formats.check_split, layouts=DETECTION_LAYOUT)
 _require_dir = partial(formats.require_dir, layouts=DETECTION_LAYOUT)
 _require_file = partial(formats.require_file, layouts=DETECTION_LAYOUT)
@@ -241,6 +242,39 @@ def read_voc2007(root: Path, split: str, keep_difficult: bool = True) -> CocoDat
 # --- COCO 2017 -------------------------------------------------------------------------------
 
 
+def _rle_counts(text: str) -> list[int] | None:
+    """The run lengths of a compressed RLE's `counts` (pycocotools' `rleFrString`), or None
+    if `text` is not one: pycocotools reads such a string without a word, decodes garbage from
+    it or aborts the process."""
+    counts: list[int] = []
+    value = shift = 0
+    for char in text:
+        code = ord(char) - 48
+        if not 0 <= code < 64:
+            return None
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:  # more 5-bit groups follow
+            continue
+        if code & 0x10:  # negative: sign-extend
+            value -= 1 << shift
+        if len(counts) > 2:  # from the third count on, a difference to the one two before
+            value += counts[-2]
+        counts.append(value)
+        value = shift = 0
+    return counts if shift == 0 else None
+
+
+def _rle_fits(counts: object, height: int, width: int) -> bool:
+    """Whether an RLE's `counts` (compressed str, or a list of run lengths) covers an
+    height x width mask exactly, with no negative run."""
+    runs = _rle_counts(counts) if isinstance(counts, str) else counts
+    if not isinstance(runs, list) or not all(
+            isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+        return False
+    return sum(runs) == height * width
+
+
 def _rle_from_segmentation(key: str, path: Path, seg: Any, height: int, width: int,
                            ann_id: Any) -> dict:
     """Polygons / uncompressed RLE / compressed RLE -> compressed RLE with a str `counts`."""
@@ -249,6 +283,10 @@ def _rle_from_segmentation(key: str, path: Path, seg: Any, height: int, width: i
     if isinstance(seg, list):
         # polygons with fewer than 3 points have no area (and 4 numbers would be read as a box)
         polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        # pycocotools fails on a string without naming it, and on None takes all memory
+        if not all(type(v) in NUMBER_TYPES for p in polygons for v in p):  # 2 % of the time
+            raise _error(key, path, f"annotation {ann_id}: a polygon holds a value that is not "
+                                    "a number")
         if polygons:
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
         else:
@@ -257,6 +295,9 @@ def _rle_from_segmentation(key: str, path: Path, seg: Any, height: int, width: i
         if list(seg["size"]) != [height, width]:
             raise _error(key, path, f"annotation {ann_id}: RLE size {seg['size']} differs from "
                                     f"its image's [h, w] = {[height, width]}")
+        if not _rle_fits(seg["counts"], height, width):
+            raise _error(key, path, f"annotation {ann_id}: its RLE's counts do not describe a "
+                                    f"{height}x{width} mask")
         if isinstance(seg["counts"], list):
             rle = mask_utils.frPyObjects(seg, height, width)
         else:
@@ -301,8 +342,11 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
 
     for what, fields in (("categories", ("id", "name")),
                          ("images", ("id", "file_name", "width", "height")),
-                         ("annotations", ("bbox",))):
+                         ("annotations", ("id", "bbox"))):
         _require_fields(key, ann_file, what, data[what], fields)
+    for what, fields in (("categories", ("id",)), ("images", ("id", "width", "height")),
+                         ("annotations", ("id",))):
+        _require_integers(key, ann_file, what, data[what], fields)
     raw_categories = sorted(data["categories"], key=lambda c: c["id"])
     if len({c["id"] for c in raw_categories}) != len(raw_categories):
         raise _error(key, ann_file, "a category id is listed twice")
@@ -324,10 +368,10 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
     annotations = []
     for ann in data["annotations"]:
         aid = ann.get("id")
-        if ann.get("image_id") not in images:
+        if not is_one_of(ann.get("image_id"), images):
             raise _error(key, ann_file, f"annotation {aid} points at unknown image "
                                         f"{ann.get('image_id')!r}")
-        if ann.get("category_id") not in remap:
+        if not is_one_of(ann.get("category_id"), remap):
             raise _error(key, ann_file, f"annotation {aid}: category {ann.get('category_id')!r}"
                                         " is not one of the listed categories")
         x, y, w, h = _coco_box(key, ann_file, ann["bbox"], aid)
@@ -336,9 +380,12 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
         img = images[ann["image_id"]]
         bbox = _fit_box(key, f"{ann_file} (annotation {aid})", (x, y, w, h),
                         img["width"], img["height"])
+        area, crowd = ann.get("area", w * h), ann.get("iscrowd", 0)
+        if not _is_number(area) or crowd not in (0, 1):
+            raise _error(key, ann_file, f"annotation {aid}: area {area!r} and iscrowd {crowd!r}"
+                                        " are not a number and 0 or 1")
         out = {"id": aid, "image_id": ann["image_id"], "category_id": remap[ann["category_id"]],
-               "bbox": bbox, "area": float(ann.get("area", w * h)),
-               "iscrowd": int(ann.get("iscrowd", 0))}
+               "bbox": bbox, "area": float(area), "iscrowd": int(crowd)}
         if "segmentation" in ann:
             out["segmentation"] = _rle_from_segmentation(
                 key, ann_file, ann["segmentation"], img["height"], img["width"], aid)
@@ -384,6 +431,23 @@ def _require_fields(key: str, ann_file: Path, what: str, records: object,
         if missing:
             name = f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else ""
             raise _error(key, ann_file, f'"{what}" entry {n}{name} lacks {", ".join(missing)}')
+
+
+def _is_number(value: object) -> bool:
+    """A json number: an int or a float, not a bool (nor a string of digits)."""
+    return type(value) in NUMBER_TYPES
+
+
+def _require_integers(key: str, ann_file: Path, what: str, records: list[dict],
+                      fields: tuple[str, ...]) -> None:
+    """The `fields` of every entry of the json's list `what` are integers, else an error naming
+    the entry, the key and the value."""
+    for n, record in enumerate(records):
+        for field in fields:
+            value = record[field]
+            if type(value) is not int:  # nor a bool
+                raise _error(key, ann_file, f'"{what}" entry {n}: {field} {value!r} is not an '
+                                            "integer")
 
 
 def _coco_box(key: str, ann_file: Path, bbox: object, aid: object
