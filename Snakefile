@@ -89,6 +89,10 @@ onstart:
 
 rule all:
     input:
+        # every run's own files too: Snakemake remakes no missing file that only feeds files
+        # which are there, and a run folder moved away (a failed run retried) had stayed away
+        [run_config_file(run_id) for run_id in RUNS],
+        [metrics_file(run_id) for run_id in RUNS],
         rules.table1.output if TABLE1_RUNS else [],
         rules.detection_tables.output if DETECTION_TABLES else [],
         rules.compare.output if RUNS else [],

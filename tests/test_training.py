@@ -105,7 +105,12 @@ def test_finetune_refuses_missing_or_mismatched_checkpoints(tmp_path, tiny_confi
                          model={"depth": 2})  # block 1 would have stayed at random init
     with pytest.raises(CheckpointError, match=r"missing tensor vit\.blocks\.1\."):
         Run(deeper, tmp_path / "e").prepare()
-    for refused in "abcde":  # a refused start leaves no empty run folder behind
+    (tmp_path / "pre" / "best.pt").unlink()  # its run finished: say how to train it anew
+    with pytest.raises(CheckpointError, match=f"best.pt does not exist, though its run "
+                                              f"finished; move {tmp_path / 'pre'} away"):
+        Run(tiny_config("finetune", init_checkpoint=str(tmp_path / "pre" / "best.pt")),
+            tmp_path / "f").prepare()
+    for refused in "abcdef":  # a refused start leaves no empty run folder behind
         assert not (tmp_path / refused).exists()
 
 

@@ -478,6 +478,13 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert (tmp_path / "results" / "tables" / "table1.tex").is_file()
     again = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # a run folder moved away (README: a failed run retried): a plain snakemake trains it anew
+    # and redoes the reports (it had done nothing, the tables still showing the run)
+    relvit_run = tmp_path / "results" / "runs" / "digits" / "vit_small" / "relvit" / "seed0"
+    relvit_run.rename(tmp_path / "aside")
+    dry = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
+    assert {"finetune": 1, "table1": 1}.items() <= job_counts(dry.stdout + dry.stderr).items()
+    (tmp_path / "aside").rename(relvit_run)
     _check_pipeline_times(tmp_path, job_counts(run.stdout + run.stderr))
     # how each run ran: its execution file, not its run config
     execution = tmp_path / "results" / "execution"

@@ -155,6 +155,10 @@ def check_upstream(path: Path) -> None:
     if isinstance(record, dict) and is_failed(record):
         raise UpstreamFailedError(f"checkpoint {path}: its run failed ({record.get('error')}), "
                                   "so its weights are half-trained; fix and rerun that run first")
+    if not Path(path).exists():  # its run finished, and the file went later (by hand)
+        raise CheckpointError(f"checkpoint {path} does not exist, though its run finished; "
+                              f"move {Path(path).parent} away and run it again (snakemake "
+                              "does) to train it anew")
 
 
 def attention_heads(model: dict[str, Any], backbone: str) -> int:

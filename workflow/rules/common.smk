@@ -9,7 +9,7 @@ from relvit.workflow import detection_plan_rows, detection_rows, plan, plan_tabl
 
 RESULTS = config["results"]
 DATA = config.get("data") or {}
-DATA_ROOT = DATA.get("root", DataConfig.root)
+DATA_ROOT = os.path.normpath(DATA.get("root", DataConfig.root))  # ./data is data: no new jobs
 # relative to the working directory, as the rules' params: a moved checkout reruns no job
 PAPER_CSV = os.path.relpath(os.path.join(workflow.basedir, layout.PAPER_TABLES))
 RUNS = plan(config, PAPER_CSV, CONFIG_SOURCE)
