@@ -36,15 +36,17 @@ log = logging.getLogger("relvit")
 
 
 def _load_run_config(args: argparse.Namespace, mode: str | None):
-    """The run config of --config and --set; `mode` (the command's) must agree with the file's."""
+    """The run config of --config, --set, --init and --device; `mode` (the command's) must agree
+    with the file's."""
     overrides = list(args.set or [])
     execution = getattr(args, "execution", None)
-    if mode is None:
-        return load_config(args.config, overrides, execution=execution)
-    raw_mode = read_config_file(args.config).get("mode")  # ConfigError naming a bad file
-    if raw_mode is not None and raw_mode != mode:
-        raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is {mode!r}"])
-    values = {"mode": mode}  # as given, not parsed as YAML (a path may hold " #" or be "yes")
+    values = {}  # as given, not parsed as YAML (a path may hold " #" or be "yes")
+    if mode is not None:
+        raw_mode = read_config_file(args.config).get("mode")  # ConfigError naming a bad file
+        if raw_mode is not None and raw_mode != mode:
+            raise ConfigError([f"mode: {args.config} says {raw_mode!r} but the command is "
+                               f"{mode!r}"])
+        values["mode"] = mode
     if getattr(args, "init", None):
         values["init_checkpoint"] = str(args.init)
     if getattr(args, "device", None):
@@ -310,9 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--mode", choices=MODES,
                    help="check it for this mode, as `relvit MODE` would (default: its mode key)")
+    p.add_argument("--init", help="the best.pt a finetune or detect run starts from, as "
+                   "`relvit MODE --init` gives it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. optim.lr=1e-3 (repeatable)")
     _execution_argument(p)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N, as `relvit MODE --device`")
     p.set_defaults(func=_check)
     p = sub.add_parser("check-workflow", help="validate workflow config files (what "
                        "`snakemake --configfile FILE...` would plan), naming file and line")

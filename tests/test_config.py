@@ -126,6 +126,11 @@ def test_cli_check_refuses_what_the_mode_refuses_at_its_start(tmp_path, capsys, 
         assert main(["check", "--config", str(path), "--mode", "finetune", "--set",
                      f"init_checkpoint={absent}"]) == 0
     assert f"init_checkpoint: {absent} is not a file (yet)" in caplog.text
+    # the --init the error names, as `relvit finetune --init` takes it (check had none)
+    assert main(["check", "--config", str(path), "--mode", "finetune", "--init", str(absent),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"init_checkpoint: {absent}" in out and "device: cpu" in out
 
 
 def test_a_problem_with_a_key_the_command_line_gave_says_so(tmp_path, capsys):

@@ -131,6 +131,8 @@ def test_every_note_is_plain_ascii_latex():
              detection_tables.notes([{"dataset": "coco2017", "run_dataset": "digit_scenes",
                                       "metrics": "/nowhere/metrics.json"}])]
     for note in notes:
+        # Markdown takes a bare <run> for an HTML tag and shows nothing
+        assert not re.search(r"<\w+>", re.sub(r"`[^`]*`", "", note)), note
         latex = table1.latex_escape(note)
         assert latex.isascii() and "`" not in latex.replace("``", "") and '"' not in latex, latex
     assert table1.latex_escape('`a_b` "x" § — –') == r"\texttt{a\_b} ``x'' \S{} --- --"
@@ -191,6 +193,11 @@ def test_latex_table(tmp_path):
            r"+4.00 & 93.00 (n=1) \\" in tex
     assert r"\toprule" in tex and r"Supervised, same epochs $^\dagger$" in tex
     assert "smoke tier" in tex
+    # a cell holding a $ had been written unescaped, and every _ or % in it with it
+    for path in tmp_path.rglob("metrics.json"):
+        path.write_text(path.read_text().replace("Digits (sklearn)", "Digits_$2 100%"))
+    tex = render_latex(Table1(gather_runs([tmp_path])), "smoke")
+    assert r"Digits\_\$2 100\% & ViT/4 (D=72, depth 4) & 91.00 $\pm$ 1.00 & " in tex
 
 
 def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog):

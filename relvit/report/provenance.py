@@ -20,7 +20,7 @@ from relvit.layout import CONFIGS, METRICS, RUN_CONFIG, RUNS
 
 STALE = "[stale]"
 STALE_NOTE = (f"{STALE}: a run of this cell was made with another run config than the one the "
-              "workflow now plans (results/configs/<run>.yaml changed after it ran), or started "
+              "workflow now plans (`results/configs/<run>.yaml` changed after it ran), or started "
               "from a pretrain run that is stale or was redone since: rerun the workflow; "
               "`relvit compare` names the runs.")
 

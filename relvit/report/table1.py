@@ -81,7 +81,7 @@ class Cell:
     resized: str = ""  # the shorter sides of the resized copies its runs read ("": none)
     unscored: int = 0  # seeds whose run finished without a finite value of the metric
 
-    def text(self, pm: str = "±") -> str:
+    def text(self) -> str:
         if self.mean is None:
             return FAILED if self.failed else NO_VALUE if self.unscored else EMPTY
         mark = (f" {STALE}" if self.stale else "") + (
@@ -93,7 +93,7 @@ class Cell:
                  else " (n=1)" if self.n == 1 else "")
         if self.std is None:
             return f"{self.mean:.2f}{seeds}{mark}"
-        return f"{self.mean:.2f} {pm} {self.std:.2f}{seeds}{mark}"
+        return f"{self.mean:.2f} ± {self.std:.2f}{seeds}{mark}"
 
 
 NO_CELL = Cell(None, None, 0)
@@ -251,10 +251,10 @@ class Table1:
         cols += ["Improv.", "paper"] if paper else ["Improv."]
         return cols + self.extras
 
-    def rows(self, metric: str, pm: str = "±") -> list[list[str]]:
+    def rows(self, metric: str) -> list[list[str]]:
         """The body of `metric`'s table: one row of cells per dataset and backbone, each method
         beside the paper's number and Δ where `beside_paper`, then Improv. and the extra
-        columns; `pm` is the ± written."""
+        columns."""
         out = []
         with_paper = self.beside_paper(metric)
         for dataset, backbone in self.keys:
@@ -264,15 +264,15 @@ class Table1:
                 theirs = self.paper_cell(dataset, backbone, method)
                 ours.append(mine)
                 papers.append(theirs)
-                cells.append(mine.text(pm))
+                cells.append(mine.text())
                 if with_paper:
-                    cells += [theirs.text(pm), signed(_difference(mine, theirs))]
+                    cells += [theirs.text(), signed(_difference(mine, theirs))]
             cells.append(signed(_difference(ours[1], ours[0])))
             if with_paper:
                 cells.append(signed(_difference(papers[1], papers[0])))
             for column in self.extras:
                 mode, label = EXTRA_METHODS[column]
-                cells.append(self.ours(dataset, backbone, mode, label, metric).text(pm))
+                cells.append(self.ours(dataset, backbone, mode, label, metric).text())
             out.append(cells)
         return out
 
@@ -377,8 +377,8 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
         " & ".join(latex_escape(h) for h in header) + r" \\",
         r"\midrule",
     ]
-    for row in table.rows(metric, pm=r"$\pm$"):
-        lines.append(" & ".join(c if "$" in c else latex_escape(c) for c in row) + r" \\")
+    for row in table.rows(metric):  # ± and the cells' names escaped alike (latex_escape)
+        lines.append(" & ".join(latex_escape(c) for c in row) + r" \\")
     notes = " ".join([NOTES[c] for c in table.extras] + ([STALE_NOTE] if table.any_stale else [])
                      + ([RESIZED_NOTE] if table.any_resized else [])
                      + ([FAILED_NOTE] if table.any_failed else [])
