@@ -16,7 +16,7 @@ from relvit.ssl.patches import patchify
 from relvit.ssl.pipeline import apply_ssl_inputs
 from relvit.ssl.targets import angle_targets, position_targets, relation_targets
 from relvit.train import objective as objective_module
-from relvit.train.loop import train
+from relvit.train.loop import build_model, train
 from relvit.train.objective import JITTER, Batch, Objective
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.5)
@@ -294,3 +294,44 @@ def test_the_training_loop_clips_gradients_by_optim_clip_grad(tmp_path, tiny_con
     train(tiny_config("supervised", optim={"epochs": 1, "clip_grad": 0.0}),
           tmp_path / "no_clip", progress=False)
     assert calls == []
+
+
+@pytest.mark.parametrize("flag", ["distances", "angles"])
+def test_each_regression_flag_builds_its_own_head(tiny_config, flag):
+    """Spec §1.4-1.5: `ssl.distances` builds the distance head and `ssl.angles` the angle head
+    (the run's flags reach SSLTasks by position: swapped, no test had seen it)."""
+    cfg = tiny_config("pretrain", ssl={flag: True})
+    geo = run_geometry(cfg)
+    out = build_model(cfg, geo, 10)(torch.rand(2, 3, geo.image_size, geo.image_size))
+    assert sorted(out) == sorted(["relations", "positions", flag])
+
+
+def test_the_position_head_has_a_class_per_megapatch(tiny_config):
+    """Spec §2.3: with mega-patches the position head has S^2 classes, not one per base cell."""
+    cfg = tiny_config("pretrain", ssl={"megapatch_side": 3})
+    geo = run_geometry(cfg)
+    assert geo.ssl_grid != 3
+    assert build_model(cfg, geo, 10).position_head.linear.out_features == 9
+
+
+@pytest.mark.parametrize("mode,train", [("pretrain", False), ("joint", True), ("joint", False)])
+def test_no_jitter_or_shuffle_outside_the_pretraining_batches(tiny_config, mode, train):
+    """Spec §3: the upstream validation has no jitter and no shuffle; downstream-only (joint)
+    never jitters or shuffles, even with the SSL options on."""
+    shuffle = {"shuffle": True} if mode == "pretrain" else {}  # joint: refused by the config
+    cfg = tiny_config(mode, data={"augment": False}, ssl={**shuffle, "jitter": True})
+    objective, size = make_objective(cfg), run_geometry(cfg).image_size
+    images = torch.rand(4, 3, size, size)
+    batch = objective.batch(images, torch.zeros(4, dtype=torch.long), train,
+                            torch.Generator().manual_seed(0))
+    assert batch.perm is None
+    torch.testing.assert_close(batch.images, normalize(images, MEAN, STD), rtol=0, atol=0)
+
+
+def test_the_classification_loss_is_plain_cross_entropy(tiny_config):
+    """Spec §1.7: F.cross_entropy, no label smoothing (only a loss threshold had caught it)."""
+    logits = torch.randn(5, 10, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(5)
+    batch = Batch(torch.zeros(5, 3, 4, 4), labels, (2, 2), None)
+    _, stats = make_objective(tiny_config("supervised")).losses({"logits": logits}, batch)
+    torch.testing.assert_close(stats["loss_clf"], F.cross_entropy(logits, labels))
