@@ -485,6 +485,10 @@ def test_tiny_workflow_end_to_end(tmp_path):
     dry = snakemake("--cores", "2", "--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert {"finetune": 1, "table1": 1}.items() <= job_counts(dry.stdout + dry.stderr).items()
     (tmp_path / "aside").rename(relvit_run)
+    # the data root spelt otherwise is the same folder: no job (every run's had been planned)
+    dotted = snakemake("--cores", "2", "--configfile", "tiny.yaml", "--config",
+                       "data={'root': './data/'}", "-n", cwd=tmp_path)
+    assert "Nothing to be done" in dotted.stdout + dotted.stderr, dotted.stdout[-3000:]
     _check_pipeline_times(tmp_path, job_counts(run.stdout + run.stderr))
     # how each run ran: its execution file, not its run config
     execution = tmp_path / "results" / "execution"
