@@ -525,6 +525,8 @@ def test_coco_json_entries_without_their_keys_are_named(tmp_path):
             ("images", "width", "abc", r"\"images\" entry 0: width 'abc' is not an integer"),
             ("categories", "id", "1", r"\"categories\" entry 0: id '1' is not an integer"),
             ("annotations", "image_id", [139], r"points at unknown image \[139\]"),
+            # corrupt, not thin: it had been dropped as a box under 1 px is
+            ("annotations", "bbox", [44, 4, -40, 30], "has a negative width or height"),
             ("annotations", "iscrowd", "yes", r"area .* and iscrowd 'yes' are not a number"),
             ("annotations", "area", "big", r"area 'big' and iscrowd .* are not a number"),
             ("annotations", "segmentation", [["a", 1, 2, 3, 4, 5]],

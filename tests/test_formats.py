@@ -507,6 +507,48 @@ def test_svhn_x_and_y_lengths_differ(tmp_path):
     _raises("svhn", tmp_path, "train", path, "5 images but y holds 4 labels")
 
 
+def test_svhn_labels_of_another_shape_are_refused(tmp_path):
+    """y of [N/2, 2] had been flattened to N labels that no longer line up with the images."""
+    write_svhn(tmp_path, n_train=4, n_test=4)
+    path = tmp_path / "train_32x32.mat"
+    _rewrite_mat(path, y=scipy_io.loadmat(path)["y"].reshape(2, 2))
+    _raises("svhn", tmp_path, "train", path, "y are [2, 2], expected a vector")
+
+
+def test_cifar_class_names_that_are_no_list_are_named(tmp_path):
+    write_cifar(tmp_path, 10, n_train=12, n_test=5)
+    path = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    _rewrite_pickle(path, lambda meta: meta.update({b"label_names": 10}))
+    _raises("cifar10", tmp_path, "test", path, "b'label_names' holds a int, not a list")
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda ids: ids.update(tstid=np.concatenate([ids["tstid"], ids["tstid"][:, :1]], axis=1)),
+     ("tstid lists image id", "twice")),
+    (lambda ids: ids.update(tstid=np.concatenate([ids["tstid"], ids["trnid"][:, :1]], axis=1)),
+     ("image id", "is in both tstid and trnid"))])
+def test_flowers102_split_ids_listed_twice_are_refused(tmp_path, edit, needles):
+    """setid.mat's ids had only been checked for their range: an image twice in a split, or in
+    two splits (a test image trained on), passed."""
+    write_flowers102(tmp_path)
+    path = tmp_path / "setid.mat"
+    ids = {name: scipy_io.loadmat(path)[name] for name in ("trnid", "valid", "tstid")}
+    edit(ids)
+    _rewrite_mat(path, **ids)
+    _raises("flowers102", tmp_path, "test", path, *needles)
+
+
+def test_imagefolder_reads_torchvisions_suffixes_and_names_a_broken_link(tmp_path):
+    write_imagefolder(tmp_path)
+    write_image(tmp_path / "train" / "cat" / "c3.TIFF", np.random.default_rng(1))
+    assert "c3.TIFF" in [p.name for p in read_imagefolder(tmp_path, "train").paths]
+    link = tmp_path / "train" / "cat" / "c4.jpg"
+    link.symlink_to(tmp_path / "elsewhere.jpg")
+    with pytest.raises(DatasetLayoutError, match=f"{link}: a link to .*elsewhere.jpg, which "
+                                                 "does not exist"):
+        read_imagefolder(tmp_path, "train")
+
+
 @pytest.mark.parametrize("bad", [0, 103])
 def test_flowers102_label_out_of_range(tmp_path, bad):
     write_flowers102(tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ import numpy as np
 if TYPE_CHECKING:
     import PIL.Image
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# torchvision's ImageFolder's (IMG_EXTENSIONS), compared without case
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff",
+                              ".webp"})
 
 EXPECTED_LAYOUT: dict[str, str] = {
     "cifar10": """\
@@ -66,8 +69,9 @@ EXPECTED_LAYOUT: dict[str, str] = {
     ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG ...""",
     "imagefolder": """\
 <root>/
-    train/<class>/*.jpg|.jpeg|.png|.bmp|.webp   classes = sorted folder names of train/
-    val/<class>/*                                val classes: a subset of train's""",
+    train/<class>/*.jpg|.jpeg|.png|.ppm|.bmp|.pgm|.tif|.tiff|.webp   (torchvision's suffixes)
+                                   classes = sorted folder names of train/
+    val/<class>/*                  val classes: a subset of train's""",
 }
 
 
@@ -135,8 +139,12 @@ def _check_range(key: str, path: Path, values: np.ndarray, low: int, high: int, 
 
 
 def _as_ints(key: str, path: Path, values: Any, what: str) -> np.ndarray:
-    """A flat int64 array; non-integer values are an error."""
-    array = np.asarray(values).ravel()
+    """A vector ([N], [N, 1] or [1, N], as MATLAB stores one) as flat int64; another shape or
+    non-integer values are an error (a [N, 2] array had been read as 2N values)."""
+    array = np.asarray(values)
+    if array.ndim > 2 or (array.ndim == 2 and min(array.shape) != 1):
+        raise layout_error(key, path, f"{what} are {list(array.shape)}, expected a vector")
+    array = array.ravel()
     if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and
                                            not np.array_equal(array, np.round(array))):
         raise layout_error(key, path, f"{what} are not integers (dtype {array.dtype})")
@@ -149,8 +157,14 @@ def is_image_file(path: Path) -> bool:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted (the original used unsorted os.listdir)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    """Image files directly in `folder`, sorted (the original used unsorted os.listdir); a link
+    to no file is an error (it had been left out without a word)."""
+    images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    for path in images:
+        if path.is_symlink() and not path.exists():
+            raise DatasetLayoutError(f"{path}: a link to {os.readlink(path)}, which does not "
+                                     "exist")
+    return [p for p in images if p.is_file()]
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -265,6 +279,9 @@ def read_cifar(root: Path, num_classes: int, split: str) -> ArraySplit:
         files = [split]
         meta_file, names_key, label_key = "meta", b"fine_label_names", b"fine_labels"
     meta = _load_pickle(key, folder / meta_file, (names_key,))
+    if not isinstance(meta[names_key], (list, tuple)):
+        raise layout_error(key, folder / meta_file, f"{names_key!r} holds a "
+                                                    f"{type(meta[names_key]).__name__}, not a list")
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[names_key]]
     if len(classes) != num_classes:
         raise layout_error(key, folder / meta_file, f"{len(classes)} class names, expected {num_classes}")
@@ -325,11 +342,20 @@ def read_flowers102(root: Path, split: str) -> FileSplit:
     all_labels = _as_ints(key, labels_path, _loadmat(key, labels_path, ("labels",))["labels"],
                           "labels")
     _check_range(key, labels_path, all_labels, 1, 102, "label")
+    setid = _loadmat(key, setid_path, tuple(FLOWERS_SPLIT_IDS.values()))
+    split_ids = {name: _as_ints(key, setid_path, setid[name], f"{name} ids")
+                 for name in FLOWERS_SPLIT_IDS.values()}
     variable = FLOWERS_SPLIT_IDS[split]
-    ids = _as_ints(key, setid_path, _loadmat(key, setid_path, (variable,))[variable],
-                   f"{variable} ids")
-    _check_range(key, setid_path, ids, 1, len(all_labels), f"{variable} image id")
-    ids = np.sort(ids)
+    _check_range(key, setid_path, split_ids[variable], 1, len(all_labels), f"{variable} image id")
+    ids = np.sort(split_ids[variable])
+    if (ids[1:] == ids[:-1]).any():
+        raise layout_error(key, setid_path, f"{variable} lists image id "
+                                            f"{ids[1:][ids[1:] == ids[:-1]][0]} twice")
+    for other, other_ids in split_ids.items():
+        shared = np.intersect1d(ids, other_ids) if other != variable else []
+        if len(shared):
+            raise layout_error(key, setid_path, f"image id {shared[0]} is in both {variable} "
+                                                f"and {other}")
     paths = [images_dir / f"image_{i:05d}.jpg" for i in ids]
     for path in paths:
         require_file(key, path)

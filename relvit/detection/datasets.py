@@ -375,6 +375,9 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
             raise _error(key, ann_file, f"annotation {aid}: category {ann.get('category_id')!r}"
                                         " is not one of the listed categories")
         x, y, w, h = _coco_box(key, ann_file, ann["bbox"], aid)
+        if w < 0 or h < 0:  # corrupt, not a thin box
+            raise _error(key, ann_file, f"annotation {aid}: bbox {ann['bbox']} has a negative "
+                                        "width or height")
         if w < 1 or h < 1:
             continue
         img = images[ann["image_id"]]
