@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+import time
 
 import pytest
 import torch
@@ -337,6 +338,35 @@ def test_a_changed_config_replaces_the_run_only_when_asked(tmp_path, tiny_config
     assert metrics is not None
     aside = list(tmp_path.glob("run.replaced-*"))
     assert len(aside) == 1 and (aside[0] / "metrics.json").is_file()  # finished work kept
+
+
+def test_a_config_edit_undone_takes_the_finished_run_back(tmp_path, tiny_config, monkeypatch):
+    """An edit undone had trained the run again, its finished twin left in a .replaced-*
+    folder (GPU-days in the paper tier): that folder is moved back, and nothing is trained.
+    Two replacements within a second had collided on the folder's name."""
+    first = tiny_config("supervised", optim={"epochs": 1})
+    edited = tiny_config("supervised", optim={"epochs": 1, "lr": 1e-3})
+    run = tmp_path / "run"
+    metrics = train(first, run, progress=False)
+    weights = (run / "best.pt").read_bytes()
+    monkeypatch.setattr(time, "strftime", lambda *args: "20261129-120000")  # one second
+    train(edited, run, progress=False, replace_changed=True)
+    (tmp_path / "run.replaced-20261129-120000" / "metrics.json").unlink()  # finished.json stays
+
+    def no_training(*args):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(Run, "_train_epoch", no_training)
+    again = train(first, run, progress=False, replace_changed=True)
+    assert again["best"] == metrics["best"] and (run / "best.pt").read_bytes() == weights
+    assert sorted(p.name for p in tmp_path.glob("run.replaced-*")) == [
+        "run.replaced-20261129-120000-2"]  # the edited run, kept aside in its turn
+    # a twin whose best.pt is damaged is not taken back: the run trains anew
+    aside = tmp_path / "run.replaced-20261129-120000-2"
+    (aside / "best.pt").write_bytes(b"damaged")
+    monkeypatch.undo()
+    assert train(edited, run, progress=False, replace_changed=True) is not None
+    assert (aside / "best.pt").read_bytes() == b"damaged"  # left where it was
 
 
 def test_a_redone_upstream_run_replaces_the_finetune_that_started_from_it(tmp_path,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import glob
 import io
 import json
 import logging
@@ -286,12 +287,14 @@ class Run:
         if diffs and self.replace_changed:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                aside = self.out_dir.with_name(replaced_name(self.out_dir.name, stamp))
+                aside = self._aside_name()
                 log.warning("%s was made with another config or start (%s); moved to %s",
                             self.out_dir, "; ".join(diffs[:3]), aside)
                 self.out_dir.rename(aside)
             state, record, diffs = None, None, []
+        if not state and not record and self.replace_changed and self._take_back_replaced():
+            state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
+            record = read_finished(self.out_dir)
         if diffs:
             raise TrainingError(
                 f"{self.out_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
@@ -350,6 +353,44 @@ class Run:
         """The training model under `compile: true`: static shapes (`compile_static`), as
         classification batches come in two shapes only; torch.compile's mode `compile_mode`."""
         return compile_static(model, mode=self.cfg.compile_mode)
+
+    def _aside_name(self) -> Path:
+        """Where the run folder is moved aside to: `<dir>.replaced-<time>`, numbered when a
+        folder of that name is there already (two replacements within a second)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = self.out_dir.with_name(replaced_name(self.out_dir.name, stamp)), 1
+        while aside.exists():
+            n += 1
+            aside = self.out_dir.with_name(replaced_name(self.out_dir.name, f"{stamp}-{n}"))
+        return aside
+
+    def _take_back_replaced(self) -> bool:
+        """With --replace-changed, before training anew: a folder this run's was moved aside to
+        (`<dir>.replaced-<time>`, the newest first) that holds this very run, finished (its
+        record's config hash and init checkpoint, and a readable best.pt), is moved back, so
+        that a config edit undone trains nothing again. Every rank looks before rank 0 moves."""
+        distributed.barrier()  # rank 0's move aside is done before any rank looks
+        found = None
+        # a folder there (a start that left no resume state) is not moved over
+        pattern = replaced_name(glob.escape(self.out_dir.name), "*")
+        asides = [] if self.out_dir.exists() else self.out_dir.parent.glob(pattern)
+        for aside in sorted(asides, reverse=True):
+            record = read_finished(aside)
+            if record is None or self._record_changes(record):
+                continue
+            try:
+                load_checkpoint(aside / BEST)  # the CRC of every record
+            except CheckpointError:
+                continue
+            found = aside
+            break
+        distributed.barrier()  # every rank has looked
+        if found is not None and distributed.is_main():
+            log.warning("%s: this run finished before in %s, which is moved back (nothing is "
+                        "trained again)", self.out_dir, found)
+            found.rename(self.out_dir)
+        distributed.barrier()
+        return found is not None
 
     def _config_changes(self, state: dict[str, Any]) -> list[str]:
         """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside)."""
