@@ -231,6 +231,19 @@ def test_single_process_helpers_are_no_ops():
     assert distributed.is_main() and distributed.world_size() == 1
 
 
+@pytest.mark.parametrize("name,current", [("cuda:1", "cuda:1"), ("cuda", None),
+                                           ("cpu", None)])
+def test_one_process_on_a_gpu_makes_it_the_current_device(monkeypatch, name, current):
+    """One process on cuda:1 had left cuda:0 current: its loss copy's event was recorded on
+    cuda:0's stream, so the host could read the copy before it landed (StepLosses.wait)."""
+    made = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: made.append(str(device)))
+    with distributed.session(name) as device:
+        assert str(device) == (name if name != "cuda" else "cuda")
+    assert made == ([current] if current else [])
+
+
 def test_torchrun_variables_without_a_process_group_are_refused(tmp_path, tiny_config,
                                                                  monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -369,6 +369,27 @@ def test_a_config_edit_undone_takes_the_finished_run_back(tmp_path, tiny_config,
     assert (aside / "best.pt").read_bytes() == b"damaged"  # left where it was
 
 
+def test_a_resumed_run_takes_the_device_s_adamw_and_keeps_the_run_s_peak_memory(
+        tmp_path, tiny_config, monkeypatch):
+    """A last.pt of a CUDA run (fused AdamW) resumed on the CPU had kept fused: the saved
+    groups replace the new ones; and a resumed run reported its last process's peak memory."""
+    from relvit.train import provenance
+
+    cfg = tiny_config("supervised", optim={"epochs": 2})
+    monkeypatch.setattr(provenance, "peak_memory_mb", lambda device: 1000.0)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after=1) is None
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["peak_memory"] == {"peak_memory_mb": 1000.0, "peak_memory_reserved_mb": None}
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True  # as a CUDA run saves it
+    torch.save(state, tmp_path / "run" / "last.pt")
+    monkeypatch.setattr(provenance, "peak_memory_mb", lambda device: 5.0)
+    run = Run(cfg, tmp_path / "run")
+    run.prepare()
+    assert not any(group["fused"] for group in run.optimizer.param_groups)
+    assert run.fit()["peak_memory_mb"] == 1000.0
+
+
 def test_a_redone_upstream_run_replaces_the_finetune_that_started_from_it(tmp_path,
                                                                          tiny_config):
     """The workflow reruns a changed pretrain run (--replace-changed), then its finetune with

@@ -85,11 +85,14 @@ def session(device_name: str) -> Iterator[torch.device]:
     device. The group is destroyed on the way out, errors included."""
     device = local_device(device_name)
     world = launched_world_size()
+    if device.type == "cuda" and device.index is not None:
+        # the current device: what torch.cuda.Event().record() and streams default to (one
+        # process on cuda:1 had recorded its loss copy's event on cuda:0's stream)
+        torch.cuda.set_device(device)
     if world == 1 or dist.is_initialized():
         yield device
         return
     if device.type == "cuda":
-        torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")

@@ -141,6 +141,7 @@ class Run:
         self.fresh_keys: list[str] = []
         self.init_digest: str | None = None  # sha256 of init_checkpoint when the run started
         self.unevaluated: dict[str, Any] | None = None  # last.pt's epoch trained, not evaluated
+        self.earlier_peaks: dict[str, float | None] = {}  # peak memory of earlier processes
         self.finished: dict[str, Any] | None = None  # the record of a run finished already
         self.finished_history: list[dict[str, Any]] | None = None  # its last.pt's, if any
 
@@ -440,6 +441,9 @@ class Run:
     def _resume(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups' flag is the old device's
+            group["fused"] = self.device.type == "cuda"
+        self.earlier_peaks = state.get("peak_memory", {})
         self.history, self.best = state["history"], state["best"]
         self.elapsed, self.start_epoch = state["elapsed"], state["epoch"]
         self.fresh_keys = state.get("fresh_keys", [])
@@ -697,7 +701,16 @@ class Run:
         return {**self._weights(epoch), "optimizer": self.optimizer.state_dict(),
                 "history": self.history, "best": self.best, "elapsed": self.elapsed,
                 "fresh_keys": self.fresh_keys, "world_size": self.world,
-                "threads": torch.get_num_threads(), "init_sha256": self.init_digest}
+                "threads": torch.get_num_threads(), "init_sha256": self.init_digest,
+                "peak_memory": self._peak_memory()}
+
+    def _peak_memory(self) -> dict[str, float | None]:
+        """The run's peak memory: the largest of this process's and its earlier processes'
+        (last.pt's), so that a resumed run (a SLURM requeue) reports its whole run's."""
+        now = {"peak_memory_mb": provenance.peak_memory_mb(self.device),
+               "peak_memory_reserved_mb": provenance.peak_memory_reserved_mb(self.device)}
+        return {key: max((v for v in (value, self.earlier_peaks.get(key)) if v is not None),
+                         default=None) for key, value in now.items()}
 
     def _save_last(self, epoch: int) -> None:
         """Rank 0 writes last.pt and history.csv; every rank waits until they are there."""
@@ -777,8 +790,7 @@ class Run:
             "last": {k: v for k, v in last.items() if k not in skip},
             **self.task_metrics(),
             "wall_time_s": self.elapsed,
-            "peak_memory_mb": provenance.peak_memory_mb(self.device),
-            "peak_memory_reserved_mb": provenance.peak_memory_reserved_mb(self.device),
+            **self._peak_memory(),
             "device": provenance.device_name(self.device), "world_size": self.world,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "init_checkpoint": cfg.init_checkpoint, "init_sha256": self.init_digest,
