@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    torch.set_num_threads(args.threads)  # TF32 left as training leaves it (off)
+    torch.set_num_threads(args.threads)  # TF32 left as training leaves it (off for matmuls)
     rows: list[Row] = []
     timings = {}
 

@@ -515,3 +515,12 @@ def test_the_projected_row_is_the_paper_tier_s_three_runs(bench):
     assert hours["pretrain"] == pytest.approx(1.0) and hours["finetune"] == pytest.approx(0.5)
     assert hours["one_seed"] == pytest.approx(2.0) and hours["3_seeds"] == pytest.approx(6.0)
     assert hours["same_epochs_extra"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode,recorded", [("reduce-overhead", True), ("max-autotune", True),
+                                           ("default", False)])
+def test_the_graphs_pool_is_measured_for_every_mode_that_records_graphs(mode, recorded):
+    """max-autotune records CUDA graphs too: its pool had been left out of the peaks."""
+    args = argparse.Namespace(compile_mode=mode)
+    assert measure.graphs_recorded_in_first_call(args, True) is recorded
+    assert measure.graphs_recorded_in_first_call(args, False) is False

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from relvit.compiled import uses_cuda_graphs
+
 # ATen ops that launch no kernel (allocation, metadata); views are left out by `func.is_view`
 NO_KERNEL_OPS = frozenset({
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
@@ -209,10 +211,11 @@ def reset_peak(device: torch.device) -> None:
 
 
 def graphs_recorded_in_first_call(args, compiled: bool) -> bool:
-    """Whether a case's first calls record CUDA graphs (compile_mode reduce-overhead): their
-    memory pool is allocated then and reused by every replay, so the case's peak is measured
-    from before its first call (else the pool, the activations' memory, is missed)."""
-    return compiled and args.compile_mode == "reduce-overhead"
+    """Whether a case's first calls record CUDA graphs (compile_mode reduce-overhead or
+    max-autotune): their memory pool is allocated then and reused by every replay, so the
+    case's peak is measured from before its first call (else the pool, the activations'
+    memory, is missed)."""
+    return compiled and uses_cuda_graphs(args.compile_mode)
 
 
 def allocated_mb(device: torch.device) -> float:
