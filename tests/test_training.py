@@ -384,8 +384,13 @@ def test_a_resumed_run_takes_the_device_s_adamw_and_keeps_the_run_s_peak_memory(
         group["fused"] = True  # as a CUDA run saves it
     torch.save(state, tmp_path / "run" / "last.pt")
     monkeypatch.setattr(provenance, "peak_memory_mb", lambda device: 5.0)
+    loaded = []  # what load_state_dict sees: it places each `step` by the saved groups' flag
+    load = torch.optim.AdamW.load_state_dict
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict",
+                        lambda self, saved: loaded.append(saved) or load(self, saved))
     run = Run(cfg, tmp_path / "run")
     run.prepare()
+    assert [group["fused"] for group in loaded[0]["param_groups"]] == [False]
     assert not any(group["fused"] for group in run.optimizer.param_groups)
     assert run.fit()["peak_memory_mb"] == 1000.0
 

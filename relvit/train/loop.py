@@ -440,9 +440,12 @@ class Run:
 
     def _resume(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved groups' flag is the old device's
-            group["fused"] = self.device.type == "cuda"
+        # fused AdamW as this device runs it, set in the saved groups, from which
+        # load_state_dict takes it and by which it puts each `step` (fused: on the parameter's
+        # device); set after loading, a CPU run resumed on a GPU had its steps on the CPU
+        saved, fused = state["optimizer"], self.device.type == "cuda"
+        self.optimizer.load_state_dict(
+            {**saved, "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
         self.earlier_peaks = state.get("peak_memory", {})
         self.history, self.best = state["history"], state["best"]
         self.elapsed, self.start_epoch = state["elapsed"], state["epoch"]
@@ -524,9 +527,10 @@ class Run:
         """Evaluate a trained epoch, record it and write last.pt (and best.pt if it is the best).
 
         `trained` holds the epoch's history row so far, its `timing` and `train_time_s`. If the
-        evaluation fails (a damaged image of the split, say), last.pt keeps the epoch's
-        training with `trained` (`_keep_unevaluated`), and the resume evaluates it first: the
-        evaluation's draws are fixed, so its numbers are those of an uninterrupted run."""
+        evaluation fails in this process (a damaged image of the split, say; rank 0's, under
+        torchrun), last.pt keeps the epoch's training with `trained` (`_keep_unevaluated`),
+        and the resume evaluates it first: the evaluation's draws are fixed, so its numbers are
+        those of an uninterrupted run. An interrupt is not caught: it loses the epoch."""
         evaluating = time.perf_counter()
         try:
             evaluated = self.evaluation(epoch)
