@@ -375,12 +375,12 @@ def test_save_load_round_trip_and_subset(tmp_path):
     (lambda d: d.annotations[0].update(segmentation={"size": [20, 10], "counts": "0"}),
      r"RLE size \[20, 10\] differs"),
     # json values of the wrong type: named, not a TypeError from a comparison
-    (lambda d: d.images[0].update(width="20"), "image 3's width is '20', not a number"),
+    (lambda d: d.images[0].update(width="20"), "image 3 has size '20' x 10, not numbers"),
     (lambda d: d.images[1].update(id=[7]), r"image #1 has id \[7\], not an integer or string"),
     (lambda d: d.annotations[0].update(image_id=[3]), r"unknown image \[3\]"),
-    (lambda d: d.annotations[0].update(area="big"), "annotation 1's area is 'big', not a number"),
+    (lambda d: d.annotations[0].update(area="big"), "annotation 1 has area 'big', not a number"),
     (lambda d: d.annotations[0].update(bbox=["a", 2.0, 3.0, 4.0]),
-     r"annotation 1's bbox \['a', 2.0, 3.0, 4.0\]: a value is 'a', not a number"),
+     r"annotation 1 has bbox \['a', 2.0, 3.0, 4.0\], expected 4 numbers"),
     # masks are all or nothing (has_masks): one missing had made the run a Faster R-CNN's
     (lambda d: d.annotations[1].update(
         segmentation={"size": [10, 20], "counts": mask_utils.encode(

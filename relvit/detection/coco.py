@@ -28,6 +28,7 @@ from relvit.atomic import atomic_write_text
 from relvit.data.formats import DatasetLayoutError
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image before it is an error
+NUMBER_TYPES = (int, float)  # json's numbers, as `json.loads` gives them (a bool is neither)
 
 
 @dataclass
@@ -127,13 +128,6 @@ def _fail(where: str, problem: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"{where}: {problem}")
 
 
-def _number(where: str, what: str, value: object) -> float:
-    """A json number (not a bool, not a string), else an error naming `what` and the value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(where, f"{what} is {value!r}, not a number")
-    return float(value)
-
-
 def is_one_of(value: object, ids: set | dict) -> bool:
     """Whether `value` is one of `ids`; a value that cannot be one (a list) is not."""
     try:
@@ -173,8 +167,9 @@ def check(ds: CocoDataset, where: Path | str | None = None) -> None:
         missing = [k for k in ("file_name", "width", "height") if k not in img]
         if missing:
             raise _fail(where, f"image {img['id']} lacks {missing}")
-        width, height = (_number(where, f"image {img['id']}'s {k}", img[k])
-                         for k in ("width", "height"))
+        width, height = img["width"], img["height"]
+        if type(width) not in NUMBER_TYPES or type(height) not in NUMBER_TYPES:
+            raise _fail(where, f"image {img['id']} has size {width!r} x {height!r}, not numbers")
         if width <= 0 or height <= 0:
             raise _fail(where, f"image {img['id']} has size {img['width']}x{img['height']}")
         sizes[img["id"]] = (img["width"], img["height"])
@@ -193,12 +188,14 @@ def check(ds: CocoDataset, where: Path | str | None = None) -> None:
                                f"{ann['category_id']!r}")
         if ann["iscrowd"] not in (0, 1):
             raise _fail(where, f"annotation {aid} has iscrowd {ann['iscrowd']!r}, expected 0|1")
-        _number(where, f"annotation {aid}'s area", ann["area"])
+        if type(ann["area"]) not in NUMBER_TYPES:
+            raise _fail(where, f"annotation {aid} has area {ann['area']!r}, not a number")
         bbox = ann["bbox"]
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise _fail(where, f"annotation {aid} has bbox {bbox!r}, expected [x, y, w, h]")
-        x, y, w, h = (_number(where, f"annotation {aid}'s bbox {list(bbox)}: a value", v)
-                      for v in bbox)
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(type(v) in NUMBER_TYPES for v in bbox)):
+            raise _fail(where, f"annotation {aid} has bbox {bbox!r}, expected 4 numbers "
+                               "[x, y, w, h]")
+        x, y, w, h = bbox
         if not (w > 0 and h > 0):
             raise _fail(where, f"annotation {aid} has an empty box {list(bbox)} (w or h <= 0)")
         width, height = sizes[ann["image_id"]]
