@@ -278,6 +278,15 @@ def test_decode_image_keeps_the_high_byte_of_16_bit_grey(tmp_path):
     assert (pixels == (grey >> 8)[..., None]).all()
 
 
+def test_decode_image_reads_a_16_bit_pgm_as_16_bit_grey(tmp_path):
+    """PIL opens a 16-bit PGM as mode I (its maxval scaled to 65535): refused as 32-bit."""
+    grey = (np.arange(64 * 64).reshape(64, 64) * 16).astype(">u2")
+    (tmp_path / "grey.pgm").write_bytes(b"P5 64 64 65535\n" + grey.tobytes())
+    assert Image.open(tmp_path / "grey.pgm").mode == "I"
+    pixels = np.asarray(decode_image(tmp_path / "grey.pgm"))
+    assert (pixels == (grey.astype(np.uint16) >> 8)[..., None]).all()
+
+
 @pytest.mark.parametrize("mode,dtype", [("I", np.int32), ("F", np.float32)])
 def test_decode_image_refuses_pixels_of_unknown_range(tmp_path, mode, dtype):
     path = tmp_path / "depth.tif"
