@@ -384,7 +384,7 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
         bbox = _fit_box(key, f"{ann_file} (annotation {aid})", (x, y, w, h),
                         img["width"], img["height"])
         area, crowd = ann.get("area", w * h), ann.get("iscrowd", 0)
-        if not _is_number(area) or crowd not in (0, 1):
+        if type(area) not in NUMBER_TYPES or crowd not in (0, 1):
             raise _error(key, ann_file, f"annotation {aid}: area {area!r} and iscrowd {crowd!r}"
                                         " are not a number and 0 or 1")
         out = {"id": aid, "image_id": ann["image_id"], "category_id": remap[ann["category_id"]],
@@ -434,11 +434,6 @@ def _require_fields(key: str, ann_file: Path, what: str, records: object,
         if missing:
             name = f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else ""
             raise _error(key, ann_file, f'"{what}" entry {n}{name} lacks {", ".join(missing)}')
-
-
-def _is_number(value: object) -> bool:
-    """A json number: an int or a float, not a bool (nor a string of digits)."""
-    return type(value) in NUMBER_TYPES
 
 
 def _require_integers(key: str, ann_file: Path, what: str, records: list[dict],
