@@ -159,7 +159,7 @@ def is_image_file(path: Path) -> bool:
 def _images_in(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted (the original used unsorted os.listdir); a link
     to no file is an error (it had been left out without a word). One directory listing: only
-    links cost a stat (ImageNet's class folders hold 1.28M files)."""
+    links cost a stat (ImageNet's training split is 1.28M files)."""
     images = []
     with os.scandir(folder) as entries:
         for entry in entries:

@@ -269,8 +269,7 @@ def _rle_fits(counts: object, height: int, width: int) -> bool:
     """Whether an RLE's `counts` (compressed str, or a list of run lengths) covers an
     height x width mask exactly, with no negative run."""
     runs = _rle_counts(counts) if isinstance(counts, str) else counts
-    if not isinstance(runs, list) or not all(
-            isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+    if not isinstance(runs, list) or not all(type(r) is int and r >= 0 for r in runs):
         return False
     return sum(runs) == height * width
 
