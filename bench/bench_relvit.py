@@ -11,7 +11,8 @@ these machines are noisy. Asserts nothing.
     python bench/bench_relvit.py --device cuda --compile --only steps --rounds 3
 
 Stages (`--only`, default all): "decode" (ImageNet-like JPEG files through DataLoader workers, the
-per-sample transform of image-file datasets; after the table, the workers that would feed each
+per-sample transform of image-file datasets, and a pass of one image per worker with workers
+started for it against a run's kept ones; after the table, the workers that would feed each
 224-px "+ batch" step), "device-decode" (the alternative: a batch of JPEGs decoded on the device,
 nvjpeg on CUDA, and cropped there), "augment" (batched pad-crop + flip at 32 px; uint8 -> float +
 normalise at 224 px), "ssl" (per-patch jitter + permutation + targets, batched, and the per-sample

@@ -164,7 +164,7 @@ def test_decode_rows_of_the_original_and_the_resized_jpegs(bench, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--only", "decode", "--decode-images", "16", "--workers", "1",
                 "--pipeline-batch", "4", "--decode-resized", "128", "--json", str(out)])
-    original, resized = json.loads(out.read_text())["rows"]
+    original, resized, _ = json.loads(out.read_text())["rows"]
     assert original["stage"].startswith("decode: JPEG 500x375 (~")
     assert resized["stage"].startswith("decode: JPEG resized to shorter side 128 (~")
     assert resized["extra"]["jpeg_kb"] < original["extra"]["jpeg_kb"] / 3
@@ -178,9 +178,15 @@ def test_decode_times_whole_rounds_of_full_batches(bench, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--only", "decode", "--decode-images", "18", "--workers", "2",
                 "--pipeline-batch", "2", "--json", str(out)])
-    (row,) = json.loads(out.read_text())["rows"]
+    row, start = json.loads(out.read_text())["rows"]
     assert (row["extra"]["images"], row["extra"]["batch"]) == (16, 2)
     assert row["images_per_s"] > 0
+    # beside it, a pass of one image per worker: workers started for it against kept ones
+    assert start["stage"] == "decode: a pass of 2 images, 2 workers"
+    fresh, kept = start["extra"]["fresh_s"], start["extra"]["kept_s"]
+    assert start["ms_per_step"] == pytest.approx(1e3 * fresh) and kept > 0
+    assert start["ratio"] == f"kept workers {1e3 * kept:,.0f} ms, {fresh / kept:.1f}× faster"
+    assert start["config"].startswith("workers started for it (")
 
 
 def test_device_decode_stage_on_the_cpu(bench):

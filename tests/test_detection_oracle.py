@@ -132,7 +132,7 @@ def test_shifted_boxes_score_far_below_100(make_run, scenes):
 def test_to_device_gives_float32_in_0_1(make_run):
     """Guards the scaling of `_to_device`: uint8 loader images become float32 image / 255."""
     run = make_run(True)
-    images, targets = next(iter(run._loader(False)))
+    images, targets = next(run.eval_batches())
     assert all(image.dtype == torch.uint8 for image in images)
     moved, moved_targets = run._to_device(images, targets)
     assert len(moved) == len(images) and len(moved_targets) == len(targets)
@@ -141,7 +141,7 @@ def test_to_device_gives_float32_in_0_1(make_run):
         assert 0 <= float(image.min()) and float(image.max()) <= 1
         assert torch.equal(image, raw.float() / 255)
     assert max(image.max() for image in moved) > 0.9  # the digits are bright: not all near 0
-    assert torch.equal(images[0], next(iter(run._loader(False)))[0][0])  # loader's left intact
+    assert torch.equal(images[0], next(run.eval_batches())[0][0])  # loader's left intact
 
 
 def test_training_batches_reach_the_model_in_0_1(make_run):

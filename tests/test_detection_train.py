@@ -101,7 +101,7 @@ def test_detection_loader_workers_leave_ctrl_c_to_the_main_process(tmp_path, det
     from relvit.interrupts import ignore_interrupt
 
     run = DetectionRun(detect_config(), tmp_path / "run")
-    assert run._loader(True, torch.Generator()).worker_init_fn is ignore_interrupt
+    assert run._epoch_loader(True).loader.worker_init_fn is ignore_interrupt
 
 
 def test_joint_ssl_and_box_only(tmp_path, detect_config):
@@ -175,3 +175,19 @@ def test_detection_needs_a_detection_dataset(tiny_config):
         tiny_config("detect")
     with pytest.raises(ConfigError, match="mode 'supervised' needs a classification dataset"):
         tiny_config("supervised", data={"name": "voc2007"})
+
+
+def test_detections_single_process_order_is_the_shuffled_loaders(tmp_path, detect_config):
+    """The order a single-process detection run has drawn since before its loaders kept their
+    workers: a shuffled DataLoader's, with a generator seeded by (seed, epoch)."""
+    from torch.utils.data import DataLoader
+
+    from relvit.detection.train import DetectionRun
+    from relvit.train.loop import _epoch_seed
+
+    run = DetectionRun(detect_config(), tmp_path / "run")
+    n = run.train_size()
+    for epoch in range(3):
+        generator = torch.Generator().manual_seed(_epoch_seed(run.cfg.seed, epoch, 1))
+        shuffled = DataLoader(range(n), batch_size=n, shuffle=True, generator=generator)
+        assert run.single_process_order(epoch).tolist() == next(iter(shuffled)).tolist()

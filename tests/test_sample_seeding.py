@@ -31,9 +31,7 @@ TRAIN = file_transform(registry.DATASETS["imagenet100"], 24, train=True)  # Rand
 
 def images_by_index(split: FileSplit, order: torch.Tensor, sizes: int | list[int],
                     workers: int, seed: int | None) -> dict[int, torch.Tensor]:
-    loader_gen = torch.Generator().manual_seed(0)  # as the training loop passes one
-    loaded = [images for images, _ in batches(split, order, sizes, TRAIN, workers, loader_gen,
-                                              seed=seed)]
+    loaded = [images for images, _ in batches(split, order, sizes, TRAIN, workers, seed=seed)]
     return dict(zip(order.tolist(), torch.cat(loaded)))
 
 

@@ -4,6 +4,7 @@ augmentation, the SSL inputs (jitter, permutation, targets) against the per-samp
 from __future__ import annotations
 
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from relvit.data.augment import normalize, random_crop, random_hflip
-from relvit.data.loading import FileSplit, batches, file_transform, to_float_images
+from relvit.data.loading import FileSplit, batches, file_loader, file_transform, to_float_images
 from relvit.data.registry import get_dataset
 from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.jitter_reference import reference_jitter_image
@@ -21,7 +22,7 @@ from relvit.ssl.patches import patchify, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
 from relvit.ssl.targets import position_targets, relation_targets
 
-from benchlib.measure import SyncCounter, count_ops, cuda_peak_mb, reset_peak, sync, timed
+from benchlib.measure import SyncCounter, count_ops, cuda_peak_mb, reset_peak, rss_mb, sync, timed
 from benchlib.presets import CONFIGS
 from benchlib.table import Row
 
@@ -109,7 +110,36 @@ def bench_decode(args, device: torch.device) -> list[Row]:
             rows.append(_decode_row(resized, f"JPEG resized to shorter side "
                                     f"{args.decode_resized}", args, device))
             rows[-1].ratio += f", {rows[-1].images_per_s / rows[0].images_per_s:.2f}× original"
+        if args.workers:
+            rows.append(_worker_start_row(paths[:args.workers], args))
     return rows
+
+
+def _worker_start_row(paths: list[Path], args, rounds: int = 5) -> Row:
+    """A pass of one image per worker, with workers started for the pass (as every epoch's
+    training and evaluation had them) against the kept workers of an `EpochLoader`, in rounds
+    that alternate the two; the medians. Starting a worker forks this process, so its cost
+    grows with the process's resident memory, reported beside it (a training process holds
+    more: its model, optimizer and dataset)."""
+    split = FileSplit(paths, torch.zeros(len(paths), dtype=torch.long))
+    transform = file_transform(get_dataset("imagenet100"), 224, train=True)
+    loaders = {persistent: file_loader(split, transform, args.workers, seeded=True,
+                                       persistent=persistent) for persistent in (False, True)}
+    one_each = [[i] for i in range(len(paths))]
+    list(loaders[True].batches(one_each, 0))  # the kept workers start
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for seed in range(rounds):
+        for persistent, loader in loaders.items():
+            started = time.perf_counter()
+            list(loader.batches(one_each, seed))
+            times[persistent].append(time.perf_counter() - started)
+    loaders[True].close()
+    fresh, kept = (statistics.median(times[persistent]) for persistent in (False, True))
+    rss = rss_mb()
+    return Row(f"decode: a pass of {len(paths)} images, {args.workers} workers",
+               f"workers started for it ({rss:,.0f} MiB resident)", ms_per_step=1e3 * fresh,
+               ratio=f"kept workers {1e3 * kept:,.0f} ms, {fresh / kept:.1f}× faster",
+               extra={"fresh_s": fresh, "kept_s": kept, "rss_mb": rss, "rounds": rounds})
 
 
 def _decode_row(paths: list[Path], what: str, args, device: torch.device) -> Row:
@@ -126,8 +156,8 @@ def _decode_row(paths: list[Path], what: str, args, device: torch.device) -> Row
     arrivals: list[float] = []
     steady = 0  # images after the first batch of every worker
     for i, (images, _) in enumerate(batches(split, torch.arange(n), batch, transform,
-                                            args.workers, torch.Generator().manual_seed(0),
-                                            pin_memory=device.type == "cuda", seed=0)):
+                                            args.workers, pin_memory=device.type == "cuda",
+                                            seed=0)):
         images.to(device, non_blocking=True)
         if i == count - 1:
             sync(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
 import sys
 import time
@@ -32,6 +33,12 @@ NO_TRAFFIC_OPS = frozenset({"_unsafe_view"})
 
 # with beta=0 these ignore their first input (`input` or the in-place `self`): only written
 BETA_OPS = frozenset({"addmm", "addmm_", "baddbmm", "baddbmm_"})
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def sync(device: torch.device) -> None:

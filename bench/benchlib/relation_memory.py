@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from relvit.models import losses
 from relvit.models.heads import PairwiseScoreHead
 from relvit.ssl.targets import relation_targets
 
-from benchlib.measure import profile_steps, reset_peak, saved_for_backward_mb, slug, sync, timed
+from benchlib.measure import (
+    profile_steps, reset_peak, rss_mb, saved_for_backward_mb, slug, sync, timed,
+)
 from benchlib.table import Row
 
 # the benchmark's command line, which runs a CPU probe in a fresh process (`probe_memory`)
@@ -76,11 +77,6 @@ def relation_head_loss(case: RelationCase, batch: int, n: int, dim: int, device:
         head.zero_grad(set_to_none=True)
 
     return run, loss
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def probe_memory(probe: str) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from relvit.config import DataConfig
@@ -176,29 +176,93 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 class SeededSamples(Dataset):
-    """`dataset` whose item `index` is made with torch's global CPU generator seeded by
-    `sample_seed(seed, index)`, and the generator's state restored after.
+    """`dataset` keyed by (seed, index): item `index` is made with torch's global CPU generator
+    seeded by `sample_seed(seed, index)`, and the generator's state restored after.
 
     torchvision's random transforms draw from that generator. Seeded per sample, an image's
     augmentation depends on the seed and its index only: not on the number of DataLoader workers,
     which worker loads it, the batch it falls in or the number of processes, and with workers = 0
-    the training process's own stream (dropout, drop-path) is left as it was.
+    the training process's own stream (dropout, drop-path) is left as it was. The seed travels
+    with the index, so that workers started once serve every epoch (`EpochLoader`).
     """
 
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        seed, index = key
         generator = torch.default_generator  # torch.manual_seed would also seed every GPU: 60 us
         state = generator.get_state()
-        generator.manual_seed(sample_seed(self.seed, index))
+        generator.manual_seed(sample_seed(seed, index))
         try:
             return self.dataset[index]
         finally:
             generator.set_state(state)
+
+
+class _BatchPlan(Sampler[list[Any]]):
+    """The batches of sample keys a loader gives next: set before each pass over it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EpochLoader:
+    """A DataLoader over `dataset` whose worker processes serve every pass, each pass the
+    batches of indices it is given (`persistent_workers`).
+
+    Workers started anew for every epoch and every evaluation fork the training process each
+    time: about 0.15 s per worker for a process of 4 GB on the development CPU, and twice an
+    epoch (docs/performance.md). With `seeded`, a pass takes a seed and each sample's random
+    transform is seeded by (seed, its index): `SeededSamples`. `persistent=False` stops the
+    workers after each pass (a loader used once). Errors a worker raises are raised again as
+    they were (`DatasetLayoutError` with its message, not the worker's traceback).
+    """
+
+    def __init__(self, dataset: Dataset, workers: int, pin_memory: bool = False,
+                 seeded: bool = False, collate_fn: Callable[[list[Any]], Any] | None = None,
+                 persistent: bool = True):
+        self.seeded, self._plan = seeded, _BatchPlan()
+        # the workers' base seed comes from a generator of its own: none of the run's streams
+        # is drawn from (the seeded transforms do not use it)
+        self.loader = DataLoader(SeededSamples(dataset) if seeded else dataset,
+                                 batch_sampler=self._plan, num_workers=workers,
+                                 persistent_workers=persistent and workers > 0,
+                                 pin_memory=pin_memory, collate_fn=collate_fn,
+                                 worker_init_fn=ignore_interrupt, generator=torch.Generator())
+
+    def batches(self, index_batches: list[list[int]], seed: int | None = None
+                ) -> Iterator[Any]:
+        """The loaded batches of `index_batches`, in order (`seed`: that of a seeded loader)."""
+        if (seed is not None) != self.seeded:
+            raise ValueError(f"a {'seeded' if self.seeded else 'plain'} loader given seed {seed}")
+        if seed is not None:
+            index_batches = [[(seed, index) for index in batch] for batch in index_batches]
+        self._plan.batches = index_batches
+        try:
+            yield from self.loader
+        except DatasetLayoutError as err:  # from a worker: its message carries its traceback
+            marker = f"{DatasetLayoutError.__name__}: "
+            lines = [line for line in str(err).splitlines() if marker in line]
+            if not lines:
+                raise
+            raise DatasetLayoutError(lines[-1].split(marker, 1)[1]) from err
+
+    def close(self) -> None:
+        """Stop the workers now (else when the loader is garbage-collected or the process
+        ends); a later pass starts new ones."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if iterator is not None:
+            iterator._shutdown_workers()
 
 
 # An in-memory split within this share of a GPU's memory is copied there once and batched there:
@@ -217,41 +281,49 @@ def on_device(split: Split, device: torch.device) -> Split:
     return TensorSplit(split.images.to(device), split.labels.to(device))
 
 
+def file_loader(split: FileSplit, transform: T.Compose | None, workers: int = 0,
+                pin_memory: bool = False, seeded: bool = False,
+                persistent: bool = True) -> EpochLoader:
+    """An `EpochLoader` of a file split's (uint8 image after `transform`, label)."""
+    return EpochLoader(_Files(split, transform), workers, pin_memory, seeded,
+                       persistent=persistent)
+
+
+def index_batches(order: Tensor, batch_size: int | list[int]) -> list[list[int]]:
+    """`order` cut into batches of `batch_size` (one size, or each batch's in turn); none for an
+    empty `order` (Tensor.split would give one empty batch)."""
+    return [idx.tolist() for idx in order.split(batch_size)] if len(order) else []
+
+
+def tensor_batches(split: TensorSplit, order: Tensor, batch_size: int | list[int],
+                   pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of an in-memory split's (images, labels) in `order` (see `batches`)."""
+    if not len(order):  # Tensor.split gives one empty chunk
+        return
+    for idx in order.to(split.images.device).split(batch_size):
+        images, labels = split.images[idx], split.labels[idx]
+        if pin_memory and not images.is_cuda:  # so that the copy to the GPU is asynchronous
+            images, labels = images.pin_memory(), labels.pin_memory()
+        yield images, labels
+
+
 def batches(split: Split, order: Tensor, batch_size: int | list[int],
-            transform: T.Compose | None, workers: int = 0,
-            generator: torch.Generator | None = None,
-            pin_memory: bool = False, seed: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Batches of (images, labels) in `order`; file splits go through DataLoader workers.
+            transform: T.Compose | None, workers: int = 0, pin_memory: bool = False,
+            seed: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of (images, labels) in `order`; a file split goes through DataLoader workers
+    started for this pass (a run keeps its `file_loader`s instead).
 
     `batch_size` is one size, or the size of each batch in turn (summing to `len(order)`). With
     `seed`, the random transform of a file sample is seeded by (`seed`, its index): see
     `SeededSamples`. No batch for an empty `order` (a process's share of a split smaller
     than the process count).
     """
-    if not len(order):  # Tensor.split gives one empty chunk
-        return
     if isinstance(split, TensorSplit):
-        for idx in order.to(split.images.device).split(batch_size):
-            images, labels = split.images[idx], split.labels[idx]
-            if pin_memory and not images.is_cuda:  # so that the copy to the GPU is asynchronous
-                images, labels = images.pin_memory(), labels.pin_memory()
-            yield images, labels
+        yield from tensor_batches(split, order, batch_size, pin_memory)
         return
-    dataset: Dataset = _Files(split, transform)
-    if seed is not None:
-        dataset = SeededSamples(dataset, seed)
-    index_batches = [idx.tolist() for idx in order.split(batch_size)]
-    loader = DataLoader(dataset, batch_sampler=index_batches, num_workers=workers,
-                        generator=generator, pin_memory=pin_memory,
-                        worker_init_fn=ignore_interrupt)
-    try:
-        yield from loader
-    except DatasetLayoutError as err:  # from a worker: its message carries the worker's traceback
-        marker = f"{DatasetLayoutError.__name__}: "
-        lines = [line for line in str(err).splitlines() if marker in line]
-        if not lines:
-            raise
-        raise DatasetLayoutError(lines[-1].split(marker, 1)[1]) from err
+    loader = file_loader(split, transform, workers, pin_memory, seed is not None,
+                         persistent=False)
+    yield from loader.batches(index_batches(order, batch_size), seed)
 
 
 def to_float_images(images: Tensor, image_size: int) -> Tensor:

@@ -12,15 +12,13 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from relvit.data.loading import SeededSamples, dataset_folder
+from relvit.data.loading import EpochLoader, dataset_folder, index_batches
 from relvit.detection.data import read_detection
 from relvit.detection.evaluate import coco_evaluate, predictions_to_coco
 from relvit.detection.loader import DetectionImages, collate, ground_truth
 from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, build_detector
 from relvit.detection.plan import METRICS
-from relvit.interrupts import ignore_interrupt
 from relvit.models.backbones import build_backbone
 from relvit.train import distributed
 from relvit.train.loop import Run, _epoch_seed
@@ -80,29 +78,35 @@ class DetectionRun(Run):
     def train_size(self) -> int:
         return len(self._images_dataset(True))
 
-    def _loader(self, train: bool, generator: torch.Generator | None = None,
-                index_batches: list[list[int]] | None = None,
-                seed: int | None = None) -> DataLoader:
-        """The split's loader: shuffled (train) or in order, or the given batches of indices;
-        with `seed`, each image's augmentation is seeded by (seed, its index): `SeededSamples`."""
-        sampling: dict[str, Any] = {"batch_size": self.cfg.optim.batch_size, "shuffle": train}
-        if index_batches is not None:
-            sampling = {"batch_sampler": index_batches}
-        dataset: Dataset = self._images_dataset(train)
-        if seed is not None:
-            dataset = SeededSamples(dataset, seed)
-        return DataLoader(dataset, generator=generator, collate_fn=collate,
-                          num_workers=self.cfg.data.workers, worker_init_fn=ignore_interrupt,
-                          pin_memory=self.device.type == "cuda", **sampling)
+    def _epoch_loader(self, train: bool) -> EpochLoader:
+        """The split's loader, whose workers serve every epoch; each training image's
+        augmentation is seeded by (the epoch's seed, its index): `SeededSamples`."""
+        if train not in self.loaders:
+            self.loaders[train] = EpochLoader(
+                self._images_dataset(train), self.cfg.data.workers,
+                pin_memory=self.device.type == "cuda", seeded=train, collate_fn=collate)
+        return self.loaders[train]
 
     def train_batches(self, epoch: int) -> Iterator[Any]:
-        seed = self.sample_stream(epoch)
-        if self.world == 1:  # the loader's own shuffle, seeded as before distributed training
-            return iter(self._loader(True, torch.Generator().manual_seed(
-                _epoch_seed(self.cfg.seed, epoch, 1)), seed=seed))
-        shards = self.shards(self.epoch_order(epoch))
-        return iter(self._loader(True, self.generator(epoch, 4),
-                                 [shard.tolist() for shard in shards], seed=seed))
+        if self.world == 1:
+            batches = index_batches(self.single_process_order(epoch), self.cfg.optim.batch_size)
+        else:
+            batches = [shard.tolist() for shard in self.shards(self.epoch_order(epoch))]
+        return self._epoch_loader(True).batches(batches, self.sample_stream(epoch))
+
+    def single_process_order(self, epoch: int) -> torch.Tensor:
+        """A single process's order of the epoch's training images, as it was drawn before these
+        runs kept their loaders (and is kept, so that their numbers stay): by a shuffled
+        DataLoader with a generator seeded by (seed, epoch), which gave its workers' seed first."""
+        generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, 1))
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the workers' seed
+        return torch.randperm(self.train_size(), generator=generator)
+
+    def eval_batches(self) -> Iterator[Any]:
+        """This rank's share of the evaluation split, in order, in batches of images and
+        targets."""
+        part = self.eval_part(len(self._images_dataset(False)))
+        return self._epoch_loader(False).batches(index_batches(part, self.eval_batch_size()))
 
     def _to_device(self, images: list, targets: list | None = None) -> tuple[list, list | None]:
         images = [image.to(self.device).float().div_(255) for image in images]
@@ -137,12 +141,7 @@ class DetectionRun(Run):
             return {}
         self.model.eval()
         predictions = []
-        index_batches = None
-        if self.world > 1:
-            part = self.eval_part(len(self._images_dataset(False)))
-            index_batches = [chunk.tolist() for chunk in part.split(self.eval_batch_size())
-                             if len(chunk)]  # a share of no image: no batch
-        for images, targets in self._loader(False, index_batches=index_batches):
+        for images, targets in self.eval_batches():
             images, _ = self._to_device(images)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.cfg.autocast_on(self.device.type)):

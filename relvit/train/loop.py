@@ -32,7 +32,8 @@ from relvit.atomic import atomic_write_text
 from relvit.compiled import compile_static, uses_cuda_graphs
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config, without_keys
 from relvit.data.loading import (
-    Split, batches, dataset_folder, file_transform, load_splits, on_device, to_float_images,
+    EpochLoader, Split, TensorSplit, dataset_folder, file_loader, file_transform, index_batches,
+    load_splits, on_device, tensor_batches, to_float_images,
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, run_geometry, run_identity
@@ -144,6 +145,7 @@ class Run:
         self.earlier_peaks: dict[str, float | None] = {}  # peak memory of earlier processes
         self.finished: dict[str, Any] | None = None  # the record of a run finished already
         self.finished_history: list[dict[str, Any]] | None = None  # its last.pt's, if any
+        self.loaders: dict[Any, EpochLoader] = {}  # file loaders, kept for every epoch
 
     # ----------------------------------------------------------------- what a task defines
     def setup(self) -> nn.Module:
@@ -180,9 +182,21 @@ class Run:
         # data.augment: false trains on the evaluation transform (the pad-crop datasets' batched
         # augmentation reads the key in Objective)
         transform = file_transform(self.dataset, self.geo.image_size, train=self.cfg.data.augment)
-        return batches(train, torch.cat(shards), [len(s) for s in shards], transform,
-                       self.cfg.data.workers, self.generator(epoch, 4),
-                       pin_memory=self.device.type == "cuda", seed=self.sample_stream(epoch))
+        return self._batches(train, torch.cat(shards), [len(s) for s in shards], transform,
+                             self.sample_stream(epoch))
+
+    def _batches(self, split: Split, order: torch.Tensor, batch_size: int | list[int],
+                 transform: Any, seed: int | None = None) -> Iterator[Any]:
+        """`batches` of `split`, a file split's through the run's `EpochLoader` of it (one per
+        split and kind of transform: its workers serve every epoch)."""
+        pin = self.device.type == "cuda"
+        if isinstance(split, TensorSplit):
+            return tensor_batches(split, order, batch_size, pin)
+        key = (id(split), repr(transform), seed is not None)  # a Compose's repr: its steps
+        if key not in self.loaders:
+            self.loaders[key] = file_loader(split, transform, self.cfg.data.workers, pin,
+                                            seeded=seed is not None)
+        return self.loaders[key].batches(index_batches(order, batch_size), seed)
 
     def sample_stream(self, epoch: int) -> int:
         """Seed of the epoch's per-sample transform draws (`SeededSamples`): the same on every
@@ -505,7 +519,16 @@ class Run:
                      f"{sum(p.numel() for p in self.model.parameters()):,}")
         # with the progress bar, log lines go through tqdm (above the bar, with their time)
         with logging_redirect_tqdm() if self.progress else nullcontext():
-            return self._fit_epochs(steps, stop_after)
+            try:
+                return self._fit_epochs(steps, stop_after)
+            finally:
+                self.close_loaders()
+
+    def close_loaders(self) -> None:
+        """Stop the run's loader workers (`EpochLoader`)."""
+        for loader in self.loaders.values():
+            loader.close()
+        self.loaders.clear()
 
     def _fit_epochs(self, steps: int, stop_after: int | None) -> dict[str, Any] | None:
         cfg, done, started_at = self.cfg, 0, len(self.history)
@@ -662,9 +685,7 @@ class Run:
         sums = StatSums()
         part = self.eval_part(len(split.labels))
         transform = file_transform(self.dataset, self.geo.image_size, train=False)
-        for images, labels in batches(split, part, self.eval_batch_size(), transform,
-                                      self.cfg.data.workers,
-                                      pin_memory=self.device.type == "cuda"):
+        for images, labels in self._batches(split, part, self.eval_batch_size(), transform):
             labels = labels.to(self.device, non_blocking=True)
             drawn = self.objective.draw(self._images(images), labels, train=False, generator=gen)
             if len(labels) == self.eval_batch_size():

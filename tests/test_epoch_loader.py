@@ -1,0 +1,136 @@
+"""Loaders whose workers serve every epoch (`EpochLoader`): each pass loads what it is given,
+with its own seed, as a loader made for that pass would; the workers start once per run and
+stop with it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from fixtures.formats import write_imagefolder
+from relvit.data import loading, registry
+from relvit.data.formats import DatasetLayoutError
+from relvit.data.loading import EpochLoader, FileSplit, batches, file_loader, file_transform
+from relvit.train.loop import train
+
+TRAIN = file_transform(registry.DATASETS["imagenet100"], 16, train=True)  # RandomResizedCrop + flip
+
+
+class _Pids(Dataset):
+    """Item i: (i, the process that loaded it)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return index, os.getpid()
+
+
+def _pass(loader: EpochLoader, index_batches: list[list[int]]) -> tuple[list[int], set[int]]:
+    indices, pids = [], set()
+    for batch_indices, batch_pids in loader.batches(index_batches):
+        indices += batch_indices.tolist()
+        pids |= set(batch_pids.tolist())
+    return indices, pids
+
+
+def test_the_workers_serve_every_pass_until_closed():
+    loader = EpochLoader(_Pids(), workers=2)
+    first, workers = _pass(loader, [[0, 1], [2, 3], [4, 5]])
+    assert first == [0, 1, 2, 3, 4, 5] and len(workers) == 2 and os.getpid() not in workers
+    again, same = _pass(loader, [[7, 6], [5], [4, 3]])
+    assert again == [7, 6, 5, 4, 3] and same == workers
+    loader.close()
+    after, new = _pass(loader, [[0, 1], [2, 3]])
+    assert after == [0, 1, 2, 3] and not new & workers
+    loader.close()
+
+
+def test_a_loader_for_one_pass_starts_its_workers_each_time():
+    loader = EpochLoader(_Pids(), workers=2, persistent=False)
+    _, first = _pass(loader, [[0, 1], [2, 3]])
+    _, second = _pass(loader, [[0, 1], [2, 3]])
+    assert len(first) == 2 and not first & second
+
+
+def test_a_pass_left_unfinished_does_not_leak_into_the_next():
+    """A pass left after its first batch (an error in the step, say) leaves batches in flight;
+    the next pass gives its own batches only."""
+    loader = EpochLoader(_Pids(), workers=2)
+    next(loader.batches([[0], [1], [2], [3], [4], [5]]))
+    assert _pass(loader, [[7], [6, 5]])[0] == [7, 6, 5]
+    loader.close()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> FileSplit:
+    """Eight random-noise JPEGs: any two crops of one differ."""
+    root = tmp_path_factory.mktemp("photos")
+    gen = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(8):
+        pixels = torch.randint(0, 256, (30 + i, 40 - i, 3), dtype=torch.uint8, generator=gen)
+        paths.append(root / f"{i}.jpg")
+        Image.fromarray(pixels.numpy()).save(paths[-1], quality=90)
+    return FileSplit(paths, torch.arange(8))
+
+
+def test_each_pass_takes_its_own_seed(photos):
+    """A pass of the kept workers crops as a loader made for that pass with its seed does."""
+    loader = file_loader(photos, TRAIN, workers=2, seeded=True)
+    for seed, order in ((7, torch.arange(8)), (8, torch.arange(8).flip(0)), (7, torch.arange(8))):
+        kept = [images for images, _ in loader.batches([order[:3].tolist(), order[3:].tolist()],
+                                                       seed)]
+        fresh = [images for images, _ in batches(photos, order, [3, 5], TRAIN, workers=0,
+                                                 seed=seed)]
+        assert all(torch.equal(a, b) for a, b in zip(kept, fresh, strict=True)), seed
+    loader.close()
+
+
+def test_a_seeded_loader_needs_a_seed_and_a_plain_one_none(photos):
+    with pytest.raises(ValueError, match="seeded loader given seed None"):
+        next(file_loader(photos, TRAIN, seeded=True).batches([[0]]))
+    with pytest.raises(ValueError, match="plain loader given seed 3"):
+        next(file_loader(photos, TRAIN).batches([[0]], 3))
+
+
+def test_a_damaged_image_in_a_worker_is_named_without_its_traceback(photos, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photos.paths[0].read_bytes()[:40])
+    split = FileSplit([photos.paths[1], broken], torch.zeros(2, dtype=torch.long))
+    loader = file_loader(split, TRAIN, workers=2, seeded=True)
+    with pytest.raises(DatasetLayoutError) as raised:
+        list(loader.batches([[0], [1]], 5))
+    assert "broken.jpg" in str(raised.value) and "Traceback" not in str(raised.value)
+    loader.close()
+
+
+def test_a_run_starts_its_loader_workers_once_and_stops_them(tmp_path, tiny_config,
+                                                             monkeypatch):
+    """Three epochs of an image-file run: the training split's 2 workers and the evaluation
+    split's 2 decode every image (workers started anew each epoch had been 9 processes here),
+    and none is left when the run ends."""
+    write_imagefolder(tmp_path / "images")
+    record = tmp_path / "pids.txt"
+    decode = loading.decode_image
+
+    def decode_and_record(path):
+        with open(record, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return decode(path)
+
+    monkeypatch.setattr(loading, "decode_image", decode_and_record)
+    before = set(multiprocessing.active_children())
+    cfg = tiny_config("supervised", data={"name": "imagefolder", "folder": str(tmp_path / "images"),
+                                          "image_size": 32, "workers": 2},
+                      model={"patch_size": 8}, optim={"epochs": 3, "batch_size": 4})
+    train(cfg, tmp_path / "run", progress=False)
+    pids = set(record.read_text().split())
+    assert 2 <= len(pids) <= 4 and str(os.getpid()) not in pids
+    assert set(multiprocessing.active_children()) <= before
+
