@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-resized", type=int, metavar="S",
                         help="decode: also the copies resized to shorter side S "
                              "(relvit resize-images)")
+    parser.add_argument("--start-rounds", type=int, default=5, metavar="R",
+                        help="decode: rounds of the pass with workers started for it against "
+                             "kept ones (0: none)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--compile-mode", choices=typing.get_args(CompileMode),
                         help="steps and loop with --compile: this torch.compile mode for the "

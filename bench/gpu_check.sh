@@ -4,11 +4,12 @@
 #       eager jitter and loss first, then no host sync per training step (test_host_syncs.py),
 #       fused vs plain relation loss, CPU vs CUDA jitter (test_fast_paths.py);
 #   (b) the benchmark at ViT-S/4 32 px and ViT-S/16 224 px, batch 256, bf16 autocast, fused AdamW:
-#       input stages, train steps (supervised / pretrain plain / pretrain fused, each without and
-#       with the batch construction), the real training loop (`Run._train_epoch`), MFU, memory,
-#       ops per step; then decoding alone: in a worker on every core but one (the JPEGs and
-#       their copies by `relvit resize-images --shorter-side 256`), and batched on the GPU
-#       (nvjpeg) with the crops there;
+#       input stages (among them a pass of 8 workers started for it against kept ones), train
+#       steps (supervised / pretrain plain / pretrain fused, each without and with the batch
+#       construction), the real training loop (`Run._train_epoch`), MFU, memory, ops per step;
+#       then decoding alone: in a worker on every core but one (the JPEGs and their copies by
+#       `relvit resize-images --shorter-side 256`), and batched on the GPU (nvjpeg) with the
+#       crops there;
 #   (c) diagnostics of why the "+ batch" step costs more than the batch construction alone: train
 #       steps and loop again with the host syncs per step counted (--sync-debug, the sites on
 #       stderr and in the JSON) and 3 steps of each case under torch.profiler (--profile); then
@@ -38,13 +39,14 @@ if [[ "${1:-}" == "--device" ]]; then DEVICE="$2"; fi
 if [[ "$DEVICE" == cuda ]]; then
   # caps in seconds: compiled tests, other tests, eager bench, decode, diagnostics, compile per
   # size (545 s in all; the eighth session's H100 run took 49, 16, 41, 16, >70 and 97-102 s;
-  # the compiled steps' two later rounds add about 13 s at 224 px)
+  # the compiled steps' two later rounds add about 13 s at 224 px; the eager bench's pass of
+  # workers started against kept ones, since the twenty-ninth session, a few seconds)
   T_CTESTS=70; T_TESTS=30; T_BENCH=60; T_DECODE=25; T_DIAG=100; T_COMPILE=130
   # the tests' CPU cases run in CI, and so do the device-free ones (chunk counts, host reads: 47
   # of the "other tests", which had filled their cap)
   ONLY="not cpu and not host_reads and not chunks_are_as_few and "
   BENCH=(--device cuda --workers 8 --only decode augment ssl steps loop memory)
-  DECODE=(--device cuda --only decode device-decode --decode-resized 256
+  DECODE=(--device cuda --only decode device-decode --decode-resized 256 --start-rounds 0
           --workers $(( $(nproc) > 2 ? $(nproc) - 1 : 1 )) --decode-images 4096)
   DIAGNOSE=(--device cuda --only steps loop memory --sync-debug --steps 5)
   COMPILE=(--device cuda --only steps loop --compile --steps 15 --rounds 3)

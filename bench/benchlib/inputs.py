@@ -95,7 +95,8 @@ def bench_decode(args, device: torch.device) -> list[Row]:
     (a short last batch would be decoded by one worker while the others idle). The rate is the
     steady one: from the arrival of the last worker's first batch (the workers start together)
     to the arrival of the last batch, the workers' shutdown left out; the start-up (time to the
-    first batch) is reported beside it."""
+    first batch) is reported beside it. Then, with `--start-rounds`, a pass of one image per
+    worker with workers started for it against a run's kept ones (`_worker_start_row`)."""
     n, workers = args.decode_images, max(1, args.workers)
     if n < 2 * workers:
         raise SystemExit(f"--decode-images {n} is too few for {args.workers} workers: "
@@ -110,12 +111,12 @@ def bench_decode(args, device: torch.device) -> list[Row]:
             rows.append(_decode_row(resized, f"JPEG resized to shorter side "
                                     f"{args.decode_resized}", args, device))
             rows[-1].ratio += f", {rows[-1].images_per_s / rows[0].images_per_s:.2f}× original"
-        if args.workers:
+        if args.workers and args.start_rounds:
             rows.append(_worker_start_row(paths[:args.workers], args))
     return rows
 
 
-def _worker_start_row(paths: list[Path], args, rounds: int = 5) -> Row:
+def _worker_start_row(paths: list[Path], args) -> Row:
     """A pass of one image per worker, with workers started for the pass (as every epoch's
     training and evaluation had them) against the kept workers of an `EpochLoader`, in rounds
     that alternate the two; the medians. Starting a worker forks this process, so its cost
@@ -128,6 +129,7 @@ def _worker_start_row(paths: list[Path], args, rounds: int = 5) -> Row:
     one_each = [[i] for i in range(len(paths))]
     list(loaders[True].batches(one_each, 0))  # the kept workers start
     times: dict[bool, list[float]] = {False: [], True: []}
+    rounds = args.start_rounds
     for seed in range(rounds):
         for persistent, loader in loaders.items():
             started = time.perf_counter()
