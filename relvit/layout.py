@@ -69,3 +69,13 @@ def best_checkpoint(results: str, run_id: str) -> str:
 def replaced_name(name: str, stamp: str) -> str:
     """The name a run folder `name` is moved aside to."""
     return f"{name}{REPLACED}{stamp}"
+
+
+def replaced_order(name: str) -> tuple[str, int]:
+    """Sort key of the names `replaced_name` gives, oldest first: the time stamp, then the
+    number of a later move within the same second (`-10` after `-9`; none counts as 1)."""
+    stamp = name.rsplit(REPLACED, 1)[-1]
+    head, _, number = stamp.rpartition("-")
+    if head.count("-") == 1 and number.isdigit():  # <date>-<time>-<n>
+        return head, int(number)
+    return stamp, 1

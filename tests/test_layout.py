@@ -18,3 +18,14 @@ def test_a_run_ids_fields_come_back_from_it():
                                    "a/b/c/d/seed0", "a//c/seed0", "a/b/c/seed"])
 def test_a_string_of_another_form_has_no_fields(other):
     assert run_id_fields(other) is None
+
+
+def test_moved_aside_folders_sort_by_time_then_number():
+    """Names sorted as text had put a second's tenth move (`-10`) before its second (`-2`)."""
+    from relvit.layout import replaced_name, replaced_order
+
+    stamps = ["20261129-095959", "20261129-100000", "20261129-100000-2", "20261129-100000-9",
+              "20261129-100000-10", "20261129-100001"]
+    names = [replaced_name("seed0", stamp) for stamp in stamps]
+    assert sorted(reversed(names), key=replaced_order) == names
+    assert sorted(names) != names  # what the plain sort gives

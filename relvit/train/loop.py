@@ -37,7 +37,9 @@ from relvit.data.loading import (
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, run_geometry, run_identity
-from relvit.layout import BEST, FINISHED, HISTORY, LAST, METRICS, RUN_CONFIG, replaced_name
+from relvit.layout import (
+    BEST, FINISHED, HISTORY, LAST, METRICS, RUN_CONFIG, replaced_name, replaced_order,
+)
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
@@ -389,7 +391,7 @@ class Run:
         # a folder there (a start that left no resume state) is not moved over
         pattern = replaced_name(glob.escape(self.out_dir.name), "*")
         asides = [] if self.out_dir.exists() else self.out_dir.parent.glob(pattern)
-        for aside in sorted(asides, reverse=True):
+        for aside in sorted(asides, key=lambda path: replaced_order(path.name), reverse=True):
             record = read_finished(aside)
             if record is None or self._record_changes(record):
                 continue
