@@ -21,9 +21,9 @@ def uses_cuda_graphs(mode: str | None) -> bool:
 
 def compile_static(fn: Compilable, backend: str | Callable = "inductor",
                    mode: str | None = None) -> Compilable:
-    """`fn` torch.compile-d with static shapes: one graph per input shape (evaluation's loss
-    chunks see two, the full batches and the last, shorter one; training runs its epochs' last
-    batches eagerly: `Run.eager_step_losses`). `mode`: torch.compile's (e.g.
+    """`fn` torch.compile-d with static shapes: one graph per input shape (training and
+    evaluation run the last, shorter batch of a pass eagerly: `Run.eager_step_losses`, and
+    `Objective.plain` in `Run.evaluate`). `mode`: torch.compile's (e.g.
     "reduce-overhead", CUDA graphs; the benchmark's `--compile-mode`), default its default.
 
     By default torch.compile recompiles a function with dynamic shapes once it sees a second
