@@ -67,6 +67,20 @@ def test_a_pass_left_unfinished_does_not_leak_into_the_next():
     loader.close()
 
 
+def test_a_pass_ended_by_a_later_one_raises_instead_of_taking_its_batches():
+    """Two passes share the workers: the earlier one, resumed, had silently yielded the later
+    one's batches and lost its own."""
+    loader = EpochLoader(_Pids(), workers=2)
+    first = loader.batches([[0, 1], [2, 3], [4, 5]])
+    assert next(first)[0].tolist() == [0, 1]
+    second = loader.batches([[6], [7]])
+    assert next(second)[0].tolist() == [6]
+    with pytest.raises(RuntimeError, match="ended by a later one"):
+        next(first)
+    assert next(second)[0].tolist() == [7]
+    loader.close()
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> FileSplit:
     """Eight random-noise JPEGs: any two crops of one differ."""

@@ -231,7 +231,7 @@ class EpochLoader:
     def __init__(self, dataset: Dataset, workers: int, pin_memory: bool = False,
                  seeded: bool = False, collate_fn: Callable[[list[Any]], Any] | None = None,
                  persistent: bool = True):
-        self.seeded, self._plan = seeded, _BatchPlan()
+        self.seeded, self._plan, self._passes = seeded, _BatchPlan(), 0
         # the workers' base seed comes from a generator of its own: none of the run's streams
         # is drawn from (the seeded transforms do not use it)
         self.loader = DataLoader(SeededSamples(dataset) if seeded else dataset,
@@ -242,14 +242,26 @@ class EpochLoader:
 
     def batches(self, index_batches: list[list[int]], seed: int | None = None
                 ) -> Iterator[Any]:
-        """The loaded batches of `index_batches`, in order (`seed`: that of a seeded loader)."""
+        """The loaded batches of `index_batches`, in order (`seed`: that of a seeded loader).
+        One pass at a time: a pass started while another is unfinished ends that one (its
+        next batch raises), as the two share the workers."""
         if (seed is not None) != self.seeded:
             raise ValueError(f"a {'seeded' if self.seeded else 'plain'} loader given seed {seed}")
         if seed is not None:
             index_batches = [[(seed, index) for index in batch] for batch in index_batches]
+        self._passes += 1
+        this_pass = self._passes
         self._plan.batches = index_batches
         try:
-            yield from self.loader
+            loaded = iter(self.loader)
+            while True:
+                if self._passes != this_pass:
+                    raise RuntimeError("this pass of the loader was ended by a later one")
+                try:
+                    batch = next(loaded)
+                except StopIteration:
+                    return
+                yield batch
         except DatasetLayoutError as err:  # from a worker: its message carries its traceback
             marker = f"{DatasetLayoutError.__name__}: "
             lines = [line for line in str(err).splitlines() if marker in line]
@@ -262,7 +274,10 @@ class EpochLoader:
         ends); a later pass starts new ones."""
         iterator, self.loader._iterator = self.loader._iterator, None
         if iterator is not None:
-            iterator._shutdown_workers()
+            try:
+                iterator._shutdown_workers()
+            except RuntimeError:  # a worker gone already: a process group's SIGTERM, say
+                pass
 
 
 # An in-memory split within this share of a GPU's memory is copied there once and batched there:

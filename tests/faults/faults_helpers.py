@@ -40,10 +40,11 @@ STEPS_PER_EPOCH = 12  # 1437 digits / batch 128
 
 
 def relvit(*args: Any, fault: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    """`relvit ARGS` in a subprocess, with the fault RELVIT_FAULT (tests/faults/inject.py)."""
+    """`relvit ARGS` in a subprocess, with the fault RELVIT_FAULT (tests/faults/inject.py), in a
+    session of its own: a signal to its process group reaches it and its workers only."""
     env = {**os.environ, "RELVIT_FAULT": fault}
     return subprocess.run([sys.executable, str(INJECT), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+                          text=True, env=env, timeout=timeout, start_new_session=True)
 
 
 def train_cli(config: Path, out: Path, *extra: Any, mode: str = "pretrain",

@@ -4,6 +4,9 @@ injected, chosen by the environment variable RELVIT_FAULT:
     kill-at-step:N       SIGKILL this process at its N-th training step (mid-epoch)
     int-at-step:N        SIGINT (Ctrl-C) this process at its N-th training step
     term-at-step:N       SIGTERM (a scheduler's time limit) this process at its N-th step
+    group-term-at-step:N SIGTERM this process's group (as SLURM signals a job's processes, the
+                         loader workers among them) at its N-th step; the process leads a
+                         session of its own (`faults_helpers.relvit`)
     kill-in-save:K       at the K-th write of last.pt (a resume state): write half of its bytes,
                          flush them to disk, then SIGKILL this process (mid-checkpoint-write)
     fsize:BYTES          no file this process writes may grow past BYTES (RLIMIT_FSIZE: such a
@@ -30,7 +33,7 @@ import relvit.train.loop as loop  # noqa: E402
 from relvit import cli  # noqa: E402
 
 
-def _signal_at_step(signum: int, n: int) -> None:
+def _signal_at_step(signum: int, n: int, group: bool = False) -> None:
     if signum == signal.SIGINT:
         # as in a foreground process: a shell starts a background job (`pytest &`) with SIGINT
         # ignored, Python keeps it so, and the Ctrl-C sent here would then change nothing
@@ -40,7 +43,7 @@ def _signal_at_step(signum: int, n: int) -> None:
     def train_loss(self: loop.Run, *args: Any) -> Any:
         calls[0] += 1
         if calls[0] == n:
-            os.kill(os.getpid(), signum)
+            os.killpg(0, signum) if group else os.kill(os.getpid(), signum)
         return original(self, *args)
 
     loop.Run.train_loss = train_loss
@@ -73,6 +76,7 @@ def _file_size_limit(size: int) -> None:
 FAULTS = {"kill-at-step": lambda n: _signal_at_step(signal.SIGKILL, n),
           "int-at-step": lambda n: _signal_at_step(signal.SIGINT, n),
           "term-at-step": lambda n: _signal_at_step(signal.SIGTERM, n),
+          "group-term-at-step": lambda n: _signal_at_step(signal.SIGTERM, n, group=True),
           "kill-in-save": _kill_in_save, "fsize": _file_size_limit}
 
 if __name__ == "__main__":

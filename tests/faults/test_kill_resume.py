@@ -12,7 +12,7 @@ import time
 
 import pytest
 from faults_helpers import (STEPS_PER_EPOCH, outcome, reference, train_cli, train_epochs,
-                            train_here)
+                            train_here, write_config)
 
 from relvit.train.checkpoint import load_checkpoint
 from relvit.train.runlock import RunLockedError, lock_path, run_lock
@@ -57,6 +57,29 @@ def test_ctrl_c_or_sigterm_mid_epoch_says_what_is_kept_and_resumes(tmp_path, fau
     assert (run / "train.log").read_text().splitlines()[-1].endswith(logged)
     assert train_here(config, run) == 0
     assert outcome(run) == expected
+
+
+def test_sigterm_to_the_group_with_loader_workers_kept(tmp_path):
+    """SLURM's time limit signals every process of the job, the loader workers, kept for the
+    whole run, among them: the run had ended with exit 1 and a RuntimeError ("DataLoader worker
+    is killed by signal") when it stopped the dead workers, instead of Terminated's exit 143."""
+    from fixtures.formats import write_imagefolder
+
+    write_imagefolder(tmp_path / "images")
+    config = write_config(tmp_path / "run.yaml", mode="supervised", optim={"epochs": 3,
+                                                                           "batch_size": 2},
+                          data={"name": "imagefolder", "folder": str(tmp_path / "images"),
+                                "image_size": 16, "workers": 2}, model={"patch_size": 4})
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert train_here(config, whole, mode="supervised") == 0
+    result = train_cli(config, run, mode="supervised", fault="group-term-at-step:5")
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"relvit: terminated (SIGTERM); {run} keeps its 1 finished epoch (last.pt): the same "
+        "command resumes after them")
+    assert "Traceback" not in result.stderr
+    assert train_here(config, run, mode="supervised") == 0
+    assert outcome(run) == outcome(whole)
 
 
 def test_kill_mid_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, caplog):
