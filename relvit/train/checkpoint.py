@@ -17,7 +17,7 @@ from torch import nn
 from relvit.atomic import atomic_write, previous_path, remove_stale_temps
 from relvit.data.download import file_digest as checksum
 from relvit.layout import LAST, METRICS
-from relvit.train.errors import CheckpointError, UpstreamFailedError
+from relvit.train.errors import CheckpointAccessError, CheckpointError, UpstreamFailedError
 from relvit.train.failure import is_failed
 
 __all__ = ["CheckpointError", "UpstreamFailedError", "atomic_save", "load_checkpoint",
@@ -68,11 +68,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
     CheckpointError for a missing, truncated or corrupt file: the zip container's CRC-32 of
     every record is checked first (torch.load alone reads a flipped byte in a tensor silently).
+    CheckpointAccessError (an OSError) for a file that cannot be opened or read: permissions or
+    the disk, not its content (`zipfile.is_zipfile` alone says False for those).
     """
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise CheckpointError(f"checkpoint {path} {what}")
-    if not zipfile.is_zipfile(path):  # torch.save's format since torch 1.6, and all we write
+    try:
+        with open(path, "rb") as handle:
+            handle.read(4)
+            is_zip = zipfile.is_zipfile(handle)
+    except OSError as err:
+        raise CheckpointAccessError(path, err) from err
+    if not is_zip:  # torch.save's format since torch 1.6, and all we write
         raise CheckpointError(f"checkpoint {path} cannot be read: not a torch checkpoint (no "
                               "zip archive: truncated, empty, or another kind of file)")
     try:
@@ -91,6 +99,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
+    except OSError as err:  # reading failed, not the content
+        raise CheckpointAccessError(path, err) from err
     except Exception as err:  # truncated, corrupt or foreign files; pickled code is refused
         raise CheckpointError(f"checkpoint {path} cannot be read: {_load_failure(err)}") from err
     if not isinstance(state, dict) or "model" not in state:

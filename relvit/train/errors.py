@@ -12,6 +12,15 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
+class CheckpointAccessError(OSError):
+    """A checkpoint that cannot be opened or read (permissions, an I/O error): not damage, so it
+    is never moved aside or replaced."""
+
+    def __init__(self, path: object, err: OSError):
+        super().__init__(f"checkpoint {path} cannot be read ({err.strerror or err}): it is left "
+                         "as it was; once it is readable, the same command goes on")
+
+
 class UpstreamFailedError(CheckpointError):
     """The run a checkpoint comes from failed (its metrics.json says so): its weights are
     half-trained and must not start another run."""

@@ -124,6 +124,43 @@ def test_damaged_last_checkpoint_is_moved_aside_and_the_previous_one_used(
     assert outcome(run) == expected
 
 
+@pytest.mark.parametrize("where", ["open", "read"])
+def test_an_unreadable_checkpoint_is_left_as_it_was_and_the_run_stops(tmp_path, monkeypatch,
+                                                                      capsys, where):
+    """A last.pt that cannot be opened (permissions) or read (a disk's I/O error) had been taken
+    for a damaged one: moved aside, and the run went on from the epoch before, or from scratch
+    when last.prev.pt could not be read either."""
+    import builtins
+    import errno
+    import zipfile
+
+    from relvit.train import checkpoint
+
+    config, expected = reference()
+    run = tmp_path / "run"
+    train_epochs(config, run, 2)
+    if where == "open":
+        def refuse(file, *args, **kwargs):
+            if str(file).startswith(str(run / "last.")):
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return builtins.open(file, *args, **kwargs)
+        monkeypatch.setattr(checkpoint, "open", refuse, raising=False)
+    else:
+        def fail(self):
+            raise OSError(errno.EIO, "Input/output error")
+        monkeypatch.setattr(zipfile.ZipFile, "testzip", fail)
+    reason = "Permission denied" if where == "open" else "Input/output error"
+    assert train_here(config, run) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"relvit: error: checkpoint {run / 'last.pt'} cannot be read ({reason}): it is left as "
+        "it was; once it is readable, the same command goes on")
+    assert sorted(p.name for p in run.glob("last*")) == ["last.prev.pt", "last.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert train_here(config, run) == 0
+    assert outcome(run) == expected
+
+
 def test_both_checkpoints_damaged_starts_over(tmp_path, caplog):
     config, expected = reference()
     run = tmp_path / "run"
