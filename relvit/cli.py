@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from relvit.atomic import atomic_write_text
 from relvit.config import (MODES, ConfigError, DataConfig, load_config, read_config_file,
                            read_settings_file)
 from relvit.interrupts import Terminated, sigterm_as_interrupt
@@ -207,8 +208,7 @@ def _regress(args: argparse.Namespace) -> int:
     report = expected.format_checks(results)
     print(report, end="")
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(report)
+        atomic_write_text(report, args.report)
     return 1 if any(r.failed for r in results) else 0
 
 

@@ -429,6 +429,27 @@ def test_out_of_tolerance_reads_a_written_compare_csv(tmp_path):
         out_of_tolerance(tmp_path / "other.csv")
 
 
+def test_the_verdict_on_a_full_disk_names_its_file_and_leaves_none_empty(tmp_path,
+                                                                         monkeypatch):
+    """rule compare_verdict wrote with Path.write_text: a full disk left an empty log and said
+    only "[Errno 28] No space left on device"."""
+    import errno
+
+    from relvit.report import compare as compare_module
+
+    path = tmp_path / "compare.csv"
+    path.write_text(",".join(CSV_COLUMNS) + "\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("relvit.atomic.tempfile.mkstemp", full)
+    log_path = tmp_path / "logs" / "verdict.log"
+    with pytest.raises(OSError, match=f"cannot write {log_path} \\(No space left on device\\)"):
+        compare_module.write_verdict(path, tmp_path / "verdict.txt", log_path)
+    assert not log_path.exists() and not (tmp_path / "verdict.txt").exists()
+
+
 def test_a_delta_at_the_bound_is_within():
     """64.44 - 65.34 is -0.9000000000000057 in floats: the cell prints Δ -0.90, bound 0.90."""
     from relvit.report.compare import judge

@@ -412,6 +412,20 @@ def scenes(tmp_path_factory):
     return root, write_digit_scenes(root / "a", n_train=24, n_val=10, seed=3)
 
 
+def test_a_full_disk_names_the_scene_image_it_could_not_write(tmp_path, monkeypatch):
+    """PIL's error named no file ("[Errno 28] No space left on device")."""
+    import errno
+
+    from PIL import Image
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OSError, match=r"cannot write .*train/000001\.png \(No space left"):
+        write_digit_scenes(tmp_path / "a", n_train=2, n_val=1, seed=3)
+
+
 def test_digit_scenes_deterministic(scenes, tmp_path):
     root, paths = scenes
     again = write_digit_scenes(tmp_path / "b", n_train=24, n_val=10, seed=3)

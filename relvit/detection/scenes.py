@@ -154,7 +154,11 @@ def write_digit_scenes(root: Path, n_train: int, n_val: int, canvas: int = 64, s
         for image_id in range(1, n + 1):
             pixels, objects = _scene(rng, pools[split], canvas, min_digits, max_digits)
             name = f"{image_id:06d}.png"
-            Image.fromarray(pixels, mode="RGB").save(folder / name, format="PNG")
+            try:
+                Image.fromarray(pixels, mode="RGB").save(folder / name, format="PNG")
+            except OSError as err:  # a full disk: PIL's error names no file
+                raise OSError(err.errno, f"cannot write {folder / name} "
+                                         f"({err.strerror or err})") from err
             images.append({"id": image_id, "file_name": name, "width": canvas,
                            "height": canvas})
             for digit, mask in objects:

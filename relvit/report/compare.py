@@ -266,11 +266,10 @@ def write_verdict(csv_path: str | Path, out_path: str | Path, log_path: str | Pa
     out = out_of_tolerance(csv_path)
     message = (f"{len(out)} cell(s) out of tolerance (see {csv_path}):\n" + "\n".join(out)
                if out else "every comparable cell within tolerance")
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(log_path).write_text(message + "\n")
+    atomic_write_text(message + "\n", log_path)
     if out:
         raise ValueError(message)
-    Path(out_path).write_text(message + "\n")
+    atomic_write_text(message + "\n", out_path)
 
 
 def _number(value: float | None) -> str:
