@@ -181,6 +181,10 @@ def schema_problems(workflow: dict, schema: dict) -> list[str]:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}; "
                                 f"allowed: {', '.join(allowed)}")
+        elif err.validator == "pattern":
+            problems.append(f"{path}: {err.instance!r} does not match {err.validator_value!r}"
+                            + (f"; {err.schema['description']}" if "description" in
+                               err.schema else ""))
         elif err.validator == "enum":
             problems.append(f"{path or '<top>'}: {err.instance!r} is not one of "
                             f"{', '.join(map(repr, err.validator_value))}")

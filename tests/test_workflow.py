@@ -730,3 +730,20 @@ def test_snakemake_ends_by_saying_where_the_results_are_or_how_to_go_on(tmp_path
     done = snakemake(*args, cwd=tmp_path)
     assert "relvit: every requested target is done; the pipeline's tables are in " \
         "results/tables/" in done.stderr
+
+
+def test_braces_in_the_results_or_data_folder_are_named():
+    """Snakemake reads { and } in a path as a wildcard: `results: res{x}ults` failed in
+    Snakemake's own rule check ("Not all output, log and benchmark files of rule prepare_data
+    contain the same wildcards") while check-workflow said valid."""
+    from relvit.config import ConfigError
+    from relvit.workflow import check_workflow_config
+
+    schema = str(ROOT / "config" / "schema.yaml")
+    with pytest.raises(ConfigError) as err:
+        check_workflow_config({**TINY, "results": "res{x}ults",
+                               "data": {**TINY.get("data", {}), "root": "da}ta"}}, schema)
+    assert [p.split(";")[0] for p in err.value.problems] == [
+        "data.root: 'da}ta' does not match '^[^{}]*$'",
+        "results: 'res{x}ults' does not match '^[^{}]*$'"]
+    assert all("Snakemake reads them as wildcards" in p for p in err.value.problems)
