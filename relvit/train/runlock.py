@@ -37,8 +37,17 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     """Hold the run directory's lock for the block; RunLockedError if another process holds it."""
     out_dir = Path(out_dir)
     path = lock_path(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as err:  # a file where a folder of the path should be, a read-only folder
+        file = next((p for p in (path.parent, *path.parent.parents)
+                     if p.exists() and not p.is_dir()), None)
+        reason = (f"{file} is a file, not a folder" if file is not None
+                  else f"{err.strerror or err}: {err.filename}")
+        raise OSError(err.errno, f"cannot take the run lock {path} of {out_dir} ({reason})"
+                      ) from err
+    with handle:
         if not _locked(handle, path, out_dir):
             yield
             return

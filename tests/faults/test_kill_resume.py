@@ -251,6 +251,19 @@ def test_the_run_lock_names_its_holder(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("under", ["sub", "a/sub"])
+def test_a_file_in_the_run_folders_path_is_named(tmp_path, under):
+    """`--out runfile/sub` with runfile a file said only "[Errno 17] File exists: 'runfile'"."""
+    (tmp_path / "runfile").write_text("")
+    out = tmp_path / "runfile" / under
+    with pytest.raises(OSError) as raised:
+        with run_lock(out):
+            pass
+    assert str(raised.value).endswith(
+        f"cannot take the run lock {lock_path(out)} of {out} ({tmp_path / 'runfile'} is a file, "
+        "not a folder)")
+
+
 def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
     def no_locks(*args):
         raise OSError(37, "No locks available")
