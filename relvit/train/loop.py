@@ -770,8 +770,10 @@ class Run:
         if distributed.is_main():
             self._mend_finished_files()
             text = json.dumps(self.finished, indent=2) + "\n"
-            atomic_write_text(text, self.out_dir / FINISHED)
-            atomic_write_text(text, self.out_dir / METRICS)
+            for name in (FINISHED, METRICS):  # unchanged files are not written: a read-only
+                path = self.out_dir / name     # folder of finished runs can be rerun
+                if _text_or_none(path) != text:
+                    atomic_write_text(text, path)
             log.info("%s finished already: %s and %s kept from its record", self.out_dir,
                      METRICS, FINISHED)
         distributed.barrier()
@@ -794,11 +796,7 @@ class Run:
         if self.finished_history is None:
             return
         history, text = self.out_dir / HISTORY, _history_csv(self.finished_history)
-        try:
-            whole = history.read_bytes() == text.encode("utf-8")  # csv's \r\n line ends
-        except OSError:
-            whole = False
-        if not whole:
+        if _text_or_none(history) != text:
             log.warning("%s is not the run's history (damaged or missing): written again from "
                         "%s", history, LAST)
             atomic_write_text(text, history)
@@ -836,6 +834,14 @@ class Run:
             atomic_write_text(text, self.out_dir / METRICS)
         distributed.barrier()
         return metrics
+
+
+def _text_or_none(path: Path) -> str | None:
+    """A file's UTF-8 text as written (line ends kept), or None if it cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _duration(seconds: float) -> str:

@@ -8,6 +8,7 @@ dies, however it dies) refuses the second one, naming the first.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -34,19 +35,17 @@ def lock_path(out_dir: Path) -> Path:
 
 @contextmanager
 def run_lock(out_dir: str | Path) -> Iterator[None]:
-    """Hold the run directory's lock for the block; RunLockedError if another process holds it."""
+    """Hold the run directory's lock for the block; RunLockedError if another process holds it.
+
+    In a folder this process may not write (an archived results tree, read-only), the block runs
+    unguarded, with a warning: a finished run is restored there, and a run that would train
+    fails at its first write, naming the file."""
     out_dir = Path(out_dir)
     path = lock_path(out_dir)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+", encoding="utf-8")
-    except OSError as err:  # a file where a folder of the path should be, a read-only folder
-        file = next((p for p in (path.parent, *path.parent.parents)
-                     if p.exists() and not p.is_dir()), None)
-        reason = (f"{file} is a file, not a folder" if file is not None
-                  else f"{err.strerror or err}: {err.filename}")
-        raise OSError(err.errno, f"cannot take the run lock {path} of {out_dir} ({reason})"
-                      ) from err
+    handle = _open_lock(path, out_dir)
+    if handle is None:
+        yield
+        return
     with handle:
         if not _locked(handle, path, out_dir):
             yield
@@ -59,6 +58,25 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock(path: Path, out_dir: Path) -> IO[str] | None:
+    """The lock file, opened; None (warned) in a folder this process may not write; an OSError
+    naming the lock and what is in the way otherwise (a file where a folder should be)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+", encoding="utf-8")
+    except OSError as err:
+        if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+            log.warning("%s: cannot lock (%s); a second process on %s would not be stopped",
+                        path, err.strerror, out_dir)
+            return None
+        file = next((p for p in (path.parent, *path.parent.parents)
+                     if p.exists() and not p.is_dir()), None)
+        reason = (f"{file} is a file, not a folder" if file is not None
+                  else f"{err.strerror or err}: {err.filename}")
+        raise OSError(err.errno, f"cannot take the run lock {path} of {out_dir} ({reason})"
+                      ) from err
 
 
 def _locked(handle: IO[str], path: Path, out_dir: Path) -> bool:

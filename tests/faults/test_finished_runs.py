@@ -99,6 +99,30 @@ def _other_config(tmp_path: Path, config: Path) -> Path:
     return tmp_path / "other.yaml"
 
 
+def test_a_finished_run_in_a_folder_it_cannot_write_is_rerun(tmp_path, monkeypatch, caplog):
+    """Its record was written again however unchanged, and the run lock beside it made: a
+    finished run in a read-only folder (an archived results tree) failed a rerun with "cannot
+    write .../finished.json" or "Permission denied: .../.run.lock"."""
+    import errno
+
+    config, run = _finished_copy(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()  # as Snakemake deletes a job's outputs before it runs it
+    assert _train(config, run) == metrics
+
+    def read_only(text, path):
+        raise OSError(errno.EROFS, f"cannot write {path} (Read-only file system)")
+
+    def no_lock_file(file, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(file))
+
+    monkeypatch.setattr("relvit.train.loop.atomic_write_text", read_only)
+    monkeypatch.setattr("relvit.train.loop.dump_config", read_only)
+    monkeypatch.setattr("relvit.train.runlock.open", no_lock_file, raising=False)
+    assert _train(config, run) == metrics
+    assert "cannot lock (Permission denied); a second process on" in caplog.text
+
+
 def test_a_finished_runs_metrics_file_is_its_record_without_finished_json(tmp_path):
     """A run from before finished.json, its last*.pt deleted to save space: it was trained
     again from scratch over its best.pt, and under another config too, without a word."""
