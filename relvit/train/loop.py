@@ -321,6 +321,11 @@ class Run:
             self.finished = record
             self.finished_history = state["history"] if state else None
             return
+        folders = [name for name in (RUN_CONFIG, HISTORY, BEST, FINISHED, METRICS)
+                   if (self.out_dir / name).is_dir()]
+        if folders:  # found before training, not at the first write of that file
+            raise TrainingError(f"{self.out_dir}: {', '.join(folders)} is a folder where the "
+                                "run writes a file; move it away")
         if state:
             self._resume(state)
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:

@@ -309,3 +309,16 @@ def test_an_earlier_starts_unreadable_config_is_said_and_the_run_trains(tmp_path
         assert train_here(config, run) == 0
     assert "config.yaml cannot be read" in caplog.text and "not compared" in caplog.text
     assert outcome(run) == expected
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "history.csv"])
+def test_a_folder_where_the_run_writes_a_file_is_named_before_training(tmp_path, name):
+    """A metrics.json that was a folder was found at the end of the run, after all its
+    training (`cannot write .../metrics.json (Is a directory)`)."""
+    config, _ = reference()
+    run = tmp_path / "run"
+    (run / name).mkdir(parents=True)
+    with pytest.raises(TrainingError, match=f"{run}: {name} is a folder where the run writes a "
+                                            "file; move it away"):
+        _train(config, run)
+    assert not (run / "last.pt").exists()
