@@ -61,6 +61,30 @@ def test_prepare_downloads_verifies_extracts_and_marks_ready(tmp_path, monkeypat
     assert prepare_dataset("cifar10", tmp_path / "data", offline=True)["splits"]["train"] == 60
 
 
+def test_a_second_prepare_waits_for_the_first(tmp_path, monkeypatch, cifar_archive, caplog):
+    """Two prepares of one dataset at once had resumed each other's download (an archive
+    verified, then appended to) and cleared each other's extraction: the second waits now."""
+    import os
+    import threading
+
+    from relvit.locks import folder_lock, lock_beside
+
+    _, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", resource)
+    target, done = tmp_path / "data" / "cifar10", []
+    second = threading.Thread(target=lambda: done.append(prepare_dataset("cifar10",
+                                                                         tmp_path / "data")))
+    with caplog.at_level("WARNING", logger="relvit"):
+        with folder_lock(lock_beside(target, "prepare"), target, "preparing"):  # the first
+            second.start()
+            second.join(1.0)
+            assert second.is_alive() and not done and not target.exists()
+        second.join(60)
+    assert done[0]["splits"] == {"train": 60, "test": 20}
+    assert f"waiting for pid {os.getpid()} on " in caplog.text
+    assert f"which is preparing {target} (lock {lock_beside(target, 'prepare')})" in caplog.text
+
+
 def test_corrupted_download_is_rejected_and_nothing_extracted(tmp_path, monkeypatch,
                                                               cifar_archive):
     _, resource = cifar_archive

@@ -115,6 +115,27 @@ def test_an_interrupted_copy_resumes(tree, tmp_path):
             assert os.stat(dst / name).st_mtime_ns == stamp, name
 
 
+def test_a_second_copy_into_the_same_folder_waits_for_the_first(tree, tmp_path, caplog):
+    """Two copies at once into one folder had removed each other's temporary files as left by
+    an interrupted write, and failed or written the work twice."""
+    import threading
+
+    from relvit.locks import folder_lock, lock_beside
+
+    dst, done = tmp_path / "dst", []
+    second = threading.Thread(
+        target=lambda: done.append(resize_tree(tree, dst, ResizeSettings(16), workers=0)))
+    with caplog.at_level("WARNING", logger="relvit"):
+        with folder_lock(lock_beside(dst, "resize"), dst, "resizing images into"):
+            second.start()
+            second.join(1.0)
+            assert second.is_alive() and not done and not dst.exists()
+        second.join(60)
+    assert done[0]["resized"] + done[0]["copied"] == 7
+    assert f"waiting for pid {os.getpid()} on " in caplog.text
+    assert f"which is resizing images into {dst}" in caplog.text
+
+
 def test_a_copy_made_with_other_settings_is_refused(tree, tmp_path):
     dst = tmp_path / "dst"
     resize_tree(tree, dst, ResizeSettings(16), workers=0)

@@ -22,6 +22,7 @@ from relvit.data.formats import DatasetLayoutError
 from relvit.data.loading import dataset_folder, load_splits
 from relvit.data.registry import DatasetSpec, get_dataset
 from relvit.atomic import atomic_write_text
+from relvit.locks import folder_lock, lock_beside
 from relvit.layout import READY
 
 log = logging.getLogger("relvit")
@@ -41,6 +42,15 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
     spec = get_dataset(name)
     data = DataConfig(name=name, root=str(root), folder=folder)
     target = dataset_folder(spec, data)
+    # two processes at once would resume each other's downloads and clear each other's
+    # extractions: the second waits
+    with folder_lock(lock_beside(target, "prepare"), target, "preparing"):
+        return _prepare(spec, data, target, offline, extract_again)
+
+
+def _prepare(spec: DatasetSpec, data: DataConfig, target: Path, offline: bool,
+             extract_again: bool) -> dict[str, Any]:
+    name, root, folder = spec.name, data.root, data.folder
     marker = Path(folder) / READY if folder else ready_marker(root, name)
     marker.unlink(missing_ok=True)  # ready again only once this run has checked everything
     _fetch_all(spec, root, target, offline, extract_again)

@@ -29,6 +29,7 @@ from pathlib import Path
 from relvit.atomic import TEMP_SUFFIX, atomic_write, atomic_write_text, remove_stale_temps
 from relvit.data.formats import decode_image, is_image_file
 from relvit.interrupts import ignore_interrupt
+from relvit.locks import folder_lock, lock_beside
 
 log = logging.getLogger("relvit")
 MARKER = ".relvit-resized.json"  # written when the copy is complete
@@ -191,6 +192,12 @@ def resize_tree(src: str | Path, dst: str | Path, settings: ResizeSettings,
     marker records. `workers`: processes (default: every core; 0: this process)."""
     src, dst = Path(src), Path(dst)
     _check_folders(src, dst)
+    with folder_lock(lock_beside(dst, "resize"), dst, "resizing images into"):
+        return _resize_tree(src, dst, settings, workers)
+
+
+def _resize_tree(src: Path, dst: Path, settings: ResizeSettings,
+                 workers: int | None) -> dict[str, object]:
     _claim(dst, src, settings)
     for folder in [dst, *(p for p in dst.rglob("*") if p.is_dir())]:
         remove_stale_temps(folder)

@@ -118,7 +118,7 @@ def test_a_finished_run_in_a_folder_it_cannot_write_is_rerun(tmp_path, monkeypat
 
     monkeypatch.setattr("relvit.train.loop.atomic_write_text", read_only)
     monkeypatch.setattr("relvit.train.loop.dump_config", read_only)
-    monkeypatch.setattr("relvit.train.runlock.open", no_lock_file, raising=False)
+    monkeypatch.setattr("relvit.locks.open", no_lock_file, raising=False)
     assert _train(config, run) == metrics
     assert "cannot lock (Permission denied); a second process on" in caplog.text
 

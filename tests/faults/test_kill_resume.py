@@ -260,7 +260,7 @@ def test_a_file_in_the_run_folders_path_is_named(tmp_path, under):
         with run_lock(out):
             pass
     assert str(raised.value).endswith(
-        f"cannot take the run lock {lock_path(out)} of {out} ({tmp_path / 'runfile'} is a file, "
+        f"cannot take the lock {lock_path(out)} of {out} ({tmp_path / 'runfile'} is a file, "
         "not a folder)")
 
 
@@ -268,7 +268,7 @@ def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, cap
     def no_locks(*args):
         raise OSError(37, "No locks available")
 
-    monkeypatch.setattr("relvit.train.runlock.fcntl.flock", no_locks)
+    monkeypatch.setattr("relvit.locks.fcntl.flock", no_locks)
     with caplog.at_level("WARNING", logger="relvit"), run_lock(tmp_path / "run"):
         pass
     assert "cannot lock ([Errno 37] No locks available)" in caplog.text
