@@ -85,6 +85,22 @@ def test_markdown_is_exactly_as_expected(tmp_path):
     assert "not comparable to the paper's" in render_latex(Table1(gather_runs([tmp_path])), "ci")
 
 
+def test_a_run_moved_aside_while_the_runs_are_read_is_left_out(tmp_path, monkeypatch, caplog):
+    """`relvit report` during a long run: a run folder moved aside (`--replace-changed`) between
+    the listing and the reading had ended the report with FileNotFoundError."""
+    from relvit.report import gather
+
+    write_runs(tmp_path)
+    listed = gather.find_files([tmp_path], "metrics.json")
+    monkeypatch.setattr(gather, "find_files", lambda *args, **kwargs: listed)
+    gone = listed[0]
+    gone.parent.rename(gone.parent.with_name(gone.parent.name + ".replaced-20261129-120000"))
+    with caplog.at_level("WARNING", logger="relvit"):
+        runs = gather_runs([tmp_path])
+    assert sorted(runs["run"]) == sorted(str(path.parent) for path in listed[1:])
+    assert f"{gone}: gone since the folder was listed; left out" in caplog.text
+
+
 def test_one_seed_is_not_called_a_mean_and_std(tmp_path):
     """"Mean ± sample std over seeds 0." for the one seed of a run by hand."""
     write_runs(tmp_path)

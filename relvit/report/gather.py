@@ -74,7 +74,11 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
             raise ValueError(f"{source}: neither a run's {METRICS} nor a run config (*.yaml)")
     rows = []
     for path in find_files(sources, METRICS):
-        metrics = read_metrics(path)
+        try:
+            metrics = read_metrics(path)
+        except FileNotFoundError:  # a run moved aside (--replace-changed) since it was listed
+            log.warning("%s: gone since the folder was listed; left out", path)
+            continue
         problems = _identity_problems(metrics)
         if problems:
             raise ValueError(f"{path}: not a run's metrics file ({'; '.join(problems)})")
