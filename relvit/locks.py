@@ -1,7 +1,12 @@
 """One process at a time on a folder: a lock file beside it (`flock`, released by the kernel when
 its holder dies, however it dies), holding the holder's pid and host for the message of the next
 process. Training runs refuse a held lock (`relvit.train.runlock`); preparing a dataset or
-resizing its images waits for it."""
+resizing its images waits for it.
+
+A process forked while the lock is held shares it: it stays held until the fork exits too. A
+pool that could outlive a killed holder (`ProcessPoolExecutor`'s workers wait on their queue
+forever) starts its workers from a fresh process instead (`relvit.data.resize`).
+"""
 
 from __future__ import annotations
 
@@ -26,28 +31,28 @@ def lock_beside(folder: Path, purpose: str = "") -> Path:
 
 @contextmanager
 def folder_lock(path: Path, subject: Path, doing: str,
-                busy: Callable[[str], Exception] | None = None) -> Iterator[None]:
-    """Hold lock file `path`, which guards folder `subject`, for the block.
+                busy: Callable[[str], Exception] | None = None) -> Iterator[bool]:
+    """Hold lock file `path`, which guards folder `subject`, for the block; the block is given
+    whether it waited for another process (which may have done its work).
 
     Held by another process: `busy(holder)` is raised, or without `busy` the block waits for it,
-    said once ("waiting for pid N on HOST, which is `doing` ..."). Where the folder cannot be
-    written (read-only) or the file system has no locks, the block runs unguarded, with a
-    warning. A file where a folder of `path` should be is an OSError naming both.
+    said once ("waiting for pid N on HOST, which is `doing` ..."). A lock file this process may
+    not write (a read-only folder) is locked read-only, its holder unrecorded; where there is
+    none, or the file system has no locks, the block runs unguarded, with a warning. A file
+    where a folder of `path` should be is an OSError naming both.
     """
     handle = _open(path, subject)
     if handle is None:
-        yield
+        yield False
         return
     with handle:
-        if not _take(handle, path, subject, doing, busy):
-            yield
+        waited = _take(handle, path, subject, doing, busy)
+        if waited is None:
+            yield False
             return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
         try:
-            yield
+            _record_holder(handle)
+            yield waited
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -58,14 +63,18 @@ def _unguarded(path: Path, subject: Path, why: object) -> None:
 
 
 def _open(path: Path, subject: Path) -> IO[str] | None:
-    """The lock file, opened; None (warned) in a folder this process may not write."""
+    """The lock file, opened (read-only where it cannot be written); None (warned) where it
+    cannot be made."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "a+", encoding="utf-8")
     except OSError as err:
         if isinstance(err, PermissionError) or err.errno == errno.EROFS:
-            _unguarded(path, subject, err.strerror)
-            return None
+            try:
+                return open(path, encoding="utf-8")  # flock needs no write access
+            except OSError:
+                _unguarded(path, subject, err.strerror)
+                return None
         file = next((p for p in (path.parent, *path.parent.parents)
                      if p.exists() and not p.is_dir()), None)
         reason = (f"{file} is a file, not a folder" if file is not None
@@ -74,12 +83,12 @@ def _open(path: Path, subject: Path) -> IO[str] | None:
 
 
 def _take(handle: IO[str], path: Path, subject: Path, doing: str,
-          busy: Callable[[str], Exception] | None) -> bool:
-    """Take the lock: True once held; False (warned) where the file system has no locks (e.g.
-    ENOLCK on a network file system)."""
+          busy: Callable[[str], Exception] | None) -> bool | None:
+    """Take the lock: whether it had to wait for another process; None (warned) where the file
+    system has no locks (e.g. ENOLCK on a network file system)."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        return False
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
@@ -90,4 +99,16 @@ def _take(handle: IO[str], path: Path, subject: Path, doing: str,
         return True
     except OSError as err:
         _unguarded(path, subject, err)
-        return False
+        return None
+
+
+def _record_holder(handle: IO[str]) -> None:
+    """Write this process into the lock file, for the next one's message; a lock file that
+    cannot be written (read-only, a full disk) keeps what it held."""
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+    except (OSError, ValueError):  # ValueError: io's "not writable" on a read-only handle
+        pass

@@ -83,6 +83,17 @@ def test_a_second_prepare_waits_for_the_first(tmp_path, monkeypatch, cifar_archi
     assert done[0]["splits"] == {"train": 60, "test": 20}
     assert f"waiting for pid {os.getpid()} on " in caplog.text
     assert f"which is preparing {target} (lock {lock_beside(target, 'prepare')})" in caplog.text
+    # waited for a process that made the dataset ready: its marker, which that process's
+    # workflow checks once its job ends, is kept as it is (not removed, then written again)
+    marker = ready_marker(tmp_path / "data", "cifar10")
+    stamp = marker.stat().st_mtime_ns
+    third = threading.Thread(target=lambda: done.append(prepare_dataset("cifar10",
+                                                                        tmp_path / "data")))
+    with folder_lock(lock_beside(target, "prepare"), target, "preparing"):
+        third.start()
+        third.join(0.5)
+    third.join(60)
+    assert done[1] == done[0] and marker.stat().st_mtime_ns == stamp
 
 
 def test_corrupted_download_is_rejected_and_nothing_extracted(tmp_path, monkeypatch,

@@ -310,3 +310,60 @@ def test_an_incomplete_copy_is_refused_before_training(tmp_path):
     (dst / MARKER).write_text("{")
     with pytest.raises(ResizeError, match="unreadable"):
         resized_copy(dst)
+
+
+def test_the_copys_worker_processes_do_not_hold_its_lock(tmp_path):
+    """Forked from the process holding the folder's lock, the pool's workers shared it, and a
+    resize killed (OOM, SIGKILL) left them waiting on their queue forever: the lock stayed
+    held, and the next resize into the folder waited for a dead pid."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from relvit.locks import lock_beside
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(2000):  # a few seconds of work for the pool
+        _image(src / "a" / f"{i}.jpg", 48, 40, seed=i)
+    lock = str(lock_beside(dst, "resize"))
+    resize = subprocess.Popen([sys.executable, "-m", "relvit.cli", "resize-images", str(src),
+                               str(dst), "--shorter-side", "16", "--workers", "2"],
+                              start_new_session=True, stderr=subprocess.DEVNULL)
+    holders: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while resize.poll() is None and time.monotonic() < deadline:
+            group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _group_of(p) ==
+                     resize.pid]
+            holders = {pid for pid in group if _holds(pid, lock)}
+            if len(group) > 2 and holders and any(p.suffix == ".jpg" for p in dst.rglob("*")):
+                break  # the pool is at work
+            time.sleep(0.05)
+        assert resize.poll() is None, "the copy ended before its workers were seen"
+        assert holders == {resize.pid}
+    finally:
+        os.killpg(resize.pid, signal.SIGKILL)
+        resize.wait()
+
+
+def _group_of(pid: str) -> int | None:
+    try:
+        return os.getpgid(int(pid))
+    except OSError:
+        return None
+
+
+def _holds(pid: int, path: str) -> bool:
+    """Whether process `pid` has file `path` open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                return True
+        except OSError:
+            pass
+    return False

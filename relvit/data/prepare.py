@@ -43,15 +43,29 @@ def prepare_dataset(name: str, root: str | Path = DataConfig.root, folder: str |
     data = DataConfig(name=name, root=str(root), folder=folder)
     target = dataset_folder(spec, data)
     # two processes at once would resume each other's downloads and clear each other's
-    # extractions: the second waits
-    with folder_lock(lock_beside(target, "prepare"), target, "preparing"):
-        return _prepare(spec, data, target, offline, extract_again)
-
-
-def _prepare(spec: DatasetSpec, data: DataConfig, target: Path, offline: bool,
-             extract_again: bool) -> dict[str, Any]:
-    name, root, folder = spec.name, data.root, data.folder
+    # extractions: the second waits, and then finds the dataset ready (its marker, which the
+    # first's workflow checks once its job ends, left in place)
     marker = Path(folder) / READY if folder else ready_marker(root, name)
+    with folder_lock(lock_beside(target, "prepare"), target, "preparing") as waited:
+        record = _marker_record(marker) if waited and not extract_again else None
+        if record is not None:
+            log.info("%s: made ready by the process waited for (%s)", name, marker)
+            return record
+        return _prepare(spec, data, target, marker, offline, extract_again)
+
+
+def _marker_record(marker: Path) -> dict[str, Any] | None:
+    """What a ready marker records; None if there is none, or none readable."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _prepare(spec: DatasetSpec, data: DataConfig, target: Path, marker: Path, offline: bool,
+             extract_again: bool) -> dict[str, Any]:
+    name, root = spec.name, data.root
     marker.unlink(missing_ok=True)  # ready again only once this run has checked everything
     _fetch_all(spec, root, target, offline, extract_again)
     # each split's json is written after its images, val's last: a killed run writes anew

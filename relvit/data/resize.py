@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -246,7 +247,10 @@ def _run(jobs: list[tuple[Path, Path, ResizeSettings]],
     if workers == 0 or len(jobs) < 2:
         yield from map(_resize_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupt) as pool:
+    # workers started from a fresh process: forked, they would share the folder's lock, and
+    # outlive a killed resize holding it (waiting on their queue forever)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver"),
+                             initializer=ignore_interrupt) as pool:
         try:
             yield from pool.map(_resize_one, jobs, chunksize=max(1, min(64, len(jobs) // (
                 4 * workers))))

@@ -63,6 +63,10 @@ def _load_failure(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# where a zip archive's end-of-directory record lies: its 22 bytes and a comment of up to 65,535
+ZIP_TAIL_BYTES = 22 + 65_535
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by this package (tensors and plain data only, never code).
 
@@ -76,7 +80,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} {what}")
     try:
         with open(path, "rb") as handle:
+            # the start and the zip's directory at the end, read here: `is_zipfile` would take
+            # a failing read for a file that is no zip archive
             handle.read(4)
+            handle.seek(max(path.stat().st_size - ZIP_TAIL_BYTES, 0))
+            handle.read()
             is_zip = zipfile.is_zipfile(handle)
     except OSError as err:
         raise CheckpointAccessError(path, err) from err

@@ -3,6 +3,7 @@ checkpoint and ends bit-identical to an uninterrupted run (CPU, same seed)."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -124,7 +125,7 @@ def test_damaged_last_checkpoint_is_moved_aside_and_the_previous_one_used(
     assert outcome(run) == expected
 
 
-@pytest.mark.parametrize("where", ["open", "read"])
+@pytest.mark.parametrize("where", ["open", "tail", "read"])
 def test_an_unreadable_checkpoint_is_left_as_it_was_and_the_run_stops(tmp_path, monkeypatch,
                                                                       capsys, where):
     """A last.pt that cannot be opened (permissions) or read (a disk's I/O error) had been taken
@@ -145,6 +146,18 @@ def test_an_unreadable_checkpoint_is_left_as_it_was_and_the_run_stops(tmp_path, 
                 raise PermissionError(errno.EACCES, "Permission denied", str(file))
             return builtins.open(file, *args, **kwargs)
         monkeypatch.setattr(checkpoint, "open", refuse, raising=False)
+    elif where == "tail":  # the zip's directory at the file's end, which is_zipfile reads
+        class FailingTail(io.FileIO):
+            def read(self, size=-1):
+                if self.tell() > 4:
+                    raise OSError(errno.EIO, "Input/output error")
+                return super().read(size)
+
+        def open_failing(file, *args, **kwargs):
+            if str(file).startswith(str(run / "last.")):
+                return FailingTail(file)
+            return builtins.open(file, *args, **kwargs)
+        monkeypatch.setattr(checkpoint, "open", open_failing, raising=False)
     else:
         def fail(self):
             raise OSError(errno.EIO, "Input/output error")
@@ -248,6 +261,26 @@ def test_the_run_lock_names_its_holder(tmp_path):
     (tmp_path / "alias").symlink_to(run)  # another path to the folder had taken its own lock
     with run_lock(run), pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
         with run_lock(tmp_path / "alias"):
+            pass
+
+
+def test_a_lock_file_it_may_not_write_still_locks(tmp_path, monkeypatch):
+    """In a folder this process may not write (another user's, an archive), the lock file that
+    is there is locked read-only: a second process is still refused (it had run unguarded)."""
+    import builtins
+
+    run = tmp_path / "run"
+    with run_lock(run):
+        pass  # the lock file is there now
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if str(file) == str(lock_path(run)) and mode != "r":
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("relvit.locks.open", read_only, raising=False)
+    with run_lock(run), pytest.raises(RunLockedError, match=f"{run} is being trained by pid"):
+        with run_lock(run):
             pass
 
 
