@@ -16,7 +16,7 @@ from fixtures.formats import write_imagefolder
 from relvit.data import loading, registry
 from relvit.data.formats import DatasetLayoutError
 from relvit.data.loading import EpochLoader, FileSplit, batches, file_loader, file_transform
-from relvit.train.loop import train
+from relvit.train.loop import Run
 
 TRAIN = file_transform(registry.DATASETS["imagenet100"], 16, train=True)  # RandomResizedCrop + flip
 
@@ -69,16 +69,20 @@ def test_a_pass_left_unfinished_does_not_leak_into_the_next():
 
 def test_a_pass_ended_by_a_later_one_raises_instead_of_taking_its_batches():
     """Two passes share the workers: the earlier one, resumed, had silently yielded the later
-    one's batches and lost its own."""
+    one's batches and lost its own. Closing the loader ends a pass too."""
     loader = EpochLoader(_Pids(), workers=2)
     first = loader.batches([[0, 1], [2, 3], [4, 5]])
     assert next(first)[0].tolist() == [0, 1]
     second = loader.batches([[6], [7]])
     assert next(second)[0].tolist() == [6]
-    with pytest.raises(RuntimeError, match="ended by a later one"):
+    with pytest.raises(RuntimeError, match="ended \\(by a later one"):
         next(first)
     assert next(second)[0].tolist() == [7]
+    third = loader.batches([[0], [1]])
+    next(third)
     loader.close()
+    with pytest.raises(RuntimeError, match="by closing the loader"):
+        next(third)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,31 @@ def test_a_damaged_image_in_a_worker_is_named_without_its_traceback(photos, tmp_
     loader.close()
 
 
+@pytest.mark.parametrize("during", [None, "interrupt"])
+def test_a_workers_death_during_an_interrupt_ends_the_run_as_the_interrupt(tmp_path, tiny_config,
+                                                                          monkeypatch, during):
+    """A process group's SIGTERM kills the kept workers too, and torch's SIGCHLD handler raises
+    "DataLoader worker ... is killed by signal" wherever the main thread is: while Terminated is
+    on its way out, that RuntimeError would replace it (exit 1 and a traceback, not 143)."""
+    from relvit.interrupts import Terminated
+    from relvit.train.loop import Run
+
+    death = RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated. ")
+
+    def fail(*args):
+        if during is None:
+            raise death
+        try:
+            raise Terminated("signal SIGTERM")
+        except Terminated:
+            raise death
+
+    run = Run(tiny_config("supervised"), tmp_path / "run", progress=False)
+    monkeypatch.setattr(run, "_fit_epochs", fail)
+    with pytest.raises(Terminated if during else RuntimeError):
+        run.fit()
+
+
 def test_a_run_starts_its_loader_workers_once_and_stops_them(tmp_path, tiny_config,
                                                              monkeypatch):
     """Three epochs of an image-file run: the training split's 2 workers and the evaluation
@@ -143,8 +172,9 @@ def test_a_run_starts_its_loader_workers_once_and_stops_them(tmp_path, tiny_conf
     cfg = tiny_config("supervised", data={"name": "imagefolder", "folder": str(tmp_path / "images"),
                                           "image_size": 32, "workers": 2},
                       model={"patch_size": 8}, optim={"epochs": 3, "batch_size": 4})
-    train(cfg, tmp_path / "run", progress=False)
+    run = Run(cfg, tmp_path / "run", progress=False)
+    run.fit()
     pids = set(record.read_text().split())
     assert 2 <= len(pids) <= 4 and str(os.getpid()) not in pids
-    assert set(multiprocessing.active_children()) <= before
-
+    # stopped by the run, not when it is garbage-collected: it is alive here
+    assert set(multiprocessing.active_children()) <= before and not run.loaders

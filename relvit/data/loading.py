@@ -221,11 +221,11 @@ class EpochLoader:
     batches of indices it is given (`persistent_workers`).
 
     Workers started anew for every epoch and every evaluation fork the training process each
-    time: about 0.15 s per worker for a process of 4 GB on the development CPU, and twice an
+    time: about 0.15 s per worker for a process of 4.8 GiB on the development CPU, twice an
     epoch (docs/performance.md). With `seeded`, a pass takes a seed and each sample's random
     transform is seeded by (seed, its index): `SeededSamples`. `persistent=False` stops the
-    workers after each pass (a loader used once). Errors a worker raises are raised again as
-    they were (`DatasetLayoutError` with its message, not the worker's traceback).
+    workers after each pass (a loader used once). A worker's `DatasetLayoutError` is raised
+    again with its own message (torch's wrapping adds the worker's traceback to it).
     """
 
     def __init__(self, dataset: Dataset, workers: int, pin_memory: bool = False,
@@ -240,23 +240,25 @@ class EpochLoader:
                                  pin_memory=pin_memory, collate_fn=collate_fn,
                                  worker_init_fn=ignore_interrupt, generator=torch.Generator())
 
-    def batches(self, index_batches: list[list[int]], seed: int | None = None
-                ) -> Iterator[Any]:
-        """The loaded batches of `index_batches`, in order (`seed`: that of a seeded loader).
+    def batches(self, indices: list[list[int]], seed: int | None = None) -> Iterator[Any]:
+        """The loaded batches of `indices` (a list per batch), in order (`seed`: that of a
+        seeded loader).
         One pass at a time: a pass started while another is unfinished ends that one (its
         next batch raises), as the two share the workers."""
         if (seed is not None) != self.seeded:
             raise ValueError(f"a {'seeded' if self.seeded else 'plain'} loader given seed {seed}")
+        keys: list[list[Any]] = indices
         if seed is not None:
-            index_batches = [[(seed, index) for index in batch] for batch in index_batches]
+            keys = [[(seed, index) for index in batch] for batch in indices]
         self._passes += 1
         this_pass = self._passes
-        self._plan.batches = index_batches
+        self._plan.batches = keys
         try:
             loaded = iter(self.loader)
             while True:
                 if self._passes != this_pass:
-                    raise RuntimeError("this pass of the loader was ended by a later one")
+                    raise RuntimeError("this pass of the loader was ended (by a later one, or "
+                                       "by closing the loader)")
                 try:
                     batch = next(loaded)
                 except StopIteration:
@@ -271,13 +273,21 @@ class EpochLoader:
 
     def close(self) -> None:
         """Stop the workers now (else when the loader is garbage-collected or the process
-        ends); a later pass starts new ones."""
+        ends), ending an unfinished pass; a later pass starts new ones."""
+        self._passes += 1
         iterator, self.loader._iterator = self.loader._iterator, None
         if iterator is not None:
             try:
                 iterator._shutdown_workers()
-            except RuntimeError:  # a worker gone already: a process group's SIGTERM, say
-                pass
+            except RuntimeError as err:  # a worker killed: a process group's SIGTERM, say
+                if not is_worker_death(err):
+                    raise
+
+
+def is_worker_death(err: BaseException) -> bool:
+    """Whether `err` is torch's report of a DataLoader worker killed or gone: raised by its
+    SIGCHLD handler wherever the main thread is, or when the workers are stopped."""
+    return isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker")
 
 
 # An in-memory split within this share of a GPU's memory is copied there once and batched there:

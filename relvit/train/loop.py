@@ -33,7 +33,7 @@ from relvit.compiled import compile_static, uses_cuda_graphs
 from relvit.config import EXECUTION_KEYS, RunConfig, dump_config, without_keys
 from relvit.data.loading import (
     EpochLoader, Split, TensorSplit, dataset_folder, file_loader, file_transform, index_batches,
-    load_splits, on_device, tensor_batches, to_float_images,
+    is_worker_death, load_splits, on_device, tensor_batches, to_float_images,
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, run_geometry, run_identity
@@ -100,7 +100,9 @@ def parameter_groups(model: nn.Module, decay_all: bool, weight_decay: float) -> 
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
-    """Seed of one random stream of an epoch; rank 0's streams are those of a single process."""
+    """Seed of one random stream of an epoch; rank 0's streams are those of a single process.
+    Streams: 0 the global generator, 1 the order, 2 the training draws, 3 evaluation's, 5 the
+    per-sample transforms; 4 (the loader's, until loaders kept their workers) is unused."""
     return (seed * 1_000_003 + epoch * 7_919 + stream + rank * 104_729) % SEED_LIMIT
 
 
@@ -194,7 +196,9 @@ class Run:
         pin = self.device.type == "cuda"
         if isinstance(split, TensorSplit):
             return tensor_batches(split, order, batch_size, pin)
-        key = (id(split), repr(transform), seed is not None)  # a Compose's repr: its steps
+        # a Compose's repr names its steps and their arguments; the loader holds the split, so
+        # its id is not another's
+        key = (id(split), repr(transform), seed is not None)
         if key not in self.loaders:
             self.loaders[key] = file_loader(split, transform, self.cfg.data.workers, pin,
                                             seeded=seed is not None)
@@ -324,8 +328,9 @@ class Run:
         folders = [name for name in (RUN_CONFIG, HISTORY, BEST, FINISHED, METRICS)
                    if (self.out_dir / name).is_dir()]
         if folders:  # found before training, not at the first write of that file
-            raise TrainingError(f"{self.out_dir}: {', '.join(folders)} is a folder where the "
-                                "run writes a file; move it away")
+            raise TrainingError(f"{self.out_dir}: {', '.join(folders)} "
+                                f"{'is a folder' if len(folders) == 1 else 'are folders'} "
+                                "where the run writes a file; move it away")
         if state:
             self._resume(state)
         elif self.cfg.mode == "finetune" and not self.cfg.init_checkpoint:
@@ -528,6 +533,13 @@ class Run:
         with logging_redirect_tqdm() if self.progress else nullcontext():
             try:
                 return self._fit_epochs(steps, stop_after)
+            except RuntimeError as err:
+                # workers killed by a process group's SIGTERM: torch's SIGCHLD handler may
+                # raise while the Terminated it brought is still on its way out
+                interrupt = _interrupt_behind(err)
+                if interrupt is None:
+                    raise
+                raise interrupt from None
             finally:
                 self.close_loaders()
 
@@ -839,6 +851,17 @@ class Run:
             atomic_write_text(text, self.out_dir / METRICS)
         distributed.barrier()
         return metrics
+
+
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt (Ctrl-C, Terminated) that a DataLoader worker's death was raised during,
+    if any."""
+    if not is_worker_death(err):
+        return None
+    seen = err.__context__
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__context__
+    return seen
 
 
 def _text_or_none(path: Path) -> str | None:
