@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-memory", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     least = {key: 1 for key in ("threads", "repeats", "rounds", "memory_batch", *PRESETS["cpu"])}
-    least.update(warmup=0, workers=0)  # a count of 0 would divide by zero, or time nothing
+    # the other counts of 0 would divide by zero, or time nothing
+    least.update(warmup=0, workers=0, start_rounds=0)
     for key, minimum in least.items():
         if getattr(args, key) is not None and getattr(args, key) < minimum:
             parser.error(f"--{key.replace('_', '-')} must be at least {minimum}, not "

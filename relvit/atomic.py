@@ -71,7 +71,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
     except OSError as err:  # e.g. a read-only folder: named as the write it stops
-        raise _cannot_write(path, err) from err
+        raise cannot_write(path, err) from err
     try:
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0o600 -> the usual mode
@@ -87,12 +87,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool
         cause = _os_error(err)
         if cause is None:
             raise
-        raise _cannot_write(path, cause) from err
+        raise cannot_write(path, cause) from err
 
 
-def _cannot_write(path: Path, cause: OSError) -> OSError:
-    return OSError(cause.errno, f"cannot write {path} ({cause.strerror or cause}); the previous "
-                                f"{path.name}, if any, is left as it was")
+def cannot_write(path: Path, cause: OSError, kept: bool = True) -> OSError:
+    """The OSError of a failed write of `path` (`kept`: the previous file was left as it was),
+    with `cause`'s errno where it has one."""
+    message = f"cannot write {path} ({cause.strerror or cause})"
+    if kept:
+        message += f"; the previous {path.name}, if any, is left as it was"
+    return OSError(cause.errno, message) if cause.errno is not None else OSError(message)
 
 
 def _os_error(err: BaseException | None) -> OSError | None:

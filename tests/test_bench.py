@@ -494,7 +494,8 @@ def test_rounds_interleave_the_step_cases_and_report_medians(bench, monkeypatch,
 
 
 @pytest.mark.parametrize("option, value", [("--rounds", "0"), ("--repeats", "0"),
-                                           ("--steps", "0"), ("--workers", "-1")])
+                                           ("--steps", "0"), ("--workers", "-1"),
+                                           ("--start-rounds", "-1")])
 def test_counts_must_be_positive(bench, capsys, option, value):
     """A count of 0 had divided by zero at the end of a stage (--repeats, --steps)."""
     with pytest.raises(SystemExit):

@@ -127,15 +127,17 @@ def _worker_start_row(paths: list[Path], args) -> Row:
     loaders = {persistent: file_loader(split, transform, args.workers, seeded=True,
                                        persistent=persistent) for persistent in (False, True)}
     one_each = [[i] for i in range(len(paths))]
-    list(loaders[True].batches(one_each, 0))  # the kept workers start
     times: dict[bool, list[float]] = {False: [], True: []}
     rounds = args.start_rounds
-    for seed in range(rounds):
-        for persistent, loader in loaders.items():
-            started = time.perf_counter()
-            list(loader.batches(one_each, seed))
-            times[persistent].append(time.perf_counter() - started)
-    loaders[True].close()
+    try:
+        list(loaders[True].batches(one_each, 0))  # the kept workers start
+        for seed in range(rounds):
+            for persistent, loader in loaders.items():
+                started = time.perf_counter()
+                list(loader.batches(one_each, seed))
+                times[persistent].append(time.perf_counter() - started)
+    finally:
+        loaders[True].close()
     fresh, kept = (statistics.median(times[persistent]) for persistent in (False, True))
     rss = rss_mb()
     return Row(f"decode: a pass of {len(paths)} images, {args.workers} workers",

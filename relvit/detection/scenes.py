@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relvit.atomic import cannot_write
 from relvit.data.digit_source import digit_images, digit_split
 from relvit.detection.coco import CocoDataset
 
@@ -157,8 +158,7 @@ def write_digit_scenes(root: Path, n_train: int, n_val: int, canvas: int = 64, s
             try:
                 Image.fromarray(pixels, mode="RGB").save(folder / name, format="PNG")
             except OSError as err:  # a full disk: PIL's error names no file
-                raise OSError(err.errno, f"cannot write {folder / name} "
-                                         f"({err.strerror or err})") from err
+                raise cannot_write(folder / name, err, kept=False) from err
             images.append({"id": image_id, "file_name": name, "width": canvas,
                            "height": canvas})
             for digit, mask in objects:

@@ -75,25 +75,29 @@ def gather_runs(sources: list[str | Path]) -> pd.DataFrame:
     rows = []
     for path in find_files(sources, METRICS):
         try:
-            metrics = read_metrics(path)
+            rows.append(_run_row(path))
         except FileNotFoundError:  # a run moved aside (--replace-changed) since it was listed
             log.warning("%s: gone since the folder was listed; left out", path)
-            continue
-        problems = _identity_problems(metrics)
-        if problems:
-            raise ValueError(f"{path}: not a run's metrics file ({'; '.join(problems)})")
-        try:
-            numbers = reported_numbers(metrics)
-            rows.append({"run": str(path.parent),
-                         **{key: metrics.get(key) for key in COLUMNS[1:]},
-                         **{key: numbers[key] for key in NUMBERS},
-                         "config_hash": recorded_hash(metrics, path),
-                         "execution": execution_text(metrics.get("execution")),
-                         "resized": (metrics.get("data_copy") or {}).get("shorter_side"),
-                         "stale": is_stale(metrics, path)})
-        except AttributeError as err:
-            raise ValueError(f"{path}: not a metrics file ({err})") from err
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _run_row(path: Path) -> dict:
+    """`gather_runs`' row of one metrics.json."""
+    metrics = read_metrics(path)
+    problems = _identity_problems(metrics)
+    if problems:
+        raise ValueError(f"{path}: not a run's metrics file ({'; '.join(problems)})")
+    try:
+        numbers = reported_numbers(metrics)
+        return {"run": str(path.parent),
+                **{key: metrics.get(key) for key in COLUMNS[1:]},
+                **{key: numbers[key] for key in NUMBERS},
+                "config_hash": recorded_hash(metrics, path),
+                "execution": execution_text(metrics.get("execution")),
+                "resized": (metrics.get("data_copy") or {}).get("shorter_side"),
+                "stale": is_stale(metrics, path)}
+    except AttributeError as err:
+        raise ValueError(f"{path}: not a metrics file ({err})") from err
 
 
 def gather_planned(sources: list[str | Path]) -> pd.DataFrame:
