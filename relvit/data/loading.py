@@ -242,9 +242,8 @@ class EpochLoader:
 
     def batches(self, indices: list[list[int]], seed: int | None = None) -> Iterator[Any]:
         """The loaded batches of `indices` (a list per batch), in order (`seed`: that of a
-        seeded loader).
-        One pass at a time: a pass started while another is unfinished ends that one (its
-        next batch raises), as the two share the workers."""
+        seeded loader). One pass at a time: a pass started while another is unfinished ends
+        that one (its next batch raises), as the two share the workers."""
         if (seed is not None) != self.seeded:
             raise ValueError(f"a {'seeded' if self.seeded else 'plain'} loader given seed {seed}")
         keys: list[list[Any]] = indices

@@ -787,8 +787,9 @@ class Run:
         if distributed.is_main():
             self._mend_finished_files()
             text = json.dumps(self.finished, indent=2) + "\n"
-            for name in (FINISHED, METRICS):  # unchanged files are not written: a read-only
-                path = self.out_dir / name     # folder of finished runs can be rerun
+            # unchanged files are not written: a read-only folder of finished runs can be rerun
+            for name in (FINISHED, METRICS):
+                path = self.out_dir / name
                 if _text_or_none(path) != text:
                     atomic_write_text(text, path)
             log.info("%s finished already: %s and %s kept from its record", self.out_dir,
