@@ -12,20 +12,6 @@ from relvit.data import registry
 from relvit.data.loading import FileSplit, batches, file_transform, sample_seed
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> FileSplit:
-    """Ten random-noise JPEGs of mixed sizes: any two crops of one differ."""
-    root = tmp_path_factory.mktemp("photos")
-    gen = torch.Generator().manual_seed(0)
-    paths = []
-    for i in range(10):
-        h, w = 40 + 3 * i, 60 - 2 * i
-        pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=gen)
-        paths.append(root / f"{i}.jpg")
-        Image.fromarray(pixels.numpy()).save(paths[-1], quality=90)
-    return FileSplit(paths, torch.arange(10))
-
-
 TRAIN = file_transform(registry.DATASETS["imagenet100"], 24, train=True)  # RandomResizedCrop + flip
 
 
