@@ -112,19 +112,20 @@ def bench_decode(args, device: torch.device) -> list[Row]:
                                     f"{args.decode_resized}", args, device))
             rows[-1].ratio += f", {rows[-1].images_per_s / rows[0].images_per_s:.2f}× original"
         if args.workers and args.start_rounds:
-            rows.append(_worker_start_row(paths[:args.workers], args))
+            rows.append(_worker_start_row(paths[:args.workers], args, device))
     return rows
 
 
-def _worker_start_row(paths: list[Path], args) -> Row:
+def _worker_start_row(paths: list[Path], args, device: torch.device) -> Row:
     """A pass of one image per worker, with workers started for the pass (as every epoch's
     training and evaluation had them) against the kept workers of an `EpochLoader`, in rounds
     that alternate the two; the medians. Starting a worker forks this process, so its cost
     grows with the process's resident memory, reported beside it (a training process holds
-    more: its model, optimizer and dataset)."""
+    more: its model, optimizer and dataset). On CUDA the batches are pinned, as a run's."""
     split = FileSplit(paths, torch.zeros(len(paths), dtype=torch.long))
     transform = file_transform(get_dataset("imagenet100"), 224, train=True)
-    loaders = {persistent: file_loader(split, transform, args.workers, seeded=True,
+    pin = device.type == "cuda"
+    loaders = {persistent: file_loader(split, transform, args.workers, pin, seeded=True,
                                        persistent=persistent) for persistent in (False, True)}
     one_each = [[i] for i in range(len(paths))]
     times: dict[bool, list[float]] = {False: [], True: []}
