@@ -107,6 +107,36 @@ def test_both_images_record_the_commit_they_were_built_from(tmp_path, monkeypatc
         assert provenance.git_sha() == recorded
 
 
+def test_a_new_module_not_yet_committed_marks_the_commit_dirty(tmp_path, monkeypatch):
+    """Only tracked files' edits had counted: a run importing a module not yet added to git
+    recorded the bare commit. Untracked files outside the code (notes, one's own configs) still
+    do not count."""
+    import subprocess
+    import types
+
+    from relvit.train import provenance
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "relvit").mkdir()
+    (tmp_path / "relvit" / "__init__.py").write_text("")
+    git("init", "-q")
+    git("add", "relvit")
+    git("commit", "-q", "-m", "code")
+    monkeypatch.setattr(provenance, "relvit", types.SimpleNamespace(__file__=str(
+        tmp_path / "relvit" / "__init__.py")))
+    clean = provenance.git_sha()
+    assert provenance.COMMIT.fullmatch(clean) and not clean.endswith("-dirty")
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "mine.yaml").write_text("")
+    assert provenance.git_sha() == clean
+    (tmp_path / "relvit" / "new.py").write_text("")
+    assert provenance.git_sha() == clean + "-dirty"
+
+
 def test_install_script_reads_pyproject_dependencies():
     result = subprocess.run(["sh", str(ROOT / "docker" / "install.sh"), "requirements",
                              str(ROOT / "pyproject.toml")], capture_output=True, text=True,

@@ -33,14 +33,26 @@ def git_sha() -> str:
             ["git", "rev-parse", "HEAD"], cwd=Path(relvit.__file__).parent,
             capture_output=True, text=True, timeout=10, check=True,
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=normal"],
             cwd=Path(relvit.__file__).parent, capture_output=True, text=True, timeout=10,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        ).stdout.splitlines()
+        return out.stdout.strip() + ("-dirty" if is_dirty(status) else "")
     except (OSError, subprocess.SubprocessError):
         image = os.environ.get(IMAGE_COMMIT, "")
         return image if COMMIT.fullmatch(image) else "unknown"
+
+
+# untracked files there are code a run may have run: a new module, rule or Snakefile
+UNTRACKED_CODE = ("relvit/", "workflow/", "Snakefile")
+
+
+def is_dirty(status: list[str]) -> bool:
+    """Whether `git status --porcelain` lines show code other than the commit's: a tracked file
+    changed, or an untracked one under `UNTRACKED_CODE` (untracked notes or configs elsewhere
+    are not the code)."""
+    return any(not line.startswith("?? ") or line[3:].strip('"').startswith(UNTRACKED_CODE)
+               for line in status if line.strip())
 
 
 def versions() -> dict[str, str]:
