@@ -143,6 +143,24 @@ def test_finetune_refuses_a_checkpoint_of_other_attention_heads(tmp_path, tiny_c
         Run(cfg, tmp_path / "fine").prepare()
 
 
+def test_a_finetune_resumed_with_its_init_spelt_otherwise_goes_on(tmp_path, tiny_config,
+                                                                   monkeypatch):
+    """`--init ./pre/best.pt`, then `--init pre/best.pt`: the run had been refused as one of
+    another config, and --replace-changed, which the message offered, would have started it
+    over. A run started without an init and resumed with one is still refused (a detection
+    run: supervised, or from a pretraining)."""
+    train(tiny_config("pretrain", optim={"epochs": 1}), tmp_path / "pre", progress=False)
+    monkeypatch.chdir(tmp_path)
+    first = tiny_config("finetune", optim={"epochs": 2}, init_checkpoint="./pre/best.pt")
+    assert train(first, tmp_path / "fine", stop_after=1, progress=False) is None
+    again = tiny_config("finetune", optim={"epochs": 2}, init_checkpoint="pre/best.pt")
+    assert train(again, tmp_path / "fine", progress=False)["best_epoch"] in (1, 2)
+    run = Run(again, tmp_path / "other")
+    for saved, changed in (("./pre/best.pt", []), (None, ["init_checkpoint"])):
+        state = {"config": {**again.to_dict(), "init_checkpoint": saved}}
+        assert [line.split(":")[0] for line in run._config_changes(state)] == changed
+
+
 def test_a_finetune_from_an_unfinished_pretraining_says_so(tmp_path, tiny_config, caplog):
     """A best.pt whose run has not finished (last.pt beside it, no metrics.json) is loaded, but
     the finetune warns that it starts from that run's best epoch so far; once the run has

@@ -420,9 +420,14 @@ class Run:
         return found is not None
 
     def _config_changes(self, state: dict[str, Any]) -> list[str]:
-        """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside)."""
-        return _dict_diff(without_keys(state["config"], EXECUTION_KEYS),
-                          without_keys(self.cfg.to_dict(), EXECUTION_KEYS))
+        """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside).
+        Whether the run starts from an `init_checkpoint` is its config's; which file, that
+        file's digest (`_init_changes`): `./a` and `a`, or a copy, are the same start."""
+        saved = without_keys(state["config"], EXECUTION_KEYS)
+        now = without_keys(self.cfg.to_dict(), EXECUTION_KEYS)
+        if saved.get("init_checkpoint") and now.get("init_checkpoint"):
+            saved["init_checkpoint"] = now["init_checkpoint"]
+        return _dict_diff(saved, now)
 
     def _init_changes(self, state: dict[str, Any]) -> list[str]:
         """A finetune or detect run resumed from last.pt: whether `init_checkpoint` is still the
