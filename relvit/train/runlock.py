@@ -24,11 +24,12 @@ def lock_path(out_dir: Path) -> Path:
     return lock_beside(out_dir)
 
 
-def run_lock(out_dir: str | Path) -> AbstractContextManager[None]:
+def run_lock(out_dir: str | Path) -> AbstractContextManager[bool]:
     """Hold the run directory's lock for the block; RunLockedError if another process holds it.
 
-    In a folder this process may not write (an archived results tree, read-only), the block runs
-    unguarded, with a warning: a finished run is restored there, and a run that would train
+    In a folder this process may not write (an archived results tree, read-only), a lock file
+    already there is locked read-only, and where none can be made the block runs unguarded, with
+    a warning (`folder_lock`): a finished run is restored there, and a run that would train
     fails at its first write, naming the file."""
     out_dir = Path(out_dir)
     path = lock_path(out_dir)
