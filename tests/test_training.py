@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from relvit.train.changes import config_changes
 from relvit.train.checkpoint import CheckpointError
 from relvit.train.loop import (Run, StatSums, TrainingError, _epoch_seed, _means,
                                parameter_groups, train)
@@ -155,10 +156,9 @@ def test_a_finetune_resumed_with_its_init_spelt_otherwise_goes_on(tmp_path, tiny
     assert train(first, tmp_path / "fine", stop_after=1, progress=False) is None
     again = tiny_config("finetune", optim={"epochs": 2}, init_checkpoint="pre/best.pt")
     assert train(again, tmp_path / "fine", progress=False)["best_epoch"] in (1, 2)
-    run = Run(again, tmp_path / "other")
     for saved, changed in (("./pre/best.pt", []), (None, ["init_checkpoint"])):
-        state = {"config": {**again.to_dict(), "init_checkpoint": saved}}
-        assert [line.split(":")[0] for line in run._config_changes(state)] == changed
+        config = {**again.to_dict(), "init_checkpoint": saved}
+        assert [line.split(":")[0] for line in config_changes(again, config)] == changed
 
 
 def test_a_finetune_from_an_unfinished_pretraining_says_so(tmp_path, tiny_config, caplog):

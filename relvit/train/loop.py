@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import glob
 import io
 import json
 import logging
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -30,19 +28,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from relvit.atomic import atomic_write_text
 from relvit.compiled import compile_static, uses_cuda_graphs
-from relvit.config import EXECUTION_KEYS, RunConfig, dump_config, without_keys
+from relvit.config import RunConfig, dump_config
 from relvit.data.loading import (
     EpochLoader, Split, TensorSplit, dataset_folder, file_loader, file_transform, index_batches,
     is_worker_death, load_splits, on_device, tensor_batches, to_float_images,
 )
 from relvit.data.registry import get_dataset
 from relvit.geometry import Geometry, run_geometry, run_identity
-from relvit.layout import (
-    BEST, FINISHED, HISTORY, LAST, METRICS, RUN_CONFIG, replaced_name, replaced_order,
-)
+from relvit.layout import BEST, FINISHED, HISTORY, LAST, METRICS, RUN_CONFIG
 from relvit.models.backbones import build_backbone
 from relvit.models.relvit import RelViT, SSLTasks
 from relvit.train import distributed, provenance
+from relvit.train.changes import folder_changes, move_aside, take_back_replaced
 from relvit.train.checkpoint import (
     atomic_save,
     attention_heads,
@@ -53,7 +50,7 @@ from relvit.train.checkpoint import (
 )
 from relvit.train.errors import (FINETUNE_NEEDS_INIT, CheckpointError, NonFiniteLossError,
                                  TrainingError)
-from relvit.train.finished import read_finished, record_changes
+from relvit.train.finished import read_finished
 from relvit.train.lagged import LaggedLosses, StepLosses
 from relvit.train.objective import DrawnBatch, Objective
 from relvit.train.runlog import finished_line, run_log
@@ -295,25 +292,15 @@ class Run:
         leaves no empty folder behind."""
         # last.pt, else last.prev.pt; a damaged one is moved aside, never loaded
         state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
-        record = read_finished(self.out_dir)
-        if state:  # last.pt says what the run was (its init checkpoint checked once, here)
-            diffs = self._config_changes(state) + self._init_changes(state)
-            if record and record["config_hash"] != provenance.config_hash(self.cfg.to_dict()):
-                record = None  # hashed before HASH_EXCLUDES grew: finished again, re-recorded
-        elif record:  # a finished run without resume states: its record says what it was
-            record = self._rehashed(record)
-            diffs = self._record_changes(record)
-        else:  # nothing to resume: an earlier start's config.yaml says whose folder it is
-            diffs = self._earlier_start_changes()
+        diffs, record = folder_changes(self.cfg, self.out_dir, state,
+                                       read_finished(self.out_dir))
         if diffs and self.replace_changed:
             distributed.barrier()  # every rank has read last.pt before it moves
             if distributed.is_main():
-                aside = self._aside_name()
-                log.warning("%s was made with another config or start (%s); moved to %s",
-                            self.out_dir, "; ".join(diffs[:3]), aside)
-                self.out_dir.rename(aside)
+                move_aside(self.out_dir, diffs)
             state, record, diffs = None, None, []
-        if not state and not record and self.replace_changed and self._take_back_replaced():
+        if (not state and not record and self.replace_changed
+                and take_back_replaced(self.cfg, self.out_dir)):
             state = load_resume_state(self.out_dir, move_aside=distributed.is_main())
             record = read_finished(self.out_dir)
         if diffs:
@@ -380,94 +367,6 @@ class Run:
         """The training model under `compile: true`: static shapes (`compile_static`), as
         classification batches come in two shapes only; torch.compile's mode `compile_mode`."""
         return compile_static(model, mode=self.cfg.compile_mode)
-
-    def _aside_name(self) -> Path:
-        """Where the run folder is moved aside to: `<dir>.replaced-<time>`, numbered when a
-        folder of that name is there already (two replacements within a second)."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside, n = self.out_dir.with_name(replaced_name(self.out_dir.name, stamp)), 1
-        while aside.exists():
-            n += 1
-            aside = self.out_dir.with_name(replaced_name(self.out_dir.name, f"{stamp}-{n}"))
-        return aside
-
-    def _take_back_replaced(self) -> bool:
-        """With --replace-changed, before training anew: a folder this run's was moved aside to
-        (`<dir>.replaced-<time>`, the newest first) that holds this very run, finished (its
-        record's config hash and init checkpoint, and a readable best.pt), is moved back, so
-        that a config edit undone trains nothing again. Every rank looks before rank 0 moves."""
-        distributed.barrier()  # rank 0's move aside is done before any rank looks
-        found = None
-        # a folder there (a start that left no resume state) is not moved over
-        pattern = replaced_name(glob.escape(self.out_dir.name), "*")
-        asides = [] if self.out_dir.exists() else self.out_dir.parent.glob(pattern)
-        for aside in sorted(asides, key=lambda path: replaced_order(path.name), reverse=True):
-            record = read_finished(aside)
-            if record is None or self._record_changes(record):
-                continue
-            try:
-                load_checkpoint(aside / BEST)  # the CRC of every record
-            except CheckpointError:
-                continue
-            found = aside
-            break
-        distributed.barrier()  # every rank has looked
-        if found is not None and distributed.is_main():
-            log.warning("%s: this run finished before in %s, which is moved back (nothing is "
-                        "trained again)", self.out_dir, found)
-            found.rename(self.out_dir)
-        distributed.barrier()
-        return found is not None
-
-    def _config_changes(self, state: dict[str, Any]) -> list[str]:
-        """How the config saved in a checkpoint differs from this run's (EXECUTION_KEYS aside).
-        Whether the run starts from an `init_checkpoint` is its config's; which file, that
-        file's digest (`_init_changes`): `./a` and `a`, or a copy, are the same start."""
-        saved = without_keys(state["config"], EXECUTION_KEYS)
-        now = without_keys(self.cfg.to_dict(), EXECUTION_KEYS)
-        if saved.get("init_checkpoint") and now.get("init_checkpoint"):
-            saved["init_checkpoint"] = now["init_checkpoint"]
-        return _dict_diff(saved, now)
-
-    def _init_changes(self, state: dict[str, Any]) -> list[str]:
-        """A finetune or detect run resumed from last.pt: whether `init_checkpoint` is still the
-        file it started from (a redone pretrain run writes another best.pt at the same path)."""
-        saved, path = state.get("init_sha256"), self.cfg.init_checkpoint
-        if not saved or not path or not Path(path).is_file():
-            return []  # a last.pt from before the check, or no file to compare: the run goes on
-        if file_digest(path) == saved:
-            return []
-        return [f"init_checkpoint {path}: another file than the one it started from (the run "
-                "that writes it was redone)"]
-
-    def _earlier_start_changes(self) -> list[str]:
-        """A folder without resume state or record: how the config.yaml an earlier start wrote
-        differs from this run's (another run's folder is not trained over); none without one."""
-        path = self.out_dir / RUN_CONFIG
-        try:
-            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, ValueError, yaml.YAMLError) as err:
-            log.warning("%s cannot be read (%s): not compared with this run's config", path, err)
-            return []
-        if not isinstance(saved, dict):
-            return []
-        return [f"{change} ({RUN_CONFIG})" for change in self._config_changes({"config": saved})]
-
-    def _rehashed(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A finished run's record with this run's config hash when its own was taken before
-        HASH_EXCLUDES grew (data.workers, data.root) and the config.yaml the run wrote is this
-        run's config: the finished run is not another config's, to be trained again."""
-        current = provenance.config_hash(self.cfg.to_dict())
-        if (record["config_hash"] == current or not (self.out_dir / RUN_CONFIG).is_file()
-                or self._earlier_start_changes()):
-            return record
-        return {**record, "config_hash": current}
-
-    def _record_changes(self, record: dict[str, Any]) -> list[str]:
-        """How a finished run's record differs from this run (`finished.record_changes`)."""
-        path = self.cfg.init_checkpoint
-        digest = file_digest(path) if path and Path(path).is_file() else None
-        return record_changes(record, provenance.config_hash(self.cfg.to_dict()), digest)
 
     def _resume(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -927,18 +826,6 @@ def _history_csv(history: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(history)
     return buffer.getvalue()
-
-
-def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        path = f"{prefix}{key}"
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _dict_diff(x, y, path + ".")
-        elif x != y:
-            out.append(f"{path}: {x!r} -> {y!r}")
-    return out
 
 
 def train(cfg: RunConfig, out_dir: str | Path, stop_after: int | None = None,
