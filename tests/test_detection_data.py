@@ -84,9 +84,10 @@ def test_voc_errors(voc, tmp_path):
     xml.write_text(F.voc_xml("000007.jpg", 36, 24, [("pedestrian", 0, (2, 3, 4, 5))]))
     with pytest.raises(DatasetLayoutError, match="'pedestrian' is not one of the 20"):
         D.read_voc2007(tmp_path / "broken", "trainval")
-    xml.write_text(F.voc_xml("000007.jpg", 36, 24, [("person", 0, (2, 3, 40, 5))]))
-    with pytest.raises(DatasetLayoutError, match="outside the 36x24 image"):
-        D.read_voc2007(tmp_path / "broken", "trainval")
+    for box in ((2, 3, 40, 5), (2, 3, 4, 40)):  # past the right edge, past the bottom
+        xml.write_text(F.voc_xml("000007.jpg", 36, 24, [("person", 0, box)]))
+        with pytest.raises(DatasetLayoutError, match="outside the 36x24 image"):
+            D.read_voc2007(tmp_path / "broken", "trainval")
     xml.write_text(F.voc_xml("000007.jpg", 36, 24, [("person", 0, (2, 3, 37, 5))]))
     ds = D.read_voc2007(tmp_path / "broken", "trainval")  # 1 px out: clipped to the image
     assert _objects(ds, 7) == [("person", [1.0, 2.0, 35.0, 3.0])]
@@ -201,6 +202,7 @@ def test_kitti_split(kitti):
     assert len(other) > 1  # the seed matters
     half = D.read_kitti(root, "val", val_fraction=0.5)
     assert len(half.images) == 4
+    assert len(D.read_kitti(root, "val", val_fraction=0.35).images) == 3  # round(2.8), not 2
 
 
 def test_kitti_boxes_classes_and_dontcare(kitti):
@@ -370,6 +372,7 @@ def test_save_load_round_trip_and_subset(tmp_path):
     (lambda d: d.annotations[0].update(bbox=[1.0, 2.0, 3.0, -1.0]), "w or h <= 0"),
     (lambda d: d.annotations[1].update(bbox=[0.0, 0.0, 21.5, 10.0]), "outside its image 7"),
     (lambda d: d.annotations[1].update(bbox=[-1.5, 0.0, 5.0, 5.0]), "outside its image 7"),
+    (lambda d: d.annotations[1].update(bbox=[0.0, 0.0, 5.0, 11.5]), "outside its image 7"),
     (lambda d: d.categories[1].update(id=3), "not contiguous 1..K"),
     (lambda d: d.annotations[0].update(iscrowd=2), "iscrowd 2"),
     (lambda d: d.annotations[0].update(segmentation={"size": [20, 10], "counts": "0"}),

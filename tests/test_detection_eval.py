@@ -165,6 +165,31 @@ def test_segm_on_constructed_masks():
     assert m["segm"]["mAP_medium"] is None and m["segm"]["mAP_large"] is None
 
 
+def test_segm_detection_areas_come_from_their_masks():
+    # a false positive whose mask is small (10x10) and whose box is not (60x60): in segm's
+    # "small" range it counts by its mask's area (AP 1/2), not ignored by its box's (AP 1)
+    h = w = 200
+    gt_mask = rect_mask(h, w, (10, 20), (10, 20))
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": w, "height": h}],
+          "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                           "bbox": [10.0, 10.0, 10.0, 10.0], "area": 100.0,
+                           "segmentation": rle(gt_mask)}]}
+    preds = [{**det(1, 1, [100, 100, 60, 60], 0.9),
+              "segmentation": rle(rect_mask(h, w, (100, 110), (100, 110)))},
+             {**det(1, 1, [10, 10, 10, 10], 0.5), "segmentation": rle(gt_mask)}]
+    m = coco_evaluate(gt, preds, iou_types=("segm",))["segm"]
+    assert m["mAP"] == pytest.approx(50.0) and m["mAP_small"] == pytest.approx(50.0)
+
+
+def test_ground_truth_without_an_area_takes_its_box_area():
+    # a 40x10 box: area 400, small (below 32²)
+    gt = gt_dict([[(1, [10, 10, 40, 10])]], categories=(1,))
+    del gt["annotations"][0]["area"]
+    m = coco_evaluate(gt, [det(1, 1, [10, 10, 40, 10], 0.9)])["bbox"]
+    assert m["mAP_small"] == pytest.approx(100.0) and m["mAP_medium"] is None
+
+
 def test_empty_predictions_give_zero():
     gt = gt_dict(GT_BOXES)
     for iou_types in (("bbox",), ("bbox", "segm")):
@@ -238,6 +263,8 @@ def test_predictions_to_coco():
     assert "segmentation" not in boxes_only[0]
     scaled = predictions_to_coco([output], [5], scale=[(2.0, 2.0)])
     assert scaled[0]["segmentation"]["size"] == [8, 12]
+    scaled = predictions_to_coco([output], [5], scale=[(2.0, 0.5)])  # (x, y): columns, rows
+    assert scaled[0]["segmentation"]["size"] == [2, 12]
     with pytest.raises(ValueError):
         predictions_to_coco([output], [1, 2])
 

@@ -216,6 +216,17 @@ def test_ground_truth_is_the_training_targets_plus_crowd(tiny):
     assert metrics["bbox"]["mAP"] == pytest.approx(100.0) and metrics["segm"]["mAP"] == 100.0
 
 
+def test_ground_truth_without_an_area_takes_its_mask_area(tmp_path):
+    """An object without an area gets its mask's (16 px), not its box's (10 x 8), as COCO
+    sizes objects for the small/medium/large APs."""
+    ann = {**annotation(11, 1, 1, [2, 3, 10, 8]), "segmentation": rect_rle(40, 30, [2, 3, 4, 4])}
+    del ann["area"]
+    dataset = CocoDataset(images=[{"id": 1, "file_name": "img1.png", "width": 40, "height": 30}],
+                          annotations=[ann], categories=[{"id": 1, "name": "one"}],
+                          image_root=tmp_path)
+    assert ground_truth(dataset)["annotations"][0]["area"] == 16.0
+
+
 def test_voc_difficult_objects_are_trained_on_and_ignored_by_the_evaluation(tmp_path):
     """VOC's evaluation ignores `difficult` objects; they had counted as missed when undetected
     (the original trains on them, which stays; it never evaluated VOC)."""

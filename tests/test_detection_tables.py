@@ -113,7 +113,7 @@ def test_seeds_of_a_row_are_averaged(tmp_path):
                 "detection": {"tables": {"3": {"datasets": ["coco2017"],
                                                "backbones": ["vit_small"]}}}}
     rows = detection_plan_rows(workflow, PAPER)
-    runs = {"det_supervised": {0: 20.0, 1: 22.0, 2: 24.0}, "det_upstream": {0: 30.0, 1: None},
+    runs = {"det_supervised": {0: 20.0, 1: 21.0, 2: 27.0}, "det_upstream": {0: 30.0, 1: None},
             "det_upstream_mega": {0: 26.0, 2: 28.0}}
     for row in rows:
         method, seed = row["run_id"].split("/")[2], row["seed"]
@@ -126,10 +126,10 @@ def test_seeds_of_a_row_are_averaged(tmp_path):
                 {"last_map": {"bbox": {"mAP": value, "mAP50": value, "mAP75": value}}}))
     cells = table_cells(3, rows, pd.read_csv(PAPER))
     assert len(cells) == 4  # supervised, upstream, upstream-mega, (Improv.)
-    assert cells[0][5] == "22.00 ± 2.00"
+    assert cells[0][5] == "22.67 ± 3.79"  # the mean (a median: 21.00) ± the sample std
     assert cells[1][5] == "30.00 (n=1 of 3) [1 failed]"  # seed 2 still to run
     assert cells[2][5] == "27.00 ± 1.41 (n=2 of 3)"  # seed 1 still to run
-    assert cells[3][5] == "+8.00"
+    assert cells[3][5] == "+7.33"
     # the LaTeX says what the Markdown says, in characters pdflatex takes
     latex = render_latex(3, rows, pd.read_csv(PAPER), "ci")
     caption = latex.split("\\caption{")[1]
