@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from relvit.data import registry
 from relvit.data.augment import normalize, random_crop, random_hflip
 from relvit.data.digits import load_digits_splits
 from relvit.data.loading import image_statistics
@@ -16,6 +17,20 @@ from relvit.train.loop import Run
 
 
 # ------------------------------------------------------------------------------- augmentation
+def test_the_registry_holds_the_method_specs_augmentation_splits_and_statistics():
+    """Method spec §5.2-5.3: the 32- and 64-px datasets pad-crop by 4 and flip, no dataset is
+    evaluated on its training split, and CIFAR-10 and ImageNet are normalised with the original
+    code's statistics."""
+    for name in ("cifar10", "cifar100", "svhn", "tiny_imagenet"):
+        spec = registry.DATASETS[name]
+        assert (spec.train_crop, spec.crop_padding, spec.flip) == ("pad", 4, True), name
+    for spec in registry.DATASETS.values():
+        assert spec.train_split not in (spec.eval_split, *spec.extra_eval_splits), spec.name
+    assert registry.DATASETS["cifar10"].stats == ((0.4914, 0.4822, 0.4465),
+                                                  (0.2470, 0.2435, 0.2616))
+    assert registry.DATASETS["imagenet"].stats == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
 def _windows(image: torch.Tensor, padding: int) -> dict[tuple[int, int], torch.Tensor]:
     """Every crop torchvision's RandomCrop(size, padding) can return: zero-pad, then crop."""
     h, w = image.shape[-2:]

@@ -95,6 +95,13 @@ def test_table1_verdicts(tmp_path):
     assert cells[(1, "Digits (sklearn)", "Supervised", "top1")].verdict == STAND_IN
     assert cells[(1, "CIFAR-10", "Supervised, same epochs", "top1")].verdict == NOT_IN_PAPER
     assert not any(c.failed for c in cells.values() if c.verdict != OUT)
+    # compare.csv: the paper's mean and std, then ours
+    row = next(csv.DictReader(io.StringIO(to_csv([sup]))))
+    assert [row[k] for k in ("paper", "paper_std", "mean", "std")] == [
+        "86.0900", "0.4600", "86.2333", f"{sigma:.4f}"]
+    # Table 1's rows in the paper's (the registry's) order of datasets, not the alphabet's
+    table = Table1(gather_runs([tmp_path / "runs"]))
+    assert [title for title, _ in table.keys] == ["Digits (sklearn)", "CIFAR-10", "Imagenet"]
 
 
 def test_imagenet_paper_value_is_what_the_test_assumes():

@@ -269,14 +269,19 @@ def test_missing_folder_and_unreadable_image_are_named(tmp_path, tiny_config, ca
 
 
 def test_array_datasets_live_in_memory_as_uint8(tmp_path, tiny_config):
-    write_cifar(tmp_path / "cifar", 10, n_train=16, n_test=8)
+    """CIFAR's rows (three planes of 32 rows each) held as [N, C, H, W] uint8, pixel for pixel,
+    and made [0, 1] floats on the way to the model."""
+    info = write_cifar(tmp_path / "cifar", 10, n_train=16, n_test=8)
     cfg = tiny_config("supervised", data={"name": "cifar10", "folder": str(tmp_path / "cifar")})
     from relvit.train.loop import Run
 
     run = Run(cfg, tmp_path / "run")
     assert run.splits.train.images.dtype == torch.uint8
-    assert run.splits.train.images.shape == (16, 3, 32, 32)
+    assert torch.equal(run.splits.train.images,
+                       torch.from_numpy(info["train"]["data"]).view(16, 3, 32, 32))
     assert run.splits.train.labels.dtype == torch.long
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
+    assert to_float_images(pixels, 2)[0, :, 0, 0].tolist() == pytest.approx([0.0, 0.2, 1.0])
 
 
 WRITERS = {

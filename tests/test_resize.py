@@ -64,6 +64,8 @@ def test_copy_shrinks_large_images_and_copies_the_rest(tree, tmp_path):
     for name in ("b/small.png", "labels.json", "a/._wide.jpg"):  # small, or no image: as is
         assert (dst / name).read_bytes() == (tree / name).read_bytes()
     assert Image.open(dst / "b/png_named.JPEG").format == "PNG"  # the source's format
+    bilinear = Image.open(tree / "b/png_named.JPEG").resize((21, 16), Image.BILINEAR)
+    assert np.array_equal(np.asarray(Image.open(dst / "b/png_named.JPEG")), np.asarray(bilinear))
     assert Image.open(dst / "a/gray.jpg").mode == "RGB"  # as the loader reads it
     marker = json.loads((dst / MARKER).read_text())
     assert marker["shorter_side"] == 16 and marker["quality"] == 90 and marker["files"] == 7

@@ -62,15 +62,16 @@ def test_every_sample_of_a_stream_has_its_own_seed():
         assert len({seed % 2**32 for seed in seeds}) == len(seeds)
 
 
+@pytest.mark.parametrize("name", ["flowers102", "imagenet100", "imagenet"])
 @pytest.mark.parametrize("train", [True, False])
-def test_file_transforms_are_torchvisions_at_224(train):
+def test_file_transforms_are_torchvisions_at_224(train, name):
     """ImageNet-style datasets (method spec §5.2): RandomResizedCrop(224) + horizontal flip for
     training, Resize(256) + CenterCrop(224) for evaluation, draw for draw."""
     import torchvision.transforms as T
 
     image = Image.frombytes("RGB", (300, 200), bytes(range(256)) * (300 * 200 * 3 // 256)
                             + bytes(300 * 200 * 3 % 256))
-    ours = file_transform(registry.DATASETS["imagenet100"], 224, train=train)
+    ours = file_transform(registry.DATASETS[name], 224, train=train)
     steps = ([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if train
              else [T.Resize(256), T.CenterCrop(224)])
     reference = T.Compose([*steps, T.PILToTensor()])
