@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 from faults_helpers import outcome, reference, train_cli, train_epochs, train_here
 
-from relvit.atomic import atomic_write_text
+from relvit.atomic import atomic_write_text, cannot_write
 from relvit.train.checkpoint import atomic_save, load_checkpoint
 
 FREE_LEFT = 24 * 1024  # room for config.yaml and history.csv, not for best.pt (~94 kB)
@@ -108,3 +108,13 @@ def test_a_read_only_file_system_is_named_as_the_write_it_stops(small_fs):
                                       "the previous config.yaml, if any, is left as it was"):
         atomic_write_text("new\n", target)
     assert target.read_text() == "old\n"
+
+
+def test_a_failed_write_without_an_errno_is_named_without_one():
+    """An OSError without an errno (a library's own) had read "[Errno None] cannot write"."""
+    err = cannot_write(Path("run") / "metrics.json", OSError("the write stopped"))
+    assert err.errno is None
+    assert str(err) == ("cannot write run/metrics.json (the write stopped); the previous "
+                        "metrics.json, if any, is left as it was")
+    err = cannot_write(Path("a.png"), OSError(28, "No space left on device"), kept=False)
+    assert (err.errno, str(err)) == (28, "[Errno 28] cannot write a.png (No space left on device)")
