@@ -104,11 +104,11 @@ def _take(handle: IO[str], path: Path, subject: Path, doing: str,
 
 def _record_holder(handle: IO[str]) -> None:
     """Write this process into the lock file, for the next one's message; a lock file that
-    cannot be written (read-only, a full disk) keeps what it held."""
+    cannot be written (read-only, a full disk) keeps what it held. Written past the handle's
+    buffer: a line that a full disk refused had been tried again, and raised, on closing."""
+    line = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-    except (OSError, ValueError):  # ValueError: io's "not writable" on a read-only handle
+        os.ftruncate(handle.fileno(), 0)
+        os.pwrite(handle.fileno(), line, 0)
+    except OSError:  # EINVAL on a read-only handle, ENOSPC
         pass

@@ -118,3 +118,18 @@ def test_a_failed_write_without_an_errno_is_named_without_one():
                         "metrics.json, if any, is left as it was")
     err = cannot_write(Path("a.png"), OSError(28, "No space left on device"), kept=False)
     assert (err.errno, str(err)) == (28, "[Errno 28] cannot write a.png (No space left on device)")
+
+
+def test_a_lock_taken_on_a_full_disk_holds_and_lets_go(small_fs):
+    """The holder line cannot be written on a full disk: the lock is held all the same (a
+    second run is refused, its holder unnamed), and letting it go raises nothing."""
+    from relvit.train.runlock import RunLockedError, run_lock
+
+    run = small_fs / "run"
+    fill(small_fs, 0)
+    with run_lock(run):
+        with pytest.raises(RunLockedError, match="being trained by another process"):
+            with run_lock(run):
+                pass
+    with run_lock(run):  # free again
+        pass
