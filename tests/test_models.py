@@ -147,8 +147,11 @@ def test_ssl_heads_share_one_matrix_product(projections):
     outputs and the gradients of each head on its own."""
     torch.manual_seed(0)
     backbone = build_backbone("vit_small", img_size=16, patch_size=4, **TINY)
-    model = RelViT(backbone, None, ALL_TASKS, num_positions=16, relation_projections=projections)
-    z = torch.randn(2, 17, 36)[:, 1:].requires_grad_()  # strided, as the tokens after the class token
+    # float64: in float32 one joint matmul and four separate ones differ by rounding, which a
+    # change to the random draws moved past the tolerance
+    model = RelViT(backbone, None, ALL_TASKS, num_positions=16,
+                   relation_projections=projections).double()
+    z = torch.randn(2, 17, 36, dtype=torch.float64)[:, 1:].requires_grad_()  # strided, as after CLS
     joint = model.ssl_outputs(z)
     alone = {"relations": (model.relation_head.project(z) if projections
                            else model.relation_head(z)),
@@ -306,3 +309,53 @@ def test_swin_heads_double_each_stage(num_heads, expected):
     backbone = build_backbone("swin_tiny", img_size=64, patch_size=2, embed_dim=48 if num_heads
                               else 12, num_heads=num_heads, window_size=4)
     assert tuple(stage.blocks[0].attn.num_heads for stage in backbone.swin.layers) == expected
+
+
+def test_the_presets_are_the_papers_backbones():
+    """Spec §4: ViT-S (D 384, depth 12, 6 heads, MLP 4, qkv bias, CLS drawn with std 0.02),
+    Swin-T (depths 2-2-6-2, heads 3-6-12-24, window 7) and T2T-ViT-14 (depth 14, 6 heads, MLP 3)
+    as `build_backbone` makes them; every other test resizes them."""
+    torch.manual_seed(0)
+    vit = build_backbone("vit_small", img_size=32, patch_size=4)
+    assert vit.embed_dim == 384 and len(vit.vit.blocks) == 12
+    assert all(block.attn.num_heads == 6 and block.mlp.fc1.out_features == 4 * 384
+               and block.attn.qkv.bias is not None for block in vit.vit.blocks)
+    assert 0.015 < vit.vit.cls_token.std().item() < 0.025  # timm's own: 1e-6
+    swin = build_backbone("swin_tiny", img_size=224)
+    assert [len(stage.blocks) for stage in swin.swin.layers] == [2, 2, 6, 2]
+    assert {tuple(block.window_size) for stage in swin.swin.layers[:3]
+            for block in stage.blocks} == {(7, 7)}  # the last stage's grid is 7x7 itself
+    t2t = build_backbone("t2t_vit_14", img_size=32)
+    assert t2t.embed_dim == 384 and len(t2t.blocks) == 14
+    assert all(block.attn.num_heads == 6 and block.mlp.fc1.out_features == 3 * 384
+               for block in t2t.blocks)
+    small = build_backbone("t2t_vit_14", img_size=32, mlp_ratio=2.0, **TINY)  # a tier's sizes
+    assert small.blocks[0].attn.num_heads == 3 and small.blocks[0].mlp.fc1.out_features == 72
+
+
+def test_ssl_heads_read_the_patch_tokens_only():
+    """Spec §1.1: the SSL heads read the patch tokens; the CLS output is not added to them
+    (the original's `--add_clf_to_patches` is off in every script). The position head has a
+    bias (§1.3)."""
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_small", img_size=16, patch_size=4, **TINY)
+    model = RelViT(backbone, None, SSLTasks(positions=True), num_positions=16).eval()
+    assert model.position_head.linear.bias is not None
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model.position_head(backbone.tokens(x).patches)
+        torch.testing.assert_close(model(x)["positions"], expected)
+
+
+def test_swin_classifier_reads_the_mean_of_its_tokens():
+    """Swin has no CLS token: its classifier reads the mean of the last stage's tokens (timm's
+    average pool), not one token."""
+    torch.manual_seed(0)
+    backbone = build_backbone("swin_tiny", img_size=32, patch_size=2, embed_dim=18, depth=2,
+                              num_heads=1, window_size=4)
+    model = RelViT(backbone, 5, SSLTasks()).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        patches = backbone.tokens(x).patches
+        torch.testing.assert_close(model(x)["logits"], model.classifier(patches.mean(1)))
+

@@ -205,3 +205,18 @@ def test_performer_attention_adds_its_values_as_residual() -> None:
         k, q, v = layer.kqv(x).split(8, dim=-1)
         expected = v + layer.proj(layer.kernel_attention(k, q, v))
         torch.testing.assert_close(layer.attention(x), expected)
+
+
+def test_a_smaller_input_reads_the_first_rows_of_the_position_table() -> None:
+    """Mega-patch inputs (S cells of a larger model's image, e.g. 192 of 224 px) take the fixed
+    table's first rows: the CLS keeps position 0 and token k position k + 1, as in a model
+    built for that size."""
+    torch.manual_seed(0)
+    big = T2TViT(img_size=64, **TINY).eval()
+    assert torch.equal(big._pos_embed(5)[0], sinusoid_table(5, TINY["embed_dim"]))
+    small = T2TViT(img_size=32, **TINY).eval()
+    small.load_state_dict(big.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(big.tokens(x).patches, small.tokens(x).patches)
+

@@ -125,14 +125,19 @@ def test_paper_dag(tmp_path):
     assert "results/runs/imagenet/vit_small/supervised/seed1" not in result.stdout
 
 
+def paper_runs() -> dict:
+    """The paper tier's planned runs (config/paper.yaml against the paper's tables.csv)."""
+    from relvit.workflow import plan
+
+    return plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
+                str(ROOT / "results" / "paper" / "tables.csv"))
+
+
 def test_paper_tier_compiles_the_classification_runs_only():
     """`compile: true` where it was measured to pay off (docs/performance.md): every pretrain,
     finetune and supervised run of the GPU tier; not the detection runs (Mask R-CNN's shapes vary
     from batch to batch, never measured compiled)."""
-    from relvit.workflow import plan
-
-    runs = plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
-                str(ROOT / "results" / "paper" / "tables.csv"))
+    runs = paper_runs()
     assert {(r.mode, r.config["compile"]) for r in runs.values()} == {
         ("pretrain", True), ("finetune", True), ("supervised", True), ("detect", False)}
     # CUDA graphs for the host-bound 32-px datasets only (`table1.run`), all their methods
@@ -148,10 +153,7 @@ def test_paper_tier_drop_path_per_backbone():
     """The original's drop-path (method spec §4, Q15): ViT-S 0.1 as [R]'s README in pretraining
     and classification, 0 in detection (the follow-up's vit.py default); Swin-T its fixed 0.1,
     T2T-ViT-14 0 (it ignored --drop_path_rate); docs/deviations.md says so."""
-    from relvit.workflow import plan
-
-    runs = plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
-                str(ROOT / "results" / "paper" / "tables.csv"))
+    runs = paper_runs()
     rates = {(r.config["mode"] == "detect", r.config["model"]["backbone"],
               r.config["model"]["drop_path_rate"]) for r in runs.values()}
     assert rates == {(False, "vit_small", 0.1), (False, "swin_tiny", 0.1),
@@ -170,10 +172,7 @@ def test_paper_tier_runs_carry_the_paper_settings_and_their_own_pretraining():
     """Per run of the paper tier: the optimiser of its table, the pretrain run it starts from
     (same dataset, backbone and seed), and the permutation, mega-patches and joint SSL losses
     its row names."""
-    from relvit.workflow import plan
-
-    runs = plan(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()),
-                str(ROOT / "results" / "paper" / "tables.csv"))
+    runs = paper_runs()
     for run_id, run in runs.items():
         dataset, backbone, method, seed = run_id.split("/")
         cfg = run.config
@@ -196,16 +195,86 @@ def test_paper_tier_runs_carry_the_paper_settings_and_their_own_pretraining():
 
 
 def test_the_same_epochs_baseline_trains_pretrain_plus_finetune_epochs():
+    """A supervised run from scratch (no pretraining, no init), as long as the two together."""
     from relvit.workflow import plan
 
     runs = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
     for run_id, run in runs.items():
         if run_id.split("/")[2] == "supervised_same_epochs":
+            assert run.mode == run.config["mode"] == "supervised" and run.pretrain is None
+            assert not run.config.get("init_checkpoint")
             prefix = run_id.rsplit("/", 2)[0]
             seed = run_id.rsplit("/", 1)[1]
             epochs = [runs[f"{prefix}/{m}/{seed}"].config["optim"]["epochs"]
                       for m in ("pretrain", "relvit")]
             assert run.config["optim"]["epochs"] == sum(epochs) > max(epochs)
+
+
+# spec §4: (image size, patch size, SSL grid) of Table 1's ViT-S per dataset
+TABLE1_GEOMETRY = {"cifar10": (32, 4, 8), "svhn": (32, 4, 8), "cifar100": (32, 4, 8),
+                   "tiny_imagenet": (64, 8, 8), "flowers102": (224, 32, 7),
+                   "imagenet100": (224, 32, 7), "imagenet": (224, 32, 7)}
+
+
+def test_paper_table1_runs_are_the_specs_vit_s_and_mega_patch_sides():
+    """Table 1: ViT-S/4 at 32 px, /8 on Tiny-ImageNet, /32 at 224 px, the preset's sizes; the
+    mega-patch pretraining with `table1.megapatch.side` (6: [R]'s README), Tables 2-3's with
+    `detection.megapatch_side` of its backbone."""
+    from relvit.config import config_from_dict
+    from relvit.geometry import run_geometry
+
+    workflow = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    assert workflow["table1"]["megapatch"]["side"] == 6
+    seen = set()
+    for run_id, run in paper_runs().items():
+        method, cfg = run_id.split("/")[2], run.config
+        if run.mode == "detect" or method.startswith("pretrain_det"):
+            side = workflow["detection"]["megapatch_side"][cfg["model"]["backbone"]]
+            if method.startswith("pretrain_det"):
+                assert cfg["ssl"]["megapatch_side"] == (side if "mega" in method else 0), run_id
+            continue
+        geo = run_geometry(config_from_dict(cfg))
+        assert cfg["model"]["backbone"] == "vit_small", run_id
+        assert [cfg["model"].get(k) for k in ("embed_dim", "depth", "num_heads")] == [None] * 3
+        assert (geo.image_size, geo.patch_size, geo.ssl_grid) == TABLE1_GEOMETRY[run.dataset]
+        if run.mode == "pretrain":
+            mega = workflow["table1"]["megapatch"]["side"] if method == "pretrain_mega" else 0
+            assert cfg["ssl"]["megapatch_side"] == mega, run_id
+        seen.add(run.dataset)
+    assert seen == set(TABLE1_GEOMETRY)
+
+
+def test_mega_patch_runs_differ_from_the_plain_ones_only_where_they_should():
+    """relvit_mega is the relvit finetune (its stage's epochs, no SSL settings) from
+    pretrain_mega, which is the pretrain run with S set."""
+    from relvit.workflow import plan
+
+    workflow = {**TINY, "table1": {**TINY["table1"], "megapatch": {"datasets": ["digits"],
+                                                                   "side": 3}},
+                "stages": {"pretrain": {"optim": {"epochs": 7}, "ssl": {"shuffle": True}},
+                           "finetune": {"optim": {"epochs": 5}},
+                           "supervised": {"optim": {"epochs": 5}}}}
+    runs = plan(workflow)
+    run_id = "digits/vit_small/{}/seed0".format
+    mega, plain = runs[run_id("relvit_mega")], runs[run_id("relvit")]
+    assert mega.pretrain == run_id("pretrain_mega") and mega.mode == "finetune"
+    assert _without(mega.config, "label") == _without(plain.config, "label")
+    pretrain_mega, pretrain = runs[run_id("pretrain_mega")], runs[run_id("pretrain")]
+    assert pretrain_mega.config["ssl"]["megapatch_side"] == 3
+    assert (_without(pretrain_mega.config, "label", "ssl.megapatch_side")
+            == _without(pretrain.config, "label", "ssl.megapatch_side"))
+
+
+def _without(config: dict, *keys: str) -> dict:
+    """A copy of a run config without the dotted `keys`."""
+    config = yaml.safe_load(yaml.safe_dump(config))
+    for key in keys:
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node.pop(last)
+    return config
 
 
 def test_table1_run_keys_apply_to_their_dataset_only():
