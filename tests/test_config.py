@@ -182,8 +182,9 @@ def test_precision_is_cuda_autocast_or_float32():
     assert not fp32.autocast_on("cuda") and not fp32.autocast_on("cpu")
 
 
-# The method's decided quirks (docs/deviations.md) are these keys' defaults: the tiers leave all
-# but optim.schedule out, so a changed default would change their runs without a config saying so.
+# The method's decided quirks (docs/deviations.md) and the paper's hyper-parameters (method spec
+# §5.1) are these keys' defaults: the tiers leave most of them out (config/paper.yaml: min_lr), so
+# a changed default would change their runs without a config saying so.
 DECIDED_DEFAULTS = {
     "ssl.shuffle": False,  # Q4: the scripts never shuffle
     "model.pos_embed": None,  # Q4: off for pretrain, on for every other mode
@@ -192,6 +193,9 @@ DECIDED_DEFAULTS = {
     "optim.schedule": "relvit",  # Q8: the original's quarter-cosine
     "optim.decay_norm_and_bias": True,  # Q9: decay on every parameter, as the original
     "ssl.relation_diagonal": True,  # Q12: the diagonal in the relation loss (faithful)
+    "optim.epochs": 100, "optim.batch_size": 256, "optim.lr": 5e-4, "optim.min_lr": 1.25e-6,
+    "optim.weight_decay": 0.1, "optim.warmup_fraction": 0.1, "optim.clip_grad": 1.0,
+    "model.drop_path_rate": 0.1, "model.drop_rate": 0.0,
 }
 
 

@@ -335,3 +335,30 @@ def test_the_classification_loss_is_plain_cross_entropy(tiny_config):
     batch = Batch(torch.zeros(5, 3, 4, 4), labels, (2, 2), None)
     _, stats = make_objective(tiny_config("supervised")).losses({"logits": logits}, batch)
     torch.testing.assert_close(stats["loss_clf"], F.cross_entropy(logits, labels))
+
+
+def test_each_ssl_term_is_its_plain_cross_entropy(tiny_config):
+    """Spec §1.8, all weights 1: each logged term is the plain loss of its task (the sum test
+    alone passes a position or relation term scaled by any factor)."""
+    import torch.nn.functional as F
+
+    from relvit.data.registry import get_dataset
+    from relvit.geometry import NUM_RELATIONS, run_geometry
+    from relvit.ssl.targets import relation_targets
+    from relvit.train.objective import Batch, Objective
+
+    cfg = tiny_config("pretrain")
+    geo = run_geometry(cfg)
+    h = w = geo.ssl_grid
+    n, b = h * w, 3
+    gen = torch.Generator().manual_seed(7)
+    perm = torch.stack([torch.randperm(n, generator=gen) for _ in range(b)])
+    batch = Batch(torch.zeros(b, 3, 4, 4), torch.zeros(b, dtype=torch.long), (h, w), perm)
+    rel = torch.randn(b, NUM_RELATIONS, n, n, generator=gen)
+    pos = torch.randn(b, n, n, generator=gen)  # [B, C = N classes, N tokens]
+    objective = Objective(cfg, get_dataset(cfg.data.name), geo, (0.5,) * 3, (0.25,) * 3)
+    total, stats = objective.losses({"relations": rel, "positions": pos}, batch)
+    torch.testing.assert_close(stats["loss_pos"], F.cross_entropy(pos, perm))
+    torch.testing.assert_close(stats["loss_rel"],
+                               F.cross_entropy(rel, relation_targets(h, w, perm)))
+    torch.testing.assert_close(total, stats["loss_pos"] + stats["loss_rel"])

@@ -629,3 +629,107 @@ def test_a_finetune_started_over_still_loads_its_init_checkpoint(tmp_path, tiny_
     assert again["init_sha256"] == first["init_sha256"] is not None
     assert again["fresh_backbone_keys"] == ["vit.pos_embed"]
     assert again["best_top1"] == first["best_top1"]  # the same start, the same run
+
+
+@pytest.mark.parametrize("mode, values, best", [
+    ("supervised", [0.5, 0.75, 0.75, 0.625], 1),  # a tie keeps the earlier epoch (Lightning's
+    ("pretrain", [3.0, 2.0, 2.0, 2.5], 1),        # ModelCheckpoint compares strictly)
+])
+def test_a_tied_selection_value_keeps_the_earlier_best_epoch(tmp_path, tiny_config, mode,
+                                                             values, best):
+    run = Run(tiny_config(mode), tmp_path / "unused")
+    key, _ = run.selection()
+    run.best = {}
+    for epoch, value in enumerate(values):
+        if run._is_best({key: value}):
+            run.best = {key: value, "epoch": epoch}
+    assert run.best["epoch"] == best
+
+
+@pytest.mark.parametrize("decay_all, wd", [(True, 0.05), (False, 0.3)])
+def test_adamw_takes_the_configured_weight_decay(tmp_path, tiny_config, decay_all, wd):
+    """optim.weight_decay reaches AdamW (its own default is 0.01); exempt params get 0."""
+    cfg = tiny_config("supervised", optim={"weight_decay": wd, "decay_norm_and_bias": decay_all})
+    groups = Run(cfg, tmp_path / "unused").optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == ([wd] if decay_all else [wd, 0.0])
+
+
+def test_a_resumed_finetune_keeps_its_trained_weights(tmp_path, tiny_config):
+    """Resuming a finetune from last.pt must not load the pretrain backbone over it again."""
+    train(tiny_config("pretrain", optim={"epochs": 1}), tmp_path / "pre", progress=False)
+    cfg = tiny_config("finetune", optim={"epochs": 2},
+                      init_checkpoint=str(tmp_path / "pre" / "best.pt"))
+    assert train(cfg, tmp_path / "fine", stop_after=1, progress=False) is None
+    saved = torch.load(tmp_path / "fine" / "last.pt", weights_only=True)["model"]
+    run = Run(cfg, tmp_path / "fine")
+    run.prepare()
+    own = run.model.state_dict()
+    assert all(torch.equal(own[k], saved[k]) for k in saved)
+
+
+def test_each_epoch_takes_its_own_order_of_every_sample(tmp_path, tiny_config):
+    """The order is reseeded per epoch (not the same shuffle every epoch) and is a permutation."""
+    run = Run(tiny_config("supervised"), tmp_path / "unused")
+    orders = [run.epoch_order(e) for e in range(3)]
+    n = run.train_size()
+    assert all(torch.equal(o.sort().values, torch.arange(n)) for o in orders)
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    first = [next(iter(run.train_batches(e)))[1] for e in range(2)]
+    assert not torch.equal(first[0], first[1])
+
+
+def test_evaluation_is_the_exact_accuracy_and_loss_over_the_split(tmp_path, tiny_config):
+    """Spec §7: the batch-size-weighted mean of per-batch numbers, i.e. the split's exact
+    accuracy (360 test digits in batches of 128, 128 and 104: a mean of the batch means is
+    another number)."""
+    import torch.nn.functional as F
+
+    from relvit.data.loading import to_float_images
+
+    run = Run(tiny_config("supervised"), tmp_path / "unused")
+    run.prepare()
+    split = run.splits.evals["test"]
+    assert len(split.labels) % run.eval_batch_size() != 0
+    got = run.evaluate(split)
+    run.model.eval()
+    with torch.no_grad():
+        images = to_float_images(split.images, run.geo.image_size)
+        batch = run.objective.batch(images, split.labels, False, torch.Generator())
+        logits = run.model(batch.images)["logits"]
+    acc = (logits.argmax(1) == split.labels).double().mean().item()
+    assert got["acc_clf"] == pytest.approx(acc, abs=1e-9)
+    assert got["loss"] == pytest.approx(F.cross_entropy(logits, split.labels).item(), rel=1e-5)
+
+
+def test_the_epochs_training_numbers_are_means_over_samples(tmp_path, tiny_config, monkeypatch):
+    """history.csv's train_* are sample-weighted means over the epoch (1437 digits: 11 batches
+    of 128 and one of 29), not means of the batch means."""
+    real = Run.train_loss
+
+    def train_loss(self, *args, **kwargs):
+        loss, stats, size = real(self, *args, **kwargs)
+        return loss, {**stats, "size": torch.tensor(float(size))}, size
+
+    monkeypatch.setattr(Run, "train_loss", train_loss)
+    train(tiny_config("supervised", optim={"epochs": 1}), tmp_path / "run", progress=False)
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        [row] = list(csv.DictReader(handle))
+    sizes = [128] * 11 + [29]
+    assert float(row["train_size"]) == pytest.approx(sum(s * s for s in sizes) / sum(sizes))
+
+
+def test_a_second_evaluation_split_reports_the_best_epochs_number_and_the_last(tmp_path,
+                                                                              tiny_config):
+    """Flowers-102 (Q18): val picks the best epoch; the test split's top-1 at that epoch and at
+    the last are both in metrics.json (test_datasets' one-epoch run cannot tell them apart)."""
+    import dataclasses
+
+    run = Run(tiny_config("supervised"), tmp_path / "unused")
+    test = run.splits.evals["test"]
+    run.splits = dataclasses.replace(run.splits, evals={"val": test, "test": test})
+    run.best = {"epoch": 1, "val_acc_clf": 0.75, "test_acc_clf": 0.5}
+    run.history = [run.best, {"epoch": 2, "val_acc_clf": 0.625, "test_acc_clf": 0.7}]
+    m = run.task_metrics()
+    assert m["eval_split"] == "val"
+    assert (m["best_top1"], m["last_top1"]) == (75.0, 62.5)
+    assert (m["test_top1_at_best"], m["test_top1_last"]) == (50.0, 70.0)
