@@ -22,7 +22,7 @@ from relvit.cli import main
 from relvit.config import DataConfig
 from relvit.data import registry
 from relvit.data.loading import batches, file_transform, load_splits, to_float_images
-from relvit.data.download import ChecksumError, Resource
+from relvit.data.download import ChecksumError, DownloadError, Resource
 from relvit.data.formats import DatasetLayoutError
 from relvit.data.prepare import prepare_dataset, ready_marker
 from relvit.layout import READY
@@ -94,6 +94,19 @@ def test_a_second_prepare_waits_for_the_first(tmp_path, monkeypatch, cifar_archi
         third.join(0.5)
     third.join(60)
     assert done[1] == done[0] and marker.stat().st_mtime_ns == stamp
+    # one asked to unpack anew (--extract-again) does so after waiting too
+    batches = target / "cifar-10-batches-py"
+    whole = (batches / "data_batch_3").read_bytes()
+    (batches / "data_batch_3").write_bytes((batches / "data_batch_4").read_bytes())
+    fourth = threading.Thread(target=lambda: done.append(prepare_dataset(
+        "cifar10", tmp_path / "data", offline=True, extract_again=True)))
+    with folder_lock(lock_beside(target, "prepare"), target, "preparing"):
+        fourth.start()
+        fourth.join(0.5)
+        assert fourth.is_alive()
+    fourth.join(60)
+    assert done[2]["splits"] == {"train": 60, "test": 20}
+    assert (batches / "data_batch_3").read_bytes() == whole
 
 
 def test_corrupted_download_is_rejected_and_nothing_extracted(tmp_path, monkeypatch,
@@ -137,6 +150,18 @@ def test_extract_again_unpacks_the_checked_archive_anew(tmp_path, monkeypatch, c
                  "--extract-again"]) == 0
     assert (batches / "data_batch_3").read_bytes() == whole
     assert ready_marker(root, "cifar10").is_file()
+
+
+def test_an_offline_prepare_without_the_archive_downloads_nothing(tmp_path, monkeypatch,
+                                                                 cifar_archive):
+    """--offline reaches the fetch: no archive in place is an error, not a download."""
+    _, resource = cifar_archive
+    use_resource(monkeypatch, "cifar10", resource)
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError, match="offline mode: .* is missing"):
+        prepare_dataset("cifar10", root, offline=True)
+    assert not (root / ".downloads" / "cifar10" / resource.filename).exists()
+    assert not ready_marker(root, "cifar10").exists()
 
 
 def test_prepare_with_a_folder_marks_that_folder_ready(tmp_path):

@@ -156,13 +156,17 @@ def test_retries_resume_within_one_call(server, dest, sleeps):
     assert sleeps == [dl.RETRY_BACKOFF_S, 2 * dl.RETRY_BACKOFF_S]
 
 
-def test_server_ignoring_range_restarts_from_zero(server, dest):
+def test_server_ignoring_range_restarts_from_zero(server, dest, sleeps):
+    """A 200 to a Range request is the whole file: written over the `.part` from byte 0 in that
+    one request (appended, or taken as a resume, the `.part` would fail its checksum and the
+    whole file be fetched again)."""
     resource = server.publish("data.bin", PAYLOAD)
     dest.mkdir()
     (dest / "data.bin.part").write_bytes(b"garbage that must not survive")
     server.ignore_range = True
     assert download(resource, dest).read_bytes() == PAYLOAD
-    assert server.hits("data.bin")[0]["range"] == "bytes=29-"
+    assert [hit["range"] for hit in server.hits("data.bin")] == ["bytes=29-"]
+    assert sleeps == [] and _listing(dest) == ["data.bin"]
 
 
 def test_resumed_part_of_another_copy_is_fetched_again_from_zero(server, dest):
@@ -509,6 +513,7 @@ def _hostile_cases(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     absolute = str(tmp_path / "abs-evil.txt")
     return {
         "dotdot": ("evil.tar.gz", _hostile_tar(_member("../evil.txt"), b"evil")),
+        "dotdot-inner": ("evil.tar.gz", _hostile_tar(_member("d/../../evil.txt"), b"evil")),
         "absolute": ("evil.tar.gz", _hostile_tar(_member(absolute), b"evil")),
         "symlink": ("evil.tar.gz", _hostile_tar(_member("passwd", tarfile.SYMTYPE, "/etc/passwd"))),
         "symlink-up": ("evil.tar.gz", _hostile_tar(_member("up", tarfile.SYMTYPE, "d/../../x"))),
@@ -519,6 +524,8 @@ def _hostile_cases(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         # a file at exactly a symlink member's path would be written through the link
         "at-symlink": ("evil.tar", _symlinks_tar([("a", "b")], ("a", b"x"))),
         "hardlink": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE, "../outside.txt"))),
+        "hardlink-inner": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE,
+                                                               "d/../../outside.txt"))),
         "hardlink-abs": ("evil.tar.gz", _hostile_tar(_member("h", tarfile.LNKTYPE, "/etc/passwd"))),
         "device": ("evil.tar.gz", _hostile_tar(_member("dev", tarfile.CHRTYPE))),
         "fifo": ("evil.tar.gz", _hostile_tar(_member("fifo", tarfile.FIFOTYPE))),
@@ -527,8 +534,9 @@ def _hostile_cases(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     }
 
 
-HOSTILE = ["dotdot", "absolute", "symlink", "symlink-up", "symlink-chain", "through-symlink",
-           "at-symlink", "hardlink", "hardlink-abs", "device", "fifo", "zip-dotdot", "zip-absolute"]
+HOSTILE = ["dotdot", "dotdot-inner", "absolute", "symlink", "symlink-up", "symlink-chain",
+           "through-symlink", "at-symlink", "hardlink", "hardlink-inner", "hardlink-abs", "device",
+           "fifo", "zip-dotdot", "zip-absolute"]
 
 
 @pytest.mark.parametrize("data_filter", [True, False], ids=["with-filter", "own-checks-only"])
@@ -549,6 +557,29 @@ def test_hostile_archive_is_refused_and_leaves_nothing(tmp_path, monkeypatch, ca
     assert _listing(outer) == []  # no temp folder either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "work"]
     assert _listing(tmp_path / "dl") == [name]
+
+
+def test_a_link_into_a_sibling_named_like_the_target_is_refused(tmp_path, monkeypatch):
+    """A link resolves inside the extraction folder as a path, not as a string prefix:
+    `.out.tmp-K-evil` is a sibling of `.out.tmp-K`. Each link here is lexically inside; only
+    the resolved path shows that b leaves (the folder's name is pinned to know the sibling's)."""
+    fixed = tmp_path / "work" / ".out.tmp-K"
+    real_mkdtemp = dl.tempfile.mkdtemp
+
+    def mkdtemp(prefix: str, dir: str) -> str:
+        if prefix.endswith(".tmp-"):
+            fixed.mkdir()
+            return str(fixed)
+        return real_mkdtemp(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(dl.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)  # our own checks, as in HOSTILE
+    (tmp_path / "work").mkdir()
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(_symlinks_tar([("f", "."), ("e", "f"), ("b", "e/../.out.tmp-K-evil")]))
+    with pytest.raises(UnsafeArchiveError, match="resolves outside"):
+        safe_extract(archive, tmp_path / "work" / "out")
+    assert _listing(tmp_path / "work") == []
 
 
 def test_hostile_archive_leaves_an_existing_target_untouched(tmp_path):
