@@ -31,6 +31,7 @@ from pathlib import Path
 
 from benchlib.table import projection_line, row_hours
 from relvit.layout import HISTORY, METRICS
+from relvit.train.columns import TRAIN_LOSS, VAL_LOSS, VAL_POSITIONS, VAL_RELATIONS, VAL_TOP1
 
 
 def read_history(run: Path) -> list[dict[str, float]]:
@@ -84,30 +85,30 @@ def _relative(a: float, b: float) -> float:
 def largest_loss_difference(base: list[dict[str, float]], other: list[dict[str, float]]
                             ) -> float:
     """The largest relative difference of the two runs' training losses, epoch by epoch."""
-    return max(_relative(a["train_loss"], b["train_loss"]) for a, b in zip(base, other))
+    return max(_relative(a[TRAIN_LOSS], b[TRAIN_LOSS]) for a, b in zip(base, other))
 
 
 def compare(base_name: str, base: list[dict[str, float]], other_name: str,
             other: list[dict[str, float]]) -> list[str]:
     """Lines of the table of one pair, then its summary line."""
-    val_keys = sorted(k for k in base[0] if k == "val_loss"
-                      or k.startswith("val_acc") and not k.endswith("_all"))
+    val_keys = sorted(k for k in base[0]
+                      if k in (VAL_LOSS, VAL_TOP1, VAL_RELATIONS, VAL_POSITIONS))
     lines = [f"{base_name} vs {other_name}",
-             "epoch  train_loss (base / other, rel. diff)  "
+             f"epoch  {TRAIN_LOSS} (base / other, rel. diff)  "
              + "  ".join(f"{k} (base / other)" for k in val_keys)
              + "  epoch s (base / other)  images/s (base / other)"]
     for a, b in zip(base, other):
         vals = "  ".join(f"{a.get(k, float('nan')):.4f} / {b.get(k, float('nan')):.4f}"
                          for k in val_keys)
         lines.append(
-            f"{int(a['epoch']):5d}  {a['train_loss']:.5f} / {b['train_loss']:.5f}, "
-            f"{_relative(a['train_loss'], b['train_loss']):.2e}  {vals}  "
+            f"{int(a['epoch']):5d}  {a[TRAIN_LOSS]:.5f} / {b[TRAIN_LOSS]:.5f}, "
+            f"{_relative(a[TRAIN_LOSS], b[TRAIN_LOSS]):.2e}  {vals}  "
             f"{a['epoch_time_s']:.2f} / {b['epoch_time_s']:.2f}  "
             f"{a.get('train_images_per_s', 0):,.0f} / {b.get('train_images_per_s', 0):,.0f}")
     pairs = list(zip(base, other))
     worst = largest_loss_difference(base, other)
     verdict = "" if worst <= LOSS_AGREEMENT else f" (OVER {LOSS_AGREEMENT:.0e}: they disagree)"
-    summary = (f"{other_name}: {len(other)} of {len(base)} epochs; largest train_loss rel. "
+    summary = (f"{other_name}: {len(other)} of {len(base)} epochs; largest {TRAIN_LOSS} rel. "
                f"diff {worst:.2e}{verdict}")
     if len(pairs) > 1:
         t_base = statistics.median(a["epoch_time_s"] for a, _ in pairs[1:])

@@ -21,6 +21,7 @@ from relvit.detection.models import HeadSizes, JointSSLDetector, backbone_of, bu
 from relvit.detection.plan import METRICS
 from relvit.models.backbones import build_backbone
 from relvit.train import distributed
+from relvit.train.columns import LOSS, VAL, VAL_BOX_MAP, column, map_stat
 from relvit.train.loop import Run, _epoch_seed
 
 
@@ -126,7 +127,7 @@ class DetectionRun(Run):
             losses = self.train_model(images, targets)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
         stats = {k: v.detach() for k, v in losses.items()}
-        stats["loss"] = loss.detach()
+        stats[LOSS] = loss.detach()
         return loss, stats, len(images)
 
     @torch.no_grad()
@@ -152,11 +153,11 @@ class DetectionRun(Run):
         scores = coco_evaluate(self.ground_truth, [p for part in gathered for p in part],
                                self.iou_types) if distributed.is_main() else None
         scores = distributed.broadcast_object(scores)
-        return {f"val_{kind}_{name}": scores[kind][name]
+        return {column(VAL, map_stat(kind, name)): scores[kind][name]
                 for kind in self.iou_types for name in METRICS}
 
     def selection(self) -> tuple[str, bool]:
-        return "val_bbox_mAP", True
+        return VAL_BOX_MAP, True
 
     def task_metrics(self) -> dict[str, Any]:
         last, best = self.history[-1], self.best
@@ -164,6 +165,6 @@ class DetectionRun(Run):
                                    "classes": len(self.train_set.categories), "masks": self.masks,
                                    "ssl_joint": self.cfg.detection.ssl_joint}
         for which, row in (("best", best), ("last", last)):
-            metrics[f"{which}_map"] = {kind: {name: row.get(f"val_{kind}_{name}")
+            metrics[f"{which}_map"] = {kind: {name: row.get(column(VAL, map_stat(kind, name)))
                                               for name in METRICS} for kind in self.iou_types}
         return metrics

@@ -18,12 +18,14 @@ from relvit.report.compare import (NO_VALUE, NOT_RUN, OTHER_MODEL, RUN_FAILED, S
 from relvit.layout import HISTORY, METRICS, run_id_fields
 from relvit.report.provenance import read_metrics, run_id
 from relvit.report.table1 import Cell
+from relvit.train.columns import (TRAIN_LOSS, VAL_BOX_MAP, VAL_LOSS, VAL_POSITIONS,
+                                   VAL_RELATIONS, VAL_TOP1)
 from relvit.train.failure import is_failed
 
 # history.csv columns drawn in the metric panel: column -> (label, scale to %)
-VAL_METRICS = {"val_acc_clf": ("top-1 (%)", 100.0), "val_acc_rel": ("relations (%)", 100.0),
-               "val_acc_pos": ("positions (%)", 100.0), "val_bbox_mAP": ("box mAP", 1.0)}
-LOSSES = ("train_loss", "val_loss")
+VAL_METRICS = {VAL_TOP1: ("top-1 (%)", 100.0), VAL_RELATIONS: ("relations (%)", 100.0),
+               VAL_POSITIONS: ("positions (%)", 100.0), VAL_BOX_MAP: ("box mAP", 1.0)}
+LOSSES = (TRAIN_LOSS, VAL_LOSS)
 STYLES = ("-", "--", ":")
 
 

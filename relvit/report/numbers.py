@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from relvit.train.columns import VAL_POSITIONS, VAL_RELATIONS
+
 TOP1_NUMBERS = ("best_top1", "last_top1")  # classification, in %
 PRETEXT_NUMBERS = ("pretext_rel_acc", "pretext_pos_acc")  # pretraining's held-out accuracies, %
 MAP_NUMBERS = ("box_mAP", "mask_mAP")  # detection, in AP points
@@ -21,7 +23,7 @@ def reported_numbers(metrics: dict[str, Any]) -> dict[str, float | None]:
     where the run has no such number."""
     last = metrics.get("last", {})
     values = (metrics.get("best_top1"), metrics.get("last_top1"),
-              _percent(last.get("val_acc_rel")), _percent(last.get("val_acc_pos")),
+              _percent(last.get(VAL_RELATIONS)), _percent(last.get(VAL_POSITIONS)),
               last_map_scores(metrics, "bbox").get("mAP"),
               last_map_scores(metrics, "segm").get("mAP"))
     return dict(zip((*TOP1_NUMBERS, *PRETEXT_NUMBERS, *MAP_NUMBERS), values, strict=True))

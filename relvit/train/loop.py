@@ -48,6 +48,8 @@ from relvit.train.checkpoint import (
     load_checkpoint,
     load_resume_state,
 )
+from relvit.train.columns import (TOP1, TRAIN, TRAIN_LOSS, VAL, VAL_BOX_MAP, VAL_LOSS,
+                                   VAL_MASK_MAP, VAL_POSITIONS, VAL_RELATIONS, VAL_TOP1, column)
 from relvit.train.errors import (FINETUNE_NEEDS_INIT, CheckpointError, NonFiniteLossError,
                                  TrainingError)
 from relvit.train.finished import read_finished
@@ -259,15 +261,15 @@ class Run:
         """Validation entries of the epoch's history row ("val_*": the reported split)."""
         row = {}
         for i, (name, split) in enumerate(self.splits.evals.items()):
-            prefix = "val" if i == 0 else name  # spec §5.3
-            row.update({f"{prefix}_{k}": v for k, v in self.evaluate(split).items()})
+            prefix = VAL if i == 0 else name  # spec §5.3
+            row.update({column(prefix, k): v for k, v in self.evaluate(split).items()})
         return row
 
     def selection(self) -> tuple[str, bool]:
         """The history key that picks best.pt, and whether higher is better."""
         if self.cfg.mode == "pretrain":  # the original keeps the lowest validation loss
-            return "val_loss", False
-        return "val_acc_clf", True
+            return VAL_LOSS, False
+        return VAL_TOP1, True
 
     def task_metrics(self) -> dict[str, Any]:
         """metrics.json entries of this task."""
@@ -277,11 +279,11 @@ class Run:
         if self.cfg.uses_ssl:
             metrics["pretext_positions"] = self.geo.num_positions
         if self.cfg.uses_classifier:
-            metrics["best_top1"] = 100 * best["val_acc_clf"]
-            metrics["last_top1"] = 100 * last["val_acc_clf"]
+            metrics["best_top1"] = 100 * best[VAL_TOP1]
+            metrics["last_top1"] = 100 * last[VAL_TOP1]
             for name in list(self.splits.evals)[1:]:  # e.g. Flowers-102 test beside val (Q18)
-                metrics[f"{name}_top1_at_best"] = 100 * best[f"{name}_acc_clf"]
-                metrics[f"{name}_top1_last"] = 100 * last[f"{name}_acc_clf"]
+                metrics[f"{name}_top1_at_best"] = 100 * best[column(name, TOP1)]
+                metrics[f"{name}_top1_last"] = 100 * last[column(name, TOP1)]
         return metrics
 
     # ----------------------------------------------------------------- set-up and resume
@@ -461,7 +463,8 @@ class Run:
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             started = time.perf_counter()
             train_stats, lr, timing = self._train_epoch(epoch, steps, steps * cfg.optim.epochs)
-            row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+            row = {"epoch": epoch + 1, "lr": lr,
+                   **{column(TRAIN, k): v for k, v in train_stats.items()}}
             trained = {"row": row, "timing": timing, "train_time_s": time.perf_counter() - started}
             self._end_epoch(epoch, trained, started_at)
             done += 1
@@ -580,7 +583,7 @@ class Run:
             return reported
         left = (now - started) * (steps - done) / done
         evaluated = [row["eval_time_s"] for row in self.history  # detection: some epochs
-                     if any(key.startswith("val_") for key in row)]
+                     if any(key.startswith(column(VAL, "")) for key in row)]
         last = f" (the last took {_duration(evaluated[-1])})" if evaluated else ""
         log.info("epoch %d/%d: step %d/%d, %s images/s, training done in %s, then evaluation%s",
                  epoch + 1, self.cfg.optim.epochs, done, steps,
@@ -670,8 +673,8 @@ class Run:
     def _log_epoch(self, row: dict[str, Any], started_at: int) -> None:
         """The epoch's line: its numbers, time and rate, and when the run should end (the mean
         epoch of this process's so far, times the epochs left)."""
-        keys = ["train_loss", "val_loss", "val_acc_clf", "val_acc_rel", "val_acc_pos",
-                "val_bbox_mAP", "val_segm_mAP"]
+        keys = [TRAIN_LOSS, VAL_LOSS, VAL_TOP1, VAL_RELATIONS, VAL_POSITIONS, VAL_BOX_MAP,
+                VAL_MASK_MAP]
         parts = [f"{k}={row[k]:.4f}" for k in keys if row.get(k) is not None]
         epochs_here = [r["epoch_time_s"] for r in self.history[started_at:]]
         left = (self.cfg.optim.epochs - row["epoch"]) * sum(epochs_here) / len(epochs_here)

@@ -24,6 +24,7 @@ from relvit.models.heads import PairProjections
 from relvit.ssl.jitter import JitterConfig
 from relvit.ssl.megapatch import megapatch_images
 from relvit.ssl.pipeline import SSLDraws, apply_ssl_inputs, draw_ssl_inputs
+from relvit.train.columns import LOSS, POSITIONS, RELATIONS, TOP1
 from relvit.ssl.targets import (
     angle_targets,
     distance_targets,
@@ -148,23 +149,23 @@ class Objective:
         perm = batch.perm
         if "logits" in out:
             terms["loss_clf"] = torch.nn.functional.cross_entropy(out["logits"].float(), batch.labels)
-            stats["acc_clf"] = losses.accuracy(out["logits"], batch.labels)
+            stats[TOP1] = losses.accuracy(out["logits"], batch.labels)
         if "relations" in out:
             rel, diagonal = out["relations"], self.cfg.ssl.relation_diagonal
             if isinstance(rel, PairProjections):  # fused: the N x N scores are never held
                 target = relation_targets(h, w, perm, dtype=torch.uint8, device=device)
-                terms["loss_rel"], stats["acc_rel"], stats["acc_rel_all"] = \
+                terms["loss_rel"], stats[RELATIONS], stats[f"{RELATIONS}_all"] = \
                     losses.fused_relation_loss(rel, target, diagonal,
                                                compiled=self._compiled_on(device))
             else:  # the plain reference path
                 target = relation_targets(h, w, perm, device=device)
                 terms["loss_rel"] = losses.relation_loss(rel, target, diagonal)
-                stats["acc_rel"] = losses.relation_accuracy(rel, target)
-                stats["acc_rel_all"] = losses.relation_accuracy(rel, target, True)
+                stats[RELATIONS] = losses.relation_accuracy(rel, target)
+                stats[f"{RELATIONS}_all"] = losses.relation_accuracy(rel, target, True)
         if "positions" in out:
             target = position_targets(h * w, perm, device)
             terms["loss_pos"] = losses.token_classification_loss(out["positions"], target)
-            stats["acc_pos"] = losses.accuracy(out["positions"], target)
+            stats[POSITIONS] = losses.accuracy(out["positions"], target)
         if "distances" in out:
             terms["loss_dist"] = losses.regression_loss(
                 out["distances"], distance_targets(h, w, perm, device))
@@ -173,5 +174,5 @@ class Objective:
                 out["angles"], angle_targets(h, w, perm, device))
         total = torch.stack(list(terms.values())).sum()
         stats.update({k: v.detach() for k, v in terms.items()})
-        stats["loss"] = total.detach()
+        stats[LOSS] = total.detach()
         return total, stats

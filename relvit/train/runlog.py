@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from relvit.layout import METRICS, RUN_LOG
+from relvit.train.columns import VAL_BOX_MAP, VAL_LOSS, VAL_POSITIONS, VAL_RELATIONS
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -116,13 +117,13 @@ def finished_line(out_dir: str | Path, metrics: dict) -> str:
     if "best_top1" in metrics:
         numbers = (f"top-1 {metrics['best_top1']:.2f} % at its best epoch ({epoch}), "
                    f"{metrics['last_top1']:.2f} % at the last")
-    elif "val_bbox_mAP" in best:
-        numbers = (f"box mAP {best['val_bbox_mAP']:.2f} AP points at its best epoch ({epoch}), "
-                   f"{last.get('val_bbox_mAP', float('nan')):.2f} at the last")
+    elif VAL_BOX_MAP in best:
+        numbers = (f"box mAP {best[VAL_BOX_MAP]:.2f} AP points at its best epoch ({epoch}), "
+                   f"{last.get(VAL_BOX_MAP, float('nan')):.2f} at the last")
     else:
         pretext = [f"{name} {100 * last[key]:.2f} %" for name, key in
-                   (("relations", "val_acc_rel"), ("positions", "val_acc_pos")) if key in last]
-        numbers = (f"validation loss {best['val_loss']:.4f} at its best epoch ({epoch}); "
+                   (("relations", VAL_RELATIONS), ("positions", VAL_POSITIONS)) if key in last]
+        numbers = (f"validation loss {best[VAL_LOSS]:.4f} at its best epoch ({epoch}); "
                    f"held-out pretext accuracy at the last: {', '.join(pretext) or 'none'}")
     return (f"finished {out_dir} in {metrics['wall_time_s']:.0f} s: {numbers}; every number in "
             f"{Path(out_dir) / METRICS}")
