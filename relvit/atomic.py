@@ -64,7 +64,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool
 
     `keep_previous`: the file being replaced stays as previous_path(path) (a fallback should the
     new one be damaged later). An OSError (ENOSPC, EFBIG, ...) is raised again naming `path`;
-    the old `path` and its previous copy are untouched and no temporary file is left.
+    the old `path` and its previous copy are untouched and no temporary file is left. An
+    interrupt (Ctrl-C, SIGTERM's `Terminated`) is raised as it is, even one that came while an
+    OSError was being handled.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool
         _fsync_dir(path.parent)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        cause = _os_error(err)
+        cause = _os_error(err) if isinstance(err, Exception) else None  # an interrupt stays one
         if cause is None:
             raise
         raise cannot_write(path, cause) from err
