@@ -4,6 +4,7 @@ in tests/test_datasets.py and tests/test_detection_train.py)."""
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -32,3 +33,21 @@ def test_a_worker_ignores_ctrl_c_and_dies_of_sigterm():
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
+
+
+def test_outside_the_main_thread_the_block_runs_and_changes_no_handler():
+    """The CLI's main() called from a thread (a notebook's, a scheduler's): signal.signal would
+    raise ValueError there."""
+    before, errors = signal.getsignal(signal.SIGTERM), []
+
+    def body():
+        try:
+            with sigterm_as_interrupt():
+                pass
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert errors == [] and signal.getsignal(signal.SIGTERM) is before

@@ -3,13 +3,16 @@ checkpoint and ends bit-identical to an uninterrupted run (CPU, same seed)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 from faults_helpers import (STEPS_PER_EPOCH, outcome, reference, train_cli, train_epochs,
@@ -250,11 +253,15 @@ def test_a_second_process_on_a_run_in_training_is_refused(tmp_path):
 
 
 def test_the_run_lock_names_its_holder(tmp_path):
+    """Its holder, not the rest of a longer line an earlier holder left in the lock file."""
     run = tmp_path / "run"
+    lock_path(run).write_text("pid 4194304 on a-much-longer-host-name-of-an-earlier-holder\n")
     with run_lock(run):
-        with pytest.raises(RunLockedError, match=f"pid {os.getpid()} on .*{lock_path(run)}"):
+        with pytest.raises(RunLockedError) as raised:
             with run_lock(run):
                 pass
+    assert f"by pid {os.getpid()} on {socket.gethostname()} (lock {lock_path(run)})" in str(
+        raised.value)
     with run_lock(run):  # released
         pass
     run.mkdir()
@@ -264,9 +271,34 @@ def test_the_run_lock_names_its_holder(tmp_path):
             pass
 
 
-def test_a_lock_file_it_may_not_write_still_locks(tmp_path, monkeypatch):
-    """In a folder this process may not write (another user's, an archive), the lock file that
-    is there is locked read-only: a second process is still refused (it had run unguarded)."""
+def test_a_lock_let_go_is_free_even_while_a_process_forked_under_it_lives(tmp_path):
+    """A process forked in the block (a loader's worker still shutting down) shares the lock
+    file; the holder's end of the block lets the lock go for it too (its kill does not)."""
+    run = tmp_path / "run"
+    read, write = os.pipe()
+    with run_lock(run):
+        with warnings.catch_warnings():  # "multi-threaded, fork() may deadlock": the child
+            warnings.simplefilter("ignore", DeprecationWarning)  # only reads a pipe and exits
+            child = os.fork()
+        if child == 0:  # the forked process: waits until told to go
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+    os.close(read)
+    try:
+        with run_lock(run) as waited:  # RunLockedError had the lock still been held
+            assert waited is False
+    finally:
+        os.close(write)
+        os.waitpid(child, 0)
+
+
+@pytest.mark.parametrize("refusal", [PermissionError(13, "Permission denied"),
+                                     OSError(errno.EROFS, "Read-only file system")])
+def test_a_lock_file_it_may_not_write_still_locks(tmp_path, monkeypatch, refusal):
+    """In a folder this process may not write (another user's, an archive, a read-only mount),
+    the lock file that is there is locked read-only: a second process is still refused (it had
+    run unguarded)."""
     import builtins
 
     run = tmp_path / "run"
@@ -275,7 +307,7 @@ def test_a_lock_file_it_may_not_write_still_locks(tmp_path, monkeypatch):
 
     def read_only(file, mode="r", *args, **kwargs):
         if str(file) == str(lock_path(run)) and mode != "r":
-            raise PermissionError(13, "Permission denied", str(file))
+            raise type(refusal)(refusal.errno, refusal.strerror, str(file))
         return builtins.open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr("relvit.locks.open", read_only, raising=False)
@@ -297,11 +329,33 @@ def test_a_file_in_the_run_folders_path_is_named(tmp_path, under):
         "not a folder)")
 
 
+def test_a_lock_file_that_cannot_be_made_says_why(tmp_path, monkeypatch):
+    """Another error than a file in the way (here a full disk) is named as it is: the folders
+    above the lock file are folders."""
+    import builtins
+
+    run = tmp_path / "run"
+
+    def full(file, mode="r", *args, **kwargs):
+        if str(file) == str(lock_path(run)):
+            raise OSError(28, "No space left on device", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("relvit.locks.open", full, raising=False)
+    with pytest.raises(OSError) as raised:
+        with run_lock(run):
+            pass
+    assert str(raised.value).endswith(f"cannot take the lock {lock_path(run)} of {run} "
+                                      f"(No space left on device: {lock_path(run)})")
+
+
 def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
     def no_locks(*args):
         raise OSError(37, "No locks available")
 
+    run = tmp_path / "run"
     monkeypatch.setattr("relvit.locks.fcntl.flock", no_locks)
-    with caplog.at_level("WARNING", logger="relvit"), run_lock(tmp_path / "run"):
+    with caplog.at_level("WARNING", logger="relvit"), run_lock(run):
         pass
-    assert "cannot lock ([Errno 37] No locks available)" in caplog.text
+    assert (f"{lock_path(run)}: cannot lock ([Errno 37] No locks available); a second process "
+            f"on {run} would not be stopped") in caplog.text
