@@ -115,12 +115,13 @@ def test_cli_check_checks_a_config_for_a_mode(tmp_path, capsys):
 
 
 def test_cli_check_refuses_what_the_mode_refuses_at_its_start(tmp_path, capsys, caplog):
-    """`check --mode finetune` had passed a config without init_checkpoint, which `relvit
-    finetune` refuses; a checkpoint that is not there (yet) is said."""
+    """`check --mode finetune` had passed a config without init_checkpoint (or with an empty
+    one), which `relvit finetune` refuses; a checkpoint that is not there (yet) is said."""
     path = tmp_path / "run.yaml"
-    path.write_text("model: {embed_dim: 36, depth: 1, num_heads: 3}\n")
-    assert main(["check", "--config", str(path), "--mode", "finetune"]) == 2
-    assert "mode 'finetune' needs init_checkpoint (or --init PATH)" in capsys.readouterr().err
+    for init in ("", 'init_checkpoint: ""\n'):
+        path.write_text(init + "model: {embed_dim: 36, depth: 1, num_heads: 3}\n")
+        assert main(["check", "--config", str(path), "--mode", "finetune"]) == 2
+        assert "mode 'finetune' needs init_checkpoint (or --init PATH)" in capsys.readouterr().err
     absent = tmp_path / "pre" / "best.pt"
     with caplog.at_level("WARNING", logger="relvit"):
         assert main(["check", "--config", str(path), "--mode", "finetune", "--set",
@@ -131,6 +132,84 @@ def test_cli_check_refuses_what_the_mode_refuses_at_its_start(tmp_path, capsys, 
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"init_checkpoint: {absent}" in out and "device: cpu" in out
+
+
+def test_cli_check_shows_the_mega_patch_grid(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("mode: pretrain\nssl: {megapatch_side: 2}\n")
+    assert main(["check", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.endswith(
+        "backbone ViT-S/4, positional embeddings off, image_size 16, SSL grid 2x2 (4 positions)\n")
+
+
+def _fake_train(monkeypatch, error=None) -> list:
+    """relvit.train.loop.train replaced: the calls `relvit MODE` makes (config, folder and
+    keywords), recorded; `error` raised from each."""
+    import relvit.train.loop as loop
+
+    calls = []
+
+    def train(cfg, out, **kwargs):
+        calls.append((cfg, out, kwargs))
+        if error is not None:
+            raise error
+
+    monkeypatch.setattr(loop, "train", train)
+    return calls
+
+
+def _pretrain_argv(tmp_path) -> list[str]:
+    config = tmp_path / "run.yaml"
+    config.write_text("optim: {epochs: 1}\n")
+    return ["pretrain", "--config", str(config), "--out", str(tmp_path / "run")]
+
+
+def test_cli_training_flags_reach_the_training_loop(tmp_path, monkeypatch):
+    """--threads, --no-progress, --replace-changed and --device (only slow end-to-end tests had
+    passed them)."""
+    import torch
+
+    calls, threads = _fake_train(monkeypatch), []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    argv = _pretrain_argv(tmp_path)
+    assert main([*argv, "--threads", "3", "--no-progress", "--replace-changed", "--device",
+                 "cpu"]) == 0
+    (cfg, out, kwargs), = calls
+    assert (cfg.mode, cfg.device, out, kwargs) == (
+        "pretrain", "cpu", tmp_path / "run", {"progress": False, "replace_changed": True})
+    assert threads == [3]
+    calls.clear()
+    assert main(argv) == 0
+    assert calls[0][2] == {"progress": None, "replace_changed": False}
+
+
+def test_cli_records_a_non_finite_loss_only_with_record_failure(tmp_path, monkeypatch, capsys):
+    import relvit.train.failure as failure
+    from relvit.train.errors import NonFiniteLossError
+
+    _fake_train(monkeypatch, NonFiniteLossError("loss is nan", epoch=1, step=2))
+    recorded = []
+    monkeypatch.setattr(failure, "record_failure", lambda cfg, out, err: recorded.append(out))
+    argv = _pretrain_argv(tmp_path)
+    assert main(argv) == 1 and recorded == []
+    assert "relvit: error: loss is nan" in capsys.readouterr().err
+    assert main([*argv, "--record-failure"]) == 0 and recorded == [tmp_path / "run"]
+
+
+def test_cli_exits_143_on_sigterm_and_130_on_ctrl_c_saying_what_is_kept(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The fast twin of tests/faults/test_kill_resume.py's signals to a real run."""
+    from relvit.interrupts import Terminated
+
+    argv = _pretrain_argv(tmp_path)
+    _fake_train(monkeypatch, Terminated("signal SIGTERM"))
+    assert main(argv) == 143
+    assert capsys.readouterr().err.strip().endswith(
+        f"relvit: terminated (SIGTERM); {tmp_path / 'run'} has no finished epoch yet: the same "
+        "command starts the run again")
+    _fake_train(monkeypatch, KeyboardInterrupt())
+    assert main(argv) == 130
+    assert "relvit: interrupted; " in capsys.readouterr().err
 
 
 def test_a_problem_with_a_key_the_command_line_gave_says_so(tmp_path, capsys):

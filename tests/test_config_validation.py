@@ -65,9 +65,42 @@ def test_nan_and_inf_from_yaml_are_refused(tmp_path):
     ({"seed": 10**20}, "seed: must be in [0, 2**63 - 1], got 100000000000000000000"),
     ({"seed": 2**63}, "seed: must be in [0, 2**63 - 1], got 9223372036854775808"),
     ({"seed": -1}, "seed: must be in [0, 2**63 - 1], got -1"),
+    ({"data": {"workers": -1}}, "data.workers: must not be negative, got -1"),
+    ({"optim": {"warmup_fraction": 1.0}}, "optim.warmup_fraction: must be in [0, 1), got 1.0"),
+    ({"model": {"drop_path_rate": 1.0}}, "model.drop_path_rate: must be in [0, 1), got 1.0"),
+    ({"device": "cuda:0x"}, "device: 'cuda:0x' is not auto, cpu, cuda or cuda:N"),
 ])
 def test_numeric_ranges(raw, message):
     assert problems_of(raw) == [message]
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"mode": "joint", "ssl": {"megapatch_side": 2}},
+     "ssl.shuffle / ssl.megapatch_side: only used by mode 'pretrain' (joint training uses "
+     "identity targets, method spec §3)"),
+    # the geometry's own message names its key: no "data.image_size / ..." prefix before it
+    ({"mode": "pretrain", "ssl": {"megapatch_side": 5}},
+     "ssl.megapatch_side: 5 is larger than the base grid side 4"),
+    # a detection run with SSL joint training needs the 2x2 grid too
+    ({"mode": "detect", "data": {"name": "digit_scenes"}, "detection": {"ssl_joint": True},
+      "model": {"patch_size": 64}},
+     "data.image_size / model.patch_size: the SSL grid would be 1x1 (ViT-S's tokens of 64 px on "
+     "64-px images): the SSL tasks need at least 2x2 cells"),
+    ({"model": {"backbone": "t2t_vit_14", "embed_dim": 40, "num_heads": 3}},
+     "model.embed_dim: 40 is not divisible by model.num_heads 3"),
+])
+def test_semantic_problems_are_named_whole(raw, message):
+    """tests/test_config.py's test_semantic_problems matches a part of each message; these
+    whole, with the key they start with."""
+    assert problems_of(raw) == [message]
+
+
+@pytest.mark.parametrize("raw", [
+    {"mode": "pretrain", "model": {"embed_dim": 9, "num_heads": 1}},  # one channel per relation
+    {"mode": "pretrain", "data": {"image_size": 16}, "model": {"patch_size": 8}},  # a 2x2 grid
+])
+def test_the_smallest_usable_ssl_settings_pass(raw):
+    assert config_from_dict(raw)
 
 
 def test_the_largest_seed_is_accepted_and_the_next_refused():

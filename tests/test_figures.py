@@ -180,3 +180,112 @@ def test_a_chart_names_its_tier_and_marks_stale_and_missing_cells(tmp_path, monk
     assert drawn["hatches"][0] == "xx" and drawn["hatches"][1] is None
     assert "hatched xx: a resized model" in drawn["title"]
     assert "dashed edge: run on a resized copy" in drawn["title"]
+
+
+def _curve_runs(tmp_path):
+    """Two seeds of one classification run, with history.csv (top-1 as a fraction)."""
+    runs = tmp_path / "runs" / "cifar10" / "vit_small" / "supervised"
+    metrics = []
+    for seed, acc in ((0, ("0.5", "0.625")), (1, ("0.25", "0.75"))):
+        run = runs / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "history.csv").write_text("epoch,lr,train_loss,val_loss,val_acc_clf\n"
+                                         f"1,0.001,2.5,2.75,{acc[0]}\n2,0.001,2.0,2.25,{acc[1]}\n")
+        (run / "metrics.json").write_text(f'{{"mode": "finetune", "seed": {seed}}}')
+        metrics.append(run / "metrics.json")
+    return metrics
+
+
+def test_curves_draw_both_losses_and_top1_in_percent_a_colour_per_seed(tmp_path, monkeypatch):
+    """The metric panel is in % (a fraction × 100), both losses are drawn, and each seed has its
+    own colour in both panels."""
+    from matplotlib.axes import Axes
+
+    from relvit.report.figures import training_curves
+
+    drawn = {}
+    plot = Axes.plot
+
+    def spy(ax, x, y, *args, **kwargs):
+        drawn[kwargs["label"]] = (list(x), [round(v, 6) for v in y], kwargs.get("color"))
+        return plot(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    training_curves(_curve_runs(tmp_path), tmp_path / "figures")
+    assert {label: xy for label, (*xy, _) in drawn.items()} == {
+        "train_loss seed0": [[1, 2], [2.5, 2.0]], "val_loss seed0": [[1, 2], [2.75, 2.25]],
+        "top-1 (%) seed0": [[1, 2], [50.0, 62.5]],
+        "train_loss seed1": [[1, 2], [2.5, 2.0]], "val_loss seed1": [[1, 2], [2.75, 2.25]],
+        "top-1 (%) seed1": [[1, 2], [25.0, 75.0]]}
+    for series in ("train_loss", "val_loss", "top-1 (%)"):
+        assert drawn[f"{series} seed0"][2] != drawn[f"{series} seed1"][2], series
+
+
+def _bar_cells():
+    from relvit.report.compare import OUT, WITHIN, Comparison
+    from relvit.report.table1 import Cell
+
+    return [Comparison(1, "cifar10", "vit_small", "relvit", "top-1",
+                       paper=Cell(90.0, 1.0, 3), ours=Cell(91.0, 0.5, 3), verdict=WITHIN),
+            Comparison(1, "svhn", "vit_small", "supervised", "top-1",
+                       paper=Cell(80.0, 2.0, 3), ours=Cell(70.0, 4.0, 3), verdict=OUT),
+            Comparison(3, "digit_scenes", "vit_small", "det_supervised", "box AP",
+                       paper=Cell(40.0, None, 1), ours=Cell(35.0, None, 1), verdict=WITHIN)]
+
+
+def test_a_bar_chart_draws_its_tables_cells_ours_beside_the_papers(tmp_path, monkeypatch):
+    """Ours and the paper's bars carry their own means and stds, only the table's cells are
+    drawn, a cell out of tolerance (only it) has a red edge, and table 1 names datasets."""
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from relvit.report.figures import bar_chart
+
+    bars, seen = {}, {}
+    bar = Axes.bar
+
+    def spy(ax, x, height, *args, **kwargs):
+        container = bar(ax, x, height, *args, **kwargs)
+        bars[kwargs["label"]] = (list(height), list(kwargs["yerr"]), container)
+        return container
+
+    def keep(fig, path, **kwargs):
+        seen["panels"] = len(fig.axes)
+        seen["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+
+    monkeypatch.setattr(Axes, "bar", spy)
+    monkeypatch.setattr(Figure, "savefig", keep)
+    bar_chart(_bar_cells(), 1, tmp_path / "fig")
+    assert bars["reproduced"][:2] == ([91.0, 70.0], [0.5, 4.0])
+    assert bars["paper"][:2] == ([90.0, 80.0], [1.0, 2.0])
+    assert seen == {"panels": 1, "ticks": ["cifar10\nrelvit", "svhn\nsupervised"]}
+    edges = [(p.get_edgecolor(), p.get_linewidth()) for p in bars["reproduced"][2]]
+    assert edges[1] == ((1.0, 0.0, 0.0, 1.0), 2) and edges[0][0] != (1.0, 0.0, 0.0, 1.0)
+
+
+def test_cli_figures_draws_every_tables_chart_with_the_default_criterion(tmp_path, monkeypatch):
+    """Cells of Tables 1 and 2 (compare's output, stubbed): a chart for each; the criterion
+    of no --sigmas / --tolerance is compare's default."""
+    from types import SimpleNamespace
+
+    import relvit.report.compare as compare_module
+    import relvit.report.figures as figures_module
+    from relvit.report.criterion import Criterion
+
+    seen = {}
+
+    def compare(runs, plan, paper, criterion):
+        seen["criterion"] = criterion
+        return [SimpleNamespace(table=2), SimpleNamespace(table=1), SimpleNamespace(table=2)]
+
+    def write_figures(cells, tables, curves, out, tier):
+        seen["tables"], seen["tier"] = tables, tier
+        return []
+
+    monkeypatch.setattr(compare_module, "compare", compare)
+    monkeypatch.setattr(figures_module, "write_figures", write_figures)
+    assert main(["figures", "--out", str(tmp_path / "fig")]) == 0
+    assert seen == {"criterion": Criterion(), "tables": [1, 2], "tier": "custom"}
+    assert main(["figures", "--out", str(tmp_path / "fig"), "--sigmas", "3",
+                 "--tolerance", "0.5"]) == 0
+    assert seen["criterion"] == Criterion(3.0, 0.5)

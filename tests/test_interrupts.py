@@ -35,6 +35,27 @@ def test_a_worker_ignores_ctrl_c_and_dies_of_sigterm():
             signal.signal(number, handler)
 
 
+@pytest.mark.parametrize("rows, said", [
+    (0, "{out} has no finished epoch yet: the same command starts the run again"),
+    (1, "{out} keeps its 1 finished epoch (last.pt): the same command resumes after them"),
+    (2, "{out} keeps its 2 finished epochs (last.pt): the same command resumes after them"),
+])
+def test_an_interrupted_run_says_how_many_epochs_it_keeps(tmp_path, rows, said):
+    """Counted from history.csv's rows after its header; a command that is not a training run
+    says what it keeps in general."""
+    import argparse
+
+    from relvit import cli
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.csv").write_text("epoch,loss\n" + "".join(f"{i},0.5\n" for i in range(rows)))
+    assert cli._what_is_kept(argparse.Namespace(func=cli._train, out=out)) == said.format(out=out)
+    other = argparse.Namespace(func=cli._report_detection, out=out)
+    assert cli._what_is_kept(other) == (
+        "what was finished is kept: the same command goes on from there")
+
+
 def test_outside_the_main_thread_the_block_runs_and_changes_no_handler():
     """The CLI's main() called from a thread (a notebook's, a scheduler's): signal.signal would
     raise ValueError there."""

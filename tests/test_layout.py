@@ -1,4 +1,5 @@
-"""The run id's format (`layout.RUN_ID`) read back into its fields."""
+"""Where a run's files are: the run id's format (`layout.RUN_ID`) read back into its fields,
+the folders of its files, and moved-aside names."""
 
 from __future__ import annotations
 
@@ -29,3 +30,22 @@ def test_moved_aside_folders_sort_by_time_then_number():
     names = [replaced_name("seed0", stamp) for stamp in stamps]
     assert sorted(reversed(names), key=replaced_order) == names
     assert sorted(names) != names  # what the plain sort gives
+
+
+def test_a_runs_files_are_under_their_folders(tmp_path):
+    """The workflow's rules take these paths from layout; `relvit check` finds the execution
+    file of a run config by its configs folder (relvit.execution)."""
+    from pathlib import Path
+
+    from relvit.execution import execution_file_of
+    from relvit.layout import metrics_file, run_config_file, run_dir
+
+    run = "digits/vit_small/pretrain/seed0"
+    config = run_config_file(str(tmp_path), run)
+    assert Path(config) == tmp_path / "configs" / "digits/vit_small/pretrain/seed0.yaml"
+    execution = tmp_path / "execution" / "digits/vit_small/pretrain/seed0.yaml"
+    execution.parent.mkdir(parents=True)
+    execution.write_text("device: cpu\n")
+    assert execution_file_of(config) == execution
+    assert run_dir("results/ci", run) == "results/ci/runs/digits/vit_small/pretrain/seed0"
+    assert metrics_file("results/ci", run) == f"{run_dir('results/ci', run)}/metrics.json"

@@ -243,6 +243,7 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
     assert main(["report", "--table1", str(tmp_path / "t4"), str(tmp_path / "empty")]) == 0
     assert "no metrics.json and no run config in" in caplog.text and "Table 1 is empty" in \
         caplog.text
+    assert "# Table 1 — custom tier" in (tmp_path / "t4.md").read_text()  # without --tier
 
 
 def test_an_output_stem_with_a_dot_keeps_it():
