@@ -135,6 +135,26 @@ def test_a_compiled_variant_is_its_plain_function_inside_a_traced_region():
     assert choose(True) is not torch.sin and choose(False) is torch.sin
 
 
+def test_compiled_twins_are_static_and_plain_while_tracing(monkeypatch):
+    """The twin of `compiled_variant` is `compile_static`'s (full batches keep their graph);
+    while dynamo traces, the variant is the plain function and a `device_constant` is made
+    afresh. (Dynamo today also unwraps a nested torch.compile and ignores an lru_cache, which
+    hides both branches from the traced-region test above.)"""
+    from relvit.compiled import compiled_variant, device_constant
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or (lambda *a: fn(*a)))
+    choose = compiled_variant(torch.cos)
+    assert choose(True) is not torch.cos and choose(False) is torch.cos
+    assert seen == [{"dynamic": False, "backend": "inductor", "mode": None}]
+    made = []
+    constant = device_constant(lambda n: made.append(n) or torch.arange(n))
+    assert constant(3) is constant(3) and made == [3]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert choose(True) is torch.cos
+    assert constant(3) is not constant(3) and made == [3, 3, 3]
+
+
 def _tiny_run(tiny_config, tmp_path, mode: str, **overrides):
     """A prepared Run of the tiny config with `compile_step` unless `overrides` say otherwise
     (nothing compiled on the CPU)."""

@@ -280,12 +280,14 @@ def test_an_image_gets_the_same_features_in_any_batch(family, keep_aspect):
 
 
 @pytest.mark.parametrize("family", ["vit", "swin", "t2t"])
-def test_roi_scales_do_not_depend_on_the_first_batch(family):
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_roi_scales_do_not_depend_on_the_first_batch(family, keep_aspect):
     """torchvision infers RoIAlign's scales once, from the first batch's largest unpadded image:
-    a first KITTI image (67 rows, padded to 96) gave every level twice its scale for good."""
+    a first KITTI image (67 rows, padded to 96) gave every level twice its scale for good. It is
+    padded with `keep_aspect` (stretched to the square without)."""
     size = 224
     detector = build_detector(tiny_backbone(family, size, paper=True), CLASSES, size,
-                              masks=True, fpn_channels=FPN).eval()
+                              masks=True, fpn_channels=FPN, keep_aspect=keep_aspect).eval()
     with torch.no_grad():
         detector([torch.rand(3, 375, 1242)])
     for pool in (detector.roi_heads.box_roi_pool, detector.roi_heads.mask_roi_pool):

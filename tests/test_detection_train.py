@@ -69,6 +69,64 @@ def test_augment_false_trains_detection_without_crop_or_flip(tmp_path, detect_co
                for stream in range(2, 6))
 
 
+def test_training_images_are_cropped_and_flipped_as_configured(tmp_path, detect_config,
+                                                               monkeypatch):
+    """The IoU crop only where `detection.iou_crop` asks for it (off by default); the flip where
+    the registry's `flip` says so (every detection dataset flips today)."""
+    import dataclasses
+
+    from torchvision.transforms import v2
+
+    from relvit.data import registry
+    from relvit.detection.train import DetectionRun
+
+    def steps(**detection):
+        run = DetectionRun(detect_config(detection=detection), tmp_path / str(detection))
+        transform = run._images_dataset(True).transform
+        return None if transform is None else [type(t) for t in transform.transforms]
+
+    assert steps() == [v2.RandomHorizontalFlip]
+    assert v2.RandomIoUCrop in steps(iou_crop=True)
+    spec = dataclasses.replace(registry.DATASETS["digit_scenes"], flip=False)
+    monkeypatch.setitem(registry.DATASETS, "digit_scenes", spec)
+    assert steps() is None
+
+
+def test_the_run_config_reaches_the_detector(tmp_path, detect_config, monkeypatch):
+    """Its classes plus the background, the head sizes of `detection`, and the backbone keys of
+    `model` (drop-path included)."""
+    import relvit.detection.train as detection_train
+
+    built = {}
+    build = detection_train.build_backbone
+    monkeypatch.setattr(detection_train, "build_backbone",
+                        lambda *a, **kw: built.update(kw) or build(*a, **kw))
+    cfg = detect_config(detection={"roi_batch_size": 24, "rpn_train_proposals": 60},
+                        model={"drop_path_rate": 0.25, "drop_rate": 0.05})
+    rcnn = detection_train.DetectionRun(cfg, tmp_path / "run").model
+    assert (built["drop_path_rate"], built["drop_rate"]) == (0.25, 0.05)
+    assert (built["embed_dim"], built["depth"]) == (cfg.model.embed_dim, cfg.model.depth)
+    assert rcnn.roi_heads.box_predictor.cls_score.out_features == 10 + 1
+    assert rcnn.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 10 + 1
+    assert rcnn.rpn._pre_nms_top_n == {"training": 60, "testing": 30}
+    assert rcnn.rpn._post_nms_top_n == {"training": 60, "testing": 30}
+    assert rcnn.roi_heads.fg_bg_sampler.batch_size_per_image == 24
+    assert rcnn.roi_heads.box_head.fc7.out_features == TINY_DETECTOR["box_representation"]
+    assert rcnn.backbone.out_channels == TINY_DETECTOR["fpn_channels"]
+    assert rcnn.roi_heads.detections_per_img == 100
+    width = TINY_DETECTOR["mask_head_width"]
+    assert [block[0].out_channels for block in rcnn.roi_heads.mask_head] == [width] * 4
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_relation_diagonal_reaches_the_joint_detector(tmp_path, detect_config, diagonal):
+    from relvit.detection.train import DetectionRun
+
+    run = DetectionRun(detect_config(detection={"ssl_joint": True, "masks": False},
+                                     ssl={"relation_diagonal": diagonal}), tmp_path / "run")
+    assert run.model.include_diagonal is diagonal
+
+
 @pytest.mark.parametrize("keep_aspect", [False, True])
 def test_keep_aspect_reaches_the_detector(tmp_path, detect_config, keep_aspect):
     from relvit.detection.train import DetectionRun
@@ -121,12 +179,15 @@ def test_the_best_epoch_has_the_highest_box_map(tmp_path, detect_config, monkeyp
     from relvit.detection.train import DetectionRun
 
     scripted = [10.0, 30.0, 20.0]
+    mAP50 = [40.0, 5.0, 50.0]  # another score picks other epochs
     evaluation = DetectionRun.evaluation
     monkeypatch.setattr(DetectionRun, "evaluation", lambda self, epoch: {
-        **evaluation(self, epoch), "val_bbox_mAP": scripted[epoch]})
+        **evaluation(self, epoch), "val_bbox_mAP": scripted[epoch],
+        "val_bbox_mAP50": mAP50[epoch]})
     metrics = train(detect_config(detection={"masks": False}, optim={"epochs": 3}),
                     tmp_path / "run", progress=False)
     assert metrics["best_epoch"] == 2 and metrics["best_map"]["bbox"]["mAP"] == 30.0
+    assert metrics["best_map"]["bbox"]["mAP50"] == 5.0
     assert metrics["last_map"]["bbox"]["mAP"] == 20.0
 
 

@@ -24,6 +24,9 @@ def test_a_run_config_splits_into_what_it_computes_and_how_it_runs():
     assert files == {"results/t/execution/d/b/pretrain/seed0.yaml": execution_settings(config),
                      "data/.relvit-prepare-data.yaml": {"data.offline": True}}
     assert list(files["results/t/execution/d/b/pretrain/seed0.yaml"]) == list(EXECUTION_KEYS)
+    # `offline: false` (the default) is written too: prepare_data's job reads the file
+    assert execution_files("results/t", {}, offline=False, data_root="data") == \
+        {"data/.relvit-prepare-data.yaml": {"data.offline": False}}
 
 
 def test_only_changed_files_are_written(tmp_path):
@@ -33,6 +36,9 @@ def test_only_changed_files_are_written(tmp_path):
     assert write_execution_files({first: {"device": "cpu"}, second: {"compile": False}}) == \
         [second]
     assert yaml.safe_load((tmp_path / "sub" / "b.yaml").read_text()) == {"compile": False}
+    Path(first).write_bytes(b"\xff\xfe\x00garbage")  # not UTF-8: written anew, not a crash
+    assert write_execution_files({first: {"device": "cpu"}}) == [first]
+    assert yaml.safe_load(Path(first).read_text()) == {"device": "cpu"}
 
 
 def test_a_run_takes_the_execution_file_over_its_config_and_set_over_both(tmp_path):
@@ -90,6 +96,21 @@ def test_check_of_a_workflow_run_config_names_its_execution_file(tmp_path, capsy
     assert main(["check", "--config", str(config), "--execution",
                  str(execution / "seed0.yaml")]) == 0
     assert not caplog.records and yaml.safe_load(capsys.readouterr().out)["precision"] == "fp32"
+
+
+def test_the_execution_file_is_found_beside_the_last_configs_folder(tmp_path):
+    """A results folder inside a folder that is itself named `configs` has its own execution/."""
+    from relvit.execution import execution_file_of
+
+    results = tmp_path / "configs" / "results"
+    config = results / "configs" / "digits" / "run.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("seed: 0\n")
+    execution = results / "execution" / "digits" / "run.yaml"
+    assert execution_file_of(config) is None
+    execution.parent.mkdir(parents=True)
+    execution.write_text("device: cpu\n")
+    assert execution_file_of(config) == execution
 
 
 @pytest.mark.parametrize("text, flag, offline", [
