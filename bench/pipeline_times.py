@@ -181,6 +181,12 @@ class RuleTotals:
                 f"{self.seconds - self.own:.0f} | {per_run} |")
 
 
+def _share(part: float, whole: float) -> str:
+    """`part` of `whole` in percent; "—" for a log whose jobs all ended in the second it began
+    (Snakemake's times are whole seconds)."""
+    return f"{part / whole:.1%}" if whole else "—"
+
+
 def report(log: PipelineLog, cores: int) -> str:
     """The Markdown breakdown of the log's finished jobs."""
     finished = [job for job in log.jobs if job.end is not None]
@@ -216,17 +222,17 @@ def report(log: PipelineLog, cores: int) -> str:
     also_unfinished = "; the jobs not finished in this log, too" if unfinished else ""
     lines += ["", f"Core-seconds ({cores} cores × {wall:.0f} s): {core_s:.0f}",
               f"- the training runs' own time (their epochs): {own_core_s:.0f} "
-              f"({own_core_s / core_s:.1%})"]
+              f"({_share(own_core_s, core_s)})"]
     if eval_core_s is not None:
-        lines.append(f"  - of which evaluation: {eval_core_s:.0f} ({eval_core_s / core_s:.1%})")
+        lines.append(f"  - of which evaluation: {eval_core_s:.0f} ({_share(eval_core_s, core_s)})")
     lines += [f"- the jobs' time outside it (start-up, imports, the report jobs): "
-              f"{outside_s:.0f} ({outside_s / core_s:.1%})",
+              f"{outside_s:.0f} ({_share(outside_s, core_s)})",
               f"- no finished job on the core (Snakemake's DAG, between jobs, waiting on inputs"
-              f"{also_unfinished}): {idle} ({idle / core_s:.1%})",
-              f"- **outside training: {1 - own_core_s / core_s:.1%}**"]
+              f"{also_unfinished}): {idle} ({_share(idle, core_s)})",
+              f"- **outside training: {_share(core_s - own_core_s, core_s)}**"]
     if eval_core_s is not None:
         lines.append(f"- **outside the training steps (evaluation too): "
-                     f"{1 - (own_core_s - eval_core_s) / core_s:.1%}**")
+                     f"{_share(core_s - own_core_s + eval_core_s, core_s)}**")
     else:
         lines.append("- evaluation not split out: a run's history.csv has no eval_time_s "
                      "(recorded before 2026-11-28)")

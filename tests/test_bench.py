@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import warnings
 import weakref
@@ -532,3 +533,90 @@ def test_the_graphs_pool_is_measured_for_every_mode_that_records_graphs(mode, re
     args = argparse.Namespace(compile_mode=mode)
     assert measure.graphs_recorded_in_first_call(args, True) is recorded
     assert measure.graphs_recorded_in_first_call(args, False) is False
+
+
+def test_the_projection_takes_the_fastest_32_px_batch_step_of_each_mode():
+    """Only 32 px "+ batch" train steps count, and of several the fastest."""
+    def row(mode, rate, size=32, with_batch=True):
+        return bench_table.Row(f"train step: {mode}", f"{size} px", images_per_s=rate,
+                               extra={"size": size, "mode": mode, "with_batch": with_batch})
+    rows = [row("pretrain", 1_000_000 / 3600), row("pretrain", 5_000_000 / 3600),
+            row("pretrain", 50_000_000 / 3600, size=224),
+            row("pretrain", 50_000_000 / 3600, with_batch=False),
+            row("supervised", 10_000_000 / 3600)]
+    hours = bench_table.projection(rows)
+    assert hours["pretrain"] == pytest.approx(1.0) and hours["supervised"] == pytest.approx(0.5)
+
+
+def test_each_cell_is_under_its_column_in_the_units_the_header_names():
+    row = bench_table.Row("train step: pretrain", "32 px", images_per_s=1234.0,
+                          ms_per_step=12.34, ratio="1.50×", peak_mb=3000.4, mfu=0.123,
+                          extra={"ops": 1500.0, "mib": 20.6, "syncs_per_step": 0.5})
+    cells = dict(zip(bench_table.table_header(True), row.cells(True)))
+    assert cells == {"stage": "train step: pretrain", "config": "32 px", "images/s": "1,234",
+                     "ms/step": "12.3", "ratio": "1.50×", "peak MB": "3,000",
+                     "MFU": "12.3 %", "ops": "1,500", "MiB": "21", "syncs/step": "0.5"}
+
+
+def test_timed_is_the_mean_of_the_timed_calls_after_the_warmup(monkeypatch):
+    clock, calls = [0.0], []
+
+    def step():  # each call takes one second of the fake clock; the warmup ones 100
+        calls.append(1)
+        clock[0] += 100.0 if len(calls) <= 2 else 1.0
+
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+    assert measure.timed(step, 4, torch.device("cpu"), warmup=2) == pytest.approx(1.0)
+    assert len(calls) == 6
+
+
+def test_rss_and_saved_memory_are_in_mib(monkeypatch):
+    x = torch.ones(2**18, requires_grad=True)  # 1 MiB of float32, saved twice by x * x
+    assert measure.saved_for_backward_mb(lambda: (x * x).sum()) == pytest.approx(1.0)
+    monkeypatch.setattr(measure, "open", lambda *a, **k: io.StringIO("512 256 0 0 0 0 0\n"),
+                        raising=False)
+    monkeypatch.setattr(measure.os, "sysconf", lambda name: 4096)
+    assert measure.rss_mb() == pytest.approx(1.0)  # 256 resident pages of 4 KiB
+
+
+def test_the_memory_stage_rows_rates_and_ratios(monkeypatch):
+    """images/s is the batch over a fwd/bwd's time; the fused rows' ratio is fused / plain in
+    time, then in peak memory (each probe's result stubbed)."""
+    results = iter([{"peak_mb": 100.0, "saved_mb": 80.0, "seconds": 0.5},
+                    {"peak_mb": 25.0, "saved_mb": 20.0, "seconds": 1.0}])
+    monkeypatch.setattr(relation_memory.subprocess, "run", lambda cmd, **kw: argparse.Namespace(
+        stdout=json.dumps(next(results)) + "\n"))
+    args = argparse.Namespace(memory_batch=4, memory_dim=45, chunk_mb=[64], head_align=[1],
+                              compile=False, threads=1, profile=None)
+    plain, fused = relation_memory.bench_relation_memory(args, torch.device("cpu"))
+    assert (plain.images_per_s, plain.ms_per_step, plain.peak_mb) == (8.0, 500.0, 100.0)
+    assert fused.images_per_s == 4.0 and fused.ratio == "2.00×, mem 0.25×"
+
+
+def test_the_memory_probe_reports_the_peak_rss_growth_in_mib(monkeypatch, capsys):
+    usage = iter([100 * 1024, 150 * 1024])  # ru_maxrss in KiB (Linux): before and after
+    monkeypatch.setattr(relation_memory, "rss_mb", lambda: 100.0)
+    monkeypatch.setattr(relation_memory.resource, "getrusage",
+                        lambda who: argparse.Namespace(ru_maxrss=next(usage)))
+    relation_memory.probe_memory(json.dumps({"fused": False, "batch": 1, "n": 16, "dim": 18}))
+    result = json.loads(capsys.readouterr().out)
+    assert result["peak_mb"] == pytest.approx(50.0)
+    assert result["import_peak_above_baseline_mb"] == pytest.approx(0.0)
+
+
+def test_step_rows_mfu_and_memory_ratio():
+    """The MFU is FLOPs per second over the peak; the memory ratio is the step's peak over the
+    supervised step's (rows built by hand, as `bench_steps` leaves them)."""
+    from benchlib import steps as step_stage
+
+    def measured(name, mode, ms, peak):
+        row = bench_table.Row(f"train step: {name}", "32 px", peak_mb=peak,
+                              extra={"ms_rounds": [ms], "flops": 2e9})
+        return step_stage.MeasuredStep(step_stage.StepCase(name, mode), None, row, None)
+
+    sup, pre = step_stage.finish_step_rows(
+        [measured("supervised", "supervised", 2.0, 100.0),
+         measured("pretrain", "pretrain", 4.0, 150.0)], batch=8, peak_tflops=1.0)
+    assert sup.images_per_s == pytest.approx(4000.0)  # 8 images in 2 ms
+    assert sup.mfu == pytest.approx(1.0) and pre.mfu == pytest.approx(0.5)  # 2e9 FLOPs in 2 ms
+    assert pre.ratio == "2.00×, mem 1.50×"

@@ -135,3 +135,42 @@ def test_project_needs_across_and_something_is_compared(tmp_path, compare_runs, 
     with pytest.raises(SystemExit) as exit_:
         compare_runs.main([str(tmp_path), *argv])
     assert exit_.value.code == 2
+
+
+def test_the_epoch_and_evaluation_times_are_medians_without_the_first_epoch(tmp_path, capsys,
+                                                                           compare_runs):
+    """Medians (not means) of the epochs after the first, for both runs: the baseline's first
+    epoch and its one slow later epoch must not move its median."""
+    _run(tmp_path, "eager", [2.0, 1.5, 1.25, 1.2], [30.0, 2.0, 2.0, 5.0], [9.0, 0.1, 0.2, 0.9])
+    _run(tmp_path, "graphs", [2.0, 1.5, 1.25, 1.2], [40.0, 1.0, 1.0, 1.0], [9.0, 0.1, 0.1, 0.1])
+    assert compare_runs.main([str(tmp_path), "eager", "graphs"]) == 0
+    assert ("median epoch after the first 2.00 s vs 1.00 s (speed-up base/other 2.00x); first "
+            "epoch 30.0 vs 40.0 s; evaluation, median after the first 200.0 ms vs 100.0 ms\n"
+            in capsys.readouterr().out)
+
+
+def test_a_disagreeing_pair_fails_whatever_pair_comes_after_it(tmp_path, capsys, compare_runs):
+    _run(tmp_path, "eager", [2.0, 1.5, 1.25], [3.0, 2.0, 2.0])
+    _run(tmp_path, "apart", [2.0, 1.5031, 1.25], [3.0, 2.0, 2.0])  # 2.07e-3
+    _run(tmp_path, "near", [2.0, 1.5029, 1.25], [3.0, 2.0, 2.0])  # 1.93e-3
+    assert compare_runs.main([str(tmp_path), "eager", "apart", "eager", "near"]) == 1
+    assert "they disagree" in capsys.readouterr().out
+
+
+def test_an_empty_history_fails(tmp_path, capsys, compare_runs):
+    _run(tmp_path, "eager", [2.0, 1.5], [3.0, 2.0])
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "history.csv").write_text("epoch,lr,train_loss\n")  # no epoch row
+    assert compare_runs.main([str(tmp_path), "eager", "graphs"]) == 1
+    assert "eager vs graphs: an empty history" in capsys.readouterr().out
+
+
+def test_the_reserved_peak_is_shown_when_one_run_of_the_pair_has_it(tmp_path, capsys,
+                                                                    compare_runs):
+    _run(tmp_path, "eager", [2.0, 1.5], [3.0, 2.0])
+    _run(tmp_path, "cut", [2.0, 1.5], [3.0, 2.0])  # no metrics.json: cut by its time cap
+    (tmp_path / "eager" / "metrics.json").write_text(json.dumps(
+        {"peak_memory_mb": 3000.0, "peak_memory_reserved_mb": 4000.0}))
+    assert compare_runs.main([str(tmp_path), "eager", "cut"]) == 0
+    assert ("peak memory reserved eager / cut: 4,000 MB / — (unfinished)\n"
+            in capsys.readouterr().out)

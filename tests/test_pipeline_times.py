@@ -124,6 +124,51 @@ def test_a_job_of_two_threads_holds_both_cores(tmp_path, pipeline_times, capsys)
     assert "waiting on inputs): 20 (50.0%)" in capsys.readouterr().out
 
 
+def test_a_two_thread_jobs_evaluation_holds_both_cores(tmp_path, pipeline_times, capsys):
+    log = _write_log(tmp_path, _job(0, "pretrain", 1, _metrics(tmp_path, "run", 9.0, [1.0, 2.0]),
+                                    threads=2) + _finished(10, 1, "pretrain"))
+    assert pipeline_times.main([str(log)]) == 0
+    out = capsys.readouterr().out
+    # 20 core-seconds: 18 in the run (6 of them evaluating: 3 s on 2 cores), 2 outside it
+    assert "own time (their epochs): 18 (90.0%)\n  - of which evaluation: 6 (30.0%)" in out
+    assert "the report jobs): 2 (10.0%)" in out
+    assert "**outside the training steps (evaluation too): 40.0%**" in out
+
+
+def test_a_rule_with_runs_before_and_after_eval_time_s_leaves_evaluation_out(
+        tmp_path, pipeline_times, capsys):
+    """A rule's runs recorded before and after the eval_time_s column (a resumed pipeline):
+    the rule's evaluation stays unsplit rather than summing None."""
+    old, new = _metrics(tmp_path, "old", 5.0), _metrics(tmp_path, "new", 5.0, [1.0])
+    log = _write_log(tmp_path, _job(0, "pretrain", 1, old) + _finished(6, 1, "pretrain")
+                     + _job(6, "pretrain", 2, new) + _finished(12, 2, "pretrain"))
+    assert pipeline_times.main([str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "| pretrain | 2 | 12 | 10 |  | 2 | 1.0 |" in out
+    assert "| total | 2 | 12 | 10 |  | 2 | 1.0 |" in out
+
+
+def test_the_newest_of_several_logs_with_jobs_is_read(tmp_path, pipeline_times, capsys,
+                                                      monkeypatch):
+    log = _write_log(tmp_path, _job(0, "pretrain", 1, _metrics(tmp_path, "run", 9.0))
+                     + _finished(10, 1, "pretrain"))
+    newer = log.with_name("2026-11-08T120000.000000.snakemake.log")
+    newer.write_text(log.read_text().replace("Provided cores: 2", "Provided cores: 3"))
+    monkeypatch.chdir(tmp_path)
+    assert pipeline_times.main([]) == 0
+    assert f"{newer.relative_to(tmp_path)}: 1 jobs finished on 3 cores" in capsys.readouterr().out
+
+
+def test_a_log_shorter_than_a_second_has_no_shares(tmp_path, pipeline_times, capsys):
+    """Snakemake's times are whole seconds: a log whose jobs all ended in the second it began
+    (a quick local rule) had raised ZeroDivisionError."""
+    log = _write_log(tmp_path, _job(0, "run_config", 3, "results/configs/a.yaml", local=True)
+                     + _finished(0, 3, "run_config"))
+    assert pipeline_times.main([str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "Core-seconds (2 cores × 0 s): 0" in out and "**outside training: —**" in out
+
+
 def test_bad_input_is_named(tmp_path, pipeline_times, capsys):
     other = tmp_path / "notes.log"
     other.write_text("epoch 1/1 train_loss=1.0\n")
