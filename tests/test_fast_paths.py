@@ -463,3 +463,13 @@ def test_fused_relation_loss_gradients_go_back_to_the_joint_maps_without_a_copy(
     loss = losses.fused_relation_loss(out["relations"], relation_targets(4, 4))[0]
     ops = [name for name, _ in _kernels(loss.backward) if name not in ("empty", "ones_like")]
     assert ops[:3] == ["mul", "mul", "cat"]  # dq and dk scaled into place, then the joint map's
+
+
+def test_the_head_width_is_padded_to_a_multiple_of_align():
+    """`_aligned` pads d up to the next multiple of `align` with exact zeros (values alone cannot
+    tell: any zero padding gives the same products; survived: `t.shape[-1] % align`)."""
+    t = torch.rand(1, 9, 4, 42)
+    for align, width in ((1, 42), (8, 48), (16, 48), (7, 42), (5, 45)):
+        padded = losses._aligned(t, align)
+        assert padded.shape[-1] == width and padded.is_contiguous()
+        assert torch.equal(padded[..., :42], t) and not padded[..., 42:].any()

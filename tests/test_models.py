@@ -289,6 +289,22 @@ def test_classifier_reads_the_cls_token(name, size, patch):
         assert not torch.allclose(model(x)["logits"], model.classifier(tokens.patches.mean(1)))
 
 
+def test_the_classification_loss_trains_the_backbone():
+    """Fine-tuning trains the whole backbone (spec §3: no freezing): the classifier's loss must
+    reach the backbone's weights (survived: `self.classifier(pooled.float().detach())`)."""
+    for name, size, patch, extra in (
+            ("vit_small", 16, 4, dict(embed_dim=36, depth=1, num_heads=3)),
+            ("swin_tiny", 32, 2, dict(embed_dim=18, depth=2, num_heads=1, window_size=4))):
+        torch.manual_seed(0)
+        backbone = build_backbone(name, img_size=size, patch_size=patch, **extra)
+        model = RelViT(backbone, 5, SSLTasks())
+        logits = model(torch.rand(2, 3, size, size))["logits"]
+        torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3])).backward()
+        grads = [p.grad for p in backbone.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+        assert model.classifier.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name,extra", [
     ("vit_small", {**TINY, "depth": 2}), ("t2t_vit_14", {**TINY, "depth": 2}),
     ("swin_tiny", dict(embed_dim=12, depth=2, num_heads=3, window_size=4)),

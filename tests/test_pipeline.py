@@ -7,7 +7,7 @@ from relvit.ssl import pipeline
 from relvit.ssl.jitter import JitterConfig, apply_jitter
 from relvit.ssl.patches import patchify, permute_patches, unpatchify
 from relvit.ssl.pipeline import jitter_and_shuffle
-from relvit.ssl.targets import relation_targets
+from relvit.ssl.targets import position_targets, relation_targets
 
 IDENTITY = JitterConfig(crop=False, color_jitter_p=0.0, grayscale_p=0.0)
 
@@ -79,3 +79,19 @@ def test_a_patch_size_that_does_not_divide_the_image_is_named(height, width, pat
                                          f"{height}x{width}"):
         grid_shape(height, width, patch)
     assert grid_shape(16, 12, 4) == (4, 3)  # rows, cols
+
+
+def test_every_image_draws_its_own_permutation():
+    """Spec §2.2: a fresh uniform permutation per sample. A batch sharing one permutation gives
+    every image the same targets (survived: `noise[:1].argsort(dim=1).expand(b, -1)`)."""
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    draws = pipeline.draw_ssl_inputs(images, 4, None, True, torch.Generator().manual_seed(1))
+    perm = draws.perm
+    assert perm.shape == (8, 16)
+    assert torch.equal(perm.sort(dim=1).values, torch.arange(16).expand(8, -1))
+    # 8 independent draws of 16! permutations: all distinct (a collision has chance ~1e-12)
+    assert len({tuple(row.tolist()) for row in perm}) == 8
+    # and so are the images' targets
+    targets = relation_targets(4, 4, perm)
+    assert not torch.equal(targets[0], targets[1])
+    assert not torch.equal(position_targets(16, perm)[0], position_targets(16, perm)[1])

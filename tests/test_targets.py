@@ -90,12 +90,29 @@ def test_targets_move_with_the_image_patches():
     assert torch.equal(position_targets(n, perm), origin)
 
 
+def test_a_shared_permutation_puts_original_cell_perm_k_into_slot_k():
+    """`permute_patches` with a 1-D perm [N] (shared by the batch): slot k holds the patch of
+    original cell perm[k], as the batched form does (survived: the inverse, `perm.argsort()`)."""
+    patches = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1, 1, 1)  # value = 4 * b + cell
+    perm = torch.tensor([2, 0, 3, 1])  # not an involution: its inverse is [1, 3, 0, 2]
+    out = permute_patches(patches, perm)
+    assert out.flatten().tolist() == [2.0, 0.0, 3.0, 1.0, 6.0, 4.0, 7.0, 5.0]
+    assert torch.equal(out, permute_patches(patches, perm.expand(2, -1)))
+    # on images: a 2 x 2 grid of 1-px cells, the rebuilt image reads perm row-major
+    image = torch.tensor([[[[10.0, 11.0], [12.0, 13.0]]]])
+    moved = unpatchify(permute_patches(patchify(image, 1), perm), (2, 2))
+    assert moved.flatten().tolist() == [12.0, 10.0, 13.0, 11.0]
+
+
 def test_distance_targets():
     d = distance_targets(3, 3)
     assert torch.allclose(d.diagonal(), torch.full((9,), -1.0))
     assert d.max() == 1.0 and d[0, 8] == 1.0  # opposite corners
     assert torch.isclose(d[0, 1], torch.tensor(2 * (1 / (2 * math.sqrt(2))) - 1))
     assert torch.equal(d, d.T)
+    # a 1x1 grid is all diagonal: -1 (as it is for every permuted sample)
+    assert distance_targets(1, 1).tolist() == [[-1.0]]
+    assert distance_targets(1, 1, torch.zeros(3, 1, dtype=torch.long)).tolist() == [[[-1.0]]] * 3
 
 
 def test_angle_targets_follow_the_original_definition():
