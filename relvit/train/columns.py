@@ -5,7 +5,7 @@ A row holds, per epoch, "train_<stat>" (the training mean of every statistic a s
 and "<split>_<stat>" for every evaluation split: "val" for the reported one (spec §5.3), the
 split's own name for any other (Flowers-102's test, Q18). The statistics are "loss", the loss
 terms and the accuracies below (`Objective.losses`), or detection's COCO scores,
-"<iou type>_<score>" (`DetectionRun.evaluate`). The timing columns are
+"<iou type>_<score>" (`DetectionRun.evaluation`). The timing columns are
 `relvit.train.timing.TIMING_KEYS`. No imports: a light module.
 """
 
