@@ -558,3 +558,15 @@ def test_a_planned_config_with_a_key_twice_is_named(tmp_path):
         gather_planned([tmp_path / "configs"])
     with pytest.raises(ValueError, match=f"{config}: not a run config .*duplicate key 'seed'"):
         file_config_hash(config)
+
+
+def test_the_config_hash_does_not_depend_on_key_order(tiny_config):
+    """to_dict()'s order is its dataclasses' field order: a refactor reordering fields must not
+    change every recorded hash (finished runs would count as another config and train again)."""
+    from relvit.train.provenance import config_hash
+
+    config = tiny_config("supervised").to_dict()
+    shuffled = {key: (dict(reversed(value.items())) if isinstance(value, dict) else value)
+                for key, value in reversed(config.items())}
+    assert shuffled == config and list(shuffled) != list(config)
+    assert config_hash(shuffled) == config_hash(config)

@@ -65,3 +65,30 @@ def test_a_record_without_a_config_hash_is_not_a_finished_run(tmp_path):
     """Taking {} for a record would fail later on record["config_hash"] instead of rerunning."""
     (tmp_path / finished.FINISHED).write_text(json.dumps({}))
     assert finished.read_finished(tmp_path) is None
+
+
+def test_a_failed_runs_record_keeps_a_finished_runs_provenance_keys(tmp_path, tiny_config):
+    """A failed run's record has a finished run's provenance keys (`Run.finish`), versions
+    included: what reads them finds them in either."""
+    error = NonFiniteLossError("loss is nan", epoch=2, step=3)
+    metrics = failure.failed_metrics(tiny_config("supervised"), tmp_path, error)
+    assert {"versions", "git_sha", "config_hash", "execution", "image"} <= metrics.keys()
+    assert {"python", "relvit", "torch", "torchvision", "timm", "numpy"} <= \
+        metrics["versions"].keys()
+    assert metrics["error_type"] == "NonFiniteLossError"
+
+
+def test_an_init_checkpoint_gone_since_is_no_change_of_a_finished_run():
+    """A finished finetune whose upstream best.pt was removed since (no digest to compare) is
+    the same run, not one to refuse or train again."""
+    record = {"config_hash": "a" * 16, "init_sha256": "d1"}
+    assert finished.record_changes(record, "a" * 16, None) == []
+    assert finished.record_changes({"config_hash": "a" * 16}, "a" * 16, "d2") == []
+
+
+def test_finished_json_is_the_record_before_metrics_json(tmp_path):
+    """metrics.json is the workflow's output, which Snakemake deletes or a stale copy may hold;
+    finished.json is the record, read first."""
+    (tmp_path / finished.FINISHED).write_text(json.dumps({"config_hash": "new", "n": 1}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"config_hash": "old", "n": 0}))
+    assert finished.read_finished(tmp_path)["config_hash"] == "new"

@@ -721,3 +721,33 @@ def test_a_second_evaluation_split_reports_the_best_epochs_number_and_the_last(t
     assert m["eval_split"] == "val"
     assert (m["best_top1"], m["last_top1"]) == (75.0, 62.5)
     assert (m["test_top1_at_best"], m["test_top1_last"]) == (50.0, 70.0)
+
+
+def test_a_key_only_one_config_holds_is_a_change(tiny_config):
+    """A key that the saved config (an older version's, or an edited config.yaml) lacks or
+    adds is a difference."""
+    cfg = tiny_config("supervised")
+    lacking = cfg.to_dict()
+    del lacking["optim"]["min_lr"]
+    assert config_changes(cfg, lacking) == [f"optim.min_lr: None -> {cfg.optim.min_lr!r}"]
+    adding = cfg.to_dict()
+    adding["optim"]["extra"] = 1
+    assert config_changes(cfg, adding) == ["optim.extra: 1 -> None"]
+    assert config_changes(cfg, cfg.to_dict()) == []
+
+
+def test_the_newest_finished_twin_is_taken_back(tmp_path, tiny_config):
+    """Of several finished twins of the run moved aside, the newest is moved back (the later of
+    two moves within a second included)."""
+    cfg = tiny_config("supervised", optim={"epochs": 1})
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    for stamp in ("20260101-000000", "20260102-000000-2", "20260102-000000"):
+        aside = tmp_path / f"run.replaced-{stamp}"
+        shutil.copytree(run, aside)
+        record = json.loads((aside / "finished.json").read_text())
+        (aside / "finished.json").write_text(json.dumps({**record, "which": stamp}))
+    shutil.rmtree(run)
+    again = train(cfg, run, progress=False, replace_changed=True)
+    assert again["which"] == "20260102-000000-2"  # the later of two moves within a second
+    assert not (tmp_path / "run.replaced-20260102-000000-2").exists()

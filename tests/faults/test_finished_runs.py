@@ -322,3 +322,22 @@ def test_a_folder_where_the_run_writes_a_file_is_named_before_training(tmp_path,
                                             "file; move it away"):
         _train(config, run)
     assert not (run / "last.pt").exists()
+
+
+def test_a_stale_hash_record_beside_last_pt_is_recorded_again(tmp_path, tiny_config):
+    """A record whose hash is not the one taken now, last.pt beside it: the rerun finishes the
+    run again from last.pt and records the current hash (restoring the old one would leave
+    metrics.json stale in the reports for ever)."""
+    from relvit.train.provenance import config_hash
+
+    cfg = tiny_config("supervised", optim={"epochs": 1})
+    run = tmp_path / "run"
+    metrics = train(cfg, run, progress=False)
+    assert metrics["config_hash"] == config_hash(cfg.to_dict())
+    old = {**metrics, "config_hash": "0123456789abcdef"}
+    for name in ("finished.json", "metrics.json"):
+        (run / name).write_text(json.dumps(old))
+    again = train(cfg, run, progress=False)
+    assert again["config_hash"] == metrics["config_hash"]
+    assert json.loads((run / "finished.json").read_text())["config_hash"] == \
+        metrics["config_hash"]

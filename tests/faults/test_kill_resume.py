@@ -359,3 +359,24 @@ def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, cap
         pass
     assert (f"{lock_path(run)}: cannot lock ([Errno 37] No locks available); a second process "
             f"on {run} would not be stopped") in caplog.text
+
+
+def _resume_state(epoch: int) -> dict:
+    from relvit.train.checkpoint import RESUME_KEYS
+
+    return {**{key: None for key in RESUME_KEYS}, "model": {}, "epoch": epoch}
+
+
+def test_a_sound_last_pt_is_resumed_and_an_incomplete_one_falls_back(tmp_path):
+    """last.pt before last.prev.pt; a last.pt without the resume keys (a best.pt copied over
+    it) is moved aside and the previous state taken, not resumed from to fail later on
+    state["optimizer"]."""
+    from relvit.train.checkpoint import atomic_save, load_resume_state
+
+    atomic_save(_resume_state(1), tmp_path / "last.pt")
+    atomic_save(_resume_state(2), tmp_path / "last.pt", keep_previous=True)
+    assert load_resume_state(tmp_path, move_aside=False)["epoch"] == 2
+    atomic_save({"model": {}, "epoch": 3}, tmp_path / "last.pt")  # no optimizer, history...
+    assert load_resume_state(tmp_path)["epoch"] == 1  # last.prev.pt, after the write of 3
+    assert not (tmp_path / "last.pt").exists()
+    assert len(list(tmp_path.glob("last.pt.corrupt-*"))) == 1

@@ -265,3 +265,16 @@ def test_download_killed_mid_transfer_resumes_and_verifies(tmp_path, monkeypatch
         assert download(resource, dest).read_bytes() == payload
         assert server.hits("data.bin")[-1]["range"] == f"bytes={have}-"
     assert sorted(p.name for p in dest.iterdir()) == ["data.bin"]
+
+
+def test_a_checkpoint_without_weights_is_no_checkpoint(tmp_path):
+    """A torch file of plain data without a 'model' entry is no checkpoint: load_backbone would
+    fail on a KeyError, and take_back_replaced take such a best.pt for a finished run's
+    weights."""
+    from relvit.train.checkpoint import CheckpointError, atomic_save
+
+    atomic_save({"weights": {}, "epoch": 1}, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="no 'model' entry"):
+        load_checkpoint(tmp_path / "best.pt")
+    atomic_save({"model": {}}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt") == {"model": {}}
