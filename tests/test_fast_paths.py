@@ -467,7 +467,7 @@ def test_fused_relation_loss_gradients_go_back_to_the_joint_maps_without_a_copy(
 
 def test_the_head_width_is_padded_to_a_multiple_of_align():
     """`_aligned` pads d up to the next multiple of `align` with exact zeros (values alone cannot
-    tell: any zero padding gives the same products; survived: `t.shape[-1] % align`)."""
+    tell: any zero padding gives the same products; a width padded by `d % align` had passed)."""
     t = torch.rand(1, 9, 4, 42)
     for align, width in ((1, 42), (8, 48), (16, 48), (7, 42), (5, 45)):
         padded = losses._aligned(t, align)

@@ -291,7 +291,7 @@ def test_classifier_reads_the_cls_token(name, size, patch):
 
 def test_the_classification_loss_trains_the_backbone():
     """Fine-tuning trains the whole backbone (spec §3: no freezing): the classifier's loss must
-    reach the backbone's weights (survived: `self.classifier(pooled.float().detach())`)."""
+    reach the backbone's weights (a detached classifier input had passed the other tests)."""
     for name, size, patch, extra in (
             ("vit_small", 16, 4, dict(embed_dim=36, depth=1, num_heads=3)),
             ("swin_tiny", 32, 2, dict(embed_dim=18, depth=2, num_heads=1, window_size=4))):

@@ -92,7 +92,7 @@ def test_targets_move_with_the_image_patches():
 
 def test_a_shared_permutation_puts_original_cell_perm_k_into_slot_k():
     """`permute_patches` with a 1-D perm [N] (shared by the batch): slot k holds the patch of
-    original cell perm[k], as the batched form does (survived: the inverse, `perm.argsort()`)."""
+    original cell perm[k], as the batched form does (its inverse had passed the other tests)."""
     patches = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1, 1, 1)  # value = 4 * b + cell
     perm = torch.tensor([2, 0, 3, 1])  # not an involution: its inverse is [1, 3, 0, 2]
     out = permute_patches(patches, perm)
