@@ -611,3 +611,146 @@ def test_text_files_that_are_not_utf8_are_named(tmp_path):
     with pytest.raises(DatasetLayoutError, match=f"{label}: not UTF-8 text"):
         for split in ("train", "val"):
             D.read_kitti(tmp_path / "k", split)
+
+
+def test_voc_box_past_the_bottom_only_is_an_error(tmp_path):
+    """A box below a wide image's bottom (but within its width) is refused, not clipped."""
+    F.write_voc2007(tmp_path)
+    xml = tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / "000007.xml"
+    xml.write_text(F.voc_xml("000007.jpg", 36, 24, [("person", 0, (2, 3, 4, 30))]))  # y+h = 30
+    with pytest.raises(DatasetLayoutError, match="outside the 36x24 image"):
+        D.read_voc2007(tmp_path, "trainval")
+
+
+def test_voc_difficult_other_than_0_or_1_is_an_error(tmp_path):
+    F.write_voc2007(tmp_path)
+    xml = tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / "000007.xml"
+    xml.write_text(F.voc_xml("000007.jpg", 36, 24, [("person", 2, (2, 3, 4, 5))]))
+    with pytest.raises(DatasetLayoutError, match="<difficult> is 2, expected 0|1"):
+        D.read_voc2007(tmp_path, "trainval")
+
+
+def test_box_readers_area_is_the_box_area(tmp_path):
+    """COCOeval's small/medium/large ranges use "area": for box-only datasets it is w * h."""
+    F.write_voc2007(tmp_path / "voc")
+    F.write_kitti(tmp_path / "kitti")
+    parts = [D.read_voc2007(tmp_path / "voc", s) for s in ("trainval", "test")]
+    parts += [D.read_kitti(tmp_path / "kitti", s) for s in ("train", "val")]
+    anns = [a for ds in parts for a in ds.annotations]
+    assert any(a["bbox"][2] != a["bbox"][3] for a in anns)
+    for a in anns:
+        assert a["area"] == pytest.approx(a["bbox"][2] * a["bbox"][3])
+
+
+
+
+def test_image_ids_of_colliding_or_non_numeric_stems_are_1_based_positions():
+    assert D._image_ids(["000005", "000012"]) == [5, 12]
+    assert D._image_ids(["5", "005"]) == [2, 1]   # both are 5: positions in sorted order
+    assert D._image_ids(["b", "a", "c"]) == [2, 1, 3]
+
+
+
+
+def test_kitti_dontcare_is_clipped_and_an_empty_one_left_out(tmp_path):
+    fixture = F.write_kitti(tmp_path)
+    label = fixture["base"] / "label_2" / "000002.txt"  # a 60x18 image
+    label.write_text(F.kitti_line("DontCare", (50.0, 1.0, 70.0, 5.0)) + "\n"   # 10 px out
+                     + F.kitti_line("DontCare", (-1.0, -1.0, -1.0, -1.0)) + "\n"  # empty
+                     + F.kitti_line("Car", (1.0, 1.0, 5.0, 5.0)) + "\n")
+    part = next(p for p in (D.read_kitti(tmp_path, s) for s in ("train", "val"))
+                if any(img["id"] == 2 for img in p.images))
+    anns = part.annotations_by_image()[2]
+    crowd = [a for a in anns if a["iscrowd"]]
+    assert [a["category_id"] for a in crowd] == list(range(1, 9))
+    assert all(a["bbox"] == [50.0, 1.0, 10.0, 4.0] for a in crowd)
+    assert [(a["category_id"], a["bbox"]) for a in anns if not a["iscrowd"]] == [
+        (1, [1.0, 1.0, 4.0, 4.0])]
+
+
+def test_kitti_split_ids_do_not_depend_on_the_input_order():
+    ids = list(range(0, 40, 3))
+    shuffled = list(np.random.default_rng(0).permutation(ids))
+    for split in ("train", "val"):
+        assert D.kitti_split_ids(shuffled, split) == D.kitti_split_ids(ids, split)
+
+
+
+
+def _rewrite_coco(root: Path, split: str, edit) -> None:
+    path = root / "annotations" / f"instances_{split}2017.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_coco_box_slightly_outside_is_clipped_and_dropped_if_then_thin(tmp_path):
+    F.write_coco2017(tmp_path)
+
+    def edit(data):
+        ann = next(a for a in data["annotations"] if a["id"] == 100)  # on 139, 60x40
+        ann["bbox"] = [-0.5, 10.0, 60.0, 30.6]                          # 0.5 px left, 0.6 below
+
+    _rewrite_coco(tmp_path, "val", edit)
+    ds = D.read_coco2017(tmp_path, "val")
+    ann = next(a for a in ds.annotations if a["id"] == 100)
+    assert ann["bbox"] == pytest.approx([0.0, 10.0, 59.5, 30.0])
+
+    def thin_once_clipped(data):  # 1.5 px wide as given, 0.6 px inside the image
+        next(a for a in data["annotations"] if a["id"] == 100)["bbox"] = [-0.9, 10.0, 1.5, 5.0]
+
+    _rewrite_coco(tmp_path, "val", thin_once_clipped)
+    assert 100 not in [a["id"] for a in D.read_coco2017(tmp_path, "val").annotations]
+
+
+def test_coco_two_point_polygon_is_an_empty_mask_not_a_box(tmp_path):
+    F.write_coco2017(tmp_path)
+
+    def edit(data):
+        ann = next(a for a in data["annotations"] if a["id"] == 100)
+        ann["segmentation"] = [[10.0, 10.0, 30.0, 30.0]]  # 4 numbers: pycocotools reads a box
+
+    _rewrite_coco(tmp_path, "val", edit)
+    ds = D.read_coco2017(tmp_path, "val")
+    ann = next(a for a in ds.annotations if a["id"] == 100)
+    assert mask_utils.area(ann["segmentation"]) == 0
+
+
+def test_coco_annotations_follow_image_order_then_id(tmp_path):
+    F.write_coco2017(tmp_path)
+
+    def edit(data):
+        extra = dict(next(a for a in data["annotations"] if a["id"] == 500), id=800)
+        data["annotations"].append(extra)  # on image 9, with an id after image 42's 700
+
+    _rewrite_coco(tmp_path, "train", edit)
+    ds = D.read_coco2017(tmp_path, "train")
+    assert [img["id"] for img in ds.images] == [9, 42]
+    assert [a["id"] for a in ds.annotations] == [500, 501, 800, 700]
+
+
+def test_coco_missing_area_defaults_to_the_box_area(tmp_path):
+    F.write_coco2017(tmp_path)
+
+    def edit(data):
+        del next(a for a in data["annotations"] if a["id"] == 100)["area"]
+
+    _rewrite_coco(tmp_path, "val", edit)
+    ds = D.read_coco2017(tmp_path, "val")
+    ann = next(a for a in ds.annotations if a["id"] == 100)
+    assert ann["area"] == pytest.approx(ann["bbox"][2] * ann["bbox"][3])
+
+
+
+
+def test_class_names_are_in_id_order_and_has_masks_ignores_crowds():
+    images = [{"id": 1, "file_name": "a.png", "width": 10, "height": 20}]
+    cats = [{"id": 2, "name": "b"}, {"id": 1, "name": "a"}]
+    assert CocoDataset(images, [], cats).class_names == ["a", "b"]
+    assert not CocoDataset(images, [], cats).has_masks  # no object at all: no masks
+    rle = {"size": [20, 10], "counts": "0"}
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4.0,
+             "iscrowd": 0, "segmentation": rle},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [0, 0, 2, 2], "area": 4.0,
+             "iscrowd": 1}]  # a crowd region without a mask does not take the masks away
+    assert CocoDataset(images, anns, cats).has_masks

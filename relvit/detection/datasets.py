@@ -382,6 +382,8 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
         img = images[ann["image_id"]]
         bbox = _fit_box(key, f"{ann_file} (annotation {aid})", (x, y, w, h),
                         img["width"], img["height"])
+        if bbox[2] < 1 or bbox[3] < 1:  # thin once clipped to the image
+            continue
         area, crowd = ann.get("area", w * h), ann.get("iscrowd", 0)
         if type(area) not in NUMBER_TYPES or crowd not in (0, 1):
             raise _error(key, ann_file, f"annotation {aid}: area {area!r} and iscrowd {crowd!r}"
