@@ -699,8 +699,19 @@ def test_coco_box_slightly_outside_is_clipped_and_dropped_if_then_thin(tmp_path)
     def thin_once_clipped(data):  # 1.5 px wide as given, 0.6 px inside the image
         next(a for a in data["annotations"] if a["id"] == 100)["bbox"] = [-0.9, 10.0, 1.5, 5.0]
 
-    _rewrite_coco(tmp_path, "val", thin_once_clipped)
-    assert 100 not in [a["id"] for a in D.read_coco2017(tmp_path, "val").annotations]
+    def on_the_edge(data):  # 1 px wide, on the right edge: within tolerance, 0 px inside
+        next(a for a in data["annotations"] if a["id"] == 100)["bbox"] = [60.0, 10.0, 1.0, 5.0]
+
+    for edit in (thin_once_clipped, on_the_edge):  # the edge box had refused the whole file
+        _rewrite_coco(tmp_path, "val", edit)
+        assert 100 not in [a["id"] for a in D.read_coco2017(tmp_path, "val").annotations]
+
+    def beyond(data):  # past the tolerance: a damaged file, not a thin box
+        next(a for a in data["annotations"] if a["id"] == 100)["bbox"] = [100.0, 10.0, 5.0, 5.0]
+
+    _rewrite_coco(tmp_path, "val", beyond)
+    with pytest.raises(DatasetLayoutError, match="lies outside the 60x40 image"):
+        D.read_coco2017(tmp_path, "val")
 
 
 def test_coco_two_point_polygon_is_an_empty_mask_not_a_box(tmp_path):

@@ -107,8 +107,11 @@ def _image_size(key: str, path: Path) -> tuple[int, int]:
 
 
 def _fit_box(key: str, where: str, box: tuple[float, float, float, float], width: int,
-             height: int, clip_any: bool = False) -> list[float]:
-    """[x, y, w, h] clipped to the image; empty or (beyond tolerance) outside is an error."""
+             height: int, clip_any: bool = False, drop_under: float | None = None
+             ) -> list[float] | None:
+    """[x, y, w, h] clipped to the image; empty or (beyond tolerance) outside is an error.
+    With `drop_under`, None for a box within tolerance that is thinner than that once clipped
+    (e.g. one lying on the image's edge)."""
     x, y, w, h = box
     if not (w > 0 and h > 0):
         raise _error(key, where, f"empty box [x, y, w, h] = {[x, y, w, h]} (w or h <= 0)")
@@ -116,6 +119,9 @@ def _fit_box(key: str, where: str, box: tuple[float, float, float, float], width
     outside = x < -t or y < -t or x + w > width + t or y + h > height + t
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+    if drop_under is not None and not (outside and not clip_any) and (
+            x1 - x0 < drop_under or y1 - y0 < drop_under):
+        return None
     if (outside and not clip_any) or x1 <= x0 or y1 <= y0:
         raise _error(key, where, f"box [x, y, w, h] = {[x, y, w, h]} lies outside the "
                                  f"{width}x{height} image")
@@ -381,8 +387,8 @@ def read_coco2017(root: Path, split: str, drop_empty: bool | None = None) -> Coc
             continue
         img = images[ann["image_id"]]
         bbox = _fit_box(key, f"{ann_file} (annotation {aid})", (x, y, w, h),
-                        img["width"], img["height"])
-        if bbox[2] < 1 or bbox[3] < 1:  # thin once clipped to the image
+                        img["width"], img["height"], drop_under=1.0)
+        if bbox is None:  # thin once clipped to the image
             continue
         area, crowd = ann.get("area", w * h), ann.get("iscrowd", 0)
         if type(area) not in NUMBER_TYPES or crowd not in (0, 1):
