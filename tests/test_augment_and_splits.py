@@ -12,7 +12,7 @@ from torchvision.transforms import functional as TF
 from relvit.data import registry
 from relvit.data.augment import normalize, random_crop, random_hflip
 from relvit.data.digits import load_digits_splits
-from relvit.data.loading import image_statistics
+from relvit.data.loading import TensorSplit, image_statistics
 from relvit.train.loop import Run
 
 
@@ -194,3 +194,16 @@ def test_pretrain_evaluation_has_no_crop_jitter_or_shuffle(tiny_config, tmp_path
     assert "acc_pos" in first or "acc_rel" in first
     torch.manual_seed(8)
     assert plain.evaluate(test) == first
+
+
+def test_image_statistics_are_per_channel_in_unit_range():
+    """uint8 pixels count as /255, and each channel gets its own mean and std."""
+    images = torch.zeros(2, 3, 4, 5, dtype=torch.uint8)
+    images[:, 1] = 255
+    images[0, 2] = 255  # channel 2: half 0, half 255
+    labels = torch.zeros(2, dtype=torch.long)
+    mean, std = image_statistics(TensorSplit(images, labels))
+    assert mean == pytest.approx((0.0, 1.0, 0.5))
+    assert std[:2] == pytest.approx((0.0, 0.0)) and std[2] == pytest.approx(0.5, rel=0.05)
+    as_float = image_statistics(TensorSplit(images.float() / 255, labels))
+    assert as_float[0] == pytest.approx(mean)

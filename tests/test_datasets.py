@@ -6,6 +6,7 @@ import hashlib
 import json
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -389,3 +390,17 @@ def test_relvit_traceback_raises_what_the_command_would_print(tmp_path, monkeypa
     monkeypatch.setenv("RELVIT_TRACEBACK", "1")
     with pytest.raises(KeyError, match="unknown dataset 'cifar11'"):
         main(["prepare-data", "cifar11", "--root", str(tmp_path)])
+
+
+def test_each_eval_split_is_read_from_its_own_split(tmp_path):
+    """Flowers: the reported split is val, the extra one test; each holds its own images."""
+    written = write_flowers102(tmp_path / "flowers")
+    spec = registry.DATASETS["flowers102"]
+    splits = load_splits(spec, DataConfig(name="flowers102", folder=str(tmp_path / "flowers")), 32)
+    assert list(splits.evals) == ["val", "test"]
+    for name in ("val", "test"):
+        got = splits.evals[name]
+        assert [p.name for p in got.paths] == [f"image_{i:05d}.jpg" for i in written["ids"][name]]
+        np.testing.assert_array_equal(got.labels.numpy(), written["expected"][name])
+    assert [p.name for p in splits.train.paths] == [f"image_{i:05d}.jpg"
+                                                    for i in written["ids"]["train"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,20 @@ def test_decode_image_values(tmp_path):
     _palette_image().save(tmp_path / "palette.png")
     pixels = np.asarray(decode_image(tmp_path / "palette.png"))
     assert pixels[0, 0].tolist() == [255, 0, 0] and pixels[1, 1].tolist() == [0, 255, 0]
+
+
+def test_decode_image_palette_with_transparency_without_a_warning(tmp_path):
+    """A palette PNG with byte transparency: RGB of its palette colours, without PIL's
+    "should be converted to RGBA" warning (one per image, per epoch, per worker)."""
+    rgb = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    path = tmp_path / "palette.png"
+    image.save(path, transparency=bytes([0] * 4 + [255] * 252))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decode_image(path)
+    assert got.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(image.convert("RGBA"))[..., :3])
 
 
 def test_decode_image_keeps_the_high_byte_of_16_bit_grey(tmp_path):

@@ -80,3 +80,12 @@ def test_file_transforms_are_torchvisions_at_224(train, name):
         expected = reference(image)
         torch.manual_seed(seed)
         assert torch.equal(ours(image), expected), seed
+
+
+def test_the_samples_of_one_pass_draw_their_own_crops(photos):
+    """One image listed eight times: seeded per sample, the eight crops differ (one seed shared
+    by the samples of a pass had given every image of a batch the same crop and flip)."""
+    split = FileSplit([photos.paths[0]] * 8, torch.zeros(8, dtype=torch.long))
+    images = torch.cat([b for b, _ in batches(split, torch.arange(8), 4, TRAIN, seed=7)])
+    distinct = {images[i].numpy().tobytes() for i in range(8)}
+    assert len(distinct) >= 7
