@@ -116,13 +116,12 @@ def _fit_box(key: str, where: str, box: tuple[float, float, float, float], width
     if not (w > 0 and h > 0):
         raise _error(key, where, f"empty box [x, y, w, h] = {[x, y, w, h]} (w or h <= 0)")
     t = BOX_TOLERANCE
-    outside = x < -t or y < -t or x + w > width + t or y + h > height + t
+    refused = not clip_any and (x < -t or y < -t or x + w > width + t or y + h > height + t)
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-    if drop_under is not None and not (outside and not clip_any) and (
-            x1 - x0 < drop_under or y1 - y0 < drop_under):
+    if drop_under is not None and not refused and min(x1 - x0, y1 - y0) < drop_under:
         return None
-    if (outside and not clip_any) or x1 <= x0 or y1 <= y0:
+    if refused or x1 <= x0 or y1 <= y0:
         raise _error(key, where, f"box [x, y, w, h] = {[x, y, w, h]} lies outside the "
                                  f"{width}x{height} image")
     return [x0, y0, x1 - x0, y1 - y0]
