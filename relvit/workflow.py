@@ -105,7 +105,8 @@ def _run_key_blocks(workflow: dict, run: dict[str, str]) -> list[tuple[str, Any]
     """The workflow config's blocks of run keys that reach the run of id fields `run`
     (`run_id_fields`), by name, in the order they are merged (the last wins), each as a run
     config's keys: `run`, `stages.<stage>`, then `table1.run.<dataset>`, or for detection runs
-    `detection.models.<backbone>` (model keys)."""
+    `detection.models.<backbone>` (model keys); last, the blocks whose values the planner sets
+    over them (a mega-patch side, the same-epochs baseline's epochs)."""
     dataset, backbone, method = run["dataset"], run["backbone"], run["method"]
     detection = method.startswith(("pretrain_det", "det_"))
     stage = ("pretrain_detection" if method.startswith("pretrain_det") else
@@ -118,6 +119,15 @@ def _run_key_blocks(workflow: dict, run: dict[str, str]) -> list[tuple[str, Any]
     else:
         by_dataset = (workflow.get("table1") or {}).get("run") or {}
         blocks.append((f"table1.run.{dataset}", by_dataset.get(dataset)))
+    set_side = {"ssl": {"megapatch_side": None}}
+    if method == "pretrain_mega":
+        blocks.append(("table1.megapatch.side", set_side))
+    elif method == "supervised_same_epochs":
+        blocks.append(("table1.same_epochs_baseline", {"optim": {"epochs": None}}))
+    elif method.startswith("pretrain_det"):
+        mega = (workflow.get("detection") or {}).get("megapatch_side")
+        blocks.append(("detection.megapatch_side" + (f".{backbone}" if isinstance(mega, dict)
+                                                     else ""), set_side))
     return blocks
 
 

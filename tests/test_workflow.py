@@ -435,6 +435,28 @@ def test_a_run_problem_names_the_block_its_value_came_from():
                for p in problems), problems
 
 
+def test_a_problem_of_a_value_the_planner_sets_names_the_block_it_came_from():
+    """The mega-patch side that the planner sets from `table1.megapatch.side` (or
+    `detection.megapatch_side`) over the stages' had its problem blamed on
+    `stages.pretrain`, whose value never reached the run."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    stages = {**TINY["stages"], "pretrain": {"optim": {"epochs": 1},
+                                             "ssl": {"megapatch_side": 0}}}
+    config = {**TINY, "stages": stages, "table1": {
+        **TINY["table1"], "megapatch": {"datasets": ["digits"], "side": 99}}}
+    detection = {**DETECTION, "detection": {**DETECTION["detection"], "megapatch_side": 99}}
+    detection["stages"] = {**DETECTION["stages"], "pretrain_detection": {
+        **DETECTION["stages"]["pretrain_detection"], "ssl": {"megapatch_side": 0}}}
+    for workflow, block in ((config, "table1.megapatch.side"),
+                            (detection, "detection.megapatch_side")):
+        with pytest.raises(ConfigError) as err:
+            plan(workflow, str(ROOT / "results" / "paper" / "tables.csv"))
+        side = [p for p in err.value.problems if "ssl.megapatch_side: 99" in p]
+        assert side and all(p.endswith(f"(from {block})") for p in side), err.value.problems
+
+
 def test_values_inside_a_nested_config_value_are_typed():
     from relvit.workflow import typed_config_values
 
