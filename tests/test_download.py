@@ -261,6 +261,61 @@ def test_http_404_fails_without_retrying(server, dest, sleeps):
     assert len(server.requests) == 1 and sleeps == []
 
 
+@pytest.mark.parametrize("code, retried", [(503, True), (522, True), (501, False)])
+def test_server_errors_are_retried_but_those_no_retry_changes(server, dest, sleeps, code,
+                                                               retried):
+    """5xx answers are transient (a busy server, a CDN's 522), but 501 and 505 are not: a 522
+    had failed at once (only 500 and 502-504 were retried)."""
+    resource = server.publish("data.bin", PAYLOAD)
+    server.fail_with.append(code)
+    if retried:
+        assert download(resource, dest, retries=2).read_bytes() == PAYLOAD
+        assert len(server.hits("data.bin")) == 2 and sleeps == [dl.RETRY_BACKOFF_S]
+    else:
+        with pytest.raises(DownloadError, match=f"HTTP {code}"):
+            download(resource, dest, retries=2)
+        assert len(server.hits("data.bin")) == 1 and sleeps == []
+
+
+class _FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        if self.file.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self) -> "_FullDisk":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_during_a_download_names_the_part_and_keeps_it(server, dest, sleeps,
+                                                                   monkeypatch):
+    """A full disk while writing the `.part` file came out as a bare OSError, naming no file;
+    it is not retried, and what was written is resumed by the next call."""
+    resource = server.publish("data.bin", PAYLOAD)
+    monkeypatch.setattr(dl, "BLOCK_SIZE", 65536)
+    monkeypatch.setattr(dl, "open", lambda path, mode: _FullDisk(open(path, mode), 300_000),
+                        raising=False)
+    with pytest.raises(DownloadError, match=r"cannot write .*data\.bin\.part: .*No space left"
+                       r".*262144 bytes written are kept"):
+        download(resource, dest)
+    assert len(server.hits("data.bin")) == 1 and sleeps == []
+    assert _listing(dest) == ["data.bin.part"]
+    monkeypatch.delattr(dl, "open")  # room again
+    assert download(resource, dest).read_bytes() == PAYLOAD
+    assert server.hits("data.bin")[-1]["range"] == "bytes=262144-"
+
+
 def test_connection_refused_is_retried_then_reported(server, dest, sleeps):
     port = server.server_port
     server.shutdown()

@@ -45,7 +45,10 @@ RETRY_BACKOFF_S = 1.0  # sleeps 1 s, 2 s, 4 s, ... between attempts
 USER_AGENT = "relvit-repro (urllib)"
 _sleep = time.sleep  # tests replace this to keep retries instant
 
-_RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
+# HTTP errors worth another attempt: a timeout, "too early", rate limiting and the server errors
+# but 501 and 505 (not implemented, version not supported), which no retry changes; proxies and
+# CDNs use 5xx codes of their own for transient failures (Cloudflare's 520-524, 529)
+_RETRYABLE_HTTP = frozenset({408, 425, 429}) | (frozenset(range(500, 600)) - {501, 505})
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
 _ZIP_SUFFIXES = (".zip",)
@@ -146,10 +149,11 @@ def download(resource: Resource, folder: Path, *, offline: bool = False, retries
              timeout: float = 60.0) -> Path:
     """Return `folder/resource.filename`, downloading it first unless it is there and verifies.
 
-    `retries` is the total number of attempts (at least 1); network errors, HTTP 408/425/429/5xx
-    and truncated bodies are retried with exponential backoff, resuming the `.part` file. Other
-    HTTP errors fail at once. A resumed download that does not verify is fetched once more
-    from byte 0. `offline=True` raises DownloadError instead of downloading.
+    `retries` is the total number of attempts (at least 1); network errors, HTTP 408/425/429 and
+    5xx (but 501 and 505) and truncated bodies are retried with exponential backoff, resuming the
+    `.part` file. Other HTTP errors fail at once, and so does a full disk (DownloadError naming
+    the `.part` file, which is kept). A resumed download that does not verify is fetched once
+    more from byte 0. `offline=True` raises DownloadError instead of downloading.
     """
     final = Path(folder) / resource.filename
     if final.is_file():
@@ -257,16 +261,23 @@ def _copy_body(response, part: Path, start: int, total: int | None, label: str) 
     """Write the response body to `part` from byte `start`; _TransientError if it ends short."""
     done = start
     progress = _Progress(label, total, done)
-    with open(part, "ab" if start else "wb") as out:
-        try:
-            while block := response.read(BLOCK_SIZE):
-                out.write(block)
-                done += len(block)
-                progress.update(len(block))
-        finally:
-            progress.close()
-            out.flush()
-            os.fsync(out.fileno())
+    try:
+        with open(part, "ab" if start else "wb") as out:
+            try:
+                while block := response.read(BLOCK_SIZE):
+                    out.write(block)
+                    done += len(block)
+                    progress.update(len(block))
+            finally:
+                progress.close()
+                out.flush()
+                os.fsync(out.fileno())
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:  # the network's (a reset, a timeout): retried
+            raise
+        kept = f"; the {part.stat().st_size} bytes written are kept there for resuming" \
+            if part.is_file() else ""
+        raise DownloadError(f"cannot write {part}: {error}{kept}") from error
     if total is not None and done < total:
         raise _TransientError(f"truncated: got {done} of {total} bytes")
 
