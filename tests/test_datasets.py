@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures.detection import write_voc2007
 from fixtures.formats import (
     write_cifar,
     write_flowers102,
@@ -45,9 +46,15 @@ def cifar_archive(tmp_path):
     return archive, Resource(archive.as_uri(), archive.name, md5=md5, extract=True)
 
 
-def use_resource(monkeypatch, name, resource):
-    spec = dataclasses.replace(registry.DATASETS[name], resources=(resource,))
+def use_resource(monkeypatch, name, *resources):
+    spec = dataclasses.replace(registry.DATASETS[name], resources=resources)
     monkeypatch.setitem(registry.DATASETS, name, spec)
+
+
+def _served(path, extract: bool = False) -> Resource:
+    """A Resource of a local file (a file:// URL)."""
+    return Resource(path.as_uri(), path.name, md5=hashlib.md5(path.read_bytes()).hexdigest(),
+                    extract=extract)
 
 
 def test_prepare_downloads_verifies_extracts_and_marks_ready(tmp_path, monkeypatch, cifar_archive):
@@ -163,6 +170,39 @@ def test_an_offline_prepare_without_the_archive_downloads_nothing(tmp_path, monk
         prepare_dataset("cifar10", root, offline=True)
     assert not (root / ".downloads" / "cifar10" / resource.filename).exists()
     assert not ready_marker(root, "cifar10").exists()
+
+
+def test_prepare_puts_plain_files_into_the_dataset_folder(tmp_path, monkeypatch):
+    """Flowers' .mat files, no archives, are downloaded into the dataset folder itself (the
+    archive into the downloads folder)."""
+    src, www = tmp_path / "src", tmp_path / "www"
+    write_flowers102(src)
+    www.mkdir()
+    with tarfile.open(www / "102flowers.tgz", "w:gz") as tar:
+        tar.add(src / "jpg", arcname="jpg")
+    for name in ("imagelabels.mat", "setid.mat"):
+        (www / name).write_bytes((src / name).read_bytes())
+    use_resource(monkeypatch, "flowers102", _served(www / "102flowers.tgz", extract=True),
+                 _served(www / "imagelabels.mat"), _served(www / "setid.mat"))
+    record = prepare_dataset("flowers102", tmp_path / "data")
+    assert record["splits"] == {"train": 5, "val": 4, "test": 6}
+    assert (tmp_path / "data" / "flowers102" / "setid.mat").is_file()
+
+
+def test_prepare_extracts_each_archive_into_its_subfolder(tmp_path, monkeypatch):
+    """VOC's two archives, both holding VOCdevkit/VOC2007, go to trainval/ and test/."""
+    info = write_voc2007(tmp_path / "src")
+    www = tmp_path / "www"
+    www.mkdir()
+    names = ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar")
+    for name in names:
+        with tarfile.open(www / name, "w") as tar:
+            tar.add(tmp_path / "src" / "VOCdevkit", arcname="VOCdevkit")
+    use_resource(monkeypatch, "voc2007", *(_served(www / name, extract=True) for name in names))
+    record = prepare_dataset("voc2007", tmp_path / "data")
+    assert record["splits"] == {split: len(ids) for split, ids in info["splits"].items()}
+    for split in ("trainval", "test"):
+        assert (tmp_path / "data" / "voc2007" / split / "VOCdevkit" / "VOC2007").is_dir()
 
 
 def test_prepare_with_a_folder_marks_that_folder_ready(tmp_path):

@@ -3,6 +3,7 @@ as `load_digits` and its stratified `train_test_split` give."""
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 
@@ -35,8 +36,32 @@ def test_the_split_module_is_written_from_scikit_learn(tmp_path):
     digit_source.write_split_module(path)
     written: dict = {}
     exec(path.read_text(), written)  # noqa: S102 - the file just written
-    assert np.array_equal(written["TEST"], digit_source.sklearn_split()[1])
+    train, test = digit_source.sklearn_split()
+    assert np.array_equal(written["TRAIN"], train) and np.array_equal(written["TEST"], test)
     assert max(len(line) for line in path.read_text().splitlines()) <= 100
+
+
+@pytest.fixture
+def digits_file(tmp_path, monkeypatch):
+    """scikit-learn's digits file replaced by one the test writes."""
+    path = tmp_path / "digits.csv.gz"
+    monkeypatch.setattr(digit_source, "digits_csv", lambda: path)
+    digit_source.digit_images.cache_clear()
+    yield path
+    digit_source.digit_images.cache_clear()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("1,2,3,4,5,6,7,8,9\n" * 2, "expected rows of 64 pixels and a label, got shape (2, 9)"),
+    ("a,b,c\n", "cannot read scikit-learn's digits")])
+def test_a_damaged_digits_file_is_named(digits_file, content, problem):
+    """Rows of another width, or text, are an OSError naming the file (they had passed as
+    pixels, or come out as numpy's ValueError)."""
+    with gzip.open(digits_file, "wt") as handle:
+        handle.write(content)
+    with pytest.raises(OSError) as err:
+        digit_source.digit_images()
+    assert str(err.value).startswith(f"{digits_file}: {problem}")
 
 
 def test_a_digits_run_imports_no_scikit_learn():

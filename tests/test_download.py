@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
 import logging
 import os
 import re
+import stat
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -55,8 +58,9 @@ def test_resource_needs_a_valid_checksum_and_plain_name():
         Resource("http://x/a", "a")
     with pytest.raises(ValueError, match="32 hex"):
         Resource("http://x/a", "a", md5="abc")
-    with pytest.raises(ValueError, match="plain file name"):
-        Resource("http://x/a", "../a", md5="0" * 32)
+    for name in ("../a", ".."):
+        with pytest.raises(ValueError, match="plain file name"):
+            Resource("http://x/a", name, md5="0" * 32)
     with pytest.raises(ValueError, match="extract=True"):
         Resource("http://x/a.mat", "a.mat", md5="0" * 32, extract=True)
     assert Resource("http://x/a", "a", sha256="AB" * 32).sha256 == "ab" * 32
@@ -97,6 +101,20 @@ def test_download_happy_path(server, dest, algorithm):
     assert path.read_bytes() == PAYLOAD
     assert _listing(dest) == ["data.bin"]
     assert server.hits("data.bin") == [{"path": "data.bin", "range": None}]
+
+
+def test_downloaded_bytes_reach_the_disk_before_the_file_takes_its_name(server, dest,
+                                                                        monkeypatch):
+    """The `.part` is fsynced before its rename, so that a power cut cannot leave a file
+    under the verified name whose bytes never reached the disk."""
+    resource = server.publish("data.bin", PAYLOAD)
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(dl.os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(dl.os, "replace", lambda a, b: (events.append("replace"),
+                                                        replace(a, b))[1])
+    download(resource, dest)
+    assert "fsync" in events and events.index("fsync") < events.index("replace")
 
 
 def test_verified_file_is_reused_without_a_request(server, dest):
@@ -154,6 +172,33 @@ def test_retries_resume_within_one_call(server, dest, sleeps):
     assert [r["range"] for r in server.hits("data.bin")] == [None, "bytes=100000-",
                                                               "bytes=200000-"]
     assert sleeps == [dl.RETRY_BACKOFF_S, 2 * dl.RETRY_BACKOFF_S]
+
+
+def test_a_stalled_body_times_out_and_is_resumed(server, dest, sleeps, monkeypatch):
+    """A connection that stops sending mid-body (a read timeout) is retried from the `.part`."""
+    monkeypatch.setattr(dl, "BLOCK_SIZE", 65536)  # a whole first block arrives before the stall
+    resource = server.publish("data.bin", PAYLOAD)
+    release = threading.Event()
+
+    class StallOnce(server.RequestHandlerClass):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.server.requests:
+                return super().do_GET()
+            self.server.requests.append({"path": "data.bin", "range": None})
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[:100_000])
+            self.wfile.flush()
+            release.wait(20)
+            self.close_connection = True
+
+    server.RequestHandlerClass = StallOnce
+    try:
+        assert download(resource, dest, retries=2, timeout=1.0).read_bytes() == PAYLOAD
+    finally:
+        release.set()
+    assert [hit["range"] for hit in server.hits("data.bin")] == [None, "bytes=65536-"]
 
 
 def test_server_ignoring_range_restarts_from_zero(server, dest, sleeps):
@@ -251,6 +296,13 @@ def test_checksum_mismatch_leaves_nothing(server, dest):
     assert "data.bin" in message and "md5" in message
     assert resource.md5 in message and hashlib.md5(served).hexdigest() in message
     assert _listing(dest) == []
+
+
+def test_a_checksum_error_names_the_file_under_its_own_name(server, dest):
+    """The message names the file as it is kept here, which the URL may name otherwise."""
+    url = server.publish("remote-name.bin", PAYLOAD).url
+    with pytest.raises(ChecksumError, match="local-name.bin downloaded from .*remote-name.bin"):
+        download(Resource(url, "local-name.bin", md5="0" * 32), dest)
 
 
 def test_http_404_fails_without_retrying(server, dest, sleeps):
@@ -412,6 +464,16 @@ def test_fetch_reextracts_when_the_archive_changed(server, tmp_path, dest):
     assert (out / ".extracted-set.tgz").read_text().strip() == new.md5
 
 
+def test_the_extraction_marker_holds_the_strongest_digest(server, tmp_path, dest):
+    """With an md5 and a sha256 given, the marker of what was extracted is the sha256."""
+    data = _tar_bytes({"a.txt": b"a"})
+    resource = server.publish("set.tgz", data, algorithm="sha256", extract=True)
+    both = dataclasses.replace(resource, md5=hashlib.md5(data).hexdigest())
+    assert list(both.checksums) == ["sha256", "md5"] and both.digest == resource.sha256
+    fetch(both, dest, tmp_path / "out")
+    assert (tmp_path / "out" / ".extracted-set.tgz").read_text().strip() == resource.sha256
+
+
 def test_fetch_without_extract_returns_the_file(server, dest):
     resource = server.publish("labels.mat", b"MATLAB 5.0")
     assert fetch(resource, dest) == dest / "labels.mat"
@@ -451,6 +513,47 @@ def test_extraction_removes_what_a_killed_one_left(tmp_path, caplog):
     assert backup.is_dir() and other.is_dir()
     assert f"{backup}: entries of {target}" in caplog.text
     assert (target / "top.txt").read_bytes() == b"top\n"
+
+
+def test_leftovers_beside_a_target_named_with_glob_characters_are_removed(tmp_path):
+    """A target named `out[1]`: what a killed extraction left beside it is found (its name
+    had been read as a glob pattern)."""
+    archive = tmp_path / "set.tar.gz"
+    archive.write_bytes(_tar_bytes({"a.txt": b"a"}))
+    left = tmp_path / ".out[1].tmp-k1ll3d"
+    left.mkdir()
+    safe_extract(archive, tmp_path / "out[1]")
+    assert not left.exists() and (tmp_path / "out[1]" / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.skipif(not hasattr(tarfile, "data_filter"), reason="no tarfile data filter")
+def test_an_extracted_folder_is_readable_by_others_and_members_lose_setuid(tmp_path):
+    """A dataset folder is shared: made by mkdtemp (0o700), it is opened to 0o755; and
+    tarfile's "data" filter drops a member's setuid bit."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("tool")
+        info.size, info.mode = 2, 0o4755
+        tar.addfile(info, io.BytesIO(b"hi"))
+    archive = tmp_path / "set.tar"
+    archive.write_bytes(buffer.getvalue())
+    safe_extract(archive, tmp_path / "out")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert not (tmp_path / "out" / "tool").stat().st_mode & stat.S_ISUID
+
+
+def test_a_dangling_link_in_the_target_is_replaced_by_the_archives_entry(tmp_path):
+    """A broken symlink named as an archive's top-level folder is replaced (it had failed
+    the extraction)."""
+    archive = tmp_path / "set.tar.gz"
+    archive.write_bytes(_tar_bytes({"set/a.txt": b"alpha"}))
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "set").symlink_to(tmp_path / "gone", target_is_directory=True)
+    safe_extract(archive, target)
+    assert not (target / "set").is_symlink()
+    assert (target / "set" / "a.txt").read_bytes() == b"alpha"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "set.tar.gz"]
 
 
 @pytest.mark.parametrize("failing", ["a", "b"])

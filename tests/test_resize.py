@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,32 @@ def test_resized_size_keeps_the_aspect():
     assert resized_size(375, 500, 256) == (256, 341)
     assert resized_size(300, 300, 256) == (256, 256)
     assert resized_size(256, 400, 256) is None and resized_size(100, 90, 256) is None
+    assert resized_size(500, 300, 256) == (427, 256)  # 426.67 rounded, not cut
+
+
+def test_resize_settings_bounds():
+    """A shorter side of 0 is refused; quality 95, PIL's top, is taken and 96 refused."""
+    with pytest.raises(ResizeError, match="--shorter-side"):
+        ResizeSettings(0)
+    assert ResizeSettings(16, quality=95).quality == 95
+    with pytest.raises(ResizeError, match="--quality"):
+        ResizeSettings(16, quality=96)
+
+
+def test_webp_stays_webp_and_jpegs_take_the_quality(tmp_path):
+    """A WEBP source is written as WEBP (it had become JPEG bytes), and `quality` reaches the
+    JPEG encoder."""
+    src = tmp_path / "src"
+    _image(src / "a" / "x.webp", 40, 30, fmt="WEBP")
+    _image(src / "a" / "y.jpg", 40, 30)
+    sizes = {}
+    for quality in (20, 90):
+        resize_tree(src, tmp_path / f"q{quality}", ResizeSettings(16, quality=quality),
+                    workers=0)
+        sizes[quality] = (tmp_path / f"q{quality}" / "a" / "y.jpg").stat().st_size
+        with Image.open(tmp_path / f"q{quality}" / "a" / "x.webp") as image:
+            assert image.format == "WEBP" and image.size == (21, 16)
+    assert sizes[20] < sizes[90]
 
 
 def test_copy_shrinks_large_images_and_copies_the_rest(tree, tmp_path):
@@ -102,6 +129,38 @@ def test_symlinked_class_folders_are_copied_as_the_readers_see_them(tmp_path):
     assert not (dst / "val.X" / linked.name / "loop").exists()
 
 
+def test_relvits_own_and_half_written_files_of_the_source_are_not_copied(tree, tmp_path):
+    """The source's ready marker (`.relvit-*`) and a temporary file an interrupted write left
+    in it are no dataset files."""
+    (tree / ".relvit-ready.json").write_text("{}")
+    (tree / "a" / ".wide.jpg.x1y2.tmp").write_bytes(b"partial")
+    dst = tmp_path / "dst"
+    assert resize_tree(tree, dst, ResizeSettings(16), workers=0)["files"] == 7
+    assert not (dst / ".relvit-ready.json").exists()
+    assert not (dst / "a" / ".wide.jpg.x1y2.tmp").exists()
+
+
+def test_a_copy_killed_mid_file_leaves_no_part_of_it(tree, tmp_path, monkeypatch):
+    """A file cut short by a kill is not left under its name, where the next run would keep it
+    as finished."""
+    def cut(fsrc, fdst, *args, **kwargs):
+        fdst.write(fsrc.read()[:3])
+        raise KeyboardInterrupt
+
+    dst = tmp_path / "dst"
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copyfileobj", cut)
+        patched.setattr(shutil, "copyfile",
+                        lambda src, dst, **kw: cut(open(src, "rb"), open(dst, "wb")))
+        with pytest.raises(KeyboardInterrupt):
+            resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    for name in _relative_files(dst):  # no file holds the start of its source only
+        whole, held = (tree / name).read_bytes(), (dst / name).read_bytes()
+        assert not (len(held) < len(whole) and whole.startswith(held)), name
+    resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    assert (dst / "labels.json").read_bytes() == (tree / "labels.json").read_bytes()
+
+
 def test_an_interrupted_copy_resumes(tree, tmp_path):
     dst = tmp_path / "dst"
     resize_tree(tree, dst, ResizeSettings(16), workers=0)
@@ -143,6 +202,29 @@ def test_a_copy_made_with_other_settings_is_refused(tree, tmp_path):
     resize_tree(tree, dst, ResizeSettings(16), workers=0)
     with pytest.raises(ResizeError, match=r"shorter side 16, quality 90, not 20, 90"):
         resize_tree(tree, dst, ResizeSettings(20), workers=0)
+    with pytest.raises(ResizeError, match=r"shorter side 16, quality 90, not 16, 50"):
+        resize_tree(tree, dst, ResizeSettings(16, quality=50), workers=0)
+
+
+def test_a_completion_marker_without_a_setting_is_unreadable(tree, tmp_path):
+    """A marker that lacks the quality is refused as unreadable, not read with a default."""
+    dst = tmp_path / "dst"
+    resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    (dst / MARKER).write_text(json.dumps({"shorter_side": 16}))
+    with pytest.raises(ResizeError, match="unreadable"):
+        resized_copy(dst)
+
+
+def test_a_failed_refresh_of_a_complete_copy_unmarks_it(tree, tmp_path):
+    """A complete copy run again, over a source with a new, broken image: the copy is no
+    longer marked complete (it had kept its marker, so training would take it)."""
+    dst = tmp_path / "dst"
+    resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    _image(tree / "c" / "big.jpg", 40, 30).write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(ResizeError, match="big.jpg"):
+        resize_tree(tree, dst, ResizeSettings(16), workers=0)
+    with pytest.raises(ResizeError, match="not complete"):
+        resized_copy(dst)
 
 
 def test_a_copy_of_another_folder_is_refused_and_a_moved_source_is_its_own(tree, tmp_path):
@@ -186,8 +268,12 @@ def test_worker_processes_write_the_same_bytes(tree, tmp_path):
 
 
 def test_destinations_that_are_no_resized_copy_are_refused(tree, tmp_path):
-    with pytest.raises(ResizeError, match="overlap"):
-        resize_tree(tree, tree / "copy", ResizeSettings(16), workers=0)
+    for inside in (tree / "copy", tmp_path):  # within the source, or holding it
+        with pytest.raises(ResizeError, match="overlap"):
+            resize_tree(tree, inside, ResizeSettings(16), workers=0)
+    empty = tmp_path / "empty"  # "a new or empty destination"
+    empty.mkdir()
+    assert resize_tree(tree, empty, ResizeSettings(16), workers=0)["files"] == 7
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
