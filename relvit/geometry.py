@@ -64,12 +64,18 @@ def run_geometry(cfg: RunConfig) -> Geometry:
 
 
 def backbone_label(cfg: RunConfig, geo: Geometry) -> str:
-    """How tables name the backbone, e.g. "ViT-S/4", or "ViT/4 (D=72, depth 4)" when resized."""
-    spec = get_backbone_spec(cfg.model.backbone)
+    """How tables name the backbone, e.g. "ViT-S/4", or "ViT/4 (D=72, depth 4)" when resized:
+    by every size key off its preset (width, depth, heads, MLP ratio; a Swin's patch and
+    window), so that a resized model never shares the preset's table cell."""
+    spec, model = get_backbone_spec(cfg.model.backbone), cfg.model
     patch = f"/{geo.patch_size}" if spec.family == "vit" else ""
-    heads = "{} head" if cfg.model.num_heads == 1 else "{} heads"
-    resized = [(cfg.model.embed_dim, spec.embed_dim, "D={}"), (cfg.model.depth, spec.depth,
-               "depth {}"), (cfg.model.num_heads, spec.num_heads, heads)]
+    heads = "{} head" if model.num_heads == 1 else "{} heads"
+    resized = [(model.embed_dim, spec.embed_dim, "D={}"), (model.depth, spec.depth, "depth {}"),
+               (model.num_heads, spec.num_heads, heads),
+               (model.mlp_ratio, spec.mlp_ratio, "MLP ratio {:g}")]
+    if spec.family == "swin":  # the only family that reads them
+        resized += [(model.patch_size, spec.patch_size, "patch {}"),
+                    (model.window_size, spec.window_size, "window {}")]
     changes = [fmt.format(v) for v, preset, fmt in resized if v is not None and v != preset]
     if not changes:
         return spec.label + patch

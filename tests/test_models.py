@@ -221,9 +221,16 @@ def test_relation_loss_with_and_without_the_diagonal():
     ({"backbone": "swin_tiny", "embed_dim": 24, "num_heads": 1}, "Swin-T (D=24, 1 head)"),
     ({"backbone": "vit_small", "patch_size": 4, "embed_dim": 36, "depth": 1, "num_heads": 3},
      "ViT/4 (D=36, depth 1, 3 heads)"),
-    ({"backbone": "vit_small", "patch_size": 4}, "ViT-S/4")])
+    ({"backbone": "vit_small", "patch_size": 4}, "ViT-S/4"),
+    ({"backbone": "vit_small", "patch_size": 4, "mlp_ratio": 2.0, "embed_dim": 384},
+     "ViT/4 (MLP ratio 2)"),
+    ({"backbone": "swin_tiny", "embed_dim": 24, "num_heads": 1, "patch_size": 2,
+      "window_size": 4}, "Swin-T (D=24, 1 head, patch 2, window 4)"),
+    ({"backbone": "swin_tiny", "patch_size": 4, "window_size": 7}, "Swin-T"),
+    ({"backbone": "t2t_vit_14", "mlp_ratio": 4.0}, "T2T-ViT-14 (MLP ratio 4)")])
 def test_tables_name_a_resized_backbone_by_what_changed(model, label):
-    """Table 2 had named the smoke tier's Swin "Swin-T (D=24, 1 heads)"."""
+    """Table 2 had named the smoke tier's Swin "Swin-T (D=24, 1 heads)"; a changed MLP ratio,
+    window or Swin patch had kept the preset's name, and so its table cell."""
     from relvit.config import config_from_dict
     from relvit.geometry import backbone_label, run_geometry
 
