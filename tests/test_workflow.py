@@ -3,6 +3,7 @@ invocation leaves alone."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import yaml
 
 from fixtures.bench import bench_script
 from fixtures.runs import TINY_DETECTOR
-from relvit.config import RunConfig
+from relvit.config import OptimConfig, RunConfig
+from relvit.report.table1 import MEGAPATCHES, SAME_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
@@ -107,6 +109,59 @@ def test_only_the_main_snakemake_records_itself_for_the_lock_release(tmp_path):
     assert len(list((folder / ".snakemake" / "relvit-pids").iterdir())) == 1
 
 
+def _locked(state: Path) -> list[str]:
+    """A Snakemake state folder holding one lock; its path, as the release returns it."""
+    (state / "locks").mkdir(parents=True)
+    (state / "locks" / "0.input.lock").touch()
+    return [str(state / "locks" / "0.input.lock")]
+
+
+def _recorded(state: Path, host: str, pid: int) -> Path:
+    record = state / "relvit-pids" / f"{host}-{pid}"
+    record.parent.mkdir(exist_ok=True)
+    record.touch()
+    return record
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_locks_of_a_dead_snakemake_on_this_host_only_are_released(tmp_path, monkeypatch):
+    """A dead snakemake's locks go with its record, and this process records itself; its own
+    record, another host's (whether or not that pid lives here) and a live pid of another user
+    (PermissionError) keep them. Only Snakemake runs had tested the release."""
+    from relvit.workflow import release_stale_locks
+
+    host = socket.gethostname()
+    state = tmp_path / "dead" / ".snakemake"
+    locks, dead = _locked(state), _recorded(state, host, _dead_pid())
+    assert release_stale_locks(str(state)) == locks and not dead.exists()
+    assert not (state / "locks" / "0.input.lock").exists()
+    assert [p.name for p in (state / "relvit-pids").iterdir()] == [f"{host}-{os.getpid()}"]
+    own = tmp_path / "own" / ".snakemake"
+    assert release_stale_locks(str(own)) == []  # records this process
+    locks = _locked(own)
+    assert release_stale_locks(str(own)) == locks  # its own record is no other snakemake
+
+    def kill(pid: int, sig: int) -> None:
+        if pid == 4242:
+            raise PermissionError(1, "Operation not permitted")
+        real_kill(pid, sig)
+
+    real_kill = os.kill
+    monkeypatch.setattr(os, "kill", kill)
+    for name, record in (("other-host", (f"{host}x", _dead_pid())), ("other-user", (host, 4242))):
+        state = tmp_path / name / ".snakemake"
+        _locked(state)
+        kept = _recorded(state, *record)
+        assert release_stale_locks(str(state)) == [], name
+        assert (state / "locks" / "0.input.lock").exists() and kept.exists(), name
+
+
 def test_paper_dag(tmp_path):
     """Table 1: 7 datasets x 3 seeds (ImageNet-1K: 1, as the paper prints no std) x {pretrain,
     finetune, supervised}, plus pretrain + finetune with mega-patches on ImageNet-100. Tables 2-3:
@@ -195,8 +250,19 @@ def test_paper_tier_runs_carry_the_paper_settings_and_their_own_pretraining():
 
 
 def test_the_same_epochs_baseline_trains_pretrain_plus_finetune_epochs():
-    """A supervised run from scratch (no pretraining, no init), as long as the two together."""
+    """A supervised run from scratch (no pretraining, no init), as long as the two together;
+    a stage without `optim.epochs` counts the run config's default; none unless asked, the
+    schema's default (plan() called directly had planned it)."""
     from relvit.workflow import plan
+
+    runs = plan({**TINY, "stages": {"finetune": {"optim": {"epochs": 3}}}})
+    baseline = runs["digits/vit_small/supervised_same_epochs/seed0"]
+    assert baseline.config["optim"]["epochs"] == OptimConfig.epochs + 3
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    assert schema["properties"]["table1"]["properties"]["same_epochs_baseline"]["default"] is False
+    table = {k: v for k, v in TINY["table1"].items() if k != "same_epochs_baseline"}
+    assert sorted(r.split("/")[2] for r in plan({**TINY, "table1": table})) == [
+        "pretrain", "relvit", "supervised"]
 
     runs = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
     for run_id, run in runs.items():
@@ -242,6 +308,13 @@ def test_paper_table1_runs_are_the_specs_vit_s_and_mega_patch_sides():
             assert cfg["ssl"]["megapatch_side"] == mega, run_id
         seen.add(run.dataset)
     assert seen == set(TABLE1_GEOMETRY)
+    # one number for every backbone (the smoke tier's form) had been read as no side at all
+    from relvit.workflow import plan
+    runs = plan(DETECTION, str(ROOT / "results" / "paper" / "tables.csv"))
+    sides = {run_id.split("/")[2]: run.config["ssl"]["megapatch_side"]
+             for run_id, run in runs.items() if run.mode == "pretrain"}
+    assert sides and all(side == (4 if "mega" in method else 0) for method, side in sides.items())
+    assert any("mega" in method for method in sides), sides
 
 
 def test_mega_patch_runs_differ_from_the_plain_ones_only_where_they_should():
@@ -253,9 +326,14 @@ def test_mega_patch_runs_differ_from_the_plain_ones_only_where_they_should():
                                                                    "side": 3}},
                 "stages": {"pretrain": {"optim": {"epochs": 7}, "ssl": {"shuffle": True}},
                            "finetune": {"optim": {"epochs": 5}},
-                           "supervised": {"optim": {"epochs": 5}}}}
+                           "supervised": {"optim": {"epochs": 9}}}}
     runs = plan(workflow)
     run_id = "digits/vit_small/{}/seed0".format
+    # the label puts a run in its Table 1 column (a mega run under same-epochs had passed)
+    labels = {run.split("/")[2]: runs[run].config.get("label") for run in runs}
+    assert labels == {"pretrain": "", "relvit": "", "supervised": "",
+                      "supervised_same_epochs": SAME_EPOCHS, "pretrain_mega": MEGAPATCHES,
+                      "relvit_mega": MEGAPATCHES}
     mega, plain = runs[run_id("relvit_mega")], runs[run_id("relvit")]
     assert mega.pretrain == run_id("pretrain_mega") and mega.mode == "finetune"
     assert _without(mega.config, "label") == _without(plain.config, "label")
@@ -354,6 +432,17 @@ def test_shared_run_keys_the_planner_sets_are_an_error():
         "detection.models.vit_small.backbone: set by the planner (the key above it), not here"]
 
 
+def test_a_planner_key_set_to_zero_is_an_error_too():
+    """`run: {seed: 0}` is overridden by the planner like any other seed: said, not lost (a
+    falsy value had passed)."""
+    from relvit.config import ConfigError
+    from relvit.workflow import plan
+
+    with pytest.raises(ConfigError) as err:
+        plan({**TINY, "run": {**TINY["run"], "seed": 0}})
+    assert any(p.startswith("run.seed: set by the planner") for p in err.value.problems)
+
+
 def test_table1_run_keys_of_an_unplanned_dataset_are_an_error():
     from relvit.config import ConfigError
     from relvit.workflow import plan
@@ -433,6 +522,20 @@ def test_a_run_problem_names_the_block_its_value_came_from():
                and "relvit/seed0" in p for p in problems), problems
     assert any("optim.epochs: expected int" in p and p.endswith("(from table1.run.digits)")
                for p in problems), problems
+    # given in two blocks, the one merged last is named (the first had been)
+    twice = {**TINY, "run": {**TINY["run"], "optim": {"batch_size": 256, "lr": 1e-3}},
+             "stages": {**TINY["stages"], "finetune": {"optim": {"epochs": 1, "lr": "fast"}}}}
+    with pytest.raises(ConfigError) as err:
+        plan(twice)
+    lr = [p for p in err.value.problems if "optim.lr: expected float" in p]
+    assert len(lr) == 1 and lr[0].endswith("(from stages.finetune)"), err.value.problems
+    # the detection pretraining's own stage (not `stages.pretrain`)
+    stages = {**DETECTION["stages"], "pretrain_detection": {
+        "optim": {"epochs": 1, "batch_size": 64, "lr": "fast"}}}
+    with pytest.raises(ConfigError) as err:
+        plan({**DETECTION, "stages": stages}, str(ROOT / "results" / "paper" / "tables.csv"))
+    lr = [p for p in err.value.problems if "optim.lr: expected float" in p]
+    assert lr and all(p.endswith("(from stages.pretrain_detection)") for p in lr), lr
 
 
 def test_a_problem_of_a_value_the_planner_sets_names_the_block_it_came_from():
@@ -463,9 +566,12 @@ def test_values_inside_a_nested_config_value_are_typed():
     given = {"seeds": ["0", "1"], "tier": "7", "data": {"offline": "true", "root": "d/x"},
              "run": {"optim": {"lr": "2e-3", "epochs": "5", "schedule": "null"},
                      "label": "a: b"}}
-    assert typed_config_values(given) == {
+    typed = typed_config_values(given)
+    assert typed == {
         "seeds": [0, 1], "tier": "7", "data": {"offline": True, "root": "d/x"},
         "run": {"optim": {"lr": 2e-3, "epochs": 5, "schedule": None}, "label": "a: b"}}
+    assert type(typed["run"]["optim"]["epochs"]) is int  # 5.0 had compared equal
+    assert typed_config_values({"data": {"offline": "false"}})["data"]["offline"] is False
 
 
 def test_config_on_the_command_line_and_keys_given_twice(tmp_path):
@@ -764,6 +870,25 @@ def test_a_mistyped_block_is_reported_without_the_plans_noise():
     assert any(p.startswith("run.seed: set by the planner") for p in err.value.problems)
 
 
+def test_a_resized_copy_lies_under_the_data_root_and_is_at_least_the_input_size():
+    """The runs read <data.root>/<dataset>-s<side> (it had been under the default root); a
+    side equal to the input size is taken, one pixel less refused, and a dataset without image
+    files has no resized copy."""
+    from relvit.workflow import plan, resized_problems
+
+    config = {**TINY, "data": {"root": "/scratch/d", "resized": {"imagefolder": 256}},
+              "table1": {"datasets": ["imagefolder"], "backbone": "vit_small"}}
+    assert {(r.config["data"]["root"], r.config["data"]["folder"])
+            for r in plan(config).values()} == {("/scratch/d", "/scratch/d/imagefolder-s256")}
+    assert resized_problems({"resized": {"imagefolder": 224}}) == []
+    assert resized_problems({"resized": {"imagefolder": 223}}) == [
+        "data.resized.imagefolder: the shorter side must be a whole number of pixels of at "
+        "least the input size 224, got 223"]
+    (problem,) = resized_problems({"resized": {"cifar10": 64}})
+    assert problem.startswith(
+        "data.resized.cifar10: only image-file datasets cropped by RandomResizedCrop")
+
+
 def test_a_resized_copy_of_a_dataset_not_planned_is_an_error():
     """`data.resized` naming a dataset Table 1 does not run was ignored without a word, as a
     mistyped name would be; table1.run and table1.seeds already refused theirs."""
@@ -774,6 +899,29 @@ def test_a_resized_copy_of_a_dataset_not_planned_is_an_error():
         plan({**TINY, "data": {"resized": {"imagenet100": 256}}})
     assert err.value.problems == [
         "data.resized.imagenet100: not one of table1.datasets (digits)"]
+
+
+def test_an_unknown_top_level_key_is_named_with_the_closest_known_one():
+    """`seedz:` at the top: named bare (it had come out as ".seedz"), with the closest key."""
+    from relvit.workflow import schema_problems
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    (problem,) = schema_problems({**TINY, "seedz": [0]}, schema)
+    assert problem.startswith("seedz: unknown key (did you mean 'seeds'?); allowed: tier, ")
+
+
+def test_later_workflow_files_override_earlier_ones(monkeypatch):
+    """ci.yaml then ci-spread.yaml, as Snakemake merges them: the spread file's seeds and
+    results folder win (the first file's had, and `relvit check-workflow` said only "valid")."""
+    from relvit.workflow import check_workflow_files
+
+    monkeypatch.chdir(ROOT)
+    runs = check_workflow_files(["config/ci.yaml", "config/ci-spread.yaml"], "config/schema.yaml")
+    seeds = {(r.mode == "detect" or "pretrain_det" in i, r.config["seed"]) for i, r in runs.items()}
+    assert seeds == {(False, 3), (False, 4), (False, 5), (True, 2), (True, 3)}
+    starts = {r.config["init_checkpoint"] for r in runs.values() if r.mode == "detect"
+              and r.config.get("init_checkpoint")}
+    assert starts and all(s.startswith("results/ci-spread/runs/") for s in starts), starts
 
 
 def test_check_workflow_validates_and_plans_the_configfiles(tmp_path, capsys):
