@@ -45,7 +45,8 @@ def test_unknown_dataset_and_backbone():
     ({"model": {"backbone": "t2t_vit_14"}, "data": {"image_size": 40}},
      "token stride of 16 px, which does not divide the image size 40"),
     ({"model": {"backbone": "t2t_vit_14"}, "data": {"image_size": 112}},
-     "7x7 tokens of 16 px pool to a 4x4 SSL grid whose 28-px cells cut across its tokens"),
+     "7x7 tokens of 16 px pool to a 4x4 SSL grid whose 28-px cells cut across its tokens: "
+     "choose an image size (data.image_size) that is a multiple of 32"),  # pool x stride
     ({"mode": "pretrain", "ssl": {"megapatch_side": 5}}, "megapatch_side: 5 is larger than"),
     ({"model": {"embed_dim": 40, "num_heads": 3}}, "40 is not divisible by model.num_heads 3"),
     ({"mode": "pretrain", "model": {"embed_dim": 6, "num_heads": 3}}, "too narrow"),
@@ -64,6 +65,8 @@ def test_unknown_dataset_and_backbone():
     ({"mode": "pretrain", "ssl": {"relations": False, "positions": False}}, "at least one SSL"),
 ])
 def test_semantic_problems(raw, message):
+    """Each problem is named with its key, and with its remedy where one exists (T2T's cells
+    that cut across its tokens had named a wrong image multiple without a test noticing)."""
     assert any(message in p for p in problems_of(raw)), problems_of(raw)
 
 

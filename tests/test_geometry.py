@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from relvit.config import ConfigError, config_from_dict
-from relvit.geometry import run_geometry
+from relvit.geometry import run_geometry, run_identity
 
 
 @pytest.mark.parametrize("dataset, backbone, patch, stride, grid", [
@@ -17,22 +17,30 @@ from relvit.geometry import run_geometry
     ("imagenet100", "vit_small", 32, 32, 7),  # ViT-S/32 at 224 px: 7x7
     ("imagenet100", "swin_tiny", 4, 32, 7),  # Swin's native 7x7 last stage
     ("imagenet100", "t2t_vit_14", None, 16, 7),  # T2T's 14x14 tokens pooled 2x2
+    # a resized Swin: stride patch * 2^(stages - 1), with the configured patch and depth
+    ("imagenet100", {"backbone": "swin_tiny", "patch_size": 2}, 2, 16, 14),
+    ("imagenet100", {"backbone": "swin_tiny", "depth": 3}, 4, 16, 14),  # two mergings
 ])
 def test_each_dataset_and_backbone_has_the_papers_grid(dataset, backbone, patch, stride, grid):
-    cfg = config_from_dict({"mode": "pretrain", "data": {"name": dataset},
-                            "model": {"backbone": backbone}})
+    """Each preset's grid, and a Swin's with its patch or depth overridden (the stride had been
+    computed from the preset's patch and four stages without a test noticing)."""
+    model = backbone if isinstance(backbone, dict) else {"backbone": backbone}
+    cfg = config_from_dict({"mode": "pretrain", "data": {"name": dataset}, "model": model})
     geo = run_geometry(cfg)
     assert (geo.patch_size, geo.token_stride, geo.ssl_grid) == (patch, stride, grid)
     assert geo.cell == geo.image_size // grid and geo.num_positions == grid * grid
-    assert geo.ssl_pool == (2 if backbone == "t2t_vit_14" else 1)
+    assert geo.ssl_pool == (2 if model["backbone"] == "t2t_vit_14" else 1)
 
 
 @pytest.mark.parametrize("mode, side, positions", [("pretrain", 6, 36), ("pretrain", 5, 25),
-                                                   ("finetune", 0, 49), ("joint", 0, 49)])
+                                                   ("pretrain", 7, 49),  # S = g is allowed
+                                                   ("finetune", 0, 49), ("supervised", 0, 49),
+                                                   ("joint", 0, 49)])
 def test_megapatches_set_the_position_classes_of_pretraining_only(mode, side, positions):
     """§2.3: S x S mega-patches (S = 6 on ImageNet-100) give S² position classes; fine-tuning
-    afterwards uses the normal grid."""
-    ssl = {"megapatch_side": 6 if mode == "finetune" else side}
+    and supervised runs use the normal grid whatever the config's S; S equal to the grid side
+    (S <= g) is accepted (refusing it, or mega-patches in a supervised run, had passed)."""
+    ssl = {"megapatch_side": 6 if mode in ("finetune", "supervised") else side}
     cfg = config_from_dict({"mode": mode, "data": {"name": "imagenet100"}, "ssl": ssl})
     geo = run_geometry(cfg)
     assert (geo.megapatch_side, geo.num_positions, geo.ssl_grid) == (side, positions, 7)
@@ -75,3 +83,14 @@ def test_detection_with_joint_ssl_needs_two_cells_too():
     config_from_dict(raw)
     with pytest.raises(ConfigError, match="SSL grid would be 1x1"):
         config_from_dict({**raw, "detection": {"ssl_joint": True}})
+
+
+def test_run_identity_records_the_configs_own_values():
+    """Each identity key holds its own config value (seed, epochs, dataset title...): only its
+    subset relation to a failed run's metrics had been checked, so a swapped value passed."""
+    cfg = config_from_dict({"mode": "supervised", "seed": 7, "label": "lbl",
+                            "data": {"name": "cifar10"}, "optim": {"epochs": 3}})
+    assert run_identity(cfg) == {
+        "mode": "supervised", "label": "lbl", "seed": 7, "dataset": "cifar10",
+        "dataset_title": "CIFAR-10", "backbone": "vit_small", "backbone_label": "ViT-S/4",
+        "epochs": 3}

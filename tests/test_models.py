@@ -7,6 +7,7 @@ from relvit.models import losses
 from relvit.models.backbones import build_backbone
 from relvit.models.heads import PairwiseScoreHead, PositionHead
 from relvit.models.relvit import RelViT, SSLTasks
+from relvit.models.specs import get_backbone_spec, pooled_side, token_stride
 from relvit.ssl.targets import relation_targets
 
 TINY = dict(embed_dim=36, depth=1, num_heads=3)
@@ -33,11 +34,50 @@ def test_token_grid(name, size, patch, grid, cls):
 def test_each_backbone_pools_its_ssl_grid_as_its_spec_says(name):
     """The run geometry (SSL grid, position classes) reads the spec's pool, RelViT the module's:
     one T2T pooling, not two that could drift."""
-    from relvit.models.specs import get_backbone_spec
-
     backbone = build_backbone(name, img_size=64, patch_size=8, **TINY)
     assert backbone.ssl_pool == get_backbone_spec(name).ssl_pool == (2 if name == "t2t_vit_14"
                                                                      else 1)
+
+
+@pytest.mark.parametrize("name,img_size,patch,extra,shape,grid", [
+    ("vit_small", 16, 4, TINY, (16, 32), (4, 8)),  # wide: rows, then columns
+    ("vit_small", 32, 4, TINY, (24, 24), (6, 6)),  # a mega-patch input, below img_size
+    ("swin_tiny", 32, 2, dict(embed_dim=12, depth=2, num_heads=1, window_size=4), (32, 64),
+     (8, 16)),
+])
+def test_token_grid_is_the_given_inputs(name, img_size, patch, extra, shape, grid):
+    """The grid is (H/stride, W/stride) of the input actually given, rows first, also for a
+    wide input or one smaller than img_size (S-cell mega-patches); only square inputs at
+    img_size had been tokenised, so a swapped or a square grid had passed."""
+    backbone = build_backbone(name, img_size=img_size, patch_size=patch, **extra).eval()
+    with torch.no_grad():
+        tokens = backbone.tokens(torch.rand(1, 3, *shape))
+    assert tokens.grid == grid
+    assert tokens.patches.shape == (1, grid[0] * grid[1], backbone.embed_dim)
+
+
+def test_vit_tokens_split_the_final_normed_sequence_at_the_cls_token():
+    """ViT's `cls` is the normed sequence's first (CLS) token and `patches` the rest (as T2T's,
+    in test_t2t.py); a split off the wrong end, or before the final norm, had passed."""
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_small", img_size=16, patch_size=4, **TINY).eval()
+    seen = []
+    backbone.vit.norm.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        tokens = backbone.tokens(torch.rand(2, 3, 16, 16))
+    (normed,) = seen
+    torch.testing.assert_close(tokens.cls, normed[:, 0])
+    torch.testing.assert_close(tokens.patches, normed[:, 1:])
+
+
+def test_a_missing_patch_size_or_an_unknown_backbone_is_named():
+    """build_backbone names a missing ViT patch size instead of failing inside timm, and
+    get_backbone_spec names the bad name with the registered ones (both messages had been
+    free to change)."""
+    with pytest.raises(ValueError, match="needs a patch size"):
+        build_backbone("vit_small", img_size=32, **TINY)
+    with pytest.raises(KeyError, match="unknown backbone 'resnet'; known: vit_tiny, vit_small"):
+        get_backbone_spec("resnet")
 
 
 def test_swin_token_grid_is_the_last_stage():
@@ -75,7 +115,10 @@ def test_vit_positional_embeddings_on_and_off():
     ("t2t_vit_14", 32, None, TINY),
 ])
 def test_drop_rate_drops_inside_the_blocks(name, size, patch, extra):
-    """`model.drop_rate` is the original's `--dropout`: the blocks' outputs, not an unused head."""
+    """`model.drop_rate` is the original's `--dropout`: the blocks' outputs, not an unused head,
+    and the dropout after the position embedding (spec §4: pos-dropout); attention dropout
+    stays 0 and T2T's Performers keep [R]'s own 0.1 (a drop_rate reaching those, or missing the
+    position dropout, had passed)."""
     x = torch.rand(2, 3, size, size)
 
     def two_training_passes(drop_rate):
@@ -93,6 +136,14 @@ def test_drop_rate_drops_inside_the_blocks(name, size, patch, extra):
     block_dropouts = [m for n, m in backbone.named_modules() if isinstance(m, torch.nn.Dropout)
                       and "block" in n and not n.endswith("attn_drop")]  # `--attn_drop`: 0
     assert block_dropouts and all(m.p == 0.5 for m in block_dropouts)
+    dropouts = {n: m.p for n, m in backbone.named_modules() if isinstance(m, torch.nn.Dropout)}
+    attn = [p for n, p in dropouts.items() if n.endswith("attn_drop")]
+    assert attn and set(attn) == {0}
+    # Swin has no absolute position embedding, hence no position dropout
+    assert [p for n, p in dropouts.items() if n.endswith("pos_drop")] == (
+        [] if name == "swin_tiny" else [0.5])
+    performers = [p for n, p in dropouts.items() if n.startswith("tokens_to_token.")]
+    assert performers == ([0.1] * 4 if name == "t2t_vit_14" else [])
 
 
 def test_logits_stay_float32_under_bf16_autocast():
@@ -222,6 +273,8 @@ def test_relation_loss_with_and_without_the_diagonal():
     ({"backbone": "vit_small", "patch_size": 4, "embed_dim": 36, "depth": 1, "num_heads": 3},
      "ViT/4 (D=36, depth 1, 3 heads)"),
     ({"backbone": "vit_small", "patch_size": 4}, "ViT-S/4"),
+    ({"backbone": "vit_small", "patch_size": 4, "embed_dim": 384, "depth": 12, "num_heads": 6},
+     "ViT-S/4"),  # sizes given at the preset's values
     ({"backbone": "vit_small", "patch_size": 4, "mlp_ratio": 2.0, "embed_dim": 384},
      "ViT/4 (MLP ratio 2)"),
     ({"backbone": "swin_tiny", "embed_dim": 24, "num_heads": 1, "patch_size": 2,
@@ -230,7 +283,8 @@ def test_relation_loss_with_and_without_the_diagonal():
     ({"backbone": "t2t_vit_14", "mlp_ratio": 4.0}, "T2T-ViT-14 (MLP ratio 4)")])
 def test_tables_name_a_resized_backbone_by_what_changed(model, label):
     """Table 2 had named the smoke tier's Swin "Swin-T (D=24, 1 heads)"; a changed MLP ratio,
-    window or Swin patch had kept the preset's name, and so its table cell."""
+    window or Swin patch had kept the preset's name, and so its table cell; sizes given at the
+    preset's values keep the paper's name (a label naming every given size had passed)."""
     from relvit.config import config_from_dict
     from relvit.geometry import backbone_label, run_geometry
 
@@ -256,6 +310,18 @@ def _t2t_relvit(num_classes=None):
     torch.manual_seed(0)
     backbone = build_backbone("t2t_vit_14", img_size=64, **TINY)
     return RelViT(backbone, num_classes, SSLTasks(positions=True), num_positions=4).eval()
+
+
+@pytest.mark.parametrize("side", [2, 3, 4, 5, 7, 13, 14, 28])
+def test_pooled_side_is_the_t2t_pools_output_side(side):
+    """pooled_side(n, f), which the run geometry reads, is the side after log2(f) passes of
+    AvgPool2d(3, 2, 1), odd sides rounding up (28 -> 14 -> 7 for f = 4); only T2T's f = 2 on
+    even grids had been checked, so rounding down, or a pass too many, had passed."""
+    pool = torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+    x = torch.zeros(1, 1, side, side)
+    for factor in (1, 2, 4):
+        assert pooled_side(side, factor) == x.shape[-1], factor
+        x = pool(x)
 
 
 def test_t2t_ssl_pooling_excludes_the_padding():
@@ -337,7 +403,9 @@ def test_swin_heads_double_each_stage(num_heads, expected):
 def test_the_presets_are_the_papers_backbones():
     """Spec §4: ViT-S (D 384, depth 12, 6 heads, MLP 4, qkv bias, CLS drawn with std 0.02),
     Swin-T (depths 2-2-6-2, heads 3-6-12-24, window 7) and T2T-ViT-14 (depth 14, 6 heads, MLP 3)
-    as `build_backbone` makes them; every other test resizes them."""
+    as `build_backbone` makes them; every other test resizes them. The specs of vit_tiny
+    (D 192, 3 heads) and vit_base (D 768, 12 heads), depth 12, MLP 4, are DeiT's (they had been
+    checked by name only)."""
     torch.manual_seed(0)
     vit = build_backbone("vit_small", img_size=32, patch_size=4)
     assert vit.embed_dim == 384 and len(vit.vit.blocks) == 12
@@ -354,6 +422,10 @@ def test_the_presets_are_the_papers_backbones():
                for block in t2t.blocks)
     small = build_backbone("t2t_vit_14", img_size=32, mlp_ratio=2.0, **TINY)  # a tier's sizes
     assert small.blocks[0].attn.num_heads == 3 and small.blocks[0].mlp.fc1.out_features == 72
+    tiny, base = get_backbone_spec("vit_tiny"), get_backbone_spec("vit_base")
+    assert (tiny.embed_dim, tiny.depth, tiny.num_heads, tiny.mlp_ratio) == (192, 12, 3, 4.0)
+    assert (base.embed_dim, base.depth, base.num_heads, base.mlp_ratio) == (768, 12, 12, 4.0)
+    assert token_stride(tiny, 16, None) == 16
 
 
 def test_ssl_heads_read_the_patch_tokens_only():

@@ -64,11 +64,15 @@ def test_tokens_shapes_at_small_sizes(height: int, width: int) -> None:
 
 
 def test_non_divisible_size_raises() -> None:
+    """A side that is not a multiple of 16 is refused, naming it; a width off the multiple is
+    refused naming both sides (only square inputs had been tried)."""
     model = tiny()
     with pytest.raises(ValueError, match="40"):
         model.token_grid(40)
     with pytest.raises(ValueError, match="40"):
         model.tokens(torch.randn(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="32x40"):
+        model.tokens(torch.randn(1, 3, 32, 40))
     with pytest.raises(ValueError, match="30"):
         T2TViT(img_size=30, **TINY)
 
@@ -183,6 +187,37 @@ def test_soft_splits_are_the_originals() -> None:
     assert math.prod(s.stride for s in splits) == T2T_STRIDE  # the backbone spec's patch
 
 
+def test_t2t_module_restructures_tokens_channel_first() -> None:
+    """Between soft splits the [B, L, C] tokens become a [B, C, h, w] map by a transpose, on a
+    non-square input (a bare reshape, which mixes channels and tokens, had passed)."""
+    t2t = tiny().tokens_to_token.eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        y = t2t.attention1(t2t.soft_split0(x).transpose(1, 2))
+        y = t2t.soft_split1(y.transpose(1, 2).reshape(1, -1, 8, 12)).transpose(1, 2)
+        y = t2t.attention2(y)
+        y = t2t.soft_split2(y.transpose(1, 2).reshape(1, -1, 4, 6)).transpose(1, 2)
+        torch.testing.assert_close(t2t(x), t2t.project(y))
+
+
+def test_the_blocks_read_the_cls_token_first_and_dropout_of_the_sum() -> None:
+    """The blocks read pos_drop([CLS, patches] + table), as [R]: the CLS token first, plus the
+    table's row 0, and the dropout (drop_rate 0.5, training) zeroing about half of the summed
+    tokens. A CLS token placed last, or a dropout of the tokens before the table was added,
+    had passed."""
+    model = tiny(img_size=32, drop_rate=0.5)
+    seen = []
+    model.blocks.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        model.eval().tokens(x)
+        model.train().tokens(x)
+    kept, dropped = seen
+    expected = model.cls_token[0, 0] + sinusoid_table(1, TINY["embed_dim"])[0]
+    torch.testing.assert_close(kept[:, 0], expected.expand(2, -1))
+    assert 0.35 < (dropped == 0).float().mean().item() < 0.65
+
+
 def test_performer_kernel_attention_approximates_softmax_attention() -> None:
     """With many random features exp(w.x - |x|^2/2) / sqrt(m), the kernel product is close to
     softmax(q k^T) v; another norm term reweights the keys by their lengths."""
@@ -197,7 +232,9 @@ def test_performer_kernel_attention_approximates_softmax_attention() -> None:
 
 def test_performer_attention_adds_its_values_as_residual() -> None:
     """The Performer's attention output is v + proj(kernel attention): its input and output
-    widths differ, so the residual is the value projection (as [R])."""
+    widths differ, so the residual is the value projection (as [R]). The layer is pre-norm with
+    an MLP residual, a = attention(norm1(x)); a + mlp(norm2(a)), as [R]'s Token_performer (with
+    identity-initialised norms, a misplaced or missing norm had passed)."""
     torch.manual_seed(0)
     layer = TokenPerformer(dim=12, emb=8).eval()
     x = torch.randn(2, 10, 12)
@@ -205,6 +242,11 @@ def test_performer_attention_adds_its_values_as_residual() -> None:
         k, q, v = layer.kqv(x).split(8, dim=-1)
         expected = v + layer.proj(layer.kernel_attention(k, q, v))
         torch.testing.assert_close(layer.attention(x), expected)
+        for p in (layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias):
+            p.normal_()  # norms that are not the identity
+        x = x * 3 + 1
+        a = layer.attention(layer.norm1(x))
+        torch.testing.assert_close(layer(x), a + layer.mlp(layer.norm2(a)))
 
 
 def test_a_smaller_input_reads_the_first_rows_of_the_position_table() -> None:
