@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import yaml
 
 from relvit.cli import main
 from relvit.config import HASH_EXCLUDES
-from relvit.report.compare import (CSV_COLUMNS, NO_VALUE, NOT_IN_PAPER, NOT_RUN, OUT, STAND_IN,
-                                   WITHIN, Criterion, compare, improvement_checks, out_of_tolerance,
-                                   to_csv, to_markdown)
+from relvit.report.compare import (CSV_COLUMNS, NO_VALUE, NOT_IN_PAPER, NOT_RUN, OTHER_MODEL, OUT,
+                                   STAND_IN, WITHIN, Criterion, compare, improvement_checks,
+                                   out_of_tolerance, to_csv, to_markdown, write_verdict)
+from relvit.report.criterion import PAPER_ROUNDING
 from relvit.report.gather import gather_runs
-from relvit.report.provenance import (file_config_hash, is_stale, planned_config, run_id,
-                                     summarize)
+from relvit.report.provenance import (file_config_hash, is_stale, planned_config, resized_sides,
+                                     run_id, summarize)
 from relvit.report.table1 import Table1, render_markdown
 from relvit.train import provenance
 from relvit.workflow import detection_plan_rows
@@ -32,7 +34,7 @@ TABLE1_RUNS = [
     ("digits", "supervised", "supervised", "", "ViT/4 (D=36, depth 1, 3 heads)", {0: 80.0}),
 ]
 TITLES = {"cifar10": "CIFAR-10", "imagenet": "Imagenet", "digits": "Digits (sklearn)",
-          "svhn": "SVHN"}
+          "svhn": "SVHN", "cifar100": "CIFAR-100"}
 
 
 def run_config(dataset: str, mode: str, label: str, seed: int) -> dict:
@@ -102,6 +104,25 @@ def test_table1_verdicts(tmp_path):
     # Table 1's rows in the paper's (the registry's) order of datasets, not the alphabet's
     table = Table1(gather_runs([tmp_path / "runs"]))
     assert [title for title, _ in table.keys] == ["Digits (sklearn)", "CIFAR-10", "Imagenet"]
+    # the paper has SVHN before CIFAR-100, against both orders of the alphabet (by name, title)
+    more = [(dataset, "supervised", "supervised", "", "ViT-S/4", {0: 90.0})
+            for dataset in ("cifar100", "svhn")]
+    write_results(tmp_path / "more", runs=more, planned_only=())
+    table = Table1(gather_runs([tmp_path / "runs", tmp_path / "more" / "runs"]))
+    assert [title for title, _ in table.keys] == ["Digits (sklearn)", "CIFAR-10", "SVHN",
+                                                  "CIFAR-100", "Imagenet"]
+
+
+def test_a_cells_planned_seeds_are_its_configs_not_its_runs(tmp_path):
+    """A Table 1 cell with one of three planned seeds run: compare lists the planned configs'
+    seeds (0, 1, 2) and the cell says "(n=1 of 3)"; every test cell had run all it planned."""
+    write_results(tmp_path)
+    for seed in (1, 2):
+        shutil.rmtree(tmp_path / "runs" / f"cifar10/vit_small/supervised/seed{seed}")
+    cells = cells_by_key(compare([tmp_path / "configs", tmp_path / "runs"], paper_csv=PAPER))
+    sup = cells[(1, "CIFAR-10", "Supervised", "top1")]
+    assert sup.planned_seeds == [0, 1, 2] and sup.provenance["seeds"] == "0"
+    assert sup.ours.text() == "86.00 (n=1 of 3)"
 
 
 def test_imagenet_paper_value_is_what_the_test_assumes():
@@ -111,13 +132,17 @@ def test_imagenet_paper_value_is_what_the_test_assumes():
 
 
 def test_cli_exit_codes_and_files(tmp_path, capsys):
+    """compare's exit codes, its .md and .csv; the .md's bound says its rule ("0.53 (2σ)", the
+    rule had gone unchecked), and a tolerance of 0 (an exact check) is accepted, a negative one
+    refused (`>= 0` had gone unchecked at its edge)."""
     write_results(tmp_path)
     out = tmp_path / "tables" / "compare"
     sources = [str(tmp_path / "configs"), str(tmp_path / "runs")]
     assert main(["compare", "--out", str(out), "--tier", "test", *sources]) == 1
     assert "OUT: table 1 CIFAR-10 ViT-S/4 RelViT top1" in capsys.readouterr().err
     md, table = out.with_suffix(".md").read_text(), pd.read_csv(out.with_suffix(".csv"))
-    assert "| 1 | CIFAR-10 | ViT-S/4 | RelViT | top1 | 90.23 ± 0.09 | 85.23 ± 0.25 |" in md
+    assert "| 1 | CIFAR-10 | ViT-S/4 | RelViT | top1 | 90.23 ± 0.09 | 85.23 ± 0.25 | -5.00 | " \
+           "0.53 (2σ) | **OUT** |" in md
     assert "**OUT**" in md and "**inconsistent**" in md
     assert set(table["verdict"]) == {WITHIN, OUT, NOT_RUN, STAND_IN, NOT_IN_PAPER}
     assert main(["compare", "--out", str(out), "--no-fail", *sources]) == 0
@@ -125,6 +150,8 @@ def test_cli_exit_codes_and_files(tmp_path, capsys):
     stand_in = tmp_path / "smoke"
     write_results(stand_in, [r for r in TABLE1_RUNS if r[0] == "digits"], ())
     assert main(["compare", "--out", str(out), str(stand_in)]) == 0
+    assert main(["compare", "--out", str(out), "--tolerance", "0", str(stand_in)]) == 0
+    assert Criterion(tolerance=0).tolerance == 0
     assert main(["compare", "--out", str(out), "--tolerance", "-1", str(stand_in)]) == 1
     assert "tolerance >= 0" in capsys.readouterr().err
     assert main(["compare", "--out", str(out), "--tolerance", "inf", str(stand_in)]) == 1
@@ -174,6 +201,8 @@ def detection_results(tmp_path, stand_in: bool, box: tuple[float, float, float])
 
 
 def test_detection_verdicts(tmp_path):
+    """Tables 2-3 cells against the paper; on a stand-in, or with a resized backbone ("not
+    comparable (other model)", which had gone unchecked for detection), none is compared."""
     # COCO Supervised in the paper: 20.43, 35.36, 20.27 (no ±: the tolerance decides)
     plan = detection_results(tmp_path / "real", False, (20.0, 37.0, 20.27))
     cells = cells_by_key(compare([], plan, PAPER))
@@ -184,6 +213,14 @@ def test_detection_verdicts(tmp_path):
     plan = detection_results(tmp_path / "smoke", True, (2.0, 5.0, 1.0))
     cells = compare([], plan, PAPER)
     assert {c.verdict for c in cells} == {STAND_IN, NOT_RUN} and not any(c.failed for c in cells)
+    # a resized backbone on the real dataset: its row is not the paper's model, not compared
+    plan = detection_results(tmp_path / "resized", False, (20.0, 37.0, 20.27))
+    path = next((tmp_path / "resized" / "runs").rglob("metrics.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "backbone_label": "ViT/8 (D=36, depth 1, 3 heads)"}))
+    cells = cells_by_key(compare([], plan, PAPER))
+    assert [cells[(3, "COCO mini-val", "Supervised", m)].verdict
+            for m in ("mAP", "mAP50", "mAP75")] == [OTHER_MODEL] * 3
 
 
 def test_a_failed_detection_run_is_counted_failed_not_averaged(tmp_path):
@@ -422,15 +459,23 @@ def test_stale_detection_rows_are_marked_in_tables_2_3(tmp_path):
 
 
 def test_out_of_tolerance_reads_a_written_compare_csv(tmp_path):
-    """What rule compare_verdict fails on: the OUT rows of compare.csv, named; another CSV is
-    refused with its path."""
+    """What rule compare_verdict fails on: the OUT rows of compare.csv, named, no other verdict
+    (not run, failed, no value, not comparable had gone unchecked); write_verdict then fails
+    naming them in its log and writes no verdict file; another CSV is refused with its path."""
     header = ",".join(CSV_COLUMNS)
     rows = ["1,CIFAR-10,ViT-S/4,RelViT,top1,90.23,0.09,84.0000,,1,0,0,-6.23,0.18,2 sigma,OUT",
             "1,SVHN,ViT-S/4,RelViT,top1,97.14,0.03,97.1000,,1,0,0,-0.04,0.06,2 sigma,within"]
+    rows += [f"1,SVHN,ViT-S/4,Supervised,top1,96.01,0.07,,,0,0,0,,,,{verdict}"
+             for verdict in ("not run", "run failed", "no value", "not comparable (stand-in)",
+                             "not comparable (other model)", "not in the paper")]
     path = tmp_path / "compare.csv"
     path.write_text("\n".join([header] + [r + "," * (len(CSV_COLUMNS) - 16) for r in rows]))
     assert out_of_tolerance(path) == [
         "table 1 CIFAR-10 ViT-S/4 RelViT top1: 84.0000 vs paper 90.23 (|Δ| > 0.18)"]
+    with pytest.raises(ValueError, match=r"^1 cell\(s\) out of tolerance"):
+        write_verdict(path, tmp_path / "verdict.txt", tmp_path / "verdict.log")
+    assert "table 1 CIFAR-10 ViT-S/4 RelViT top1" in (tmp_path / "verdict.log").read_text()
+    assert not (tmp_path / "verdict.txt").exists()
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="other.csv: not a compare.csv"):
         out_of_tolerance(tmp_path / "other.csv")
@@ -493,6 +538,10 @@ def test_a_delta_within_the_papers_rounding_of_the_bound_is_within():
     paper = Cell(68.28, None, 1)
     assert judge(paper, Cell(69.184, None, 1), Criterion())[0] == WITHIN
     assert judge(paper, Cell(69.186, None, 1), Criterion())[0] == OUT
+    # the bound plus the rounding is itself within, on either side (`<=` had gone unchecked)
+    assert Criterion.agrees(0.9 + PAPER_ROUNDING, 0.9)
+    assert Criterion.agrees(-(0.9 + PAPER_ROUNDING), 0.9)
+
 
 def test_detection_rows_are_named_as_the_tables_name_them(tmp_path):
     from relvit.report.compare import detection_cells
@@ -514,13 +563,27 @@ def test_run_id_is_the_part_after_the_last_runs_folder():
     assert run_id("/x/elsewhere/metrics.json") is None
 
 
+def provenance_rows(**columns) -> pd.DataFrame:
+    """Rows of gather_runs with their provenance columns, `columns` (one list each) given."""
+    n = len(next(iter(columns.values())))
+    base = {"run": [f"digits/vit/relvit/seed{i}" for i in range(n)], "seed": list(range(n)),
+            "config_hash": ["h"] * n, "git_sha": ["g"] * n, "image": [None] * n,
+            "device": ["cpu"] * n, "world_size": [1] * n, "execution": [None] * n,
+            "wall_time_s": [1.0] * n, "peak_memory_mb": [2.0] * n, "stale": [None] * n,
+            "resized": [None] * n}
+    return pd.DataFrame({**base, **columns})
+
+
 def test_summarize_takes_an_unknown_stale_for_not_stale():
     """Runs without a planned config (stale None) would be flagged stale in every table."""
-    runs = pd.DataFrame([{"run": "digits/vit/relvit/seed0", "seed": 0, "config_hash": "h",
-                          "git_sha": "g", "image": None, "device": "cpu", "world_size": 1,
-                          "execution": None, "wall_time_s": 1.0, "peak_memory_mb": 2.0,
-                          "stale": None, "resized": None}])
-    assert summarize(runs)["stale"] == ""
+    assert summarize(provenance_rows(stale=[None]))["stale"] == ""
+
+
+def test_seeds_and_resized_sides_are_listed_in_numeric_order():
+    """A cell's seeds read in path order (seed10 before seed2) are listed as numbers, and its
+    resized copies smallest side first, whatever the runs' order: neither order was checked."""
+    assert summarize(provenance_rows(seed=[10, 2, 0]))["seeds"] == "0, 2, 10"
+    assert resized_sides(provenance_rows(resized=[512.0, 256.0, 512.0])) == "256/512"
 
 
 def test_a_cell_says_its_runs_processes_and_execution_settings(tmp_path):

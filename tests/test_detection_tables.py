@@ -108,7 +108,9 @@ def test_table3_renders_beside_the_paper(tmp_path):
 
 
 def test_seeds_of_a_row_are_averaged(tmp_path):
-    """Several detection seeds give one row per variant: mean ± std, failed seeds counted."""
+    """Several detection seeds give one row per variant: mean ± std, failed seeds counted. Rows
+    run on a stand-in name it beside the dataset, in the first row only ("COCO mini-val [Digit
+    scenes]"; that cell had gone unchecked)."""
     workflow = {"results": str(tmp_path), "seeds": [0, 1, 2],
                 "detection": {"tables": {"3": {"datasets": ["coco2017"],
                                                "backbones": ["vit_small"]}}}}
@@ -144,7 +146,11 @@ def test_seeds_of_a_row_are_averaged(tmp_path):
     assert cells[1][5] == "30.00 (n=1) [1 failed] [1 no value]"
     assert "no finite value" in render_markdown(3, rows, pd.read_csv(PAPER), "ci")
     stand_in = [{**row, "run_dataset": "digit_scenes"} for row in rows]
-    assert "not comparable" in render_latex(3, stand_in, pd.read_csv(PAPER), "ci")
+    latex = render_latex(3, stand_in, pd.read_csv(PAPER), "ci")
+    assert "not comparable" in latex and "COCO mini-val (Digit scenes)" in latex
+    cells = table_cells(3, stand_in, pd.read_csv(PAPER))
+    assert cells[0][0] == "COCO mini-val [Digit scenes]"
+    assert all(row[0] == "" for row in cells[1:])
 
 
 def test_table2_renders_beside_the_paper(tmp_path):

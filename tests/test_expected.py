@@ -74,6 +74,8 @@ def refresh(tmp_path, runs):
 
 
 def test_unchanged_runs_pass_and_a_moved_metric_fails(tmp_path, capsys):
+    """Unchanged runs pass, a mean moved past its tolerance fails; the report lists the failed
+    checks first and counts them (neither the order nor the count had been checked)."""
     runs = tier(tmp_path / "runs")
     exp = refresh(tmp_path, runs)
     assert exp.read_text().startswith("# Expected metrics of the ci tier")
@@ -89,6 +91,11 @@ def test_unchanged_runs_pass_and_a_moved_metric_fails(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| digits/vit/relvit | best_top1 | 91.00 | 2.45 | 87.67 | -3.33 | FAIL |" in out
     assert "FAILED" in report.read_text()
+    # the failures first (digits/vit/pretrain sorts before them), then the count of each
+    text = report.read_text()
+    verdicts = [line.split(" | ")[-1] for line in text.splitlines() if line.startswith("| ")]
+    assert verdicts[1:] == ["FAIL |", "FAIL |", "ok |", "ok |", "ok |", "ok |"]
+    assert "4 of 6 checks within tolerance; 2 FAILED" in text
 
 
 def test_missing_seed_and_unexpected_cell_fail(tmp_path, capsys):

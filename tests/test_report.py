@@ -114,7 +114,8 @@ def test_one_seed_is_not_called_a_mean_and_std(tmp_path):
 
 def test_two_runs_of_one_seed_in_a_cell_are_refused(tmp_path):
     """A folder given twice over (a copy, or runs of another config) pooled its runs into the
-    cell's mean: "82.17 ± 8.12" over seeds 0, 0, 1, 2."""
+    cell's mean: "82.17 ± 8.12" over seeds 0, 0, 1, 2. The error names both runs (only the
+    copy's had been checked)."""
     from relvit.report.compare import compare
 
     write_runs(tmp_path / "a")
@@ -127,6 +128,7 @@ def test_two_runs_of_one_seed_in_a_cell_are_refused(tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         render_markdown(Table1(gather_runs([tmp_path])), "smoke")
     assert str(copy) in str(err.value)
+    assert str(tmp_path / "a" / "digits" / "vit_small" / "supervised" / "seed0") in str(err.value)
     with pytest.raises(ValueError, match=re.escape(message)):
         compare([tmp_path])
     render_markdown(Table1(gather_runs([tmp_path / "a"])), "smoke")  # one run per seed
@@ -157,11 +159,22 @@ def test_every_note_is_plain_ascii_latex():
         r"v2\$ \{a\}\textasciitilde{}\textasciicircum{}\textbackslash{} $\pm$"
 
 
-def test_a_cell_with_failed_seeds_says_how_many():
+def test_a_cell_with_failed_seeds_says_how_many(tmp_path):
+    """A cell says how many of its seeds failed; a failed run read from its metrics.json is
+    counted failed only, not also "no value" (a run of Table 1 had not been checked)."""
     from relvit.report.table1 import seed_cell
 
     assert seed_cell(pd.Series([90.0, 92.0]), failed=1).text() == "91.00 ± 1.41 [1 failed]"
     assert seed_cell(pd.Series([], dtype=float), failed=2).text() == "failed"
+    write_runs(tmp_path)
+    path = tmp_path / "digits" / "vit_small" / "supervised" / "seed2" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "failed",
+                                "error": "non-finite loss", "best_top1": None,
+                                "last_top1": None}))
+    table = Table1(gather_runs([tmp_path]))
+    cell = table.ours("Digits (sklearn)", "ViT/4 (D=72, depth 4)", "supervised", "", "best_top1")
+    assert cell.text() == "91.00 ± 1.41 [1 failed]"
+    assert not table.any_unscored
 
 
 def test_a_cell_short_of_its_planned_seeds_says_so():
@@ -217,6 +230,9 @@ def test_latex_table(tmp_path):
 
 
 def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog):
+    """`relvit report` writes the .md and .tex and names junk and files of another kind; a run
+    config (*.yaml) given directly, with no metrics in it, is taken without an error (that had
+    gone unchecked)."""
     write_runs(tmp_path / "runs")
     assert main(["report", "--table1", str(tmp_path / "t1"), "--tier", "smoke",
                  str(tmp_path / "runs")]) == 0
@@ -238,6 +254,8 @@ def test_cli_report_writes_both_files_and_rejects_junk(tmp_path, capsys, caplog)
     assert main(["report", "--table1", str(tmp_path / "t3"), str(tmp_path / "best.pt")]) == 1
     assert "best.pt: neither a run's metrics.json nor a run config (*.yaml)" in \
         capsys.readouterr().err
+    (tmp_path / "seed0.yaml").write_text("mode: supervised\n")  # a plan, no metrics: no error
+    assert gather_runs([tmp_path / "seed0.yaml"]).empty
     (tmp_path / "empty").mkdir()
     caplog.clear()
     assert main(["report", "--table1", str(tmp_path / "t4"), str(tmp_path / "empty")]) == 0
