@@ -218,8 +218,13 @@ def test_compiled_training_code_serves_one_share_size_per_rank_on_every_rank_at_
 
 
 def test_a_global_batch_smaller_than_the_world_is_refused():
+    """A global batch smaller than the process count is refused; one sample per process and
+    step (optim.batch_size equal to the process count) is valid and not refused with it."""
     with pytest.raises(distributed.DistributedError, match="batch_size 2 .* 4 processes"):
         distributed.shard_batches(torch.arange(10), 2, 0, 4)
+    distributed.check_global_batch(2, 2)
+    assert distributed.global_batch_sizes(5, 2, 2) == [2, 2]
+    assert [len(s) for s in distributed.shard_batches(torch.arange(5), 2, 1, 2)] == [1, 1]
 
 
 def test_single_process_helpers_are_no_ops():
@@ -255,10 +260,12 @@ def test_torchrun_variables_without_a_process_group_are_refused(tmp_path, tiny_c
 
 
 @pytest.mark.parametrize("n, batch, world", [(1437, 75, 2), (100, 10, 4), (509, 255, 2),
-                                             (23, 8, 3)])
+                                             (23, 8, 3), (6, 6, 4)])
 def test_the_ranks_shards_partition_each_global_batch(n, batch, world):
     """Every sample of a global batch goes to exactly one rank (no overlap, nothing dropped).
-    (The 2-process runs above find it too, in minutes.)"""
+    (The 2-process runs above find it too, in minutes.) The shares differ by at most one
+    sample, the first `size % world` ranks taking the extra one, and every rank takes some:
+    uneven shares had passed as long as they covered the batch."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     sizes = distributed.global_batch_sizes(n, batch, world)
     shards = [distributed.shard_batches(order, batch, r, world) for r in range(world)]
@@ -267,17 +274,21 @@ def test_the_ranks_shards_partition_each_global_batch(n, batch, world):
         got = torch.cat([shards[r][step] for r in range(world)])
         assert torch.equal(got, order[start:start + size])
         start += size
+        shares = [len(shards[r][step]) for r in range(world)]
+        assert shares == [size // world + (r < size % world) for r in range(world)], step
 
 
-def test_each_rank_draws_its_own_dropout_and_drop_path(tmp_path, tiny_config, monkeypatch):
+def test_each_rank_and_epoch_draws_its_own_dropout_and_drop_path(tmp_path, tiny_config,
+                                                                  monkeypatch):
     """Under torchrun every rank reseeds the global generator (dropout, drop-path) with its
-    rank (`_epoch_seed` stream 0): the same masks on every rank would repeat one draw."""
+    rank (`_epoch_seed` stream 0): the same masks on every rank would repeat one draw. It is
+    reseeded every epoch too, not once for all (every epoch had drawn the same masks)."""
     run = Run(tiny_config("supervised"), tmp_path / "unused")
     run.prepare()
     monkeypatch.setattr(Run, "train_batches", lambda self, epoch: iter([]))
     draws = []
-    for rank in (0, 1):
+    for rank, epoch in ((0, 0), (1, 0), (0, 1)):
         run.rank, run.world = rank, 2  # as rank 0 and 1 of two, without a process group
-        run._train_epoch(0, 1, 1)
+        run._train_epoch(epoch, 1, 2)
         draws.append(torch.rand(4))
-    assert not torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])

@@ -168,7 +168,9 @@ def test_jitter_after_normalize_sets_the_order_of_jitter_and_normalisation(tiny_
 @pytest.mark.parametrize("diagonal", [True, False])
 def test_relation_diagonal_reaches_the_relation_loss(tiny_config, diagonal, fused):
     """Q12: `ssl.relation_diagonal` is `relation_loss`'s include_diagonal, on the plain scores
-    and on the fused path's projections alike."""
+    and on the fused path's projections alike. Whatever it says, acc_rel leaves the diagonal
+    out and acc_rel_all counts every pair (the two columns could have been swapped or equal
+    unnoticed)."""
     cfg = tiny_config("pretrain", ssl={"relation_diagonal": diagonal, "shuffle": True})
     h = w = run_geometry(cfg).ssl_grid
     n, b = h * w, 3
@@ -184,20 +186,32 @@ def test_relation_diagonal_reaches_the_relation_loss(tiny_config, diagonal, fuse
     other = losses.relation_loss(scores, target, include_diagonal=not diagonal)
     assert not torch.allclose(expected, other, rtol=1e-4)
     torch.testing.assert_close(stats["loss_rel"], expected, rtol=1e-5, atol=1e-6)
+    off = losses.relation_accuracy(scores, target)
+    every = losses.relation_accuracy(scores, target, include_diagonal=True)
+    assert not torch.isclose(off, every)
+    torch.testing.assert_close(stats["acc_rel"].float(), off.float())
+    torch.testing.assert_close(stats["acc_rel_all"].float(), every.float())
 
 
 @pytest.mark.parametrize("dataset, padding, flip", [("digits", 2, False), ("cifar10", 4, True)])
 def test_the_training_augmentation_is_the_datasets(tiny_config, dataset, padding, flip):
     """Each dataset's own crop padding and flip: digits are not mirror-symmetric (a flipped 2
-    is no digit), so they are never flipped; CIFAR's are. `data.augment: false` does neither."""
+    is no digit), so they are never flipped; CIFAR's are. `data.augment: false` does neither.
+    `Objective.draw` applies it to training batches only: evaluation batches stay as they are
+    (augmenting them, or not the training ones, had passed unnoticed)."""
     from relvit.data.augment import random_crop, random_hflip
 
     images = torch.rand(64, 3, 8, 8)
     cfg = tiny_config("supervised", data={"name": dataset})
-    got = make_objective(cfg).augment(images, torch.Generator().manual_seed(3))
+    objective, labels = make_objective(cfg), torch.zeros(64, dtype=torch.long)
+    got = objective.augment(images, torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(3)
     expected = random_crop(images, padding, gen)
     assert torch.equal(got, random_hflip(expected, gen) if flip else expected)
+    trained = objective.draw(images, labels, True, torch.Generator().manual_seed(3))
+    evaluated = objective.draw(images, labels, False, torch.Generator().manual_seed(3))
+    assert torch.equal(trained.images, got) and not torch.equal(got, images)
+    assert torch.equal(evaluated.images, images)
     plain = tiny_config("supervised", data={"name": dataset, "augment": False})
     assert torch.equal(make_objective(plain).augment(images, gen), images)
 

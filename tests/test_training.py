@@ -185,14 +185,21 @@ def test_a_finetune_from_an_unfinished_pretraining_says_so(tmp_path, tiny_config
 
 @pytest.mark.parametrize("mode", ["pretrain", "supervised"])
 def test_resume_gives_the_same_result(tmp_path, tiny_config, mode):
+    """A run stopped after epoch 1 and resumed ends as the uninterrupted one. The resume's
+    `stop_after` reaching the last epoch still returns the metrics, and wall_time_s sums every
+    epoch's time, the earlier process's included (it had counted the last process's only)."""
     cfg = tiny_config(mode, optim={"epochs": 3}, ssl={"shuffle": mode == "pretrain"},
                       model={"drop_path_rate": 0.1})
     whole = train(cfg, tmp_path / "whole", progress=False)
     assert train(cfg, tmp_path / "split", stop_after=1, progress=False) is None
     assert not (tmp_path / "split" / "metrics.json").exists()
-    resumed = train(cfg, tmp_path / "split", progress=False)
+    resumed = train(cfg, tmp_path / "split", stop_after=2, progress=False)
+    assert resumed is not None and (tmp_path / "split" / "metrics.json").is_file()
     for key in ("best", "last", "best_epoch"):
         assert resumed[key] == whole[key]
+    history = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["history"]
+    assert len(history) == 3
+    assert resumed["wall_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in history))
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -326,12 +333,24 @@ def test_the_best_epoch_is_never_non_finite_and_the_earlier_of_a_tie(tmp_path, t
     assert run.best["epoch"] == best
 
 
-def test_each_epoch_stream_and_rank_draws_from_its_own_seed():
+def test_each_epoch_stream_and_rank_draws_from_its_own_seed(tmp_path, tiny_config):
     """An epoch's order, augmentation, dropout and jitter come from `_epoch_seed`: the same seed
-    for two epochs would repeat them, for two ranks would give every rank the same draws."""
+    for two epochs would repeat them, for two ranks would give every rank the same draws.
+    `Run.generator` (augmentation, jitter) takes the rank: two ranks had drawn the same crops.
+    `Run.sample_stream` (file transforms' per-sample seeds) changes with the epoch and is the
+    same on every rank, whose samples' crops must not depend on the world."""
     seeds = [_epoch_seed(3, e, k, r) for e in range(50) for k in range(4) for r in range(8)]
     assert len(set(seeds)) == len(seeds)
     assert _epoch_seed(3, 7, 2) == _epoch_seed(3, 7, 2, rank=0)  # one process is rank 0
+    run = Run(tiny_config("supervised"), tmp_path / "unused")
+    streams = [run.sample_stream(epoch) for epoch in range(4)]
+    assert len(set(streams)) == 4
+    draws = []
+    for rank in (0, 1):
+        run.rank, run.world = rank, 2  # as rank 0 and 1 of two, without a process group
+        draws.append(torch.rand(8, generator=run.generator(0, 2)))
+        assert [run.sample_stream(epoch) for epoch in range(4)] == streams
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_epoch_means_are_sums_over_samples():
@@ -479,6 +498,27 @@ def test_a_kill_before_best_pt_is_mended_on_resuming(tmp_path, tiny_config, monk
     b = torch.load(tmp_path / "split" / "best.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == whole["best_epoch"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_an_epoch_evaluated_on_resuming_keeps_its_own_number(tmp_path, tiny_config,
+                                                            monkeypatch):
+    """An epoch whose evaluation failed is evaluated first on resuming, and recorded as that
+    epoch: best_epoch and best.pt name epoch 1, the better one, not the epoch after it."""
+    evaluation, failing = Run.evaluation, [True]
+
+    def scripted(self, epoch):
+        if failing[0]:
+            failing[0] = False
+            raise TrainingError("evaluation failed")
+        return {**evaluation(self, epoch), "val_acc_clf": [0.9, 0.1][epoch]}
+
+    monkeypatch.setattr(Run, "evaluation", scripted)
+    cfg = tiny_config("supervised", optim={"epochs": 2})
+    with pytest.raises(TrainingError, match="evaluation failed"):
+        train(cfg, tmp_path / "run", progress=False)
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert metrics["best_epoch"] == 1
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 1
 
 
 def test_a_best_pt_of_another_epoch_than_the_resumed_record_is_refused(tmp_path, tiny_config):
@@ -669,7 +709,8 @@ def test_each_epoch_takes_its_own_order_of_every_sample(tmp_path, tiny_config):
 def test_evaluation_is_the_exact_accuracy_and_loss_over_the_split(tmp_path, tiny_config):
     """Spec §7: the batch-size-weighted mean of per-batch numbers, i.e. the split's exact
     accuracy (360 test digits in batches of 128, 128 and 104: a mean of the batch means is
-    another number)."""
+    another number). The history row's val_* columns are those of the first evaluation split
+    (digits: test), not of another split nor under the split's own name."""
     import torch.nn.functional as F
 
     from relvit.data.loading import to_float_images
@@ -679,6 +720,8 @@ def test_evaluation_is_the_exact_accuracy_and_loss_over_the_split(tmp_path, tiny
     split = run.splits.evals["test"]
     assert len(split.labels) % run.eval_batch_size() != 0
     got = run.evaluate(split)
+    assert next(iter(run.splits.evals)) == "test"
+    assert run.evaluation(0) == {f"val_{key}": value for key, value in got.items()}
     run.model.eval()
     with torch.no_grad():
         images = to_float_images(split.images, run.geo.image_size)
