@@ -72,14 +72,18 @@ def test_lagged_losses_hand_back_the_previous_step_on_the_host(device):
     assert lagged.flush() is None
 
 
-def test_an_error_after_a_non_finite_step_reports_that_step(tmp_path, tiny_config, monkeypatch):
+@pytest.mark.parametrize("later_fails", [True, False])
+def test_an_error_after_a_non_finite_step_reports_that_step(tmp_path, tiny_config, monkeypatch,
+                                                            later_fails):
     """The check runs a step late; when the next step fails (weights broken by the NaN), the
-    error names the non-finite step, not whatever failed after it."""
+    error names the non-finite step, not whatever failed after it. When it does not, the NaN
+    of step 2 still stops the epoch at step 3 at the latest, naming step 2 (a check left to
+    the epoch's end had passed unnoticed)."""
     original, calls = loop.Run.train_loss, [0]
 
     def train_loss(self, *args):
         calls[0] += 1
-        if calls[0] == 3:
+        if calls[0] == 3 and later_fails:
             raise RuntimeError("a later step failed")
         loss, stats, size = original(self, *args)
         return (loss * float("nan") if calls[0] == 2 else loss), stats, size
@@ -88,9 +92,11 @@ def test_an_error_after_a_non_finite_step_reports_that_step(tmp_path, tiny_confi
     monkeypatch.setattr(loop, "load_splits", _random_splits)
     run = loop.Run(tiny_config("supervised", optim={"batch_size": 32}), tmp_path / "run",
                    progress=False)
-    with pytest.raises(loop.NonFiniteLossError, match="at epoch 1, step 2;") as error:
+    with pytest.raises(loop.NonFiniteLossError, match="at epoch 1, step 2; no epoch had "
+                       "finished, so no checkpoint is kept") as error:
         run.fit()
-    assert isinstance(error.value.__context__, RuntimeError)
+    assert calls[0] <= 3
+    assert isinstance(error.value.__context__, RuntimeError) == later_fails
     assert not (tmp_path / "run" / "last.pt").exists()
 
 

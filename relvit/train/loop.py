@@ -599,9 +599,10 @@ class Run:
             return
         values, step = losses.values, losses.index + 1
         shown = f"{values[0].item()}" if self.world == 1 else f"{values.tolist()} (by rank)"
+        kept = (f"last.pt (after epoch {epoch}) and best.pt are kept" if epoch else
+                "no epoch had finished, so no checkpoint is kept")
         raise NonFiniteLossError(f"{self.out_dir}: non-finite loss {shown} at epoch "
-                                 f"{epoch + 1}, step {step}; last.pt (after epoch "
-                                 f"{epoch}) and best.pt are kept", epoch + 1, step)
+                                 f"{epoch + 1}, step {step}; {kept}", epoch + 1, step)
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
