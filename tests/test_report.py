@@ -102,14 +102,18 @@ def test_a_run_moved_aside_while_the_runs_are_read_is_left_out(tmp_path, monkeyp
 
 
 def test_one_seed_is_not_called_a_mean_and_std(tmp_path):
-    """"Mean ± sample std over seeds 0." for the one seed of a run by hand."""
+    """"Mean ± sample std over seeds 0." for the one seed of a run by hand, in the Markdown and
+    in the LaTeX caption."""
     write_runs(tmp_path)
     for run in tmp_path.rglob("seed[12]"):
         for path in run.iterdir():
             path.unlink()
         run.rmdir()
-    text = render_markdown(Table1(gather_runs([tmp_path])), "custom")
+    table = Table1(gather_runs([tmp_path]))
+    text = render_markdown(table, "custom")
     assert ". One seed (0): no spread to show." in text and "sample std over" not in text
+    caption = render_latex(table, "custom")  # the caption had said "mean ± std over seeds"
+    assert "One seed (0): no spread to show." in caption and "std over" not in caption
 
 
 def test_two_runs_of_one_seed_in_a_cell_are_refused(tmp_path):

@@ -319,15 +319,21 @@ def _paper_note(table: Table1) -> str:
             f"from the numbers{slips}.")
 
 
-def render_markdown(table: Table1, tier: str) -> str:
+def _seeds_note(table: Table1) -> str:
+    """What a cell's number is: "Mean ± sample std over seeds 0, 1, 2." or, with one seed,
+    "One seed (0): no spread to show." (the Markdown's and the LaTeX caption's)."""
     seeds = sorted(int(s) for s in pd.concat([table.runs, table.pretrain])["seed"].dropna().unique())
+    if len(seeds) == 1:
+        return f"One seed ({seeds[0]}): no spread to show."
+    return f"Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}."
+
+
+def render_markdown(table: Table1, tier: str) -> str:
     lines = [
         f"# Table 1 — {tier} tier",
         "",
         f"Reproduced with relvit-repro, tier **{tier}**"
-        + (f" ({EMBEDDED_NOTE})" if table.on_embedded_data else "")
-        + (f". One seed ({seeds[0]}): no spread to show." if len(seeds) == 1
-           else f". Mean ± sample std over seeds {', '.join(map(str, seeds)) or '—'}."),
+        + (f" ({EMBEDDED_NOTE})" if table.on_embedded_data else "") + f". {_seeds_note(table)}",
     ]
     if table.with_paper:
         lines += ["", _paper_note(table)]
@@ -385,7 +391,7 @@ def render_latex(table: Table1, tier: str, metric: str = PAPER_METRIC) -> str:
                      + ([NO_VALUE_NOTE] if table.any_unscored else []))
     caption = (f"Table 1 reproduced ({tier} tier"
                + (f"; {EMBEDDED_NOTE}" if table.on_embedded_data else "")
-               + f"): {METRICS[metric]}, mean ± std over seeds."
+               + f"): {METRICS[metric]}. {_seeds_note(table)}"
                + (f" {_paper_note(table)}" if table.beside_paper(metric) else "")
                + (f" {notes}" if notes else ""))
     lines += [
