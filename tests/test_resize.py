@@ -64,19 +64,22 @@ def test_resize_settings_bounds():
         ResizeSettings(16, quality=96)
 
 
-def test_webp_stays_webp_and_jpegs_take_the_quality(tmp_path):
-    """A WEBP source is written as WEBP (it had become JPEG bytes), and `quality` reaches the
-    JPEG encoder."""
+def test_every_image_keeps_its_format_and_jpegs_take_the_quality(tmp_path):
+    """A WEBP, TIFF, PPM or PGM source is written in its own format (they had become JPEG
+    bytes under their names), and `quality` reaches the JPEG encoder."""
     src = tmp_path / "src"
-    _image(src / "a" / "x.webp", 40, 30, fmt="WEBP")
+    formats = {"x.webp": "WEBP", "x.tif": "TIFF", "x.ppm": "PPM", "x.pgm": "PPM"}
+    for name, fmt in formats.items():
+        _image(src / "a" / name, 40, 30, fmt=fmt, mode="L" if name.endswith(".pgm") else "RGB")
     _image(src / "a" / "y.jpg", 40, 30)
     sizes = {}
     for quality in (20, 90):
         resize_tree(src, tmp_path / f"q{quality}", ResizeSettings(16, quality=quality),
                     workers=0)
         sizes[quality] = (tmp_path / f"q{quality}" / "a" / "y.jpg").stat().st_size
-        with Image.open(tmp_path / f"q{quality}" / "a" / "x.webp") as image:
-            assert image.format == "WEBP" and image.size == (21, 16)
+        for name, fmt in formats.items():
+            with Image.open(tmp_path / f"q{quality}" / "a" / name) as image:
+                assert (image.format, image.size) == (fmt, (21, 16)), name
     assert sizes[20] < sizes[90]
 
 

@@ -111,10 +111,11 @@ def resize_file(src: Path, dst: Path, settings: ResizeSettings) -> tuple[str, in
         image = decode_image(src).resize(size, Image.BILINEAR)  # RGB, as the loader reads it
     except ValueError as err:  # decode_image names the file
         raise ResizeError(str(err)) from err
-    fmt = fmt if fmt in ("PNG", "BMP", "WEBP") else "JPEG"  # the source's format (MPO: JPEG)
+    # the source's format: lossless ones stay lossless; JPEG's variants (MPO) are JPEG
+    fmt = fmt if fmt in ("PNG", "BMP", "TIFF", "PPM", "WEBP") else "JPEG"
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({} if fmt in ("PNG", "BMP") else
-                                      {"quality": settings.quality}))
+    image.save(buffer, format=fmt, **({"quality": settings.quality} if fmt in ("JPEG", "WEBP")
+                                      else {}))
     atomic_write(dst, lambda out: out.write(buffer.getvalue()), binary=True)
     return "resized", src.stat().st_size, len(buffer.getvalue())
 
