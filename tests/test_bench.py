@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import io
 import json
+import types
 import warnings
 import weakref
 from pathlib import Path
@@ -620,3 +622,251 @@ def test_step_rows_mfu_and_memory_ratio():
     assert sup.images_per_s == pytest.approx(4000.0)  # 8 images in 2 ms
     assert sup.mfu == pytest.approx(1.0) and pre.mfu == pytest.approx(0.5)  # 2e9 FLOPs in 2 ms
     assert pre.ratio == "2.00×, mem 1.50×"
+
+
+def _run(bench, argv: list[str]) -> None:
+    """bench_relvit.main(argv), the torch threads put back after it."""
+    threads = torch.get_num_threads()
+    try:
+        bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_timed_syncs_the_device_before_each_clock_read(monkeypatch):
+    """The device is synchronised after the warm-up, before the start, and before the end read
+    (on the CPU a sync does nothing, so dropping one had passed)."""
+    events = []
+    monkeypatch.setattr(measure, "sync", lambda device: events.append("sync"))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: events.append("clock") or 0.0)
+    measure.timed(lambda: events.append("fn"), 2, torch.device("cuda"), warmup=1)
+    assert events == ["fn", "sync", "clock", "fn", "fn", "sync", "clock"]
+
+
+def test_cuda_memory_readings_are_in_mib(monkeypatch):
+    """peak MB and the allocation a step's peak is measured above: bytes / 2**20 (CUDA-only
+    readings, which no CPU test had read)."""
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 5 * 2**20)
+    assert measure.cuda_peak_mb(torch.device("cuda")) == 3.0
+    assert measure.allocated_mb(torch.device("cuda")) == 5.0
+
+
+def test_count_ops_top_ops_are_per_step():
+    """The top ops, like the ops and MiB, are divided by the steps of the call."""
+    x = torch.ones(3)
+    assert measure.count_ops(lambda: [x + i for i in range(4)], steps=2)["top_ops"] == {"add": 2}
+
+
+def test_reset_peak_collects_reference_cycles_first():
+    """A reference cycle left by the previous case is freed before the peak is reset."""
+    class Node:
+        pass
+
+    gc.disable()
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        del a, b
+        assert ref() is not None
+        measure.reset_peak(torch.device("cpu"))
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_batch_construction_rate_is_the_train_batch_over_its_time(monkeypatch):
+    """A batch construction row: --batch images (not --pipeline-batch) per timed build."""
+    monkeypatch.setattr(step_stage, "timed", lambda *a, **k: 0.002)
+    args = argparse.Namespace(steps=1, warmup=0, batch=4, pipeline_batch=7)
+    row = step_stage.batch_construction_row(step_stage.StepCase("s", "supervised"),
+                                            lambda: None, "cfg", args, torch.device("cpu"))
+    assert row.images_per_s == pytest.approx(2000.0) and row.ms_per_step == pytest.approx(2.0)
+
+
+def test_model_flops_count_forward_and_backward():
+    """FLOPs of forward + backward: a matmul's backward costs twice its forward."""
+    weight = torch.ones(3, 4, requires_grad=True)
+    x = torch.ones(2, 4, requires_grad=True)
+    flops = step_stage.model_flops(lambda eager: (x @ weight.t()).sum())
+    assert flops == 3 * 2 * 2 * 4 * 3
+
+
+def test_step_config_names_the_patch_count():
+    """The config cell: N is the number of patches, (size / patch)²."""
+    args = argparse.Namespace(embed_dim=36, depth=1, batch=4)
+    config = step_stage.step_config(args, 32, 4)
+    assert "N=64," in config and config.endswith("batch 4")
+
+
+def test_steps_stage_warmups_syncs_mfu_and_size(bench, monkeypatch, tmp_path):
+    """The 224 px steps, timings faked: each case's first step synced before its clock read,
+    --warmup steps before the first round's window and at least one before a later round's,
+    --peak-tflops as the MFU's denominator, the row's size as the config's."""
+    events, warmups = [], []
+    make_step = step_stage.make_step
+
+    def labelled_step(case, *args, **kwargs):
+        fns = make_step(case, *args, **kwargs)
+
+        def step():
+            events.append("run")
+            fns.step()
+        step.label = case.name
+        return fns._replace(step=step)
+
+    def fake_timed(fn, repeats, device, warmup=1, around=None):
+        if getattr(fn, "label", None):
+            warmups.append(warmup)
+        return 0.004
+
+    monkeypatch.setattr(step_stage, "make_step", labelled_step)
+    monkeypatch.setattr(step_stage, "timed", fake_timed)
+    monkeypatch.setattr(step_stage, "sync", lambda device: events.append("sync"))
+    monkeypatch.setattr(step_stage, "time", types.SimpleNamespace(
+        perf_counter=lambda: events.append("clock") or 0.0))
+    out = tmp_path / "bench.json"
+    _run(bench, ["--only", "steps", *TINY, "--sizes", "224", "--warmup", "2", "--rounds", "2",
+                 "--peak-tflops", "1", "--json", str(out)])
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["stage"].startswith("train step")]
+    assert len(rows) == 5
+    # the first-call timing of each case: clock, run, sync, clock
+    assert "".join(e[0] for e in events).count("crsc") == 5
+    assert warmups[:5] == [2] * 5 and all(w >= 1 for w in warmups[5:]) and len(warmups) == 10
+    for row in rows:
+        assert row["extra"]["size"] == 224 and ", 224px, N=196," in row["config"]
+        assert row["ms_per_step"] == pytest.approx(4.0)
+        assert row["mfu"] == pytest.approx(row["extra"]["flops"] / 0.004 / 1e12)
+
+
+def test_loop_rows_are_per_step(bench, monkeypatch, tmp_path):
+    """The loop's epoch of 2 steps timed (faked) at 10 ms: 5 ms/step, batch / 5 ms images/s;
+    ops counted per step; host syncs per step."""
+    counted, synced = [], []
+    count_ops = loop_stage.count_ops
+
+    def counting(fn, steps=1):
+        counted.append(steps)
+        return count_ops(fn, steps)
+
+    class FakeSyncs(measure.SyncCounter):
+        def per_step(self, steps, extra, label):
+            synced.append(steps)
+
+    monkeypatch.setattr(loop_stage, "timed", lambda *a, **k: 0.010)
+    monkeypatch.setattr(loop_stage, "count_ops", counting)
+    monkeypatch.setattr(loop_stage, "SyncCounter", FakeSyncs)
+    out = tmp_path / "bench.json"
+    _run(bench, ["--only", "loop", *TINY, "--sizes", "32", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["ms_per_step"] == pytest.approx(5.0)
+        assert row["images_per_s"] == pytest.approx(4 / 0.005)
+    assert counted == [2, 2] and synced == [2, 2]
+
+
+def test_loop_ratio_is_loop_over_its_isolated_batch_step():
+    """A loop row's ratio: its ms/step over the "+ batch" step's of the same size and mode."""
+    def step(mode, with_batch, ms):
+        return bench_table.Row(f"train step: {mode}{' + batch' if with_batch else ''}", "",
+                               ms_per_step=ms, extra={"size": 32, "mode": mode,
+                                                      "compiled": False, "with_batch": with_batch})
+
+    rows = [step("supervised", False, 2.0), step("supervised", True, 3.0),
+            step("pretrain", False, 1.0), step("pretrain", True, 4.0),
+            bench_table.Row("train loop: supervised", "", ms_per_step=6.0,
+                extra={"size": 32, "mode": "supervised", "compiled": False}),
+            bench_table.Row("train loop: pretrain", "", ms_per_step=8.0,
+                extra={"size": 32, "mode": "pretrain", "compiled": False})]
+    loop_stage.compare_loop(rows)
+    assert rows[4].ratio == "2.00× the isolated step"
+    assert rows[5].ratio == "2.00× the isolated step"
+
+
+def test_decode_rate_is_the_steady_rate_after_every_worker_s_first_batch(monkeypatch, tmp_path):
+    """16 files, 2 workers, --pipeline-batch 4: batches of 2 (4 per worker), one arriving each
+    (fake) second from t=1: 12 images after the workers' first batches in 6 s, synced before the
+    last arrival's clock read."""
+    events, clock = [], [0.0]
+    paths = []
+    for i in range(16):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(b"x" * 1000)
+
+    def fake_batches(split, indices, batch, transform, workers, pin_memory, seed):
+        for _ in range(len(indices) // batch):
+            clock[0] += 1.0
+            yield torch.zeros(batch, 3, 2, 2), torch.zeros(batch)
+
+    def read_clock():
+        events.append("clock")
+        return clock[0]
+
+    monkeypatch.setattr(inputs, "batches", fake_batches)
+    monkeypatch.setattr(inputs, "sync", lambda device: events.append("sync"))
+    monkeypatch.setattr(inputs.time, "perf_counter", read_clock)
+    args = argparse.Namespace(workers=2, pipeline_batch=4)
+    row = inputs._decode_row(paths, "test", args, torch.device("cpu"))
+    assert (row.extra["batch"], row.extra["images"]) == (2, 16)
+    assert row.images_per_s == pytest.approx(2.0) and row.extra["per_worker"] == pytest.approx(1.0)
+    assert row.extra["startup_s"] == pytest.approx(1.0) and row.extra["jpeg_kb"] == 1.0
+    assert events[-2:] == ["sync", "clock"]
+
+
+def test_worker_start_row_is_the_medians_with_the_kept_workers_started_first(monkeypatch,
+                                                                              tmp_path):
+    """Fresh passes take 10, 30, 20 s, the kept workers' 1, 3, 2 s after a 10 s start left out:
+    the medians 20 and 2 s."""
+    clock = [0.0]
+
+    class FakeLoader:
+        def __init__(self, costs):
+            self.costs = costs
+
+        def batches(self, batches, seed):
+            clock[0] += self.costs.pop(0)
+            return iter(())
+
+        def close(self):
+            pass
+
+    fakes = {False: FakeLoader([10.0, 30.0, 20.0]), True: FakeLoader([10.0, 1.0, 3.0, 2.0])}
+    monkeypatch.setattr(inputs, "file_loader", lambda *a, persistent, **k: fakes[persistent])
+    monkeypatch.setattr(inputs.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(inputs, "rss_mb", lambda: 100.0)
+    args = argparse.Namespace(workers=1, start_rounds=3)
+    row = inputs._worker_start_row([tmp_path / "a.jpg"], args, torch.device("cpu"))
+    assert row.extra["fresh_s"] == pytest.approx(20.0) and row.extra["kept_s"] == pytest.approx(2.0)
+    assert row.ms_per_step == pytest.approx(20000.0)
+
+
+def test_device_decode_rate_is_the_batch_over_its_time(monkeypatch):
+    """--pipeline-batch 3 decoded in a (faked) 0.5 s: 6 images/s."""
+    monkeypatch.setattr(inputs, "timed", lambda *a, **k: 0.5)
+    (row,) = inputs.bench_device_decode(argparse.Namespace(pipeline_batch=3, repeats=1),
+                                        torch.device("cpu"))
+    assert row.images_per_s == pytest.approx(6.0)
+
+
+def test_ssl_inputs_rates_and_ratio(monkeypatch):
+    """Batched: 2 images in 0.25 s (8/s); reference: 1 image in 1 s credited ×2 workers (2/s);
+    the ratio batched / reference, 4.0×."""
+    monkeypatch.setattr(inputs, "timed",
+                        lambda fn, repeats, device, warmup=1, around=None:
+                        0.25 if around is not None else 1.0)
+    monkeypatch.setattr(inputs, "CONFIGS", (("cifar10", 32, 4),))
+    args = argparse.Namespace(pipeline_batch=2, sync_debug=False, repeats=1, reference_images=1,
+                              workers=2, compile=False)
+    fast, slow = inputs.bench_ssl_inputs(args, torch.device("cpu"))
+    assert fast.images_per_s == pytest.approx(8.0) and slow.images_per_s == pytest.approx(2.0)
+    assert fast.ratio == "4.0× ref"
+
+
+def test_augment_rate_is_the_batch_over_its_time(monkeypatch):
+    """--pipeline-batch 4 augmented in a (faked) 0.5 s: 8 images/s."""
+    monkeypatch.setattr(inputs, "timed", lambda *a, **k: 0.5)
+    rows = inputs.bench_augment(argparse.Namespace(pipeline_batch=4, repeats=1),
+                                torch.device("cpu"))
+    assert [r.images_per_s for r in rows] == [pytest.approx(8.0)] * 2
