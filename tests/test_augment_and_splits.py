@@ -39,7 +39,7 @@ def _windows(image: torch.Tensor, padding: int) -> dict[tuple[int, int], torch.T
             for top in range(2 * padding + 1) for left in range(2 * padding + 1)}
 
 
-@pytest.mark.parametrize("padding", [2, 4])
+@pytest.mark.parametrize("padding", [1, 2, 4])  # 1: a no-op below 2 had passed
 def test_random_crop_is_a_zero_padded_window_at_offsets_spanning_0_to_2p(padding):
     """Guards random_crop: each output is one of RandomCrop(size, padding)'s windows of its own
     input, and over many draws the offsets reach both extremes 0 and 2p on each axis."""

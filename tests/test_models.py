@@ -170,12 +170,18 @@ def test_heads_shapes():
 
 
 def test_relation_head_is_a_scaled_dot_product_per_class():
+    """Spec §1.2/1.4: per class, (z W_q)(z W_k)^T / sqrt(d_h), with bias-free W_q and W_k, also
+    for the one-output heads (a key bias had passed)."""
     head = PairwiseScoreHead(18, 9)
     z = torch.rand(1, 5, 18)
     q = head.query(z).view(1, 5, 9, 2)
     k = head.key(z).view(1, 5, 9, 2)
     expected = torch.einsum("bnch,bmch->bcnm", q, k) / 2 ** 0.5
     torch.testing.assert_close(head(z), expected)
+    for head in (head, PairwiseScoreHead(18, 1, head_dim=18)):
+        assert head.query.bias is None and head.key.bias is None
+        assert sum(p.numel() for p in head.parameters()) == \
+            2 * 18 * head.num_outputs * head.head_dim
 
 
 @pytest.mark.parametrize("name,size,patch,ssl_grid", [
@@ -190,6 +196,17 @@ def test_relvit_outputs(name, size, patch, ssl_grid):
     assert out["relations"].scores().shape == (2, 9, n, n)
     assert out["positions"].shape == (2, n, n)
     assert out["distances"].shape == out["angles"].shape == (2, 1, n, n)
+
+
+def test_each_ssl_head_exists_exactly_when_its_task_is_on():
+    """RelViT builds and outputs each SSL head for its own task flag only (an angle head made
+    for the distance task had passed: every test turned on all four or none)."""
+    backbone = build_backbone("vit_small", img_size=16, patch_size=4, **TINY)
+    x = torch.rand(1, 3, 16, 16)
+    for task in ("relations", "positions", "distances", "angles"):
+        model = RelViT(backbone, None, SSLTasks(**{task: True}), num_positions=16)
+        with torch.no_grad():
+            assert set(model(x)) == {task}, task
 
 
 @pytest.mark.parametrize("projections", [True, False])
