@@ -119,7 +119,7 @@ def _run_key_blocks(workflow: dict, run: dict[str, str]) -> list[tuple[str, Any]
     else:
         by_dataset = (workflow.get("table1") or {}).get("run") or {}
         blocks.append((f"table1.run.{dataset}", by_dataset.get(dataset)))
-    set_side = {"ssl": {"megapatch_side": None}}
+    set_side = {"ssl": {"megapatch_side": None}}  # a key present: the value is set there
     if method == "pretrain_mega":
         blocks.append(("table1.megapatch.side", set_side))
     elif method == "supervised_same_epochs":
