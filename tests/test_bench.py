@@ -34,16 +34,21 @@ def bench():
         yield module
 
 
+def _run(bench, argv: list[str]) -> None:
+    """bench_relvit.main(argv), the torch threads put back after it."""
+    threads = torch.get_num_threads()
+    try:
+        bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def report(bench, tmp_path_factory):
     """One tiny run of the steps and loop stages with --profile and --json: (rows, profile dir)."""
     out = tmp_path_factory.mktemp("bench")
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--only", "steps", "loop", *TINY, "--sync-debug", "--profile",
-                    str(out / "profile"), "--json", str(out / "bench.json")])
-    finally:
-        torch.set_num_threads(threads)
+    _run(bench, ["--only", "steps", "loop", *TINY, "--sync-debug", "--profile",
+                 str(out / "profile"), "--json", str(out / "bench.json")])
     return json.loads((out / "bench.json").read_text())["rows"], out / "profile"
 
 
@@ -366,12 +371,8 @@ def test_compiled_steps_as_one_region(bench, monkeypatch, tmp_path):
 
     monkeypatch.setattr(step_stage, "compile_static",
                         functools.partial(step_stage.compile_static, backend=counting_backend))
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--only", "steps", *TINY, "--compile", "--compile-step",
-                    "--json", str(tmp_path / "bench.json")])
-    finally:
-        torch.set_num_threads(threads)
+    _run(bench, ["--only", "steps", *TINY, "--compile", "--compile-step",
+                 "--json", str(tmp_path / "bench.json")])
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     steps = [r["stage"] for r in rows if r["stage"].startswith("train step")]
     assert len(steps) == 4 and all(s.endswith("(step compiled as one region)") for s in steps)
@@ -421,11 +422,7 @@ def test_each_measured_case_has_the_heap_to_itself(bench, monkeypatch):
         monkeypatch.setattr(stage, "build_model", recorded_build)
         monkeypatch.setattr(stage, "timed", counting_timed)
     monkeypatch.setattr(step_stage, "allocated_mb", counting_allocated)
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--only", "steps", "loop", *TINY])
-    finally:
-        torch.set_num_threads(threads)
+    _run(bench, ["--only", "steps", "loop", *TINY])
     assert len(built) >= 7 and alive_when_timed and set(alive_when_timed) == {1}, alive_when_timed
     # a step case's peak is measured above what was allocated before it: nothing, in one round
     assert alive_before == [0] * 5, alive_before
@@ -468,12 +465,8 @@ def test_rounds_interleave_the_step_cases_and_report_medians(bench, monkeypatch,
     monkeypatch.setattr(step_stage, "timed", fake_timed)
     monkeypatch.setattr(step_stage, "build_model", recorded_build)
     monkeypatch.setattr(step_stage, "allocated_mb", counting_allocated)
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--only", "steps", *TINY, "--rounds", "3", "--json",
-                    str(tmp_path / "bench.json")])
-    finally:
-        torch.set_num_threads(threads)
+    _run(bench, ["--only", "steps", *TINY, "--rounds", "3", "--json",
+                 str(tmp_path / "bench.json")])
     assert order == list(ms) * 3
     assert alive_before == [0, 1, 2, 3, 4]
     rows = {r["stage"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
@@ -622,15 +615,6 @@ def test_step_rows_mfu_and_memory_ratio():
     assert sup.images_per_s == pytest.approx(4000.0)  # 8 images in 2 ms
     assert sup.mfu == pytest.approx(1.0) and pre.mfu == pytest.approx(0.5)  # 2e9 FLOPs in 2 ms
     assert pre.ratio == "2.00×, mem 1.50×"
-
-
-def _run(bench, argv: list[str]) -> None:
-    """bench_relvit.main(argv), the torch threads put back after it."""
-    threads = torch.get_num_threads()
-    try:
-        bench.main(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_timed_syncs_the_device_before_each_clock_read(monkeypatch):

@@ -150,11 +150,14 @@ def test_a_copy_killed_mid_file_leaves_no_part_of_it(tree, tmp_path, monkeypatch
         fdst.write(fsrc.read()[:3])
         raise KeyboardInterrupt
 
+    def cut_file(src, dst, **kwargs):
+        with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
+            cut(fsrc, fdst)
+
     dst = tmp_path / "dst"
     with monkeypatch.context() as patched:
         patched.setattr(shutil, "copyfileobj", cut)
-        patched.setattr(shutil, "copyfile",
-                        lambda src, dst, **kw: cut(open(src, "rb"), open(dst, "wb")))
+        patched.setattr(shutil, "copyfile", cut_file)
         with pytest.raises(KeyboardInterrupt):
             resize_tree(tree, dst, ResizeSettings(16), workers=0)
     for name in _relative_files(dst):  # no file holds the start of its source only
